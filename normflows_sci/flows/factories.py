@@ -1,0 +1,267 @@
+"""Ready-made flows: NSF, MAF and RealNVP, each returning a :class:`Flow`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from torch import nn
+
+from normflows_sci.distributions import Distribution, StandardNormal
+from normflows_sci.flows.base import Flow
+from normflows_sci.transforms import (
+    AffineCouplingTransform,
+    CompositeTransform,
+    LULinear,
+    MaskedAffineAutoregressiveTransform,
+    MaskedSplineAutoregressiveTransform,
+    RandomPermutation,
+    SplineCouplingTransform,
+    Transform,
+    alternating_mask,
+)
+
+__all__ = ["NSF", "MAF", "RealNVP"]
+
+_PERMUTATIONS = ("alternate", "random")
+
+
+def _assemble(
+    features: int,
+    layer: Callable[[int], Transform],
+    *,
+    transforms: int,
+    permutation: str,
+    lu_linear: bool,
+    seed: int | None,
+    base: Distribution | None,
+    embedding: nn.Module | None,
+) -> Flow:
+    """``transforms`` steps of [random permutation] [LU linear] layer(i), on a standard normal."""
+    if int(features) != features or features < 1:
+        raise ValueError(f"features must be a positive integer, got {features!r}")
+    if int(transforms) != transforms or transforms < 1:
+        raise ValueError(f"transforms must be a positive integer, got {transforms!r}")
+    if permutation not in _PERMUTATIONS:
+        raise ValueError(f"permutation must be one of {_PERMUTATIONS}, got {permutation!r}")
+    steps: list[Transform] = []
+    for i in range(transforms):
+        if permutation == "random" and features > 1:
+            steps.append(RandomPermutation(features, seed=None if seed is None else seed + i))
+        if lu_linear:
+            steps.append(LULinear(features))
+        steps.append(layer(i))
+    if base is None:
+        base = StandardNormal(features)
+    elif base.event_shape.numel() != features:
+        raise ValueError(
+            f"base must have {features} features, got event_shape {tuple(base.event_shape)}"
+        )
+    return Flow(CompositeTransform(steps), base, embedding=embedding)
+
+
+def _order(features: int, i: int, permutation: str) -> list[int] | None:
+    """Generation order of autoregressive layer ``i``: alternating natural and reversed."""
+    if permutation == "alternate" and i % 2 == 1:
+        return list(range(features - 1, -1, -1))
+    return None
+
+
+def _mask(features: int, i: int, permutation: str):
+    """Coupling mask of layer ``i``; alternates unless random permutations shuffle the features."""
+    even = permutation == "random" or i % 2 == 0
+    return alternating_mask(features, even=even)
+
+
+def _common_doc(fn):
+    fn.__doc__ += """
+    Common args:
+        features: data dimension ``D``.
+        context_features: width of the context the transforms see (the embedding's output width
+            when ``embedding`` is given); 0 for unconditional flows.
+        transforms: number of layers.
+        hidden_features: hidden widths of each conditioner.
+        permutation: ``"alternate"`` (reverse the order / swap the mask between layers) or
+            ``"random"`` (a seeded random permutation before each layer).
+        lu_linear: put an LU-decomposed linear layer before each layer (as in the NSF paper).
+        base: base distribution (default standard normal), e.g. ``StudentT`` for heavy tails.
+        embedding: network applied to the context first.
+        activation, dropout: conditioner options.
+        seed: seed of the random permutations.
+    """
+    return fn
+
+
+@_common_doc
+def NSF(
+    features: int,
+    context_features: int = 0,
+    *,
+    transforms: int = 5,
+    bins: int = 8,
+    hidden_features: int | Sequence[int] = (128, 128),
+    coupling: bool = False,
+    tail_bound: float = 5.0,
+    permutation: str = "alternate",
+    lu_linear: bool = False,
+    base: Distribution | None = None,
+    embedding: nn.Module | None = None,
+    activation: Callable[[], nn.Module] = nn.ReLU,
+    dropout: float = 0.0,
+    min_bin_width: float = 1e-3,
+    min_bin_height: float = 1e-3,
+    min_derivative: float = 1e-3,
+    seed: int | None = None,
+) -> Flow:
+    """Neural spline flow: rational-quadratic spline layers, autoregressive (default) or coupling.
+
+    Args:
+        bins: spline bins per feature.
+        coupling: coupling layers (one pass both ways) instead of autoregressive (one pass to
+            evaluate, ``features`` passes to sample).
+        tail_bound: splines act on ``[-tail_bound, tail_bound]``, identity outside.
+        min_bin_width, min_bin_height, min_derivative: spline regularity bounds.
+
+    References:
+        Durkan, Bekasov, Murray, Papamakarios (2019), "Neural Spline Flows".
+
+    Example:
+        >>> flow = NSF(3, transforms=2, hidden_features=(32,))
+        >>> flow.log_prob(torch.randn(4, 3)).shape
+        torch.Size([4])
+    """
+    spline = dict(
+        bins=bins,
+        tail_bound=tail_bound,
+        min_bin_width=min_bin_width,
+        min_bin_height=min_bin_height,
+        min_derivative=min_derivative,
+    )
+    net = dict(
+        context_features=context_features,
+        hidden_features=hidden_features,
+        activation=activation,
+        dropout=dropout,
+    )
+
+    def layer(i: int) -> Transform:
+        if coupling:
+            return SplineCouplingTransform(_mask(features, i, permutation), **spline, **net)
+        return MaskedSplineAutoregressiveTransform(
+            features, order=_order(features, i, permutation), **spline, **net
+        )
+
+    return _assemble(
+        features,
+        layer,
+        transforms=transforms,
+        permutation=permutation,
+        lu_linear=lu_linear,
+        seed=seed,
+        base=base,
+        embedding=embedding,
+    )
+
+
+@_common_doc
+def MAF(
+    features: int,
+    context_features: int = 0,
+    *,
+    transforms: int = 5,
+    hidden_features: int | Sequence[int] = (128, 128),
+    max_log_scale: float = 3.0,
+    permutation: str = "alternate",
+    lu_linear: bool = False,
+    base: Distribution | None = None,
+    embedding: nn.Module | None = None,
+    activation: Callable[[], nn.Module] = nn.ReLU,
+    dropout: float = 0.0,
+    seed: int | None = None,
+) -> Flow:
+    """Masked autoregressive flow: affine autoregressive layers with MADE conditioners.
+
+    Args:
+        max_log_scale: bound of each layer's log-scale (soft-clamped by tanh).
+
+    References:
+        Papamakarios, Pavlakou, Murray (2017), "Masked Autoregressive Flow for Density Estimation".
+
+    Example:
+        >>> flow = MAF(3, transforms=2, hidden_features=(32,))
+        >>> flow.sample(4).shape
+        torch.Size([4, 3])
+    """
+
+    def layer(i: int) -> Transform:
+        return MaskedAffineAutoregressiveTransform(
+            features,
+            order=_order(features, i, permutation),
+            max_log_scale=max_log_scale,
+            context_features=context_features,
+            hidden_features=hidden_features,
+            activation=activation,
+            dropout=dropout,
+        )
+
+    return _assemble(
+        features,
+        layer,
+        transforms=transforms,
+        permutation=permutation,
+        lu_linear=lu_linear,
+        seed=seed,
+        base=base,
+        embedding=embedding,
+    )
+
+
+@_common_doc
+def RealNVP(
+    features: int,
+    context_features: int = 0,
+    *,
+    transforms: int = 5,
+    hidden_features: int | Sequence[int] = (128, 128),
+    max_log_scale: float = 3.0,
+    permutation: str = "alternate",
+    lu_linear: bool = False,
+    base: Distribution | None = None,
+    embedding: nn.Module | None = None,
+    activation: Callable[[], nn.Module] = nn.ReLU,
+    dropout: float = 0.0,
+    seed: int | None = None,
+) -> Flow:
+    """RealNVP: affine coupling layers with alternating masks.
+
+    Args:
+        max_log_scale: bound of each layer's log-scale (soft-clamped by tanh).
+
+    References:
+        Dinh, Sohl-Dickstein, Bengio (2017), "Density estimation using Real NVP".
+
+    Example:
+        >>> flow = RealNVP(2, transforms=2, hidden_features=(16,))
+        >>> flow.sample(4).shape
+        torch.Size([4, 2])
+    """
+
+    def layer(i: int) -> Transform:
+        return AffineCouplingTransform(
+            _mask(features, i, permutation),
+            max_log_scale=max_log_scale,
+            context_features=context_features,
+            hidden_features=hidden_features,
+            activation=activation,
+            dropout=dropout,
+        )
+
+    return _assemble(
+        features,
+        layer,
+        transforms=transforms,
+        permutation=permutation,
+        lu_linear=lu_linear,
+        seed=seed,
+        base=base,
+        embedding=embedding,
+    )

@@ -1,0 +1,174 @@
+"""Conditioner networks: a plain MLP and MADE (masked autoencoder for distribution estimation)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["MLP", "MADE", "MaskedLinear"]
+
+
+def _hidden_sizes(hidden_features: int | Sequence[int]) -> tuple[int, ...]:
+    sizes = (hidden_features,) if isinstance(hidden_features, int) else tuple(hidden_features)
+    if any(int(h) != h or h < 1 for h in sizes):
+        raise ValueError(f"hidden_features must be positive integers, got {hidden_features!r}")
+    return tuple(int(h) for h in sizes)
+
+
+class MLP(nn.Module):
+    """Fully connected network ``in_features -> hidden_features... -> out_features``.
+
+    Args:
+        in_features: input width.
+        out_features: output width.
+        hidden_features: widths of the hidden layers.
+        activation: module class applied after each hidden layer.
+        dropout: dropout probability after each hidden activation.
+
+    Example:
+        >>> net = MLP(3, 2, hidden_features=(8, 8))
+        >>> net(torch.zeros(5, 3)).shape
+        torch.Size([5, 2])
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        hidden_features: int | Sequence[int] = (128, 128),
+        *,
+        activation: Callable[[], nn.Module] = nn.ReLU,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = in_features
+        for size in _hidden_sizes(hidden_features):
+            layers += [nn.Linear(width, size), activation()]
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            width = size
+        self.hidden = nn.Sequential(*layers)
+        self.output = nn.Linear(width, out_features)
+
+    def forward(self, inputs: Tensor) -> Tensor:
+        """``inputs: (batch, in_features) -> (batch, out_features)``."""
+        return self.output(self.hidden(inputs))
+
+
+class MaskedLinear(nn.Linear):
+    """A linear layer whose weight is multiplied by a fixed 0/1 mask ``(out_features, in_features)``."""
+
+    def __init__(self, mask: Tensor, bias: bool = True):
+        super().__init__(mask.shape[1], mask.shape[0], bias=bias)
+        self.register_buffer("mask", mask.to(self.weight.dtype))
+
+    def forward(self, inputs: Tensor) -> Tensor:
+        return F.linear(inputs, self.weight * self.mask, self.bias)
+
+
+class MADE(nn.Module):
+    """Masked autoregressive network: the outputs of feature ``i`` see only features before it.
+
+    "Before" is with respect to ``order`` (default ``0, 1, ..., features - 1``). Context, if any,
+    enters the first hidden layer unmasked.
+
+    Args:
+        features: number of input features ``D``.
+        params_per_feature: outputs per feature ``P``.
+        hidden_features: widths of the hidden layers.
+        context_features: width of the context (0 for none).
+        order: a permutation of ``range(features)``; feature ``order[k]`` is the ``k``-th generated.
+        activation: module class for the hidden activations.
+        dropout: dropout probability after each hidden activation.
+
+    Shapes:
+        ``forward(inputs: (batch, D), context: (batch, C) | None) -> (batch, D, P)``.
+
+    References:
+        Germain, Gregor, Murray, Larochelle (2015), "MADE: Masked Autoencoder for Distribution
+        Estimation".
+
+    Example:
+        >>> made = MADE(4, 2, hidden_features=(16,))
+        >>> made(torch.zeros(3, 4)).shape
+        torch.Size([3, 4, 2])
+    """
+
+    def __init__(
+        self,
+        features: int,
+        params_per_feature: int,
+        hidden_features: int | Sequence[int] = (128, 128),
+        *,
+        context_features: int = 0,
+        order: Sequence[int] | None = None,
+        activation: Callable[[], nn.Module] = nn.ReLU,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        if features < 1:
+            raise ValueError(f"features must be >= 1, got {features}")
+        if order is None:
+            order = range(features)
+        order = torch.as_tensor(list(order), dtype=torch.long)
+        if sorted(order.tolist()) != list(range(features)):
+            raise ValueError(
+                f"order must be a permutation of range({features}), got {order.tolist()}"
+            )
+        self.features = features
+        self.params_per_feature = params_per_feature
+        # Degree of input feature order[k] is k + 1.
+        in_degrees = torch.empty(features, dtype=torch.long)
+        in_degrees[order] = torch.arange(1, features + 1)
+        self.register_buffer("in_degrees", in_degrees)
+
+        sizes = _hidden_sizes(hidden_features)
+        if not sizes:
+            raise ValueError("hidden_features must name at least one hidden layer for MADE")
+        layers = []
+        degrees = in_degrees
+        for size in sizes:
+            hidden_degrees = torch.arange(size) % max(1, features - 1) + min(1, features - 1)
+            layers.append(MaskedLinear(hidden_degrees[:, None] >= degrees[None, :]))
+            degrees = hidden_degrees
+        self.layers = nn.ModuleList(layers)
+        out_degrees = in_degrees.repeat_interleave(params_per_feature)
+        self.output = MaskedLinear(out_degrees[:, None] > degrees[None, :])
+        self.context_layer = (
+            nn.Linear(context_features, layers[0].out_features) if context_features > 0 else None
+        )
+        self.context_features = context_features
+        self.activation = activation()
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else None
+
+    def _hidden(self, inputs: Tensor, context: Tensor | None) -> Tensor:
+        hidden = inputs
+        for i, layer in enumerate(self.layers):
+            hidden = layer(hidden)
+            if i == 0 and self.context_layer is not None:
+                if context is None:
+                    raise ValueError(
+                        f"context is required: this network was built with "
+                        f"context_features={self.context_features}"
+                    )
+                hidden = hidden + self.context_layer(context)
+            hidden = self.activation(hidden)
+            if self.dropout is not None:
+                hidden = self.dropout(hidden)
+        return hidden
+
+    def forward(self, inputs: Tensor, context: Tensor | None = None) -> Tensor:
+        out = self.output(self._hidden(inputs, context))
+        return out.reshape(*inputs.shape[:-1], self.features, self.params_per_feature)
+
+    def forward_feature(
+        self, inputs: Tensor, feature: int, context: Tensor | None = None
+    ) -> Tensor:
+        """Only the outputs of one feature: ``(batch, P)``; cheaper than ``forward(...)[:, feature]``."""
+        rows = slice(feature * self.params_per_feature, (feature + 1) * self.params_per_feature)
+        weight = self.output.weight[rows] * self.output.mask[rows]
+        return F.linear(self._hidden(inputs, context), weight, self.output.bias[rows])

@@ -1,0 +1,53 @@
+"""Invertible transforms with the nflows calling convention.
+
+``z, logabsdet = t(x, context)`` maps data to latent; ``t.inverse(z, context)`` maps back.
+"""
+
+from normflows_sci.transforms.autoregressive import (
+    MaskedAffineAutoregressiveTransform,
+    MaskedAutoregressiveTransform,
+    MaskedSplineAutoregressiveTransform,
+)
+from normflows_sci.transforms.base import (
+    CompositeTransform,
+    InverseNotAvailable,
+    InverseTransform,
+    Transform,
+)
+from normflows_sci.transforms.coupling import (
+    AffineCouplingTransform,
+    CouplingTransform,
+    SplineCouplingTransform,
+    alternating_mask,
+)
+from normflows_sci.transforms.elementwise import AffineMap, ElementwiseMap, RQSplineMap
+from normflows_sci.transforms.linear import (
+    LULinear,
+    Permutation,
+    RandomPermutation,
+    ReversePermutation,
+)
+from normflows_sci.transforms.normalization import ActNorm, ElementwiseAffine
+
+__all__ = [
+    "Transform",
+    "CompositeTransform",
+    "InverseTransform",
+    "InverseNotAvailable",
+    "Permutation",
+    "ReversePermutation",
+    "RandomPermutation",
+    "LULinear",
+    "ElementwiseAffine",
+    "ActNorm",
+    "ElementwiseMap",
+    "AffineMap",
+    "RQSplineMap",
+    "CouplingTransform",
+    "AffineCouplingTransform",
+    "SplineCouplingTransform",
+    "alternating_mask",
+    "MaskedAutoregressiveTransform",
+    "MaskedAffineAutoregressiveTransform",
+    "MaskedSplineAutoregressiveTransform",
+]

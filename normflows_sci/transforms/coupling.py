@@ -1,0 +1,159 @@
+"""Coupling layers: features under a mask stay fixed and condition an elementwise map of the rest.
+
+References:
+    Dinh, Sohl-Dickstein, Bengio (2017), "Density estimation using Real NVP";
+    Durkan et al. (2019), "Neural Spline Flows".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from normflows_sci.nn import MLP
+from normflows_sci.transforms.base import Transform
+from normflows_sci.transforms.elementwise import AffineMap, ElementwiseMap, RQSplineMap
+
+__all__ = [
+    "CouplingTransform",
+    "AffineCouplingTransform",
+    "SplineCouplingTransform",
+    "alternating_mask",
+]
+
+
+def alternating_mask(features: int, *, even: bool = True) -> Tensor:
+    """Boolean mask ``(features,)``, True on even (or odd) positions: the features transformed."""
+    mask = torch.arange(features) % 2 == 0
+    return mask if even else ~mask
+
+
+class CouplingTransform(Transform):
+    """A coupling layer with any mask and any elementwise map.
+
+    Args:
+        mask: ``(features,)`` boolean or 0/1; True (1) marks the features that are transformed, the
+            others pass through unchanged and (with the context) feed the conditioner.
+        elementwise: the map applied to the transformed features.
+        context_features: width of the context (0 for none).
+        hidden_features: hidden widths of the default MLP conditioner.
+        conditioner: optional factory ``(in_features, out_features) -> nn.Module`` replacing the MLP.
+        activation, dropout: options of the default MLP.
+
+    The conditioner's output layer starts at zero, so the layer starts as the identity.
+    """
+
+    def __init__(
+        self,
+        mask: Sequence[bool] | Tensor,
+        elementwise: ElementwiseMap,
+        *,
+        context_features: int = 0,
+        hidden_features: int | Sequence[int] = (128, 128),
+        conditioner: Callable[[int, int], nn.Module] | None = None,
+        activation: Callable[[], nn.Module] = nn.ReLU,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        mask = torch.as_tensor(mask)
+        if mask.ndim != 1:
+            raise ValueError(f"mask must be 1-D (features,), got shape {tuple(mask.shape)}")
+        mask = mask.bool()
+        transformed = torch.nonzero(mask).flatten()
+        identity = torch.nonzero(~mask).flatten()
+        if len(transformed) == 0:
+            raise ValueError("mask must mark at least one feature to transform (all False given)")
+        self.features = len(mask)
+        self.context_features = context_features
+        self.elementwise = elementwise
+        self.register_buffer("identity_idx", identity)
+        self.register_buffer("transform_idx", transformed)
+        # Outputs are assembled as cat([identity, transformed]) and then put back in place.
+        self.register_buffer("restore_idx", torch.argsort(torch.cat([identity, transformed])))
+        in_features = len(identity) + context_features
+        out_features = len(transformed) * elementwise.num_params
+        if in_features == 0:
+            raise ValueError(
+                "a coupling layer needs at least one untransformed feature or a context "
+                "(mask marks every feature and context_features=0)"
+            )
+        if conditioner is None:
+            self.conditioner = MLP(
+                in_features, out_features, hidden_features, activation=activation, dropout=dropout
+            )
+            nn.init.zeros_(self.conditioner.output.weight)
+            nn.init.zeros_(self.conditioner.output.bias)
+        else:
+            self.conditioner = conditioner(in_features, out_features)
+
+    def _apply(self, inputs: Tensor, context: Tensor | None, inverse: bool):
+        if inputs.shape[-1] != self.features:
+            raise ValueError(
+                f"inputs must have {self.features} features, got shape {tuple(inputs.shape)}"
+            )
+        fixed = inputs.index_select(-1, self.identity_idx)
+        moving = inputs.index_select(-1, self.transform_idx)
+        cond = fixed
+        if self.context_features:
+            if context is None:
+                raise ValueError(
+                    f"context is required: layer built with context_features={self.context_features}"
+                )
+            cond = torch.cat([fixed, context], dim=-1)
+        params = self.conditioner(cond).reshape(*moving.shape, self.elementwise.num_params)
+        step = self.elementwise.inverse if inverse else self.elementwise.forward
+        moved, logabsdet = step(moving, params)
+        outputs = torch.cat([fixed, moved], dim=-1).index_select(-1, self.restore_idx)
+        return outputs, logabsdet.sum(-1)
+
+    def forward(self, inputs: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return self._apply(inputs, context, inverse=False)
+
+    def inverse(self, inputs: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return self._apply(inputs, context, inverse=True)
+
+
+class AffineCouplingTransform(CouplingTransform):
+    """Affine coupling (RealNVP): ``y = x * exp(s(x_id)) + t(x_id)`` on the masked features.
+
+    Example:
+        >>> t = AffineCouplingTransform(alternating_mask(4), hidden_features=(16,))
+        >>> z, logabsdet = t(torch.randn(8, 4))
+        >>> z.shape, logabsdet.shape
+        (torch.Size([8, 4]), torch.Size([8]))
+    """
+
+    def __init__(self, mask, *, max_log_scale: float = 3.0, **kwargs):
+        super().__init__(mask, AffineMap(max_log_scale), **kwargs)
+
+
+class SplineCouplingTransform(CouplingTransform):
+    """Rational-quadratic spline coupling (NSF-C) with linear tails outside ``[-tail_bound, tail_bound]``.
+
+    Example:
+        >>> t = SplineCouplingTransform(alternating_mask(4), bins=4, hidden_features=(16,))
+        >>> t(torch.randn(8, 4))[0].shape
+        torch.Size([8, 4])
+    """
+
+    def __init__(
+        self,
+        mask,
+        *,
+        bins: int = 8,
+        tail_bound: float = 5.0,
+        min_bin_width: float = 1e-3,
+        min_bin_height: float = 1e-3,
+        min_derivative: float = 1e-3,
+        **kwargs,
+    ):
+        spline = RQSplineMap(
+            bins,
+            tail_bound,
+            min_bin_width=min_bin_width,
+            min_bin_height=min_bin_height,
+            min_derivative=min_derivative,
+        )
+        super().__init__(mask, spline, **kwargs)

@@ -1,0 +1,80 @@
+"""Elementwise affine maps: a learnable (or fixed) affine layer and ActNorm."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from normflows_sci.transforms.base import Transform
+
+__all__ = ["ElementwiseAffine", "ActNorm"]
+
+
+class ElementwiseAffine(Transform):
+    """``z = x * exp(log_scale) + shift`` per feature.
+
+    Args:
+        features: ``D``.
+        shift: initial shift, scalar or ``(D,)``.
+        scale: initial positive scale, scalar or ``(D,)``.
+        learnable: whether shift and scale are trained.
+    """
+
+    def __init__(self, features: int, *, shift=0.0, scale=1.0, learnable: bool = True):
+        super().__init__()
+        self.features = features
+        shift = torch.as_tensor(shift, dtype=torch.get_default_dtype()).expand(features).clone()
+        scale = torch.as_tensor(scale, dtype=torch.get_default_dtype()).expand(features).clone()
+        if not bool((scale > 0).all()):
+            raise ValueError(f"scale must be positive, got {scale.tolist()}")
+        if learnable:
+            self.shift = nn.Parameter(shift)
+            self.log_scale = nn.Parameter(scale.log())
+        else:
+            self.register_buffer("shift", shift)
+            self.register_buffer("log_scale", scale.log())
+
+    def _check(self, inputs: Tensor) -> None:
+        if inputs.shape[-1] != self.features:
+            raise ValueError(
+                f"inputs must have {self.features} features, got shape {tuple(inputs.shape)}"
+            )
+
+    def forward(self, inputs: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        self._check(inputs)
+        outputs = inputs * self.log_scale.exp() + self.shift
+        return outputs, self.log_scale.sum().expand(inputs.shape[0])
+
+    def inverse(self, inputs: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        self._check(inputs)
+        outputs = (inputs - self.shift) * (-self.log_scale).exp()
+        return outputs, (-self.log_scale.sum()).expand(inputs.shape[0])
+
+
+class ActNorm(ElementwiseAffine):
+    """Elementwise affine layer initialised from the first training batch to zero mean, unit variance.
+
+    The initialisation happens once, on the first forward call in training mode (with at least two
+    samples), and is stored in the state dict; afterwards it is an ordinary learnable affine layer.
+
+    References:
+        Kingma, Dhariwal (2018), "Glow: Generative Flow with Invertible 1x1 Convolutions".
+    """
+
+    def __init__(self, features: int, *, eps: float = 1e-6):
+        super().__init__(features)
+        self.eps = eps
+        self.register_buffer("initialized", torch.tensor(False))
+
+    @torch.no_grad()
+    def _initialize(self, inputs: Tensor) -> None:
+        std = inputs.std(dim=0).clamp_min(self.eps)
+        self.log_scale.copy_(-std.log())
+        self.shift.copy_(-inputs.mean(dim=0) / std)
+        self.initialized.fill_(True)
+
+    def forward(self, inputs: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        self._check(inputs)
+        if self.training and inputs.shape[0] > 1 and not bool(self.initialized):
+            self._initialize(inputs)
+        return super().forward(inputs, context)
