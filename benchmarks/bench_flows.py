@@ -40,6 +40,7 @@ The script ends with a verdict against the performance targets of normflows_sci.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -70,6 +71,8 @@ CASES = {
 OURS = "normflows_sci"
 FLOOR = "floor"
 PACKAGES = (OURS, "nflows", "zuko", "normflows", FLOOR)
+METRICS = ("train", "sample")
+TARGETS = (("zuko", 0.6), (FLOOR, 1.5))  # ours / peer must not exceed these
 
 
 @dataclass
@@ -416,7 +419,7 @@ def run_case(case: str, args: argparse.Namespace, api_notes: list[str]) -> dict[
             bench = BUILDERS[name](case, features)
             bench.optimizer = torch.optim.Adam(bench.module.parameters(), lr=1e-3)
             check(bench, name, x, features, api_notes)
-        except Exception as exc:  # noqa: BLE001 - a failing package must not stop the run
+        except Exception as exc:  # a failing package must not stop the run
             results[name] = Result(error=describe(exc), note=str(exc).splitlines()[0][:70])
             if args.verbose:
                 traceback.print_exc()
@@ -430,7 +433,7 @@ def run_case(case: str, args: argparse.Namespace, api_notes: list[str]) -> dict[
             for name, bench in list(active.items()):
                 try:
                     elapsed = step(bench)
-                except Exception as exc:  # noqa: BLE001
+                except Exception as exc:
                     results[name].error = describe(exc)
                     results[name].note = f"{metric}: {str(exc).splitlines()[0][:60]}"
                     del active[name]
@@ -488,37 +491,22 @@ def print_case(title: str, results: dict[str, Result]) -> None:
 
 
 def verdict(all_results: dict[str, dict[str, Result]]) -> None:
+    """Targets: train and sample <= 0.6x zuko and <= 1.5x the floor; coupling sampling
+    no slower than nflows."""
     print("\n== Verdict against targets ==")
-    rows: list[tuple[str, float | None, float, str]] = []
+    passed = total = 0
     for case, results in all_results.items():
-        title = CASES[case]
-        for metric in ("train", "sample"):
-            ours = results[OURS].median(metric)
-            rows.append(
-                (f"{title}: {metric} <= 0.6x zuko", ratio(ours, results["zuko"].median(metric)),
-                 0.6, "zuko")
-            )
-            rows.append(
-                (f"{title}: {metric} <= 1.5x floor", ratio(ours, results[FLOOR].median(metric)),
-                 1.5, "floor")
-            )
+        targets = [(metric, peer, limit) for peer, limit in TARGETS for metric in METRICS]
         if case == "coupling_spline":
-            ours = results[OURS].median("sample")
-            rows.append(
-                (f"{title}: sample <= 1.0x nflows",
-                 ratio(ours, results["nflows"].median("sample")), 1.0, "nflows")
-            )
-    passed = 0
-    for label, value, limit, _ in rows:
-        if value is None:
-            status = "n/a "
-        elif value <= limit:
-            status = "PASS"
-            passed += 1
-        else:
-            status = "FAIL"
-        print(f"  [{status}] {label:<44} actual {fmt_ratio(value)}")
-    print(f"  {passed}/{len(rows)} targets met")
+            targets.append(("sample", "nflows", 1.0))
+        for metric, peer, limit in targets:
+            value = ratio(results[OURS].median(metric), results[peer].median(metric))
+            status = "n/a " if value is None else "PASS" if value <= limit else "FAIL"
+            passed += status == "PASS"
+            total += 1
+            label = f"{CASES[case]}: {metric} <= {limit:g}x {peer}"
+            print(f"  [{status}] {label:<44} actual {fmt_ratio(value)}")
+    print(f"  {passed}/{total} targets met")
 
 
 def version(dist: str) -> str:
@@ -564,7 +552,8 @@ def main() -> None:
         f"{TRANSFORMS} transforms, hidden {HIDDEN}, {BINS} bins, tail bound {TAIL_BOUND:g}, "
         f"Adam lr 1e-3 | {versions}"
     )
-    print("times are medians in ms; ours/x < 1 means normflows_sci is faster than x")
+    load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
+    print(f"times are medians in ms; ours/x < 1 means normflows_sci is faster than x | load {load}")
 
     api_notes: list[str] = []
     all_results: dict[str, dict[str, Result]] = {}

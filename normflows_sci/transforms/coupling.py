@@ -88,7 +88,7 @@ class CouplingTransform(Transform):
         else:
             self.conditioner = conditioner(in_features, out_features)
 
-    def _apply(self, inputs: Tensor, context: Tensor | None, inverse: bool):
+    def _couple(self, inputs: Tensor, context: Tensor | None, inverse: bool):
         if inputs.shape[-1] != self.features:
             raise ValueError(
                 f"inputs must have {self.features} features, got shape {tuple(inputs.shape)}"
@@ -109,10 +109,10 @@ class CouplingTransform(Transform):
         return outputs, logabsdet.sum(-1)
 
     def forward(self, inputs: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        return self._apply(inputs, context, inverse=False)
+        return self._couple(inputs, context, inverse=False)
 
     def inverse(self, inputs: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        return self._apply(inputs, context, inverse=True)
+        return self._couple(inputs, context, inverse=True)
 
 
 class AffineCouplingTransform(CouplingTransform):

@@ -1,0 +1,131 @@
+"""Shared test fixtures and the transform registry.
+
+Every transform of the package is registered in ``TRANSFORMS`` (name -> case); the property tests in
+``test_transform_properties.py`` run on each entry. A new transform is untested until registered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from normflows_sci import transforms as T
+
+
+def pytest_addoption(parser):
+    parser.addoption("--device", default="cpu", help="torch device for the tests (cpu, cuda, ...)")
+
+
+@pytest.fixture
+def device(request) -> torch.device:
+    device = torch.device(request.config.getoption("--device"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        pytest.skip("CUDA is not available")
+    return device
+
+
+@dataclass(frozen=True)
+class TransformCase:
+    """A registered transform: ``build()`` returns a fresh instance (random parameters)."""
+
+    build: Callable[[], T.Transform]
+    features: int = 4
+    context_features: int = 0
+    # Scale of the inputs the property tests feed; keeps splines mostly inside their bound.
+    input_scale: float = 1.0
+    # Whether calling without the context it was built for raises (nflows' layers silently don't).
+    requires_context: bool = True
+
+
+TRANSFORMS: dict[str, TransformCase] = {}
+
+
+def register(name: str, **options):
+    """Decorator: register a builder under ``name`` with ``TransformCase`` options."""
+
+    def decorate(build):
+        if name in TRANSFORMS:
+            raise KeyError(f"transform {name!r} registered twice")
+        TRANSFORMS[name] = TransformCase(build, **options)
+        return build
+
+    return decorate
+
+
+def perturb(module: torch.nn.Module, scale: float = 0.3, seed: int = 0) -> torch.nn.Module:
+    """Move every parameter away from its (often identity) initialisation, reproducibly."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in module.parameters():
+            noise = torch.randn(parameter.shape, generator=generator, dtype=parameter.dtype)
+            parameter.add_(scale * noise.to(parameter.device))
+    return module
+
+
+SPLINE = dict(bins=5, tail_bound=4.0, hidden_features=(16, 16))
+HIDDEN = dict(hidden_features=(16, 16))
+
+register("permutation")(lambda: T.Permutation([2, 0, 3, 1]))
+register("reverse_permutation")(lambda: T.ReversePermutation(4))
+register("random_permutation")(lambda: T.RandomPermutation(4, seed=3))
+register("lu_linear")(lambda: perturb(T.LULinear(4)))
+register("elementwise_affine")(lambda: perturb(T.ElementwiseAffine(4, shift=0.5, scale=2.0)))
+register("actnorm")(lambda: perturb(T.ActNorm(4)))
+register("affine_coupling")(
+    lambda: perturb(T.AffineCouplingTransform(T.alternating_mask(4), **HIDDEN))
+)
+register("affine_coupling_context", context_features=3)(
+    lambda: perturb(T.AffineCouplingTransform([0, 1, 1, 0], context_features=3, **HIDDEN))
+)
+register("spline_coupling")(
+    lambda: perturb(T.SplineCouplingTransform(T.alternating_mask(4, even=False), **SPLINE))
+)
+register("spline_coupling_mask_context", context_features=3)(
+    lambda: perturb(T.SplineCouplingTransform([1, 1, 0, 1], context_features=3, **SPLINE))
+)
+register("maf")(lambda: perturb(T.MaskedAffineAutoregressiveTransform(4, **HIDDEN)))
+register("maf_context_order", context_features=3)(
+    lambda: perturb(
+        T.MaskedAffineAutoregressiveTransform(4, context_features=3, order=[2, 0, 3, 1], **HIDDEN)
+    )
+)
+register("nsf_autoregressive")(lambda: perturb(T.MaskedSplineAutoregressiveTransform(4, **SPLINE)))
+register("nsf_autoregressive_context_order", context_features=3)(
+    lambda: perturb(
+        T.MaskedSplineAutoregressiveTransform(4, context_features=3, order=[3, 2, 1, 0], **SPLINE)
+    )
+)
+register("nsf_autoregressive_1d", features=1, context_features=2)(
+    lambda: perturb(T.MaskedSplineAutoregressiveTransform(1, context_features=2, **SPLINE))
+)
+register("composite", context_features=3)(
+    lambda: perturb(
+        T.CompositeTransform(
+            [
+                T.LULinear(4),
+                T.SplineCouplingTransform(T.alternating_mask(4), context_features=3, **SPLINE),
+                T.ReversePermutation(4),
+                T.MaskedAffineAutoregressiveTransform(4, context_features=3, **HIDDEN),
+                T.ActNorm(4),
+            ]
+        )
+    )
+)
+register("inverse_transform")(
+    lambda: T.InverseTransform(perturb(T.MaskedSplineAutoregressiveTransform(4, **SPLINE)))
+)
+
+
+def _nflows_maf():
+    from nflows.transforms import MaskedAffineAutoregressiveTransform
+
+    from normflows_sci.interop.nflows import NflowsTransform
+
+    nflows_maf = MaskedAffineAutoregressiveTransform(4, 16, context_features=3)
+    return perturb(NflowsTransform(nflows_maf), scale=0.1)
+
+
+register("nflows_adapter", context_features=3, requires_context=False)(_nflows_maf)
