@@ -35,6 +35,10 @@ Repeats are interleaved across packages (one timed call per package per round) s
 drifts in machine load affect every package alike; the reported value is the median.
 A package that lacks a variant or fails is reported as ``n/a`` with the exception type.
 The script ends with a verdict against the performance targets of normflows_sci.
+
+Run it on an otherwise idle machine: when another process takes a core away, multi-threaded
+torch ops wait for the descheduled thread and times inflate many-fold. The script prints the
+load average and warns when it shows competition.
 """
 
 from __future__ import annotations
@@ -92,17 +96,19 @@ class Bench:
 
 @dataclass
 class Result:
+    """Timings of one package in one case; ``error`` is set when the model could not be built
+    and ``failed`` maps a metric to its failure when that metric could not be timed."""
+
     params: int | None = None
-    train: list[float] = field(default_factory=list)
-    sample: list[float] = field(default_factory=list)
+    times: dict[str, list[float]] = field(default_factory=lambda: {m: [] for m in METRICS})
     error: str | None = None
+    failed: dict[str, str] = field(default_factory=dict)
     note: str = ""
 
     def median(self, metric: str) -> float | None:
-        times = getattr(self, metric)
-        if self.error is not None or not times:
+        if self.error is not None or metric in self.failed or not self.times[metric]:
             return None
-        return statistics.median(times) * 1e3
+        return statistics.median(self.times[metric]) * 1e3
 
 
 def nll(log_prob: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
@@ -198,7 +204,8 @@ class Floor(nn.Module):
 
 def build_floor(case: str, features: int) -> Bench:
     floor = Floor(case, features)
-    return Bench(floor, floor.loss, floor.sample)
+    kind = "MLPs" if floor.coupling else "MADEs"
+    return Bench(floor, floor.loss, floor.sample, f"normflows_sci {kind} only")
 
 
 # ---------------------------------------------------------------------------- nflows
@@ -215,9 +222,10 @@ def build_nflows(case: str, features: int) -> Bench:
         ReversePermutation,
     )
 
-    # MADE(num_blocks=1, no residual blocks) = hidden layers (128, 128)
-    made_kwargs = dict(hidden_features=HIDDEN[0], num_blocks=len(HIDDEN) - 1)
-    made_kwargs["use_residual_blocks"] = False
+    # Non-residual MADE: initial layer + (num_blocks) feed-forward blocks = hidden (128, 128).
+    made_kwargs = dict(
+        hidden_features=HIDDEN[0], num_blocks=len(HIDDEN) - 1, use_residual_blocks=False
+    )
     layers = []
     for i in range(TRANSFORMS):
         if case == "ar_spline":
@@ -371,6 +379,11 @@ def describe(exc: BaseException) -> str:
     return f"n/a ({type(exc).__name__})"
 
 
+def first_line(exc: BaseException, width: int = 70) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:width] if lines else ""
+
+
 def check(bench: Bench, name: str, x: Tensor, features: int, api_notes: list[str]) -> None:
     """Validate shapes and finiteness once so that a broken model is not timed."""
     loss = bench.loss(x)
@@ -420,7 +433,7 @@ def run_case(case: str, args: argparse.Namespace, api_notes: list[str]) -> dict[
             bench.optimizer = torch.optim.Adam(bench.module.parameters(), lr=1e-3)
             check(bench, name, x, features, api_notes)
         except Exception as exc:  # a failing package must not stop the run
-            results[name] = Result(error=describe(exc), note=str(exc).splitlines()[0][:70])
+            results[name] = Result(error=describe(exc), note=first_line(exc))
             if args.verbose:
                 traceback.print_exc()
             continue
@@ -434,12 +447,11 @@ def run_case(case: str, args: argparse.Namespace, api_notes: list[str]) -> dict[
                 try:
                     elapsed = step(bench)
                 except Exception as exc:
-                    results[name].error = describe(exc)
-                    results[name].note = f"{metric}: {str(exc).splitlines()[0][:60]}"
+                    results[name].failed[metric] = f"{metric} {describe(exc)}: {first_line(exc)}"
                     del active[name]
                     continue
                 if round_ >= args.warmup:
-                    getattr(results[name], metric).append(elapsed)
+                    results[name].times[metric].append(elapsed)
 
     timed("train", lambda b: train_step(b, x))
     timed("sample", lambda b: sample_step(b, batch))
@@ -474,15 +486,13 @@ def print_case(title: str, results: dict[str, Result]) -> None:
     print("-" * len(header))
     for name in PACKAGES:
         res = results[name]
-        if res.error is not None and res.params is None:
+        if res.error is not None:
             print(f"{name:<14}{res.error:>9}  {res.note}")
             continue
         train, sample = res.median("train"), res.median("sample")
-        if res.error is not None and not res.train:
-            train = None
         r_train = None if name == OURS else ratio(ours.median("train"), train)
         r_sample = None if name == OURS else ratio(ours.median("sample"), sample)
-        note = res.note if res.error is None else f"{res.error} {res.note}"
+        note = "; ".join([res.note, *res.failed.values()]).strip("; ")
         print(
             f"{name:<14}{res.params:>9,}{fmt_ms(train):>10}{fmt_ms(sample):>11}"
             f"{'-' if name == OURS else fmt_ratio(r_train):>14}"
@@ -558,14 +568,23 @@ def main() -> None:
     api_notes: list[str] = []
     all_results: dict[str, dict[str, Result]] = {}
     start = time.perf_counter()
+    peak_load = os.getloadavg()[0]
     for case in args.cases:
         all_results[case] = run_case(case, args, api_notes)
         print_case(CASES[case], all_results[case])
+        peak_load = max(peak_load, os.getloadavg()[0])
     verdict(all_results)
     for note in dict.fromkeys(api_notes):
         print(f"  normflows_sci API note: {note}")
     elapsed = time.perf_counter() - start
-    print(f"\ntotal benchmark time {elapsed:.0f} s")
+    print(f"\ntotal benchmark time {elapsed:.0f} s, peak 1-min load {peak_load:.2f}")
+    cores = os.cpu_count() or 1
+    if peak_load > cores + 0.5:
+        print(
+            f"WARNING: other processes competed for the CPU (load {peak_load:.2f} on {cores} "
+            "cores). Multi-threaded torch ops stall badly when a core is taken away, so these "
+            "timings are unreliable: rerun on an idle machine (or compare with --threads 1)."
+        )
 
 
 if __name__ == "__main__":

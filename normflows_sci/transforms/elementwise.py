@@ -16,7 +16,7 @@ from normflows_sci.transforms.splines import (
     DEFAULT_MIN_BIN_WIDTH,
     DEFAULT_MIN_DERIVATIVE,
     identity_derivative_offset,
-    unconstrained_rational_quadratic_spline,
+    rq_spline_from_params,
 )
 
 __all__ = ["ElementwiseMap", "AffineMap", "RQSplineMap"]
@@ -95,14 +95,8 @@ class RQSplineMap(ElementwiseMap):
         self._offset = identity_derivative_offset(min_derivative)
 
     def _call(self, inputs: Tensor, params: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
-        k = self.bins
-        return unconstrained_rational_quadratic_spline(
-            inputs,
-            params[..., :k],
-            params[..., k : 2 * k],
-            params[..., 2 * k :] + self._offset,
-            inverse=inverse,
-            **self.options,
+        return rq_spline_from_params(
+            inputs, params, inverse=inverse, derivative_offset=self._offset, **self.options
         )
 
     def forward(self, inputs: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
