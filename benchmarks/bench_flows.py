@@ -460,6 +460,34 @@ def run_case(case: str, args: argparse.Namespace, api_notes: list[str]) -> dict[
 
 # ---------------------------------------------------------------------------- reporting
 
+BUSY_LIMIT = 0.1  # CPU cores used by other processes above which timings are flagged
+
+
+class OtherLoad:
+    """CPU time used by *other* processes since creation (Linux ``/proc/stat``; else None)."""
+
+    def __init__(self) -> None:
+        self.start = self._snapshot()
+
+    @staticmethod
+    def _snapshot() -> tuple[float, float, float] | None:
+        try:
+            with open("/proc/stat") as stat:
+                ticks = [int(value) for value in stat.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        idle = sum(ticks[3:5])  # idle + iowait
+        busy = (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")  # without guest time
+        own = sum(os.times()[:4])
+        return busy, own, time.perf_counter()
+
+    def cores(self) -> float | None:
+        end = self._snapshot()
+        if self.start is None or end is None:
+            return None
+        busy, own, wall = (b - a for a, b in zip(self.start, end))
+        return max(busy - own, 0.0) / wall if wall > 0 else None
+
 
 def fmt_ms(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1f}" if value < 1000 else f"{value:.0f}"
@@ -562,28 +590,30 @@ def main() -> None:
         f"{TRANSFORMS} transforms, hidden {HIDDEN}, {BINS} bins, tail bound {TAIL_BOUND:g}, "
         f"Adam lr 1e-3 | {versions}"
     )
-    load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
-    print(f"times are medians in ms; ours/x < 1 means normflows_sci is faster than x | load {load}")
+    print("times are medians in ms; ours/x < 1 means normflows_sci is faster than x")
 
     api_notes: list[str] = []
     all_results: dict[str, dict[str, Result]] = {}
     start = time.perf_counter()
-    peak_load = os.getloadavg()[0]
+    busiest = 0.0
     for case in args.cases:
+        monitor = OtherLoad()
         all_results[case] = run_case(case, args, api_notes)
         print_case(CASES[case], all_results[case])
-        peak_load = max(peak_load, os.getloadavg()[0])
+        others = monitor.cores()
+        if others is not None:
+            busiest = max(busiest, others)
+            print(f"(other processes used {others:.2f} CPU cores on average during this case)")
     verdict(all_results)
     for note in dict.fromkeys(api_notes):
         print(f"  normflows_sci API note: {note}")
     elapsed = time.perf_counter() - start
-    print(f"\ntotal benchmark time {elapsed:.0f} s, peak 1-min load {peak_load:.2f}")
-    cores = os.cpu_count() or 1
-    if peak_load > cores + 0.5:
+    print(f"\ntotal benchmark time {elapsed:.0f} s")
+    if busiest > BUSY_LIMIT:
         print(
-            f"WARNING: other processes competed for the CPU (load {peak_load:.2f} on {cores} "
-            "cores). Multi-threaded torch ops stall badly when a core is taken away, so these "
-            "timings are unreliable: rerun on an idle machine (or compare with --threads 1)."
+            f"WARNING: other processes used up to {busiest:.2f} CPU cores while timing. "
+            "Multi-threaded torch ops stall when a core is taken away, so these timings are "
+            "unreliable: rerun on an idle machine (or compare with --threads 1)."
         )
 
 

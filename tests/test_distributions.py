@@ -43,7 +43,7 @@ def test_student_t_matches_scipy_and_integrates_to_one():
     torch.testing.assert_close(base.log_prob(x), torch.as_tensor(expected), atol=1e-7, rtol=1e-7)
     one_dim = StudentT(1, df=2.5).double()
     total, _ = integrate.quad(
-        lambda v: float(one_dim.log_prob(torch.tensor([[v]], dtype=torch.float64)).exp()),
+        lambda v: float(one_dim.log_prob(torch.tensor([[v]], dtype=torch.float64)).exp().detach()),
         -np.inf,
         np.inf,
     )

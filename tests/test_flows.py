@@ -27,7 +27,7 @@ FACTORIES = {
 def _flow(name, context_features=0, seed=0):
     torch.manual_seed(seed)
     flow = FACTORIES[name](context_features=context_features)
-    return perturb(flow, scale=0.2, seed=seed).double().eval()
+    return perturb(flow, scale=0.15, seed=seed).double().eval()
 
 
 @pytest.mark.parametrize("name", sorted(FACTORIES))
@@ -152,4 +152,4 @@ def test_student_t_base_flow_integrates_to_one():
 def test_flow_is_a_plain_module():
     flow = Flow(NSF(2, **SMALL).transform, StudentT(2))
     assert flow.features == 2 and flow.event_shape == (2,)
-    assert math.isfinite(float(flow.log_prob(torch.zeros(1, 2))))
+    assert math.isfinite(float(flow.log_prob(torch.zeros(1, 2)).detach()))

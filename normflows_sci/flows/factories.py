@@ -72,8 +72,7 @@ def _mask(features: int, i: int, permutation: str):
     return alternating_mask(features, even=even)
 
 
-def _common_doc(fn):
-    fn.__doc__ += """
+_COMMON_ARGS = """
     Common args:
         features: data dimension ``D``.
         context_features: width of the context the transforms see (the embedding's output width
@@ -87,7 +86,13 @@ def _common_doc(fn):
         embedding: network applied to the context first.
         activation, dropout: conditioner options.
         seed: seed of the random permutations.
-    """
+
+    References:"""
+
+
+def _common_doc(fn):
+    """Insert the arguments every factory shares before the References section."""
+    fn.__doc__ = fn.__doc__.replace("\n    References:", _COMMON_ARGS, 1)
     return fn
 
 
