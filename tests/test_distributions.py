@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 from scipy import integrate, stats
+from tests_helpers import grid_integral, perturb
 
 from normflows_sci.distributions import DiagNormal, GaussianMixture, StandardNormal, StudentT
-from tests_helpers import grid_integral, perturb
 
 
 def _make(name):

@@ -6,11 +6,11 @@ import math
 
 import pytest
 import torch
+from tests_helpers import grid_integral, perturb
 from torch import nn
 
 from normflows_sci.distributions import StudentT
 from normflows_sci.flows import MAF, NSF, Flow, RealNVP
-from tests_helpers import grid_integral, perturb
 
 SMALL = dict(transforms=3, hidden_features=(16, 16))
 FACTORIES = {

@@ -6,8 +6,8 @@ import io
 
 import pytest
 import torch
-from conftest import TRANSFORMS
 
+from conftest import TRANSFORMS
 from normflows_sci.nn import MaskedLinear
 
 DTYPES = [torch.float64, torch.float32]

@@ -52,7 +52,9 @@ def main(steps: int = 1500, seed: int = 0) -> dict[str, float]:
         gaussian = torch.distributions.MultivariateNormal(mean, torch.cov(train.T))
         gauss_ll = gaussian.log_prob(test).mean().item()
         samples = flow.sample(5, generator=torch.Generator().manual_seed(seed)) * std + mean
-    print(f"held-out log-likelihood  flow {flow_ll:.3f}  true {true_ll:.3f}  Gaussian {gauss_ll:.3f}")
+    print(
+        f"held-out log-likelihood  flow {flow_ll:.3f}  true {true_ll:.3f}  Gaussian {gauss_ll:.3f}"
+    )
     print("five samples:\n", samples)
     return {"flow": flow_ll, "true": true_ll, "gaussian": gauss_ll}
 

@@ -1,0 +1,96 @@
+"""Layer-specific behaviour not covered by the registry's shared properties."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tests_helpers import perturb
+
+from normflows_sci import transforms as T
+from normflows_sci.nn import MADE
+
+
+@pytest.mark.parametrize("order", [None, [2, 0, 4, 1, 3]])
+def test_made_is_autoregressive_in_its_order(order):
+    torch.manual_seed(0)
+    made = perturb(MADE(5, 3, hidden_features=(32, 32), context_features=2, order=order))
+    x, context = torch.randn(1, 5), torch.randn(1, 2)
+    jacobian = torch.autograd.functional.jacobian(lambda v: made(v, context), x)[0, :, :, 0, :]
+    position = torch.empty(5, dtype=torch.long)
+    position[torch.tensor(order or range(5))] = torch.arange(5)
+    for out_feature in range(5):
+        for in_feature in range(5):
+            depends = jacobian[out_feature, :, in_feature].abs().sum() > 0
+            assert bool(depends) == bool(position[in_feature] < position[out_feature])
+
+
+def test_made_single_feature_output_matches_full_output():
+    torch.manual_seed(0)
+    made = perturb(MADE(4, 5, hidden_features=(16,), context_features=1))
+    x, context = torch.randn(7, 4), torch.randn(7, 1)
+    full = made(x, context)
+    for feature in range(4):
+        torch.testing.assert_close(made.forward_feature(x, feature, context), full[:, feature])
+
+
+def test_actnorm_initialises_from_the_first_training_batch():
+    layer = T.ActNorm(3)
+    data = torch.randn(500, 3) * torch.tensor([2.0, 0.5, 10.0]) + torch.tensor([1.0, -3.0, 7.0])
+    z, _ = layer(data)
+    torch.testing.assert_close(z.mean(0), torch.zeros(3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(z.std(0), torch.ones(3), atol=1e-5, rtol=0)
+    assert bool(layer.initialized)
+    before = layer.shift.detach().clone()
+    layer(data * 5)  # a second batch does not re-initialise
+    torch.testing.assert_close(layer.shift.detach(), before)
+    fresh = T.ActNorm(3)
+    fresh.load_state_dict(layer.state_dict())
+    assert bool(fresh.initialized)
+
+
+def test_lu_linear_weight_and_logdet():
+    torch.manual_seed(0)
+    layer = perturb(T.LULinear(5)).double()
+    weight = layer.weight()
+    x = torch.randn(4, 5, dtype=torch.float64)
+    z, logabsdet = layer(x)
+    torch.testing.assert_close(z, x @ weight.T + layer.bias)
+    torch.testing.assert_close(logabsdet, torch.linalg.slogdet(weight)[1].expand(4))
+
+
+def test_coupling_masks_leave_the_identity_features_unchanged():
+    torch.manual_seed(0)
+    layer = perturb(T.SplineCouplingTransform([1, 0, 0, 1, 0], hidden_features=(8,)))
+    x = torch.randn(6, 5)
+    z, _ = layer(x)
+    torch.testing.assert_close(z[:, [1, 2, 4]], x[:, [1, 2, 4]])
+    assert (z[:, [0, 3]] - x[:, [0, 3]]).abs().max() > 1e-3
+
+
+def test_layers_start_at_the_identity():
+    x = torch.randn(8, 4)
+    for layer in (
+        T.SplineCouplingTransform(T.alternating_mask(4)),
+        T.AffineCouplingTransform(T.alternating_mask(4)),
+        T.MaskedSplineAutoregressiveTransform(4),
+        T.MaskedAffineAutoregressiveTransform(4),
+        T.LULinear(4),
+    ):
+        z, logabsdet = layer(x)
+        torch.testing.assert_close(z, x, atol=1e-6, rtol=0)
+        torch.testing.assert_close(logabsdet, torch.zeros(8), atol=1e-6, rtol=0)
+
+
+def test_bad_layer_arguments():
+    with pytest.raises(ValueError, match="mask"):
+        T.SplineCouplingTransform([0, 0, 0])
+    with pytest.raises(ValueError, match="untransformed feature or a context"):
+        T.AffineCouplingTransform([1, 1])
+    with pytest.raises(ValueError, match="order"):
+        T.MaskedAffineAutoregressiveTransform(3, order=[0, 0, 1])
+    with pytest.raises(ValueError, match="permutation"):
+        T.Permutation([0, 2])
+    with pytest.raises(ValueError, match="scale"):
+        T.ElementwiseAffine(2, scale=-1.0)
+    with pytest.raises(ValueError, match="hidden_features"):
+        T.MaskedAffineAutoregressiveTransform(3, hidden_features=())
