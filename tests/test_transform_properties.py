@@ -34,7 +34,7 @@ def name(request):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["float64", "float32"])
 def test_shapes_dtype_device_and_round_trip(name, dtype, device):
-    case, transform, x, context = _setup(name, dtype, device)
+    _case, transform, x, context = _setup(name, dtype, device)
     z, logabsdet = transform(x, context)
     assert z.shape == x.shape and logabsdet.shape == (x.shape[0],)
     assert z.dtype == dtype and logabsdet.dtype == dtype and z.device == x.device
@@ -47,7 +47,7 @@ def test_shapes_dtype_device_and_round_trip(name, dtype, device):
 
 def test_transform_is_not_trivial(name, device):
     """Guards the other tests: a registered transform must actually move its inputs."""
-    case, transform, x, context = _setup(name, torch.float64, device)
+    _case, transform, x, context = _setup(name, torch.float64, device)
     z, _ = transform(x, context)
     assert (z - x).abs().max() > 1e-3
 
@@ -59,7 +59,7 @@ def _jacobian_logabsdet(function, point):
 
 @pytest.mark.parametrize("direction", ["forward", "inverse"])
 def test_logabsdet_matches_autograd_jacobian(name, direction, device):
-    case, transform, x, context = _setup(name, torch.float64, device, batch=5)
+    _case, transform, x, context = _setup(name, torch.float64, device, batch=5)
     if direction == "inverse":
         x, _ = transform(x, context)
     step = transform if direction == "forward" else transform.inverse
@@ -75,7 +75,7 @@ def test_logabsdet_matches_autograd_jacobian(name, direction, device):
 
 
 def test_batch_consistency(name, device):
-    case, transform, x, context = _setup(name, torch.float64, device, batch=6)
+    _case, transform, x, context = _setup(name, torch.float64, device, batch=6)
     z, logabsdet = transform(x, context)
     for i in range(len(x)):
         row_context = None if context is None else context[i : i + 1]
@@ -88,7 +88,7 @@ def test_context_handling(name, device):
     case, transform, x, context = _setup(name, torch.float64, device)
     z, logabsdet = transform(x, context)
     if case.context_features:
-        z_other, logabsdet_other = transform(x, context + 1.0)
+        z_other, _logabsdet_other = transform(x, context + 1.0)
         assert (z_other - z).abs().max() > 1e-4, "context must change the output"
         if case.requires_context:
             with pytest.raises(ValueError, match="context"):
@@ -102,7 +102,7 @@ def test_context_handling(name, device):
 
 @pytest.mark.parametrize("direction", ["forward", "inverse"])
 def test_gradients_reach_every_parameter(name, direction, device):
-    case, transform, x, context = _setup(name, torch.float64, device)
+    _case, transform, x, context = _setup(name, torch.float64, device)
     x.requires_grad_(True)
     step = transform if direction == "forward" else transform.inverse
     z, logabsdet = step(x, context)
