@@ -49,66 +49,21 @@ def identity_derivative_offset(min_derivative: float = DEFAULT_MIN_DERIVATIVE) -
 
 
 def _check_bins(num_bins: int, min_bin_width: float, min_bin_height: float) -> None:
+    if num_bins < 2:
+        raise ValueError(f"a spline needs at least 2 bins, got {num_bins}")
     for name, value in (("min_bin_width", min_bin_width), ("min_bin_height", min_bin_height)):
-        if value * num_bins > 1.0:
+        if value * num_bins >= 1.0:
             raise ValueError(
-                f"{name}={value} is too large for {num_bins} bins (need {name} * bins <= 1)"
+                f"{name}={value} is too large for {num_bins} bins (need {name} * bins < 1)"
             )
 
 
-def _knots(
-    unnormalized_bins: Tensor,
-    x_range: tuple[float, float],
-    y_range: tuple[float, float],
-    min_bin_width: float,
-    min_bin_height: float,
-) -> Tensor:
-    """Knots ``(..., 2, K + 1)`` (row 0: x, row 1: y) from ``(..., 2, K)`` unnormalised sizes."""
-    num_bins = unnormalized_bins.shape[-1]
-    # Softmax is shift-invariant, so a detached max keeps exp() finite without changing gradients.
-    shifted = unnormalized_bins - unnormalized_bins.detach().amax(dim=-1, keepdim=True)
-    cumulative = F.pad(torch.cumsum(shifted.exp(), dim=-1), (1, 0))
-    fraction = cumulative / cumulative[..., -1:]  # exactly 0 and 1 at the ends
-    # knot_k = low + span * (min * k + (1 - K min) * fraction_k), for x and y at once.
-    k = torch.arange(num_bins + 1, dtype=fraction.dtype, device=fraction.device)
-    low = fraction.new_tensor([[x_range[0]], [y_range[0]]])
-    span = fraction.new_tensor([[x_range[1] - x_range[0]], [y_range[1] - y_range[0]]])
-    minimum = fraction.new_tensor([[min_bin_width], [min_bin_height]])
-    offset = low + span * minimum * k
-    scale = span * (1.0 - num_bins * minimum)
-    return torch.addcmul(offset, fraction, scale)
-
-
-def spline_knots(
-    unnormalized_widths: Tensor,
-    unnormalized_heights: Tensor,
-    unnormalized_derivatives: Tensor,
-    *,
-    left: float = -1.0,
-    right: float = 1.0,
-    bottom: float = -1.0,
-    top: float = 1.0,
-    min_bin_width: float = DEFAULT_MIN_BIN_WIDTH,
-    min_bin_height: float = DEFAULT_MIN_BIN_HEIGHT,
-    min_derivative: float = DEFAULT_MIN_DERIVATIVE,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Knots of a monotone rational-quadratic spline.
-
-    Args:
-        unnormalized_widths: ``(..., K)``.
-        unnormalized_heights: ``(..., K)``.
-        unnormalized_derivatives: ``(..., K + 1)``, one per knot including both ends.
-
-    Returns:
-        ``(knots_x, knots_y, derivatives)``, each ``(..., K + 1)``, with ``knots_x`` running from
-        ``left`` to ``right`` and ``knots_y`` from ``bottom`` to ``top``.
-    """
-    unnormalized_bins = _stack_bins(unnormalized_widths, unnormalized_heights)
-    _check_derivatives(unnormalized_derivatives, unnormalized_widths.shape[-1] + 1, "bins + 1")
-    _check_bins(unnormalized_widths.shape[-1], min_bin_width, min_bin_height)
-    knots = _knots(unnormalized_bins, (left, right), (bottom, top), min_bin_width, min_bin_height)
-    derivatives = min_derivative + F.softplus(unnormalized_derivatives)
-    return knots[..., 0, :], knots[..., 1, :], derivatives
+def _check_derivatives(unnormalized_derivatives: Tensor, expected: int, what: str) -> None:
+    if unnormalized_derivatives.shape[-1] != expected:
+        raise ValueError(
+            f"unnormalized_derivatives must have {what} = {expected} entries, "
+            f"got {unnormalized_derivatives.shape[-1]}"
+        )
 
 
 def _stack_bins(unnormalized_widths: Tensor, unnormalized_heights: Tensor) -> Tensor:
@@ -120,32 +75,102 @@ def _stack_bins(unnormalized_widths: Tensor, unnormalized_heights: Tensor) -> Te
     return torch.stack(torch.broadcast_tensors(unnormalized_widths, unnormalized_heights), dim=-2)
 
 
-def _check_derivatives(unnormalized_derivatives: Tensor, expected: int, what: str) -> None:
-    if unnormalized_derivatives.shape[-1] != expected:
-        raise ValueError(
-            f"unnormalized_derivatives must have {what} = {expected} entries, "
-            f"got {unnormalized_derivatives.shape[-1]}"
-        )
+class _Geometry:
+    """Bin geometry in unnormalised units, computed once per call.
 
-
-def _evaluate(
-    inputs: Tensor,
-    knots: Tensor,
-    derivatives: Tensor,
-    inverse: bool,
-) -> tuple[Tensor, Tensor]:
-    """The spline given knots ``(..., 2, K + 1)`` and positive knot derivatives ``(..., K + 1)``.
-
-    Inputs must already lie inside the knot range of the direction evaluated.
+    With ``e = exp(raw - max)`` and ``c = cumsum(e)``, bin ``j`` has size proportional to
+    ``e_j + beta C`` (``C = c_K``, ``beta = min / (1 - K min)``), which is
+    ``min + (1 - K min) softmax(raw)_j`` after normalisation. Knot ``k`` therefore sits at
+    ``u_k = c_k + k beta C`` out of ``U = C (1 + K beta)``: only the cumulative sums are tensors of
+    bin size; everything else is per element.
     """
-    searched = knots[..., 1 if inverse else 0, 1:-1]
-    # Bin index in [0, K - 1]: count of interior knots at or below the input (cheaper than
-    # searchsorted on the tiny last dimension, and needs no contiguous copy).
-    bin_idx = (inputs[..., None] >= searched).sum(dim=-1, keepdim=True)
-    both = torch.cat([bin_idx, bin_idx + 1], dim=-1)
-    corners = knots.gather(-1, both[..., None, :].expand(*knots.shape[:-1], 2))
-    x_k, x_k1, y_k, y_k1 = corners.flatten(-2).unbind(-1)
-    d_k, d_k1 = derivatives.gather(-1, both).unbind(-1)
+
+    def __init__(self, unnormalized_bins: Tensor, x_range, y_range, min_bin_width, min_bin_height):
+        num_bins = unnormalized_bins.shape[-1]
+        self.num_bins = num_bins
+        # Softmax is shift-invariant: a detached max keeps exp() finite and leaves gradients exact.
+        shifted = unnormalized_bins - unnormalized_bins.detach().amax(dim=-1, keepdim=True)
+        self.cumulative = torch.cumsum(shifted.exp(), dim=-1)  # (..., 2, K): c_1 .. c_K
+        new = self.cumulative.new_tensor
+        minimum = new([min_bin_width, min_bin_height])
+        self.beta_total = (minimum / (1.0 - num_bins * minimum)) * self.cumulative[..., -1]
+        self.total = self.cumulative[..., -1] + num_bins * self.beta_total  # U, (..., 2)
+        self.low = new([x_range[0], y_range[0]])
+        self.span = new([x_range[1] - x_range[0], y_range[1] - y_range[0]])
+
+    def all_knots(self) -> Tensor:
+        """Every knot, ``(..., 2, K + 1)``; row 0 holds x, row 1 holds y."""
+        k = torch.arange(self.num_bins + 1, dtype=self.total.dtype, device=self.total.device)
+        padded = F.pad(self.cumulative, (1, 0))
+        units = padded + k * self.beta_total[..., None]
+        return self.low[:, None] + self.span[:, None] * units / self.total[..., None]
+
+    def locate(self, inputs: Tensor, row: int) -> Tensor:
+        """Bin index ``(..., 1)`` in ``[0, K - 1]`` of ``inputs`` along knot row 0 (x) or 1 (y)."""
+        scaled = (inputs - self.low[row]) * (self.total[..., row] / self.span[row])
+        k = torch.arange(1, self.num_bins, dtype=scaled.dtype, device=scaled.device)
+        # Interior knots u_k = c_k + k beta C, k = 1 .. K - 1. The count of those at or below the
+        # input is the bin: cheaper than searchsorted on a tiny last dimension, and no copy.
+        threshold = torch.addcmul(
+            self.cumulative[..., row, :-1], self.beta_total[..., row, None], k
+        )
+        below = scaled[..., None] >= threshold
+        return below.sum(dim=-1, keepdim=True)
+
+    def corners(self, bin_idx: Tensor) -> tuple[Tensor, Tensor]:
+        """Left and right knots of the bin, each ``(..., 2)`` as (x, y)."""
+        both = torch.cat([bin_idx - 1, bin_idx], dim=-1).clamp_min(0)
+        gathered = self.cumulative.gather(-1, both[..., None, :].expand(*both.shape[:-1], 2, 2))
+        first = bin_idx == 0
+        left_c = torch.where(first, 0.0, gathered[..., 0])
+        right_c = gathered[..., 1]
+        index = bin_idx.to(self.total.dtype)
+        scale = self.span / self.total
+        left = self.low + (left_c + index * self.beta_total) * scale
+        right = self.low + (right_c + (index + 1.0) * self.beta_total) * scale
+        return left, right
+
+
+def _spline(
+    inputs: Tensor,
+    unnormalized_bins: Tensor,
+    unnormalized_derivatives: Tensor,
+    *,
+    inverse: bool,
+    x_range: tuple[float, float],
+    y_range: tuple[float, float],
+    min_bin_width: float,
+    min_bin_height: float,
+    min_derivative: float,
+    boundary_derivative: float | None,
+) -> tuple[Tensor, Tensor]:
+    """The spline on clamped inputs.
+
+    Args:
+        inputs: ``(...)``, already inside the range of the direction evaluated.
+        unnormalized_bins: ``(..., 2, K)``, widths then heights.
+        unnormalized_derivatives: ``(..., K + 1)`` raw knot derivatives, or ``(..., K - 1)``
+            interior ones when ``boundary_derivative`` gives both end derivatives.
+    """
+    geometry = _Geometry(unnormalized_bins, x_range, y_range, min_bin_width, min_bin_height)
+    num_bins = geometry.num_bins
+    bin_idx = geometry.locate(inputs, 1 if inverse else 0)
+    left, right = geometry.corners(bin_idx)
+    x_k, y_k = left.unbind(-1)
+    x_k1, y_k1 = right.unbind(-1)
+    if boundary_derivative is None:
+        pair = torch.cat([bin_idx, bin_idx + 1], dim=-1)
+        d_k, d_k1 = (min_derivative + F.softplus(unnormalized_derivatives.gather(-1, pair))).unbind(
+            -1
+        )
+    else:
+        # Interior knot j is raw entry j - 1; the two end knots take the boundary value.
+        pair = torch.cat([bin_idx - 1, bin_idx], dim=-1).clamp(0, num_bins - 2)
+        d_pair = min_derivative + F.softplus(unnormalized_derivatives.gather(-1, pair))
+        idx = bin_idx[..., 0]
+        d_k = torch.where(idx == 0, boundary_derivative, d_pair[..., 0])
+        d_k1 = torch.where(idx == num_bins - 1, boundary_derivative, d_pair[..., 1])
+
     width = x_k1 - x_k
     height = y_k1 - y_k
     slope = height / width
@@ -172,6 +197,42 @@ def _evaluate(
         return torch.addcmul(x_k, xi, width), -logabsdet
     outputs = y_k + height * (slope * xi.square() + d_k * xi_term) / denominator
     return outputs, logabsdet
+
+
+def spline_knots(
+    unnormalized_widths: Tensor,
+    unnormalized_heights: Tensor,
+    unnormalized_derivatives: Tensor,
+    *,
+    left: float = -1.0,
+    right: float = 1.0,
+    bottom: float = -1.0,
+    top: float = 1.0,
+    min_bin_width: float = DEFAULT_MIN_BIN_WIDTH,
+    min_bin_height: float = DEFAULT_MIN_BIN_HEIGHT,
+    min_derivative: float = DEFAULT_MIN_DERIVATIVE,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Knots of a monotone rational-quadratic spline (for inspection and plotting).
+
+    Args:
+        unnormalized_widths: ``(..., K)``.
+        unnormalized_heights: ``(..., K)``.
+        unnormalized_derivatives: ``(..., K + 1)``, one per knot including both ends.
+
+    Returns:
+        ``(knots_x, knots_y, derivatives)``, each ``(..., K + 1)``, with ``knots_x`` running from
+        ``left`` to ``right`` and ``knots_y`` from ``bottom`` to ``top``.
+    """
+    unnormalized_bins = _stack_bins(unnormalized_widths, unnormalized_heights)
+    num_bins = unnormalized_bins.shape[-1]
+    _check_derivatives(unnormalized_derivatives, num_bins + 1, "bins + 1")
+    _check_bins(num_bins, min_bin_width, min_bin_height)
+    geometry = _Geometry(
+        unnormalized_bins, (left, right), (bottom, top), min_bin_width, min_bin_height
+    )
+    knots = geometry.all_knots()
+    derivatives = min_derivative + F.softplus(unnormalized_derivatives)
+    return knots[..., 0, :], knots[..., 1, :], derivatives
 
 
 def rational_quadratic_spline(
@@ -209,10 +270,19 @@ def rational_quadratic_spline(
     num_bins = unnormalized_bins.shape[-1]
     _check_derivatives(unnormalized_derivatives, num_bins + 1, "bins + 1")
     _check_bins(num_bins, min_bin_width, min_bin_height)
-    knots = _knots(unnormalized_bins, (left, right), (bottom, top), min_bin_width, min_bin_height)
-    derivatives = min_derivative + F.softplus(unnormalized_derivatives)
     inputs = inputs.clamp(bottom, top) if inverse else inputs.clamp(left, right)
-    return _evaluate(inputs, knots, derivatives, inverse)
+    return _spline(
+        inputs,
+        unnormalized_bins,
+        unnormalized_derivatives,
+        inverse=inverse,
+        x_range=(left, right),
+        y_range=(bottom, top),
+        min_bin_width=min_bin_width,
+        min_bin_height=min_bin_height,
+        min_derivative=min_derivative,
+        boundary_derivative=None,
+    )
 
 
 def rq_spline_from_params(
@@ -245,16 +315,24 @@ def rq_spline_from_params(
     num_bins = (params.shape[-1] + 1) // 3
     _check_bins(num_bins, min_bin_width, min_bin_height)
     bound = (-tail_bound, tail_bound)
-    unnormalized_bins = params[..., : 2 * num_bins].unflatten(-1, (2, num_bins))
-    knots = _knots(unnormalized_bins, bound, bound, min_bin_width, min_bin_height)
-    interior = min_derivative + F.softplus(params[..., 2 * num_bins :] + derivative_offset)
-    # Boundary derivatives of exactly 1 join the spline smoothly to the identity tails.
-    derivatives = F.pad(interior, (1, 1), value=1.0)
+    raw_derivatives = params[..., 2 * num_bins :]
+    if derivative_offset:
+        raw_derivatives = raw_derivatives + derivative_offset
     inside = (inputs >= -tail_bound) & (inputs <= tail_bound)
     # The spline sees clamped inputs, so far-away points can never produce NaN (not even in the
-    # discarded branch of torch.where, whose gradient would otherwise be 0 * NaN).
-    outputs, logabsdet = _evaluate(
-        inputs.clamp(-tail_bound, tail_bound), knots, derivatives, inverse
+    # discarded branch of torch.where, whose gradient would otherwise be 0 * NaN). Boundary
+    # derivatives of exactly 1 join the spline smoothly to the identity tails.
+    outputs, logabsdet = _spline(
+        inputs.clamp(-tail_bound, tail_bound),
+        params[..., : 2 * num_bins].unflatten(-1, (2, num_bins)),
+        raw_derivatives,
+        inverse=inverse,
+        x_range=bound,
+        y_range=bound,
+        min_bin_width=min_bin_width,
+        min_bin_height=min_bin_height,
+        min_derivative=min_derivative,
+        boundary_derivative=1.0,
     )
     return torch.where(inside, outputs, inputs), torch.where(inside, logabsdet, 0.0)
 
