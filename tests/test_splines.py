@@ -9,9 +9,7 @@ import torch
 
 from normflows_sci.transforms.elementwise import RQSplineMap
 from normflows_sci.transforms.splines import (
-    fused_gradients,
     rational_quadratic_spline,
-    rq_spline_from_params,
     unconstrained_rational_quadratic_spline,
 )
 
@@ -137,74 +135,3 @@ def test_bad_arguments_are_clear_errors():
         unconstrained_rational_quadratic_spline(torch.zeros(2, 1), w, h, d, tail_bound=0.0)
     with pytest.raises(ValueError, match="bins"):
         RQSplineMap(bins=1)
-
-
-def _gradients(function, tensors, seed=0):
-    outputs, logabsdet = function()
-    g = torch.Generator().manual_seed(seed)
-    weights = [torch.randn(t.shape, generator=g, dtype=t.dtype) for t in (outputs, logabsdet)]
-    loss = (outputs * weights[0]).sum() + (logabsdet * weights[1]).sum()
-    return torch.autograd.grad(loss, tensors)
-
-
-@pytest.mark.parametrize("inverse", [False, True], ids=["forward", "inverse"])
-def test_fused_backward_matches_autograd_with_tails(inverse):
-    params = torch.randn(300, 3, 23, dtype=torch.float64, requires_grad=True)
-    x = (4.0 * torch.randn(300, 3, dtype=torch.float64)).requires_grad_(True)
-
-    def call():
-        return rq_spline_from_params(
-            x, params, inverse=inverse, tail_bound=3.0, derivative_offset=0.4
-        )
-
-    fused = _gradients(call, [x, params])
-    with fused_gradients(False):
-        reference = _gradients(call, [x, params])
-    for a, b in zip(fused, reference):
-        torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-9)
-
-
-@pytest.mark.parametrize("inverse", [False, True], ids=["forward", "inverse"])
-def test_fused_backward_matches_autograd_on_a_bounded_interval(inverse):
-    w, h, _ = _params(300, 2, 6)
-    d = torch.randn(300, 2, 7, dtype=torch.float64)
-    x = 1.2 * torch.rand(300, 2, dtype=torch.float64) - 0.1  # some points clamped
-    tensors = [t.requires_grad_(True) for t in (x, w, h, d)]
-
-    def call():
-        return rational_quadratic_spline(
-            *tensors, inverse=inverse, left=0.0, right=1.0, bottom=-2.0, top=3.0
-        )
-
-    fused = _gradients(call, tensors)
-    with fused_gradients(False):
-        reference = _gradients(call, tensors)
-    for a, b in zip(fused, reference):
-        torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-9)
-
-
-def test_fused_backward_passes_gradcheck():
-    params = torch.randn(20, 11, dtype=torch.float64, requires_grad=True)
-    x = (2.0 * torch.randn(20, dtype=torch.float64)).requires_grad_(True)
-    for inverse in (False, True):
-        assert torch.autograd.gradcheck(
-            lambda x, p, inverse=inverse: rq_spline_from_params(
-                x, p, inverse=inverse, tail_bound=2.5
-            ),
-            (x, params),
-        )
-
-
-def test_second_derivatives_need_the_autograd_path():
-    params = torch.randn(10, 11, dtype=torch.float64, requires_grad=True)
-    x = torch.randn(10, dtype=torch.float64, requires_grad=True)
-
-    def mixed_second_derivative():
-        y, logabsdet = rq_spline_from_params(x, params, tail_bound=3.0)
-        (grad_x,) = torch.autograd.grad((y.square() + logabsdet).sum(), x, create_graph=True)
-        return torch.autograd.grad(grad_x.sum(), params)[0]
-
-    with pytest.raises(RuntimeError):
-        mixed_second_derivative()
-    with fused_gradients(False):
-        assert torch.isfinite(mixed_second_derivative()).all()

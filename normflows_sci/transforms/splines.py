@@ -18,7 +18,6 @@ References:
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +32,6 @@ __all__ = [
     "rational_quadratic_spline",
     "unconstrained_rational_quadratic_spline",
     "rq_spline_from_params",
-    "fused_gradients",
 ]
 
 DEFAULT_MIN_BIN_WIDTH = 1e-3
@@ -119,261 +117,85 @@ class _Geometry:
         below = scaled[..., None] >= threshold
         return below.sum(dim=-1, keepdim=True)
 
-    def corners(self, bin_idx: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """The bin's left knot and size, each ``(..., 2)`` as (x, y), and, for the gradient, the
-        softmax mass left of the bin and of the bin itself, each ``(..., 2)``."""
+    def corners(self, bin_idx: Tensor) -> tuple[Tensor, Tensor]:
+        """Left and right knots of the bin, each ``(..., 2)`` as (x, y)."""
         both = torch.cat([bin_idx - 1, bin_idx], dim=-1).clamp_min(0)
         gathered = self.cumulative.gather(-1, both[..., None, :].expand(*both.shape[:-1], 2, 2))
-        left_c = torch.where(bin_idx == 0, 0.0, gathered[..., 0])
-        bin_c = gathered[..., 1] - left_c
+        first = bin_idx == 0
+        left_c = torch.where(first, 0.0, gathered[..., 0])
+        right_c = gathered[..., 1]
         index = bin_idx.to(self.total.dtype)
         scale = self.span / self.total
         left = self.low + (left_c + index * self.beta_total) * scale
-        size = (bin_c + self.beta_total) * scale
-        inverse_c = 1.0 / self.cumulative[..., -1]
-        return left, size, left_c * inverse_c, bin_c * inverse_c
+        right = self.low + (right_c + (index + 1.0) * self.beta_total) * scale
+        return left, right
 
 
-class _Config(NamedTuple):
-    inverse: bool
-    x_range: tuple[float, float]
-    y_range: tuple[float, float]
-    min_bin_width: float
-    min_bin_height: float
-    min_derivative: float
-    # None: raw derivatives at all K + 1 knots. A float: raw derivatives at the K - 1 interior
-    # knots, this value at both ends, and identity tails outside the range.
-    boundary_derivative: float | None
-
-
-def _evaluate(inputs: Tensor, unnormalized_bins: Tensor, raw_derivatives: Tensor, cfg: _Config):
-    """The spline with torch ops (differentiable by autograd to any order).
+def _spline(
+    inputs: Tensor,
+    unnormalized_bins: Tensor,
+    unnormalized_derivatives: Tensor,
+    *,
+    inverse: bool,
+    x_range: tuple[float, float],
+    y_range: tuple[float, float],
+    min_bin_width: float,
+    min_bin_height: float,
+    min_derivative: float,
+    boundary_derivative: float | None,
+) -> tuple[Tensor, Tensor]:
+    """The spline on clamped inputs.
 
     Args:
-        inputs: ``(...)``.
+        inputs: ``(...)``, already inside the range of the direction evaluated.
         unnormalized_bins: ``(..., 2, K)``, widths then heights.
-        raw_derivatives: ``(..., K + 1)``, or ``(..., K - 1)`` with a boundary derivative.
-
-    Returns:
-        ``(outputs, logabsdet, state)``; ``state`` holds what the fused backward needs.
+        unnormalized_derivatives: ``(..., K + 1)`` raw knot derivatives, or ``(..., K - 1)``
+            interior ones when ``boundary_derivative`` gives both end derivatives.
     """
-    low, high = cfg.y_range if cfg.inverse else cfg.x_range
-    tails = cfg.boundary_derivative is not None
-    inside = (inputs >= low) & (inputs <= high)
-    # The spline sees clamped inputs, so far-away points never produce NaN (not even in the
-    # discarded branch of torch.where, whose gradient would otherwise be 0 * NaN).
-    clamped = inputs.clamp(low, high)
-    geometry = _Geometry(
-        unnormalized_bins, cfg.x_range, cfg.y_range, cfg.min_bin_width, cfg.min_bin_height
-    )
+    geometry = _Geometry(unnormalized_bins, x_range, y_range, min_bin_width, min_bin_height)
     num_bins = geometry.num_bins
-    bin_idx = geometry.locate(clamped, 1 if cfg.inverse else 0)
-    left, size, mass_left, mass_bin = geometry.corners(bin_idx)
+    bin_idx = geometry.locate(inputs, 1 if inverse else 0)
+    left, right = geometry.corners(bin_idx)
     x_k, y_k = left.unbind(-1)
-    width, height = size.unbind(-1)
-    if tails:
+    x_k1, y_k1 = right.unbind(-1)
+    if boundary_derivative is None:
+        pair = torch.cat([bin_idx, bin_idx + 1], dim=-1)
+        d_k, d_k1 = (min_derivative + F.softplus(unnormalized_derivatives.gather(-1, pair))).unbind(
+            -1
+        )
+    else:
         # Interior knot j is raw entry j - 1; the two end knots take the boundary value.
         pair = torch.cat([bin_idx - 1, bin_idx], dim=-1).clamp(0, num_bins - 2)
+        d_pair = min_derivative + F.softplus(unnormalized_derivatives.gather(-1, pair))
         idx = bin_idx[..., 0]
-        valid = torch.stack([idx > 0, idx < num_bins - 1], dim=-1)
-    else:
-        pair = torch.cat([bin_idx, bin_idx + 1], dim=-1)
-        valid = None
-    raw_pair = raw_derivatives.gather(-1, pair)
-    d_pair = cfg.min_derivative + F.softplus(raw_pair)
-    if tails:
-        d_pair = torch.where(valid, d_pair, cfg.boundary_derivative)
-    d_k, d_k1 = d_pair.unbind(-1)
+        d_k = torch.where(idx == 0, boundary_derivative, d_pair[..., 0])
+        d_k1 = torch.where(idx == num_bins - 1, boundary_derivative, d_pair[..., 1])
 
+    width = x_k1 - x_k
+    height = y_k1 - y_k
     slope = height / width
     curvature = d_k + d_k1 - 2.0 * slope
-    if cfg.inverse:
-        dy = clamped - y_k
+
+    if inverse:
+        dy = inputs - y_k
         a = dy * curvature + height * (slope - d_k)
         b = height * d_k - dy * curvature
         c = -slope * dy
         discriminant = (b.square() - 4.0 * a * c).clamp_min(0.0)
         xi = (2.0 * c / (-b - discriminant.sqrt())).clamp(0.0, 1.0)
     else:
-        xi = (clamped - x_k) / width
+        xi = (inputs - x_k) / width
+
     one_minus_xi = 1.0 - xi
     xi_term = xi * one_minus_xi
     denominator = slope + curvature * xi_term
-    numerator = slope * xi.square() + d_k * xi_term
     derivative_numerator = slope.square() * (
         d_k1 * xi.square() + 2.0 * slope * xi_term + d_k * one_minus_xi.square()
     )
     logabsdet = torch.log(derivative_numerator) - 2.0 * torch.log(denominator)
-    if cfg.inverse:
-        outputs, logabsdet = torch.addcmul(x_k, xi, width), -logabsdet
-    else:
-        outputs = y_k + height * numerator / denominator
-    if tails:
-        outputs = torch.where(inside, outputs, inputs)
-        logabsdet = torch.where(inside, logabsdet, 0.0)
-    state = dict(
-        inside=inside,
-        bin_idx=bin_idx,
-        probs=geometry.cumulative.diff(
-            dim=-1, prepend=torch.zeros_like(geometry.cumulative[..., :1])
-        )
-        / geometry.cumulative[..., -1:],
-        mass_left=mass_left,
-        mass_bin=mass_bin,
-        coef=geometry.span / (1.0 + num_bins * geometry.beta_total / geometry.cumulative[..., -1]),
-        pair=pair,
-        valid=valid,
-        sig_pair=torch.sigmoid(raw_pair),
-        xi=xi,
-        width=width,
-        height=height,
-        slope=slope,
-        d_k=d_k,
-        d_k1=d_k1,
-        denominator=denominator,
-        numerator=numerator,
-        derivative_numerator=derivative_numerator,
-    )
-    return outputs, logabsdet, state
-
-
-def _local_gradients(st: dict, grad_outputs: Tensor, grad_logabsdet: Tensor, inverse: bool):
-    """Per-element gradients with respect to the input, the bin's left knot and size (x, y) and
-    its two knot derivatives, from the closed-form derivatives of the rational quadratic."""
-    xi, width, height, slope = st["xi"], st["width"], st["height"], st["slope"]
-    d_k, d_k1 = st["d_k"], st["d_k1"]
-    den, num, dnum = st["denominator"], st["numerator"], st["derivative_numerator"]
-    t = xi * (1.0 - xi)
-    inv_den, inv_dnum = 1.0 / den, 1.0 / dnum
-    curvature = d_k + d_k1 - 2.0 * slope
-    slope_sq = slope.square()
-    # Partial derivatives at fixed xi of y (the data->latent spline output) and of the
-    # forward log-derivative ``lad``.
-    y_xi = width * dnum * inv_den.square()  # dy/dxi = w dy/dx
-    lad_xi = slope_sq * 2.0 * (d_k1 * xi + slope * (1.0 - 2.0 * xi) - d_k * (1.0 - xi)) * inv_dnum
-    lad_xi = lad_xi - 2.0 * curvature * (1.0 - 2.0 * xi) * inv_den
-    y_h_direct = num * inv_den
-    y_s = height * (xi.square() * den - num * (1.0 - 2.0 * t)) * inv_den.square()
-    lad_s = (2.0 * dnum / slope + 2.0 * slope_sq * t) * inv_dnum - 2.0 * (1.0 - 2.0 * t) * inv_den
-    y_d0 = height * t * (den - num) * inv_den.square()
-    y_d1 = -height * num * t * inv_den.square()
-    lad_d0 = slope_sq * (1.0 - xi).square() * inv_dnum - 2.0 * t * inv_den
-    lad_d1 = slope_sq * xi.square() * inv_dnum - 2.0 * t * inv_den
-    inv_width = 1.0 / width
     if inverse:
-        # x = x_k + xi w with xi solving y(xi) = input; logabsdet = -lad. Adjoint of the implicit
-        # equation: lam = dL/dinput, and dL/dtheta = L_theta - lam * y_theta.
-        g_x, g_lad = grad_outputs, grad_logabsdet
-        lam = (g_x * width - g_lad * lad_xi) / y_xi
-        l_s = -g_lad * lad_s - lam * y_s
-        grad_input = lam
-        grad_xk = g_x
-        grad_yk = -lam
-        grad_w = g_x * xi - l_s * slope * inv_width
-        grad_h = -lam * y_h_direct + l_s * inv_width
-        grad_d0 = -g_lad * lad_d0 - lam * y_d0
-        grad_d1 = -g_lad * lad_d1 - lam * y_d1
-    else:
-        g_y, g_lad = grad_outputs, grad_logabsdet
-        l_xi = g_y * y_xi + g_lad * lad_xi
-        l_s = g_y * y_s + g_lad * lad_s
-        grad_input = l_xi * inv_width
-        grad_xk = -grad_input
-        grad_yk = g_y
-        grad_w = -(l_xi * xi + l_s * slope) * inv_width
-        grad_h = g_y * y_h_direct + l_s * inv_width
-        grad_d0 = g_y * y_d0 + g_lad * lad_d0
-        grad_d1 = g_y * y_d1 + g_lad * lad_d1
-    grad_left = torch.stack([grad_xk, grad_yk], dim=-1)
-    grad_size = torch.stack([grad_w, grad_h], dim=-1)
-    return grad_input, grad_left, grad_size, torch.stack([grad_d0, grad_d1], dim=-1)
-
-
-class _FusedSpline(torch.autograd.Function):
-    """The spline with a hand-written backward: a few per-element expressions and one pass over
-    the bins, instead of autograd's chain of gathers, slices and broadcasts (about 3x fewer
-    kernel launches per training step). First-order only; see :func:`fused_gradients`."""
-
-    @staticmethod
-    def forward(ctx, inputs, unnormalized_bins, raw_derivatives, cfg):
-        outputs, logabsdet, state = _evaluate(inputs, unnormalized_bins, raw_derivatives, cfg)
-        ctx.cfg = cfg
-        ctx.state = state
-        ctx.raw_shape = raw_derivatives.shape
-        ctx.mark_non_differentiable()
-        return outputs, logabsdet
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_outputs, grad_logabsdet):
-        st, cfg = ctx.state, ctx.cfg
-        tails = cfg.boundary_derivative is not None
-        grad_input, grad_left, grad_size, grad_d = _local_gradients(
-            st, grad_outputs, grad_logabsdet, cfg.inverse
-        )
-        inside = st["inside"]
-        if tails:
-            # Outside the bound the map is the identity: the parameters get nothing there.
-            mask = inside.to(grad_input.dtype)
-            grad_input = torch.where(inside, grad_input, grad_outputs)
-        else:
-            # Clamped inputs: the input gets nothing outside, the parameters still do.
-            mask = torch.ones_like(grad_input)
-            grad_input = torch.where(inside, grad_input, 0.0)
-        # Through the knots: x_k = low + coef * (mass left of bin + k beta), w = coef * (p_k + beta)
-        # with p = softmax(raw); dL/draw_j = p_j (a_j - sum_i a_i p_i).
-        g_left = grad_left * (st["coef"] * mask[..., None])
-        g_size = grad_size * (st["coef"] * mask[..., None])
-        probs = st["probs"]
-        k = torch.arange(probs.shape[-1], device=probs.device)[None, :]
-        bin_idx = st["bin_idx"][..., None, :]  # (..., 1, 1)
-        direct = torch.where(
-            k < bin_idx, g_left[..., None], torch.where(k == bin_idx, g_size[..., None], 0.0)
-        )
-        total = g_left * st["mass_left"] + g_size * st["mass_bin"]
-        grad_bins = probs * (direct - total[..., None])
-        # Through the knot derivatives d = min + softplus(raw): only the bin's two knots.
-        values = grad_d * st["sig_pair"] * mask[..., None]
-        if tails:
-            values = values * st["valid"]
-        grad_raw = torch.zeros(ctx.raw_shape, dtype=values.dtype, device=values.device)
-        grad_raw = grad_raw.scatter_add(-1, st["pair"], values)
-        return grad_input, grad_bins, grad_raw, None
-
-
-_FUSED = {"enabled": True}
-
-
-class fused_gradients:
-    """Switch the spline's hand-written backward on or off (on by default).
-
-    The fused backward is first-order: code that differentiates twice through a spline flow
-    (path-gradient estimators, training on forces through ``log_prob``) must turn it off, either
-    for a block (``with fused_gradients(False): ...``) or globally
-    (``fused_gradients(False).__enter__()``); a second derivative through it otherwise raises.
-    """
-
-    def __init__(self, enabled: bool):
-        self.enabled = bool(enabled)
-        self.previous = _FUSED["enabled"]
-
-    def __enter__(self):
-        self.previous = _FUSED["enabled"]
-        _FUSED["enabled"] = self.enabled
-        return self
-
-    def __exit__(self, *exc):
-        _FUSED["enabled"] = self.previous
-        return False
-
-
-def _spline(inputs: Tensor, unnormalized_bins: Tensor, raw_derivatives: Tensor, cfg: _Config):
-    needs_grad = torch.is_grad_enabled() and (
-        inputs.requires_grad or unnormalized_bins.requires_grad or raw_derivatives.requires_grad
-    )
-    if needs_grad and _FUSED["enabled"]:
-        return _FusedSpline.apply(inputs, unnormalized_bins, raw_derivatives, cfg)
-    outputs, logabsdet, _ = _evaluate(inputs, unnormalized_bins, raw_derivatives, cfg)
+        return torch.addcmul(x_k, xi, width), -logabsdet
+    outputs = y_k + height * (slope * xi.square() + d_k * xi_term) / denominator
     return outputs, logabsdet
 
 
@@ -448,16 +270,19 @@ def rational_quadratic_spline(
     num_bins = unnormalized_bins.shape[-1]
     _check_derivatives(unnormalized_derivatives, num_bins + 1, "bins + 1")
     _check_bins(num_bins, min_bin_width, min_bin_height)
-    cfg = _Config(
-        inverse,
-        (left, right),
-        (bottom, top),
-        min_bin_width,
-        min_bin_height,
-        min_derivative,
+    inputs = inputs.clamp(bottom, top) if inverse else inputs.clamp(left, right)
+    return _spline(
+        inputs,
+        unnormalized_bins,
+        unnormalized_derivatives,
+        inverse=inverse,
+        x_range=(left, right),
+        y_range=(bottom, top),
+        min_bin_width=min_bin_width,
+        min_bin_height=min_bin_height,
+        min_derivative=min_derivative,
         boundary_derivative=None,
     )
-    return _spline(inputs, unnormalized_bins, unnormalized_derivatives, cfg)
 
 
 def rq_spline_from_params(
@@ -493,18 +318,23 @@ def rq_spline_from_params(
     raw_derivatives = params[..., 2 * num_bins :]
     if derivative_offset:
         raw_derivatives = raw_derivatives + derivative_offset
-    # Boundary derivatives of exactly 1 join the spline smoothly to the identity tails.
-    cfg = _Config(
-        inverse,
-        bound,
-        bound,
-        min_bin_width,
-        min_bin_height,
-        min_derivative,
+    inside = (inputs >= -tail_bound) & (inputs <= tail_bound)
+    # The spline sees clamped inputs, so far-away points can never produce NaN (not even in the
+    # discarded branch of torch.where, whose gradient would otherwise be 0 * NaN). Boundary
+    # derivatives of exactly 1 join the spline smoothly to the identity tails.
+    outputs, logabsdet = _spline(
+        inputs.clamp(-tail_bound, tail_bound),
+        params[..., : 2 * num_bins].unflatten(-1, (2, num_bins)),
+        raw_derivatives,
+        inverse=inverse,
+        x_range=bound,
+        y_range=bound,
+        min_bin_width=min_bin_width,
+        min_bin_height=min_bin_height,
+        min_derivative=min_derivative,
         boundary_derivative=1.0,
     )
-    unnormalized_bins = params[..., : 2 * num_bins].unflatten(-1, (2, num_bins))
-    return _spline(inputs, unnormalized_bins, raw_derivatives, cfg)
+    return torch.where(inside, outputs, inputs), torch.where(inside, logabsdet, 0.0)
 
 
 def unconstrained_rational_quadratic_spline(
