@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["check_tensor", "check_batch"]
+__all__ = ["check_tensor", "check_batch", "check_features", "check_context", "check_num_samples"]
 
 
 def check_tensor(name: str, value, event_shape: tuple[int, ...]) -> Tensor:
@@ -25,6 +25,27 @@ def check_tensor(name: str, value, event_shape: tuple[int, ...]) -> Tensor:
         bad = int((~torch.isfinite(value)).flatten(1).any(1).sum())
         raise ValueError(f"{name} contains NaN or inf values (in {bad} of {len(value)} rows)")
     return value
+
+
+def check_features(inputs: Tensor, features: int) -> None:
+    """Check the last dimension of ``inputs`` is ``features`` (cheap: shape only)."""
+    if inputs.shape[-1] != features:
+        raise ValueError(f"inputs must have {features} features, got shape {tuple(inputs.shape)}")
+
+
+def check_context(context: Tensor | None, context_features: int) -> None:
+    """Check a layer built for a context receives one."""
+    if context_features and context is None:
+        raise ValueError(
+            f"context is required: layer built with context_features={context_features}"
+        )
+
+
+def check_num_samples(num_samples) -> int:
+    """Check ``num_samples`` is a non-negative integer; return it as ``int``."""
+    if isinstance(num_samples, bool) or int(num_samples) != num_samples or num_samples < 0:
+        raise ValueError(f"num_samples must be a non-negative integer, got {num_samples!r}")
+    return int(num_samples)
 
 
 def check_batch(name: str, value: Tensor, batch: int) -> None:

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from normflows_sci.checks import check_num_samples
+
 __all__ = ["Distribution", "StandardNormal", "DiagNormal", "GaussianMixture", "StudentT"]
 
 _LOG_2PI = math.log(2.0 * math.pi)
@@ -48,9 +50,7 @@ class Distribution(nn.Module):
         generator: torch.Generator | None = None,
     ) -> Tensor:
         """``(num_samples, *event_shape)`` samples."""
-        if int(num_samples) != num_samples or num_samples < 0:
-            raise ValueError(f"num_samples must be a non-negative integer, got {num_samples!r}")
-        return self._sample(int(num_samples), generator)
+        return self._sample(check_num_samples(num_samples), generator)
 
     def _sample(self, num_samples: int, generator: torch.Generator | None) -> Tensor:
         raise NotImplementedError

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from normflows_sci.checks import check_batch, check_tensor
+from normflows_sci.checks import check_batch, check_num_samples, check_tensor
 from normflows_sci.distributions import Distribution
 from normflows_sci.transforms import Transform
 
@@ -77,9 +77,7 @@ class Flow(nn.Module):
         return self.base.log_prob(latent, context) + logabsdet
 
     def _draw(self, num_samples: int, context: Tensor | None, generator):
-        if int(num_samples) != num_samples or num_samples < 0:
-            raise ValueError(f"num_samples must be a non-negative integer, got {num_samples!r}")
-        num_samples = int(num_samples)
+        num_samples = check_num_samples(num_samples)
         context = self._context(context, None)
         if context is None:
             latent = self.base.sample(num_samples, generator=generator)

@@ -9,13 +9,14 @@ from torch import nn
 from normflows_sci.distributions import Distribution, StandardNormal
 from normflows_sci.flows.base import Flow
 from normflows_sci.transforms import (
-    AffineCouplingTransform,
+    AffineMap,
     CompositeTransform,
+    CouplingTransform,
+    ElementwiseMap,
     LULinear,
-    MaskedAffineAutoregressiveTransform,
-    MaskedSplineAutoregressiveTransform,
+    MaskedAutoregressiveTransform,
     RandomPermutation,
-    SplineCouplingTransform,
+    RQSplineMap,
     Transform,
     alternating_mask,
 )
@@ -23,33 +24,60 @@ from normflows_sci.transforms import (
 __all__ = ["NSF", "MAF", "RealNVP"]
 
 _PERMUTATIONS = ("alternate", "random")
+# Arguments every factory forwards unchanged to _build.
+_SHARED = (
+    "transforms",
+    "hidden_features",
+    "permutation",
+    "lu_linear",
+    "base",
+    "embedding",
+    "activation",
+    "dropout",
+    "seed",
+)
 
 
-def _assemble(
+def _build(
     features: int,
-    layer: Callable[[int], Transform],
+    context_features: int,
+    elementwise: ElementwiseMap,
     *,
+    coupling: bool,
     transforms: int,
+    hidden_features,
     permutation: str,
     lu_linear: bool,
-    seed: int | None,
     base: Distribution | None,
     embedding: nn.Module | None,
+    activation,
+    dropout: float,
+    seed: int | None,
 ) -> Flow:
-    """``transforms`` steps of [random permutation] [LU linear] layer(i), on a standard normal."""
+    """``transforms`` steps of [random permutation] [LU linear] (coupling | autoregressive) layer."""
     if int(features) != features or features < 1:
         raise ValueError(f"features must be a positive integer, got {features!r}")
     if int(transforms) != transforms or transforms < 1:
         raise ValueError(f"transforms must be a positive integer, got {transforms!r}")
     if permutation not in _PERMUTATIONS:
         raise ValueError(f"permutation must be one of {_PERMUTATIONS}, got {permutation!r}")
+    net = dict(
+        context_features=context_features,
+        hidden_features=hidden_features,
+        activation=activation,
+        dropout=dropout,
+    )
     steps: list[Transform] = []
     for i in range(transforms):
         if permutation == "random" and features > 1:
             steps.append(RandomPermutation(features, seed=None if seed is None else seed + i))
         if lu_linear:
             steps.append(LULinear(features))
-        steps.append(layer(i))
+        if coupling:
+            steps.append(CouplingTransform(_mask(features, i, permutation), elementwise, **net))
+        else:
+            order = _order(features, i, permutation)
+            steps.append(MaskedAutoregressiveTransform(features, elementwise, order=order, **net))
     if base is None:
         base = StandardNormal(features)
     elif base.event_shape.numel() != features:
@@ -134,37 +162,15 @@ def NSF(
         >>> flow.log_prob(torch.randn(4, 3)).shape
         torch.Size([4])
     """
-    spline = dict(
-        bins=bins,
-        tail_bound=tail_bound,
+    spline = RQSplineMap(
+        bins,
+        tail_bound,
         min_bin_width=min_bin_width,
         min_bin_height=min_bin_height,
         min_derivative=min_derivative,
     )
-    net = dict(
-        context_features=context_features,
-        hidden_features=hidden_features,
-        activation=activation,
-        dropout=dropout,
-    )
-
-    def layer(i: int) -> Transform:
-        if coupling:
-            return SplineCouplingTransform(_mask(features, i, permutation), **spline, **net)
-        return MaskedSplineAutoregressiveTransform(
-            features, order=_order(features, i, permutation), **spline, **net
-        )
-
-    return _assemble(
-        features,
-        layer,
-        transforms=transforms,
-        permutation=permutation,
-        lu_linear=lu_linear,
-        seed=seed,
-        base=base,
-        embedding=embedding,
-    )
+    options = {k: v for k, v in locals().items() if k in _SHARED}
+    return _build(features, context_features, spline, coupling=coupling, **options)
 
 
 @_common_doc
@@ -197,27 +203,8 @@ def MAF(
         torch.Size([4, 3])
     """
 
-    def layer(i: int) -> Transform:
-        return MaskedAffineAutoregressiveTransform(
-            features,
-            order=_order(features, i, permutation),
-            max_log_scale=max_log_scale,
-            context_features=context_features,
-            hidden_features=hidden_features,
-            activation=activation,
-            dropout=dropout,
-        )
-
-    return _assemble(
-        features,
-        layer,
-        transforms=transforms,
-        permutation=permutation,
-        lu_linear=lu_linear,
-        seed=seed,
-        base=base,
-        embedding=embedding,
-    )
+    options = {k: v for k, v in locals().items() if k in _SHARED}
+    return _build(features, context_features, AffineMap(max_log_scale), coupling=False, **options)
 
 
 @_common_doc
@@ -250,23 +237,5 @@ def RealNVP(
         torch.Size([4, 2])
     """
 
-    def layer(i: int) -> Transform:
-        return AffineCouplingTransform(
-            _mask(features, i, permutation),
-            max_log_scale=max_log_scale,
-            context_features=context_features,
-            hidden_features=hidden_features,
-            activation=activation,
-            dropout=dropout,
-        )
-
-    return _assemble(
-        features,
-        layer,
-        transforms=transforms,
-        permutation=permutation,
-        lu_linear=lu_linear,
-        seed=seed,
-        base=base,
-        embedding=embedding,
-    )
+    options = {k: v for k, v in locals().items() if k in _SHARED}
+    return _build(features, context_features, AffineMap(max_log_scale), coupling=True, **options)

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from normflows_sci.checks import check_context, check_features
 from normflows_sci.nn import MADE
 from normflows_sci.transforms.base import Transform
 from normflows_sci.transforms.elementwise import AffineMap, ElementwiseMap, RQSplineMap
@@ -69,14 +70,8 @@ class MaskedAutoregressiveTransform(Transform):
         self.register_buffer("generation_order", torch.argsort(self.made.in_degrees))
 
     def _check(self, inputs: Tensor, context: Tensor | None) -> None:
-        if inputs.shape[-1] != self.features:
-            raise ValueError(
-                f"inputs must have {self.features} features, got shape {tuple(inputs.shape)}"
-            )
-        if self.context_features and context is None:
-            raise ValueError(
-                f"context is required: layer built with context_features={self.context_features}"
-            )
+        check_features(inputs, self.features)
+        check_context(context, self.context_features)
 
     def forward(self, inputs: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         self._check(inputs, context)

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from normflows_sci.checks import check_context, check_features
 from normflows_sci.nn import MLP
 from normflows_sci.transforms.base import Transform
 from normflows_sci.transforms.elementwise import AffineMap, ElementwiseMap, RQSplineMap
@@ -89,18 +90,12 @@ class CouplingTransform(Transform):
             self.conditioner = conditioner(in_features, out_features)
 
     def _couple(self, inputs: Tensor, context: Tensor | None, inverse: bool):
-        if inputs.shape[-1] != self.features:
-            raise ValueError(
-                f"inputs must have {self.features} features, got shape {tuple(inputs.shape)}"
-            )
+        check_features(inputs, self.features)
         fixed = inputs.index_select(-1, self.identity_idx)
         moving = inputs.index_select(-1, self.transform_idx)
         cond = fixed
         if self.context_features:
-            if context is None:
-                raise ValueError(
-                    f"context is required: layer built with context_features={self.context_features}"
-                )
+            check_context(context, self.context_features)
             cond = torch.cat([fixed, context], dim=-1)
         params = self.conditioner(cond).reshape(*moving.shape, self.elementwise.num_params)
         step = self.elementwise.inverse if inverse else self.elementwise.forward

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from normflows_sci.checks import check_features
 from normflows_sci.transforms.base import Transform
 
 __all__ = ["Permutation", "ReversePermutation", "RandomPermutation", "LULinear"]
@@ -31,10 +32,7 @@ class Permutation(Transform):
         self.register_buffer("inverse_permutation", torch.argsort(permutation))
 
     def _permute(self, inputs: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
-        if inputs.shape[-1] != len(index):
-            raise ValueError(
-                f"inputs must have {len(index)} features, got shape {tuple(inputs.shape)}"
-            )
+        check_features(inputs, len(index))
         zeros = torch.zeros(inputs.shape[0], dtype=inputs.dtype, device=inputs.device)
         return inputs.index_select(-1, index), zeros
 
@@ -108,20 +106,14 @@ class LULinear(Transform):
         lower, upper, _ = self._factors()
         return lower @ upper
 
-    def _check(self, inputs: Tensor) -> None:
-        if inputs.shape[-1] != self.features:
-            raise ValueError(
-                f"inputs must have {self.features} features, got shape {tuple(inputs.shape)}"
-            )
-
     def forward(self, inputs: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        self._check(inputs)
+        check_features(inputs, self.features)
         lower, upper, diagonal = self._factors()
         outputs = F.linear(inputs, lower @ upper, self.bias)
         return outputs, diagonal.log().sum().expand(inputs.shape[0])
 
     def inverse(self, inputs: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        self._check(inputs)
+        check_features(inputs, self.features)
         lower, upper, diagonal = self._factors()
         # Rows are samples: X U^T L^T = Z - b, solved right-to-left with two triangular solves.
         shifted = inputs - self.bias

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from normflows_sci.checks import check_features
 from normflows_sci.transforms.base import Transform
 
 __all__ = ["ElementwiseAffine", "ActNorm"]
@@ -34,19 +35,13 @@ class ElementwiseAffine(Transform):
             self.register_buffer("shift", shift)
             self.register_buffer("log_scale", scale.log())
 
-    def _check(self, inputs: Tensor) -> None:
-        if inputs.shape[-1] != self.features:
-            raise ValueError(
-                f"inputs must have {self.features} features, got shape {tuple(inputs.shape)}"
-            )
-
     def forward(self, inputs: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        self._check(inputs)
+        check_features(inputs, self.features)
         outputs = inputs * self.log_scale.exp() + self.shift
         return outputs, self.log_scale.sum().expand(inputs.shape[0])
 
     def inverse(self, inputs: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        self._check(inputs)
+        check_features(inputs, self.features)
         outputs = (inputs - self.shift) * (-self.log_scale).exp()
         return outputs, (-self.log_scale.sum()).expand(inputs.shape[0])
 
@@ -74,7 +69,7 @@ class ActNorm(ElementwiseAffine):
         self.initialized.fill_(True)
 
     def forward(self, inputs: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        self._check(inputs)
+        check_features(inputs, self.features)
         if self.training and inputs.shape[0] > 1 and not bool(self.initialized):
             self._initialize(inputs)
         return super().forward(inputs, context)

@@ -199,6 +199,15 @@ def _spline(
     return outputs, logabsdet
 
 
+def _bounded_bins(widths, heights, derivatives, min_bin_width, min_bin_height) -> Tensor:
+    """Validate the arguments of a bounded spline (derivatives at all K + 1 knots); stack bins."""
+    unnormalized_bins = _stack_bins(widths, heights)
+    num_bins = unnormalized_bins.shape[-1]
+    _check_derivatives(derivatives, num_bins + 1, "bins + 1")
+    _check_bins(num_bins, min_bin_width, min_bin_height)
+    return unnormalized_bins
+
+
 def spline_knots(
     unnormalized_widths: Tensor,
     unnormalized_heights: Tensor,
@@ -223,10 +232,13 @@ def spline_knots(
         ``(knots_x, knots_y, derivatives)``, each ``(..., K + 1)``, with ``knots_x`` running from
         ``left`` to ``right`` and ``knots_y`` from ``bottom`` to ``top``.
     """
-    unnormalized_bins = _stack_bins(unnormalized_widths, unnormalized_heights)
-    num_bins = unnormalized_bins.shape[-1]
-    _check_derivatives(unnormalized_derivatives, num_bins + 1, "bins + 1")
-    _check_bins(num_bins, min_bin_width, min_bin_height)
+    unnormalized_bins = _bounded_bins(
+        unnormalized_widths,
+        unnormalized_heights,
+        unnormalized_derivatives,
+        min_bin_width,
+        min_bin_height,
+    )
     geometry = _Geometry(
         unnormalized_bins, (left, right), (bottom, top), min_bin_width, min_bin_height
     )
@@ -266,10 +278,13 @@ def rational_quadratic_spline(
         ``(outputs, logabsdet)``, both shaped like ``inputs``; ``logabsdet`` is the elementwise
         log-derivative of the direction evaluated.
     """
-    unnormalized_bins = _stack_bins(unnormalized_widths, unnormalized_heights)
-    num_bins = unnormalized_bins.shape[-1]
-    _check_derivatives(unnormalized_derivatives, num_bins + 1, "bins + 1")
-    _check_bins(num_bins, min_bin_width, min_bin_height)
+    unnormalized_bins = _bounded_bins(
+        unnormalized_widths,
+        unnormalized_heights,
+        unnormalized_derivatives,
+        min_bin_width,
+        min_bin_height,
+    )
     inputs = inputs.clamp(bottom, top) if inverse else inputs.clamp(left, right)
     return _spline(
         inputs,
