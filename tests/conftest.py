@@ -114,6 +114,16 @@ register("composite", context_features=3)(
         )
     )
 )
+register("boundary_transform")(
+    # R -> each column's domain, then the forward map of wider bounds back to R: exercises the
+    # logit, softplus, mirrored softplus and identity columns in both directions.
+    lambda: T.CompositeTransform(
+        [
+            T.InverseTransform(T.BoundaryTransform([-1.0, 0.0, None, None], [2.0, None, 3.0, None])),
+            T.BoundaryTransform([-2.0, -0.5, None, None], [2.5, None, 3.5, None]),
+        ]
+    )
+)
 register("inverse_transform")(
     lambda: T.InverseTransform(perturb(T.MaskedSplineAutoregressiveTransform(4, **SPLINE)))
 )

@@ -6,6 +6,14 @@ from normflows_sci.distributions.base import (
     GaussianMixture,
     StandardNormal,
     StudentT,
+    TailAdaptiveBase,
 )
 
-__all__ = ["Distribution", "StandardNormal", "DiagNormal", "GaussianMixture", "StudentT"]
+__all__ = [
+    "Distribution",
+    "StandardNormal",
+    "DiagNormal",
+    "GaussianMixture",
+    "StudentT",
+    "TailAdaptiveBase",
+]

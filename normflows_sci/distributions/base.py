@@ -16,7 +16,14 @@ from torch import Tensor, nn
 
 from normflows_sci.checks import check_num_samples
 
-__all__ = ["Distribution", "StandardNormal", "DiagNormal", "GaussianMixture", "StudentT"]
+__all__ = [
+    "Distribution",
+    "StandardNormal",
+    "DiagNormal",
+    "GaussianMixture",
+    "StudentT",
+    "TailAdaptiveBase",
+]
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
@@ -182,22 +189,81 @@ class StudentT(Distribution):
         return self.min_df + F.softplus(self.raw_df)
 
     def log_prob(self, inputs: Tensor, context: Tensor | None = None) -> Tensor:
-        df = self.df
         standard = (inputs - self.loc) * (-self.log_scale).exp()
-        per_dim = (
-            torch.lgamma(0.5 * (df + 1.0))
-            - torch.lgamma(0.5 * df)
-            - 0.5 * torch.log(math.pi * df)
-            - self.log_scale
-            - 0.5 * (df + 1.0) * torch.log1p(standard.square() / df)
-        )
-        return per_dim.sum(-1)
+        return (_student_t_log_density(standard, self.df) - self.log_scale).sum(-1)
 
     def _sample(self, num_samples, generator):
-        df = self.df
-        normal = self._randn(num_samples, self.event_shape[0], generator=generator)
-        concentration = (0.5 * df).expand(num_samples, -1)
-        # torch._standard_gamma takes a generator and has an implicit reparameterisation gradient.
-        gamma = torch._standard_gamma(concentration, generator=generator)
-        student = normal * torch.rsqrt(gamma / (0.5 * df))
+        student = _student_t_sample(self, num_samples, self.df, generator)
         return self.loc + self.log_scale.exp() * student
+
+
+def _student_t_log_density(standard: Tensor, df: Tensor) -> Tensor:
+    """Elementwise log-density of a standard Student-t with ``df`` degrees of freedom."""
+    return (
+        torch.lgamma(0.5 * (df + 1.0))
+        - torch.lgamma(0.5 * df)
+        - 0.5 * torch.log(math.pi * df)
+        - 0.5 * (df + 1.0) * torch.log1p(standard.square() / df)
+    )
+
+
+def _student_t_sample(dist: Distribution, num_samples: int, df: Tensor, generator) -> Tensor:
+    """``(num_samples, len(df))`` standard Student-t draws, reparameterised in ``df``."""
+    normal = dist._randn(num_samples, len(df), generator=generator)
+    # torch._standard_gamma takes a generator and has an implicit reparameterisation gradient.
+    gamma = torch._standard_gamma((0.5 * df).expand(num_samples, -1), generator=generator)
+    return normal * torch.rsqrt(gamma / (0.5 * df))
+
+
+class TailAdaptiveBase(Distribution):
+    """Standard normal marginals, except Student-t marginals (learnable degrees of freedom) on the
+    heavy-tailed dimensions.
+
+    A flow whose layers are the identity far out (linear spline tails, autoregressive orders that
+    keep dimensions in place) keeps each marginal's tail class from its base, so heavy-tailed data
+    columns need heavy-tailed base dimensions and light ones a Gaussian.
+
+    Args:
+        df: one entry per dimension: the initial degrees of freedom of a heavy-tailed dimension, or
+            ``None`` (or ``inf``) for a Gaussian one.
+        min_df: lower bound of the learnable degrees of freedom.
+
+    References:
+        Laszkiewicz, Lederer, Fischer (2022), "Marginal Tail-Adaptive Normalizing Flows".
+
+    Example:
+        >>> base = TailAdaptiveBase([None, 3.0])
+        >>> base.sample(4).shape
+        torch.Size([4, 2])
+    """
+
+    def __init__(self, df: Sequence[float | None], *, min_df: float = 0.5):
+        values = [math.inf if v is None else float(v) for v in df]
+        super().__init__(len(values))
+        values_t = torch.tensor(values)
+        heavy = values_t.isfinite()
+        if bool((values_t[heavy] <= min_df).any()):
+            raise ValueError(f"df must exceed min_df={min_df}, got {values}")
+        self.min_df = min_df
+        self.register_buffer("heavy_index", torch.nonzero(heavy).flatten())
+        self.register_buffer("light_index", torch.nonzero(~heavy).flatten())
+        self.raw_df = nn.Parameter(torch.log(torch.expm1(values_t[heavy] - min_df)))
+
+    @property
+    def df(self) -> Tensor:
+        """Degrees of freedom of the heavy-tailed dimensions, ``(num_heavy,)``."""
+        return self.min_df + F.softplus(self.raw_df)
+
+    def log_prob(self, inputs: Tensor, context: Tensor | None = None) -> Tensor:
+        light = inputs.index_select(-1, self.light_index)
+        heavy = inputs.index_select(-1, self.heavy_index)
+        normal = -0.5 * light.square().sum(-1) - 0.5 * light.shape[-1] * _LOG_2PI
+        return normal + _student_t_log_density(heavy, self.df).sum(-1)
+
+    def _sample(self, num_samples, generator):
+        samples = self._randn(num_samples, self.event_shape[0], generator=generator)
+        if len(self.heavy_index) == 0:
+            return samples
+        heavy = _student_t_sample(self, num_samples, self.df, generator)
+        index = self.heavy_index.expand(num_samples, -1)
+        return samples.scatter(-1, index, heavy)

@@ -14,6 +14,7 @@ from normflows_sci.transforms.base import (
     InverseTransform,
     Transform,
 )
+from normflows_sci.transforms.bounds import BoundaryTransform
 from normflows_sci.transforms.coupling import (
     AffineCouplingTransform,
     CouplingTransform,
@@ -40,6 +41,7 @@ __all__ = [
     "LULinear",
     "ElementwiseAffine",
     "ActNorm",
+    "BoundaryTransform",
     "ElementwiseMap",
     "AffineMap",
     "RQSplineMap",
