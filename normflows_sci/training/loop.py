@@ -1,0 +1,244 @@
+"""Maximum-likelihood training loop: validation split, early stopping, schedules, clipping,
+checkpoint/resume, progress bar, and data parallelism across processes (torch.distributed)."""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import time
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from normflows_sci.io import atomic_write
+
+__all__ = ["fit_flow", "SCHEDULES"]
+
+SCHEDULES = ("cosine", "plateau", "constant")
+
+
+def _distributed() -> tuple[int, int]:
+    """``(rank, world_size)``; ``(0, 1)`` without an initialised process group."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _mean_loss(flow, data: Tensor, context: Tensor | None, batch_size: int, transform_batch, gen):
+    """Mean negative log-likelihood over ``data`` in evaluation mode, without gradients."""
+    was_training = flow.training
+    flow.eval()
+    total = 0.0
+    with torch.no_grad():
+        for start in range(0, len(data), batch_size):
+            batch = data[start : start + batch_size]
+            if transform_batch is not None:
+                batch = transform_batch(batch, gen)
+            ctx = None if context is None else context[start : start + batch_size]
+            total += float(-flow.log_prob(batch, ctx).sum())
+    flow.train(was_training)
+    return total / len(data)
+
+
+def fit_flow(
+    flow,
+    data: Tensor,
+    *,
+    context: Tensor | None = None,
+    val_data: Tensor | None = None,
+    val_context: Tensor | None = None,
+    batch_size: int = 256,
+    learning_rate: float = 1e-3,
+    weight_decay: float = 0.0,
+    max_epochs: int | None = 100,
+    max_time: float | None = None,
+    patience: int | None = 10,
+    schedule: str = "cosine",
+    clip_grad: float | None = 5.0,
+    seed: int | None = None,
+    transform_batch: Callable[[Tensor, torch.Generator], Tensor] | None = None,
+    progress: bool = True,
+    checkpoint: str | os.PathLike | None = None,
+    resume: bool = False,
+) -> dict[str, list]:
+    """Train ``flow`` by maximum likelihood (forward KL) on ``data``.
+
+    Early stopping watches the validation loss (when ``val_data`` is given) and restores the best
+    parameters at the end. Under ``torch.distributed`` (e.g. launched by ``torchrun``) every
+    process holds the same model, takes its share of each global batch and averages gradients, so
+    ``batch_size`` is the global batch and results match single-process training up to noise.
+
+    Args:
+        flow: anything with ``log_prob(x, context)`` and parameters (a :class:`Flow`).
+        data: ``(n, ...)`` training points; ``context``: ``(n, c)`` matching conditions.
+        val_data, val_context: validation set for early stopping and the plateau schedule.
+        batch_size: global minibatch size.
+        learning_rate, weight_decay: Adam(W) settings.
+        max_epochs: epoch budget (None: only ``max_time`` limits; needs a non-cosine schedule or
+            a time limit).
+        max_time: wall-clock budget in seconds, checked after every step.
+        patience: epochs without validation improvement before stopping (None: never).
+        schedule: ``"cosine"`` (per step, over ``max_epochs``), ``"plateau"`` (halve the rate when
+            validation stalls) or ``"constant"``.
+        clip_grad: maximum gradient norm (None: no clipping).
+        seed: seeds shuffling and ``transform_batch`` noise (reproducible runs).
+        transform_batch: applied to every batch before ``log_prob`` (e.g. dequantisation noise),
+            called as ``transform_batch(batch, generator)``.
+        progress: show a tqdm progress bar (rank 0 only).
+        checkpoint: file to save the full training state to after every epoch (atomically).
+        resume: continue from ``checkpoint`` if it exists: the same run, step for step.
+
+    Returns:
+        History: equal-length lists ``epoch``, ``train_loss``, ``val_loss`` (NaN without a
+        validation set), ``learning_rate``, ``time`` (seconds since the start of the run).
+    """
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+    if max_epochs is None and max_time is None:
+        raise ValueError("give max_epochs or max_time (or both): training needs a budget")
+    if schedule == "cosine" and max_epochs is None:
+        schedule = "plateau"
+    if int(batch_size) != batch_size or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if len(data) == 0:
+        raise ValueError("data is empty")
+    rank, world = _distributed()
+    if world > 1:
+        # Same starting point and the same seed everywhere.
+        for tensor in [*flow.parameters(), *flow.buffers()]:
+            torch.distributed.broadcast(tensor.data, src=0)
+        seed_t = torch.tensor([seed if seed is not None else torch.seed() % 2**62])
+        torch.distributed.broadcast(seed_t, src=0)
+        seed = int(seed_t)
+    if seed is None:
+        seed = torch.seed() % 2**62
+    shuffle_gen = torch.Generator().manual_seed(seed)
+    noise_gen = torch.Generator(data.device).manual_seed(seed + 1 + rank)
+    val_gen = torch.Generator(data.device)
+
+    parameters = [p for p in flow.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=weight_decay)
+    steps_per_epoch = math.ceil(len(data) / batch_size)
+    if schedule == "cosine":
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=max_epochs * steps_per_epoch
+        )
+    elif schedule == "plateau":
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, factor=0.5, patience=max(2, (patience or 10) // 3)
+        )
+    else:
+        scheduler = None
+
+    history: dict[str, list] = {
+        k: [] for k in ("epoch", "train_loss", "val_loss", "learning_rate", "time")
+    }
+    best_val, best_state, bad_epochs, start_epoch, elapsed = math.inf, None, 0, 0, 0.0
+    if resume and checkpoint is not None and os.path.exists(checkpoint):
+        state = torch.load(checkpoint, weights_only=True)
+        flow.load_state_dict(state["flow"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        shuffle_gen.set_state(state["shuffle_rng"])
+        noise_gen.set_state(state["noise_rng"])
+        history, best_val, best_state = state["history"], state["best_val"], state["best_state"]
+        bad_epochs, start_epoch, elapsed = state["bad_epochs"], state["epoch"], state["elapsed"]
+
+    started = time.perf_counter() - elapsed
+    total = max_epochs if max_epochs is not None else None
+    bar = tqdm(
+        total=total,
+        initial=start_epoch,
+        disable=not progress or rank != 0,
+        desc="training",
+        unit="epoch",
+    )
+    epoch, out_of_time = start_epoch, False
+    flow.train()
+    while (max_epochs is None or epoch < max_epochs) and not out_of_time:
+        order = torch.randperm(len(data), generator=shuffle_gen).to(data.device)
+        running, count = 0.0, 0
+        for step in range(steps_per_epoch):
+            index = order[step * batch_size : (step + 1) * batch_size][rank::world]
+            if len(index) == 0:
+                continue
+            batch = data[index]
+            if transform_batch is not None:
+                batch = transform_batch(batch, noise_gen)
+            ctx = None if context is None else context[index]
+            loss = -flow.log_prob(batch, ctx).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if world > 1:
+                for p in parameters:
+                    if p.grad is None:
+                        p.grad = torch.zeros_like(p)
+                    torch.distributed.all_reduce(p.grad)
+                    p.grad /= world
+            if clip_grad is not None:
+                torch.nn.utils.clip_grad_norm_(parameters, clip_grad)
+            optimizer.step()
+            if schedule == "cosine":
+                scheduler.step()
+            running += float(loss.detach()) * len(index)
+            count += len(index)
+            if max_time is not None and time.perf_counter() - started > max_time:
+                out_of_time = True
+                break
+        epoch += 1
+        train_loss = running / max(count, 1)
+        val_loss = math.nan
+        if val_data is not None:
+            val_gen.manual_seed(seed + 12345)  # the same dequantisation noise every epoch
+            val_loss = _mean_loss(
+                flow, val_data, val_context, 4 * batch_size, transform_batch, val_gen
+            )
+            if schedule == "plateau":
+                scheduler.step(val_loss)
+            if val_loss < best_val - 1e-4:
+                best_val, bad_epochs = val_loss, 0
+                best_state = {k: v.detach().clone() for k, v in flow.state_dict().items()}
+            else:
+                bad_epochs += 1
+        elif schedule == "plateau":
+            scheduler.step(train_loss)
+        history["epoch"].append(epoch)
+        history["train_loss"].append(train_loss)
+        history["val_loss"].append(val_loss)
+        history["learning_rate"].append(optimizer.param_groups[0]["lr"])
+        history["time"].append(time.perf_counter() - started)
+        bar.update(1)
+        bar.set_postfix(train=f"{train_loss:.4f}", val=f"{val_loss:.4f}")
+        if checkpoint is not None and rank == 0:
+            _save_checkpoint(
+                checkpoint,
+                flow=flow.state_dict(),
+                optimizer=optimizer.state_dict(),
+                scheduler=None if scheduler is None else scheduler.state_dict(),
+                shuffle_rng=shuffle_gen.get_state(),
+                noise_rng=noise_gen.get_state(),
+                history=history,
+                best_val=best_val,
+                best_state=best_state,
+                bad_epochs=bad_epochs,
+                epoch=epoch,
+                elapsed=time.perf_counter() - started,
+            )
+        if patience is not None and bad_epochs >= patience:
+            break
+    bar.close()
+    if best_state is not None:
+        flow.load_state_dict(best_state)
+    flow.eval()
+    return history
+
+
+def _save_checkpoint(path, **state) -> None:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write(path, buffer.getvalue())
