@@ -3,8 +3,9 @@
 Exact densities for tabular data, Boltzmann generators and flow-assisted samplers, one library.
 """
 
-from normflows_sci.flows import MAF, NSF, Flow, RealNVP
-
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "Flow", "NSF", "MAF", "RealNVP"]
+from normflows_sci.estimator import DensityEstimator  # noqa: E402
+from normflows_sci.flows import MAF, NSF, Flow, RealNVP  # noqa: E402
+
+__all__ = ["__version__", "DensityEstimator", "Flow", "NSF", "MAF", "RealNVP"]

@@ -69,14 +69,14 @@ def _to_array(X, name: str, columns: list[str] | None = None) -> tuple[np.ndarra
     if is_frame:
         names = [str(c) for c in X.columns]
         try:
-            values = X.to_numpy(dtype=np.float64)
+            values = X.to_numpy(dtype=np.float64, copy=True)
         except (TypeError, ValueError) as error:
             raise TypeError(f"{name} must hold numeric columns only: {error}") from error
     else:
         if isinstance(X, Tensor):
             X = X.detach().cpu().numpy()
         try:
-            values = np.asarray(X, dtype=np.float64)
+            values = np.array(X, dtype=np.float64)  # a private, writable copy
         except (TypeError, ValueError) as error:
             raise TypeError(f"{name} must be a numeric array or DataFrame: {error}") from error
         names = None
