@@ -126,7 +126,8 @@ class DensityEstimator:
         bounds: ``{column: (low, high)}`` with ``None`` for an open side, ``"auto"`` (columns within
             [0, 1] or non-negative and piled near 0 are bounded) or None (no bounds).
         discrete: integer-valued columns to dequantise: a list, ``"auto"`` (every integer-valued
-            column) or None.
+            column) or None. Each one's lattice spacing is detected (e.g. 5 for values in steps of
+            5); its score is the log-probability of the value, its samples lie on the lattice.
         heavy_tails: ``"auto"`` (Student-t base marginals where the Hill tail index is below 4),
             True (every column) or False.
         context: columns to condition on; the model is then ``p(other columns | context)``.
@@ -252,11 +253,20 @@ class DensityEstimator:
                     lower[i] = 0.0
         elif self.bounds is not None:
             raise ValueError(f"bounds must be a dict, 'auto' or None, got {self.bounds!r}")
+        # Lattice of each discrete column: spacing (e.g. 5 for winds in 5-knot steps) and origin.
+        step, origin = [0.0] * len(target_idx), [0.0] * len(target_idx)
+        for i, column in enumerate(targets.T):
+            if discrete[i]:
+                levels = np.unique(column).astype(np.int64)
+                spacing = int(np.gcd.reduce(np.diff(levels))) if len(levels) > 1 else 1
+                step[i], origin[i] = float(max(spacing, 1)), float(levels[0])
         return {
             "columns": names,
             "context_columns": [names[j] for j in context_idx],
             "target_columns": target_names,
             "discrete": discrete,
+            "step": step,
+            "origin": origin,
             "lower": lower,
             "upper": upper,
         }
@@ -266,7 +276,7 @@ class DensityEstimator:
         finite; checks the data respect the declared bounds."""
         lower, upper = [], []
         for i, name in enumerate(spec["target_columns"]):
-            low, high, step = spec["lower"][i], spec["upper"][i], float(spec["discrete"][i])
+            low, high, step = spec["lower"][i], spec["upper"][i], spec["step"][i]
             column = targets[:, i]
             if low is not None and column.min() < low:
                 raise ValueError(f"column {name!r} has values below its lower bound {low}")
@@ -349,12 +359,12 @@ class DensityEstimator:
             frame=is_frame,
         )
         # Standardisation statistics and tail indices of the unbounded representation.
-        discrete_mask = torch.tensor(spec["discrete"], dtype=torch.float64)
+        steps = torch.tensor(spec["step"], dtype=torch.float64)
         boundary = (
             BoundaryTransform(lower, upper) if any(v is not None for v in lower + upper) else None
         )
         with torch.no_grad():
-            unbounded = torch.as_tensor(targets) + 0.5 * discrete_mask
+            unbounded = torch.as_tensor(targets) + 0.5 * steps
             if boundary is not None:
                 unbounded = boundary.double()(unbounded)[0]
         mean, std = unbounded.mean(0), unbounded.std(0).clamp_min(1e-8)
@@ -385,11 +395,11 @@ class DensityEstimator:
         def tensor(array):
             return torch.as_tensor(array, dtype=torch.float32, device=device)
 
-        noise_mask = tensor(spec["discrete"])
+        noise_scale = tensor(spec["step"])
 
         def dequantize(batch: Tensor, generator: torch.Generator) -> Tensor:
             noise = torch.rand(batch.shape, generator=generator, device=batch.device)
-            return batch + noise * noise_mask
+            return batch + noise * noise_scale
 
         batch_size = self.batch_size or int(np.clip(len(train_values) // 20, 32, 256))
         max_epochs = self.max_epochs
@@ -479,8 +489,11 @@ class DensityEstimator:
         discrete = np.asarray(spec["discrete"])
         if discrete.any() and not np.all(targets[:, discrete] == np.round(targets[:, discrete])):
             raise ValueError("discrete columns of X must hold integers")
+        step = np.asarray(spec["step"])[discrete]
         if discrete.any():
+            # P(v) = integral of the dequantised density over [v, v + step), by quadrature.
             nodes, log_w = _gauss_legendre_unit(int(discrete.sum()))
+            nodes, log_w = nodes * step, log_w + np.log(step).sum()
         else:
             nodes, log_w = np.zeros((1, 0)), np.zeros(1)
         device, dtype = self._device_dtype()
@@ -544,7 +557,9 @@ class DensityEstimator:
                 draws = self.flow_.sample(int(n), generator=generator)
         samples = draws.double().cpu().numpy()
         discrete = np.asarray(spec["discrete"])
-        samples[:, discrete] = np.floor(samples[:, discrete])
+        step = np.asarray(spec["step"])[discrete]
+        origin = np.asarray(spec["origin"])[discrete]
+        samples[:, discrete] = origin + step * np.floor((samples[:, discrete] - origin) / step)
         if spec["frame"]:
             import pandas as pd
 

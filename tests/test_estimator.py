@@ -181,3 +181,14 @@ def test_bad_input_is_a_clear_error():
         DensityEstimator(context=["nope"], **QUICK).fit(X)
     with pytest.raises(ValueError, match="non-integer"):
         DensityEstimator(discrete=["x0"], **QUICK).fit(X)
+
+
+def test_discrete_lattice_spacing_is_detected_and_normalised():
+    rng = np.random.default_rng(8)
+    X = (5 * rng.poisson(4.0, size=(2000, 1)) + 10).astype(float)
+    est = DensityEstimator(discrete="auto", **QUICK).fit(X)
+    assert est.spec_["step"] == [5.0] and est.spec_["origin"] == [float(X.min())]
+    lattice = np.arange(10, 200, 5, dtype=float)[:, None]
+    assert abs(np.exp(est.score_samples(lattice)).sum() - 1.0) < 2e-2
+    draws = est.sample(300, random_state=0)
+    assert np.all((draws - 10) % 5 == 0)
