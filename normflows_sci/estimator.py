@@ -313,13 +313,22 @@ class DensityEstimator:
         return model
 
     # ----------------------------------------------------------------------------- fitting
-    def fit(self, X, X_val=None, *, checkpoint: str | os.PathLike | None = None, resume=False):
+    def fit(
+        self,
+        X,
+        X_val=None,
+        *,
+        columns: Sequence[str] | None = None,
+        checkpoint: str | os.PathLike | None = None,
+        resume: bool = False,
+    ):
         """Fit the model to the rows of ``X`` (numpy array or pandas DataFrame).
 
         Args:
             X: ``(n, d)`` training table.
             X_val: optional validation table for early stopping (default: a random
                 ``validation_fraction`` of ``X``).
+            columns: names for the columns of a numpy ``X`` (a DataFrame brings its own).
             checkpoint: file for the training state after every epoch (resumable).
             resume: continue a run from ``checkpoint``.
 
@@ -327,6 +336,14 @@ class DensityEstimator:
             self.
         """
         values, names, is_frame = _to_array(X, "X")
+        if columns is not None:
+            if is_frame:
+                raise ValueError(
+                    "columns is only for numpy input: a DataFrame brings its own names"
+                )
+            if len(columns) != values.shape[1]:
+                raise ValueError(f"columns must name {values.shape[1]} columns, got {len(columns)}")
+            names = [str(c) for c in columns]
         spec = self._spec_from_data(values, names)
         seed = self._seed()
         rng = np.random.default_rng(seed)
