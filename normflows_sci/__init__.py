@@ -5,7 +5,7 @@ Exact densities for tabular data, Boltzmann generators and flow-assisted sampler
 
 __version__ = "0.1.0"
 
-from normflows_sci.estimator import DensityEstimator  # noqa: E402
-from normflows_sci.flows import MAF, NSF, Flow, RealNVP  # noqa: E402
+from normflows_sci.estimator import DensityEstimator
+from normflows_sci.flows import MAF, NSF, Flow, RealNVP
 
 __all__ = ["__version__", "DensityEstimator", "Flow", "NSF", "MAF", "RealNVP"]

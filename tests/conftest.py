@@ -119,7 +119,9 @@ register("boundary_transform")(
     # logit, softplus, mirrored softplus and identity columns in both directions.
     lambda: T.CompositeTransform(
         [
-            T.InverseTransform(T.BoundaryTransform([-1.0, 0.0, None, None], [2.0, None, 3.0, None])),
+            T.InverseTransform(
+                T.BoundaryTransform([-1.0, 0.0, None, None], [2.0, None, 3.0, None])
+            ),
             T.BoundaryTransform([-2.0, -0.5, None, None], [2.5, None, 3.5, None]),
         ]
     )

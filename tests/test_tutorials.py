@@ -19,3 +19,10 @@ def test_flows_quickstart_beats_the_gaussian_baseline():
     result = _load("flows_quickstart").main(steps=300)
     assert result["flow"] > result["gaussian"] + 0.5
     assert result["flow"] < result["true"] + 0.05  # held-out, so it cannot beat the truth by much
+
+
+def test_tabular_tutorial_runs_and_beats_the_gaussian(tmp_path):
+    result = _load("tabular_density").main(max_time=15.0, out=tmp_path)
+    assert result["flow"] > result["gaussian"]
+    for name in ("training.png", "corner.png", "marginals.png", "storms.nfs"):
+        assert (tmp_path / name).stat().st_size > 0

@@ -1,0 +1,575 @@
+"""Classical density baselines for tabular data: a Gaussian and a Gaussian mixture fitted by EM.
+
+They share :class:`~normflows_sci.DensityEstimator`'s interface (``fit`` / ``score_samples`` /
+``score`` / ``sample``; numpy in, numpy out, log-densities per row in nats), so a flow's held-out
+log-likelihood can be put next to theirs on the same rows. Both run in float64 numpy/scipy.
+
+Example:
+    >>> import numpy as np
+    >>> X = np.random.default_rng(0).normal(size=(500, 2))
+    >>> gauss = GaussianBaseline().fit(X)
+    >>> gauss.score_samples(X[:3]).shape
+    (3,)
+    >>> gmm = GaussianMixtureBaseline(2, random_state=0).fit(X)
+    >>> gmm.sample(4, random_state=0).shape
+    (4, 2)
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy.linalg import solve_triangular
+
+__all__ = ["GaussianBaseline", "GaussianMixtureBaseline"]
+
+_LOG_2PI = math.log(2.0 * math.pi)
+# Covariance ridge, relative to the mean per-feature variance of the training data.
+_REG = 1e-6
+_COVARIANCES = ("full", "diag")
+
+
+def _check_data(name: str, X, *, features: int | None = None, min_rows: int = 1) -> np.ndarray:
+    """Return ``X`` as a finite float64 array of shape ``(rows, features)``.
+
+    Raises:
+        TypeError: ``X`` is not numeric.
+        ValueError: wrong number of dimensions or features, too few rows, or NaN/inf entries.
+    """
+    try:
+        array = np.asarray(X, dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise TypeError(
+            f"{name} must be a numeric array of shape (rows, features): {error}"
+        ) from None
+    if array.ndim != 2:
+        raise ValueError(f"{name} must be 2-D with shape (rows, features), got shape {array.shape}")
+    if features is not None and array.shape[1] != features:
+        raise ValueError(
+            f"{name} must have {features} features (columns) as in fit, got {array.shape[1]}"
+        )
+    if array.shape[0] < min_rows:
+        raise ValueError(f"{name} must have at least {min_rows} rows, got {array.shape[0]}")
+    finite = np.isfinite(array)
+    if not finite.all():
+        bad = np.flatnonzero(~finite.all(axis=1))
+        raise ValueError(
+            f"{name} contains NaN or inf values (in {bad.size} of {array.shape[0]} rows, "
+            f"first at row {bad[0]})"
+        )
+    return array
+
+
+def _check_num_samples(num_samples) -> int:
+    if isinstance(num_samples, bool) or not float(num_samples).is_integer() or num_samples < 0:
+        raise ValueError(f"num_samples must be a non-negative integer, got {num_samples!r}")
+    return int(num_samples)
+
+
+def _robust_cholesky(covariance: np.ndarray, ridge: float) -> np.ndarray:
+    """Lower Cholesky factor of ``covariance + ridge * I``, raising the ridge until it succeeds."""
+    eye = np.eye(covariance.shape[0])
+    ridge = max(ridge, np.finfo(np.float64).tiny)
+    for _ in range(30):
+        try:
+            return np.linalg.cholesky(covariance + ridge * eye)
+        except np.linalg.LinAlgError:
+            ridge *= 10.0
+    raise np.linalg.LinAlgError("covariance is not positive definite even after regularisation")
+
+
+def _logsumexp_rows(values: np.ndarray) -> np.ndarray:
+    """``log(sum(exp(values), axis=1))`` for ``(rows, k)`` finite values; returns ``(rows,)``."""
+    peak = values.max(axis=1)
+    return peak + np.log(np.exp(values - peak[:, None]).sum(axis=1))
+
+
+def _gaussian_log_prob(X: np.ndarray, mean: np.ndarray, cholesky: np.ndarray) -> np.ndarray:
+    """``log N(x | mean, L L^T)`` for each row of ``X: (rows, features)``; returns ``(rows,)``."""
+    whitened = solve_triangular(cholesky, (X - mean).T, lower=True, check_finite=False)
+    log_det = 2.0 * np.log(np.diag(cholesky)).sum()
+    return -0.5 * (np.einsum("ij,ij->j", whitened, whitened) + X.shape[1] * _LOG_2PI + log_det)
+
+
+def _unit_cube_rule(dims: int) -> tuple[np.ndarray, np.ndarray]:
+    """Tensor-product Gauss-Legendre nodes ``(m, dims)`` on ``[0, 1]^dims`` and their log-weights.
+
+    Uses the same number of nodes per dimension as :class:`~normflows_sci.DensityEstimator`, so
+    the probabilities of integer cells are computed alike for flows and baselines.
+    """
+    per_dim = max(2, min(16, round(64 ** (1.0 / dims))))
+    nodes, weights = np.polynomial.legendre.leggauss(per_dim)
+    nodes, log_weights = 0.5 * (nodes + 1.0), np.log(0.5 * weights)
+    grid = np.stack(np.meshgrid(*([nodes] * dims), indexing="ij"), -1).reshape(-1, dims)
+    log_w = np.stack(np.meshgrid(*([log_weights] * dims), indexing="ij"), -1).sum(-1)
+    return grid, log_w.reshape(-1)
+
+
+def _cell_log_prob(log_density, X: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``log P(k) = log integral over [k, k+1) of p`` in the ``mask`` columns, by quadrature.
+
+    Args:
+        log_density: maps ``(rows, features)`` to ``(rows,)`` continuous log-densities.
+        X: ``(rows, features)`` with integers in the ``mask`` columns.
+        mask: ``(features,)`` boolean.
+
+    Returns:
+        ``(rows,)``: log-probability for the integer columns, log-density for the rest.
+    """
+    if not mask.any():
+        return log_density(X)
+    nodes, log_w = _unit_cube_rule(int(mask.sum()))
+    total = np.full(X.shape[0], -np.inf)
+    shifted = X.copy()
+    for node, weight in zip(nodes, log_w):
+        shifted[:, mask] = X[:, mask] + node
+        total = np.logaddexp(total, weight + log_density(shifted))
+    return total
+
+
+class _Baseline:
+    """Discrete-column handling, ``score``/``score_samples``/``sample`` and the fitted check.
+
+    Subclasses implement ``_log_density(X)`` (continuous, ``(rows, features)`` -> ``(rows,)``)
+    and ``_draw(num_samples, rng)``.
+    """
+
+    def __init__(self, *, discrete=None):
+        self.discrete = discrete
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "n_features_"):
+            raise RuntimeError(f"this {type(self).__name__} is not fitted yet: call fit(X) first")
+
+    def _discrete_mask(self, X: np.ndarray) -> np.ndarray:
+        """``discrete`` as a ``(features,)`` boolean mask; checks those columns hold integers."""
+        features = X.shape[1]
+        mask = np.zeros(features, dtype=bool)
+        if self.discrete is not None and len(self.discrete):
+            chosen = np.asarray(self.discrete)
+            if chosen.dtype == bool:
+                if chosen.shape != (features,):
+                    raise ValueError(
+                        f"discrete as a boolean mask must have shape ({features},), "
+                        f"got {chosen.shape}"
+                    )
+                mask = chosen.copy()
+            else:
+                if chosen.ndim != 1 or not np.issubdtype(chosen.dtype, np.integer):
+                    raise ValueError(
+                        f"discrete must be a sequence of column indices or a boolean mask, "
+                        f"got {self.discrete!r}"
+                    )
+                if chosen.size and (chosen.min() < -features or chosen.max() >= features):
+                    raise ValueError(
+                        f"discrete column indices must be in [0, {features}), got {chosen.tolist()}"
+                    )
+                mask[chosen] = True
+        self._check_integers("X", X, mask)
+        return mask
+
+    @staticmethod
+    def _check_integers(name: str, X: np.ndarray, mask: np.ndarray) -> None:
+        values = X[:, mask]
+        bad = np.flatnonzero((values != np.round(values)).any(axis=0))
+        if bad.size:
+            columns = np.flatnonzero(mask)[bad].tolist()
+            raise ValueError(f"{name} has non-integer values in discrete columns {columns}")
+
+    def _log_density(self, X: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _draw(self, num_samples: int, rng: np.random.Generator) -> np.ndarray:  # pragma: no cover
+        raise NotImplementedError
+
+    def score_samples(self, X) -> np.ndarray:
+        """Log-density of each row (log-probability of the integer cell for discrete columns).
+
+        Args:
+            X: ``(rows, features)``.
+
+        Returns:
+            ``(rows,)`` float64, in nats.
+        """
+        self._check_fitted()
+        X = _check_data("X", X, features=self.n_features_, min_rows=0)
+        self._check_integers("X", X, self.discrete_mask_)
+        return _cell_log_prob(self._log_density, X, self.discrete_mask_)
+
+    def score(self, X) -> float:
+        """Mean log-density of the rows of ``X`` in nats (higher is better).
+
+        Args:
+            X: ``(rows, features)``.
+
+        Returns:
+            ``float``: the mean of :meth:`score_samples`.
+        """
+        return float(np.mean(self.score_samples(X)))
+
+    def sample(self, num_samples: int, *, random_state=None) -> np.ndarray:
+        """Draw ``num_samples`` rows (discrete columns rounded down to their integer cell).
+
+        Args:
+            num_samples: number of rows.
+            random_state: seed or ``numpy.random.Generator``; the same seed gives the same rows.
+
+        Returns:
+            ``(num_samples, features)`` float64.
+        """
+        self._check_fitted()
+        num_samples = _check_num_samples(num_samples)
+        draws = self._draw(num_samples, np.random.default_rng(random_state))
+        draws[:, self.discrete_mask_] = np.floor(draws[:, self.discrete_mask_])
+        return draws
+
+
+class GaussianBaseline(_Baseline):
+    """A single multivariate normal with the maximum-likelihood mean and full covariance.
+
+    A ridge of ``1e-6`` times the mean per-feature variance is added to the covariance (raised
+    further only if it is still singular), so constant or collinear columns give a finite density.
+    Integer-valued columns named in ``discrete`` are modelled as dequantised (``k + u`` with
+    ``u ~ U[0, 1)``: the fit uses the exact moments of the dequantised data) and scored as the
+    probability of their integer cell, the same convention as
+    :class:`~normflows_sci.DensityEstimator`.
+
+    Args:
+        discrete: column indices (or a boolean mask) of integer-valued columns.
+
+    Attributes:
+        mean_: ``(features,)``.
+        covariance_: ``(features, features)``, regularised.
+        n_features_: number of columns seen in :meth:`fit`.
+        discrete_mask_: ``(features,)`` boolean.
+
+    Example:
+        >>> import numpy as np
+        >>> X = np.random.default_rng(1).normal(size=(2000, 3))
+        >>> round(GaussianBaseline().fit(X).score(X), 1)
+        -4.3
+    """
+
+    def __init__(self, *, discrete=None):
+        super().__init__(discrete=discrete)
+
+    def fit(self, X, X_val=None) -> GaussianBaseline:
+        """Fit the mean and covariance of ``X``.
+
+        Args:
+            X: ``(rows, features)`` training data, at least one row.
+            X_val: unused; accepted so every estimator of the package is called alike.
+
+        Returns:
+            ``self``.
+        """
+        X = _check_data("X", X)
+        mask = self._discrete_mask(X)
+        mean = X.mean(axis=0)
+        centred = X - mean
+        covariance = centred.T @ centred / X.shape[0]
+        # Uniform dequantisation noise, independent of everything: shifts the mean by 1/2 and adds
+        # its variance 1/12 to the diagonal.
+        mean = mean + 0.5 * mask
+        covariance[np.diag_indices_from(covariance)] += mask / 12.0
+        scale = float(np.trace(covariance)) / X.shape[1]
+        ridge = _REG * (scale if scale > 0 else 1.0)
+        self.cholesky_ = _robust_cholesky(covariance, ridge)
+        self.covariance_ = self.cholesky_ @ self.cholesky_.T
+        self.mean_ = mean
+        self.discrete_mask_ = mask
+        self.n_features_ = X.shape[1]
+        return self
+
+    def _log_density(self, X: np.ndarray) -> np.ndarray:
+        return _gaussian_log_prob(X, self.mean_, self.cholesky_)
+
+    def _draw(self, num_samples: int, rng: np.random.Generator) -> np.ndarray:
+        noise = rng.standard_normal((num_samples, self.n_features_))
+        return self.mean_ + noise @ self.cholesky_.T
+
+
+class GaussianMixtureBaseline(_Baseline):
+    """A Gaussian mixture fitted by expectation-maximisation, optionally choosing its size.
+
+    Means are seeded by k-means++ and refined by a few Lloyd iterations; the E-step works with
+    log-space responsibilities (``logsumexp``), and each covariance gets a ridge of ``1e-6`` times
+    the mean per-feature variance of the data so components never collapse onto a point. With
+    ``components=None`` every count in ``candidates`` is fitted on a training split and the one
+    with the best validation log-likelihood is refitted on all of ``X`` (or, when ``X_val`` is
+    passed to :meth:`fit`, chosen on ``X_val`` and fitted on ``X``).
+
+    Args:
+        components: number of mixture components, or ``None`` to choose it among ``candidates``.
+        candidates: component counts tried when ``components`` is ``None``; counts larger than the
+            training rows are skipped.
+        covariance: ``"full"`` or ``"diag"``.
+        max_iter: EM iterations at most.
+        tol: stop when the mean log-likelihood per row improves by less than this.
+        n_init: independent initialisations; the one with the best training likelihood is kept.
+        validation_fraction: share of ``X`` held out to choose ``components`` when no ``X_val``.
+        discrete: column indices (or a boolean mask) of integer-valued columns: fitted on
+            dequantised values ``k + u``, ``u ~ U[0, 1)``, and scored as the probability of the
+            integer cell (as :class:`~normflows_sci.DensityEstimator` does).
+        random_state: seed or ``numpy.random.Generator`` for the initialisation and the split.
+
+    Attributes:
+        components_: the number of components used.
+        weights_: ``(components_,)``; means_: ``(components_, features)``;
+        covariances_: ``(components_, features, features)`` (diagonal matrices for ``"diag"``).
+        validation_scores_: dict component count -> validation mean log-likelihood (only when
+            the count was chosen).
+        converged_: whether EM met ``tol`` before ``max_iter``; n_iter_: EM iterations run.
+        discrete_mask_: ``(features,)`` boolean.
+
+    References:
+        Dempster, Laird & Rubin, "Maximum likelihood from incomplete data via the EM algorithm",
+        1977. Arthur & Vassilvitskii, "k-means++: the advantages of careful seeding", 2007.
+
+    Example:
+        >>> import numpy as np
+        >>> rng = np.random.default_rng(0)
+        >>> X = np.concatenate([rng.normal(-3, 1, (500, 1)), rng.normal(3, 1, (500, 1))])
+        >>> gmm = GaussianMixtureBaseline(random_state=0, candidates=(1, 2)).fit(X)
+        >>> gmm.components_
+        2
+    """
+
+    def __init__(
+        self,
+        components: int | None = None,
+        *,
+        candidates=(1, 2, 4, 8, 16),
+        covariance: str = "full",
+        max_iter: int = 200,
+        tol: float = 1e-6,
+        n_init: int = 1,
+        validation_fraction: float = 0.2,
+        discrete=None,
+        random_state=None,
+    ):
+        super().__init__(discrete=discrete)
+        if components is not None and (
+            isinstance(components, bool) or int(components) != components or components < 1
+        ):
+            raise ValueError(f"components must be a positive integer or None, got {components!r}")
+        candidates = tuple(candidates)
+        if not candidates or any(isinstance(k, bool) or int(k) != k or k < 1 for k in candidates):
+            raise ValueError(
+                f"candidates must be a non-empty sequence of positive integers, got {candidates!r}"
+            )
+        if covariance not in _COVARIANCES:
+            raise ValueError(f"covariance must be one of {_COVARIANCES}, got {covariance!r}")
+        if int(max_iter) != max_iter or max_iter < 1:
+            raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
+        if not isinstance(tol, (int, float)) or not tol >= 0:
+            raise ValueError(f"tol must be non-negative, got {tol!r}")
+        if int(n_init) != n_init or n_init < 1:
+            raise ValueError(f"n_init must be a positive integer, got {n_init!r}")
+        if not 0 < validation_fraction < 1:
+            raise ValueError(f"validation_fraction must be in (0, 1), got {validation_fraction!r}")
+        self.components = None if components is None else int(components)
+        self.candidates = tuple(sorted({int(k) for k in candidates}))
+        self.covariance = covariance
+        self.max_iter = int(max_iter)
+        self.tol = float(tol)
+        self.n_init = int(n_init)
+        self.validation_fraction = float(validation_fraction)
+        self.random_state = random_state
+
+    # ------------------------------------------------------------------ fitting
+
+    def fit(self, X, X_val=None) -> GaussianMixtureBaseline:
+        """Fit the mixture to ``X``.
+
+        Args:
+            X: ``(rows, features)`` training data, at least ``components`` rows.
+            X_val: optional ``(rows_val, features)`` rows used only to choose the component count
+                when ``components`` is ``None``.
+
+        Returns:
+            ``self``.
+        """
+        X = _check_data("X", X)
+        mask = self._discrete_mask(X)
+        rng = np.random.default_rng(self.random_state)
+        if self.components is not None and self.components > X.shape[0]:
+            raise ValueError(f"X has {X.shape[0]} rows, fewer than components={self.components}")
+        if self.components is None:
+            if X_val is not None:
+                X_val = _check_data("X_val", X_val, features=X.shape[1])
+                self._check_integers("X_val", X_val, mask)
+                X_train = X
+            else:
+                if X.shape[0] < 2:
+                    raise ValueError(
+                        "X must have at least 2 rows to choose components on a validation split"
+                    )
+                order = rng.permutation(X.shape[0])
+                n_val = min(max(1, round(self.validation_fraction * X.shape[0])), X.shape[0] - 1)
+                X_val, X_train = X[order[:n_val]], X[order[n_val:]]
+        # Integer columns are fitted dequantised (k + u, u ~ U[0, 1)) and scored per integer cell.
+        X = X + rng.random(X.shape) * mask
+        # Work in coordinates centred on the data mean: exact moments, no cancellation.
+        offset = X.mean(axis=0)
+        X = X - offset
+        scale = float(X.var(axis=0).mean())
+        self._ridge = _REG * (scale if scale > 0 else 1.0)
+        self.validation_scores_: dict[int, float] = {}
+        if self.components is not None:
+            count = self.components
+        else:
+            X_train = X_train + rng.random(X_train.shape) * mask - offset
+            for k in self.candidates:
+                if k > X_train.shape[0]:
+                    continue
+                params = self._fit_count(X_train, k, rng)[0]
+
+                def log_density(Z, params=params):
+                    return self._log_prob(Z - offset, params)
+
+                scores = _cell_log_prob(log_density, X_val, mask)
+                self.validation_scores_[k] = float(np.mean(scores))
+            count = max(self.validation_scores_, key=self.validation_scores_.get)
+        params, self.converged_, self.n_iter_ = self._fit_count(X, count, rng)
+        self.weights_, self._means, self._choleskys = params
+        self._offset = offset
+        self.means_ = self._means + offset
+        self.covariances_ = self._choleskys @ np.swapaxes(self._choleskys, 1, 2)
+        self.components_ = count
+        self.discrete_mask_ = mask
+        self.n_features_ = X.shape[1]
+        return self
+
+    def _fit_count(self, X: np.ndarray, count: int, rng: np.random.Generator):
+        """Best of ``n_init`` EM runs with ``count`` components: ``(params, converged, n_iter)``."""
+        best = None
+        for _ in range(self.n_init):
+            params, log_likelihood, converged, n_iter = self._em(X, count, rng)
+            if best is None or log_likelihood > best[1]:
+                best = (params, log_likelihood, converged, n_iter)
+        return best[0], best[2], best[3]
+
+    def _em(self, X: np.ndarray, count: int, rng: np.random.Generator):
+        labels = _kmeans_labels(X, count, rng)
+        responsibilities = np.zeros((X.shape[0], count))
+        responsibilities[np.arange(X.shape[0]), labels] = 1.0
+        params = self._m_step(X, responsibilities)
+        previous = -np.inf
+        converged = False
+        n_iter = 0
+        for n_iter in range(1, self.max_iter + 1):  # noqa: B007 - n_iter is reported
+            joint = self._joint_log_prob(X, params)
+            log_norm = _logsumexp_rows(joint)
+            mean_log_likelihood = float(log_norm.mean())
+            responsibilities = np.exp(joint - log_norm[:, None])
+            params = self._m_step(X, responsibilities)
+            if abs(mean_log_likelihood - previous) < self.tol:
+                converged = True
+                break
+            previous = mean_log_likelihood
+        final = float(np.mean(self._log_prob(X, params)))
+        return params, final, converged, n_iter
+
+    def _m_step(self, X: np.ndarray, responsibilities: np.ndarray):
+        # X is centred on the data mean (see fit), so raw second moments lose no precision.
+        # Tiny floor keeps empty components finite; their weight then goes to ~0.
+        counts = responsibilities.sum(axis=0) + 10 * np.finfo(np.float64).eps
+        weights = counts / counts.sum()
+        per_component = np.ascontiguousarray(responsibilities.T)  # (components, rows)
+        means = per_component @ X / counts[:, None]
+        features = X.shape[1]
+        choleskys = np.empty((len(counts), features, features))
+        if self.covariance == "diag":
+            variances = per_component @ (X * X) / counts[:, None] - means**2
+            for j in range(len(counts)):
+                choleskys[j] = _robust_cholesky(np.diag(np.maximum(variances[j], 0.0)), self._ridge)
+            return weights, means, choleskys
+        X_t = np.ascontiguousarray(X.T)
+        for j in range(len(counts)):
+            second = (X_t * per_component[j]) @ X / counts[j]
+            cov = second - np.outer(means[j], means[j])
+            choleskys[j] = _robust_cholesky(0.5 * (cov + cov.T), self._ridge)
+        return weights, means, choleskys
+
+    def _joint_log_prob(self, X: np.ndarray, params) -> np.ndarray:
+        """``log w_j + log N(x | mu_j, Sigma_j)``: ``(rows, components)``."""
+        weights, means, choleskys = params
+        # One batched whitening for all components: z = L^-1 (x - mu) = L^-1 x - L^-1 mu.
+        inverse = np.linalg.inv(choleskys)  # (components, features, features), lower triangular
+        shift = np.einsum("kij,kj->ki", inverse, means)
+        log_det = 2.0 * np.log(np.diagonal(choleskys, axis1=1, axis2=2)).sum(axis=1)
+        constant = np.log(weights) - 0.5 * (X.shape[1] * _LOG_2PI + log_det)
+        stacked = inverse.reshape(-1, X.shape[1])  # (components * features, features)
+        out = np.empty((X.shape[0], len(weights)))
+        # Rows in chunks bound the (rows, components, features) intermediate to ~32 MB.
+        chunk = max(1, 4_000_000 // max(1, stacked.shape[0]))
+        for start in range(0, X.shape[0], chunk):
+            whitened = (X[start : start + chunk] @ stacked.T).reshape(-1, *shift.shape) - shift
+            out[start : start + chunk] = constant - 0.5 * np.einsum(
+                "nkj,nkj->nk", whitened, whitened
+            )
+        return out
+
+    def _log_prob(self, X: np.ndarray, params) -> np.ndarray:
+        return _logsumexp_rows(self._joint_log_prob(X, params))
+
+    # ------------------------------------------------------------------ inference
+
+    def _log_density(self, X: np.ndarray) -> np.ndarray:
+        return self._log_prob(X - self._offset, (self.weights_, self._means, self._choleskys))
+
+    def _draw(self, num_samples: int, rng: np.random.Generator) -> np.ndarray:
+        which = rng.choice(self.components_, size=num_samples, p=self.weights_)
+        noise = rng.standard_normal((num_samples, self.n_features_))
+        return self.means_[which] + np.einsum("nij,nj->ni", self._choleskys[which], noise)
+
+    def predict_proba(self, X) -> np.ndarray:
+        """Posterior component probabilities (responsibilities) of each row.
+
+        Discrete columns are evaluated at the centre of their integer cell.
+
+        Args:
+            X: ``(rows, features)``.
+
+        Returns:
+            ``(rows, components_)``; each row sums to 1.
+        """
+        self._check_fitted()
+        X = _check_data("X", X, features=self.n_features_, min_rows=0)
+        X = X + 0.5 * self.discrete_mask_ - self._offset
+        joint = self._joint_log_prob(X, (self.weights_, self._means, self._choleskys))
+        return np.exp(joint - _logsumexp_rows(joint)[:, None])
+
+
+def _kmeans_labels(
+    X: np.ndarray, count: int, rng: np.random.Generator, iterations: int = 10
+) -> np.ndarray:
+    """k-means++ seeding then a few Lloyd iterations; returns a label per row ``(rows,)``."""
+    rows = X.shape[0]
+    if count == 1:
+        return np.zeros(rows, dtype=np.int64)
+    centres = np.empty((count, X.shape[1]))
+    centres[0] = X[rng.integers(rows)]
+    closest = ((X - centres[0]) ** 2).sum(axis=1)
+    for j in range(1, count):
+        total = closest.sum()
+        # All remaining points coincide with a centre: any choice is as good.
+        index = rng.choice(rows, p=closest / total) if total > 0 else rng.integers(rows)
+        centres[j] = X[index]
+        closest = np.minimum(closest, ((X - centres[j]) ** 2).sum(axis=1))
+    labels = np.zeros(rows, dtype=np.int64)
+    for iteration in range(iterations):
+        distances = (
+            (X * X).sum(axis=1)[:, None] - 2.0 * X @ centres.T + (centres * centres).sum(axis=1)
+        )
+        new_labels = distances.argmin(axis=1)
+        if iteration > 0 and np.array_equal(new_labels, labels):
+            break
+        labels = new_labels
+        for j in range(count):
+            members = labels == j
+            if members.any():
+                centres[j] = X[members].mean(axis=0)
+    return labels

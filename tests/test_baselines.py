@@ -1,0 +1,232 @@
+"""Gaussian and Gaussian-mixture baselines: normalised densities, recovery of a known mixture,
+agreement with scikit-learn, discrete columns and input checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.special import logsumexp
+from scipy.stats import multivariate_normal
+
+from normflows_sci.baselines import GaussianBaseline, GaussianMixtureBaseline
+
+WEIGHTS = np.array([0.5, 0.3, 0.2])
+MEANS = np.array([[-3.0, 0.0], [3.0, 1.0], [0.0, 4.0]])
+COVARIANCES = np.array(
+    [[[1.0, 0.5], [0.5, 1.0]], [[0.5, 0.0], [0.0, 2.0]], [[1.0, -0.3], [-0.3, 0.4]]]
+)
+
+
+def draw_mixture(num_samples: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    which = rng.choice(3, size=num_samples, p=WEIGHTS)
+    factors = np.linalg.cholesky(COVARIANCES)
+    noise = rng.standard_normal((num_samples, 2))
+    return MEANS[which] + np.einsum("nij,nj->ni", factors[which], noise)
+
+
+def true_log_density(X: np.ndarray) -> np.ndarray:
+    parts = [
+        np.log(w) + multivariate_normal(m, c).logpdf(X)
+        for w, m, c in zip(WEIGHTS, MEANS, COVARIANCES)
+    ]
+    return logsumexp(np.stack(parts, axis=1), axis=1)
+
+
+@pytest.fixture(scope="module")
+def mixture_data():
+    return draw_mixture(5000, seed=1), draw_mixture(20000, seed=2)
+
+
+def grid_integral(model, low, high, points: int = 501) -> float:
+    """Integral of exp(score_samples) over a 2-D box by the trapezoidal rule."""
+    xs = np.linspace(low[0], high[0], points)
+    ys = np.linspace(low[1], high[1], points)
+    grid = np.stack(np.meshgrid(xs, ys, indexing="ij"), -1).reshape(-1, 2)
+    density = np.exp(model.score_samples(grid)).reshape(points, points)
+    return float(np.trapezoid(np.trapezoid(density, ys, axis=1), xs))
+
+
+# ---------------------------------------------------------------------------------- normalisation
+
+
+def test_gaussian_integrates_to_one():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((400, 2)) @ np.array([[1.0, 0.0], [0.8, 0.5]]) + [1.0, -2.0]
+    model = GaussianBaseline().fit(X)
+    low = model.mean_ - 9 * np.sqrt(np.diag(model.covariance_))
+    high = model.mean_ + 9 * np.sqrt(np.diag(model.covariance_))
+    assert grid_integral(model, low, high) == pytest.approx(1.0, abs=1e-3)
+
+
+@pytest.mark.parametrize("covariance", ["full", "diag"])
+def test_mixture_integrates_to_one(mixture_data, covariance):
+    model = GaussianMixtureBaseline(3, covariance=covariance, random_state=0).fit(mixture_data[0])
+    assert grid_integral(model, (-10.0, -7.0), (10.0, 11.0)) == pytest.approx(1.0, abs=1e-3)
+
+
+# ------------------------------------------------------------------------------------- accuracy
+
+
+def test_gaussian_matches_the_analytic_fit():
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(300, 3))
+    model = GaussianBaseline().fit(X)
+    expected = multivariate_normal(X.mean(0), np.cov(X.T, bias=True)).logpdf(X)
+    np.testing.assert_allclose(model.score_samples(X), expected, rtol=1e-6, atol=1e-6)
+    assert model.score(X) == pytest.approx(expected.mean(), abs=1e-6)
+
+
+@pytest.mark.parametrize("components", [3, None])
+def test_mixture_recovers_the_known_held_out_likelihood(mixture_data, components):
+    train, test = mixture_data
+    model = GaussianMixtureBaseline(components, random_state=0).fit(train)
+    truth = true_log_density(test).mean()
+    assert abs(model.score(test) - truth) < 0.02
+    if components is None:
+        assert model.components_ >= 3  # fewer cannot describe three separated modes
+        assert set(model.validation_scores_) == {1, 2, 4, 8, 16}
+        assert model.validation_scores_[1] < model.validation_scores_[model.components_] - 0.3
+    else:
+        assert model.converged_
+        order = np.argsort(model.means_[:, 0])
+        np.testing.assert_allclose(model.weights_[order], WEIGHTS[[0, 2, 1]], atol=0.03)
+        np.testing.assert_allclose(model.means_[order], MEANS[[0, 2, 1]], atol=0.1)
+
+
+def test_mixture_matches_scikit_learn(mixture_data):
+    sklearn_mixture = pytest.importorskip("sklearn.mixture")
+    train, test = mixture_data
+    for covariance in ("full", "diag"):
+        ours = GaussianMixtureBaseline(3, covariance=covariance, random_state=0).fit(train)
+        theirs = sklearn_mixture.GaussianMixture(
+            3, covariance_type=covariance, tol=1e-6, max_iter=200, random_state=0
+        ).fit(train)
+        assert abs(ours.score(test) - theirs.score(test)) < 0.02
+
+
+def test_mixture_chooses_components_on_given_validation_rows(mixture_data):
+    train, test = mixture_data
+    model = GaussianMixtureBaseline(candidates=(1, 3), random_state=0).fit(train, X_val=test[:2000])
+    assert model.components_ == 3
+    assert set(model.validation_scores_) == {1, 3}
+
+
+def test_mixture_responsibilities_sum_to_one(mixture_data):
+    model = GaussianMixtureBaseline(3, random_state=0).fit(mixture_data[0])
+    proba = model.predict_proba(mixture_data[1][:100])
+    assert proba.shape == (100, 3)
+    np.testing.assert_allclose(proba.sum(1), 1.0)
+
+
+def test_singular_data_gives_finite_densities():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 1))
+    X = np.hstack([x, 2 * x, np.ones((200, 1))])  # collinear and constant columns
+    for model in (GaussianBaseline(), GaussianMixtureBaseline(2, random_state=0)):
+        scores = model.fit(X).score_samples(X)
+        assert np.isfinite(scores).all()
+
+
+def test_large_offsets_lose_no_precision(mixture_data):
+    train, test = mixture_data
+    shifted = GaussianMixtureBaseline(3, random_state=0).fit(train + 1e6)
+    plain = GaussianMixtureBaseline(3, random_state=0).fit(train)
+    assert shifted.score(test + 1e6) == pytest.approx(plain.score(test), abs=1e-6)
+
+
+# -------------------------------------------------------------------------------------- sampling
+
+
+@pytest.mark.parametrize("model", [GaussianBaseline(), GaussianMixtureBaseline(3, random_state=0)])
+def test_sampling_is_reproducible_and_matches_the_moments(mixture_data, model):
+    train = mixture_data[0]
+    model.fit(train)
+    samples = model.sample(20000, random_state=5)
+    assert samples.shape == (20000, 2)
+    np.testing.assert_array_equal(samples, model.sample(20000, random_state=5))
+    np.testing.assert_allclose(samples.mean(0), train.mean(0), atol=0.06)
+    np.testing.assert_allclose(np.cov(samples.T), np.cov(train.T), atol=0.15)
+    assert model.sample(0).shape == (0, 2)
+
+
+# ---------------------------------------------------------------------------------- discrete data
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        GaussianBaseline(discrete=[1]),
+        GaussianMixtureBaseline(2, discrete=[1], random_state=0),
+        GaussianMixtureBaseline(
+            discrete=np.array([False, True]), candidates=(1, 2), random_state=0
+        ),
+    ],
+)
+def test_discrete_columns_get_normalised_probabilities(model):
+    rng = np.random.default_rng(0)
+    X = np.column_stack([rng.normal(size=3000), rng.poisson(3.0, size=3000)]).astype(float)
+    model.fit(X)
+    # Probability of each integer cell times density of the continuous column: integrates to 1.
+    xs = np.linspace(-8, 8, 801)
+    ks = np.arange(-15, 25)
+    grid = np.stack(np.meshgrid(xs, ks, indexing="ij"), -1).reshape(-1, 2)
+    mass = np.exp(model.score_samples(grid)).reshape(len(xs), len(ks)).sum(1)
+    assert float(np.trapezoid(mass, xs)) == pytest.approx(1.0, abs=1e-3)
+    samples = model.sample(500, random_state=0)
+    np.testing.assert_array_equal(samples[:, 1], np.round(samples[:, 1]))
+    with pytest.raises(ValueError, match="non-integer"):
+        model.score_samples(np.array([[0.0, 1.5]]))
+
+
+def test_dequantised_gaussian_moments():
+    X = np.column_stack([np.arange(10.0), np.arange(10.0) % 3])
+    model = GaussianBaseline(discrete=[0, 1]).fit(X)
+    np.testing.assert_allclose(model.mean_, X.mean(0) + 0.5)
+    np.testing.assert_allclose(np.diag(model.covariance_), X.var(0) + 1 / 12, rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------------ bad inputs
+
+
+@pytest.mark.parametrize("make", [GaussianBaseline, lambda: GaussianMixtureBaseline(2)])
+def test_bad_inputs_raise_clear_errors(make):
+    model = make()
+    with pytest.raises(RuntimeError, match="not fitted"):
+        model.score_samples(np.zeros((2, 2)))
+    bad = np.random.default_rng(0).normal(size=(50, 2))
+    bad[7, 1] = np.nan
+    with pytest.raises(ValueError, match=r"X contains NaN or inf .*row 7"):
+        model.fit(bad)
+    with pytest.raises(ValueError, match=r"X must be 2-D"):
+        model.fit(np.zeros(10))
+    with pytest.raises(TypeError, match="X must be a numeric array"):
+        model.fit([["a", "b"], ["c", "d"]])
+    model.fit(np.random.default_rng(0).normal(size=(50, 2)))
+    with pytest.raises(ValueError, match=r"X must have 2 features .* got 3"):
+        model.score_samples(np.zeros((4, 3)))
+    with pytest.raises(ValueError, match="X contains NaN or inf"):
+        model.score(np.array([[0.0, np.inf]]))
+    with pytest.raises(ValueError, match="num_samples"):
+        model.sample(-1)
+    with pytest.raises(ValueError, match="non-integer values in discrete columns"):
+        type(model)(discrete=[0]).fit(np.random.default_rng(0).normal(size=(50, 2)))
+    with pytest.raises(ValueError, match="discrete column indices"):
+        type(model)(discrete=[5]).fit(np.zeros((10, 2)))
+
+
+def test_bad_mixture_arguments():
+    with pytest.raises(ValueError, match="components"):
+        GaussianMixtureBaseline(0)
+    with pytest.raises(ValueError, match="candidates"):
+        GaussianMixtureBaseline(candidates=())
+    with pytest.raises(ValueError, match="covariance"):
+        GaussianMixtureBaseline(covariance="tied")
+    with pytest.raises(ValueError, match="max_iter"):
+        GaussianMixtureBaseline(max_iter=0)
+    with pytest.raises(ValueError, match="validation_fraction"):
+        GaussianMixtureBaseline(validation_fraction=1.0)
+    with pytest.raises(ValueError, match="fewer than components=5"):
+        GaussianMixtureBaseline(5).fit(np.zeros((3, 2)))
+    with pytest.raises(ValueError, match="X_val must have 2 features"):
+        GaussianMixtureBaseline().fit(np.zeros((30, 2)), X_val=np.zeros((5, 3)))

@@ -1,0 +1,363 @@
+"""The normflows-sci command line, end to end on tiny budgets: fit -> info -> score -> sample on
+CSV and .npy files, conditional models, the demo, and one-line errors with exit status 2."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import os
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+from normflows_sci.cli import _default_model_path, main
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def make_table(rows: int = 300, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    a = rng.normal(size=rows)
+    mass = np.exp(0.5 * a + 0.3 * rng.normal(size=rows))  # positive
+    count = rng.poisson(3.0, size=rows).astype(float)  # integer
+    return np.column_stack([a, mass, count])
+
+
+def write_csv(path, values, names=("a", "mass", "count")) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(names)
+        writer.writerows([f"{v:.10g}" for v in row] for row in values)
+
+
+def read_csv(path) -> tuple[list[str], np.ndarray]:
+    with open(path, newline="") as handle:
+        rows = list(csv.reader(handle))
+    return rows[0], np.array(rows[1:], dtype=float)
+
+
+def run(capsys, *argv) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def no_temporary_files(folder) -> bool:
+    return not [p for p in folder.rglob("*") if p.name.endswith(".tmp")]
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    """A CSV table and a model fitted to it (2 epochs), shared by the read-only tests."""
+    folder = tmp_path_factory.mktemp("fitted")
+    data = folder / "table.csv"
+    write_csv(data, make_table())
+    argv = ["fit", data, "--max-epochs", 2, "--bounds", "mass:0:", "--discrete", "count"]
+    argv += ["--seed", 0, "--quiet", "--plots", folder / "plots"]
+    code = main([str(a) for a in argv])
+    assert code == 0
+    return folder, data, folder / "table.nfs"
+
+
+# -------------------------------------------------------------------------------- round trips
+
+
+def test_fit_writes_the_model_next_to_the_data_and_plots(fitted):
+    folder, _, model = fitted
+    assert model.is_file() and model.stat().st_size > 0
+    for name in ("training_curves.png", "corner.png", "marginals.png"):
+        assert (folder / "plots" / name).read_bytes()[:8] == PNG_SIGNATURE
+    assert no_temporary_files(folder)
+
+
+def test_fit_prints_a_held_out_summary(tmp_path, capsys):
+    data = tmp_path / "t.csv"
+    write_csv(data, make_table(200, seed=3))
+    code, out, err = run(
+        capsys, "fit", data, "-o", tmp_path / "m.nfs", "--max-epochs", 1, "--quiet"
+    )
+    assert code == 0, err
+    assert "200 rows x 3 columns (180 for training, 20 held out" in out
+    flow, gauss = (float(line.split()[1]) for line in out.splitlines() if line.startswith("    "))
+    assert np.isfinite(flow) and np.isfinite(gauss)
+    assert "model saved to" in out
+    assert (tmp_path / "m.nfs").is_file()
+
+
+def test_info_prints_the_model_summary_as_json(fitted, capsys):
+    code, out, _ = run(capsys, "info", fitted[2])
+    assert code == 0
+    info = json.loads(out)
+    assert info["columns"] == ["a", "mass", "count"]
+    assert info["discrete_columns"] == ["count"]
+    assert info["bounds"] == {"mass": [0.0, None]}
+    assert info["epochs"] == 2
+
+
+def test_score_writes_one_log_density_per_row(fitted, tmp_path, capsys):
+    _, data, model = fitted
+    out_file = tmp_path / "scores.csv"
+    code, out, err = run(capsys, "score", model, data, "-o", out_file)
+    assert code == 0 and out == ""
+    header, scores = read_csv(out_file)
+    assert header == ["log_density"]
+    assert scores.shape == (300, 1) and np.isfinite(scores).all()
+    assert err.startswith("mean log-density: ") and err.rstrip().endswith("nats per row (300 rows)")
+    assert float(err.split()[2]) == pytest.approx(scores.mean(), rel=1e-5)
+    # Same numbers on stdout; columns matched by name whatever their order in the file.
+    _, values = read_csv(data)
+    shuffled = tmp_path / "reordered.csv"
+    write_csv(shuffled, values[:, [2, 0, 1]], names=("count", "a", "mass"))
+    code, out, _ = run(capsys, "score", model, shuffled)
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0] == "log_density"
+    np.testing.assert_allclose(np.array(lines[1:], dtype=float), scores[:, 0], rtol=1e-6)
+
+
+def test_sample_writes_csv_npy_and_stdout(fitted, tmp_path, capsys):
+    model = fitted[2]
+    code, _, _ = run(capsys, "sample", model, "-n", 40, "-o", tmp_path / "s.csv", "--seed", 1)
+    assert code == 0
+    header, samples = read_csv(tmp_path / "s.csv")
+    assert header == ["a", "mass", "count"]
+    assert samples.shape == (40, 3)
+    np.testing.assert_array_equal(samples[:, 2], np.round(samples[:, 2]))
+    assert (samples[:, 1] > 0).all()  # the bound holds
+    code, _, _ = run(capsys, "sample", model, "-n", 40, "-o", tmp_path / "s.npy", "--seed", 1)
+    assert code == 0
+    np.testing.assert_allclose(np.load(tmp_path / "s.npy"), samples, rtol=1e-6)
+    code, out, _ = run(capsys, "sample", model, "-n", 5, "--seed", 2)
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0] == "a,mass,count" and len(lines) == 6
+    assert no_temporary_files(tmp_path)
+
+
+def test_npy_round_trip(tmp_path, capsys):
+    values = make_table(150, seed=4)[:, :2]
+    np.save(tmp_path / "points.npy", values)
+    code, _, err = run(capsys, "fit", tmp_path / "points.npy", "--max-epochs", 1, "--quiet")
+    assert code == 0, err
+    model = tmp_path / "points.nfs"
+    code, out, _ = run(capsys, "info", model)
+    assert json.loads(out)["columns"] == ["x0", "x1"]
+    code, _, _ = run(capsys, "score", model, tmp_path / "points.npy", "-o", tmp_path / "s.npy")
+    assert code == 0
+    assert np.load(tmp_path / "s.npy").shape == (150, 1)
+    code, _, _ = run(capsys, "sample", model, "-n", 7, "-o", tmp_path / "draws.npy")
+    assert code == 0
+    assert np.load(tmp_path / "draws.npy").shape == (7, 2)
+
+
+def test_conditional_model(tmp_path, capsys):
+    data = tmp_path / "t.csv"
+    write_csv(data, make_table(200, seed=5))
+    model = tmp_path / "c.nfs"
+    argv = ["fit", data, "-o", model, "--context", "a", "--max-epochs", 1, "--quiet"]
+    code, out, err = run(capsys, *argv)
+    assert code == 0, err
+    assert "conditional log-likelihood" in out
+    context = tmp_path / "context.csv"
+    write_csv(context, [[0.5], [-1.0]], names=("a",))
+    code, out, err = run(capsys, "sample", model, "--context", context, "-n", 3, "--seed", 0)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0] == "a,mass,count" and len(lines) == 7
+    assert [float(line.split(",")[0]) for line in lines[1:]] == [0.5] * 3 + [-1.0] * 3
+    code, _, err = run(capsys, "score", model, data)
+    assert code == 0 and "mean conditional log-density" in err
+    code, _, err = run(capsys, "sample", model, "-n", 3)
+    assert code == 2 and "--context FILE" in err
+
+
+def test_demo_prints_the_comparison_table(tmp_path, capsys):
+    argv = ["demo", "--dataset", "penguins", "--max-epochs", 2, "--quiet", "--plots", tmp_path]
+    code, out, err = run(capsys, *argv)
+    assert code == 0, err
+    assert "train 274 rows, test 68 rows (random split, seed 0)" in out
+    rows = {}
+    for line in out.splitlines():
+        for name in ("normalizing flow", "Gaussian (full", "Gaussian mixture"):
+            if line.startswith(name):
+                rows[name] = [float(v) for v in line.split()[-3:]]
+    assert set(rows) == {"normalizing flow", "Gaussian (full", "Gaussian mixture"}
+    assert all(np.isfinite(v).all() for v in rows.values())
+    # The mixture cannot do worse than its one-component member on these well-separated species.
+    assert rows["Gaussian mixture"][0] > rows["Gaussian (full"][0] - 0.5
+    assert (tmp_path / "corner.png").read_bytes()[:8] == PNG_SIGNATURE
+
+
+# ---------------------------------------------------------------------------------------- errors
+
+
+def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("normflows-sci: error: ")
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_missing_and_unreadable_files(fitted, tmp_path, capsys):
+    model = fitted[2]
+    code, _, err = run(capsys, "fit", tmp_path / "nope.csv")
+    assert_one_line_error(code, err, "DATA file not found", "nope.csv")
+    code, _, err = run(capsys, "score", tmp_path / "nope.nfs", fitted[1])
+    assert_one_line_error(code, err, "MODEL file not found")
+    code, _, err = run(capsys, "info", fitted[1])  # a CSV is not a model
+    assert_one_line_error(code, err, "not a readable normflows_sci model file")
+    (tmp_path / "junk.npy").write_bytes(b"not numpy")
+    code, _, err = run(capsys, "score", model, tmp_path / "junk.npy")
+    assert_one_line_error(code, err, "not a .npy file")
+    (tmp_path / "empty.csv").write_text("")
+    code, _, err = run(capsys, "fit", tmp_path / "empty.csv")
+    assert_one_line_error(code, err, "is empty")
+
+
+def test_bad_data(fitted, tmp_path, capsys):
+    model = fitted[2]
+    cases = {
+        "nan.csv": (
+            "a,mass,count\n1,2,3\nnan,1,2\n",
+            "column 'a' has missing values (NaN) in 1 row",
+        ),
+        "empty_cell.csv": ("a,mass,count\n1,2,3\n1,,2\n", "line 3, column 'mass': missing value"),
+        "text.csv": ("a,mass,count\n1,abc,3\n", "line 2, column 'mass': 'abc' is not a number"),
+        "ragged.csv": ("a,mass,count\n1,2,3\n1,2\n", "line 3: 2 fields, but the header has 3"),
+        "inf.csv": ("a,mass,count\n1,inf,3\n", "column 'mass' has infinite values"),
+    }
+    for name, (text, message) in cases.items():
+        (tmp_path / name).write_text(text)
+        code, _, err = run(capsys, "score", model, tmp_path / name)
+        assert_one_line_error(code, err, message)
+    np.save(tmp_path / "two.npy", np.zeros((5, 2)))
+    code, _, err = run(capsys, "score", model, tmp_path / "two.npy")
+    assert_one_line_error(code, err, "has 2 columns, but the model expects 3 (a, mass, count)")
+    (tmp_path / "other.csv").write_text("a,b,c\n1,2,3\n")
+    code, _, err = run(capsys, "score", model, tmp_path / "other.csv")
+    assert_one_line_error(code, err, "lacks the model's columns ['mass', 'count']")
+    (tmp_path / "frac.csv").write_text("a,mass,count\n1,2,3.5\n")
+    code, _, err = run(capsys, "score", model, tmp_path / "frac.csv")
+    assert_one_line_error(code, err, "integer")
+
+
+def test_bad_options(fitted, capsys):
+    data = fitted[1]
+    cases = [
+        (["--bounds", "mass:1"], "--bounds expects COL:LOW:HIGH"),
+        (["--bounds", "nope:0:"], "--bounds: no column 'nope'; the columns are a, mass, count"),
+        (["--bounds", "mass:x:"], "--bounds: 'x' is not a number"),
+        (["--bounds", "mass:2:1"], "LOW must be below HIGH"),
+        (["--discrete", "a"], "discrete column 'a' has non-integer values"),
+        (["--bounds", "a:0:"], "column 'a' has values below its lower bound"),
+    ]
+    for extra, message in cases:
+        code, _, err = run(capsys, "fit", data, "--max-epochs", 1, "--quiet", *extra)
+        assert_one_line_error(code, err, message)
+    code, _, err = run(capsys, "sample", fitted[2])
+    assert_one_line_error(code, err, "-n N")
+    code, _, err = run(capsys, "sample", fitted[2], "-n", 2, "--context", data)
+    assert_one_line_error(code, err, "the model is not conditional")
+    # Usage errors come from argparse: status 2 and its usage message.
+    code, _, err = run(capsys, "fit", data, "--flow", "glow")
+    assert code == 2 and "invalid choice: 'glow'" in err
+    code, _, err = run(capsys, "sample", fitted[2], "-n", 0)
+    assert code == 2 and "must be a positive integer" in err
+    code, _, err = run(capsys)
+    assert code == 2 and "usage:" in err
+
+
+def test_parquet_without_pyarrow_names_pyarrow(tmp_path, capsys):
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        (tmp_path / "t.parquet").write_bytes(b"PAR1")
+        code, _, err = run(capsys, "fit", tmp_path / "t.parquet")
+        assert_one_line_error(code, err, "needs pyarrow", "pip install pyarrow")
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        values = make_table(60)
+        table = pa.table({"a": values[:, 0], "mass": values[:, 1], "count": values[:, 2]})
+        pq.write_table(table, tmp_path / "t.parquet")
+        code, _, err = run(capsys, "fit", tmp_path / "t.parquet", "--max-epochs", 1, "--quiet")
+        assert code == 0, err
+
+
+# ------------------------------------------------------------------------------------- outputs
+
+
+def test_failed_command_leaves_the_previous_output_untouched(fitted, tmp_path, capsys):
+    out_file = tmp_path / "scores.csv"
+    out_file.write_text("previous\n")
+    (tmp_path / "bad.csv").write_text("a,mass,count\n1,nan,3\n")
+    code, _, _ = run(capsys, "score", fitted[2], tmp_path / "bad.csv", "-o", out_file)
+    assert code == 2
+    assert out_file.read_text() == "previous\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.csv", "scores.csv"]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+def test_outputs_to_a_pipe_are_written_through_not_replaced(fitted, tmp_path, capsys):
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    received = []
+    reader = threading.Thread(target=lambda: received.append(pipe.read_bytes()))
+    reader.start()
+    code, _, err = run(capsys, "sample", fitted[2], "-n", 3, "-o", pipe, "--seed", 0)
+    reader.join(timeout=30)
+    assert code == 0, err
+    assert received and received[0].startswith(b"a,mass,count\n")
+    assert not pipe.is_file()  # still a pipe
+    code, _, err = run(capsys, "fit", fitted[1], "-o", pipe, "--max-epochs", 1)
+    assert_one_line_error(code, err, "is not a regular file")
+
+
+def test_gzip_csv_and_default_model_names(tmp_path, capsys):
+    data = tmp_path / "t.csv.gz"
+    with gzip.open(data, "wt") as handle:
+        handle.write("a,b\n" + "\n".join(f"{i % 7},{i % 5}.5" for i in range(60)) + "\n")
+    assert _default_model_path(data) == tmp_path / "t.nfs"
+    assert _default_model_path(tmp_path / "x.npy") == tmp_path / "x.nfs"
+    code, _, err = run(capsys, "fit", data, "--max-epochs", 1, "--quiet")
+    assert code == 0, err
+    assert (tmp_path / "t.nfs").is_file()
+
+
+def test_headerless_csv_gets_default_names(tmp_path, capsys):
+    (tmp_path / "raw.csv").write_text("\n".join(f"{i},{(i * 7) % 11}" for i in range(40)) + "\n")
+    code, _, err = run(capsys, "fit", tmp_path / "raw.csv", "--max-epochs", 1, "--quiet")
+    assert code == 0, err
+    assert "no header row" in err
+    code, out, _ = run(capsys, "info", tmp_path / "raw.nfs")
+    assert json.loads(out)["columns"] == ["x0", "x1"]
+
+
+def test_version_and_python_dash_m(capsys):
+    code, out, _ = run(capsys, "--version")
+    assert code == 0 and out.startswith("normflows-sci ")
+    result = subprocess.run(
+        [sys.executable, "-m", "normflows_sci", "info", "missing.nfs"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == "normflows-sci: error: MODEL file not found: missing.nfs"
+
+
+def test_demo_defaults():
+    from normflows_sci.cli import DEMO_MAX_TIME, build_parser
+    from normflows_sci.datasets import DEFAULT_DATASET
+
+    args = build_parser().parse_args(["demo"])
+    assert args.dataset == DEFAULT_DATASET
+    assert args.max_time == DEMO_MAX_TIME and args.max_epochs is None and args.seed == 0
