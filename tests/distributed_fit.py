@@ -1,28 +1,38 @@
-"""Run by test_distributed.py under torchrun: fit on every rank, rank 0 writes the result."""
+"""Run by test_distributed.py under torchrun: fit on every rank, rank 0 writes the result.
+
+``problem()`` is shared with the single-process reference fit in the test.
+"""
 
 import json
 import sys
 
 import numpy as np
-import torch.distributed as dist
 
 from normflows_sci import DensityEstimator
 
 
-def main(out_path: str) -> None:
-    dist.init_process_group("gloo")
+def problem():
+    """``(train, test, estimator)``: the same data and settings for both runs."""
     rng = np.random.default_rng(0)
     train = np.column_stack([rng.normal(size=4000), rng.gamma(2.0, size=4000)])
     test = np.column_stack([rng.normal(size=2000), rng.gamma(2.0, size=2000)])
-    est = DensityEstimator(
+    estimator = DensityEstimator(
         bounds={"x1": (0.0, None)},
         max_epochs=12,
         hidden_features=(32, 32),
         transforms=3,
         verbose=False,
         random_state=0,
-    ).fit(train)
-    score = est.score(test)
+    )
+    return train, test, estimator
+
+
+def main(out_path: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo")
+    train, test, estimator = problem()
+    score = estimator.fit(train).score(test)
     scores = [None] * dist.get_world_size()
     dist.all_gather_object(scores, score)
     if dist.get_rank() == 0:

@@ -8,10 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-
-from normflows_sci import DensityEstimator
+from distributed_fit import problem
 
 HERE = Path(__file__).resolve().parent
 
@@ -31,15 +29,5 @@ def test_two_process_fit_agrees_with_single_process(tmp_path):
     # Every rank ends with the same model.
     assert result["scores"][0] == result["scores"][1]
 
-    rng = np.random.default_rng(0)
-    train = np.column_stack([rng.normal(size=4000), rng.gamma(2.0, size=4000)])
-    test = np.column_stack([rng.normal(size=2000), rng.gamma(2.0, size=2000)])
-    single = DensityEstimator(
-        bounds={"x1": (0.0, None)},
-        max_epochs=12,
-        hidden_features=(32, 32),
-        transforms=3,
-        verbose=False,
-        random_state=0,
-    ).fit(train)
-    assert result["scores"][0] == pytest.approx(single.score(test), abs=0.05)
+    train, test, single = problem()
+    assert result["scores"][0] == pytest.approx(single.fit(train).score(test), abs=0.05)

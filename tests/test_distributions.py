@@ -107,7 +107,9 @@ def test_tail_adaptive_base_mixes_gaussian_and_student_t_marginals():
     )
     torch.testing.assert_close(base.log_prob(x), torch.as_tensor(expected), atol=1e-7, rtol=1e-7)
     samples = base.sample(20000, generator=torch.Generator().manual_seed(0)).detach()
-    assert stats.kstest(samples[:, 1].numpy(), stats.t(float(base.df[0].detach())).cdf).pvalue > 1e-3
+    assert (
+        stats.kstest(samples[:, 1].numpy(), stats.t(float(base.df[0].detach())).cdf).pvalue > 1e-3
+    )
     assert stats.kstest(samples[:, 2].numpy(), stats.norm.cdf).pvalue > 1e-3
     two_d = TailAdaptiveBase([2.5, None]).double()
     total = grid_integral(lambda v: two_d.log_prob(v).exp(), bound=200.0, points=2000)
