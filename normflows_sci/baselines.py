@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import abc
 import math
 
 import numpy as np
@@ -128,7 +129,7 @@ def _cell_log_prob(log_density, X: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return total
 
 
-class _Baseline:
+class _Baseline(abc.ABC):
     """Discrete-column handling, ``score``/``score_samples``/``sample`` and the fitted check.
 
     Subclasses implement ``_log_density(X)`` (continuous, ``(rows, features)`` -> ``(rows,)``)
@@ -177,11 +178,13 @@ class _Baseline:
             columns = np.flatnonzero(mask)[bad].tolist()
             raise ValueError(f"{name} has non-integer values in discrete columns {columns}")
 
-    def _log_density(self, X: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _log_density(self, X: np.ndarray) -> np.ndarray:
+        """Continuous log-density, ``(rows, features) -> (rows,)``."""
 
-    def _draw(self, num_samples: int, rng: np.random.Generator) -> np.ndarray:  # pragma: no cover
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _draw(self, num_samples: int, rng: np.random.Generator) -> np.ndarray:
+        """``(num_samples, features)`` draws of the continuous model."""
 
     def score_samples(self, X) -> np.ndarray:
         """Log-density of each row (log-probability of the integer cell for discrete columns).

@@ -92,6 +92,13 @@ register("maf_context_order", context_features=3)(
         T.MaskedAffineAutoregressiveTransform(4, context_features=3, order=[2, 0, 3, 1], **HIDDEN)
     )
 )
+register("masked_autoregressive_generic_map", context_features=3)(
+    lambda: perturb(
+        T.MaskedAutoregressiveTransform(
+            4, T.RQSplineMap(bins=3, tail_bound=3.0), context_features=3, hidden_features=(16,)
+        )
+    )
+)
 register("nsf_autoregressive")(lambda: perturb(T.MaskedSplineAutoregressiveTransform(4, **SPLINE)))
 register("nsf_autoregressive_context_order", context_features=3)(
     lambda: perturb(

@@ -12,7 +12,11 @@ from nflows import transforms as nt  # noqa: E402
 from tests_helpers import perturb  # noqa: E402
 
 from normflows_sci.flows import NSF, Flow  # noqa: E402
-from normflows_sci.interop.nflows import from_nflows, to_nflows  # noqa: E402
+from normflows_sci.interop.nflows import (  # noqa: E402
+    NflowsDistribution,
+    from_nflows,
+    to_nflows,
+)
 from normflows_sci.transforms import CompositeTransform, ReversePermutation  # noqa: E402
 
 
@@ -44,7 +48,7 @@ def test_nflows_flow_as_ours_has_equal_log_probs():
     theirs = nf.Flow(transform, nd.StandardNormal([3]))
     perturb(theirs, scale=0.1)
     ours = from_nflows(theirs)
-    assert isinstance(ours, Flow)
+    assert isinstance(ours, Flow) and isinstance(ours.base, NflowsDistribution)
     x, context = torch.randn(10, 3), torch.randn(10, 2)
     torch.testing.assert_close(ours.log_prob(x, context), theirs.log_prob(x, context))
     samples, log_prob = ours.sample_and_log_prob(

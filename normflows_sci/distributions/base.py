@@ -7,6 +7,7 @@ accept ``context`` for a uniform interface and ignore it.
 
 from __future__ import annotations
 
+import abc
 import math
 from collections.abc import Sequence
 
@@ -35,7 +36,7 @@ def _shape(event_shape: int | Sequence[int]) -> torch.Size:
     return shape
 
 
-class Distribution(nn.Module):
+class Distribution(nn.Module, abc.ABC):
     """Base class. Subclasses set ``event_shape`` and implement ``log_prob`` and ``_sample``."""
 
     event_shape: torch.Size
@@ -46,8 +47,9 @@ class Distribution(nn.Module):
         # A buffer that follows .to(device/dtype), so samples land where the module lives.
         self.register_buffer("_anchor", torch.zeros(()), persistent=False)
 
+    @abc.abstractmethod
     def log_prob(self, inputs: Tensor, context: Tensor | None = None) -> Tensor:
-        raise NotImplementedError
+        """``(batch,)`` log-densities of ``inputs: (batch, *event_shape)``."""
 
     def sample(
         self,
@@ -59,8 +61,9 @@ class Distribution(nn.Module):
         """``(num_samples, *event_shape)`` samples."""
         return self._sample(check_num_samples(num_samples), generator)
 
+    @abc.abstractmethod
     def _sample(self, num_samples: int, generator: torch.Generator | None) -> Tensor:
-        raise NotImplementedError
+        """``(num_samples, *event_shape)`` draws."""
 
     def _randn(self, *shape: int, generator: torch.Generator | None) -> Tensor:
         anchor = self._anchor

@@ -85,6 +85,9 @@ class NflowsDistribution(Distribution):
             torch.manual_seed(seed)
             return draw()
 
+    def _sample(self, num_samples, generator):
+        return self.sample(num_samples, None, generator=generator)
+
 
 class _OurTransformInNflows(_nt.Transform):
     def __init__(self, transform: Transform):

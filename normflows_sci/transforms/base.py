@@ -8,6 +8,7 @@ Calling convention (shared with nflows, so transforms are interchangeable)::
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Iterable
 
 import torch
@@ -20,15 +21,16 @@ class InverseNotAvailable(NotImplementedError):
     """Raised by a transform whose inverse has no closed form and no numerical solver."""
 
 
-class Transform(nn.Module):
+class Transform(nn.Module, abc.ABC):
     """Base class of all invertible maps.
 
     Subclasses implement ``forward(inputs, context=None)`` and ``inverse(inputs, context=None)``,
     each returning ``(outputs, logabsdet)`` with ``logabsdet`` of shape ``(batch,)``.
     """
 
+    @abc.abstractmethod
     def forward(self, inputs: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        raise NotImplementedError
+        """Data to latent: ``(outputs, logabsdet)``."""
 
     def inverse(self, inputs: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         raise InverseNotAvailable(f"{type(self).__name__} has no inverse")

@@ -8,6 +8,8 @@ Zero raw parameters give the identity, so a zero-initialised conditioner starts 
 
 from __future__ import annotations
 
+import abc
+
 import torch
 from torch import Tensor
 
@@ -22,16 +24,18 @@ from normflows_sci.transforms.splines import (
 __all__ = ["ElementwiseMap", "AffineMap", "RQSplineMap"]
 
 
-class ElementwiseMap:
+class ElementwiseMap(abc.ABC):
     """Interface: ``num_params``, ``forward(x, params)``, ``inverse(y, params)``."""
 
     num_params: int
 
+    @abc.abstractmethod
     def forward(self, inputs: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        raise NotImplementedError
+        """``(outputs, elementwise logabsdet)``."""
 
+    @abc.abstractmethod
     def inverse(self, inputs: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        raise NotImplementedError
+        """``(outputs, elementwise logabsdet)`` of the inverse map."""
 
 
 class AffineMap(ElementwiseMap):
