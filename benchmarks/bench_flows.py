@@ -50,11 +50,10 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 
 import torch
-from _load import BUSY_LIMIT, OtherLoad
+from _common import BUSY_LIMIT, OtherLoad, version
 from torch import Tensor, nn
 
 # Benchmark the checkout this script lives in, even when normflows_sci is not installed.
@@ -517,13 +516,6 @@ def verdict(all_results: dict[str, dict[str, Result]]) -> None:
             label = f"{CASES[case]}: {metric} <= {limit:g}x {peer}"
             print(f"  [{status}] {label:<44} actual {fmt_ratio(value)}")
     print(f"  {passed}/{total} targets met")
-
-
-def version(dist: str) -> str:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "not installed"
 
 
 def parse_args() -> argparse.Namespace:

@@ -98,12 +98,11 @@ import traceback
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 import torch
-from _load import BUSY_LIMIT, OtherLoad
+from _common import BUSY_LIMIT, OtherLoad, version
 from torch import Tensor, nn
 
 # Benchmark the checkout this script lives in, even when normflows_sci is not installed.
@@ -614,13 +613,6 @@ def verdict(tables: list[Table], all_results: list[dict[str, Result]]) -> None:
             label = f"{table.name}: faster than {peer} to its best val"
             print(f"  [{status}] {label:<44} ours/{peer} time {text}")
     print(f"  {passed}/{total} targets met")
-
-
-def version(dist: str) -> str:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "not installed"
 
 
 def parse_args() -> argparse.Namespace:

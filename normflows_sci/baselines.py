@@ -23,6 +23,8 @@ import math
 import numpy as np
 from scipy.linalg import solve_triangular
 
+from normflows_sci.quadrature import unit_cube_rule
+
 __all__ = ["GaussianBaseline", "GaussianMixtureBaseline"]
 
 _LOG_2PI = math.log(2.0 * math.pi)
@@ -93,20 +95,6 @@ def _gaussian_log_prob(X: np.ndarray, mean: np.ndarray, cholesky: np.ndarray) ->
     return -0.5 * (np.einsum("ij,ij->j", whitened, whitened) + X.shape[1] * _LOG_2PI + log_det)
 
 
-def _unit_cube_rule(dims: int) -> tuple[np.ndarray, np.ndarray]:
-    """Tensor-product Gauss-Legendre nodes ``(m, dims)`` on ``[0, 1]^dims`` and their log-weights.
-
-    Uses the same number of nodes per dimension as :class:`~normflows_sci.DensityEstimator`, so
-    the probabilities of integer cells are computed alike for flows and baselines.
-    """
-    per_dim = max(2, min(16, round(64 ** (1.0 / dims))))
-    nodes, weights = np.polynomial.legendre.leggauss(per_dim)
-    nodes, log_weights = 0.5 * (nodes + 1.0), np.log(0.5 * weights)
-    grid = np.stack(np.meshgrid(*([nodes] * dims), indexing="ij"), -1).reshape(-1, dims)
-    log_w = np.stack(np.meshgrid(*([log_weights] * dims), indexing="ij"), -1).sum(-1)
-    return grid, log_w.reshape(-1)
-
-
 def _cell_log_prob(log_density, X: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """``log P(k) = log integral over [k, k+1) of p`` in the ``mask`` columns, by quadrature.
 
@@ -120,7 +108,7 @@ def _cell_log_prob(log_density, X: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """
     if not mask.any():
         return log_density(X)
-    nodes, log_w = _unit_cube_rule(int(mask.sum()))
+    nodes, log_w = unit_cube_rule(int(mask.sum()))
     total = np.full(X.shape[0], -np.inf)
     shifted = X.copy()
     for node, weight in zip(nodes, log_w):

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from normflows_sci.distributions import StandardNormal, TailAdaptiveBase
 from normflows_sci.flows import MAF, NSF, Flow, RealNVP
 from normflows_sci.io import load_model, save_model
+from normflows_sci.quadrature import unit_cube_rule
 from normflows_sci.training import fit_flow
 from normflows_sci.transforms import BoundaryTransform, CompositeTransform, ElementwiseAffine
 
@@ -115,16 +116,6 @@ def _to_array(X, name: str, columns: list[str] | None = None) -> tuple[np.ndarra
         bad = [names[j] for j in np.nonzero(~np.isfinite(values).all(0))[0]]
         raise ValueError(f"{name} has infinite values in columns {bad}")
     return values, list(names), is_frame
-
-
-def _gauss_legendre_unit(dims: int) -> tuple[np.ndarray, np.ndarray]:
-    """Tensor-product Gauss-Legendre nodes ``(m, dims)`` on ``[0, 1]^dims`` and log-weights."""
-    per_dim = max(2, min(16, round(64 ** (1.0 / dims))))
-    nodes, weights = np.polynomial.legendre.leggauss(per_dim)
-    nodes, weights = 0.5 * (nodes + 1.0), 0.5 * weights
-    grid = np.stack(np.meshgrid(*([nodes] * dims), indexing="ij"), -1).reshape(-1, dims)
-    log_w = np.log(np.stack(np.meshgrid(*([weights] * dims), indexing="ij"), -1)).sum(-1)
-    return grid, log_w.reshape(-1)
 
 
 class DensityEstimator:
@@ -525,7 +516,7 @@ class DensityEstimator:
         step = np.asarray(spec["step"])[discrete]
         if discrete.any():
             # P(v) = integral of the dequantised density over [v, v + step), by quadrature.
-            nodes, log_w = _gauss_legendre_unit(int(discrete.sum()))
+            nodes, log_w = unit_cube_rule(int(discrete.sum()))
             nodes, log_w = nodes * step, log_w + np.log(step).sum()
         else:
             nodes, log_w = np.zeros((1, 0)), np.zeros(1)

@@ -1,11 +1,13 @@
-"""Shared by the benchmark scripts: how much CPU other processes took during a measurement."""
+"""Shared by the benchmark scripts: package versions, and how much CPU other processes took
+during a measurement."""
 
 from __future__ import annotations
 
 import os
 import time
+from importlib import metadata
 
-__all__ = ["BUSY_LIMIT", "OtherLoad"]
+__all__ = ["BUSY_LIMIT", "OtherLoad", "version"]
 
 BUSY_LIMIT = 0.1  # CPU cores used by other processes above which timings are flagged
 
@@ -34,3 +36,11 @@ class OtherLoad:
             return None
         busy, own, wall = (b - a for a, b in zip(self.start, end))
         return max(busy - own, 0.0) / wall if wall > 0 else None
+
+
+def version(dist: str) -> str:
+    """Installed version of a distribution, or "not installed"."""
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "not installed"
