@@ -4,6 +4,7 @@ from normflows_sci.distributions.base import (
     DiagNormal,
     Distribution,
     GaussianMixture,
+    NormalWithAngles,
     StandardNormal,
     StudentT,
     TailAdaptiveBase,
@@ -16,4 +17,5 @@ __all__ = [
     "GaussianMixture",
     "StudentT",
     "TailAdaptiveBase",
+    "NormalWithAngles",
 ]

@@ -270,3 +270,38 @@ class TailAdaptiveBase(Distribution):
         heavy = _student_t_sample(self, num_samples, self.df, generator)
         index = self.heavy_index.expand(num_samples, -1)
         return samples.scatter(-1, index, heavy)
+
+
+class NormalWithAngles(Distribution):
+    """Standard normal on ordinary features and uniform on ``[-pi, pi)`` for angle features.
+
+    The base of flows over mixed Euclidean and circular variables (e.g. internal coordinates with
+    torsions): each angle's density is ``1 / (2 pi)`` with respect to arc length.
+
+    Args:
+        circular: ``(features,)`` booleans, True for angles.
+
+    >>> base = NormalWithAngles([False, True])
+    >>> base.log_prob(torch.zeros(1, 2)).item() == -0.5 * math.log(2 * math.pi) - math.log(2 * math.pi)
+    True
+    """
+
+    def __init__(self, circular: Sequence[bool] | Tensor):
+        circular = torch.as_tensor(circular, dtype=torch.bool)
+        if circular.ndim != 1 or len(circular) == 0:
+            raise ValueError(f"circular must be a non-empty 1-D boolean mask, got {circular.shape}")
+        super().__init__(len(circular))
+        self.register_buffer("circular", circular)
+
+    def log_prob(self, inputs: Tensor, context: Tensor | None = None) -> Tensor:
+        normal = -0.5 * (inputs.square() + math.log(2 * math.pi))
+        outside = (inputs < -math.pi) | (inputs >= math.pi)
+        angle = torch.where(outside, -math.inf, -math.log(2 * math.pi))
+        return self._sum_event(torch.where(self.circular, angle, normal))
+
+    def _sample(self, num_samples, generator):
+        anchor = self._anchor
+        shape = (num_samples, *self.event_shape)
+        uniform = torch.rand(*shape, generator=generator, dtype=anchor.dtype, device=anchor.device)
+        normal = self._randn(*shape, generator=generator)
+        return torch.where(self.circular, (2 * uniform - 1) * math.pi, normal)

@@ -21,9 +21,12 @@ class Flow(nn.Module):
         embedding: optional network applied to the context before the transform sees it.
         validate_args: check inputs for shape and NaN/inf (one reduction per call; turn off in
             tight GPU loops once the pipeline is known to be clean).
+        event_shape: shape of one data point when the transform changes it (e.g. Cartesian
+            coordinates -> internal coordinates without rigid motion); defaults to the base's.
 
     Attributes:
-        transform, base, embedding: as given. ``features`` and ``event_shape`` come from ``base``.
+        transform, base, embedding: as given. ``event_shape`` is the data's shape and ``features``
+        its size.
 
     Example:
         >>> from normflows_sci.flows import NSF
@@ -41,20 +44,24 @@ class Flow(nn.Module):
         *,
         embedding: nn.Module | None = None,
         validate_args: bool = True,
+        event_shape: int | tuple[int, ...] | None = None,
     ):
         super().__init__()
         self.transform = transform
         self.base = base
         self.embedding = embedding
         self.validate_args = validate_args
-
-    @property
-    def event_shape(self) -> torch.Size:
-        return self.base.event_shape
+        if event_shape is None:
+            self.event_shape = base.event_shape
+        else:
+            shape = (event_shape,) if isinstance(event_shape, int) else tuple(event_shape)
+            if not shape or any(int(s) != s or s < 1 for s in shape):
+                raise ValueError(f"event_shape must be positive integers, got {event_shape!r}")
+            self.event_shape = torch.Size(int(s) for s in shape)
 
     @property
     def features(self) -> int:
-        return self.base.event_shape.numel()
+        return self.event_shape.numel()
 
     def _context(self, context: Tensor | None, batch: int | None) -> Tensor | None:
         if context is None:

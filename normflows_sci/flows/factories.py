@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import torch
 from torch import nn
 
-from normflows_sci.distributions import Distribution, StandardNormal
+from normflows_sci.distributions import Distribution, NormalWithAngles, StandardNormal
 from normflows_sci.flows.base import Flow
 from normflows_sci.transforms import (
     AffineMap,
+    CircularSplineMap,
     CompositeTransform,
     CouplingTransform,
     ElementwiseMap,
@@ -17,6 +19,7 @@ from normflows_sci.transforms import (
     MaskedAutoregressiveTransform,
     RandomPermutation,
     RQSplineMap,
+    SplitMap,
     Transform,
     alternating_mask,
 )
@@ -53,8 +56,12 @@ def _build(
     activation,
     dropout: float,
     seed: int | None,
+    circular=None,
+    circle_map: ElementwiseMap | None = None,
+    preprocess: Transform | None = None,
 ) -> Flow:
-    """``transforms`` steps of [random permutation] [LU linear] (coupling | autoregressive) layer."""
+    """``[preprocess]`` then ``transforms`` steps of [random permutation] [LU linear]
+    (coupling | autoregressive) layer."""
     if int(features) != features or features < 1:
         raise ValueError(f"features must be a positive integer, got {features!r}")
     if int(transforms) != transforms or transforms < 1:
@@ -67,24 +74,62 @@ def _build(
         activation=activation,
         dropout=dropout,
     )
-    steps: list[Transform] = []
+    if circular is not None:
+        circular = _check_circular(circular, features, coupling, lu_linear)
+        net["circular"] = circular
+    steps: list[Transform] = [] if preprocess is None else [preprocess]
     for i in range(transforms):
-        if permutation == "random" and features > 1:
+        if permutation == "random" and features > 1 and circular is None:
             steps.append(RandomPermutation(features, seed=None if seed is None else seed + i))
         if lu_linear:
             steps.append(LULinear(features))
         if coupling:
-            steps.append(CouplingTransform(_mask(features, i, permutation), elementwise, **net))
+            if circular is None:
+                mask = _mask(features, i, permutation)
+                layer_map = elementwise
+            else:
+                # Angles keep their positions (no permutation layers), so masks vary instead.
+                mask = _angle_mask(features, i, permutation, seed)
+                layer_map = SplitMap(circular[mask], circle_map, elementwise)
+            steps.append(CouplingTransform(mask, layer_map, **net))
         else:
             order = _order(features, i, permutation)
             steps.append(MaskedAutoregressiveTransform(features, elementwise, order=order, **net))
     if base is None:
-        base = StandardNormal(features)
+        base = StandardNormal(features) if circular is None else NormalWithAngles(circular)
     elif base.event_shape.numel() != features:
         raise ValueError(
             f"base must have {features} features, got event_shape {tuple(base.event_shape)}"
         )
-    return Flow(CompositeTransform(steps), base, embedding=embedding)
+    event_shape = None
+    if preprocess is not None:
+        event_shape = getattr(preprocess, "features_in", features)
+    return Flow(CompositeTransform(steps), base, embedding=embedding, event_shape=event_shape)
+
+
+def _check_circular(circular, features: int, coupling: bool, lu_linear: bool) -> torch.Tensor:
+    flags = torch.as_tensor(circular).bool()
+    if flags.shape != (features,):
+        raise ValueError(
+            f"circular must have one boolean per feature ({features},), got {tuple(flags.shape)}"
+        )
+    if not coupling or lu_linear:
+        raise ValueError(
+            "circular features need coupling=True and lu_linear=False "
+            "(autoregressive and linear layers would mix angles with lengths)"
+        )
+    return flags
+
+
+def _angle_mask(features: int, i: int, permutation: str, seed: int | None) -> torch.Tensor:
+    """Mask of coupling layer ``i`` when features keep their positions: alternating halves, or a
+    seeded random half."""
+    if permutation == "alternate":
+        return alternating_mask(features, even=i % 2 == 0)
+    generator = torch.Generator().manual_seed((0 if seed is None else seed) * 7919 + i)
+    mask = torch.zeros(features, dtype=torch.bool)
+    mask[torch.randperm(features, generator=generator)[: max(features // 2, 1)]] = True
+    return mask
 
 
 def _order(features: int, i: int, permutation: str) -> list[int] | None:
@@ -144,6 +189,8 @@ def NSF(
     min_bin_height: float = 1e-3,
     min_derivative: float = 1e-3,
     seed: int | None = None,
+    circular: Sequence[bool] | None = None,
+    preprocess: Transform | None = None,
 ) -> Flow:
     """Neural spline flow: rational-quadratic spline layers, autoregressive (default) or coupling.
 
@@ -153,6 +200,12 @@ def NSF(
             evaluate, ``features`` passes to sample).
         tail_bound: splines act on ``[-tail_bound, tail_bound]``, identity outside.
         min_bin_width, min_bin_height, min_derivative: spline regularity bounds.
+        circular: ``(features,)`` booleans marking angles (values in ``[-pi, pi)``): those get
+            circular splines, feed conditioners as ``(cos, sin)`` and a uniform base (see
+            ``NormalWithAngles``). Needs ``coupling=True``; features keep their positions and the
+            masks alternate (``permutation="alternate"``) or are seeded random halves.
+        preprocess: a transform applied to the data first (e.g. internal coordinates); its output
+            has ``features`` entries and the flow's ``event_shape`` becomes its ``features_in``.
 
     References:
         Durkan, Bekasov, Murray, Papamakarios (2019), "Neural Spline Flows".
@@ -170,7 +223,22 @@ def NSF(
         min_derivative=min_derivative,
     )
     options = {k: v for k, v in locals().items() if k in _SHARED}
-    return _build(features, context_features, spline, coupling=coupling, **options)
+    circle = CircularSplineMap(
+        bins,
+        min_bin_width=min_bin_width,
+        min_bin_height=min_bin_height,
+        min_derivative=min_derivative,
+    )
+    return _build(
+        features,
+        context_features,
+        spline,
+        coupling=coupling,
+        circular=circular,
+        circle_map=circle,
+        preprocess=preprocess,
+        **options,
+    )
 
 
 @_common_doc

@@ -21,7 +21,14 @@ from normflows_sci.transforms.coupling import (
     SplineCouplingTransform,
     alternating_mask,
 )
-from normflows_sci.transforms.elementwise import AffineMap, ElementwiseMap, RQSplineMap
+from normflows_sci.transforms.elementwise import (
+    AffineMap,
+    CircularSplineMap,
+    ElementwiseMap,
+    RQSplineMap,
+    SplitMap,
+    wrap_angle,
+)
 from normflows_sci.transforms.linear import (
     LULinear,
     Permutation,
@@ -45,6 +52,9 @@ __all__ = [
     "ElementwiseMap",
     "AffineMap",
     "RQSplineMap",
+    "CircularSplineMap",
+    "SplitMap",
+    "wrap_angle",
     "CouplingTransform",
     "AffineCouplingTransform",
     "SplineCouplingTransform",

@@ -15,7 +15,13 @@ from torch import Tensor, nn
 from normflows_sci.checks import check_context, check_features
 from normflows_sci.nn import MLP
 from normflows_sci.transforms.base import Transform
-from normflows_sci.transforms.elementwise import AffineMap, ElementwiseMap, RQSplineMap
+from normflows_sci.transforms.elementwise import (
+    AffineMap,
+    CircularSplineMap,
+    ElementwiseMap,
+    RQSplineMap,
+    SplitMap,
+)
 
 __all__ = [
     "CouplingTransform",
@@ -31,6 +37,17 @@ def alternating_mask(features: int, *, even: bool = True) -> Tensor:
     return mask if even else ~mask
 
 
+def _circular_flags(circular, features: int) -> Tensor:
+    if circular is None:
+        return torch.zeros(features, dtype=torch.bool)
+    flags = torch.as_tensor(circular).bool()
+    if flags.shape != (features,):
+        raise ValueError(
+            f"circular must have one boolean per feature ({features},), got {tuple(flags.shape)}"
+        )
+    return flags
+
+
 class CouplingTransform(Transform):
     """A coupling layer with any mask and any elementwise map.
 
@@ -42,6 +59,9 @@ class CouplingTransform(Transform):
         hidden_features: hidden widths of the default MLP conditioner.
         conditioner: optional factory ``(in_features, out_features) -> nn.Module`` replacing the MLP.
         activation, dropout: options of the default MLP.
+        circular: optional ``(features,)`` booleans marking angle features; the conditioner sees
+            ``(cos, sin)`` of those (so its output is periodic in them). The elementwise map must
+            treat transformed angles as circle variables (see ``SplineCouplingTransform``).
 
     The conditioner's output layer starts at zero, so the layer starts as the identity.
     """
@@ -56,6 +76,7 @@ class CouplingTransform(Transform):
         conditioner: Callable[[int, int], nn.Module] | None = None,
         activation: Callable[[], nn.Module] = nn.ReLU,
         dropout: float = 0.0,
+        circular: Sequence[bool] | Tensor | None = None,
     ):
         super().__init__()
         mask = torch.as_tensor(mask)
@@ -73,7 +94,11 @@ class CouplingTransform(Transform):
         self.register_buffer("transform_idx", transformed)
         # Outputs are assembled as cat([identity, transformed]) and then put back in place.
         self.register_buffer("restore_idx", torch.argsort(torch.cat([identity, transformed])))
-        in_features = len(identity) + context_features
+        circular = _circular_flags(circular, len(mask))
+        # Positions (among the identity features) of the angles the conditioner sees as (cos, sin).
+        self.register_buffer("angle_idx", torch.nonzero(circular[identity]).flatten())
+        self.register_buffer("plain_idx", torch.nonzero(~circular[identity]).flatten())
+        in_features = len(identity) + len(self.angle_idx) + context_features
         out_features = len(transformed) * elementwise.num_params
         if in_features == 0:
             raise ValueError(
@@ -94,9 +119,13 @@ class CouplingTransform(Transform):
         fixed = inputs.index_select(-1, self.identity_idx)
         moving = inputs.index_select(-1, self.transform_idx)
         cond = fixed
+        if len(self.angle_idx):
+            angles = fixed.index_select(-1, self.angle_idx)
+            plain = fixed.index_select(-1, self.plain_idx)
+            cond = torch.cat([plain, angles.cos(), angles.sin()], dim=-1)
         if self.context_features:
             check_context(context, self.context_features)
-            cond = torch.cat([fixed, context], dim=-1)
+            cond = torch.cat([cond, context], dim=-1)
         params = self.conditioner(cond).reshape(*moving.shape, self.elementwise.num_params)
         step = self.elementwise.inverse if inverse else self.elementwise.forward
         moved, logabsdet = step(moving, params)
@@ -127,6 +156,9 @@ class AffineCouplingTransform(CouplingTransform):
 class SplineCouplingTransform(CouplingTransform):
     """Rational-quadratic spline coupling (NSF-C) with linear tails outside ``[-tail_bound, tail_bound]``.
 
+    With ``circular`` flags, angle features (read modulo ``2 pi``, returned in ``[-pi, pi)``) get
+    circular splines (:class:`CircularSplineMap`) and feed the conditioner as ``(cos, sin)``.
+
     Example:
         >>> t = SplineCouplingTransform(alternating_mask(4), bins=4, hidden_features=(16,))
         >>> t(torch.randn(8, 4))[0].shape
@@ -151,4 +183,15 @@ class SplineCouplingTransform(CouplingTransform):
             min_bin_height=min_bin_height,
             min_derivative=min_derivative,
         )
+        circular = kwargs.get("circular")
+        if circular is not None:
+            moving = _circular_flags(circular, len(mask))[torch.as_tensor(mask).bool()]
+            if moving.any():
+                circle = CircularSplineMap(
+                    bins,
+                    min_bin_width=min_bin_width,
+                    min_bin_height=min_bin_height,
+                    min_derivative=min_derivative,
+                )
+                spline = SplitMap(moving, circle, spline)
         super().__init__(mask, spline, **kwargs)

@@ -9,6 +9,7 @@ Zero raw parameters give the identity, so a zero-initialised conditioner starts 
 from __future__ import annotations
 
 import abc
+import math
 
 import torch
 from torch import Tensor
@@ -18,10 +19,18 @@ from normflows_sci.transforms.splines import (
     DEFAULT_MIN_BIN_WIDTH,
     DEFAULT_MIN_DERIVATIVE,
     identity_derivative_offset,
+    rational_quadratic_spline,
     rq_spline_from_params,
 )
 
-__all__ = ["ElementwiseMap", "AffineMap", "RQSplineMap"]
+__all__ = [
+    "ElementwiseMap",
+    "AffineMap",
+    "RQSplineMap",
+    "CircularSplineMap",
+    "SplitMap",
+    "wrap_angle",
+]
 
 
 class ElementwiseMap(abc.ABC):
@@ -108,3 +117,112 @@ class RQSplineMap(ElementwiseMap):
 
     def inverse(self, inputs: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
         return self._call(inputs, params, inverse=True)
+
+
+def wrap_angle(angles: Tensor) -> Tensor:
+    """Angles mapped to ``[-pi, pi)``.
+
+    >>> wrap_angle(torch.tensor([3.5, -3.5, 3.141592653589793])).tolist()
+    [-2.7831853071795862, 2.7831853071795862, -3.141592653589793]
+    """
+    return torch.remainder(angles + math.pi, 2 * math.pi) - math.pi
+
+
+class CircularSplineMap(ElementwiseMap):
+    """Diffeomorphism of the circle: a rational-quadratic spline on ``[-pi, pi)`` followed by a
+    rotation, for angles (torsions, directions in the plane).
+
+    The spline's end derivatives are equal (one shared raw value), so it is smooth across
+    ``-pi == pi``; the rotation lets the fixed point move. Inputs are read modulo ``2 pi`` and
+    outputs lie in ``[-pi, pi)``. Raw parameters per feature: ``bins`` widths, ``bins`` heights,
+    ``bins`` knot derivatives (the last knot reuses the first) and one rotation angle.
+
+    References:
+        Rezende, Papamakarios, Racanière et al. (2020), "Normalizing Flows on Tori and Spheres".
+    """
+
+    def __init__(
+        self,
+        bins: int = 8,
+        *,
+        min_bin_width: float = DEFAULT_MIN_BIN_WIDTH,
+        min_bin_height: float = DEFAULT_MIN_BIN_HEIGHT,
+        min_derivative: float = DEFAULT_MIN_DERIVATIVE,
+    ):
+        if int(bins) != bins or bins < 2:
+            raise ValueError(f"bins must be an integer >= 2, got {bins!r}")
+        self.bins = int(bins)
+        self.num_params = 3 * self.bins + 1
+        self.options = dict(
+            left=-math.pi,
+            right=math.pi,
+            bottom=-math.pi,
+            top=math.pi,
+            min_bin_width=min_bin_width,
+            min_bin_height=min_bin_height,
+            min_derivative=min_derivative,
+        )
+        self._offset = identity_derivative_offset(min_derivative)
+
+    def _spline(self, inputs: Tensor, params: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
+        k = self.bins
+        derivatives = params[..., 2 * k : 3 * k] + self._offset
+        derivatives = torch.cat([derivatives, derivatives[..., :1]], dim=-1)
+        return rational_quadratic_spline(
+            inputs,
+            params[..., :k],
+            params[..., k : 2 * k],
+            derivatives,
+            inverse=inverse,
+            **self.options,
+        )
+
+    def forward(self, inputs: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        outputs, logabsdet = self._spline(wrap_angle(inputs), params, inverse=False)
+        return wrap_angle(outputs + params[..., -1]), logabsdet
+
+    def inverse(self, inputs: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        return self._spline(wrap_angle(inputs - params[..., -1]), params, inverse=True)
+
+
+class SplitMap(ElementwiseMap):
+    """Two maps side by side: ``on_true`` for the features where ``flags`` is True, ``on_false``
+    for the rest (e.g. circular splines on angles and interval splines on lengths).
+
+    Each map reads the first ``num_params`` of the ``max`` raw parameters its features receive.
+
+    Args:
+        flags: ``(features,)`` booleans over the features this map receives.
+    """
+
+    def __init__(self, flags, on_true: ElementwiseMap, on_false: ElementwiseMap):
+        flags = torch.as_tensor(flags, dtype=torch.bool)
+        if flags.ndim != 1:
+            raise ValueError(f"flags must be 1-D (features,), got shape {tuple(flags.shape)}")
+        self.on_true, self.on_false = on_true, on_false
+        self.num_params = max(on_true.num_params, on_false.num_params)
+        self.true_idx = torch.nonzero(flags).flatten()
+        self.false_idx = torch.nonzero(~flags).flatten()
+        self.restore_idx = torch.argsort(torch.cat([self.true_idx, self.false_idx]))
+
+    def _apply(self, inputs: Tensor, params: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
+        device = inputs.device
+        outputs, logabsdets = [], []
+        for idx, elementwise in ((self.true_idx, self.on_true), (self.false_idx, self.on_false)):
+            idx = idx.to(device)
+            step = elementwise.inverse if inverse else elementwise.forward
+            part_params = params.index_select(-2, idx)[..., : elementwise.num_params]
+            out, lad = step(inputs.index_select(-1, idx), part_params)
+            outputs.append(out)
+            logabsdets.append(lad)
+        restore = self.restore_idx.to(device)
+        return (
+            torch.cat(outputs, -1).index_select(-1, restore),
+            torch.cat(logabsdets, -1).index_select(-1, restore),
+        )
+
+    def forward(self, inputs: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        return self._apply(inputs, params, inverse=False)
+
+    def inverse(self, inputs: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        return self._apply(inputs, params, inverse=True)

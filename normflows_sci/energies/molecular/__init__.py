@@ -1,0 +1,1 @@
+"""Molecular systems: OpenMM force fields as torch energies, internal coordinates."""

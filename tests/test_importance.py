@@ -1,0 +1,143 @@
+"""Importance sampling: weights, ESS, log Z and reweighted estimates recover known answers."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from tests_helpers import perturb
+
+from normflows_sci.distributions import StandardNormal
+from normflows_sci.flows import NSF, Flow
+from normflows_sci.samplers import importance_sample, importance_weights
+from normflows_sci.transforms import ElementwiseAffine
+
+
+def gaussian_proposal(features: int, scale: float, dtype=torch.float64) -> Flow:
+    """A Flow that is exactly N(0, scale^2 I)."""
+    flow = Flow(
+        ElementwiseAffine(features, scale=1.0 / scale, learnable=False), StandardNormal(features)
+    )
+    return flow.to(dtype)
+
+
+class ShiftedGaussian:
+    """Unnormalised N(mean, 1) in 1-D: u = (x - mean)^2 / 2 + offset, log Z = log sqrt(2 pi) - offset."""
+
+    def __init__(self, mean=0.5, offset=3.0):
+        self.mean, self.offset = mean, offset
+        self.log_z = 0.5 * math.log(2 * math.pi) - offset
+
+    def log_prob(self, x):
+        return -(0.5 * (x[:, 0] - self.mean) ** 2 + self.offset)
+
+
+def test_exact_proposal_gives_full_ess_and_zero_weight_variance():
+    torch.manual_seed(0)
+    flow = perturb(NSF(3, transforms=2, hidden_features=(16,))).double()
+    result = importance_sample(flow, flow, 2000, generator=torch.Generator().manual_seed(1))
+    assert result.ess == pytest.approx(2000, rel=1e-9)
+    assert result.ess_fraction == pytest.approx(1.0, rel=1e-9)
+    assert float(result.log_weights.std()) < 1e-10
+    assert result.log_z == pytest.approx(0.0, abs=1e-10)
+    assert result.log_z_stderr < 1e-4
+
+
+def test_log_z_expectation_probability_and_free_energy_of_a_gaussian():
+    target = ShiftedGaussian()
+    result = importance_sample(
+        gaussian_proposal(1, 1.5),
+        target,
+        200_000,
+        batch_size=50_000,
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert 0.5 < result.ess_fraction < 0.95
+    assert abs(result.log_z - target.log_z) < 4 * result.log_z_stderr
+    assert result.log_z_stderr < 0.01
+    mean, stderr = result.expectation(lambda x: x[:, 0])
+    assert abs(float(mean) - 0.5) < 4 * float(stderr)
+    p_pos = 0.5 * (1 + math.erf(0.5 / math.sqrt(2)))
+    prob, prob_err = result.probability(lambda x: x[:, 0] > 0)
+    assert abs(prob - p_pos) < 4 * prob_err
+    delta, delta_err = result.free_energy_difference(lambda x: x[:, 0] < 0, lambda x: x[:, 0] > 0)
+    exact = -math.log(p_pos / (1 - p_pos))
+    assert abs(delta - exact) < 4 * delta_err and delta_err < 0.02
+    density, err, edges = result.histogram(lambda x: x[:, 0], bins=20, range=(-2.5, 3.5))
+    centres = 0.5 * (edges[1:] + edges[:-1])
+    exact_density = torch.exp(-0.5 * (centres - 0.5) ** 2) / math.sqrt(2 * math.pi)
+    width = float(edges[1] - edges[0])
+    # A bin average differs from the midpoint value by at most width^2 / 24 * max|f''| (0.4 here).
+    assert torch.all((density - exact_density).abs() < 4 * err + width**2 / 24 * 0.4)
+
+
+def test_log_z_error_bar_is_calibrated():
+    target = ShiftedGaussian(mean=1.0, offset=-2.0)
+    proposal = gaussian_proposal(1, 1.3)
+    z_scores = []
+    for seed in range(40):
+        r = importance_sample(proposal, target, 400, generator=torch.Generator().manual_seed(seed))
+        z_scores.append((r.log_z - target.log_z) / r.log_z_stderr)
+    z_scores = torch.tensor(z_scores)
+    assert float((z_scores.abs() < 2).double().mean()) >= 0.8
+    assert 0.6 < float(z_scores.std()) < 1.5
+
+
+def test_resample_follows_weights():
+    target = ShiftedGaussian(mean=0.3, offset=0.0)
+    result = importance_sample(
+        gaussian_proposal(1, 1.5), target, 50_000, generator=torch.Generator().manual_seed(3)
+    )
+    draws = result.resample(20_000, generator=torch.Generator().manual_seed(4))
+    assert draws.shape == (20_000, 1)
+    assert abs(float(draws.mean()) - 0.3) < 0.05
+
+
+def test_zero_target_density_gets_zero_weight():
+    log_p = torch.tensor([0.0, -math.inf, 0.0])
+    out = importance_weights(log_p, torch.zeros(3))
+    assert out["weights"].tolist() == [0.5, 0.0, 0.5]
+    assert out["ess"] == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize(
+    "log_p, log_q, message",
+    [
+        (torch.tensor([0.0, math.nan]), torch.zeros(2), "NaN"),
+        (torch.zeros(2), torch.tensor([0.0, -math.inf]), "proposal"),
+        (torch.full((2,), -math.inf), torch.zeros(2), "every importance weight is zero"),
+        (torch.tensor([0.0, math.inf]), torch.zeros(2), r"\+inf"),
+    ],
+)
+def test_bad_log_densities_raise(log_p, log_q, message):
+    with pytest.raises(ValueError, match=message):
+        importance_weights(log_p, log_q)
+
+
+def test_bad_arguments_raise():
+    proposal = gaussian_proposal(1, 1.0)
+    target = ShiftedGaussian()
+    with pytest.raises(ValueError, match="num_samples"):
+        importance_sample(proposal, target, 0)
+    with pytest.raises(ValueError, match="batch_size"):
+        importance_sample(proposal, target, 10, batch_size=0)
+    with pytest.raises(TypeError, match="sample_and_log_prob"):
+        importance_sample(target, target, 10)
+    with pytest.raises(TypeError, match="target"):
+        importance_sample(proposal, 3.0, 10)
+    result = importance_sample(proposal, target, 100, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="no importance weight"):
+        result.free_energy_difference(lambda x: x[:, 0] > 100, lambda x: x[:, 0] < 0)
+    with pytest.raises(ValueError, match="one value per sample"):
+        result.expectation(torch.zeros(3))
+
+
+def test_follows_device_and_dtype(device):
+    proposal = gaussian_proposal(2, 1.0, dtype=torch.float32).to(device)
+    target = StandardNormal(2).to(device)
+    result = importance_sample(
+        proposal, target, 64, generator=torch.Generator(device).manual_seed(0)
+    )
+    assert result.samples.device.type == device.type and result.samples.dtype == torch.float32
+    assert result.ess == pytest.approx(64, rel=1e-4)
