@@ -33,7 +33,7 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from normflows_sci.io import atomic_write
 
-__all__ = ["plot_training_curves", "plot_corner", "plot_marginals"]
+__all__ = ["plot_training_curves", "plot_corner", "plot_marginals", "plot_ramachandran"]
 
 DATA_COLOR = "#1f77b4"
 MODEL_COLOR = "#d62728"
@@ -554,3 +554,55 @@ def plot_marginals(
         frameon=False,
     )
     return _save(fig, path)
+
+
+def plot_ramachandran(
+    panels: Mapping[str, tuple],
+    path,
+    *,
+    bins: int = 60,
+    max_free_energy: float = 8.0,
+    fig: Figure | None = None,
+):
+    """Free-energy surfaces ``-log p(phi, psi)`` (kT, minimum at 0), one panel per ensemble.
+
+    Args:
+        panels: ``{title: (phi, psi)}`` or ``{title: (phi, psi, weights)}`` with angles in radians
+            (arrays or tensors of equal length) and optional importance weights.
+        path: output file (``.png``), or ``None`` with ``fig``.
+        bins: histogram bins per angle over ``[-pi, pi)``.
+        max_free_energy: colour scale cap in kT; emptier bins are left blank.
+        fig: draw into this (empty) figure instead of a new one.
+
+    Returns:
+        The path written, or ``None`` when ``path`` is ``None``.
+    """
+    _check_path(path, allow_none=fig is not None)
+    bins = _check_bins(bins)
+    if not isinstance(panels, Mapping) or not panels:
+        raise ValueError("panels must be a non-empty mapping {title: (phi, psi[, weights])}")
+    own_figure = fig is None
+    if own_figure:
+        fig = Figure(figsize=(3.6 * len(panels) + 0.8, 3.4), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False).ravel()
+    edges = np.linspace(-math.pi, math.pi, bins + 1)
+    image = None
+    for ax, (title, entry) in zip(axes, panels.items()):
+        if len(entry) not in (2, 3):
+            raise ValueError(f"panel {title!r} must be (phi, psi) or (phi, psi, weights)")
+        phi, psi = (np.asarray(v, dtype=float).ravel() for v in entry[:2])
+        weights = None if len(entry) == 2 else np.asarray(entry[2], dtype=float).ravel()
+        if len(phi) != len(psi) or (weights is not None and len(weights) != len(phi)):
+            raise ValueError(f"panel {title!r}: phi, psi and weights must have equal lengths")
+        counts, _, _ = np.histogram2d(phi, psi, bins=[edges, edges], weights=weights)
+        with np.errstate(divide="ignore"):
+            free = -np.log(counts / counts.sum())
+        free -= free[np.isfinite(free)].min()
+        free[free > max_free_energy] = np.nan
+        image = ax.pcolormesh(edges, edges, free.T, cmap="viridis", vmin=0, vmax=max_free_energy)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel(r"$\phi$ (rad)")
+        ax.set_aspect("equal")
+    axes[0].set_ylabel(r"$\psi$ (rad)")
+    fig.colorbar(image, ax=list(axes), label="free energy (kT)", shrink=0.9)
+    return _save(fig, path) if own_figure else None

@@ -148,3 +148,33 @@ def _nflows_maf():
 
 
 register("nflows_adapter", context_features=3, requires_context=False)(_nflows_maf)
+# Angles (features 0 and 2): one transformed by a circular spline, one feeding the conditioner as
+# (cos, sin). Inputs of scale 0.8 stay inside [-pi, pi), where the round trip is exact.
+register("spline_coupling_circular", context_features=3, input_scale=0.8)(
+    lambda: perturb(
+        T.SplineCouplingTransform(
+            [True, True, False, False],
+            circular=[True, False, True, False],
+            context_features=3,
+            **SPLINE,
+        )
+    )
+)
+
+
+def _internal_coordinates_keep():
+    from normflows_sci.energies.molecular.internal import InternalCoordinates
+
+    # 6 atoms, branched (two NeRF generations); i.i.d. Gaussian positions are generic geometries.
+    z_matrix = [
+        [0, -1, -1, -1],
+        [1, 0, -1, -1],
+        [2, 1, 0, -1],
+        [3, 2, 1, 0],
+        [4, 1, 0, 2],
+        [5, 0, 1, 3],
+    ]
+    return InternalCoordinates(z_matrix, rigid="keep")
+
+
+register("internal_coordinates_keep", features=18)(_internal_coordinates_keep)

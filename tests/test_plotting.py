@@ -8,7 +8,12 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-from normflows_sci.plotting import plot_corner, plot_marginals, plot_training_curves
+from normflows_sci.plotting import (
+    plot_corner,
+    plot_marginals,
+    plot_ramachandran,
+    plot_training_curves,
+)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -171,3 +176,25 @@ def test_a_failed_plot_keeps_the_previous_file(tmp_path, tables, monkeypatch):
         plot_corner(data, samples, target)
     assert target.read_bytes() == b"previous"
     assert_only(tmp_path, "corner.png")
+
+
+def test_ramachandran_plot_with_weights(tmp_path):
+    rng = np.random.default_rng(0)
+    phi = rng.uniform(-math.pi, math.pi, 5000)
+    psi = np.mod(phi + rng.normal(0, 0.5, 5000) + math.pi, 2 * math.pi) - math.pi
+    weights = np.exp(-np.cos(phi))
+    out = plot_ramachandran(
+        {"samples": (phi, psi), "reweighted": (phi, psi, weights)}, tmp_path / "rama.png"
+    )
+    assert_png(out)
+    assert_only(tmp_path, "rama.png")
+
+
+def test_ramachandran_plot_rejects_bad_panels(tmp_path):
+    with pytest.raises(ValueError, match="non-empty mapping"):
+        plot_ramachandran({}, tmp_path / "r.png")
+    with pytest.raises(ValueError, match="equal lengths"):
+        plot_ramachandran({"a": (np.zeros(3), np.zeros(4))}, tmp_path / "r.png")
+    with pytest.raises(ValueError, match=r"\(phi, psi\)"):
+        plot_ramachandran({"a": (np.zeros(3),)}, tmp_path / "r.png")
+    assert_only(tmp_path)

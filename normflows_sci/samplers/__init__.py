@@ -1,10 +1,61 @@
-"""Samplers: importance sampling with flow proposals (MCMC kernels arrive with the hybrid samplers)."""
+"""Samplers: importance sampling, batched MCMC kernels, flow-assisted kernels and the run loop.
 
+Kernel contract (DESIGN.md): ``state = kernel.init(x)`` with chains on the leading dimension,
+``state, info = kernel.step(state, generator)``; :func:`run` handles warm-up, thinning, progress
+and checkpoints and returns a :class:`Trace`.
+"""
+
+from normflows_sci.samplers.flow_kernels import (
+    AdaptiveFlowMCMC,
+    HybridInfo,
+    HybridState,
+    IMHState,
+    IndependentMH,
+    NeuTraHMC,
+    ParallelTempering,
+    PTInfo,
+    PTState,
+)
 from normflows_sci.samplers.importance import (
     ImportanceResult,
     importance_sample,
     importance_weights,
 )
+from normflows_sci.samplers.kernels import (
+    HMC,
+    MALA,
+    HMCState,
+    Kernel,
+    MALAState,
+    RandomWalkMH,
+    RWState,
+    StepInfo,
+)
+from normflows_sci.samplers.run import Trace, run
 from normflows_sci.samplers.targets import as_log_prob
 
-__all__ = ["ImportanceResult", "importance_sample", "importance_weights", "as_log_prob"]
+__all__ = [
+    "ImportanceResult",
+    "importance_sample",
+    "importance_weights",
+    "as_log_prob",
+    "Kernel",
+    "StepInfo",
+    "RandomWalkMH",
+    "RWState",
+    "MALA",
+    "MALAState",
+    "HMC",
+    "HMCState",
+    "IndependentMH",
+    "IMHState",
+    "NeuTraHMC",
+    "AdaptiveFlowMCMC",
+    "HybridState",
+    "HybridInfo",
+    "ParallelTempering",
+    "PTState",
+    "PTInfo",
+    "Trace",
+    "run",
+]

@@ -1,0 +1,474 @@
+"""Internal coordinates (Z-matrix): Cartesian positions <-> bonds, angles, torsions, exactly.
+
+A Z-matrix places atoms one after the other: the first (root) atom anywhere, the second at a bond
+length from it, the third at a bond length and an angle, and every later atom at a bond length, an
+angle and a torsion relative to three atoms placed earlier (the Natural Extension Reference Frame,
+NeRF). Written as a :class:`~normflows_sci.transforms.Transform`, the map Cartesian -> internal is
+the first layer of a Boltzmann generator over molecules: torsions live on circles, bonds and angles
+on intervals, and the Jacobian is a product of spherical-coordinate factors ``b^2 sin(a)``.
+
+References:
+    Noe, Olsson, Koehler, Wu, "Boltzmann generators: Sampling equilibrium states of many-body
+    systems with deep learning", Science 365 (2019).
+    Parsons, Holmes, Rojas, Tsai, Strauss, "Practical conversion from torsion space to Cartesian
+    space for in silico protein synthesis", J. Comput. Chem. 26 (2005) (NeRF placement).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from normflows_sci.checks import check_features
+from normflows_sci.transforms import Transform
+
+__all__ = [
+    "InternalCoordinates",
+    "alanine_dipeptide_z_matrix",
+    "ALANINE_DIPEPTIDE_PHI_ATOMS",
+    "ALANINE_DIPEPTIDE_PSI_ATOMS",
+    "ALANINE_DIPEPTIDE_PHI",
+    "ALANINE_DIPEPTIDE_PSI",
+]
+
+_RIGID_MODES = ("remove", "keep")
+
+
+def _norm(vectors: Tensor) -> Tensor:
+    return torch.linalg.vector_norm(vectors, dim=-1)
+
+
+def _dot(a: Tensor, b: Tensor) -> Tensor:
+    return (a * b).sum(-1)
+
+
+def _wrap_atan2(angles: Tensor) -> Tensor:
+    # atan2 returns values in [-pi, pi]; only +pi itself must move to keep [-pi, pi). No remainder:
+    # it would round every other angle by one ulp.
+    return torch.where(angles >= math.pi, angles - 2 * math.pi, angles)
+
+
+def _angle(u: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    """Angle between ``u`` and ``v`` (in [0, pi]) by atan2, and its sine."""
+    cross_norm = _norm(torch.linalg.cross(u, v, dim=-1))
+    return torch.atan2(cross_norm, _dot(u, v)), cross_norm / (_norm(u) * _norm(v))
+
+
+def _dihedral(p0: Tensor, p1: Tensor, p2: Tensor, p3: Tensor) -> Tensor:
+    """IUPAC dihedral angle p0-p1-p2-p3 (the convention of OpenMM and MDTraj), in [-pi, pi)."""
+    b1, b2, b3 = p1 - p0, p2 - p1, p3 - p2
+    c1 = torch.linalg.cross(b2, b3, dim=-1)
+    c2 = torch.linalg.cross(b1, b2, dim=-1)
+    y = _dot(b1, c1) * _norm(b2)
+    x = _dot(c1, c2)
+    return _wrap_atan2(torch.atan2(y, x))
+
+
+def _as_z_matrix(z_matrix) -> np.ndarray:
+    if isinstance(z_matrix, Tensor):
+        array = z_matrix.detach().cpu().numpy()
+    else:
+        try:
+            array = np.asarray(z_matrix)
+        except ValueError as error:  # ragged lists
+            raise ValueError(
+                f"z_matrix must be rows [atom, bond_ref, angle_ref, torsion_ref], got {error}"
+            ) from None
+    if array.dtype == bool or not (np.issubdtype(array.dtype, np.integer) or array.size == 0):
+        raise TypeError(f"z_matrix must hold integers, got dtype {array.dtype}")
+    if array.ndim != 2 or array.shape[1] != 4:
+        raise ValueError(
+            "z_matrix must have shape (num_atoms, 4): rows [atom, bond_ref, angle_ref, "
+            f"torsion_ref] with -1 for unused references, got shape {array.shape}"
+        )
+    if array.shape[0] < 3:
+        raise ValueError(f"z_matrix needs at least 3 atoms (rows), got {array.shape[0]}")
+    return array.astype(np.int64)
+
+
+def _validate_z_matrix(rows: np.ndarray) -> None:
+    num_atoms = len(rows)
+    atoms = rows[:, 0]
+    if sorted(atoms.tolist()) != list(range(num_atoms)):
+        missing = sorted(set(range(num_atoms)) - set(atoms.tolist()))
+        repeated = sorted({a for a in atoms.tolist() if (atoms == a).sum() > 1})
+        raise ValueError(
+            f"z_matrix must list every atom 0..{num_atoms - 1} exactly once in its first column; "
+            f"missing {missing}, repeated {repeated}, out of range "
+            f"{sorted(a for a in atoms.tolist() if not 0 <= a < num_atoms)}"
+        )
+    placed: set[int] = set()
+    for index, row in enumerate(rows.tolist()):
+        atom, refs = row[0], row[1:]
+        used = min(index, 3)
+        if any(ref != -1 for ref in refs[used:]):
+            raise ValueError(
+                f"z_matrix row {index} ({row}) places atom {atom} with {used} reference(s); "
+                f"the unused reference columns must be -1"
+            )
+        refs = refs[:used]
+        if len(set(refs)) != len(refs):
+            raise ValueError(f"z_matrix row {index} ({row}): references must be distinct")
+        unplaced = [ref for ref in refs if ref not in placed]
+        if unplaced:
+            raise ValueError(
+                f"z_matrix row {index} ({row}): references {unplaced} of atom {atom} are not "
+                f"placed by an earlier row"
+            )
+        placed.add(atom)
+
+
+class InternalCoordinates(Transform):
+    """Cartesian coordinates <-> internal coordinates (bonds, angles, torsions) of a Z-matrix.
+
+    Forward maps flattened Cartesian positions ``x: (batch, 3 N)`` (nm for molecules) to internal
+    coordinates with ``logabsdet = log|det d(ic)/dx|``; the inverse rebuilds the positions by NeRF
+    placement with ``logabsdet = log|det dx/d(ic)|``, exactly the negative at corresponding points.
+
+    **Z-matrix.** ``z_matrix`` has one row ``[atom, bond_ref, angle_ref, torsion_ref]`` per atom
+    (``-1`` for unused references), in placement order: row 0 is the root atom, row 1 an atom bonded
+    to it, row 2 an atom given by a bond to one of the first two and the angle to the other, and
+    every later row an atom at bond ``|x_atom - x_bond_ref|``, angle ``atom-bond_ref-angle_ref`` and
+    torsion ``atom-bond_ref-angle_ref-torsion_ref`` relative to three distinct earlier atoms. The
+    torsion follows the IUPAC sign convention of OpenMM and MDTraj (and equals the dihedral
+    ``torsion_ref-angle_ref-bond_ref-atom``).
+
+    **Output layout** (``N`` atoms, rows numbered in placement order)::
+
+        rigid="remove":  [bonds (N-1) | angles (N-2) | torsions (N-3)]                     3N-6
+        rigid="keep":    [t (3) | theta1, phi1, psi2 | bonds | angles | torsions]          3N
+
+    Bond ``r - 1`` belongs to row ``r >= 1``, angle ``r - 2`` to row ``r >= 2`` and torsion
+    ``r - 3`` to row ``r >= 3``; ``bond_indices``, ``angle_indices``, ``torsion_indices``,
+    ``translation_indices`` and ``orientation_indices`` hold their positions in the output vector,
+    and :meth:`bond_feature`, :meth:`angle_feature`, :meth:`torsion_feature` find one by its atoms.
+    Bonds are positive, angles in ``(0, pi)``, torsions in ``[-pi, pi)``.
+
+    **Rigid motion** (``rigid="keep"``). The root atom's position is the translation ``t``; the
+    second atom sits at ``t + b1 (sin th1 cos ph1, sin th1 sin ph1, cos th1)`` (spherical
+    coordinates: polar ``theta1`` in ``(0, pi)``, azimuth ``phi1`` in ``[-pi, pi)``); the third atom
+    has bond ``b2``, angle ``a2`` and an azimuth ``psi2`` about the axis of the first two atoms,
+    measured from the spherical unit vector ``e_theta(theta1, phi1)`` towards ``e_phi``. The
+    Jacobian is block triangular with spherical-coordinate blocks::
+
+        log|det dx/d(t, theta1, phi1, psi2, ic)| = log(b1^2 sin theta1) + log(b2^2 sin a2)
+                                                    + sum_{rows r >= 3} log(b_r^2 sin a_r)
+
+    **Rigid motion removed** (``rigid="remove"``, the default, for energies invariant under
+    translations and rotations). Forward drops ``t, theta1, phi1, psi2`` (so it is invariant to
+    rigid motions of the input); the inverse builds the molecule in the canonical frame: root atom
+    at the origin, the second atom on the ``+x`` axis, the third atom in the ``xy`` plane on the
+    ``+y`` side of its bond reference (``theta1 = pi/2, phi1 = 0, psi2 = pi/2``), and reports::
+
+        logabsdet = log(b1^2) + log(b2^2 sin a2) + sum_{rows r >= 3} log(b_r^2 sin a_r)
+
+    Meaning: for a Cartesian density ``p(x)`` invariant under rigid motions, the induced density
+    of the ``3N - 6`` internal coordinates is ``p_ic(ic) = p(x(ic)) exp(logabsdet) 8 pi^2 V`` (the
+    ``sin theta1`` factor integrates with ``phi1, psi2`` to the rotation-group volume ``8 pi^2``
+    and the translation to the box volume ``V``). A flow ``q_ic`` over internal coordinates used
+    through this transform therefore has ``log q(x) = log q_ic(ic(x)) - logabsdet``, and importance
+    weights ``-u(x) - log q(x)`` of a Boltzmann generator are correct up to the constant
+    ``log(8 pi^2 V)``, which self-normalisation removes. Only for rotation/translation-invariant
+    energies.
+
+    **Numerics.** Angles and torsions use ``atan2`` (no ``acos`` near 0 or pi). Forward is fully
+    vectorised over atoms (gathers). The inverse is sequential only over *generations*: the first
+    three atoms, then every group of atoms whose three references are already placed, each group
+    placed at once by vectorised NeRF (alanine dipeptide: 4 groups after the first three atoms).
+    Dtype and device follow the inputs. The inverse accepts any finite values; bonds ``<= 0`` or
+    angles outside ``(0, pi)`` produce a geometry whose forward coordinates differ from the inputs
+    (the formulas use ``log|b|`` and ``log|sin a|``).
+
+    Args:
+        z_matrix: ``(N, 4)`` integers (array, tensor or list of rows), as above.
+        rigid: ``"remove"`` (``3N -> 3N - 6``) or ``"keep"`` (square ``3N -> 3N``).
+
+    Attributes:
+        num_atoms, features_in (``3N``), features_out, rigid, z_matrix (``(N, 4)`` long buffer),
+        bond_indices, angle_indices, torsion_indices, translation_indices, orientation_indices
+        (long tensors of output positions; the last two are empty when ``rigid="remove"``), and
+        circular_mask: ``(features_out,)`` bool, True for the periodic outputs in ``[-pi, pi)``:
+        the torsions and, with ``rigid="keep"``, the azimuths ``phi1`` and ``psi2``.
+
+    Example:
+        >>> ic = InternalCoordinates([[0, -1, -1, -1], [1, 0, -1, -1], [2, 1, 0, -1], [3, 2, 1, 0]])
+        >>> x = torch.tensor([[0.0, 0, 0, 1, 0, 0, 1, 1, 0, 1, 1, 1]], dtype=torch.float64)
+        >>> z, logabsdet = ic(x)
+        >>> [round(v, 4) for v in z[0].tolist()]  # bonds, angles, torsion
+        [1.0, 1.0, 1.0, 1.5708, 1.5708, 1.5708]
+        >>> x_canonical, inverse_logabsdet = ic.inverse(z)
+        >>> torch.allclose(ic(x_canonical)[0], z), torch.allclose(inverse_logabsdet, -logabsdet)
+        (True, True)
+    """
+
+    def __init__(self, z_matrix, *, rigid: str = "remove"):
+        super().__init__()
+        if rigid not in _RIGID_MODES:
+            raise ValueError(f"rigid must be one of {_RIGID_MODES}, got {rigid!r}")
+        rows = _as_z_matrix(z_matrix)
+        _validate_z_matrix(rows)
+        num_atoms = len(rows)
+        self.rigid = rigid
+        self.num_atoms = num_atoms
+        self.features_in = 3 * num_atoms
+        offset = 6 if rigid == "keep" else 0
+        self.features_out = 3 * num_atoms - 6 + offset
+        num_bonds, num_angles = num_atoms - 1, num_atoms - 2
+
+        def buffer(name, values, dtype=torch.long):
+            # Non-persistent: the Z-matrix is a constructor argument, not learnt state.
+            self.register_buffer(name, torch.as_tensor(values, dtype=dtype), persistent=False)
+
+        buffer("z_matrix", rows)
+        buffer("translation_indices", list(range(3)) if rigid == "keep" else [])
+        buffer("orientation_indices", list(range(3, 6)) if rigid == "keep" else [])
+        buffer("bond_indices", offset + np.arange(num_bonds))
+        buffer("angle_indices", offset + num_bonds + np.arange(num_angles))
+        buffer("torsion_indices", offset + num_bonds + num_angles + np.arange(num_atoms - 3))
+        circular = np.zeros(self.features_out, dtype=bool)
+        circular[offset + num_bonds + num_angles :] = True
+        if rigid == "keep":
+            circular[[4, 5]] = True
+        buffer("circular_mask", circular, dtype=torch.bool)
+
+        # Generations for the inverse: rows >= 3 grouped so that each group only references
+        # atoms placed by the first three rows or by earlier groups.
+        generation = {int(atom): 0 for atom in rows[:3, 0]}
+        groups: dict[int, list[int]] = {}
+        for index in range(3, num_atoms):
+            level = 1 + max(generation[int(ref)] for ref in rows[index, 1:])
+            generation[int(rows[index, 0])] = level
+            groups.setdefault(level, []).append(index)
+        self._num_generations = len(groups)
+        for level in sorted(groups):
+            buffer(f"_generation_{level - 1}", groups[level])
+        # The third atom's bond axis is +u (bond_ref is the root) or -u (bond_ref is atom 1).
+        self._third_axis_sign = 1.0 if rows[2, 1] == rows[0, 0] else -1.0
+
+    def extra_repr(self) -> str:
+        return f"num_atoms={self.num_atoms}, rigid={self.rigid!r}"
+
+    # ----------------------------------------------------------------------------------- lookup
+    def _feature(self, kind: str, atoms: tuple[int, ...], indices: Tensor, start: int) -> int:
+        rows = self.z_matrix.tolist()
+        width = len(atoms)
+        for row_index in range(start, len(rows)):
+            key = tuple(rows[row_index][:width])
+            if key == tuple(atoms) or key == tuple(reversed(atoms)):
+                return int(indices[row_index - start])
+        raise ValueError(
+            f"no {kind} over atoms {tuple(atoms)} (in either order) in the Z-matrix; a {kind} "
+            f"feature exists only for rows [atom, bond_ref, ...] listing exactly these atoms"
+        )
+
+    def bond_feature(self, i: int, j: int) -> int:
+        """Output position of the bond ``i-j`` (a Z-matrix row ``[i, j, ...]`` or ``[j, i, ...]``).
+
+        Raises:
+            ValueError: no row defines this bond.
+        """
+        return self._feature("bond", (i, j), self.bond_indices, 1)
+
+    def angle_feature(self, i: int, j: int, k: int) -> int:
+        """Output position of the angle ``i-j-k`` (``j`` the vertex); see :meth:`bond_feature`."""
+        return self._feature("angle", (i, j, k), self.angle_indices, 2)
+
+    def torsion_feature(self, i: int, j: int, k: int, l: int) -> int:  # noqa: E741
+        """Output position of the torsion (IUPAC dihedral) ``i-j-k-l``, in either atom order.
+
+        Example:
+            >>> ic = InternalCoordinates(alanine_dipeptide_z_matrix())
+            >>> ic.torsion_feature(4, 6, 8, 14) == ALANINE_DIPEPTIDE_PHI
+            True
+        """
+        return self._feature("torsion", (i, j, k, l), self.torsion_indices, 3)
+
+    # ---------------------------------------------------------------------------------- forward
+    def _check_inputs(self, inputs: Tensor, features: int) -> None:
+        if not isinstance(inputs, Tensor):
+            raise TypeError(f"inputs must be a torch.Tensor, got {type(inputs).__name__}")
+        if inputs.ndim != 2:
+            raise ValueError(
+                f"inputs must have shape (batch, {features}), got {tuple(inputs.shape)}"
+            )
+        check_features(inputs, features)
+
+    def forward(self, inputs: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Cartesian ``(batch, 3N)`` -> internal ``(batch, features_out)``, ``log|det d(ic)/dx|``."""
+        self._check_inputs(inputs, self.features_in)
+        positions = inputs.reshape(inputs.shape[0], self.num_atoms, 3)
+        atom, bond_ref, angle_ref, torsion_ref = self.z_matrix.unbind(-1)
+
+        bond_vectors = positions[:, atom[1:]] - positions[:, bond_ref[1:]]
+        bonds = _norm(bond_vectors)
+        angles, sin_angles = _angle(
+            bond_vectors[:, 1:], positions[:, angle_ref[2:]] - positions[:, bond_ref[2:]]
+        )
+        torsions = _dihedral(
+            positions[:, atom[3:]],
+            positions[:, bond_ref[3:]],
+            positions[:, angle_ref[3:]],
+            positions[:, torsion_ref[3:]],
+        )
+        # log|det dx/d(ic)| without the orientation factor; see the class docstring.
+        log_volume = 2 * bonds.log().sum(-1) + sin_angles.log().sum(-1)
+        parts = [bonds, angles, torsions]
+        if self.rigid == "keep":
+            translation = positions[:, atom[0]]
+            axis = bond_vectors[:, 0]
+            rho = torch.hypot(axis[:, 0], axis[:, 1])
+            theta1 = torch.atan2(rho, axis[:, 2])
+            phi1 = _wrap_atan2(torch.atan2(axis[:, 1], axis[:, 0]))
+            e_theta, e_phi = self._spherical_frame(theta1, phi1)
+            third = bond_vectors[:, 1]
+            psi2 = _wrap_atan2(torch.atan2(_dot(third, e_phi), _dot(third, e_theta)))
+            parts = [translation, torch.stack([theta1, phi1, psi2], -1), *parts]
+            # log(b1^2 sin theta1) = log(b1^2) + log(rho / b1)
+            log_volume = log_volume + (rho / bonds[:, 0]).log()
+        return torch.cat(parts, -1), -log_volume
+
+    # ---------------------------------------------------------------------------------- inverse
+    @staticmethod
+    def _spherical_frame(theta: Tensor, phi: Tensor) -> tuple[Tensor, Tensor]:
+        cos_theta, sin_theta = theta.cos(), theta.sin()
+        cos_phi, sin_phi = phi.cos(), phi.sin()
+        e_theta = torch.stack([cos_theta * cos_phi, cos_theta * sin_phi, -sin_theta], -1)
+        e_phi = torch.stack([-sin_phi, cos_phi, torch.zeros_like(phi)], -1)
+        return e_theta, e_phi
+
+    def inverse(self, inputs: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Internal ``(batch, features_out)`` -> Cartesian ``(batch, 3N)``, ``log|det dx/d(ic)|``."""
+        self._check_inputs(inputs, self.features_out)
+        batch, n = inputs.shape[0], self.num_atoms
+        offset = 6 if self.rigid == "keep" else 0
+        bonds = inputs[:, offset : offset + n - 1]
+        angles = inputs[:, offset + n - 1 : offset + 2 * n - 3]
+        torsions = inputs[:, offset + 2 * n - 3 :]
+        log_volume = 2 * bonds.abs().log().sum(-1) + angles.sin().abs().log().sum(-1)
+        atom, bond_ref, angle_ref, torsion_ref = self.z_matrix.unbind(-1)
+
+        if self.rigid == "keep":
+            translation = inputs[:, :3]
+            theta1, phi1, psi2 = inputs[:, 3], inputs[:, 4], inputs[:, 5]
+            sin_theta1 = theta1.sin()
+            axis = torch.stack([sin_theta1 * phi1.cos(), sin_theta1 * phi1.sin(), theta1.cos()], -1)
+            e_theta, e_phi = self._spherical_frame(theta1, phi1)
+            perpendicular = psi2.cos()[:, None] * e_theta + psi2.sin()[:, None] * e_phi
+            log_volume = log_volume + sin_theta1.abs().log()
+        else:
+            # Canonical frame, built from exact unit vectors (theta1 = pi/2, phi1 = 0, psi2 = pi/2).
+            translation = inputs.new_zeros(batch, 3)
+            axis = inputs.new_tensor([1.0, 0.0, 0.0]).expand(batch, 3)
+            perpendicular = inputs.new_tensor([0.0, 1.0, 0.0]).expand(batch, 3)
+
+        root = translation
+        second = root + bonds[:, :1] * axis
+        placed = {int(atom[0]): root, int(atom[1]): second}
+        third_origin = placed[int(bond_ref[2])]
+        third = third_origin + bonds[:, 1:2] * (
+            angles[:, :1].cos() * (self._third_axis_sign * axis)
+            + angles[:, :1].sin() * perpendicular
+        )
+        positions = inputs.new_zeros(batch, n, 3).index_copy(
+            1, atom[:3], torch.stack([root, second, third], 1)
+        )
+        for level in range(self._num_generations):
+            rows = getattr(self, f"_generation_{level}")
+            new = self._nerf(
+                positions[:, bond_ref[rows]],
+                positions[:, angle_ref[rows]],
+                positions[:, torsion_ref[rows]],
+                bonds[:, rows - 1],
+                angles[:, rows - 2],
+                torsions[:, rows - 3],
+            )
+            positions = positions.index_copy(1, atom[rows], new)
+        return positions.reshape(batch, 3 * n), log_volume
+
+    @staticmethod
+    def _nerf(
+        bond_atom: Tensor,
+        angle_atom: Tensor,
+        torsion_atom: Tensor,
+        bond: Tensor,
+        angle: Tensor,
+        torsion: Tensor,
+    ) -> Tensor:
+        """Positions at ``bond`` from ``bond_atom``, ``angle`` at it and IUPAC ``torsion``.
+
+        ``*_atom: (batch, m, 3)``, ``bond, angle, torsion: (batch, m)`` -> ``(batch, m, 3)``.
+        """
+        axis = bond_atom - angle_atom
+        axis = axis / _norm(axis)[..., None]
+        normal = torch.linalg.cross(angle_atom - torsion_atom, axis, dim=-1)
+        normal = normal / _norm(normal)[..., None]
+        in_plane = torch.linalg.cross(normal, axis, dim=-1)
+        sin_angle = angle.sin()
+        local = (
+            -angle.cos()[..., None] * axis
+            + (sin_angle * torsion.cos())[..., None] * in_plane
+            + (sin_angle * torsion.sin())[..., None] * normal
+        )
+        return bond_atom + bond[..., None] * local
+
+
+# ------------------------------------------------------------------------------ alanine dipeptide
+ALANINE_DIPEPTIDE_PHI_ATOMS = (4, 6, 8, 14)
+"""Backbone phi of alanine dipeptide: C(ACE)-N-CA-C (openmmtools atom order)."""
+ALANINE_DIPEPTIDE_PSI_ATOMS = (6, 8, 14, 16)
+"""Backbone psi of alanine dipeptide: N-CA-C-N(NME)."""
+
+_ALANINE_DIPEPTIDE_ROWS = (
+    # Backbone first, rooted at CA so that phi and psi are the first two torsions.
+    (8, -1, -1, -1),  # CA
+    (6, 8, -1, -1),  # N
+    (14, 8, 6, -1),  # C
+    (4, 6, 8, 14),  # C (ACE): torsion = phi
+    (16, 14, 8, 6),  # N (NME): torsion = psi
+    (1, 4, 6, 8),  # CH3 (ACE): omega of the ACE-ALA peptide bond
+    (5, 4, 6, 8),  # O (ACE)
+    (7, 6, 4, 5),  # H (ALA), referenced to the amide plane
+    (0, 1, 4, 6),  # H1 (ACE)
+    (2, 1, 4, 6),  # H2 (ACE)
+    (3, 1, 4, 6),  # H3 (ACE)
+    (9, 8, 6, 4),  # HA
+    (10, 8, 6, 4),  # CB
+    (11, 10, 8, 6),  # HB1
+    (12, 10, 8, 6),  # HB2
+    (13, 10, 8, 6),  # HB3
+    (18, 16, 14, 8),  # C (NME): omega of the ALA-NME peptide bond
+    (15, 14, 16, 18),  # O (ALA), referenced to the amide plane
+    (17, 16, 14, 15),  # H (NME)
+    (19, 18, 16, 14),  # H1 (NME)
+    (20, 18, 16, 14),  # H2 (NME)
+    (21, 18, 16, 14),  # H3 (NME)
+)
+
+ALANINE_DIPEPTIDE_PHI = (22 - 1) + (22 - 2) + 0
+"""Output position of phi for ``InternalCoordinates(alanine_dipeptide_z_matrix())`` (rigid removed;
+add 6 with ``rigid="keep"``, or use :meth:`InternalCoordinates.torsion_feature`)."""
+ALANINE_DIPEPTIDE_PSI = (22 - 1) + (22 - 2) + 1
+"""Output position of psi, as :data:`ALANINE_DIPEPTIDE_PHI`."""
+
+
+def alanine_dipeptide_z_matrix() -> np.ndarray:
+    """Z-matrix of alanine dipeptide in the atom order of openmmtools' ``AlanineDipeptideVacuum``.
+
+    22 atoms (0 H1, 1 CH3, 2 H2, 3 H3, 4 C, 5 O of ACE; 6 N, 7 H, 8 CA, 9 HA, 10 CB, 11-13 HB1-3,
+    14 C, 15 O of ALA; 16 N, 17 H, 18 C, 19-21 H1-3 of NME). Every reference chain
+    ``atom-bond_ref-angle_ref-torsion_ref`` follows chemical bonds (proper torsions only). The
+    tree is rooted at CA so that the backbone torsions are features: phi (4-6-8-14) at
+    :data:`ALANINE_DIPEPTIDE_PHI` and psi (6-8-14-16) at :data:`ALANINE_DIPEPTIDE_PSI` of the
+    ``60`` outputs with rigid motion removed.
+
+    Returns:
+        ``(22, 4)`` int64 array of rows ``[atom, bond_ref, angle_ref, torsion_ref]``.
+
+    Example:
+        >>> alanine_dipeptide_z_matrix().shape
+        (22, 4)
+    """
+    return np.array(_ALANINE_DIPEPTIDE_ROWS, dtype=np.int64)

@@ -1,0 +1,356 @@
+"""Flow-assisted kernels: independent Metropolis-Hastings with a flow proposal, NeuTra HMC, the
+adaptive flow-augmented sampler, and parallel tempering.
+
+References:
+    Gabrié, Rotskoff, Vanden-Eijnden (2022), "Adaptive Monte Carlo augmented with normalizing
+    flows", PNAS 119.
+    Hoffman, Sountsov, Dillon, Langmore, Tran, Vasudevan (2019), "NeuTra-lizing bad geometry in
+    Hamiltonian Monte Carlo using neural transport".
+    Grenioux, Durmus, Moulines, Gabrié (2023), "On sampling with approximate transport maps".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from normflows_sci.samplers.kernels import (
+    HMC,
+    MALA,
+    Kernel,
+    _accept,
+    _check_chains,
+    _check_positive,
+    _finite,
+    _select,
+)
+
+__all__ = [
+    "IMHState",
+    "IndependentMH",
+    "NeuTraHMC",
+    "HybridState",
+    "HybridInfo",
+    "AdaptiveFlowMCMC",
+    "PTState",
+    "PTInfo",
+    "ParallelTempering",
+]
+
+
+def _check_flow(flow) -> None:
+    for method in ("sample_and_log_prob", "log_prob"):
+        if not callable(getattr(flow, method, None)):
+            raise TypeError(f"flow must be a Flow (needs {method}), got {type(flow).__name__}")
+
+
+class IMHState(NamedTuple):
+    x: Tensor
+    log_prob: Tensor
+    log_q: Tensor
+
+
+class IndependentMH(Kernel):
+    """Independent Metropolis-Hastings: propose ``x' ~ q`` from a flow, accept with probability
+    ``min(1, p(x') q(x) / (p(x) q(x')))``. An exact flow accepts every move.
+
+    Example:
+        >>> from normflows_sci.flows import NSF
+        >>> flow = NSF(2, transforms=1, hidden_features=(8,))
+        >>> kernel = IndependentMH(flow, flow)  # the flow as its own target: always accepted
+        >>> state = kernel.init(torch.zeros(5, 2))
+        >>> state, info = kernel.step(state, torch.Generator().manual_seed(0))
+        >>> bool(info.accepted.all())
+        True
+    """
+
+    kind = "global"
+
+    def __init__(self, target, flow):
+        super().__init__(target)
+        _check_flow(flow)
+        self.flow = flow
+
+    def init(self, x: Tensor) -> IMHState:
+        x = _check_chains(x)
+        with torch.no_grad():
+            return IMHState(x, _finite(self.log_prob_fn(x)), self.flow.log_prob(x))
+
+    def propose(self, num: int, generator) -> IMHState:
+        with torch.no_grad():
+            x, log_q = self.flow.sample_and_log_prob(num, generator=generator)
+            return IMHState(x, _finite(self.log_prob_fn(x)), log_q)
+
+    def step(self, state: IMHState, generator=None):
+        proposal = self.propose(state.x.shape[0], generator)
+        log_ratio = (proposal.log_prob - proposal.log_q) - (state.log_prob - state.log_q)
+        info = _accept(log_ratio, generator)
+        return _select(info.accepted, proposal, state), info
+
+    def adapt(self, state, info, iteration, num_warmup, memory):
+        return state
+
+
+class NeuTraHMC(HMC):
+    """HMC in the flow's latent space on ``p(T^{-1}(z)) |det dT^{-1}/dz|``, mapped back by the flow.
+
+    The state holds latent positions; traces record ``x = T^{-1}(z)``. A good flow turns the
+    target into a near-standard normal, where HMC mixes fast. Arguments as for :class:`HMC`.
+    """
+
+    def __init__(self, target, flow, **hmc_options):
+        _check_flow(flow)
+        self.flow = flow
+        super().__init__(target, **hmc_options)
+        self.data_log_prob_fn = self.log_prob_fn
+        self.log_prob_fn = self._latent_log_prob
+
+    def _latent_log_prob(self, z: Tensor) -> Tensor:
+        x, logabsdet = self.flow.transform.inverse(z)
+        return self.data_log_prob_fn(x.reshape(len(z), *self.flow.event_shape)) + logabsdet
+
+    def init(self, x: Tensor):
+        x = _check_chains(x)
+        with torch.no_grad():
+            z, _ = self.flow.transform(x)
+        return super().init(z)
+
+    def position(self, state) -> Tensor:
+        with torch.no_grad():
+            x, _ = self.flow.transform.inverse(state.x)
+        return x.reshape(len(x), *self.flow.event_shape)
+
+    def position_log_prob(self, state) -> Tensor:
+        with torch.no_grad():
+            return _finite(self.data_log_prob_fn(self.position(state)))
+
+
+class HybridState(NamedTuple):
+    local: tuple
+    log_q: Tensor
+
+
+class HybridInfo(NamedTuple):
+    local_accepted: Tensor
+    global_accepted: Tensor
+    local_info: tuple
+
+
+class AdaptiveFlowMCMC(Kernel):
+    """Local MCMC steps interleaved with flow-proposed independent MH moves (Gabrié et al. 2022).
+
+    Each step makes ``local_steps`` moves of ``local_kernel`` (MALA by default), then one
+    independent MH move proposed by the flow. During warm-up the local step sizes adapt and the
+    flow is trained by maximum likelihood on the walkers' current positions (``train_steps``
+    Adam steps per iteration); production freezes both, so the output is a valid Markov chain.
+
+    Args:
+        target: Energy, Flow or log-density callable.
+        flow: the proposal (trained in place during warm-up).
+        local_kernel: a kernel on the same target (default ``MALA(target)``).
+        local_steps: local moves per step.
+        learning_rate, train_steps: flow training during warm-up (``train_steps=0``: no training).
+    """
+
+    def __init__(
+        self,
+        target,
+        flow,
+        *,
+        local_kernel: Kernel | None = None,
+        local_steps: int = 1,
+        learning_rate: float = 1e-3,
+        train_steps: int = 1,
+    ):
+        super().__init__(target)
+        _check_flow(flow)
+        if int(local_steps) != local_steps or local_steps < 0:
+            raise ValueError(f"local_steps must be a non-negative integer, got {local_steps!r}")
+        if int(train_steps) != train_steps or train_steps < 0:
+            raise ValueError(f"train_steps must be a non-negative integer, got {train_steps!r}")
+        self.flow = flow
+        self.local = MALA(target) if local_kernel is None else local_kernel
+        self.local_steps = int(local_steps)
+        self.train_steps = int(train_steps)
+        self.learning_rate = _check_positive("learning_rate", learning_rate)
+        self.optimizer = (
+            torch.optim.Adam(flow.parameters(), lr=learning_rate) if self.train_steps else None
+        )
+        self.global_move = IndependentMH(target, flow)
+
+    def init(self, x: Tensor) -> HybridState:
+        local = self.local.init(x)
+        with torch.no_grad():
+            return HybridState(local, self.flow.log_prob(local.x))
+
+    def position(self, state):
+        return self.local.position(state.local)
+
+    def position_log_prob(self, state):
+        return self.local.position_log_prob(state.local)
+
+    def step(self, state: HybridState, generator=None):
+        local = state.local
+        x = local.x
+        accepted_local = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+        info = None
+        for _ in range(self.local_steps):
+            local, info = self.local.step(local, generator)
+            accepted_local = accepted_local + info.accepted.to(x.dtype)
+        with torch.no_grad():
+            log_q = self.flow.log_prob(local.x) if self.local_steps else state.log_q
+        current = IMHState(local.x, local.log_prob, log_q)
+        proposal = self.global_move.propose(x.shape[0], generator)
+        log_ratio = (proposal.log_prob - proposal.log_q) - (current.log_prob - current.log_q)
+        move = _accept(log_ratio, generator)
+        moved = self.local.init(proposal.x)
+        # Keep each chain's adapted hyperparameters (step size, mass) across a global move.
+        moved = moved._replace(
+            **{k: getattr(local, k) for k in local._fields if k not in ("x", "log_prob", "grad")}
+        )
+        local = _select(move.accepted, moved, local)
+        log_q = torch.where(move.accepted, proposal.log_q, log_q)
+        rate = accepted_local / max(self.local_steps, 1)
+        return HybridState(local, log_q), HybridInfo(rate, move.accepted, info)
+
+    def acceptance(self, info: HybridInfo) -> dict[str, Tensor]:
+        out = {"global": info.global_accepted}
+        if self.local_steps:
+            out["local"] = info.local_accepted
+        return out
+
+    def adapt(self, state, info, iteration, num_warmup, memory):
+        local = state.local
+        if self.local_steps:
+            local = self.local.adapt(local, info.local_info, iteration, num_warmup, memory)
+        if self.train_steps:
+            data = self.local.position(local).detach()
+            for _ in range(self.train_steps):
+                self.optimizer.zero_grad(set_to_none=True)
+                loss = -self.flow.log_prob(data).mean()
+                loss.backward()
+                self.optimizer.step()
+            with torch.no_grad():
+                return HybridState(local, self.flow.log_prob(local.x))
+        return state._replace(local=local)
+
+    def state_dict(self) -> dict:
+        out = {"flow": self.flow.state_dict()}
+        if self.optimizer is not None:
+            out["optimizer"] = self.optimizer.state_dict()
+        return out
+
+    def load_state_dict(self, state: dict) -> None:
+        self.flow.load_state_dict(state["flow"])
+        if self.optimizer is not None and "optimizer" in state:
+            self.optimizer.load_state_dict(state["optimizer"])
+
+
+class PTState(NamedTuple):
+    inner: tuple
+    iteration: Tensor
+
+
+class PTInfo(NamedTuple):
+    local_accepted: Tensor
+    swap_accepted: Tensor
+    local_info: tuple
+
+
+class ParallelTempering(Kernel):
+    """Replica exchange over a ladder of inverse temperatures, batched: every chain carries one
+    replica per temperature (targets ``p(x)^beta``); after each local move, neighbouring replicas
+    of every chain try to swap (even or odd pairs, alternating). Traces record ``beta = 1``.
+
+    Args:
+        target: Energy, Flow or log-density callable.
+        temperatures: increasing, starting at 1 (e.g. ``(1, 2, 4, 8)``).
+        local: ``"mala"``, ``"rwmh"`` or ``"hmc"``; local steps at every temperature with step sizes
+            adapted per replica during warm-up.
+        step_size: initial local step size.
+    """
+
+    kind = "local"
+
+    def __init__(
+        self,
+        target,
+        temperatures: Sequence[float] = (1.0, 2.0, 4.0, 8.0),
+        *,
+        local: str = "mala",
+        step_size: float = 0.05,
+    ):
+        super().__init__(target, step_size=step_size)
+        temps = torch.as_tensor(temperatures, dtype=torch.float64)
+        if temps.ndim != 1 or len(temps) < 2 or temps[0] != 1 or not (temps.diff() > 0).all():
+            raise ValueError(
+                "temperatures must be an increasing sequence of at least 2 values starting at 1, "
+                f"got {list(temperatures)}"
+            )
+        self.betas = 1.0 / temps
+        from normflows_sci.samplers.kernels import RandomWalkMH
+
+        kernels = {"mala": MALA, "rwmh": RandomWalkMH, "hmc": HMC}
+        if local not in kernels:
+            raise ValueError(f"local must be one of {sorted(kernels)}, got {local!r}")
+        self.inner = kernels[local](self._tempered, step_size=step_size)
+
+    @property
+    def num_temperatures(self) -> int:
+        return len(self.betas)
+
+    def _row_betas(self, rows: int, like: Tensor) -> Tensor:
+        return self.betas.to(like).repeat_interleave(rows // self.num_temperatures)
+
+    def _tempered(self, x: Tensor) -> Tensor:
+        return self.log_prob_fn(x) * self._row_betas(x.shape[0], x)
+
+    def init(self, x: Tensor) -> PTState:
+        x = _check_chains(x)
+        replicas = x.repeat(self.num_temperatures, *([1] * (x.ndim - 1)))
+        return PTState(self.inner.init(replicas), torch.zeros((), dtype=torch.long))
+
+    def _chains(self, state) -> int:
+        return state.inner.x.shape[0] // self.num_temperatures
+
+    def position(self, state) -> Tensor:
+        return state.inner.x[: self._chains(state)]
+
+    def position_log_prob(self, state) -> Tensor:
+        return state.inner.log_prob[: self._chains(state)]  # beta = 1 rows
+
+    def step(self, state: PTState, generator=None):
+        inner, local_info = self.inner.step(state.inner, generator)
+        chains, temps = self._chains(state), self.num_temperatures
+        x = inner.x.reshape(temps, chains, *inner.x.shape[1:])
+        betas = self.betas.to(inner.log_prob)
+        log_p = inner.log_prob.reshape(temps, chains) / betas[:, None]
+        first = int(state.iteration) % 2
+        lower = torch.arange(first, temps - 1, 2, device=x.device)
+        swap_accepted = torch.zeros(chains, dtype=inner.log_prob.dtype, device=x.device)
+        if len(lower):
+            upper = lower + 1
+            log_ratio = (betas[lower] - betas[upper])[:, None] * (log_p[upper] - log_p[lower])
+            decision = _accept(log_ratio, generator).accepted  # (pairs, chains)
+            order = torch.arange(temps, device=x.device)[:, None].repeat(1, chains)
+            order[lower] = torch.where(decision, upper[:, None], lower[:, None])
+            order[upper] = torch.where(decision, lower[:, None], upper[:, None])
+            swapped = x.gather(0, order.reshape(temps, chains, *([1] * (x.ndim - 2))).expand_as(x))
+            fresh = self.inner.init(swapped.reshape(inner.x.shape))
+            keep = {
+                k: getattr(inner, k) for k in inner._fields if k not in ("x", "log_prob", "grad")
+            }
+            inner = fresh._replace(**keep)
+            swap_accepted = decision.to(swap_accepted.dtype).mean(0)
+        info = PTInfo(local_info.accepted[:chains], swap_accepted, local_info)
+        return PTState(inner, state.iteration + 1), info
+
+    def acceptance(self, info: PTInfo) -> dict[str, Tensor]:
+        return {"local": info.local_accepted, "swap": info.swap_accepted}
+
+    def adapt(self, state, info, iteration, num_warmup, memory):
+        inner = self.inner.adapt(state.inner, info.local_info, iteration, num_warmup, memory)
+        return state._replace(inner=inner)

@@ -1,0 +1,189 @@
+"""MCMC kernels and the run loop: known moments, exact proposals, multimodal mixing, checkpoints."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from tests_helpers import perturb
+
+from normflows_sci.flows import NSF, RealNVP
+from normflows_sci.samplers import (
+    HMC,
+    MALA,
+    AdaptiveFlowMCMC,
+    IndependentMH,
+    NeuTraHMC,
+    ParallelTempering,
+    RandomWalkMH,
+    run,
+)
+
+MEAN = torch.tensor([1.0, -2.0])
+COV = torch.tensor([[3.0, 0.8538], [0.8538, 0.3]])
+
+
+def correlated_gaussian(x):
+    d = x - MEAN.to(x)
+    return -0.5 * ((d @ torch.linalg.inv(COV).to(x)) * d).sum(-1)
+
+
+def assert_moments(samples, mean, cov, tol_mean=0.08, tol_cov=0.12):
+    flat = samples.reshape(-1, samples.shape[-1]).double()
+    assert torch.allclose(flat.mean(0), mean.double(), atol=tol_mean), flat.mean(0)
+    emp = torch.cov(flat.T)
+    assert torch.allclose(emp, cov.double(), atol=tol_cov * float(cov.abs().max())), emp
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: RandomWalkMH(correlated_gaussian, step_size=0.5),
+        lambda: MALA(correlated_gaussian, step_size=0.05),
+        lambda: HMC(correlated_gaussian, step_size=0.1, num_leapfrog=8),
+        lambda: ParallelTempering(correlated_gaussian, (1.0, 2.0, 4.0)),
+    ],
+    ids=["rwmh", "mala", "hmc", "parallel_tempering"],
+)
+def test_kernels_recover_mean_and_covariance(make):
+    kernel = make()
+    trace = run(kernel, torch.zeros(512, 2), 200, num_warmup=300, seed=0)
+    assert trace.samples.shape == (200, 512, 2)
+    assert_moments(trace.samples[50:], MEAN, COV)
+    assert abs(float(trace.acceptance["local"].mean()) - kernel.target_accept) < 0.1
+
+
+def test_hmc_adapts_a_diagonal_mass_matrix():
+    scales = torch.tensor([10.0, 0.1])
+    kernel = HMC(lambda x: -0.5 * (x / scales).square().sum(-1), step_size=0.05, num_leapfrog=5)
+    trace = run(kernel, torch.zeros(256, 2), 100, num_warmup=200, seed=1)
+    ratio = trace.state.inverse_mass / scales.square()
+    assert torch.all((ratio > 0.6) & (ratio < 1.6)), ratio
+    assert_moments(trace.samples, torch.zeros(2), torch.diag(scales.square()), 0.8, 0.15)
+
+
+def test_exact_flow_proposal_accepts_every_move():
+    torch.manual_seed(0)
+    flow = perturb(NSF(3, transforms=2, hidden_features=(16,), coupling=True)).double()
+    x0 = torch.zeros(64, 3, dtype=torch.float64)
+    trace = run(IndependentMH(flow, flow), x0, 20, seed=0)
+    assert float(trace.acceptance["global"].min()) == 1.0
+    # In latent space the target is exactly standard normal: small-step HMC accepts almost always.
+    neutra = NeuTraHMC(flow, flow, step_size=0.1, num_leapfrog=3, adapt_mass=False)
+    trace = run(neutra, x0, 20, seed=0)
+    assert float(trace.acceptance["local"].mean()) > 0.98
+    assert torch.allclose(trace.log_prob[-1], flow.log_prob(trace.samples[-1]).detach())
+
+
+WEIGHTS = torch.tensor([0.3, 0.7])
+MODES = torch.tensor([[-6.0, 0.0], [6.0, 0.0]])
+
+
+def two_modes(x):
+    d = ((x[:, None, :] - MODES.to(x)) ** 2).sum(-1)
+    return torch.logsumexp(WEIGHTS.to(x).log() - 0.5 * d - math.log(2 * math.pi), 1)
+
+
+def test_flow_hybrid_recovers_unequal_mode_weights_where_mala_is_stuck():
+    generator = torch.Generator().manual_seed(0)
+    half = torch.randn(128, 2, generator=generator)
+    x0 = torch.cat([MODES[0] + half, MODES[1] + half])  # 50/50 start; the truth is 30/70
+    mala = run(MALA(two_modes, step_size=0.5), x0, 150, num_warmup=100, seed=0)
+    mala_weight = float((mala.samples[..., 0] > 0).double().mean())
+    assert abs(mala_weight - 0.7) > 0.15  # stuck at the initial split
+    torch.manual_seed(0)
+    flow = RealNVP(2, transforms=4, hidden_features=(32, 32))
+    kernel = AdaptiveFlowMCMC(two_modes, flow, learning_rate=3e-3, train_steps=2)
+    hybrid = run(kernel, x0, 150, num_warmup=250, seed=0)
+    hybrid_weight = float((hybrid.samples[..., 0] > 0).double().mean())
+    assert abs(hybrid_weight - 0.7) < 0.03
+    assert set(hybrid.acceptance) == {"local", "global"}
+    assert float(hybrid.acceptance["global"].mean()) > 0.3
+
+
+def test_checkpoint_resume_gives_the_same_chain(tmp_path):
+    path = tmp_path / "chain.pt"
+    kernel = MALA(correlated_gaussian, step_size=0.05)
+    full = run(kernel, torch.zeros(16, 2), 30, num_warmup=10, seed=3)
+    run(kernel, torch.zeros(16, 2), 30, num_warmup=10, seed=3, checkpoint=path, checkpoint_every=7)
+    assert path.exists()
+    # Simulate an interruption: rerun part of the way, then resume from the saved state.
+    partial = tmp_path / "partial.pt"
+    with pytest.raises(KeyboardInterrupt):
+        run(
+            _Interrupting(kernel, after=25),
+            torch.zeros(16, 2),
+            30,
+            num_warmup=10,
+            seed=3,
+            checkpoint=partial,
+            checkpoint_every=7,
+        )
+    resumed = run(
+        kernel, torch.zeros(16, 2), 30, num_warmup=10, seed=3, checkpoint=partial, resume=True
+    )
+    assert torch.equal(resumed.samples, full.samples)
+    assert torch.equal(resumed.acceptance["local"], full.acceptance["local"])
+    with pytest.raises(ValueError, match="num_warmup"):
+        run(kernel, torch.zeros(16, 2), 30, num_warmup=5, seed=3, checkpoint=partial, resume=True)
+
+
+class _Interrupting:
+    """Wraps a kernel and raises after a number of steps (an interrupted job)."""
+
+    def __init__(self, kernel, after):
+        self.kernel, self.after, self.count = kernel, after, 0
+
+    def __getattr__(self, name):
+        return getattr(self.kernel, name)
+
+    def step(self, state, generator=None):
+        self.count += 1
+        if self.count > self.after:
+            raise KeyboardInterrupt
+        return self.kernel.step(state, generator)
+
+
+def test_thinning_and_continuation():
+    kernel = RandomWalkMH(correlated_gaussian)
+    trace = run(kernel, torch.zeros(4, 2), 10, thin=3, seed=0)
+    assert trace.samples.shape == (3, 4, 2)
+    more = run(kernel, trace.state, 5, seed=1)
+    assert more.samples.shape == (5, 4, 2)
+
+
+def test_bad_input_raises():
+    kernel = MALA(correlated_gaussian)
+    with pytest.raises(ValueError, match="chains"):
+        kernel.init(torch.zeros(2))
+    with pytest.raises(ValueError, match="NaN"):
+        kernel.init(torch.full((3, 2), math.nan))
+    with pytest.raises(ValueError, match="num_steps"):
+        run(kernel, torch.zeros(3, 2), -1)
+    with pytest.raises(ValueError, match="thin"):
+        run(kernel, torch.zeros(3, 2), 3, thin=0)
+    with pytest.raises(ValueError, match="step_size"):
+        MALA(correlated_gaussian, step_size=0.0)
+    with pytest.raises(ValueError, match="target_accept"):
+        MALA(correlated_gaussian, target_accept=1.5)
+    with pytest.raises(ValueError, match="temperatures"):
+        ParallelTempering(correlated_gaussian, (2.0, 4.0))
+    with pytest.raises(TypeError, match="Flow"):
+        IndependentMH(correlated_gaussian, correlated_gaussian)
+    with pytest.raises(TypeError, match="target"):
+        MALA(3.0)
+
+
+def test_zero_density_proposals_are_rejected():
+    def half_plane(x):
+        return torch.where(x[:, 0] > 0, -0.5 * x.square().sum(-1), -math.inf)
+
+    trace = run(MALA(half_plane, step_size=0.5), torch.ones(64, 2), 100, seed=0)
+    assert float(trace.samples[..., 0].min()) > 0
+
+
+def test_runs_on_device(device):
+    kernel = HMC(correlated_gaussian, num_leapfrog=3)
+    trace = run(kernel, torch.zeros(8, 2, device=device), 5, num_warmup=5, seed=0)
+    assert trace.samples.device.type == device.type

@@ -1,0 +1,81 @@
+"""Boltzmann generator end to end on a target with known answers: the 8-D many-well.
+
+Run:  python tutorials/boltzmann_generator.py [--steps 1500] [--dim 8]
+
+A Boltzmann generator is a flow q(x) trained to match p(x) ∝ exp(-u(x)); importance weights
+w = exp(-u(x)) / q(x) then make every estimate exact in the limit of many samples, even where the
+flow is imperfect. The many-well energy (a sum of double wells, 2^(dim/2) modes) has an exactly
+known normaliser and mode weights, so each number printed here can be checked:
+
+1. Train by maximum likelihood on a modest set of target samples (in practice: short MD runs),
+   then continue with maximum likelihood plus reverse KL on the energy (Noé et al. 2019).
+2. Draw samples from the flow, weight them, and estimate log Z and the free-energy difference
+   between the two wells of the first coordinate, each with an error bar, next to the exact values.
+
+For a real molecule, see ``benchmarks/bench_boltzmann.py`` (alanine dipeptide through OpenMM).
+Takes about a minute on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+import torch
+
+from normflows_sci.energies import ManyWell
+from normflows_sci.flows import NSF
+from normflows_sci.samplers import importance_sample
+from normflows_sci.training import fit_boltzmann
+
+
+def main(steps: int = 1500, dim: int = 8, num_samples: int = 100_000, seed: int = 0) -> dict:
+    torch.manual_seed(seed)
+    target = ManyWell(dim)
+    data = target.sample(2000, generator=torch.Generator().manual_seed(seed))
+    flow = NSF(dim, coupling=True, transforms=6, hidden_features=(64, 64), tail_bound=4.0)
+
+    fit_boltzmann(flow, target, data, steps=steps, learning_rate=2e-3, seed=seed, progress=False)
+    history = fit_boltzmann(
+        flow,
+        target,
+        data,
+        steps=steps // 3,
+        forward_weight=1.0,
+        reverse_weight=1.0,
+        learning_rate=5e-4,
+        seed=seed + 1,
+        progress=False,
+    )
+    print(f"training done: last reverse-KL batch ESS fraction {history['ess_fraction'][-1]:.3f}")
+
+    result = importance_sample(
+        flow, target, num_samples, generator=torch.Generator().manual_seed(seed)
+    )
+    left, right = (lambda x: x[:, 0] < 0), (lambda x: x[:, 0] > 0)
+    df, df_err = result.free_energy_difference(left, right)
+    p_right = target.well_probability
+    exact_df = -math.log(p_right / (1 - p_right))
+    print(f"ESS: {result.ess:.0f} of {num_samples} ({100 * result.ess_fraction:.1f}%)")
+    print(f"log Z: {result.log_z:.4f} +- {result.log_z_stderr:.4f}   exact {target.log_z:.4f}")
+    print(f"F(x1 > 0) - F(x1 < 0): {df:.4f} +- {df_err:.4f} kT   exact {exact_df:.4f}")
+    raw = float((result.samples[:, 0] > 0).double().mean())
+    print(f"  (unweighted flow samples would say {-math.log(raw / (1 - raw)):.4f})")
+    return dict(
+        ess_fraction=result.ess_fraction,
+        log_z=result.log_z,
+        log_z_stderr=result.log_z_stderr,
+        exact_log_z=target.log_z,
+        free_energy=df,
+        free_energy_stderr=df_err,
+        exact_free_energy=exact_df,
+    )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--dim", type=int, default=8)
+    parser.add_argument("--samples", type=int, default=100_000)
+    args = parser.parse_args()
+    main(args.steps, args.dim, args.samples)
