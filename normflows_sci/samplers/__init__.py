@@ -5,6 +5,18 @@ Kernel contract (DESIGN.md): ``state = kernel.init(x)`` with chains on the leadi
 and checkpoints and returns a :class:`Trace`.
 """
 
+from normflows_sci.samplers.diagnostics import (
+    ModeOccupancy,
+    autocorrelation,
+    count_mode_switches,
+    effective_sample_size,
+    ess_per_second,
+    integrated_autocorrelation_time,
+    mode_occupancy,
+    mode_weight_error,
+    split_rhat,
+    to_inference_data,
+)
 from normflows_sci.samplers.flow_kernels import (
     AdaptiveFlowMCMC,
     HybridInfo,
@@ -32,6 +44,7 @@ from normflows_sci.samplers.kernels import (
     StepInfo,
 )
 from normflows_sci.samplers.run import Trace, run
+from normflows_sci.samplers.sequential import AIS, SMC, SequentialResult, anneal
 from normflows_sci.samplers.targets import as_log_prob
 
 __all__ = [
@@ -58,4 +71,18 @@ __all__ = [
     "PTInfo",
     "Trace",
     "run",
+    "AIS",
+    "SMC",
+    "SequentialResult",
+    "anneal",
+    "autocorrelation",
+    "integrated_autocorrelation_time",
+    "effective_sample_size",
+    "ess_per_second",
+    "split_rhat",
+    "ModeOccupancy",
+    "mode_occupancy",
+    "mode_weight_error",
+    "count_mode_switches",
+    "to_inference_data",
 ]

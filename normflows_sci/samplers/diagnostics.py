@@ -50,6 +50,8 @@ __all__ = [
 
 # Largest number of complex FFT entries held at once (2^24 complex128 = 256 MiB).
 _FFT_BUDGET = 1 << 24
+# Sokal's estimate is trusted for series longer than this many tau (emcee's default tolerance).
+_SOKAL_MIN_LENGTH = 50
 
 
 # --------------------------------------------------------------------------------------------------
@@ -274,25 +276,27 @@ def _geyer_tau(rho: Tensor) -> Tensor:
 
 def _sokal_tau(rho: Tensor, c: float) -> Tensor:
     """Sokal's self-consistent window: ``tau(M) = 1 + 2 sum_{1<=k<=M} rho_k`` at the smallest
-    ``M >= 1`` with ``M >= c tau(M)``; the largest lag (and a warning) where no such ``M`` exists."""
+    ``M >= 1`` with ``M >= c tau(M)``, and a warning where the series is shorter than
+    ``_SOKAL_MIN_LENGTH tau``."""
     n = rho.shape[0]
     taus = 2 * rho.cumsum(0) - 1
     lags = torch.arange(n, device=rho.device, dtype=rho.dtype).unsqueeze(1)
     ok = (lags >= c * taus) & (lags >= 1)
-    found = ok.any(0)
+    # The biased autocovariances of a centred series sum to zero over all lags, so tau(n - 1) = 0
+    # and a window always exists; it is only trustworthy when M << n.
     window = torch.where(
-        found, ok.to(torch.int8).argmax(0), torch.full_like(found, n - 1, dtype=torch.long)
+        ok.any(0), ok.to(torch.int8).argmax(0), torch.full_like(ok[0], n - 1, dtype=torch.long)
     )
-    missing = int((~found).sum())
-    if missing:
+    tau = taus.gather(0, window.unsqueeze(0)).squeeze(0)
+    short = int((n < _SOKAL_MIN_LENGTH * tau).sum())
+    if short:
         warnings.warn(
-            f"Sokal's window M >= c * tau(M) was not reached for {missing} of {found.numel()} "
-            f"series with c = {c}: the chains are too short for a reliable tau (run more draws); "
-            "tau is reported at the largest lag.",
+            f"{short} of {tau.numel()} series are shorter than {_SOKAL_MIN_LENGTH} tau "
+            f"({n} draws): Sokal's tau estimate is unreliable; run longer chains.",
             RuntimeWarning,
             stacklevel=3,
         )
-    return taus.gather(0, window.unsqueeze(0)).squeeze(0)
+    return tau
 
 
 def _as_groups(x: Tensor, pooled: bool) -> Tensor:
@@ -367,8 +371,10 @@ def integrated_autocorrelation_time(
       ``rho_2m + rho_2m+1`` kept while positive and forced non-increasing). No tuning; can give
       ``tau < 1`` for antithetic chains.
     * ``"sokal"``: Sokal's automatic window, ``tau(M)`` at the smallest ``M >= 1`` with
-      ``M >= c tau(M)``; needs ``draws`` well above ``c tau`` (a ``RuntimeWarning`` says when no
-      window was found; ``tau`` is then summed to the largest lag).
+      ``M >= c tau(M)``; needs ``draws`` well above ``c tau`` (a ``RuntimeWarning`` is raised for
+      series shorter than ``50 tau``, emcee's tolerance). The rule assumes positively
+      correlated chains: for antithetic chains (``rho_1 < 0``) it stops at ``M = 1`` and
+      underestimates ``tau``; use ``"geyer"`` there.
 
     With ``pooled=False`` each chain uses its own autocorrelation (:func:`autocorrelation`); with
     ``pooled=True`` the chains' autocovariances are averaged and the between-chain variance enters
@@ -397,7 +403,7 @@ def integrated_autocorrelation_time(
         raise ValueError(f"method must be 'geyer' or 'sokal', got {method!r}")
     c = _check_positive("c", c)
     pooled = _check_bool("pooled", pooled)
-    draws, chains = x.shape[:2]
+    draws = x.shape[0]
     if pooled:
         rho, constant = _pooled_rho(_as_groups(x, pooled=True))
     else:
@@ -739,15 +745,16 @@ def to_inference_data(
             else:
                 per_chain[key] = _to_numpy(value)
 
-    idata = arviz.from_dict(posterior=posterior, sample_stats=per_draw or None)
-    if per_chain:
+    idata = arviz.from_dict(posterior=posterior)
+    if per_draw or per_chain:
         import xarray
 
-        if "sample_stats" not in idata.groups():
-            stats = xarray.Dataset(coords={"chain": idata.posterior.coords["chain"].values})
-            idata.add_groups(sample_stats=stats)
+        chain_coord = {"chain": idata.posterior.coords["chain"].values}
+        if per_draw:
+            stats = arviz.dict_to_dataset(per_draw, coords=dict(chain_coord))
+        else:
+            stats = xarray.Dataset(coords=chain_coord)
         for key, value in per_chain.items():
-            idata.sample_stats[key] = xarray.DataArray(
-                value, dims=("chain",), coords={"chain": idata.posterior.coords["chain"].values}
-            )
+            stats[key] = xarray.DataArray(value, dims=("chain",), coords=chain_coord)
+        idata.add_groups(sample_stats=stats)
     return idata

@@ -162,9 +162,11 @@ def importance_weights(log_p: Tensor, log_q: Tensor) -> dict:
     log_weights = log_p - log_q
     if not torch.isfinite(log_weights).any():
         raise ValueError("every importance weight is zero: the target vanishes on all samples")
-    log_sum = torch.logsumexp(log_weights, 0)
-    weights = (log_weights - log_sum).exp()
-    ess = float(1.0 / weights.pow(2).sum())
+    # Statistics in float64: float32 sums over many samples lose the digits log Z needs.
+    log_sum = torch.logsumexp(log_weights.double(), 0)
+    weights64 = (log_weights.double() - log_sum).exp()
+    weights = weights64.to(log_weights.dtype)
+    ess = float(1.0 / weights64.pow(2).sum())
     return dict(
         log_weights=log_weights,
         weights=weights,

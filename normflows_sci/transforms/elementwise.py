@@ -122,7 +122,7 @@ class RQSplineMap(ElementwiseMap):
 def wrap_angle(angles: Tensor) -> Tensor:
     """Angles mapped to ``[-pi, pi)``.
 
-    >>> wrap_angle(torch.tensor([3.5, -3.5, 3.141592653589793])).tolist()
+    >>> wrap_angle(torch.tensor([3.5, -3.5, 3.141592653589793], dtype=torch.float64)).tolist()
     [-2.7831853071795862, 2.7831853071795862, -3.141592653589793]
     """
     return torch.remainder(angles + math.pi, 2 * math.pi) - math.pi
