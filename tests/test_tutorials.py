@@ -26,3 +26,14 @@ def test_tabular_tutorial_runs_and_beats_the_gaussian(tmp_path):
     assert result["flow"] > result["gaussian"]
     for name in ("training.png", "corner.png", "marginals.png", "storms.nfs"):
         assert (tmp_path / name).stat().st_size > 0
+
+
+def test_boltzmann_tutorial_recovers_exact_answers():
+    result = _load("boltzmann_generator").main(
+        steps=150, dim=4, num_samples=20_000, num_data=10_000, transforms=4
+    )
+    assert result["ess_fraction"] > 0.3
+    assert abs(result["log_z"] - result["exact_log_z"]) < 4 * result["log_z_stderr"]
+    assert (
+        abs(result["free_energy"] - result["exact_free_energy"]) < 4 * result["free_energy_stderr"]
+    )
