@@ -17,6 +17,7 @@ from normflows_sci.samplers.diagnostics import (
     split_rhat,
     to_inference_data,
 )
+from normflows_sci.samplers.distributed import run_distributed
 from normflows_sci.samplers.flow_kernels import (
     AdaptiveFlowMCMC,
     HybridInfo,
@@ -71,6 +72,7 @@ __all__ = [
     "PTInfo",
     "Trace",
     "run",
+    "run_distributed",
     "AIS",
     "SMC",
     "SequentialResult",
