@@ -146,7 +146,11 @@ def main() -> None:
     )
     sample_seconds = time.perf_counter() - sample_start
     phi, psi = phi_psi(energy, result.samples.double())
-    df, df_err = result.free_energy_difference(phi < 0, phi > 0)
+    try:
+        df, df_err = result.free_energy_difference(phi < 0, phi > 0)
+    except ValueError as error:  # the flow put no weight in one basin: report, don't crash
+        print(f"free-energy difference unavailable: {error}")
+        df, df_err = math.nan, math.nan
     raw_positive = float((phi > 0).double().mean())
     raw_df = -math.log(raw_positive / (1 - raw_positive)) if 0 < raw_positive < 1 else math.inf
     figure = plot_ramachandran(

@@ -46,6 +46,12 @@ from normflows_sci.samplers.kernels import (
 )
 from normflows_sci.samplers.run import Trace, run
 from normflows_sci.samplers.sequential import AIS, SMC, SequentialResult, anneal
+from normflows_sci.samplers.snf import (
+    LangevinLayer,
+    MCMCLayer,
+    StochasticLayer,
+    StochasticNormalizingFlow,
+)
 from normflows_sci.samplers.targets import as_log_prob
 
 __all__ = [
@@ -73,6 +79,10 @@ __all__ = [
     "Trace",
     "run",
     "run_distributed",
+    "StochasticLayer",
+    "LangevinLayer",
+    "MCMCLayer",
+    "StochasticNormalizingFlow",
     "AIS",
     "SMC",
     "SequentialResult",

@@ -1,0 +1,467 @@
+"""Stochastic normalizing flows: deterministic flow layers interleaved with MCMC / Langevin layers.
+
+A stochastic normalizing flow (SNF) draws ``y_0 ~ q_0`` from a base and pushes it through layers
+``y_0 -> y_1 -> ... -> y_K``. Each layer is either an invertible transform or a random move (a
+Markov kernel). Sampled paths are weighted by the ratio of a backward path density, which ends in
+the target ``p``, to the forward one:
+
+``log w = log p(y_K) - log q_0(y_0) + sum_t ΔS_t``
+
+with the per-layer contribution ("entropy change")
+
+- deterministic layer ``y' = f(y)``: ``ΔS = log |det ∂f/∂y|``;
+- stochastic layer with forward kernel ``K_t(y -> y')`` and backward kernel ``K~_t(y' -> y)``:
+  ``ΔS = log K~_t(y' -> y) - log K_t(y -> y')``.
+
+For a Metropolis-Hastings kernel (MALA, random-walk, HMC) in detailed balance with ``p_t``, taking
+the kernel itself as its backward kernel gives ``ΔS = log p_t(y) - log p_t(y')`` (the ratio of
+kernel densities is the density ratio; a rejected move contributes 0). For unadjusted (overdamped)
+Langevin ``y' = y + h ∇log p_t(y) + sqrt(2h) ξ`` both kernels are explicit Gaussians:
+``ΔS = |ξ|²/2 - |y - y' - h ∇log p_t(y')|² / (4h)``.
+
+Because every backward kernel is a normalised density, ``E[exp(log w)] = Z`` exactly (the target's
+normaliser), whatever the step sizes: a bad step size costs variance, never bias. The stochastic
+layers target the geometric interpolation ``log p_t = (1 - β_t) log r + β_t log p`` between a
+reference ``r`` (by default the SNF's base) and the target.
+
+Training (reverse KL of path distributions): minimising ``-E[log w]`` fits the deterministic
+layers' parameters; samples are reparameterised through the stochastic layers (gradients of the
+target are taken with ``create_graph``), and the discrete accept/reject decisions of Metropolis
+layers are not differentiated. See :meth:`StochasticNormalizingFlow.loss`.
+
+References:
+    Wu, Köhler, Noé (2020), "Stochastic normalizing flows", NeurIPS 33.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from normflows_sci.checks import check_num_samples
+from normflows_sci.samplers.importance import ImportanceResult, importance_weights
+from normflows_sci.samplers.kernels import _accept, _expand, _finite
+from normflows_sci.samplers.targets import as_log_prob
+from normflows_sci.transforms import Transform
+
+__all__ = ["StochasticLayer", "LangevinLayer", "MCMCLayer", "StochasticNormalizingFlow"]
+
+LogProb = Callable[[Tensor], Tensor]
+
+
+def _value_and_grad(log_prob_fn: LogProb, x: Tensor, differentiable: bool):
+    """``log p(x)`` and ``∇ log p(x)``; with ``differentiable`` both keep their graph (second
+    derivatives for backpropagation through the move), otherwise both are detached. Non-finite
+    values count as zero density, non-finite gradients as 0."""
+    if differentiable:
+        log_prob = log_prob_fn(x)
+        (grad,) = torch.autograd.grad(log_prob.sum(), x, create_graph=True)
+    else:
+        with torch.enable_grad():
+            leaf = x.detach().requires_grad_(True)
+            log_prob = log_prob_fn(leaf)
+            (grad,) = torch.autograd.grad(log_prob.sum(), leaf)
+        log_prob = log_prob.detach()
+    log_prob = torch.where(torch.isnan(log_prob) | (log_prob == math.inf), -math.inf, log_prob)
+    grad = torch.where(torch.isfinite(grad), grad, torch.zeros_like(grad))
+    return log_prob, grad
+
+
+def _value(log_prob_fn: LogProb, x: Tensor, differentiable: bool) -> Tensor:
+    if differentiable:
+        return _finite(log_prob_fn(x))
+    with torch.no_grad():
+        return _finite(log_prob_fn(x))
+
+
+def _sum_event(values: Tensor) -> Tensor:
+    return values.flatten(1).sum(1)
+
+
+class StochasticLayer(nn.Module, abc.ABC):
+    """A random move ``y -> y'`` that reports its path-weight contribution ``ΔS``.
+
+    The move targets ``log p_β = (1 - β) log r + β log p`` (``r`` the reference, ``p`` the
+    target); at ``β = 1`` the reference is never evaluated.
+
+    Args:
+        beta: position on the path, in ``[0, 1]``.
+        step_size: the move's step size ``h`` (> 0).
+        steps: number of moves applied in a row (their contributions add up).
+    """
+
+    def __init__(self, beta: float = 1.0, *, step_size: float = 0.1, steps: int = 1):
+        super().__init__()
+        if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0 <= beta <= 1:
+            raise ValueError(f"beta must be a number in [0, 1], got {beta!r}")
+        if (
+            isinstance(step_size, bool)
+            or not isinstance(step_size, (int, float))
+            or not math.isfinite(step_size)
+            or step_size <= 0
+        ):
+            raise ValueError(f"step_size must be a positive finite number, got {step_size!r}")
+        if isinstance(steps, bool) or int(steps) != steps or steps < 1:
+            raise ValueError(f"steps must be a positive integer, got {steps!r}")
+        self.beta, self.step_size, self.steps = float(beta), float(step_size), int(steps)
+
+    def interpolated(self, target_log_prob: LogProb, reference_log_prob: LogProb | None) -> LogProb:
+        """The log-density ``log p_β`` this layer's moves leave invariant."""
+        beta = self.beta
+        if beta == 1.0:
+            return target_log_prob
+        if reference_log_prob is None:
+            raise ValueError(
+                f"reference_log_prob is needed by a layer with beta={beta} < 1 (the path starts "
+                "from the reference density)"
+            )
+        if beta == 0.0:
+            return reference_log_prob
+        return lambda y: (1.0 - beta) * reference_log_prob(y) + beta * target_log_prob(y)
+
+    def forward(
+        self,
+        x: Tensor,
+        target_log_prob: LogProb,
+        reference_log_prob: LogProb | None = None,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Move ``x: (batch, *event)``; returns ``(x', ΔS)`` with ``ΔS: (batch,)``.
+
+        Differentiable (reparameterised) when gradients are enabled and ``x`` requires them.
+        """
+        if not isinstance(x, Tensor) or x.ndim < 2 or not x.is_floating_point():
+            shape = getattr(x, "shape", type(x).__name__)
+            raise ValueError(f"x must be a floating tensor of shape (batch, *event), got {shape}")
+        log_prob_fn = self.interpolated(target_log_prob, reference_log_prob)
+        differentiable = torch.is_grad_enabled() and x.requires_grad
+        if not differentiable:
+            x = x.detach()
+        return self._move(x, log_prob_fn, differentiable, generator)
+
+    @abc.abstractmethod
+    def _move(self, x, log_prob_fn, differentiable, generator) -> tuple[Tensor, Tensor]:
+        """``self.steps`` moves of ``x`` targeting ``log_prob_fn``: ``(x', ΔS)``."""
+
+    def extra_repr(self) -> str:
+        return f"beta={self.beta:g}, step_size={self.step_size:g}, steps={self.steps}"
+
+
+class LangevinLayer(StochasticLayer):
+    """Unadjusted overdamped Langevin moves ``y' = y + h ∇log p_β(y) + sqrt(2h) ξ``.
+
+    No Metropolis correction: the layer's stationary distribution is only approximately
+    ``p_β``, but the path weight uses the exact Gaussian forward and backward kernel densities,
+    ``ΔS = |ξ|²/2 - |y - y' - h ∇log p_β(y')|² / (4h)``, so importance weights stay exact.
+
+    Example:
+        >>> layer = LangevinLayer(step_size=0.1)
+        >>> target = lambda x: -0.5 * x.square().sum(-1)
+        >>> x, delta = layer(torch.zeros(4, 2), target, generator=torch.Generator().manual_seed(0))
+        >>> x.shape, delta.shape
+        (torch.Size([4, 2]), torch.Size([4]))
+
+    References:
+        Wu, Köhler, Noé (2020), "Stochastic normalizing flows", eq. for Langevin layers.
+    """
+
+    def _move(self, x, log_prob_fn, differentiable, generator):
+        h = self.step_size
+        total = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+        _, grad = _value_and_grad(log_prob_fn, x, differentiable)
+        for _ in range(self.steps):
+            noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+            new = x + h * grad + math.sqrt(2 * h) * noise
+            _, new_grad = _value_and_grad(log_prob_fn, new, differentiable)
+            back = x - new - h * new_grad
+            total = total + 0.5 * _sum_event(noise.square()) - _sum_event(back.square()) / (4 * h)
+            x, grad = new, new_grad
+        return x, total
+
+
+_MCMC_KERNELS = ("mala", "rwmh", "hmc")
+
+
+class MCMCLayer(StochasticLayer):
+    """Metropolis-Hastings moves (MALA, random-walk or HMC) that leave ``p_β`` invariant.
+
+    Each kernel is in detailed balance with ``p_β``, so ``ΔS = log p_β(y) - log p_β(y')`` over the
+    layer's ``steps`` moves (it telescopes). The proposals and the random numbers follow the
+    package's :class:`~normflows_sci.samplers.MALA`, :class:`~normflows_sci.samplers.RandomWalkMH`
+    and :class:`~normflows_sci.samplers.HMC` (unit mass), so the same generator gives the same
+    chain; unlike those kernels the layer can be differentiated through (reparameterised
+    proposals; the accept decision itself is not differentiated).
+
+    Args:
+        beta, step_size, steps: see :class:`StochasticLayer`.
+        kernel: ``"mala"`` (default), ``"rwmh"`` or ``"hmc"``.
+        num_leapfrog: leapfrog steps per HMC proposal.
+
+    Example:
+        >>> layer = MCMCLayer(step_size=0.5, kernel="rwmh")
+        >>> target = lambda x: -0.5 * x.square().sum(-1)
+        >>> x0 = torch.zeros(4, 2)
+        >>> x, delta = layer(x0, target, generator=torch.Generator().manual_seed(0))
+        >>> torch.allclose(delta, target(x0) - target(x))
+        True
+
+    References:
+        Wu, Köhler, Noé (2020), "Stochastic normalizing flows" (Metropolis-Hastings layers).
+    """
+
+    def __init__(
+        self,
+        beta: float = 1.0,
+        *,
+        step_size: float = 0.1,
+        steps: int = 1,
+        kernel: str = "mala",
+        num_leapfrog: int = 5,
+    ):
+        super().__init__(beta, step_size=step_size, steps=steps)
+        if kernel not in _MCMC_KERNELS:
+            raise ValueError(f"kernel must be one of {_MCMC_KERNELS}, got {kernel!r}")
+        if isinstance(num_leapfrog, bool) or int(num_leapfrog) != num_leapfrog or num_leapfrog < 1:
+            raise ValueError(f"num_leapfrog must be a positive integer, got {num_leapfrog!r}")
+        self.kernel, self.num_leapfrog = kernel, int(num_leapfrog)
+        self.last_acceptance = math.nan
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, kernel={self.kernel!r}"
+
+    def _move(self, x, log_prob_fn, differentiable, generator):
+        needs_grad = self.kernel != "rwmh"
+        if needs_grad:
+            log_prob, grad = _value_and_grad(log_prob_fn, x, differentiable)
+        else:
+            log_prob, grad = _value(log_prob_fn, x, differentiable), None
+        start = log_prob
+        accepted_total = 0.0
+        for _ in range(self.steps):
+            step = getattr(self, f"_{self.kernel}")
+            proposal, prop_log_prob, prop_grad, log_ratio = step(
+                x, log_prob, grad, log_prob_fn, differentiable, generator
+            )
+            info = _accept(log_ratio.detach(), generator)
+            accepted = info.accepted
+            x = torch.where(_expand(accepted, x), proposal, x)
+            log_prob = torch.where(accepted, prop_log_prob, log_prob)
+            if needs_grad:
+                grad = torch.where(_expand(accepted, x), prop_grad, grad)
+            accepted_total += float(accepted.to(torch.float64).mean())
+        self.last_acceptance = accepted_total / self.steps
+        # A start with zero density (log p = -inf) gives -inf - (-inf): the move back has zero
+        # probability, so the path weight is 0.
+        delta = start - log_prob
+        delta = torch.where(torch.isnan(delta), -math.inf, delta)
+        return x, delta
+
+    def _rwmh(self, x, log_prob, grad, log_prob_fn, differentiable, generator):
+        noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        proposal = x + self.step_size * noise
+        prop_log_prob = _value(log_prob_fn, proposal, differentiable)
+        return proposal, prop_log_prob, None, prop_log_prob - log_prob
+
+    def _mala(self, x, log_prob, grad, log_prob_fn, differentiable, generator):
+        h = self.step_size
+        noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        proposal = x + h * grad + math.sqrt(2 * h) * noise
+        prop_log_prob, prop_grad = _value_and_grad(log_prob_fn, proposal, differentiable)
+        with torch.no_grad():
+            forward = _sum_event((proposal - x - h * grad).square()) / (4 * h)
+            backward = _sum_event((x - proposal - h * prop_grad).square()) / (4 * h)
+            log_ratio = prop_log_prob - log_prob + forward - backward
+        return proposal, prop_log_prob, prop_grad, log_ratio
+
+    def _hmc(self, x, log_prob, grad, log_prob_fn, differentiable, generator):
+        eps = self.step_size
+        momentum = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        kinetic0 = 0.5 * _sum_event(momentum.square())
+        position, prop_log_prob, prop_grad = x, log_prob, grad
+        momentum = momentum + 0.5 * eps * prop_grad
+        for i in range(self.num_leapfrog):
+            position = position + eps * momentum
+            prop_log_prob, prop_grad = _value_and_grad(log_prob_fn, position, differentiable)
+            scale = 1.0 if i < self.num_leapfrog - 1 else 0.5
+            momentum = momentum + scale * eps * prop_grad
+        with torch.no_grad():
+            kinetic1 = 0.5 * _sum_event(momentum.square())
+            log_ratio = (prop_log_prob - kinetic1) - (log_prob - kinetic0)
+        return position, prop_log_prob, prop_grad, log_ratio
+
+
+class StochasticNormalizingFlow(nn.Module):
+    """A base distribution followed by a sequence of deterministic and stochastic layers.
+
+    Sampling runs ``y_0 ~ base`` through ``layers`` in order. A :class:`Transform` in the list is
+    applied in its *inverse* (latent -> data, i.e. generative) direction, contributing
+    ``log|det ∂y'/∂y|``; a :class:`StochasticLayer` contributes its ``ΔS``. The path log weight
+    is ``log w = log p(y_K) - log q_0(y_0) + Σ ΔS`` and ``E[w] = Z`` exactly.
+
+    To put stochastic layers after a trained :class:`~normflows_sci.flows.Flow`, pass the flow
+    itself as ``base`` (then ``q_0`` is the flow's density and, by default, the stochastic layers
+    anneal from the flow to the target). To interleave them with a flow's own layers, note that
+    ``flow.transform`` lists its steps data side first: the generative order is
+    ``list(flow.transform)[::-1]``.
+
+    Args:
+        base: the starting density: a Flow (anything with ``sample_and_log_prob``) or a
+            distribution with ``sample(n, generator=)`` and ``log_prob``; its parameters train.
+        layers: Transforms and StochasticLayers, in sampling order.
+        target: the unnormalised target (Energy, Flow or log-density callable).
+        reference: log-density (or object with ``log_prob``) the stochastic layers' path starts
+            from (``β = 0``); default ``base.log_prob``.
+
+    Example:
+        >>> from normflows_sci.distributions import StandardNormal
+        >>> target = lambda x: -0.5 * ((x - 1) ** 2).sum(-1)  # log Z = log(2 pi)
+        >>> layers = [MCMCLayer(b, step_size=0.5, steps=2) for b in (0.25, 0.5, 0.75, 1.0)]
+        >>> snf = StochasticNormalizingFlow(StandardNormal(2), layers, target)
+        >>> result = snf.importance_sample(4000, generator=torch.Generator().manual_seed(0))
+        >>> abs(result.log_z - math.log(2 * math.pi)) < 4 * result.log_z_stderr
+        True
+
+    Training the deterministic layers by the path KL (``-E[log w]``)::
+
+        optimizer = torch.optim.Adam(snf.parameters(), lr=1e-3)
+        for step in range(1000):
+            optimizer.zero_grad()
+            loss, info = snf.loss(256, generator=generator)
+            loss.backward()
+            optimizer.step()
+
+    References:
+        Wu, Köhler, Noé (2020), "Stochastic normalizing flows", NeurIPS 33.
+    """
+
+    def __init__(self, base, layers: Sequence[nn.Module], target, *, reference=None):
+        super().__init__()
+        if not callable(getattr(base, "log_prob", None)) or not (
+            callable(getattr(base, "sample_and_log_prob", None))
+            or callable(getattr(base, "sample", None))
+        ):
+            raise TypeError(
+                "base must be a Flow or a distribution with sample and log_prob, got "
+                f"{type(base).__name__}"
+            )
+        if isinstance(layers, (nn.Module, Tensor)) or not isinstance(layers, Sequence):
+            raise TypeError(
+                f"layers must be a list of Transforms and StochasticLayers, got "
+                f"{type(layers).__name__}"
+            )
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, (Transform, StochasticLayer)):
+                raise TypeError(
+                    f"layers[{i}] must be a Transform or a StochasticLayer, got "
+                    f"{type(layer).__name__}"
+                )
+        self.base = base
+        self.layers = nn.ModuleList(layers)
+        # Stored outside the module registry: a target that is itself a Module (an Energy, a
+        # Flow) must not have its parameters trained or saved with the SNF.
+        object.__setattr__(self, "_target_log_prob", as_log_prob(target))
+        object.__setattr__(
+            self, "_reference_log_prob", None if reference is None else as_log_prob(reference)
+        )
+
+    def _reference(self) -> LogProb:
+        reference = self._reference_log_prob
+        return self.base.log_prob if reference is None else reference
+
+    def _base_draw(self, num_samples: int, generator):
+        if callable(getattr(self.base, "sample_and_log_prob", None)):
+            return self.base.sample_and_log_prob(num_samples, generator=generator)
+        y = self.base.sample(num_samples, generator=generator)
+        return y, self.base.log_prob(y)
+
+    def _run(self, num_samples: int, generator) -> tuple[Tensor, Tensor, Tensor]:
+        """Samples, ``log p(y_K)`` and the path's ``log q_0(y_0) - Σ ΔS``."""
+        num_samples = check_num_samples(num_samples)
+        if num_samples < 1:
+            raise ValueError("num_samples must be at least 1")
+        y, log_q0 = self._base_draw(num_samples, generator)
+        path_log_q = log_q0
+        target, reference = self._target_log_prob, self._reference()
+        for layer in self.layers:
+            if isinstance(layer, StochasticLayer):
+                y, delta = layer(y, target, reference, generator=generator)
+            else:
+                y, delta = layer.inverse(y)
+            path_log_q = path_log_q - delta
+        return y, _finite(target(y)), path_log_q
+
+    def sample_and_log_weights(
+        self, num_samples: int, *, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Draw ``num_samples`` paths: ``(samples (num_samples, *event), log_weights (num_samples,))``.
+
+        Differentiable with respect to the parameters when gradients are enabled (reverse-KL
+        training); wrap in ``torch.no_grad()`` otherwise (Langevin and MALA/HMC layers still
+        take target gradients internally).
+        """
+        y, log_p, path_log_q = self._run(num_samples, generator)
+        return y, log_p - path_log_q
+
+    def sample(self, num_samples: int, *, generator: torch.Generator | None = None) -> Tensor:
+        """Unweighted samples ``(num_samples, *event)`` (biased unless reweighted)."""
+        with torch.no_grad():
+            return self._run(num_samples, generator)[0]
+
+    def importance_sample(
+        self,
+        num_samples: int,
+        *,
+        batch_size: int = 65536,
+        generator: torch.Generator | None = None,
+    ) -> ImportanceResult:
+        """Weighted samples, ESS and the ``log Z`` estimate ``logsumexp(log w) - log N`` with its
+        delta-method standard error, as an :class:`~normflows_sci.samplers.ImportanceResult`.
+
+        Self-normalised expectations with these weights are consistent for the target. The
+        result's ``log_q`` holds the path term ``log q_0(y_0) - Σ ΔS`` (so ``log_weights =
+        log_p - log_q``), which is not a density of the samples.
+        """
+        num_samples = check_num_samples(num_samples)
+        if num_samples < 1:
+            raise ValueError("num_samples must be at least 1")
+        if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        samples, log_p, log_q = [], [], []
+        with torch.no_grad():
+            for start in range(0, num_samples, int(batch_size)):
+                y, lp, lq = self._run(min(int(batch_size), num_samples - start), generator)
+                samples.append(y)
+                log_p.append(lp)
+                log_q.append(lq)
+        samples, log_p, log_q = torch.cat(samples), torch.cat(log_p), torch.cat(log_q)
+        log_w = torch.where(torch.isneginf(log_p), -math.inf, log_p - log_q)
+        stats = importance_weights(log_w, torch.zeros_like(log_w))
+        return ImportanceResult(samples=samples, log_q=log_q, log_p=log_p, **stats)
+
+    def loss(
+        self, num_samples: int, *, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, dict]:
+        """Reverse KL of the path distributions up to ``log Z``: ``-mean(log w)``.
+
+        ``KL(P_forward || P_backward) = -E[log w] + log Z >= 0``. Paths with non-finite weights
+        are left out of the mean (and counted).
+
+        Returns:
+            ``(loss, info)`` with ``info`` holding the batch's Kish ``ess_fraction`` and
+            ``nonfinite``.
+        """
+        _, log_w = self.sample_and_log_weights(num_samples, generator=generator)
+        finite = torch.isfinite(log_w)
+        count = int(finite.sum())
+        if count == 0:
+            raise FloatingPointError("every path log weight is non-finite")
+        loss = -torch.where(finite, log_w, torch.zeros_like(log_w)).sum() / count
+        with torch.no_grad():
+            lw = torch.where(finite, log_w, -math.inf).double()
+            ess = float(torch.exp(2 * torch.logsumexp(lw, 0) - torch.logsumexp(2 * lw, 0)))
+        return loss, dict(ess_fraction=ess / len(log_w), nonfinite=len(log_w) - count)
