@@ -8,7 +8,8 @@ import pytest
 import torch
 from tests_helpers import perturb
 
-from normflows_sci.distributions import StandardNormal
+from normflows_sci.distributions import GaussianMixture, StandardNormal
+from normflows_sci.energies import GaussianMixture2D, ManyWell
 from normflows_sci.flows import NSF, Flow
 from normflows_sci.samplers import importance_sample, importance_weights
 from normflows_sci.transforms import ElementwiseAffine
@@ -141,3 +142,42 @@ def test_follows_device_and_dtype(device):
     )
     assert result.samples.device.type == device.type and result.samples.dtype == torch.float32
     assert result.ess == pytest.approx(64, rel=1e-4)
+
+
+def mixture_proposal(means, scales, log_weights) -> Flow:
+    """A Flow that is exactly the diagonal Gaussian mixture with the given parameters (float64)."""
+    base = GaussianMixture(means.shape[1], len(means))
+    with torch.no_grad():
+        base.means.copy_(means)
+        base.log_scales.copy_(scales.log())
+        base.logits.copy_(log_weights)
+    return Flow(ElementwiseAffine(means.shape[1], learnable=False), base).double()
+
+
+def test_log_z_of_the_40_component_mixture_within_its_error_bar():
+    target = GaussianMixture2D()  # normalised: log Z = 0
+    generator = torch.Generator().manual_seed(0)
+    # A deliberately imperfect proposal: shifted means, wider components, unequal weights.
+    means = target.means + 0.3 * torch.randn(40, 2, generator=generator, dtype=torch.float64)
+    logits = 0.3 * torch.randn(40, generator=generator, dtype=torch.float64)
+    proposal = mixture_proposal(means, torch.full((40, 2), 1.4, dtype=torch.float64), logits)
+    result = importance_sample(proposal, target, 100_000, generator=generator)
+    assert 0.2 < result.ess_fraction < 0.99
+    assert abs(result.log_z - target.log_z) < 4 * result.log_z_stderr
+    assert result.log_z_stderr < 0.01
+
+
+def test_log_z_of_the_many_well_within_its_error_bar():
+    target = ManyWell(8)  # 16 modes, log Z known in closed form (product of 1-D integrals)
+    generator = torch.Generator().manual_seed(0)
+    exact = target.sample(20_000, generator=generator, dtype=torch.float64)
+    modes = target.mode_index(exact)
+    # Proposal: one Gaussian per mode, moments from exact samples, widened by 1.2.
+    means = torch.stack([exact[modes == m].mean(0) for m in range(target.num_modes)])
+    scales = torch.stack([1.2 * exact[modes == m].std(0) for m in range(target.num_modes)])
+    wells = torch.stack([target.which_well(means[m : m + 1])[0] for m in range(16)])
+    proposal = mixture_proposal(means, scales, target.mode_log_probability(wells))
+    result = importance_sample(proposal, target, 100_000, generator=generator)
+    assert result.ess_fraction > 0.2
+    assert abs(result.log_z - target.log_z) < 4 * result.log_z_stderr
+    assert result.log_z_stderr < 0.01
