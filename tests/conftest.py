@@ -178,3 +178,58 @@ def _internal_coordinates_keep():
 
 
 register("internal_coordinates_keep", features=18)(_internal_coordinates_keep)
+
+
+# TarFlow (Transformer autoregressive blocks): small Transformers so the property tests stay fast.
+# Layer norms make the Transformer's features O(1), so the zero-initialised head gets a gentler
+# perturbation than the MADE layers (at 0.3, spline stacks get near-flat bins, ill-conditioned in
+# float32).
+def _tarflow_blocks(count, *, context_features=0, **options):
+    from normflows_sci.transforms.tarflow import TarFlowBlock, TarFlowTransform
+
+    small = dict(width=16, layers=1, heads=2, context_features=context_features)
+    blocks = [TarFlowBlock(reverse=i % 2 == 1, **small, **options) for i in range(count)]
+    return TarFlowTransform(blocks)
+
+
+def _tarflow_block(**options):
+    from normflows_sci.transforms.tarflow import TarFlowBlock
+
+    return TarFlowBlock(width=16, layers=1, heads=2, **options)
+
+
+register("tarflow_block_affine")(lambda: perturb(_tarflow_block(features=4)))
+register("tarflow_block_reverse_naive_spline", context_features=3)(
+    lambda: perturb(
+        _tarflow_block(
+            features=4,
+            reverse=True,
+            transform="spline",
+            bins=5,
+            tail_bound=4.0,
+            context_features=3,
+            inversion="naive",
+        ),
+        scale=0.1,
+    )
+)
+register("tarflow_spline_context", context_features=3)(
+    lambda: perturb(
+        _tarflow_blocks(
+            2, features=4, transform="spline", bins=5, tail_bound=4.0, context_features=3
+        ),
+        scale=0.1,
+    )
+)
+register("tarflow_jacobi_chunks", context_features=3)(
+    lambda: perturb(
+        _tarflow_blocks(
+            2, features=4, context_features=3, inversion="jacobi", tol=0.0, chunk_size=3
+        ),
+        scale=0.2,
+    )
+)
+# Particles: 3 coordinates per token, 3 particles.
+register("tarflow_particles", features=9)(
+    lambda: perturb(_tarflow_blocks(2, features=9, token_size=3), scale=0.2)
+)
