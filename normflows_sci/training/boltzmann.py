@@ -107,6 +107,34 @@ def forward_kl_loss(flow, data: Tensor) -> Tensor:
     return -flow.log_prob(data).mean()
 
 
+class _StepLog:
+    """The history dict and optional tqdm bar shared by the step-based fit loops."""
+
+    def __init__(self, keys, steps: int, log_every: int, progress: bool, desc: str):
+        self.history = {key: [] for key in keys}
+        self.steps, self.log_every = int(steps), int(log_every)
+        self.bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=self.steps, desc=desc, leave=False)
+
+    def record(self, index: int, stop: bool, /, **values) -> None:
+        """Log ``values`` (one per history key) at step ``index`` if it is a logging step, the
+        last step or a stop."""
+        if index % self.log_every == 0 or index == self.steps or stop:
+            for key, value in values.items():
+                self.history[key].append(value)
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{values['loss']:.3f}")
+
+    def close(self) -> dict:
+        if self.bar is not None:
+            self.bar.close()
+        return self.history
+
+
 def fit_boltzmann(
     flow,
     target,
@@ -193,24 +221,13 @@ def fit_boltzmann(
         if schedule == "cosine"
         else None
     )
-    history = {
-        k: []
-        for k in (
-            "step",
-            "loss",
-            "forward_kl",
-            "reverse_kl",
-            "ess_fraction",
-            "nonfinite",
-            "learning_rate",
-            "time",
-        )
-    }
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=int(steps), desc="fit_boltzmann", leave=False)
+    log = _StepLog(
+        "step loss forward_kl reverse_kl ess_fraction nonfinite learning_rate time".split(),
+        steps,
+        log_every,
+        progress,
+        "fit_boltzmann",
+    )
     start = time.perf_counter()
     flow.train()
     for step in range(1, int(steps) + 1):
@@ -247,24 +264,19 @@ def fit_boltzmann(
             scheduler.step()
         elapsed = time.perf_counter() - start
         stop = max_time is not None and elapsed > max_time
-        if step % log_every == 0 or step == steps or stop:
-            for key, value in (
-                ("step", step),
-                ("loss", float(loss.detach())),
-                ("forward_kl", nll),
-                ("reverse_kl", rkl),
-                ("ess_fraction", info["ess_fraction"]),
-                ("nonfinite", info["nonfinite"]),
-                ("learning_rate", optimizer.param_groups[0]["lr"]),
-                ("time", elapsed),
-            ):
-                history[key].append(value)
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+        log.record(
+            step,
+            stop,
+            step=step,
+            loss=float(loss.detach()),
+            forward_kl=nll,
+            reverse_kl=rkl,
+            ess_fraction=info["ess_fraction"],
+            nonfinite=info["nonfinite"],
+            learning_rate=optimizer.param_groups[0]["lr"],
+            time=elapsed,
+        )
         if stop:
             break
-    if bar is not None:
-        bar.close()
     flow.eval()
-    return history
+    return log.close()

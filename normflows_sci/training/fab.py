@@ -41,6 +41,7 @@ from normflows_sci.samplers.importance import importance_weights
 from normflows_sci.samplers.kernels import HMC, MALA, RandomWalkMH
 from normflows_sci.samplers.sequential import anneal
 from normflows_sci.samplers.targets import as_log_prob
+from normflows_sci.training.boltzmann import _StepLog
 
 __all__ = ["PrioritizedReplayBuffer", "fab_ais", "fab_loss", "fab_buffer_loss", "fit_fab"]
 
@@ -575,28 +576,14 @@ def fit_fab(
         current_step_size *= math.exp(out["acceptance"] - target_accept)
         return out["samples"], out["log_weights"], out["log_q"]
 
-    history = {
-        k: []
-        for k in (
-            "step",
-            "loss",
-            "ess_fraction",
-            "log_z",
-            "log_z_stderr",
-            "ais_ess_fraction",
-            "acceptance",
-            "step_size",
-            "buffer_size",
-            "target_evaluations",
-            "learning_rate",
-            "time",
-        )
-    }
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=steps, desc="fit_fab", leave=False)
+    log = _StepLog(
+        "step loss ess_fraction log_z log_z_stderr ais_ess_fraction acceptance step_size "
+        "buffer_size target_evaluations learning_rate time".split(),
+        steps,
+        log_every,
+        progress,
+        "fit_fab",
+    )
     start = time.perf_counter()
     flow.train()
     if buffer is not None:
@@ -642,24 +629,19 @@ def fit_fab(
             buffer.adjust(index, log_q)
         elapsed = time.perf_counter() - start
         stop = max_time is not None and elapsed > max_time
-        if step % log_every == 0 or step == steps or stop:
-            for key, value in (
-                ("step", step),
-                ("loss", float(loss.detach())),
-                *diagnostics.items(),
-                ("step_size", current_step_size),
-                ("buffer_size", 0 if buffer is None else len(buffer)),
-                ("target_evaluations", evaluations),
-                ("learning_rate", optimizer.param_groups[0]["lr"]),
-                ("time", elapsed),
-            ):
-                history[key].append(value)
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+        log.record(
+            step,
+            stop,
+            step=step,
+            loss=float(loss.detach()),
+            **diagnostics,
+            step_size=current_step_size,
+            buffer_size=0 if buffer is None else len(buffer),
+            target_evaluations=evaluations,
+            learning_rate=optimizer.param_groups[0]["lr"],
+            time=elapsed,
+        )
         if stop:
             break
-    if bar is not None:
-        bar.close()
     flow.eval()
-    return history
+    return log.close()
