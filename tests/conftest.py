@@ -233,3 +233,102 @@ register("tarflow_jacobi_chunks", context_features=3)(
 register("tarflow_particles", features=9)(
     lambda: perturb(_tarflow_blocks(2, features=9, token_size=3), scale=0.2)
 )
+
+
+# Manifold transforms (normflows_sci.manifolds). Torus layers act on angles directly (inputs of
+# scale 0.8 stay inside [-pi, pi)); sphere, SO(3) and product layers are seen through the
+# manifold's chart (stereographic on spheres) by ChartTransform, whose log-determinant adds the
+# chart's volume elements, so the autograd-Jacobian test checks the density on the manifold.
+def _manifold_chart(build_transform, build_manifold):
+    from normflows_sci.manifolds import ChartTransform
+
+    return ChartTransform(build_transform(), build_manifold())
+
+
+def _so3_block(context_features=0):
+    from normflows_sci.manifolds import AxialTwistTransform, RadialSplineTransform, SphereRotation
+
+    options = dict(antipodal=True, context_features=context_features, bins=5, hidden_features=(16,))
+    return T.CompositeTransform(
+        [
+            SphereRotation(3, context_features=context_features, hidden_features=(16,)),
+            RadialSplineTransform(3, **options),
+            AxialTwistTransform(3, **options),
+        ]
+    )
+
+
+def _sphere2_block(context_features=0):
+    from normflows_sci.manifolds import CylindricalSplineTransform, SphereRotation
+
+    return T.CompositeTransform(
+        [
+            SphereRotation(2, context_features=context_features, hidden_features=(16,)),
+            CylindricalSplineTransform(
+                context_features=context_features, bins=5, hidden_features=(16,)
+            ),
+        ]
+    )
+
+
+def _sphere3_block():
+    from normflows_sci.manifolds import AxialTwistTransform, RadialSplineTransform, SphereRotation
+
+    return T.CompositeTransform(
+        [
+            SphereRotation(3),
+            RadialSplineTransform(3, bins=5),
+            AxialTwistTransform(3, bins=5, hidden_features=(16,)),
+        ]
+    )
+
+
+def _product_flow_transform():
+    from normflows_sci.flows.manifold import ProductFlow
+    from normflows_sci.manifolds import SO3, Euclidean, Product, Torus
+
+    manifold = Product(Euclidean(2), Torus(1), SO3())
+    flow = ProductFlow(manifold, context_features=3, transforms=1, bins=5, hidden_features=(16,))
+    return _manifold_chart(lambda: flow.transform, lambda: manifold)
+
+
+def _manifold_registry():
+    from normflows_sci import manifolds as M
+
+    register("manifold_torus_circular_spline", features=3, input_scale=0.8)(
+        lambda: perturb(M.CircularSplineTransform(3, bins=5))
+    )
+    register("manifold_torus_coupling_context", context_features=3, input_scale=0.8)(
+        lambda: perturb(
+            M.TorusCouplingTransform(
+                [True, False, True, False], bins=5, context_features=3, hidden_features=(16,)
+            )
+        )
+    )
+    register("manifold_torus_autoregressive_context", context_features=3, input_scale=0.8)(
+        lambda: perturb(
+            M.TorusAutoregressiveTransform(
+                4, bins=5, context_features=3, order=[2, 0, 3, 1], hidden_features=(16,)
+            )
+        )
+    )
+    register("manifold_circle_spline", features=1)(
+        lambda: perturb(
+            _manifold_chart(lambda: M.CircleSplineTransform(bins=5), lambda: M.Sphere(1))
+        )
+    )
+    register("manifold_sphere2_context", features=2, context_features=3)(
+        lambda: perturb(_manifold_chart(lambda: _sphere2_block(3), lambda: M.Sphere(2)))
+    )
+    register("manifold_sphere3", features=3)(
+        lambda: perturb(_manifold_chart(_sphere3_block, lambda: M.Sphere(3)))
+    )
+    register("manifold_so3_context", features=3, context_features=3)(
+        lambda: perturb(_manifold_chart(lambda: _so3_block(3), M.SO3))
+    )
+    register("manifold_product_flow_context", features=6, context_features=3, input_scale=0.8)(
+        lambda: perturb(_product_flow_transform(), scale=0.1)
+    )
+
+
+_manifold_registry()
