@@ -69,7 +69,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--transforms", type=int, default=8)
     parser.add_argument("--hidden", type=int, nargs="+", default=[256, 256])
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (on a busy machine more threads slow small ops down 10-1000x)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=CACHE)
     args = parser.parse_args()
