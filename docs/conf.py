@@ -7,7 +7,6 @@ Build (offline, warnings are errors):
 
 from __future__ import annotations
 
-import re
 import sys
 from pathlib import Path
 
@@ -73,53 +72,3 @@ nfs_tutorials = [
 napoleon_custom_sections = [("Common args", "params_style")]
 # Attributes as field lists: autodoc also documents the same attributes as members.
 napoleon_use_ivar = True
-
-
-_TRAILING_UNDERSCORE = re.compile(r"(?<![\w`\\])([A-Za-z]\w*)_(?![\w`\\])")
-
-
-def _escape_fitted_attributes(app, what, name, obj, options, lines) -> None:
-    """Escape scikit-learn style names (``means_``) written bare inside docstring prose.
-
-    reStructuredText reads ``word_`` as a hyperlink reference. Runs after napoleon, so the
-    attribute names of ``:ivar name_:`` fields are escaped too; inline literals and doctest lines
-    are left alone.
-    """
-    for index, line in enumerate(lines):
-        if line.lstrip().startswith((">>>", "...")):
-            continue
-        parts = line.split("``")
-        for k in range(0, len(parts), 2):  # even parts lie outside ``literals``
-            parts[k] = _TRAILING_UNDERSCORE.sub(r"\1\\_", parts[k])
-        lines[index] = "``".join(parts)
-
-
-def _summary_keeps_literals(original):
-    """Wrap autosummary's summary extraction, which can cut a sentence inside ``a... b``.
-
-    Sphinx re-parses the whole stanza instead of the candidate summary when checking for broken
-    markup, so a period inside an inline literal ends the summary there. Keep the whole first
-    paragraph in that case.
-    """
-
-    def extract_summary(doc, settings):
-        summary = original(doc, settings)
-        if summary.count("``") % 2:
-            stanza = []
-            for line in doc:
-                if stanza and not line.strip():
-                    break
-                if line.strip():
-                    stanza.append(line.strip())
-            summary = " ".join(stanza)
-        return summary
-
-    return extract_summary
-
-
-def setup(app):
-    import sphinx.ext.autosummary as autosummary
-
-    autosummary.extract_summary = _summary_keeps_literals(autosummary.extract_summary)
-    # After napoleon (priority 500) has turned Google sections into field lists.
-    app.connect("autodoc-process-docstring", _escape_fitted_attributes, priority=600)

@@ -230,10 +230,10 @@ class GaussianBaseline(_Baseline):
         discrete: column indices (or a boolean mask) of integer-valued columns.
 
     Attributes:
-        mean_: ``(features,)``.
-        covariance_: ``(features, features)``, regularised.
-        n_features_: number of columns seen in :meth:`fit`.
-        discrete_mask_: ``(features,)`` boolean.
+        ``mean_``: ``(features,)``.
+        ``covariance_``: ``(features, features)``, regularised.
+        ``n_features_``: number of columns seen in :meth:`fit`.
+        ``discrete_mask_``: ``(features,)`` boolean.
 
     Example:
         >>> import numpy as np
@@ -306,13 +306,16 @@ class GaussianMixtureBaseline(_Baseline):
         random_state: seed or ``numpy.random.Generator`` for the initialisation and the split.
 
     Attributes:
-        components_: the number of components used.
-        weights_: ``(components_,)``; means_: ``(components_, features)``;
-        covariances_: ``(components_, features, features)`` (diagonal matrices for ``"diag"``).
-        validation_scores_: dict component count -> validation mean log-likelihood (only when
-            the count was chosen).
-        converged_: whether EM met ``tol`` before ``max_iter``; n_iter_: EM iterations run.
-        discrete_mask_: ``(features,)`` boolean.
+        ``components_``: the number of components used.
+        ``weights_``: ``(components_,)``.
+        ``means_``: ``(components_, features)``.
+        ``covariances_``: ``(components_, features, features)`` (diagonal matrices for
+            ``"diag"``).
+        ``validation_scores_``: dict component count -> validation mean log-likelihood (only
+            when the count was chosen).
+        ``converged_``: whether EM met ``tol`` before ``max_iter``.
+        ``n_iter_``: EM iterations run.
+        ``discrete_mask_``: ``(features,)`` boolean.
 
     References:
         Dempster, Laird & Rubin, "Maximum likelihood from incomplete data via the EM algorithm",

@@ -31,7 +31,17 @@ FORMAT_VERSION = 1
 
 def atomic_write(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` through a temporary file in the same folder and a rename, so a
-    crash never leaves a half-written file behind."""
+    crash never leaves a half-written file behind.
+
+    Missing parent folders are created; the file gets the permissions a plain ``open()`` would give
+    it. Returns the path.
+
+    Example:
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     path = atomic_write(Path(folder) / "runs" / "notes.txt", b"hello")
+        ...     path.read_bytes(), [p.name for p in path.parent.iterdir()]  # no temporary left
+        (b'hello', ['notes.txt'])
+    """
     path = Path(path)
     if path.exists() and not path.is_file():
         raise ValueError(f"{path} exists and is not a regular file; refusing to replace it")
@@ -55,7 +65,19 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> Path:
 
 
 def save_model(path: str | os.PathLike, config: dict, tensors: dict[str, torch.Tensor]) -> Path:
-    """Save a JSON-serialisable ``config`` and a flat dict of tensors to ``path`` atomically."""
+    """Save a JSON-serialisable ``config`` and a flat dict of tensors to ``path`` atomically.
+
+    Tensors are detached and moved to the CPU; the format header (``format``, ``format_version``,
+    ``package_version``) is added to the config. Returns the path.
+
+    Example:
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     path = save_model(Path(folder) / "model.nfs", {"kind": "demo"},
+        ...                       {"weight": torch.ones(2)})
+        ...     config, tensors = load_model(path)
+        >>> config["kind"], config["format"], tensors["weight"].tolist()
+        ('demo', 'normflows_sci.model', [1.0, 1.0])
+    """
     from normflows_sci import __version__
 
     header = {"format": FORMAT, "format_version": FORMAT_VERSION, "package_version": __version__}
@@ -78,6 +100,18 @@ def load_model(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
     Raises:
         FileNotFoundError: no such file.
         ValueError: not a normflows_sci model file, a newer format, or a damaged file.
+
+    Example:
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     path = save_model(Path(folder) / "a.nfs", {"features": 3}, {"bias": torch.zeros(3)})
+        ...     config, tensors = load_model(path)
+        ...     damaged = atomic_write(Path(folder) / "damaged.nfs", b"not a model")
+        ...     load_model(damaged)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+            ...
+        ValueError: ...damaged.nfs is not a readable normflows_sci model file: ...
+        >>> config["features"], tensors["bias"].shape
+        (3, torch.Size([3]))
     """
     path = Path(path)
     if not path.is_file():

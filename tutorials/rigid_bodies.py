@@ -1,18 +1,19 @@
 """Tutorial: a rigid-body Boltzmann generator — three point dipoles with positions and orientations.
 
 Each molecule is a rigid point dipole: a position ``r_i in R^3`` and an orientation ``q_i`` in SO(3)
-(unit quaternion; the dipole points along ``R(q_i) e_z``). The dimensionless energy (kT = 1) is
+(unit quaternion; the dipole points along ``d_i = R(q_i) e_z``). The dimensionless energy
+(kT = 1) is::
 
-    u = sum_i k |r_i|^2 / 2                                    (harmonic trap)
-      + sum_{i<j} eps exp(-r_ij^2 / (2 sigma^2))                 (soft-core repulsion)
+    u = sum_i k |r_i|^2 / 2                                         (harmonic trap)
+      + sum_{i<j} eps exp(-r_ij^2 / (2 sigma^2))                    (soft-core repulsion)
       + sum_{i<j} lam [d_i.d_j - 3 (d_i.n_ij)(d_j.n_ij)] / s_ij^3   (dipole-dipole)
+      - sum_i E . d_i                                               (external field along z)
 
-with the softened distance ``s_ij = sqrt(r_ij^2 + a^2)`` (smooth, bounded energies: reverse-KL
-training never meets infinite energies)
-      - sum_i E . d_i                                          (external field along z)
-
-so the orientations matter: dipoles prefer head-to-tail chains along their axis and the field
-aligns them. The configuration lives on ``R^9 x SO(3)^3``; a ``ProductFlow`` (autoregressive
+with ``|r_i|`` the distance of body ``i`` from the trap centre, ``r_ij`` the pair distance,
+``n_ij`` the unit vector from ``r_i`` to ``r_j`` and the softened distance
+``s_ij = sqrt(r_ij^2 + a^2)`` (smooth, bounded energies: reverse-KL training never meets infinite
+energies), so the orientations matter: dipoles prefer head-to-tail chains along their axis and the
+field aligns them. The configuration lives on ``R^9 x SO(3)^3``; a ``ProductFlow`` (autoregressive
 splines on the positions, rotation / odd-radial / antipodal-twist blocks on each quaternion, every
 factor conditioned on all the others) is trained by reverse KL with
 ``normflows_sci.training.fit_boltzmann`` (no data), then reweighted with

@@ -113,6 +113,11 @@ def pairwise_squared_distances(x: Tensor, n_particles: int, spatial_dim: int) ->
 
     Returns:
         ``(..., n_particles * (n_particles - 1) / 2)``.
+
+    Example:
+        >>> x = torch.tensor([[0.0, 0.0, 3.0, 0.0, 0.0, 4.0]])  # 3 particles in 2-D
+        >>> pairwise_squared_distances(x, 3, 2).tolist()  # pairs (0, 1), (0, 2), (1, 2)
+        [[9.0, 16.0, 25.0]]
     """
     particles = _particles(x, n_particles, spatial_dim)
     first, second = torch.triu_indices(n_particles, n_particles, 1, device=x.device)

@@ -35,7 +35,18 @@ __all__ = ["NflowsTransform", "NflowsDistribution", "from_nflows", "to_nflows"]
 
 
 class NflowsTransform(Transform):
-    """An nflows transform used as a normflows_sci transform."""
+    """An nflows transform used as a normflows_sci transform.
+
+    nflows' ``InverseNotAvailable`` is re-raised as
+    :class:`~normflows_sci.transforms.InverseNotAvailable`.
+
+    Example:
+        >>> import nflows.transforms
+        >>> t = NflowsTransform(nflows.transforms.PointwiseAffineTransform(shift=1.0, scale=2.0))
+        >>> z, logabsdet = t(torch.tensor([[1.0, 2.0]]))  # z = 2 x + 1, log|det| = 2 log 2
+        >>> z.tolist(), round(logabsdet.item(), 4), isinstance(t, Transform)
+        ([[3.0, 5.0]], 1.3863, True)
+    """
 
     def __init__(self, transform: _nt.Transform):
         super().__init__()
@@ -56,6 +67,21 @@ class NflowsDistribution(Distribution):
 
     Sampling with a ``generator`` draws a seed from it and samples under that seed (nflows takes no
     generator), so results are reproducible.
+
+    Args:
+        distribution: the nflows distribution.
+        event_shape: shape of one sample; inferred from nflows' ``StandardNormal`` and similar
+            distributions that store it.
+
+    Example:
+        >>> import nflows.distributions
+        >>> base = NflowsDistribution(nflows.distributions.StandardNormal([2]))
+        >>> base.event_shape, round(base.log_prob(torch.zeros(1, 2)).item(), 4)
+        (torch.Size([2]), -1.8379)
+        >>> def draw():
+        ...     return base.sample(3, generator=torch.Generator().manual_seed(0))
+        >>> torch.equal(draw(), draw())  # reproducible through the generator
+        True
     """
 
     def __init__(self, distribution: _nd.Distribution, event_shape=None):
@@ -129,6 +155,21 @@ def from_nflows(obj, *, event_shape=None):
     Args:
         obj: the nflows object.
         event_shape: needed for a distribution (or flow) whose event shape nflows does not store.
+
+    Returns:
+        A :class:`~normflows_sci.flows.Flow`, :class:`NflowsTransform` or
+        :class:`NflowsDistribution` wrapping ``obj`` (parameters shared, not copied).
+
+    Example:
+        >>> import nflows.distributions, nflows.flows, nflows.transforms
+        >>> theirs = nflows.flows.Flow(nflows.transforms.PointwiseAffineTransform(1.0, 2.0),
+        ...                            nflows.distributions.StandardNormal([2]))
+        >>> ours = from_nflows(theirs)  # a normflows_sci Flow
+        >>> x = torch.randn(5, 2, generator=torch.Generator().manual_seed(0))
+        >>> torch.allclose(ours.log_prob(x), theirs.log_prob(x))
+        True
+        >>> ours.sample(4, generator=torch.Generator().manual_seed(0)).shape
+        torch.Size([4, 2])
     """
     if isinstance(obj, _nf.Flow):
         base = NflowsDistribution(obj._distribution, event_shape)
@@ -146,7 +187,20 @@ def from_nflows(obj, *, event_shape=None):
 
 
 def to_nflows(obj):
-    """Wrap a normflows_sci ``Flow``, ``Transform`` or ``Distribution`` as the nflows type."""
+    """Wrap a normflows_sci ``Flow``, ``Transform`` or ``Distribution`` as the nflows type.
+
+    Parameters are shared, not copied: training the wrapper trains the original.
+
+    Example:
+        >>> import nflows.transforms
+        >>> from normflows_sci.transforms import ReversePermutation
+        >>> reverse = to_nflows(ReversePermutation(3))  # an nflows Transform
+        >>> doubling = nflows.transforms.PointwiseAffineTransform(scale=2.0)
+        >>> theirs = nflows.transforms.CompositeTransform([reverse, doubling])
+        >>> z, logabsdet = theirs(torch.tensor([[1.0, 2.0, 3.0]]))
+        >>> z.tolist(), round(logabsdet.item(), 4)  # reversed, then doubled: log|det| = 3 log 2
+        ([[6.0, 4.0, 2.0]], 2.0794)
+    """
     if isinstance(obj, Flow):
         return _nf.Flow(
             _OurTransformInNflows(obj.transform),

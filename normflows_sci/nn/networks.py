@@ -19,7 +19,8 @@ def _hidden_sizes(hidden_features: int | Sequence[int]) -> tuple[int, ...]:
 
 
 class MLP(nn.Module):
-    """Fully connected network ``in_features -> hidden_features... -> out_features``.
+    """Fully connected network from ``in_features`` through the ``hidden_features`` widths to
+    ``out_features``.
 
     Args:
         in_features: input width.

@@ -689,6 +689,14 @@ def to_inference_data(
     Raises:
         ImportError: ArviZ is not installed.
         TypeError, ValueError: inconsistent shapes or names.
+
+    Example:
+        Skipped by the doctest run: ArviZ is optional and takes seconds to import.
+
+        >>> trace = torch.randn(100, 4, 2)  # (draws, chains, 2)
+        >>> idata = to_inference_data(trace, names=["a", "b"])  # doctest: +SKIP
+        >>> dict(idata.posterior.sizes)  # doctest: +SKIP
+        {'chain': 4, 'draw': 100}
     """
     try:
         import arviz

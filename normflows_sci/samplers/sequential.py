@@ -92,6 +92,30 @@ def anneal(
     ``base_log_prob`` must be the normalised log-density the particles were drawn from.
     One step size, shared by all particles, is adapted towards the kernel's target acceptance
     from the population's mean acceptance as the annealing proceeds.
+
+    Args:
+        x: ``(N, *event)`` particles drawn from the base.
+        base_log_prob, target_log_prob: log-density callables ``(N, *event) -> (N,)``.
+        betas: ``(K + 1,)`` increasing from 0 to 1.
+        kernel, mcmc_steps, step_size, kernel_options: the MCMC moves (as for :class:`AIS`).
+        replicas: independent groups (``N`` divisible by it), each with its own log Z.
+        resample_threshold: resample a group (systematic) when its ESS falls below this fraction
+            of its particles (``None``: never, as AIS).
+        generator: seeds the moves and the resampling.
+
+    Returns:
+        dict with ``samples (N, *event)``, ``log_weights (N,)`` (relative within each group),
+        ``log_z_groups (replicas,)`` (float64), ``acceptance (K,)`` and ``resamples``.
+
+    Example:
+        >>> from normflows_sci.distributions import StandardNormal
+        >>> generator = torch.Generator().manual_seed(0)
+        >>> base = StandardNormal(2)
+        >>> target = lambda x: -0.5 * ((x - 1.0) ** 2).sum(-1)  # log Z = log(2 pi)
+        >>> out = anneal(base.sample(1024, generator=generator), base.log_prob, target,
+        ...              torch.linspace(0, 1, 11), kernel="mala", generator=generator)
+        >>> abs(out["log_z_groups"][0].item() - math.log(2 * math.pi)) < 0.1
+        True
     """
     if kernel not in _KERNELS:
         raise ValueError(f"kernel must be one of {sorted(_KERNELS)}, got {kernel!r}")
@@ -284,6 +308,18 @@ class SMC(_Annealer):
 
     Args:
         resample_threshold: in ``(0, 1]``; the other arguments as for :class:`AIS`.
+
+    Example:
+        >>> from normflows_sci.flows import NSF
+        >>> flow = NSF(2, transforms=1, hidden_features=(8,))  # N(0, I), far from the target
+        >>> target = lambda x: -0.5 * ((x - 2.0) ** 2).sum(-1)  # N(2, I) with Z = 2 pi
+        >>> smc = SMC(target, flow, num_temperatures=10, kernel="mala")
+        >>> out = smc.sample(1000, replicas=4, generator=torch.Generator().manual_seed(0))
+        >>> out.resamples > 0, abs(out.log_z - math.log(2 * math.pi)) < 4 * out.log_z_stderr
+        (True, True)
+        >>> mean = (out.weights[:, None] * out.samples).sum(0)
+        >>> torch.allclose(mean, torch.tensor([2.0, 2.0]), atol=0.2)
+        True
     """
 
     def __init__(self, target, flow, *, resample_threshold: float = 0.5, **options):

@@ -222,6 +222,18 @@ def fab_buffer_loss(
     Returns:
         ``(loss, log_q)`` with ``log_q`` detached: pass it to
         :meth:`PrioritizedReplayBuffer.adjust` after the optimiser step.
+
+    Example:
+        >>> from normflows_sci.flows import RealNVP
+        >>> flow = RealNVP(2, transforms=1, hidden_features=(8,))
+        >>> x = torch.randn(8, 2, generator=torch.Generator().manual_seed(0))
+        >>> log_q = flow.log_prob(x).detach()
+        >>> loss, _ = fab_buffer_loss(flow, x, log_q)  # fresh entries: q_old = q, ratio 1
+        >>> torch.allclose(loss, -log_q.mean())
+        True
+        >>> loss, _ = fab_buffer_loss(flow, x, log_q + 5.0)  # stale: ratio e^5 clipped to 10
+        >>> torch.allclose(loss, -10.0 * log_q.mean())
+        True
     """
     log_q = flow.log_prob(samples.detach())
     log_adjust = log_q_old.to(log_q.dtype) - log_q.detach()

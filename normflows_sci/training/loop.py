@@ -97,6 +97,17 @@ def fit_flow(
         validation set), ``learning_rate``, ``time`` (seconds since the start of the run). With
         ``transform_batch`` noise (dequantisation) the losses are of the noisy data: an upper
         bound on the negative log-probability, not equal to it.
+
+    Example:
+        >>> from normflows_sci.flows import RealNVP
+        >>> data = 1.0 + 0.5 * torch.randn(512, 2, generator=torch.Generator().manual_seed(0))
+        >>> flow = RealNVP(2, transforms=2, hidden_features=(16,))
+        >>> history = fit_flow(flow, data[:384], val_data=data[384:], max_epochs=4,
+        ...                    batch_size=128, learning_rate=1e-2, seed=0, progress=False)
+        >>> history["epoch"]
+        [1, 2, 3, 4]
+        >>> history["val_loss"][-1] < history["val_loss"][0]
+        True
     """
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")

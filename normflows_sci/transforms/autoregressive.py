@@ -39,6 +39,25 @@ class MaskedAutoregressiveTransform(Transform):
         activation, dropout: MADE options.
 
     The MADE output layer starts at zero, so the layer starts as the identity.
+
+    References:
+        Papamakarios, Pavlakou, Murray (2017), "Masked Autoregressive Flow for Density
+        Estimation"; Germain, Gregor, Murray, Larochelle (2015), "MADE".
+
+    Example:
+        >>> from normflows_sci.transforms import AffineMap
+        >>> t = MaskedAutoregressiveTransform(3, AffineMap(), hidden_features=(16,))
+        >>> generator = torch.Generator().manual_seed(0)
+        >>> with torch.no_grad():  # random output weights instead of the identity start
+        ...     _ = t.made.output.weight.normal_(0.0, 0.5, generator=generator)
+        >>> x = torch.randn(4, 3, generator=generator)
+        >>> z, logabsdet = t(x)
+        >>> x_later = x.clone()
+        >>> x_later[:, 2] += 1.0  # changing the last feature leaves the earlier outputs alone
+        >>> torch.allclose(t(x_later)[0][:, :2], z[:, :2])
+        True
+        >>> torch.allclose(t.inverse(z)[0], x, atol=1e-5)
+        True
     """
 
     def __init__(

@@ -79,7 +79,19 @@ class CompositeTransform(Transform):
 
 
 class InverseTransform(Transform):
-    """Swaps the two directions of a transform."""
+    """Swaps the two directions of a transform: ``forward`` runs ``transform.inverse`` and
+    ``inverse`` runs ``transform``.
+
+    Args:
+        transform: the transform to invert (parameters shared).
+
+    Example:
+        >>> from normflows_sci.transforms import ElementwiseAffine
+        >>> affine = ElementwiseAffine(1, shift=1.0, scale=2.0)  # x -> 2 x + 1
+        >>> z, logabsdet = InverseTransform(affine)(torch.tensor([[5.0]]))  # x -> (x - 1) / 2
+        >>> round(z.item(), 4), round(logabsdet.item(), 4)  # log|det| = -log 2
+        (2.0, -0.6931)
+    """
 
     def __init__(self, transform: Transform):
         super().__init__()

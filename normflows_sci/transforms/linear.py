@@ -19,6 +19,14 @@ class Permutation(Transform):
 
     Args:
         permutation: a permutation of ``range(features)``.
+
+    Example:
+        >>> t = Permutation([2, 0, 1])
+        >>> z, logabsdet = t(torch.tensor([[10.0, 20.0, 30.0]]))
+        >>> z.tolist(), logabsdet.tolist()
+        ([[30.0, 10.0, 20.0]], [0.0])
+        >>> t.inverse(z)[0].tolist()
+        [[10.0, 20.0, 30.0]]
     """
 
     def __init__(self, permutation):
@@ -44,14 +52,29 @@ class Permutation(Transform):
 
 
 class ReversePermutation(Permutation):
-    """Reverses the feature order."""
+    """Reverses the feature order.
+
+    Example:
+        >>> ReversePermutation(3)(torch.tensor([[1.0, 2.0, 3.0]]))[0].tolist()
+        [[3.0, 2.0, 1.0]]
+    """
 
     def __init__(self, features: int):
         super().__init__(torch.arange(features - 1, -1, -1))
 
 
 class RandomPermutation(Permutation):
-    """A random but fixed permutation, reproducible with ``seed``."""
+    """A random but fixed permutation, reproducible with ``seed``.
+
+    The permutation is drawn once, at construction, and stored in the state dict.
+
+    Example:
+        >>> t = RandomPermutation(5, seed=0)
+        >>> sorted(t.permutation.tolist())
+        [0, 1, 2, 3, 4]
+        >>> torch.equal(t.permutation, RandomPermutation(5, seed=0).permutation)
+        True
+    """
 
     def __init__(self, features: int, *, seed: int | None = None):
         generator = torch.Generator()
@@ -74,6 +97,19 @@ class LULinear(Transform):
 
     References:
         Kingma, Dhariwal (2018), "Glow"; Durkan et al. (2019), "Neural Spline Flows".
+
+    Example:
+        >>> t = LULinear(3)  # the identity until trained; perturb it to see a general map
+        >>> generator = torch.Generator().manual_seed(0)
+        >>> with torch.no_grad():
+        ...     for parameter in t.parameters():
+        ...         _ = parameter.add_(0.3 * torch.randn(parameter.shape, generator=generator))
+        >>> x = torch.randn(4, 3, generator=generator)
+        >>> z, logabsdet = t(x)
+        >>> torch.allclose(logabsdet, torch.linalg.slogdet(t.weight())[1].expand(4), atol=1e-5)
+        True
+        >>> torch.allclose(t.inverse(z)[0], x, atol=1e-5)
+        True
     """
 
     def __init__(self, features: int, *, min_diagonal: float = 1e-3):
