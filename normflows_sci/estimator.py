@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from normflows_sci.distributions import StandardNormal, TailAdaptiveBase
-from normflows_sci.flows import MAF, NSF, Flow, RealNVP
+from normflows_sci.flows import MAF, NSF, Flow, RealNVP, TarFlow
 from normflows_sci.io import load_model, save_model
 from normflows_sci.quadrature import unit_cube_rule
 from normflows_sci.training import fit_flow
@@ -31,7 +31,7 @@ from normflows_sci.transforms import BoundaryTransform, CompositeTransform, Elem
 
 __all__ = ["DensityEstimator", "hill_tail_index"]
 
-_FLOWS = {"nsf": NSF, "maf": MAF, "realnvp": RealNVP}
+_FLOWS = {"nsf": NSF, "maf": MAF, "realnvp": RealNVP, "tarflow": TarFlow}
 # Columns whose estimated tail index falls below this get a Student-t base marginal.
 HEAVY_TAIL_THRESHOLD = 4.0
 # Below this many rows the tail index rests on too few points to act on it automatically.
@@ -136,7 +136,9 @@ class DensityEstimator:
     """Fit a normalizing flow to a table and get exact log-densities in the original units.
 
     Args:
-        flow: ``"nsf"`` (autoregressive neural spline flow, default), ``"maf"`` or ``"realnvp"``.
+        flow: ``"nsf"`` (autoregressive neural spline flow, default), ``"maf"``, ``"realnvp"`` or
+            ``"tarflow"`` (Transformer autoregressive flow: ``transforms`` blocks of
+            ``len(hidden_features)`` layers, width ``max(hidden_features)``, spline maps).
         transforms: number of flow layers (default 5; 3 below 1000 training rows).
         hidden_features: conditioner hidden widths (default (128, 128) from 5000 training rows,
             (64, 64) from 1000, (32, 32) below).
@@ -321,11 +323,21 @@ class DensityEstimator:
             if any(df is not None for df in heavy)
             else StandardNormal(features)
         )
-        options = dict(
-            transforms=spec["transforms"], hidden_features=tuple(spec["hidden_features"]), base=base
-        )
-        if spec["flow"] == "nsf":
-            options["bins"] = spec["bins"]
+        hidden = tuple(spec["hidden_features"])
+        if spec["flow"] == "tarflow":
+            # transforms -> blocks; hidden widths -> Transformer width (largest), layers per block
+            options = dict(
+                blocks=spec["transforms"],
+                width=max(hidden),
+                layers_per_block=len(hidden),
+                transform="spline",
+                bins=spec["bins"],
+                base=base,
+            )
+        else:
+            options = dict(transforms=spec["transforms"], hidden_features=hidden, base=base)
+            if spec["flow"] == "nsf":
+                options["bins"] = spec["bins"]
         core = _FLOWS[spec["flow"]](features, context_features, **options)
         embedding = _Standardizer(context_features) if context_features else None
         model = Flow(CompositeTransform([*steps, core.transform]), core.base, embedding=embedding)

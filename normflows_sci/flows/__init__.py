@@ -3,6 +3,7 @@
 from normflows_sci.flows.base import Flow
 from normflows_sci.flows.factories import MAF, NSF, RealNVP
 from normflows_sci.flows.manifold import ManifoldFlow, ProductFlow, SO3Flow, SphereFlow, TorusFlow
+from normflows_sci.flows.tarflow import TarFlow, gaussian_noise, sample_tarflow, score_denoise
 
 __all__ = [
     "Flow",
@@ -14,4 +15,8 @@ __all__ = [
     "SphereFlow",
     "SO3Flow",
     "ProductFlow",
+    "TarFlow",
+    "sample_tarflow",
+    "gaussian_noise",
+    "score_denoise",
 ]

@@ -1,5 +1,19 @@
 """Conditioner networks."""
 
 from normflows_sci.nn.networks import MADE, MLP, MaskedLinear
+from normflows_sci.nn.transformer import (
+    CausalSelfAttention,
+    CausalTransformer,
+    KVCache,
+    TransformerLayer,
+)
 
-__all__ = ["MLP", "MADE", "MaskedLinear"]
+__all__ = [
+    "MLP",
+    "MADE",
+    "MaskedLinear",
+    "CausalTransformer",
+    "KVCache",
+    "CausalSelfAttention",
+    "TransformerLayer",
+]

@@ -36,6 +36,13 @@ from normflows_sci.transforms.linear import (
     ReversePermutation,
 )
 from normflows_sci.transforms.normalization import ActNorm, ElementwiseAffine
+from normflows_sci.transforms.tarflow import (
+    INVERSION_METHODS,
+    BlockInverseInfo,
+    InverseInfo,
+    TarFlowBlock,
+    TarFlowTransform,
+)
 
 __all__ = [
     "Transform",
@@ -62,4 +69,9 @@ __all__ = [
     "MaskedAutoregressiveTransform",
     "MaskedAffineAutoregressiveTransform",
     "MaskedSplineAutoregressiveTransform",
+    "TarFlowBlock",
+    "TarFlowTransform",
+    "BlockInverseInfo",
+    "InverseInfo",
+    "INVERSION_METHODS",
 ]

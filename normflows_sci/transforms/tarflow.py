@@ -12,9 +12,9 @@ token elementwise with the parameters read at its position::
 so token ``t`` depends only on tokens before it (the start token is a zero input whose position
 embedding, and the context, set the parameters of token 0). The Jacobian is block-triangular with
 diagonal blocks, so the log-determinant is exact and costs nothing extra. ``f`` is affine
-(``AffineMap``: ``z = x exp(s) + b``, ``s`` soft-clamped) or a rational-quadratic spline with identity
-tails (``RQSplineMap``, which calls ``normflows_sci.transforms.splines``). The Transformer's output
-head starts at zero, so a fresh block is exactly the identity.
+(``AffineMap``: ``z = x exp(s) + b``, ``s`` soft-clamped) or a rational-quadratic spline with
+identity tails (``RQSplineMap``, which calls ``normflows_sci.transforms.splines``). The
+Transformer's output head starts at zero, so a fresh block is exactly the identity.
 
 Density evaluation (data -> latent) is one parallel Transformer pass. Sampling (latent -> data)
 inverts token by token, three ways that give the same result:
@@ -145,7 +145,8 @@ class TarFlowBlock(Transform):
         chunk_size: tokens per Jacobi chunk (default: all tokens in one chunk).
 
     Shapes:
-        ``forward(x: (batch, D), context: (batch, C) | None) -> (z: (batch, D), logabsdet: (batch,))``.
+        ``forward(x: (batch, D), context: (batch, C) | None)`` returns ``z: (batch, D)`` and
+        ``logabsdet: (batch,)``; ``inverse`` and :meth:`invert` the same shapes.
 
     References:
         Zhai et al. (2024), "Normalizing Flows are Capable Generative Models".
@@ -374,8 +375,8 @@ class TarFlowTransform(CompositeTransform):
         blocks: the blocks, data side first (alternate ``reverse`` between them).
 
     Example:
-        >>> blocks = [TarFlowBlock(4, width=16, layers=1, heads=2, reverse=i % 2 == 1) for i in range(2)]
-        >>> t = TarFlowTransform(blocks)
+        >>> small = dict(width=16, layers=1, heads=2)
+        >>> t = TarFlowTransform([TarFlowBlock(4, reverse=r, **small) for r in (False, True)])
         >>> x, logabsdet, info = t.invert(torch.randn(3, 4), method="jacobi")
         >>> x.shape, info.method, info.iterations <= 2 * 4
         (torch.Size([3, 4]), 'jacobi', True)
