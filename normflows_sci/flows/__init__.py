@@ -1,6 +1,7 @@
 """Flows: :class:`Flow` and the ready-made factories (Euclidean and manifold)."""
 
 from normflows_sci.flows.base import Flow
+from normflows_sci.flows.cnf import CNF, ContinuousFlow, ODETransform, VelocityMLP
 from normflows_sci.flows.factories import MAF, NSF, RealNVP
 from normflows_sci.flows.manifold import ManifoldFlow, ProductFlow, SO3Flow, SphereFlow, TorusFlow
 from normflows_sci.flows.tarflow import TarFlow, gaussian_noise, sample_tarflow, score_denoise
@@ -19,4 +20,8 @@ __all__ = [
     "sample_tarflow",
     "gaussian_noise",
     "score_denoise",
+    "CNF",
+    "ContinuousFlow",
+    "ODETransform",
+    "VelocityMLP",
 ]

@@ -14,6 +14,7 @@ from normflows_sci.training.fab import (
     fab_loss,
     fit_fab,
 )
+from normflows_sci.training.flow_matching import fit_flow_matching, flow_matching_loss, ot_pairing
 from normflows_sci.training.loop import SCHEDULES, fit_flow
 
 __all__ = [
@@ -28,4 +29,7 @@ __all__ = [
     "fab_loss",
     "fab_buffer_loss",
     "PrioritizedReplayBuffer",
+    "fit_flow_matching",
+    "flow_matching_loss",
+    "ot_pairing",
 ]
