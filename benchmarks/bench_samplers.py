@@ -416,7 +416,7 @@ def _ratio(value, reference, width: int) -> str:
     if not math.isfinite(reference):
         return f"{'-':>{width}}"
     ratio = value / reference
-    return f"{ratio:>{width - 1}.3g}x"
+    return f" {ratio:>{width - 2}.3g}x"  # leading space: columns never run together
 
 
 def print_problem(problem: Problem, results: list[Result]) -> None:
