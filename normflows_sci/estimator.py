@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from normflows_sci.distributions import StandardNormal, TailAdaptiveBase
-from normflows_sci.flows import MAF, NSF, Flow, RealNVP, TarFlow
+from normflows_sci.flows import CNF, MAF, NSF, Flow, RealNVP, TarFlow
 from normflows_sci.io import load_model, save_model
 from normflows_sci.quadrature import unit_cube_rule
 from normflows_sci.training import fit_flow
@@ -31,7 +31,7 @@ from normflows_sci.transforms import BoundaryTransform, CompositeTransform, Elem
 
 __all__ = ["DensityEstimator", "hill_tail_index"]
 
-_FLOWS = {"nsf": NSF, "maf": MAF, "realnvp": RealNVP, "tarflow": TarFlow}
+_FLOWS = {"nsf": NSF, "maf": MAF, "realnvp": RealNVP, "tarflow": TarFlow, "cnf": CNF}
 # Columns whose estimated tail index falls below this get a Student-t base marginal.
 HEAVY_TAIL_THRESHOLD = 4.0
 # Below this many rows the tail index rests on too few points to act on it automatically.
@@ -138,7 +138,9 @@ class DensityEstimator:
     Args:
         flow: ``"nsf"`` (autoregressive neural spline flow, default), ``"maf"``, ``"realnvp"`` or
             ``"tarflow"`` (Transformer autoregressive flow: ``transforms`` blocks of
-            ``len(hidden_features)`` layers, width ``max(hidden_features)``, spline maps).
+            ``len(hidden_features)`` layers, width ``max(hidden_features)``, spline maps) or
+            ``"cnf"`` (continuous flow with exact divergence, trained by maximum likelihood
+            through the ODE solver: exact but slow; ``transforms`` and ``bins`` are unused).
         transforms: number of flow layers (default 5; 3 below 1000 training rows).
         hidden_features: conditioner hidden widths (default (128, 128) from 5000 training rows,
             (64, 64) from 1000, (32, 32) below).
@@ -334,6 +336,8 @@ class DensityEstimator:
                 bins=spec["bins"],
                 base=base,
             )
+        elif spec["flow"] == "cnf":
+            options = dict(hidden_features=hidden, base=base)
         else:
             options = dict(transforms=spec["transforms"], hidden_features=hidden, base=base)
             if spec["flow"] == "nsf":

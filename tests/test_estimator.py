@@ -192,3 +192,18 @@ def test_discrete_lattice_spacing_is_detected_and_normalised():
     assert abs(np.exp(est.score_samples(lattice)).sum() - 1.0) < 2e-2
     draws = est.sample(300, random_state=0)
     assert np.all((draws - 10) % 5 == 0)
+
+
+@pytest.mark.parametrize("flow", ["tarflow", "cnf"])
+def test_transformer_and_continuous_flows_as_estimator_models(flow, tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 3))
+    x[:, 1] += x[:, 0] ** 2
+    options = dict(QUICK, hidden_features=(16, 16), transforms=2)
+    est = DensityEstimator(flow=flow, **options).fit(x[:200])
+    scores = est.score_samples(x[200:])
+    assert scores.shape == (100,) and np.isfinite(scores).all()
+    est.save(tmp_path / "model.nfs")
+    again = DensityEstimator.load(tmp_path / "model.nfs")
+    np.testing.assert_allclose(again.score_samples(x[200:]), scores, rtol=1e-5, atol=1e-5)
+    assert again.sample(4, random_state=0).shape == (4, 3)
