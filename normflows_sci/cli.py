@@ -40,7 +40,7 @@ import numpy as np
 __all__ = ["main", "read_table", "CLIError"]
 
 PROG = "normflows-sci"
-FLOWS = ("nsf", "maf", "realnvp")
+FLOWS = ("nsf", "maf", "realnvp", "tarflow", "cnf")  # DensityEstimator(flow=...)
 # Share of the rows `fit` holds out for early stopping and the held-out summary.
 VALIDATION_FRACTION = 0.1
 # Share of the rows `demo` keeps aside as the test set.
