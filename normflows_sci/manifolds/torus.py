@@ -210,7 +210,7 @@ class CircularSplineTransform(Transform):
     Example:
         >>> t = CircularSplineTransform(2, bins=4)
         >>> z, logabsdet = t(torch.tensor([[0.5, -1.0]]))
-        >>> [round(v, 4) for v in z[0].tolist()], round(float(logabsdet[0]), 6)
+        >>> [round(v, 4) for v in z[0].tolist()], round(float(logabsdet[0].detach()), 6)
         ([0.5, -1.0], 0.0)
     """
 
