@@ -14,6 +14,7 @@ from normflows_sci.energies.base import TemperedEnergy
 from normflows_sci.energies.particles import (
     DW4,
     LJ13,
+    ParticleEnergy,
     center_of_mass,
     pairwise_distances,
     remove_center_of_mass,
@@ -506,3 +507,21 @@ def test_bad_inputs_raise(name):
 def test_bad_arguments_raise(build, error, message):
     with pytest.raises(error, match=message):
         build()
+
+
+def test_particle_energy_base_class_gives_subclasses_their_helpers():
+    class Harmonic(ParticleEnergy):
+        """Sum of squared pair distances: a user-defined particle energy."""
+
+        def _energy(self, x):
+            return self.pairwise_squared_distances(x).sum(-1)
+
+    energy = Harmonic(3, 2)
+    assert (energy.dim, energy.num_pairs, energy.zero_com_dim) == (6, 3, 4)
+    x = torch.tensor([[0.0, 0.0, 3.0, 0.0, 0.0, 4.0]], dtype=torch.float64)
+    assert energy.pairwise_distances(x).tolist() == [[3.0, 4.0, 5.0]]
+    assert energy.energy(x).item() == pytest.approx(50.0)
+    assert torch.allclose(energy.center_of_mass(x), torch.tensor([[1.0, 4 / 3]], dtype=x.dtype))
+    assert torch.allclose(energy.center_of_mass(energy.remove_center_of_mass(x)), x.new_zeros(1, 2))
+    with pytest.raises(ValueError, match="n_particles"):
+        Harmonic(1, 2)

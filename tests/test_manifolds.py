@@ -235,3 +235,18 @@ def test_bases_follow_dtype_and_seed():
         b = base.sample(5, generator=_gen(13))
         assert a.dtype == torch.float64
         torch.testing.assert_close(a, b)
+
+
+def test_product_distribution_sums_factor_log_densities_and_concatenates_samples():
+    from normflows_sci.distributions import StandardNormal
+    from normflows_sci.manifolds import ProductDistribution
+
+    parts = [StandardNormal(2), HaarSO3(), UniformManifold(Torus(1))]
+    base = ProductDistribution(parts).double()
+    x = base.sample(500, generator=_gen(1))
+    assert x.shape == (500, 7)
+    assert torch.allclose(x[:, 2:6].norm(dim=-1), torch.ones(500, dtype=x.dtype), atol=1e-10)
+    expected = sum(p.double().log_prob(c) for p, c in zip(parts, x.split([2, 4, 1], dim=-1)))
+    assert torch.allclose(base.log_prob(x), expected, atol=1e-12)
+    with pytest.raises(ValueError, match="distributions"):
+        ProductDistribution([])
