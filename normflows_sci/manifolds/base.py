@@ -120,7 +120,25 @@ class Manifold(abc.ABC):
         return x
 
 
-class Euclidean(Manifold):
+class FlatChart:
+    """Chart methods of a flat manifold (R^n, T^n): coordinates are their own chart, the tangent
+    basis is the identity and the volume element is 1."""
+
+    def tangent_basis(self, x: Tensor) -> Tensor:
+        eye = torch.eye(self.dim, dtype=x.dtype, device=x.device)
+        return eye.expand(x.shape[0], self.dim, self.dim)
+
+    def from_chart(self, u: Tensor) -> Tensor:
+        return u
+
+    def to_chart(self, x: Tensor) -> Tensor:
+        return x
+
+    def chart_log_volume(self, u: Tensor) -> Tensor:
+        return torch.zeros(u.shape[0], dtype=u.dtype, device=u.device)
+
+
+class Euclidean(FlatChart, Manifold):
     """``R^n`` (flat vectors): the positions of a product manifold.
 
     Example:
@@ -150,19 +168,6 @@ class Euclidean(Manifold):
 
     def sample_uniform(self, num_samples, *, generator=None, dtype=None, device=None):
         raise ValueError(f"{self!r} has infinite volume: there is no uniform distribution on it")
-
-    def tangent_basis(self, x: Tensor) -> Tensor:
-        eye = torch.eye(self.dim, dtype=x.dtype, device=x.device)
-        return eye.expand(x.shape[0], self.dim, self.dim)
-
-    def from_chart(self, u: Tensor) -> Tensor:
-        return u
-
-    def to_chart(self, x: Tensor) -> Tensor:
-        return x
-
-    def chart_log_volume(self, u: Tensor) -> Tensor:
-        return torch.zeros(u.shape[0], dtype=u.dtype, device=u.device)
 
 
 class UniformManifold(Distribution):

@@ -30,7 +30,7 @@ from normflows_sci.transforms.splines import (
 )
 
 from ._utils import zero_mlp
-from .base import Manifold
+from .base import FlatChart, Manifold
 
 __all__ = [
     "Torus",
@@ -43,7 +43,7 @@ __all__ = [
 _TWO_PI = 2.0 * math.pi
 
 
-class Torus(Manifold):
+class Torus(FlatChart, Manifold):
     """The flat torus ``T^n = [-pi, pi)^n``; volume ``(2 pi)^n``.
 
     Points are ``(batch, n)`` angles in ``[-pi, pi)``; :meth:`proj` wraps any real angle there.
@@ -83,19 +83,6 @@ class Torus(Manifold):
     def sample_uniform(self, num_samples, *, generator=None, dtype=None, device=None):
         u = torch.rand(num_samples, self.dim, generator=generator, dtype=dtype, device=device)
         return (2.0 * u - 1.0) * math.pi
-
-    def tangent_basis(self, x: Tensor) -> Tensor:
-        eye = torch.eye(self.dim, dtype=x.dtype, device=x.device)
-        return eye.expand(x.shape[0], self.dim, self.dim)
-
-    def from_chart(self, u: Tensor) -> Tensor:
-        return u
-
-    def to_chart(self, x: Tensor) -> Tensor:
-        return x
-
-    def chart_log_volume(self, u: Tensor) -> Tensor:
-        return torch.zeros(u.shape[0], dtype=u.dtype, device=u.device)
 
     def embed(self, x: Tensor) -> Tensor:
         """``(cos, sin)`` of every angle: ``(batch, 2 n)``."""
@@ -182,6 +169,12 @@ class VonMises(Distribution):
         return wrap_angle(centred + self.loc)
 
 
+def _check_features(features) -> int:
+    if isinstance(features, bool) or int(features) != features or features < 1:
+        raise ValueError(f"features must be a positive integer, got {features!r}")
+    return int(features)
+
+
 def _circle_map(bins, min_bin_width, min_bin_height, min_derivative) -> CircularSplineMap:
     return CircularSplineMap(
         bins,
@@ -226,9 +219,7 @@ class CircularSplineTransform(Transform):
         min_derivative: float = DEFAULT_MIN_DERIVATIVE,
     ):
         super().__init__()
-        if isinstance(features, bool) or int(features) != features or features < 1:
-            raise ValueError(f"features must be a positive integer, got {features!r}")
-        self.features = int(features)
+        self.features = _check_features(features)
         self.context_features = int(context_features)
         self.elementwise = _circle_map(bins, min_bin_width, min_bin_height, min_derivative)
         num_params = self.features * self.elementwise.num_params
@@ -378,9 +369,7 @@ class TorusAutoregressiveTransform(Transform):
         min_derivative: float = DEFAULT_MIN_DERIVATIVE,
     ):
         super().__init__()
-        if isinstance(features, bool) or int(features) != features or features < 1:
-            raise ValueError(f"features must be a positive integer, got {features!r}")
-        self.features = int(features)
+        self.features = _check_features(features)
         self.context_features = int(context_features)
         self.elementwise = _circle_map(bins, min_bin_width, min_bin_height, min_derivative)
         self.made = _PeriodicMADE(
