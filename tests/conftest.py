@@ -73,6 +73,7 @@ register("reverse_permutation")(lambda: T.ReversePermutation(4))
 register("random_permutation")(lambda: T.RandomPermutation(4, seed=3))
 register("lu_linear")(lambda: perturb(T.LULinear(4)))
 register("elementwise_affine")(lambda: perturb(T.ElementwiseAffine(4, shift=0.5, scale=2.0)))
+register("circular_shift", input_scale=0.8)(lambda: T.CircularShift(4, shift=[3.0, 0.0, -1.0, 0.0]))
 register("actnorm")(lambda: perturb(T.ActNorm(4)))
 register("affine_coupling")(
     lambda: perturb(T.AffineCouplingTransform(T.alternating_mask(4), **HIDDEN))

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from normflows_sci.energies.molecular.generator import internal_coordinate_flow
 from normflows_sci.energies.molecular.internal import (
     ALANINE_DIPEPTIDE_PHI,
     ALANINE_DIPEPTIDE_PHI_ATOMS,
@@ -16,6 +17,7 @@ from normflows_sci.energies.molecular.internal import (
     InternalCoordinates,
     alanine_dipeptide_z_matrix,
 )
+from normflows_sci.transforms import CircularShift, wrap_angle
 
 # Third atom bonded to atom 1 (axis -u) and, in the second, to the root (axis +u); branched trees.
 SMALL_Z_MATRICES = {
@@ -356,9 +358,53 @@ def test_alanine_z_matrix_uses_bonded_references(alanine):
     bonds = {frozenset((a.index, b.index)) for a, b in topology.bonds()}
     for index, row in enumerate(z_matrix.tolist()):
         chain = row[: 1 + min(index, 3)]  # atom, bond_ref, angle_ref, torsion_ref
-        for a, b in zip(chain, chain[1:]):
+        for a, b in zip(chain[:3], chain[1:3]):
             assert frozenset((a, b)) in bonds, f"row {index} {row}: {a}-{b} is not a bond"
+        if len(chain) == 4:  # proper torsion, or improper relative to a sibling on bond_ref
+            _, bond_ref, angle_ref, torsion_ref = chain
+            assert {frozenset((angle_ref, torsion_ref)), frozenset((bond_ref, torsion_ref))} & bonds
     InternalCoordinates(z_matrix)  # valid
+
+
+def _rotate_about_bond(x, axis_atoms, moving, angle):
+    """Rotate the atoms ``moving`` rigidly about the bond ``axis_atoms`` by ``angle`` (Rodrigues)."""
+    positions = x.reshape(-1, 22, 3).clone()
+    origin = positions[:, axis_atoms[0]]
+    k = positions[:, axis_atoms[1]] - origin
+    k = (k / k.norm(dim=-1, keepdim=True))[:, None]
+    v = positions[:, moving] - origin[:, None]
+    rotated = (
+        v * math.cos(angle)
+        + torch.linalg.cross(k.expand_as(v), v, dim=-1) * math.sin(angle)
+        + k * (k * v).sum(-1, keepdim=True) * (1 - math.cos(angle))
+    )
+    positions[:, moving] = origin[:, None] + rotated
+    return positions.reshape(x.shape)
+
+
+@pytest.mark.parametrize(
+    "axis, moving, feature_row",
+    [
+        ((6, 8), [0, 1, 2, 3, 4, 5, 7], 3),  # phi: ACE side about N-CA
+        ((8, 14), [15, 16, 17, 18, 19, 20, 21], 4),  # psi: NME side about CA-C
+        ((10, 8), [11, 12, 13], 13),  # the CB methyl rotor
+        ((1, 4), [0, 2, 3], 8),  # the ACE methyl rotor
+        ((18, 16), [19, 20, 21], 19),  # the NME methyl rotor
+    ],
+)
+def test_alanine_rotamer_moves_one_torsion(alanine, axis, moving, feature_row):
+    # A rigid rotation about a rotatable bond (phi, psi, a methyl rotor) changes exactly one
+    # feature: the siblings' torsions are relative to the first atom on their bond, so they do
+    # not jump together with the rotor (the flow then only has to learn one multimodal angle).
+    _, positions = alanine
+    transform = InternalCoordinates(alanine_dipeptide_z_matrix())
+    before, _ = transform(positions)
+    after, _ = transform(_rotate_about_bond(positions, axis, moving, 2.0))
+    change = np.angle(np.exp(1j * (after - before).numpy()[0]))
+    expected = transform.torsion_indices[feature_row - 3].item()
+    assert abs(abs(change[expected]) - 2.0) < 1e-9
+    change[expected] = 0.0
+    assert np.abs(change).max() < 1e-9
 
 
 def test_alanine_internal_coordinates_agree_with_mdtraj(alanine):
@@ -386,3 +432,64 @@ def test_alanine_internal_coordinates_agree_with_mdtraj(alanine):
     np.testing.assert_allclose(ic[:, transform.angle_indices].numpy(), angles, atol=1e-4)
     distances = md.compute_distances(traj, z_matrix[1:, :2])
     np.testing.assert_allclose(ic[:, transform.bond_indices].numpy(), distances, atol=1e-5)
+
+
+# --------------------------------------------------------------------- internal_coordinate_flow
+def _chain_data(torsion_centre, n=256, seed=0):
+    """Four-atom chains with bonds ~1, angles ~pi/2 and a torsion ~``torsion_centre`` (sd 0.1)."""
+    generator = torch.Generator().manual_seed(seed)
+    ic = torch.empty(n, 6, dtype=torch.float64)
+    ic[:, :3] = 1.0 + 0.05 * torch.randn(n, 3, generator=generator, dtype=torch.float64)
+    ic[:, 3:5] = math.pi / 2 + 0.05 * torch.randn(n, 2, generator=generator, dtype=torch.float64)
+    ic[:, 5] = wrap_angle(torsion_centre + 0.1 * torch.randn(n, generator=generator).double())
+    return ic
+
+
+def _centring(flow):
+    return list(list(flow.transform)[0])[1]  # preprocess = [coordinates, centring, standardise]
+
+
+def test_internal_coordinate_flow_centres_concentrated_torsions():
+    z_matrix = [[0, -1, -1, -1], [1, 0, -1, -1], [2, 1, 0, -1], [3, 2, 1, 0]]
+    transform = InternalCoordinates(z_matrix)
+    data, _ = transform.inverse(_chain_data(math.pi))  # the peak straddles the cut at +-pi
+    flow = internal_coordinate_flow(z_matrix, data.float(), transforms=2, hidden_features=(8,))
+    shift = _centring(flow)
+    assert isinstance(shift, CircularShift)
+    assert abs(wrap_angle(shift.shift[5].double() - math.pi).item()) < 0.05
+    assert shift.mask.tolist() == [False] * 5 + [True]
+    # The preprocessed torsion is one standardised bump, continuous across the cut at +-pi.
+    preprocess = list(flow.transform)[0]
+    standardised = preprocess(data.float())[0][:, 5]
+    assert abs(standardised.mean().item()) < 1e-3 and abs(standardised.std().item() - 1) < 1e-3
+    probe = _chain_data(math.pi, n=2, seed=1)
+    probe[:, :5] = probe[:1, :5]
+    probe[:, 5] = torch.tensor([math.pi - 1e-3, -math.pi + 1e-3])
+    log_q = flow.log_prob(transform.inverse(probe)[0].float())
+    assert abs((log_q[0] - log_q[1]).item()) < 0.01
+    # Samples keep their own density (no visible mass beyond +-pi of the mean).
+    samples, log_q = flow.sample_and_log_prob(2000, generator=torch.Generator().manual_seed(2))
+    assert torch.allclose(flow.log_prob(samples), log_q, atol=1e-3)
+
+    spread = internal_coordinate_flow(z_matrix, data.float(), transforms=2, concentrated=None)
+    assert not bool(_centring(spread).mask.any())
+    with pytest.raises(ValueError, match="concentrated"):
+        internal_coordinate_flow(z_matrix, data, concentrated=1.5)
+
+
+def test_alanine_flow_keeps_only_rotatable_torsions_circular(alanine):
+    # Small perturbations of one structure make every torsion a narrow peak; spreading phi, psi
+    # and the methyl rotors over the circle leaves exactly the other torsions to be centred.
+    _, positions = alanine
+    transform = InternalCoordinates(alanine_dipeptide_z_matrix())
+    ic, _ = transform(_perturbed(positions, 512, scale=0.005, seed=4))
+    spread_rows = [3, 4, 8, 13, 19]  # phi, psi and the three methyl rotors
+    spread = transform.torsion_indices[[row - 3 for row in spread_rows]]
+    generator = torch.Generator().manual_seed(5)
+    ic[:, spread] = (torch.rand(len(ic), len(spread), generator=generator).double() - 0.5) * 6.28
+    flow = internal_coordinate_flow(transform, transform.inverse(ic)[0].float(), transforms=1)
+    centred = _centring(flow).mask
+    expected = torch.zeros(60, dtype=torch.bool)
+    expected[transform.torsion_indices] = True
+    expected[spread] = False
+    assert torch.equal(centred, expected)

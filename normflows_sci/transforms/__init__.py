@@ -35,7 +35,7 @@ from normflows_sci.transforms.linear import (
     RandomPermutation,
     ReversePermutation,
 )
-from normflows_sci.transforms.normalization import ActNorm, ElementwiseAffine
+from normflows_sci.transforms.normalization import ActNorm, CircularShift, ElementwiseAffine
 from normflows_sci.transforms.tarflow import (
     INVERSION_METHODS,
     BlockInverseInfo,
@@ -55,6 +55,7 @@ __all__ = [
     "LULinear",
     "ElementwiseAffine",
     "ActNorm",
+    "CircularShift",
     "BoundaryTransform",
     "ElementwiseMap",
     "AffineMap",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -9,7 +10,7 @@ from torch import Tensor
 
 from normflows_sci.energies.molecular.internal import InternalCoordinates
 from normflows_sci.flows import NSF, Flow
-from normflows_sci.transforms import CompositeTransform, ElementwiseAffine
+from normflows_sci.transforms import CircularShift, CompositeTransform, ElementwiseAffine
 
 __all__ = ["internal_coordinate_flow"]
 
@@ -22,14 +23,16 @@ def internal_coordinate_flow(
     bins: int = 8,
     hidden_features: int | Sequence[int] = (256, 256),
     tail_bound: float = 5.0,
+    concentrated: float | None = 0.95,
     seed: int | None = 0,
 ) -> Flow:
     """Coupling spline flow on internal coordinates, returning Cartesian samples.
 
-    ``x`` (Cartesian, rigid motion removed) -> bonds, angles, torsions -> bonds and angles
-    standardised with the mean and standard deviation of ``data`` -> coupling layers with
-    circular splines on the torsions and interval splines on the rest -> a base that is standard
-    normal on bonds/angles and uniform on torsions. ``log_prob`` is the density over the
+    ``x`` (Cartesian, rigid motion removed) -> bonds, angles, torsions -> concentrated torsions
+    centred on their circular mean -> bonds, angles and concentrated torsions standardised with
+    the mean and standard deviation of ``data`` -> coupling layers with circular splines on the
+    other torsions and interval splines on the rest -> a base that is uniform on those torsions
+    and standard normal on the rest. ``log_prob`` is the density over the
     ``3N - 6`` internal degrees of freedom expressed through Cartesian inputs (see
     :class:`InternalCoordinates`), which is what importance weights of rigid-motion-invariant
     energies need.
@@ -40,6 +43,15 @@ def internal_coordinate_flow(
             short MD run or perturbed minimised structures.
         transforms, bins, hidden_features, tail_bound, seed: as for :func:`~normflows_sci.flows.NSF`
             (coupling layers with seeded random masks).
+        concentrated: torsions whose mean resultant length ``|mean(exp(i t))|`` in ``data`` is at
+            least this (a single narrow peak: amide planes, hydrogens fixed relative to a sibling)
+            are rotated to their circular mean by :class:`~normflows_sci.transforms.CircularShift`
+            and modelled as real coordinates, which a spline fits far more easily than a narrow
+            peak on the circle. The flow then puts the mass beyond ``+-pi`` from the mean (many
+            standard deviations out) on the same configurations as the mass inside, so its
+            density there is undercounted by a negligible amount. ``None``: every torsion stays
+            circular. Multimodal torsions (backbone, methyl rotors) stay circular with the
+            default 0.95.
 
     Example:
         A four-atom chain (one torsion): ``3N - 6 = 6`` internal degrees of freedom.
@@ -64,9 +76,18 @@ def internal_coordinate_flow(
         raise ValueError(f"data must have shape (n, {coordinates.features_in}), got {shape}")
     if len(data) < 2:
         raise ValueError(f"data needs at least 2 configurations for the scales, got {len(data)}")
+    if concentrated is not None and not 0.0 < concentrated <= 1.0:
+        raise ValueError(f"concentrated must be in (0, 1] or None, got {concentrated}")
     circular = coordinates.circular_mask.cpu()
     with torch.no_grad():
         internal, _ = coordinates(data.to(torch.float64), None)
+        resultant = torch.polar(torch.ones_like(internal), internal).mean(0)
+        centre = circular & (resultant.abs() >= (concentrated or math.inf))
+        shift = CircularShift(
+            coordinates.features_out, shift=torch.where(centre, resultant.angle(), 0.0)
+        )
+        internal, _ = shift(internal)
+        circular = circular & ~centre
     mean, std = internal.mean(0), internal.std(0).clamp_min(1e-6)
     mean, std = torch.where(circular, 0.0, mean), torch.where(circular, 1.0, std)
     standardize = ElementwiseAffine(
@@ -75,7 +96,7 @@ def internal_coordinate_flow(
         scale=(1.0 / std).float(),
         learnable=False,
     )
-    preprocess = CompositeTransform([coordinates, standardize])
+    preprocess = CompositeTransform([coordinates, shift, standardize])
     preprocess.features_in = coordinates.features_in
     return NSF(
         coordinates.features_out,
