@@ -153,3 +153,29 @@ def test_flow_is_a_plain_module():
     flow = Flow(NSF(2, **SMALL).transform, StudentT(2))
     assert flow.features == 2 and flow.event_shape == (2,)
     assert math.isfinite(float(flow.log_prob(torch.zeros(1, 2)).detach()))
+
+
+@pytest.mark.parametrize("name", ["nsf_coupling", "maf"])
+def test_chunked_evaluation_gives_the_same_numbers(name):
+    flow = _flow(name, context_features=3)
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(50, 2, generator=generator, dtype=torch.float64)
+    context = torch.randn(50, 3, generator=generator, dtype=torch.float64)
+    full = flow.log_prob(x, context)
+    for chunk_size in (7, 50, 64):
+        torch.testing.assert_close(flow.log_prob(x, context, chunk_size=chunk_size), full)
+
+    def draws(**options):
+        seeded = torch.Generator().manual_seed(4)
+        return flow.sample_and_log_prob(6, context[:5], generator=seeded, **options)
+
+    samples, log_prob = draws()
+    chunked_samples, chunked_log_prob = draws(chunk_size=4)
+    assert chunked_samples.shape == (6, 5, 2) and chunked_log_prob.shape == (6, 5)
+    torch.testing.assert_close(chunked_samples, samples)
+    torch.testing.assert_close(chunked_log_prob, log_prob)
+    seeded = torch.Generator().manual_seed(4)
+    torch.testing.assert_close(flow.sample(6, context[:5], generator=seeded, chunk_size=4), samples)
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="chunk_size"):
+            flow.log_prob(x, context, chunk_size=bad)

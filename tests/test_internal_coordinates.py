@@ -446,7 +446,7 @@ def _chain_data(torsion_centre, n=256, seed=0):
 
 
 def _centring(flow):
-    return list(list(flow.transform)[0])[1]  # preprocess = [coordinates, centring, standardise]
+    return list(next(iter(flow.transform)))[1]  # preprocess = [coordinates, centring, standardise]
 
 
 def test_internal_coordinate_flow_centres_concentrated_torsions():
@@ -459,7 +459,7 @@ def test_internal_coordinate_flow_centres_concentrated_torsions():
     assert abs(wrap_angle(shift.shift[5].double() - math.pi).item()) < 0.05
     assert shift.mask.tolist() == [False] * 5 + [True]
     # The preprocessed torsion is one standardised bump, continuous across the cut at +-pi.
-    preprocess = list(flow.transform)[0]
+    preprocess = next(iter(flow.transform))
     standardised = preprocess(data.float())[0][:, 5]
     assert abs(standardised.mean().item()) < 1e-3 and abs(standardised.std().item() - 1) < 1e-3
     probe = _chain_data(math.pi, n=2, seed=1)

@@ -81,13 +81,15 @@ class ManifoldFlow(Flow):
         self.project = bool(project)
         self.atol = atol
 
-    def log_prob(self, inputs: Tensor, context: Tensor | None = None) -> Tensor:
+    def log_prob(
+        self, inputs: Tensor, context: Tensor | None = None, *, chunk_size: int | None = None
+    ) -> Tensor:
         """Log-density of ``inputs: (batch, features)`` w.r.t. the manifold's volume; ``(batch,)``."""
         if self.project:
             inputs = self.manifold.proj(inputs)
         elif self.validate_args:
             self.manifold.check(inputs, atol=self.atol)
-        return super().log_prob(inputs, context)
+        return super().log_prob(inputs, context, chunk_size=chunk_size)
 
 
 def _positive(name: str, value) -> int:

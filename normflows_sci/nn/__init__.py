@@ -1,6 +1,6 @@
 """Conditioner networks."""
 
-from normflows_sci.nn.networks import MADE, MLP, MaskedLinear
+from normflows_sci.nn.networks import MADE, MLP, MADESequence, MaskedLinear
 from normflows_sci.nn.transformer import (
     CausalSelfAttention,
     CausalTransformer,
@@ -11,6 +11,7 @@ from normflows_sci.nn.transformer import (
 __all__ = [
     "MLP",
     "MADE",
+    "MADESequence",
     "MaskedLinear",
     "CausalTransformer",
     "KVCache",

@@ -52,13 +52,14 @@ from normflows_sci.samplers.snf import (
     StochasticLayer,
     StochasticNormalizingFlow,
 )
-from normflows_sci.samplers.targets import as_log_prob
+from normflows_sci.samplers.targets import as_log_prob, compile_target
 
 __all__ = [
     "ImportanceResult",
     "importance_sample",
     "importance_weights",
     "as_log_prob",
+    "compile_target",
     "Kernel",
     "StepInfo",
     "RandomWalkMH",

@@ -94,21 +94,23 @@ class MaskedAutoregressiveTransform(Transform):
 
     def forward(self, inputs: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         self._check(inputs, context)
-        outputs, logabsdet = self.elementwise.forward(inputs, self.made(inputs, context))
+        # .to: under torch.autocast the MADE runs in lower precision, the map in the data's.
+        params = self.made(inputs, context).to(inputs.dtype)
+        outputs, logabsdet = self.elementwise.forward(inputs, params)
         return outputs, logabsdet.sum(-1)
 
     def inverse(self, inputs: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         self._check(inputs, context)
-        outputs = torch.zeros_like(inputs)
-        logabsdet = torch.zeros(inputs.shape[0], dtype=inputs.dtype, device=inputs.device)
-        positions = torch.arange(self.features, device=inputs.device)
+        state = self.made.sequential(torch.zeros_like(inputs), context)
+        values, logabsdet = [None] * self.features, 0.0
         for feature in self.generation_order.tolist():
-            params = self.made.forward_feature(outputs, feature, context)
+            params = state.feature(feature).to(inputs.dtype)
             value, feature_logabsdet = self.elementwise.inverse(inputs[:, feature], params)
-            # Out-of-place write keeps autograd (reverse-KL training) and torch.compile happy.
-            outputs = torch.where(positions == feature, value[:, None], outputs)
+            state.set(feature, value)
+            values[feature] = value
             logabsdet = logabsdet + feature_logabsdet
-        return outputs, logabsdet
+        # One stack at the end: no per-feature writes (autograd and torch.compile friendly).
+        return torch.stack(values, dim=-1), logabsdet
 
 
 class MaskedAffineAutoregressiveTransform(MaskedAutoregressiveTransform):

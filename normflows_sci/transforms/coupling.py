@@ -149,7 +149,10 @@ class CouplingTransform(Transform):
         if self.context_features:
             check_context(context, self.context_features)
             cond = torch.cat([cond, context], dim=-1)
-        params = self.conditioner(cond).reshape(*moving.shape, self.elementwise.num_params)
+        # Parameters in the data's dtype: under torch.autocast the conditioner runs in lower
+        # precision while the elementwise map and its log-determinant stay in full precision.
+        params = self.conditioner(cond).to(moving.dtype)
+        params = params.reshape(*moving.shape, self.elementwise.num_params)
         step = self.elementwise.inverse if inverse else self.elementwise.forward
         moved, logabsdet = step(moving, params)
         outputs = torch.cat([fixed, moved], dim=-1).index_select(-1, self.restore_idx)

@@ -245,8 +245,10 @@ class TarFlowBlock(Transform):
             tokens = tokens.flip(1)
         return tokens.reshape(tokens.shape[0], self.features)
 
-    def _params(self, out: Tensor) -> Tensor:
-        return out.unflatten(-1, (self.token_size, self.num_params))
+    def _params(self, out: Tensor, like: Tensor) -> Tensor:
+        # Back to the data's dtype: under torch.autocast the Transformer runs in lower precision,
+        # the elementwise maps and log-determinants stay in the data's precision.
+        return out.unflatten(-1, (self.token_size, self.num_params)).to(like.dtype)
 
     def _start(self, tokens: Tensor) -> Tensor:
         return tokens.new_zeros(tokens.shape[0], 1, self.token_size)
@@ -257,7 +259,7 @@ class TarFlowBlock(Transform):
         context = self._check(inputs, context)
         tokens = self._to_tokens(inputs)
         shifted = torch.cat([self._start(tokens), tokens[:, :-1]], dim=1)
-        params = self._params(self.net(shifted, context))
+        params = self._params(self.net(shifted, context), tokens)
         outputs, logabsdet = self.elementwise.forward(tokens, params)
         return self._from_tokens(outputs), logabsdet.sum((1, 2))
 
@@ -306,7 +308,9 @@ class TarFlowBlock(Transform):
             else:
                 prefix = torch.cat([self._start(latent), *decoded], dim=1)
                 out = self.net(prefix, context)[:, -1]
-            value, token_logabsdet = self.elementwise.inverse(latent[:, t], self._params(out))
+            value, token_logabsdet = self.elementwise.inverse(
+                latent[:, t], self._params(out, latent)
+            )
             logabsdet = logabsdet + token_logabsdet.sum(-1)
             previous = value[:, None]
             decoded.append(previous)
@@ -335,7 +339,7 @@ class TarFlowBlock(Transform):
             while done < limit:
                 inputs = torch.cat([previous, x[:, done:-1]], dim=1)
                 out = self.net(inputs, context, cache=cache, keep=1)
-                new, new_logabsdet = self.elementwise.inverse(z[:, done:], self._params(out))
+                new, new_logabsdet = self.elementwise.inverse(z[:, done:], self._params(out, z))
                 with torch.no_grad():
                     step = (new - x[:, done:]).abs().amax() if new.numel() else new.new_zeros(())
                     scale = new.abs().amax().clamp_min(1.0) if new.numel() else 1.0
