@@ -14,6 +14,10 @@ Everything runs in one process. Every package builds the same architecture for e
 * ``Coupling RQ-spline``: the same with coupling layers (half/half split, alternating
   halves) and a plain MLP conditioner with hidden layers (128, 128).
 * ``MAF affine``: 5 masked-autoregressive affine layers, same MADE sizes.
+* ``Coupling affine`` (RealNVP): 5 affine coupling layers with the half/half masks and plain
+  MLP conditioner (128, 128) of ``Coupling RQ-spline``; each package keeps its own scale
+  parameterisation (ours: tanh-clamped log scale, nflows: sigmoid, zuko: soft-clipped log
+  scale, normflows: exp).
 
 The ``floor`` row runs only the conditioner networks of ``normflows_sci`` (5 MADEs or
 5 MLPs) with no flow arithmetic. Its training step is forward + mean-squared-output loss +
@@ -70,7 +74,10 @@ CASES = {
     "ar_spline": "AR RQ-spline",
     "coupling_spline": "Coupling RQ-spline",
     "maf_affine": "MAF affine",
+    "coupling_affine": "Coupling affine",
 }
+COUPLING = frozenset({"coupling_spline", "coupling_affine"})  # the others are autoregressive
+AFFINE = frozenset({"maf_affine", "coupling_affine"})  # the others are RQ-spline
 OURS = "normflows_sci"
 FLOOR = "floor"
 PACKAGES = (OURS, "nflows", "zuko", "normflows", FLOOR)
@@ -146,9 +153,19 @@ class PlainMLP(nn.Module):
 
 
 def build_ours(case: str, features: int) -> Bench:
-    from normflows_sci.flows import MAF, NSF
+    from normflows_sci.distributions import StandardNormal
+    from normflows_sci.flows import MAF, NSF, Flow
+    from normflows_sci.transforms import AffineCouplingTransform, CompositeTransform
 
-    if case == "maf_affine":
+    if case == "coupling_affine":
+        # RealNVP(features, hidden_features=HIDDEN) builds exactly these layers, but with
+        # even/odd masks; build them directly to use the peers' half/half masks.
+        layers = [
+            AffineCouplingTransform(halves(features, i), hidden_features=HIDDEN)
+            for i in range(TRANSFORMS)
+        ]
+        flow = Flow(CompositeTransform(layers), StandardNormal(features))
+    elif case == "maf_affine":
         flow = MAF(features, context_features=0, transforms=TRANSFORMS, hidden_features=HIDDEN)
     else:
         flow = NSF(
@@ -172,8 +189,8 @@ class Floor(nn.Module):
 
         self.features = features
         self.half = features // 2
-        self.coupling = case == "coupling_spline"
-        per_feature = AFFINE_PARAMS if case == "maf_affine" else SPLINE_PARAMS
+        self.coupling = case in COUPLING
+        per_feature = AFFINE_PARAMS if case in AFFINE else SPLINE_PARAMS
         if self.coupling:
             nets = [
                 MLP(self.half, (features - self.half) * per_feature, hidden_features=HIDDEN)
@@ -214,6 +231,7 @@ def build_nflows(case: str, features: int) -> Bench:
     from nflows.distributions.normal import StandardNormal
     from nflows.flows.base import Flow
     from nflows.transforms import (
+        AffineCouplingTransform,
         CompositeTransform,
         MaskedAffineAutoregressiveTransform,
         MaskedPiecewiseRationalQuadraticAutoregressiveTransform,
@@ -233,6 +251,10 @@ def build_nflows(case: str, features: int) -> Bench:
             )
         elif case == "maf_affine":
             layer = MaskedAffineAutoregressiveTransform(features, **made_kwargs)
+        elif case == "coupling_affine":
+            layer = AffineCouplingTransform(
+                mask=halves(features, i).int(), transform_net_create_fn=PlainMLP
+            )
         else:
             layer = PiecewiseRationalQuadraticCouplingTransform(
                 mask=halves(features, i).int(),
@@ -242,10 +264,10 @@ def build_nflows(case: str, features: int) -> Bench:
                 tail_bound=TAIL_BOUND,
             )
         layers.append(layer)
-        if case != "coupling_spline" and i < TRANSFORMS - 1:
+        if case not in COUPLING and i < TRANSFORMS - 1:
             layers.append(ReversePermutation(features))
     flow = Flow(CompositeTransform(layers), StandardNormal([features]))
-    note = "conditioner: PlainMLP" if case == "coupling_spline" else ""
+    note = "conditioner: PlainMLP" if case in COUPLING else ""
     return Bench(flow, nll(flow.log_prob), flow.sample, note)
 
 
@@ -263,14 +285,20 @@ def build_zuko(case: str, features: int) -> Bench:
         note = "orders alternate"
     else:
         from zuko.flows.coupling import GeneralCouplingTransform
-        from zuko.transforms import MonotonicRQSTransform
+        from zuko.transforms import MonotonicAffineTransform, MonotonicRQSTransform
 
+        if case == "coupling_affine":
+            univariate, shapes = MonotonicAffineTransform, [(), ()]
+            note = "GeneralCouplingTransform + MonotonicAffineTransform"
+        else:
+            univariate, shapes = MonotonicRQSTransform, [(BINS,), (BINS,), (BINS - 1,)]
+            note = "GeneralCouplingTransform + MonotonicRQSTransform"
         transforms = [
             GeneralCouplingTransform(
                 features,
                 mask=~halves(features, i),  # zuko's mask marks the *constant* half
-                univariate=MonotonicRQSTransform,
-                shapes=[(BINS,), (BINS,), (BINS - 1,)],
+                univariate=univariate,
+                shapes=shapes,
                 hidden_features=HIDDEN,
             )
             for i in range(TRANSFORMS)
@@ -282,7 +310,6 @@ def build_zuko(case: str, features: int) -> Bench:
             buffer=True,
         )
         flow = zuko.flows.Flow(transforms, base)
-        note = "GeneralCouplingTransform + MonotonicRQSTransform"
 
     def log_prob(x: Tensor) -> Tensor:
         return flow().log_prob(x)
@@ -306,7 +333,19 @@ def build_normflows(case: str, features: int) -> Bench:
     blocks = len(HIDDEN) - 1
     layers: list[nn.Module] = []
     for i in range(TRANSFORMS):
-        if case == "ar_spline":
+        if case == "coupling_affine":
+            # "channel" keeps the first chunk of z.chunk(2) and transforms the second, like
+            # halves(features, 0); "channel_inv" swaps the roles, like halves(features, 1).
+            # (For odd features chunk() puts the extra feature in the first chunk, halves() in
+            # the second: the split sizes then differ by one.)
+            first, second = (features + 1) // 2, features // 2
+            constant, moving = (first, second) if i % 2 == 0 else (second, first)
+            layer = nf.flows.AffineCouplingBlock(
+                PlainMLP(constant, 2 * moving),
+                scale_map="exp",
+                split_mode="channel" if i % 2 == 0 else "channel_inv",
+            )
+        elif case == "ar_spline":
             # The public wrapper hard-codes residual MADE blocks; swap in normflows' own
             # non-residual MADE spline transform so the conditioner matches (128, 128).
             layer = nf.flows.AutoregressiveRationalQuadraticSpline(
@@ -345,7 +384,7 @@ def build_normflows(case: str, features: int) -> Bench:
                 apply_unconditional_transform=False,
             )
         layers.append(layer)
-        if case != "coupling_spline" and i < TRANSFORMS - 1:
+        if case not in COUPLING and i < TRANSFORMS - 1:
             permute = nf.flows.Permute(features, mode="shuffle")
             reverse = torch.arange(features - 1, -1, -1)
             permute.perm.copy_(reverse)
@@ -357,6 +396,7 @@ def build_normflows(case: str, features: int) -> Bench:
         "ar_spline": "non-residual MADE; no activation after 1st layer",
         "maf_affine": "non-residual MADE; no activation after 1st layer",
         "coupling_spline": "conditioner: PlainMLP",
+        "coupling_affine": "AffineCouplingBlock (channel split); conditioner: PlainMLP",
     }
     # normflows' sample() also returns log q; keep only the samples.
     return Bench(flow, nll(flow.log_prob), lambda n: flow.sample(n)[0], notes[case])
@@ -419,25 +459,43 @@ def sample_step(bench: Bench, n: int) -> float:
     return time.perf_counter() - start
 
 
-def run_case(case: str, args: argparse.Namespace, api_notes: list[str]) -> dict[str, Result]:
-    features, batch = args.features, args.batch
-    x = torch.randn(batch, features, generator=torch.Generator().manual_seed(1))
+def build_benches(
+    case: str,
+    features: int,
+    x: Tensor,
+    api_notes: list[str],
+    packages: tuple[str, ...] = PACKAGES,
+    verbose: bool = False,
+) -> tuple[dict[str, Bench], dict[str, Result]]:
+    """Build, equip with Adam and check every package's model for one case.
+
+    ``x`` is the batch the check runs on (any size: benchmarks with large batches pass a
+    slice). Returns the ready benches, and a ``Result`` per package holding its parameter count
+    and note, or the error that kept it from being built (a failing package must not stop
+    the run). Each model is built after ``torch.manual_seed(0)`` so runs are reproducible.
+    """
     results: dict[str, Result] = {}
     benches: dict[str, Bench] = {}
-
-    for name in PACKAGES:
+    for name in packages:
         torch.manual_seed(0)
         try:
             bench = BUILDERS[name](case, features)
             bench.optimizer = torch.optim.Adam(bench.module.parameters(), lr=1e-3)
             check(bench, name, x, features, api_notes)
-        except Exception as exc:  # a failing package must not stop the run
+        except Exception as exc:
             results[name] = Result(error=describe(exc), note=first_line(exc))
-            if args.verbose:
+            if verbose:
                 traceback.print_exc()
             continue
         results[name] = Result(params=bench.params, note=bench.note)
         benches[name] = bench
+    return benches, results
+
+
+def run_case(case: str, args: argparse.Namespace, api_notes: list[str]) -> dict[str, Result]:
+    features, batch = args.features, args.batch
+    x = torch.randn(batch, features, generator=torch.Generator().manual_seed(1))
+    benches, results = build_benches(case, features, x, api_notes, verbose=args.verbose)
 
     def timed(metric: str, step: Callable[[Bench], float]) -> None:
         active = dict(benches)

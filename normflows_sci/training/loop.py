@@ -199,13 +199,13 @@ def fit_flow(
             optimizer.step()
             if schedule == "cosine":
                 scheduler.step()
-            running += float(loss.detach()) * len(index)
+            running = running + loss.detach() * len(index)  # on device: no sync per step
             count += len(index)
             if max_time is not None and time.perf_counter() - started > max_time:
                 out_of_time = True
                 break
         epoch += 1
-        train_loss = running / max(count, 1)
+        train_loss = float(running) / max(count, 1)
         val_loss = math.nan
         if val_data is not None:
             val_gen.manual_seed(seed + 12345)  # the same dequantisation noise every epoch
