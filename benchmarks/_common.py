@@ -12,7 +12,7 @@ from collections.abc import Callable
 from importlib import metadata
 from typing import Any
 
-__all__ = ["BUSY_LIMIT", "OtherLoad", "PeakMemory", "version"]
+__all__ = ["BUSY_LIMIT", "OtherLoad", "PeakMemory", "version", "versions", "warn_if_busy"]
 
 BUSY_LIMIT = 0.1  # CPU cores used by other processes above which timings are flagged
 
@@ -166,3 +166,18 @@ class PeakMemory:
                 if key in ("VmRSS", "VmHWM"):
                     values[key] = int(rest.split()[0]) * 1024  # reported in kB
         return {"VmRSS": values["VmRSS"], "VmHWM": values["VmHWM"]}
+
+
+def versions(*packages: str) -> str:
+    """``"pkg 1.2, other 3.4"`` for the header lines of the benchmark scripts."""
+    return ", ".join(f"{package} {version(package)}" for package in packages)
+
+
+def warn_if_busy(busiest: float | None) -> None:
+    """Print a warning when other processes took more than ``BUSY_LIMIT`` cores while timing."""
+    if busiest is not None and busiest > BUSY_LIMIT:
+        print(
+            f"WARNING: other processes used up to {busiest:.2f} CPU cores while timing. "
+            "Multi-threaded torch ops stall when a core is taken away, so these timings are "
+            "unreliable: rerun on an idle machine (or compare with --threads 1)."
+        )

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import BUSY_LIMIT, OtherLoad, version
+from _common import BUSY_LIMIT, OtherLoad, versions
 
 # Benchmark the checkout this script lives in, even when normflows_sci is not installed.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -256,15 +256,13 @@ def main() -> None:
 
     energy = alanine_dipeptide(300.0, validate_args=False)
     bridge = alanine_dipeptide(300.0, bridge=True, validate_args=False)
-    versions = ", ".join(
-        f"{pkg} {version(pkg)}" for pkg in ("torch", "openmm", "openmmtools", "numpy")
-    )
+    packages = versions("torch", "openmm", "openmmtools", "numpy")
     print(
         f"normflows_sci energy benchmark | alanine dipeptide (22 atoms, vacuum) | "
         f"threads={torch.get_num_threads()} warmup={args.warmup} repeats={args.repeats} "
         f"block_size={energy.block_size}"
     )
-    print(f"{versions}")
+    print(packages)
     print("\nAgreement (checked before timing):")
     for line in check_rows(energy, bridge, args.threads):
         print(line)

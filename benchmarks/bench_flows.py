@@ -57,7 +57,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from _common import BUSY_LIMIT, OtherLoad, version
+from _common import OtherLoad, versions, warn_if_busy
 from torch import Tensor, nn
 
 # Benchmark the checkout this script lives in, even when normflows_sci is not installed.
@@ -601,16 +601,14 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
-    versions = ", ".join(
-        f"{pkg} {version(pkg)}" for pkg in ("torch", "nflows", "zuko", "normflows")
-    )
+    peers = versions("torch", "nflows", "zuko", "normflows")
     print(
         f"normflows_sci flow benchmark | features={args.features} batch={args.batch} "
         f"threads={torch.get_num_threads()} warmup={args.warmup} repeats={args.repeats}"
     )
     print(
         f"{TRANSFORMS} transforms, hidden {HIDDEN}, {BINS} bins, tail bound {TAIL_BOUND:g}, "
-        f"Adam lr 1e-3 | {versions}"
+        f"Adam lr 1e-3 | {peers}"
     )
     print("times are medians in ms; ours/x < 1 means normflows_sci is faster than x")
 
@@ -631,12 +629,7 @@ def main() -> None:
         print(f"  normflows_sci API note: {note}")
     elapsed = time.perf_counter() - start
     print(f"\ntotal benchmark time {elapsed:.0f} s")
-    if busiest > BUSY_LIMIT:
-        print(
-            f"WARNING: other processes used up to {busiest:.2f} CPU cores while timing. "
-            "Multi-threaded torch ops stall when a core is taken away, so these timings are "
-            "unreliable: rerun on an idle machine (or compare with --threads 1)."
-        )
+    warn_if_busy(busiest)
 
 
 if __name__ == "__main__":

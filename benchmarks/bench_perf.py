@@ -55,7 +55,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from _common import BUSY_LIMIT, OtherLoad, PeakMemory, version
+from _common import OtherLoad, PeakMemory, version, versions, warn_if_busy
 from bench_flows import (
     BINS,
     CASES,
@@ -700,9 +700,7 @@ def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
     memory = PeakMemory()  # before any timing: it pins glibc's allocator thresholds
-    versions = ", ".join(
-        f"{pkg} {version(pkg)}" for pkg in ("torch", "nflows", "zuko", "normflows")
-    )
+    peers = versions("torch", "nflows", "zuko", "normflows")
     print(
         f"normflows_sci performance grid | cases {' '.join(args.cases)} | features "
         f"{args.features} x batches {args.batches} | threads={torch.get_num_threads()} "
@@ -711,7 +709,7 @@ def main() -> None:
     )
     print(
         f"{TRANSFORMS} transforms, hidden {HIDDEN}, {BINS} bins, tail bound {TAIL_BOUND:g}, "
-        f"Adam lr 1e-3 | {versions}"
+        f"Adam lr 1e-3 | {peers}"
     )
     print(
         "peak memory: "
@@ -748,12 +746,7 @@ def main() -> None:
             "peak_memory": "n/a: " + memory.reason if memory.reason else "rss high-water mark",
         }
         save_json(grid, args.json, counts, meta)
-    if busiest is not None and busiest > BUSY_LIMIT:
-        print(
-            f"WARNING: other processes used up to {busiest:.2f} CPU cores while timing. "
-            "Multi-threaded torch ops stall when a core is taken away, so these timings are "
-            "unreliable: rerun on an idle machine (or compare with --threads 1)."
-        )
+    warn_if_busy(busiest)
 
 
 if __name__ == "__main__":
