@@ -117,6 +117,9 @@ class CouplingTransform(Transform):
         self.register_buffer("transform_idx", transformed)
         # Outputs are assembled as cat([identity, transformed]) and then put back in place.
         self.register_buffer("restore_idx", torch.argsort(torch.cat([identity, transformed])))
+        self._find_halves()
+        # The index buffers are saved with the model: keep the fast path in step with them.
+        self.register_load_state_dict_post_hook(lambda module, keys: module._find_halves())
         circular = _circular_flags(circular, len(mask))
         # Positions (among the identity features) of the angles the conditioner sees as (cos, sin).
         self.register_buffer("angle_idx", torch.nonzero(circular[identity]).flatten())
@@ -137,10 +140,23 @@ class CouplingTransform(Transform):
         else:
             self.conditioner = conditioner(in_features, out_features)
 
+    def _find_halves(self) -> None:
+        """``(identity_first, sizes)`` when the two feature sets are contiguous blocks: then the
+        layer splits and concatenates views instead of gathering and scattering columns."""
+        identity, moving = self.identity_idx.tolist(), self.transform_idx.tolist()
+        blocks = [identity, moving] if identity and identity[0] == 0 else [moving, identity]
+        contiguous = blocks[0] + blocks[1] == list(range(self.features))
+        self._halves = (blocks[0] is identity, [len(b) for b in blocks]) if contiguous else None
+
     def _couple(self, inputs: Tensor, context: Tensor | None, inverse: bool):
         check_features(inputs, self.features)
-        fixed = inputs.index_select(-1, self.identity_idx)
-        moving = inputs.index_select(-1, self.transform_idx)
+        if self._halves is not None:
+            identity_first, sizes = self._halves
+            first, second = inputs.split(sizes, dim=-1)
+            fixed, moving = (first, second) if identity_first else (second, first)
+        else:
+            fixed = inputs.index_select(-1, self.identity_idx)
+            moving = inputs.index_select(-1, self.transform_idx)
         cond = fixed
         if len(self.angle_idx):
             angles = fixed.index_select(-1, self.angle_idx)
@@ -155,7 +171,10 @@ class CouplingTransform(Transform):
         params = params.reshape(*moving.shape, self.elementwise.num_params)
         step = self.elementwise.inverse if inverse else self.elementwise.forward
         moved, logabsdet = step(moving, params)
-        outputs = torch.cat([fixed, moved], dim=-1).index_select(-1, self.restore_idx)
+        if self._halves is None:
+            outputs = torch.cat([fixed, moved], dim=-1).index_select(-1, self.restore_idx)
+        else:
+            outputs = torch.cat([fixed, moved] if self._halves[0] else [moved, fixed], dim=-1)
         return outputs, logabsdet.sum(-1)
 
     def forward(self, inputs: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
