@@ -140,9 +140,12 @@ def _order(features: int, i: int, permutation: str) -> list[int] | None:
 
 
 def _mask(features: int, i: int, permutation: str):
-    """Coupling mask of layer ``i``; alternates unless random permutations shuffle the features."""
-    even = permutation == "random" or i % 2 == 0
-    return alternating_mask(features, even=even)
+    """Coupling mask of layer ``i``: the first ``ceil(D / 2)`` features, or (odd layers without
+    random permutations) the rest. Contiguous halves let the layer split and concatenate views;
+    the counts equal those of even/odd masks, so models saved with those still load (their
+    index buffers come with the state dict)."""
+    first = torch.arange(features) < (features + 1) // 2
+    return first if permutation == "random" or i % 2 == 0 else ~first
 
 
 _COMMON_ARGS = """
@@ -291,7 +294,7 @@ def RealNVP(
     dropout: float = 0.0,
     seed: int | None = None,
 ) -> Flow:
-    """RealNVP: affine coupling layers with alternating masks.
+    """RealNVP: affine coupling layers whose masks alternate between the two halves of the features.
 
     Args:
         max_log_scale: bound of each layer's log-scale (soft-clamped by tanh).
