@@ -20,8 +20,7 @@ from torch import Tensor, nn
 
 from normflows_sci.checks import check_context, check_features
 from normflows_sci.distributions import Distribution
-from normflows_sci.nn import MaskedLinear
-from normflows_sci.nn.networks import _hidden_sizes
+from normflows_sci.nn.networks import made_degrees, masked_layers
 from normflows_sci.transforms import CircularSplineMap, CouplingTransform, Transform, wrap_angle
 from normflows_sci.transforms.splines import (
     DEFAULT_MIN_BIN_HEIGHT,
@@ -293,32 +292,16 @@ class _PeriodicMADE(nn.Module):
 
     def __init__(self, features, params_per_feature, hidden_features, context_features, order):
         super().__init__()
-        if order is None:
-            order = range(features)
-        order = torch.as_tensor(list(order), dtype=torch.long)
-        if sorted(order.tolist()) != list(range(features)):
-            raise ValueError(
-                f"order must be a permutation of range({features}), got {order.tolist()}"
-            )
-        in_degrees = torch.empty(features, dtype=torch.long)
-        in_degrees[order] = torch.arange(1, features + 1)
-        self.register_buffer("in_degrees", in_degrees)
+        self.register_buffer("in_degrees", made_degrees(features, order))
         self.features, self.params_per_feature = features, params_per_feature
-        sizes = _hidden_sizes(hidden_features)
-        if not sizes:
-            raise ValueError("hidden_features must name at least one hidden layer")
-        degrees = in_degrees.repeat(2)
-        layers = []
-        for size in sizes:
-            hidden_degrees = torch.arange(size) % max(1, features - 1) + min(1, features - 1)
-            layers.append(MaskedLinear(hidden_degrees[:, None] >= degrees[None, :]))
-            degrees = hidden_degrees
-        self.layers = nn.ModuleList(layers)
-        out_degrees = in_degrees.repeat_interleave(params_per_feature)
-        self.output = MaskedLinear(out_degrees[:, None] > degrees[None, :])
+        # (cos, sin) of angle i both carry its degree.
+        self.layers, self.output = masked_layers(
+            self.in_degrees, self.in_degrees.repeat(2), hidden_features, params_per_feature
+        )
         nn.init.zeros_(self.output.weight)
         nn.init.zeros_(self.output.bias)
-        self.context_layer = nn.Linear(context_features, sizes[0]) if context_features > 0 else None
+        width = self.layers[0].out_features
+        self.context_layer = nn.Linear(context_features, width) if context_features > 0 else None
         self.activation = nn.ReLU()
 
     def forward(self, angles: Tensor, context: Tensor | None) -> Tensor:

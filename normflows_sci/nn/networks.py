@@ -71,6 +71,43 @@ class MaskedLinear(nn.Linear):
         return F.linear(inputs, self.weight * self.mask, self.bias)
 
 
+def made_degrees(features: int, order: Sequence[int] | None) -> Tensor:
+    """MADE input degrees: feature ``order[k]`` gets degree ``k + 1`` (natural order if None)."""
+    if order is None:
+        order = range(features)
+    order = torch.as_tensor(list(order), dtype=torch.long)
+    if sorted(order.tolist()) != list(range(features)):
+        raise ValueError(f"order must be a permutation of range({features}), got {order.tolist()}")
+    in_degrees = torch.empty(features, dtype=torch.long)
+    in_degrees[order] = torch.arange(1, features + 1)
+    return in_degrees
+
+
+def masked_layers(
+    in_degrees: Tensor,
+    input_degrees: Tensor,
+    hidden_features: int | Sequence[int],
+    params_per_feature: int,
+) -> tuple[nn.ModuleList, MaskedLinear]:
+    """MADE's masked hidden layers and output layer.
+
+    ``in_degrees``: degree of each of the ``D`` features; ``input_degrees``: degree of each network
+    input (the same, or e.g. repeated when a feature enters as several inputs). The outputs of
+    feature ``i`` (``params_per_feature`` of them) see only inputs of lower degree.
+    """
+    sizes = _hidden_sizes(hidden_features)
+    if not sizes:
+        raise ValueError("hidden_features must name at least one hidden layer for MADE")
+    features = len(in_degrees)
+    layers, degrees = [], input_degrees
+    for size in sizes:
+        hidden_degrees = torch.arange(size) % max(1, features - 1) + min(1, features - 1)
+        layers.append(MaskedLinear(hidden_degrees[:, None] >= degrees[None, :]))
+        degrees = hidden_degrees
+    out_degrees = in_degrees.repeat_interleave(params_per_feature)
+    return nn.ModuleList(layers), MaskedLinear(out_degrees[:, None] > degrees[None, :])
+
+
 class MADE(nn.Module):
     """Masked autoregressive network: the outputs of feature ``i`` see only features before it.
 
@@ -113,34 +150,16 @@ class MADE(nn.Module):
         super().__init__()
         if features < 1:
             raise ValueError(f"features must be >= 1, got {features}")
-        if order is None:
-            order = range(features)
-        order = torch.as_tensor(list(order), dtype=torch.long)
-        if sorted(order.tolist()) != list(range(features)):
-            raise ValueError(
-                f"order must be a permutation of range({features}), got {order.tolist()}"
-            )
         self.features = features
         self.params_per_feature = params_per_feature
-        # Degree of input feature order[k] is k + 1.
-        in_degrees = torch.empty(features, dtype=torch.long)
-        in_degrees[order] = torch.arange(1, features + 1)
-        self.register_buffer("in_degrees", in_degrees)
-
-        sizes = _hidden_sizes(hidden_features)
-        if not sizes:
-            raise ValueError("hidden_features must name at least one hidden layer for MADE")
-        layers = []
-        degrees = in_degrees
-        for size in sizes:
-            hidden_degrees = torch.arange(size) % max(1, features - 1) + min(1, features - 1)
-            layers.append(MaskedLinear(hidden_degrees[:, None] >= degrees[None, :]))
-            degrees = hidden_degrees
-        self.layers = nn.ModuleList(layers)
-        out_degrees = in_degrees.repeat_interleave(params_per_feature)
-        self.output = MaskedLinear(out_degrees[:, None] > degrees[None, :])
+        self.register_buffer("in_degrees", made_degrees(features, order))
+        self.layers, self.output = masked_layers(
+            self.in_degrees, self.in_degrees, hidden_features, params_per_feature
+        )
         self.context_layer = (
-            nn.Linear(context_features, layers[0].out_features) if context_features > 0 else None
+            nn.Linear(context_features, self.layers[0].out_features)
+            if context_features > 0
+            else None
         )
         self.context_features = context_features
         self.activation = activation()
