@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -72,13 +73,15 @@ def _check_derivatives(unnormalized_derivatives: Tensor, expected: int, what: st
         )
 
 
-def _stack_bins(unnormalized_widths: Tensor, unnormalized_heights: Tensor) -> Tensor:
-    if unnormalized_heights.shape[-1] != unnormalized_widths.shape[-1]:
+def _check_heights(unnormalized_widths: Tensor, unnormalized_heights: Tensor) -> int:
+    """The number of bins, after checking that widths and heights agree on it."""
+    num_bins = unnormalized_widths.shape[-1]
+    if unnormalized_heights.shape[-1] != num_bins:
         raise ValueError(
-            f"unnormalized_heights must have {unnormalized_widths.shape[-1]} bins like "
-            f"unnormalized_widths, got {unnormalized_heights.shape[-1]}"
+            f"unnormalized_heights must have {num_bins} bins like unnormalized_widths, "
+            f"got {unnormalized_heights.shape[-1]}"
         )
-    return torch.stack(torch.broadcast_tensors(unnormalized_widths, unnormalized_heights), dim=-2)
+    return num_bins
 
 
 @functools.lru_cache(maxsize=256)
@@ -92,134 +95,159 @@ def _constant(values: tuple, dtype: torch.dtype, device: torch.device) -> Tensor
         return torch.tensor(values, dtype=dtype, device=device)
 
 
-def _upper_ones(n: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """``(n, n)`` upper-triangular ones: ``v @ U`` is the cumulative sum of ``v``'s last axis."""
-    return _constant(tuple(tuple(float(j >= i) for j in range(n)) for i in range(n)), dtype, device)
+@functools.lru_cache(maxsize=64)
+def _bin_numbers(num_bins: int, device: torch.device) -> Tensor:
+    """``(K, 1)`` int64 column ``0 .. K - 1`` (see :func:`_constant`)."""
+    with torch.inference_mode(False):
+        return torch.arange(num_bins, device=device)[:, None]
 
 
-def _arange(start: int, stop: int, like: Tensor) -> Tensor:
-    return _constant(tuple(float(k) for k in range(start, stop)), like.dtype, like.device)
+@dataclass(frozen=True)
+class _Layout:
+    """Everything about a spline call that is not a tensor.
 
-
-class _Geometry:
-    """Bin geometry in unnormalised units, computed once per call.
-
-    With ``e = exp(raw - max)`` and ``c = cumsum(e)``, bin ``j`` has size proportional to
-    ``e_j + beta C`` (``C = c_K``, ``beta = min / (1 - K min)``), which is
-    ``min + (1 - K min) softmax(raw)_j`` after normalisation. Knot ``k`` therefore sits at
-    ``u_k = c_k + k beta C`` out of ``U = C (1 + K beta)``: only the cumulative sums are tensors of
-    bin size; everything else is per element.
+    Bins are found along row ``row`` (0: x for the forward map, 1: y for the inverse). Knot
+    derivative ``j`` of bin ``idx``'s left knot is raw derivative ``idx + shift``: ``shift`` is 0
+    when all ``K + 1`` knot derivatives are given and -1 when only the ``K - 1`` interior ones
+    are, in which case the end knots take ``boundary``.
     """
 
-    def __init__(self, unnormalized_bins: Tensor, x_range, y_range, min_bin_width, min_bin_height):
-        num_bins = unnormalized_bins.shape[-1]
-        self.num_bins = num_bins
-        # Softmax is shift-invariant: a detached max keeps exp() finite and leaves gradients exact.
-        shifted = unnormalized_bins - unnormalized_bins.detach().amax(dim=-1, keepdim=True)
-        # c_1 .. c_K, (..., 2, K). A product with an upper-triangular matrix of ones instead of
-        # cumsum: same sums, and on a last dimension of ~8 both directions are one BLAS call
-        # (cumsum's backward flips, sums and flips back).
-        # Under torch.autocast the product would run in lower precision: use cumsum there.
-        exp = shifted.exp()
-        if torch.is_autocast_enabled(exp.device.type):
-            self.cumulative = torch.cumsum(exp, dim=-1)
-        else:
-            self.cumulative = exp @ _upper_ones(num_bins, exp.dtype, exp.device)
-        dtype, device = shifted.dtype, shifted.device
-        beta = tuple(m / (1.0 - num_bins * m) for m in (min_bin_width, min_bin_height))
-        self.beta_total = _constant(beta, dtype, device) * self.cumulative[..., -1]
-        self.total = self.cumulative[..., -1] + num_bins * self.beta_total  # U, (..., 2)
-        self.low = _constant((float(x_range[0]), float(y_range[0])), dtype, device)
-        span = (float(x_range[1] - x_range[0]), float(y_range[1] - y_range[0]))
-        self.span = _constant(span, dtype, device)
+    num_bins: int
+    row: int
+    low: tuple[float, float]
+    span: tuple[float, float]
+    min_bin: tuple[float, float]
+    min_derivative: float
+    derivative_offset: float
+    shift: int
+    boundary: float | None
 
-    def all_knots(self) -> Tensor:
-        """Every knot, ``(..., 2, K + 1)``; row 0 holds x, row 1 holds y."""
-        k = _arange(0, self.num_bins + 1, self.total)
-        padded = F.pad(self.cumulative, (1, 0))
-        units = padded + k * self.beta_total[..., None]
-        return self.low[:, None] + self.span[:, None] * units / self.total[..., None]
+    def constants(self, like: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(low, scale, beta)`` as ``(2, 1)`` columns (x, y) of ``like``'s dtype and device.
 
-    def locate(self, inputs: Tensor, row: int) -> Tensor:
-        """Bin index ``(..., 1)`` in ``[0, K - 1]`` of ``inputs`` along knot row 0 (x) or 1 (y)."""
-        scaled = (inputs - self.low[row]) * (self.total[..., row] / self.span[row])
-        k = _arange(1, self.num_bins, scaled)
-        # Interior knots u_k = c_k + k beta C, k = 1 .. K - 1. The count of those at or below the
-        # input is the bin: cheaper than searchsorted on a tiny last dimension, and no copy.
-        threshold = torch.addcmul(
-            self.cumulative[..., row, :-1], self.beta_total[..., row, None], k
-        )
-        below = scaled[..., None] >= threshold
-        return below.sum(dim=-1, keepdim=True)
+        With softmax probabilities ``p``, knot ``k`` sits at ``low + scale (c_k + k beta)``,
+        ``c_k = p_0 + ... + p_{k-1}``: that is ``min + (1 - K min) p`` per bin, normalised.
+        """
+        k = self.num_bins
+        beta = tuple(m / (1.0 - k * m) for m in self.min_bin)
+        scale = tuple(s / (1.0 + k * b) for s, b in zip(self.span, beta))
+        columns = tuple((v,) for v in (*self.low, *scale, *beta))
+        table = _constant(columns, like.dtype, like.device)
+        return table[0:2], table[2:4], table[4:6]
 
-    def corners(self, bin_idx: Tensor) -> tuple[Tensor, Tensor]:
-        """Left and right knots of the bin, each ``(..., 2)`` as (x, y)."""
-        both = torch.cat([bin_idx - 1, bin_idx], dim=-1).clamp_min(0)
-        gathered = self.cumulative.gather(-1, both[..., None, :].expand(*both.shape[:-1], 2, 2))
-        first = bin_idx == 0
-        left_c = torch.where(first, 0.0, gathered[..., 0])
-        right_c = gathered[..., 1]
-        index = bin_idx.to(self.total.dtype)
-        scale = self.span / self.total
-        left = self.low + (left_c + index * self.beta_total) * scale
-        right = self.low + (right_c + (index + 1.0) * self.beta_total) * scale
-        return left, right
+
+def _lookup(raw: Tensor, position: Tensor, layout: _Layout):
+    """Left knots, bin sizes and end derivatives of the bin holding each ``position``.
+
+    Args:
+        raw: ``(2K + n, M)`` parameter-major raw parameters: ``K`` widths, ``K`` heights, ``n``
+            knot derivatives, one column per element.
+        position: ``(M,)`` inputs on the axis of ``layout.row``, inside its range.
+
+    Returns:
+        ``(left, size, derivatives)``, ``(2, M)`` each: rows (x, y) for the first two and (left,
+        right) knot for the third. Differentiable (the bin index itself is piecewise constant).
+    """
+    k = layout.num_bins
+    num_elements = position.shape[0]
+    bins, raw_derivatives = raw.split([2 * k, raw.shape[0] - 2 * k])
+    # Parameter-major: the reductions over bins run along the first axis, with every element's
+    # bins in one contiguous row. That is several times faster than reducing a last axis of ~8.
+    probs = torch.softmax(bins.view(2, k, num_elements), dim=1)
+    low, scale, beta = layout.constants(probs)
+    numbers = _bin_numbers(k, probs.device)
+    row = layout.row
+    with torch.no_grad():
+        units = (position - low[row]) / scale[row]
+        interior = torch.cumsum(probs[row, :-1].detach(), dim=0) + numbers[1:] * beta[row]
+        index = (units >= interior).sum(dim=0)  # interior knots at or below: the bin, (M,)
+    before = (numbers < index).to(probs.dtype)  # (K, M): bins left of the element's bin
+    below = (probs * before).sum(dim=1)  # (2, M): p_0 + ... + p_{idx - 1}
+    at = probs.gather(1, index.expand(2, 1, num_elements)).squeeze(1)  # (2, M): p_idx
+    left = low + scale * torch.addcmul(below, index.to(probs.dtype), beta)
+    size = scale * (at + beta)
+
+    count = raw_derivatives.shape[0]
+    first = index + layout.shift
+    pair = torch.stack([first, first + 1])
+    valid = (pair >= 0) & (pair < count)
+    pair = pair.clamp(0, count - 1)
+    chosen = raw_derivatives.gather(0, pair)
+    if layout.derivative_offset:
+        chosen = chosen + layout.derivative_offset
+    derivatives = layout.min_derivative + F.softplus(chosen)
+    if layout.boundary is not None:
+        derivatives = torch.where(valid, derivatives, layout.boundary)
+    return left, size, derivatives
+
+
+def _param_major(parts: dict[str, Tensor], shape: torch.Size) -> Tensor:
+    """Raw parameter blocks ``(..., n_i)`` (by argument name) broadcast to the inputs' ``shape``
+    and stacked parameter-major, ``(sum n_i, prod(shape))``."""
+    for name, part in parts.items():
+        if part.dim() == 0 or torch.broadcast_shapes(part.shape[:-1], shape) != shape:
+            raise ValueError(
+                f"{name} must have shape (..., n) with ... broadcastable to the inputs' shape "
+                f"{tuple(shape)}, got {tuple(part.shape)}"
+            )
+    parts = list(parts.values())
+    num_elements = math.prod(shape)
+    columns = [p.expand(*shape, p.shape[-1]).reshape(num_elements, p.shape[-1]) for p in parts]
+    if len(columns) == 1:
+        return columns[0].t().contiguous()
+    return torch.cat([column.t() for column in columns], dim=0)
 
 
 def _spline(
     inputs: Tensor,
-    unnormalized_bins: Tensor,
-    unnormalized_derivatives: Tensor,
+    raw: Tensor,
     *,
     inverse: bool,
+    num_bins: int,
     x_range: tuple[float, float],
     y_range: tuple[float, float],
     min_bin_width: float,
     min_bin_height: float,
     min_derivative: float,
+    derivative_offset: float = 0.0,
     boundary_derivative: float | None,
 ) -> tuple[Tensor, Tensor]:
     """The spline on clamped inputs.
 
     Args:
         inputs: ``(...)``, already inside the range of the direction evaluated.
-        unnormalized_bins: ``(..., 2, K)``, widths then heights.
-        unnormalized_derivatives: ``(..., K + 1)`` raw knot derivatives, or ``(..., K - 1)``
-            interior ones when ``boundary_derivative`` gives both end derivatives.
+        raw: ``(2K + n, M)`` parameter-major raw parameters (see :func:`_param_major`), ``M`` the
+            number of inputs: ``K`` widths, ``K`` heights, then ``K + 1`` raw knot derivatives,
+            or ``K - 1`` interior ones when ``boundary_derivative`` gives both end derivatives.
     """
-    geometry = _Geometry(unnormalized_bins, x_range, y_range, min_bin_width, min_bin_height)
-    num_bins = geometry.num_bins
-    bin_idx = geometry.locate(inputs, 1 if inverse else 0)
-    left, right = geometry.corners(bin_idx)
-    x_k, y_k = left.unbind(-1)
-    x_k1, y_k1 = right.unbind(-1)
-    if boundary_derivative is None:
-        pair = torch.cat([bin_idx, bin_idx + 1], dim=-1)
-        d_k, d_k1 = (min_derivative + F.softplus(unnormalized_derivatives.gather(-1, pair))).unbind(
-            -1
-        )
-    else:
-        # Interior knot j is raw entry j - 1; the two end knots take the boundary value.
-        pair = torch.cat([bin_idx - 1, bin_idx], dim=-1).clamp(0, num_bins - 2)
-        d_pair = min_derivative + F.softplus(unnormalized_derivatives.gather(-1, pair))
-        idx = bin_idx[..., 0]
-        d_k = torch.where(idx == 0, boundary_derivative, d_pair[..., 0])
-        d_k1 = torch.where(idx == num_bins - 1, boundary_derivative, d_pair[..., 1])
-
-    width = x_k1 - x_k
-    height = y_k1 - y_k
+    layout = _Layout(
+        num_bins=num_bins,
+        row=1 if inverse else 0,
+        low=(float(x_range[0]), float(y_range[0])),
+        span=(float(x_range[1] - x_range[0]), float(y_range[1] - y_range[0])),
+        min_bin=(min_bin_width, min_bin_height),
+        min_derivative=min_derivative,
+        derivative_offset=derivative_offset,
+        shift=0 if boundary_derivative is None else -1,
+        boundary=boundary_derivative,
+    )
+    flat = inputs.reshape(-1)
+    left, size, derivatives = _lookup(raw, flat.detach(), layout)
+    x_k, y_k = left.unbind(0)
+    width, height = size.unbind(0)
+    d_k, d_k1 = derivatives.unbind(0)
     slope = height / width
     curvature = d_k + d_k1 - 2.0 * slope
 
     if inverse:
-        dy = inputs - y_k
+        dy = flat - y_k
         a = dy * curvature + height * (slope - d_k)
         b = height * d_k - dy * curvature
         c = -slope * dy
         discriminant = (b.square() - 4.0 * a * c).clamp_min(0.0)
         xi = (2.0 * c / (-b - discriminant.sqrt())).clamp(0.0, 1.0)
     else:
-        xi = (inputs - x_k) / width
+        xi = (flat - x_k) / width
 
     one_minus_xi = 1.0 - xi
     xi_term = xi * one_minus_xi
@@ -229,18 +257,18 @@ def _spline(
     )
     logabsdet = torch.log(derivative_numerator) - 2.0 * torch.log(denominator)
     if inverse:
-        return torch.addcmul(x_k, xi, width), -logabsdet
-    outputs = y_k + height * (slope * xi.square() + d_k * xi_term) / denominator
-    return outputs, logabsdet
+        outputs, logabsdet = torch.addcmul(x_k, xi, width), -logabsdet
+    else:
+        outputs = y_k + height * (slope * xi.square() + d_k * xi_term) / denominator
+    return outputs.view(inputs.shape), logabsdet.view(inputs.shape)
 
 
-def _bounded_bins(widths, heights, derivatives, min_bin_width, min_bin_height) -> Tensor:
-    """Validate the arguments of a bounded spline (derivatives at all K + 1 knots); stack bins."""
-    unnormalized_bins = _stack_bins(widths, heights)
-    num_bins = unnormalized_bins.shape[-1]
+def _check_bounded(widths, heights, derivatives, min_bin_width, min_bin_height) -> int:
+    """Validate the arguments of a bounded spline (derivatives at all K + 1 knots); bins."""
+    num_bins = _check_heights(widths, heights)
     _check_derivatives(derivatives, num_bins + 1, "bins + 1")
     _check_bins(num_bins, min_bin_width, min_bin_height)
-    return unnormalized_bins
+    return num_bins
 
 
 def spline_knots(
@@ -278,19 +306,22 @@ def spline_knots(
         >>> round(derivatives[0].item(), 4)  # min_derivative + softplus(0)
         0.6941
     """
-    unnormalized_bins = _bounded_bins(
+    num_bins = _check_bounded(
         unnormalized_widths,
         unnormalized_heights,
         unnormalized_derivatives,
         min_bin_width,
         min_bin_height,
     )
-    geometry = _Geometry(
-        unnormalized_bins, (left, right), (bottom, top), min_bin_width, min_bin_height
-    )
-    knots = geometry.all_knots()
+    knots = []
+    for raw, low, high, minimum in (
+        (unnormalized_widths, left, right, min_bin_width),
+        (unnormalized_heights, bottom, top, min_bin_height),
+    ):
+        sizes = minimum + (1.0 - num_bins * minimum) * torch.softmax(raw, dim=-1)
+        knots.append(low + (high - low) * F.pad(torch.cumsum(sizes, dim=-1), (1, 0)))
     derivatives = min_derivative + F.softplus(unnormalized_derivatives)
-    return knots[..., 0, :], knots[..., 1, :], derivatives
+    return knots[0], knots[1], derivatives
 
 
 def rational_quadratic_spline(
@@ -338,19 +369,27 @@ def rational_quadratic_spline(
         >>> torch.allclose(inverse_logabsdet, -logabsdet, atol=1e-4)
         True
     """
-    unnormalized_bins = _bounded_bins(
+    num_bins = _check_bounded(
         unnormalized_widths,
         unnormalized_heights,
         unnormalized_derivatives,
         min_bin_width,
         min_bin_height,
     )
+    raw = _param_major(
+        {
+            "unnormalized_widths": unnormalized_widths,
+            "unnormalized_heights": unnormalized_heights,
+            "unnormalized_derivatives": unnormalized_derivatives,
+        },
+        inputs.shape,
+    )
     inputs = inputs.clamp(bottom, top) if inverse else inputs.clamp(left, right)
     return _spline(
         inputs,
-        unnormalized_bins,
-        unnormalized_derivatives,
+        raw,
         inverse=inverse,
+        num_bins=num_bins,
         x_range=(left, right),
         y_range=(bottom, top),
         min_bin_width=min_bin_width,
@@ -393,31 +432,41 @@ def rq_spline_from_params(
     """
     if params.shape[-1] % 3 != 2:
         raise ValueError(f"params must have 3 * bins - 1 entries, got {params.shape[-1]}")
+    return _with_linear_tails(
+        inputs,
+        {"params": params},
+        num_bins=(params.shape[-1] + 1) // 3,
+        inverse=inverse,
+        tail_bound=tail_bound,
+        min_bin_width=min_bin_width,
+        min_bin_height=min_bin_height,
+        min_derivative=min_derivative,
+        derivative_offset=derivative_offset,
+    )
+
+
+def _with_linear_tails(
+    inputs: Tensor, parts: dict[str, Tensor], *, num_bins: int, tail_bound: float, **options
+) -> tuple[Tensor, Tensor]:
+    """The spline on ``[-tail_bound, tail_bound]`` from raw blocks ``parts`` (widths, heights,
+    ``K - 1`` interior derivatives), the identity outside."""
     if not tail_bound > 0:
         raise ValueError(f"tail_bound must be positive, got {tail_bound}")
-    num_bins = (params.shape[-1] + 1) // 3
-    _check_bins(num_bins, min_bin_width, min_bin_height)
+    _check_bins(num_bins, options["min_bin_width"], options["min_bin_height"])
+    raw = _param_major(parts, inputs.shape)
     bound = (-tail_bound, tail_bound)
-    # split (not two slices): its backward writes one concatenated gradient instead of
-    # zero-filling a full-size gradient per slice.
-    raw_bins, raw_derivatives = params.split([2 * num_bins, num_bins - 1], dim=-1)
-    if derivative_offset:
-        raw_derivatives = raw_derivatives + derivative_offset
     inside = (inputs >= -tail_bound) & (inputs <= tail_bound)
     # The spline sees clamped inputs, so far-away points can never produce NaN (not even in the
     # discarded branch of torch.where, whose gradient would otherwise be 0 * NaN). Boundary
     # derivatives of exactly 1 join the spline smoothly to the identity tails.
     outputs, logabsdet = _spline(
         inputs.clamp(-tail_bound, tail_bound),
-        raw_bins.unflatten(-1, (2, num_bins)),
-        raw_derivatives,
-        inverse=inverse,
+        raw,
+        num_bins=num_bins,
         x_range=bound,
         y_range=bound,
-        min_bin_width=min_bin_width,
-        min_bin_height=min_bin_height,
-        min_derivative=min_derivative,
         boundary_derivative=1.0,
+        **options,
     )
     return torch.where(inside, outputs, inputs), torch.where(inside, logabsdet, 0.0)
 
@@ -469,13 +518,16 @@ def unconstrained_rational_quadratic_spline(
     """
     if tails != "linear":
         raise ValueError(f"tails must be 'linear', got {tails!r}")
-    unnormalized_bins = _stack_bins(unnormalized_widths, unnormalized_heights)
-    num_bins = unnormalized_bins.shape[-1]
+    num_bins = _check_heights(unnormalized_widths, unnormalized_heights)
     _check_derivatives(unnormalized_derivatives, num_bins - 1, "bins - 1")
-    params = torch.cat([unnormalized_bins.flatten(-2), unnormalized_derivatives], dim=-1)
-    return rq_spline_from_params(
+    return _with_linear_tails(
         inputs,
-        params,
+        {
+            "unnormalized_widths": unnormalized_widths,
+            "unnormalized_heights": unnormalized_heights,
+            "unnormalized_derivatives": unnormalized_derivatives,
+        },
+        num_bins=num_bins,
         inverse=inverse,
         tail_bound=tail_bound,
         min_bin_width=min_bin_width,
