@@ -302,7 +302,7 @@ class _PeriodicMADE(nn.Module):
         nn.init.zeros_(self.output.bias)
         width = self.layers[0].out_features
         self.context_layer = nn.Linear(context_features, width) if context_features > 0 else None
-        self.activation = nn.ReLU()
+        self.activation = nn.ReLU(inplace=True)  # only ever applied to fresh layer outputs
 
     def forward(self, angles: Tensor, context: Tensor | None) -> Tensor:
         hidden = torch.cat([angles.cos(), angles.sin()], dim=-1)
