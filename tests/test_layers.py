@@ -7,7 +7,7 @@ import torch
 from tests_helpers import perturb
 
 from normflows_sci import transforms as T
-from normflows_sci.nn import MADE
+from normflows_sci.nn import MADE, MLP
 
 
 @pytest.mark.parametrize("order", [None, [2, 0, 4, 1, 3]])
@@ -31,6 +31,47 @@ def test_made_single_feature_output_matches_full_output():
     full = made(x, context)
     for feature in range(4):
         torch.testing.assert_close(made.forward_feature(x, feature, context), full[:, feature])
+
+
+def test_param_major_outputs_match_the_plain_outputs():
+    """MLP/MADE ``param_major`` (what spline layers use) is ``forward`` laid out (P, D * batch)."""
+    torch.manual_seed(0)
+    made = perturb(MADE(4, 5, hidden_features=(16,), context_features=1))
+    x, context = torch.randn(7, 4), torch.randn(7, 1)
+    expected = made(x, context).permute(2, 1, 0).reshape(5, 4 * 7)
+    torch.testing.assert_close(made.param_major(x, context), expected)
+    state = made.sequential(x, context)
+    for feature in range(4):
+        plain = state.feature(feature)
+        torch.testing.assert_close(state.feature(feature, param_major=True), plain.t())
+    mlp = perturb(MLP(3, 4 * 6, hidden_features=(8,)))
+    x = torch.randn(9, 3)
+    expected = mlp(x).view(9, 4, 6).permute(2, 1, 0).reshape(6, 4 * 9)
+    torch.testing.assert_close(mlp.param_major(x, 6), expected)
+
+
+@pytest.mark.parametrize("coupling", [True, False])
+def test_spline_layers_parameter_major_path_matches_the_plain_path(coupling):
+    """Spline layers with the package's own conditioner feed the spline parameter-major; the
+    result equals the plain (batch, D, P) path that custom conditioners take."""
+    torch.manual_seed(1)
+    if coupling:
+        layer = T.SplineCouplingTransform(T.alternating_mask(5), bins=4, hidden_features=(8,))
+    else:
+        layer = T.MaskedSplineAutoregressiveTransform(5, bins=4, hidden_features=(8,))
+    layer = perturb(layer).double()
+    x = 2 * torch.randn(11, 5, dtype=torch.float64)
+    fast = layer(x), layer.inverse(x)
+    spline = layer.elementwise
+
+    class Plain(T.ElementwiseMap):  # the same map, but not an RQSplineMap: the plain path
+        num_params = spline.num_params
+        forward, inverse = spline.forward, spline.inverse
+
+    layer.elementwise = Plain()
+    general = layer(x), layer.inverse(x)
+    layer.elementwise = spline
+    torch.testing.assert_close(fast, general)
 
 
 def test_actnorm_initialises_from_the_first_training_batch():

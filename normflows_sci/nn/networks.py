@@ -31,6 +31,21 @@ def _activation(factory: Callable[[], nn.Module]) -> nn.Module:
     return module
 
 
+def _param_major_output(
+    weight: Tensor, bias: Tensor, hidden: Tensor, params_per_feature: int
+) -> Tensor:
+    """``F.linear(hidden, weight, bias)`` read as ``(batch, D, P)`` and laid out parameter-major,
+    ``(P, D * batch)`` (column ``d * batch + n`` is element ``(n, d)``), computed directly in that
+    layout: the weight's rows are permuted (a small copy) and multiply the transposed hidden
+    activations, so the large output is never transposed."""
+    out_features, width = weight.shape
+    features = out_features // params_per_feature
+    weight = weight.view(features, params_per_feature, width).transpose(0, 1)
+    bias = bias.view(features, params_per_feature).t().reshape(out_features, 1)
+    out = torch.addmm(bias, weight.reshape(out_features, width), hidden.t())
+    return out.view(params_per_feature, features * hidden.shape[0])
+
+
 class MLP(nn.Module):
     """Fully connected network from ``in_features`` through the ``hidden_features`` widths to
     ``out_features``.
@@ -71,6 +86,21 @@ class MLP(nn.Module):
     def forward(self, inputs: Tensor) -> Tensor:
         """``inputs: (batch, in_features) -> (batch, out_features)``."""
         return self.output(self.hidden(inputs))
+
+    def param_major(self, inputs: Tensor, params_per_feature: int) -> Tensor:
+        """The output for ``inputs: (batch, in_features)``, read as ``(batch, D, P)`` with ``P =
+        params_per_feature``, laid out ``(P, D * batch)``: column ``d * batch + n`` holds the
+        parameters of element ``(n, d)``, the layout the splines compute in.
+
+        Example:
+            >>> net = MLP(3, 2 * 4, hidden_features=(8,))
+            >>> x = torch.randn(5, 3)
+            >>> expected = net(x).view(5, 2, 4).permute(2, 1, 0).reshape(4, 10)
+            >>> torch.allclose(net.param_major(x, 4), expected, atol=1e-6)
+            True
+        """
+        hidden = self.hidden(inputs)
+        return _param_major_output(self.output.weight, self.output.bias, hidden, params_per_feature)
 
 
 class MaskedLinear(nn.Linear):
@@ -207,9 +237,18 @@ class MADE(nn.Module):
         out = self.output(self._hidden_from(self._first_preactivation(inputs, context)))
         return out.reshape(*inputs.shape[:-1], self.features, self.params_per_feature)
 
-    def _feature_output(self, hidden: Tensor, feature: int) -> Tensor:
+    def param_major(self, inputs: Tensor, context: Tensor | None = None) -> Tensor:
+        """:meth:`forward` for ``inputs: (batch, D)`` laid out ``(P, D * batch)``, column
+        ``d * batch + n`` for element ``(n, d)`` (see :meth:`MLP.param_major`)."""
+        hidden = self._hidden_from(self._first_preactivation(inputs, context))
+        weight = self.output.weight * self.output.mask
+        return _param_major_output(weight, self.output.bias, hidden, self.params_per_feature)
+
+    def _feature_output(self, hidden: Tensor, feature: int, param_major: bool = False) -> Tensor:
         rows = slice(feature * self.params_per_feature, (feature + 1) * self.params_per_feature)
         weight = self.output.weight[rows] * self.output.mask[rows]
+        if param_major:  # (P, batch)
+            return torch.addmm(self.output.bias[rows, None], weight, hidden.t())
         return F.linear(hidden, weight, self.output.bias[rows])
 
     def forward_feature(
@@ -249,10 +288,11 @@ class MADESequence:
         first_layer = made.layers[0]
         self._columns = (first_layer.weight * first_layer.mask).t()  # (D, hidden), masked
 
-    def feature(self, feature: int) -> Tensor:
-        """Outputs ``(batch, P)`` of ``feature`` given the values set so far."""
+    def feature(self, feature: int, param_major: bool = False) -> Tensor:
+        """Outputs ``(batch, P)`` of ``feature`` given the values set so far; ``(P, batch)``
+        with ``param_major``."""
         hidden = self.made._hidden_from(self.first, keep_first=True)
-        return self.made._feature_output(hidden, feature)
+        return self.made._feature_output(hidden, feature, param_major)
 
     def set(self, feature: int, value: Tensor) -> None:
         """Record ``value: (batch,)`` for ``feature`` (its previous value must have been 0)."""

@@ -95,6 +95,12 @@ class MaskedAutoregressiveTransform(Transform):
     def forward(self, inputs: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         self._check(inputs, context)
         # .to: under torch.autocast the MADE runs in lower precision, the map in the data's.
+        if inputs.dim() == 2 and isinstance(self.elementwise, RQSplineMap):
+            # Parameters straight in the layout the spline computes in (element (n, d) in
+            # column d * batch + n): no copy transposes them.
+            raw = self.made.param_major(inputs, context).to(inputs.dtype)
+            outputs, logabsdet = self.elementwise.forward_param_major(inputs.t(), raw)
+            return outputs.t(), logabsdet.sum(0)
         params = self.made(inputs, context).to(inputs.dtype)
         outputs, logabsdet = self.elementwise.forward(inputs, params)
         return outputs, logabsdet.sum(-1)
@@ -104,8 +110,13 @@ class MaskedAutoregressiveTransform(Transform):
         state = self.made.sequential(torch.zeros_like(inputs), context)
         values, logabsdet = [None] * self.features, 0.0
         for feature in self.generation_order.tolist():
-            params = state.feature(feature).to(inputs.dtype)
-            value, feature_logabsdet = self.elementwise.inverse(inputs[:, feature], params)
+            if isinstance(self.elementwise, RQSplineMap):
+                raw = state.feature(feature, param_major=True).to(inputs.dtype)
+                step = self.elementwise.inverse_param_major(inputs[:, feature], raw)
+            else:
+                params = state.feature(feature).to(inputs.dtype)
+                step = self.elementwise.inverse(inputs[:, feature], params)
+            value, feature_logabsdet = step
             state.set(feature, value)
             values[feature] = value
             logabsdet = logabsdet + feature_logabsdet

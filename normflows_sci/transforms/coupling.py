@@ -165,17 +165,29 @@ class CouplingTransform(Transform):
         if self.context_features:
             check_context(context, self.context_features)
             cond = torch.cat([cond, context], dim=-1)
-        # Parameters in the data's dtype: under torch.autocast the conditioner runs in lower
-        # precision while the elementwise map and its log-determinant stay in full precision.
-        params = self.conditioner(cond).to(moving.dtype)
-        params = params.reshape(*moving.shape, self.elementwise.num_params)
-        step = self.elementwise.inverse if inverse else self.elementwise.forward
-        moved, logabsdet = step(moving, params)
+        moved, logabsdet = self._move(moving, cond, inverse)
         if self._halves is None:
             outputs = torch.cat([fixed, moved], dim=-1).index_select(-1, self.restore_idx)
         else:
             outputs = torch.cat([fixed, moved] if self._halves[0] else [moved, fixed], dim=-1)
-        return outputs, logabsdet.sum(-1)
+        return outputs, logabsdet
+
+    def _move(self, moving: Tensor, cond: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
+        """The transformed features and the summed log-determinant."""
+        # Parameters in the data's dtype: under torch.autocast the conditioner runs in lower
+        # precision while the elementwise map and its log-determinant stay in full precision.
+        map_, num_params = self.elementwise, self.elementwise.num_params
+        if type(self.conditioner) is MLP and moving.dim() == 2 and isinstance(map_, RQSplineMap):
+            # The package's own network emits the parameters in the layout the map computes
+            # in (element (n, d) in column d * batch + n): no copy transposes them.
+            raw = self.conditioner.param_major(cond, num_params).to(moving.dtype)
+            step = map_.inverse_param_major if inverse else map_.forward_param_major
+            moved, logabsdet = step(moving.t(), raw)
+            return moved.t(), logabsdet.sum(0)
+        params = self.conditioner(cond).to(moving.dtype)
+        params = params.reshape(*moving.shape, num_params)
+        moved, logabsdet = (map_.inverse if inverse else map_.forward)(moving, params)
+        return moved, logabsdet.sum(-1)
 
     def forward(self, inputs: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return self._couple(inputs, context, inverse=False)

@@ -21,6 +21,7 @@ from normflows_sci.transforms.splines import (
     identity_derivative_offset,
     rational_quadratic_spline,
     rq_spline_from_params,
+    rq_spline_param_major,
 )
 
 __all__ = [
@@ -61,17 +62,17 @@ class AffineMap(ElementwiseMap):
             raise ValueError(f"max_log_scale must be positive, got {max_log_scale}")
         self.max_log_scale = float(max_log_scale)
 
-    def _shift_log_scale(self, params: Tensor) -> tuple[Tensor, Tensor]:
-        shift, raw = params.unbind(-1)
-        return shift, self.max_log_scale * torch.tanh(raw / self.max_log_scale)
-
-    def forward(self, inputs: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        shift, log_scale = self._shift_log_scale(params)
+    def _map(self, inputs: Tensor, shift: Tensor, raw: Tensor, inverse: bool):
+        log_scale = self.max_log_scale * torch.tanh(raw / self.max_log_scale)
+        if inverse:
+            return (inputs - shift) * (-log_scale).exp(), -log_scale
         return inputs * log_scale.exp() + shift, log_scale
 
+    def forward(self, inputs: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        return self._map(inputs, *params.unbind(-1), inverse=False)
+
     def inverse(self, inputs: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        shift, log_scale = self._shift_log_scale(params)
-        return (inputs - shift) * (-log_scale).exp(), -log_scale
+        return self._map(inputs, *params.unbind(-1), inverse=True)
 
 
 class RQSplineMap(ElementwiseMap):
@@ -112,11 +113,30 @@ class RQSplineMap(ElementwiseMap):
             inputs, params, inverse=inverse, derivative_offset=self._offset, **self.options
         )
 
+    def _call_param_major(self, inputs: Tensor, raw: Tensor, inverse: bool):
+        return rq_spline_param_major(
+            inputs, raw, inverse=inverse, derivative_offset=self._offset, **self.options
+        )
+
     def forward(self, inputs: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
         return self._call(inputs, params, inverse=False)
 
     def inverse(self, inputs: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
         return self._call(inputs, params, inverse=True)
+
+    def forward_param_major(self, inputs: Tensor, raw: Tensor) -> tuple[Tensor, Tensor]:
+        """:meth:`forward` with the parameters parameter-major, ``raw: (num_params,
+        inputs.numel())`` (column ``i`` for flat input ``i``), the layout the spline computes in.
+
+        Layers whose conditioner can emit this layout directly (``param_major`` of
+        :class:`~normflows_sci.nn.MLP` and :class:`~normflows_sci.nn.MADE`) call it instead of
+        :meth:`forward`, saving a transposing copy of every parameter.
+        """
+        return self._call_param_major(inputs, raw, inverse=False)
+
+    def inverse_param_major(self, inputs: Tensor, raw: Tensor) -> tuple[Tensor, Tensor]:
+        """:meth:`inverse` with parameter-major parameters (see :meth:`forward_param_major`)."""
+        return self._call_param_major(inputs, raw, inverse=True)
 
 
 def wrap_angle(angles: Tensor) -> Tensor:

@@ -34,6 +34,7 @@ __all__ = [
     "rational_quadratic_spline",
     "unconstrained_rational_quadratic_spline",
     "rq_spline_from_params",
+    "rq_spline_param_major",
 ]
 
 DEFAULT_MIN_BIN_WIDTH = 1e-3
@@ -432,10 +433,9 @@ def rq_spline_from_params(
     """
     if params.shape[-1] % 3 != 2:
         raise ValueError(f"params must have 3 * bins - 1 entries, got {params.shape[-1]}")
-    return _with_linear_tails(
+    return rq_spline_param_major(
         inputs,
-        {"params": params},
-        num_bins=(params.shape[-1] + 1) // 3,
+        _param_major({"params": params}, inputs.shape),
         inverse=inverse,
         tail_bound=tail_bound,
         min_bin_width=min_bin_width,
@@ -445,15 +445,45 @@ def rq_spline_from_params(
     )
 
 
-def _with_linear_tails(
-    inputs: Tensor, parts: dict[str, Tensor], *, num_bins: int, tail_bound: float, **options
+def rq_spline_param_major(
+    inputs: Tensor,
+    raw: Tensor,
+    *,
+    inverse: bool = False,
+    tail_bound: float = 1.0,
+    min_bin_width: float = DEFAULT_MIN_BIN_WIDTH,
+    min_bin_height: float = DEFAULT_MIN_BIN_HEIGHT,
+    min_derivative: float = DEFAULT_MIN_DERIVATIVE,
+    derivative_offset: float = 0.0,
 ) -> tuple[Tensor, Tensor]:
-    """The spline on ``[-tail_bound, tail_bound]`` from raw blocks ``parts`` (widths, heights,
-    ``K - 1`` interior derivatives), the identity outside."""
+    """:func:`rq_spline_from_params` with the parameters already parameter-major.
+
+    Args:
+        inputs: ``(...)``.
+        raw: ``(3K - 1, inputs.numel())``: column ``i`` holds the raw parameters of flat input
+            ``i`` (``K`` widths, ``K`` heights, ``K - 1`` interior derivatives). Conditioners that
+            can emit this layout directly (:meth:`normflows_sci.nn.MLP.param_major`) skip a
+            transposing copy of every parameter.
+
+    Returns:
+        ``(outputs, logabsdet)`` shaped like ``inputs``.
+
+    Example:
+        >>> params = torch.randn(6, 3 * 4 - 1, generator=torch.Generator().manual_seed(0))
+        >>> x = torch.linspace(-2.0, 2.0, 6)
+        >>> y, logabsdet = rq_spline_param_major(x, params.t().contiguous(), tail_bound=3.0)
+        >>> torch.allclose(y, rq_spline_from_params(x, params, tail_bound=3.0)[0])
+        True
+    """
+    if raw.dim() != 2 or raw.shape[0] % 3 != 2 or raw.shape[1] != inputs.numel():
+        raise ValueError(
+            f"raw must have shape (3 * bins - 1, {inputs.numel()}) for inputs of shape "
+            f"{tuple(inputs.shape)}, got {tuple(raw.shape)}"
+        )
     if not tail_bound > 0:
         raise ValueError(f"tail_bound must be positive, got {tail_bound}")
-    _check_bins(num_bins, options["min_bin_width"], options["min_bin_height"])
-    raw = _param_major(parts, inputs.shape)
+    num_bins = (raw.shape[0] + 1) // 3
+    _check_bins(num_bins, min_bin_width, min_bin_height)
     bound = (-tail_bound, tail_bound)
     inside = (inputs >= -tail_bound) & (inputs <= tail_bound)
     # The spline sees clamped inputs, so far-away points can never produce NaN (not even in the
@@ -462,11 +492,15 @@ def _with_linear_tails(
     outputs, logabsdet = _spline(
         inputs.clamp(-tail_bound, tail_bound),
         raw,
+        inverse=inverse,
         num_bins=num_bins,
         x_range=bound,
         y_range=bound,
+        min_bin_width=min_bin_width,
+        min_bin_height=min_bin_height,
+        min_derivative=min_derivative,
+        derivative_offset=derivative_offset,
         boundary_derivative=1.0,
-        **options,
     )
     return torch.where(inside, outputs, inputs), torch.where(inside, logabsdet, 0.0)
 
@@ -520,14 +554,17 @@ def unconstrained_rational_quadratic_spline(
         raise ValueError(f"tails must be 'linear', got {tails!r}")
     num_bins = _check_heights(unnormalized_widths, unnormalized_heights)
     _check_derivatives(unnormalized_derivatives, num_bins - 1, "bins - 1")
-    return _with_linear_tails(
-        inputs,
+    raw = _param_major(
         {
             "unnormalized_widths": unnormalized_widths,
             "unnormalized_heights": unnormalized_heights,
             "unnormalized_derivatives": unnormalized_derivatives,
         },
-        num_bins=num_bins,
+        inputs.shape,
+    )
+    return rq_spline_param_major(
+        inputs,
+        raw,
         inverse=inverse,
         tail_bound=tail_bound,
         min_bin_width=min_bin_width,
