@@ -164,5 +164,5 @@ def test_bad_arguments_are_clear_errors():
         unconstrained_rational_quadratic_spline(torch.zeros(2, 1), w, h, d, tail_bound=0.0)
     with pytest.raises(ValueError, match="bins"):
         RQSplineMap(bins=1)
-    with pytest.raises(ValueError, match="unnormalized_heights.*broadcastable"):
+    with pytest.raises(ValueError, match=r"unnormalized_heights.*broadcastable"):
         rational_quadratic_spline(torch.zeros(2, 1), w, h[:, :, None], torch.zeros(2, 1, 5))

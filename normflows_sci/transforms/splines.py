@@ -161,7 +161,9 @@ def _lookup(raw: Tensor, position: Tensor, layout: _Layout):
     with torch.no_grad():
         units = (position - low[row]) / scale[row]
         interior = torch.cumsum(probs[row, :-1].detach(), dim=0) + numbers[1:] * beta[row]
-        index = (units >= interior).sum(dim=0)  # interior knots at or below: the bin, (M,)
+        # Interior knots at or below: the bin, (M,). A uint8 count is several times faster.
+        small = torch.uint8 if k <= 256 else torch.int64
+        index = (units >= interior).sum(dim=0, dtype=small).long()
     before = (numbers < index).to(probs.dtype)  # (K, M): bins left of the element's bin
     below = (probs * before).sum(dim=1)  # (2, M): p_0 + ... + p_{idx - 1}
     at = probs.gather(1, index.expand(2, 1, num_elements)).squeeze(1)  # (2, M): p_idx
