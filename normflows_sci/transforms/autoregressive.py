@@ -109,8 +109,9 @@ class MaskedAutoregressiveTransform(Transform):
         self._check(inputs, context)
         state = self.made.sequential(torch.zeros_like(inputs), context)
         values, logabsdet = [None] * self.features, 0.0
+        param_major = isinstance(self.elementwise, RQSplineMap)
         for feature in self.generation_order.tolist():
-            if isinstance(self.elementwise, RQSplineMap):
+            if param_major:
                 raw = state.feature(feature, param_major=True).to(inputs.dtype)
                 step = self.elementwise.inverse_param_major(inputs[:, feature], raw)
             else:

@@ -101,13 +101,6 @@ def _constant(values: tuple, dtype: torch.dtype, device: torch.device) -> Tensor
         return torch.tensor(values, dtype=dtype, device=device)
 
 
-@functools.lru_cache(maxsize=64)
-def _bin_numbers(num_bins: int, device: torch.device) -> Tensor:
-    """``(K, 1)`` int64 column ``0 .. K - 1`` (see :func:`_constant`)."""
-    with torch.inference_mode(False):
-        return torch.arange(num_bins, device=device)[:, None]
-
-
 @dataclass(frozen=True)
 class _Layout:
     """Everything about a spline call that is not a tensor.
@@ -161,7 +154,7 @@ def _lookup(raw: Tensor, position: Tensor, layout: _Layout):
     # bins in one contiguous row. That is several times faster than reducing a last axis of ~8.
     probs = torch.softmax(bins.view(2, k, num_elements), dim=1)
     low, scale, beta = layout.constants(probs)
-    numbers = _bin_numbers(k, probs.device)
+    numbers = _constant(tuple((j,) for j in range(k)), torch.int64, probs.device)  # (K, 1)
     row = layout.row
     with torch.no_grad():
         units = (position - low[row]) / scale[row]
