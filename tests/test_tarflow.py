@@ -233,24 +233,59 @@ def test_sample_tarflow_finds_the_stack_inside_a_composite():
         sample_tarflow(NSF(2, transforms=1, hidden_features=(4,)), 2)
 
 
-def test_transformer_cache_matches_the_full_pass_for_chunks():
+@pytest.mark.parametrize("mode", ["grad", "no_grad", "inference_mode"])
+@pytest.mark.parametrize("capacity", [None, 2, 9])
+def test_transformer_cache_matches_the_full_pass_for_chunks(mode, capacity):
+    # "grad" concatenates (autograd sees every step); the other modes write into storage
+    # allocated once (capacity 9) or grown when too small (None, 2).
     torch.manual_seed(0)
     net = CausalTransformer(2, 3, max_tokens=9, width=16, layers=2, heads=4, context_features=1)
     net = net.double()
     x = torch.randn(4, 9, 2, dtype=torch.float64)
     context = torch.randn(4, 1, dtype=torch.float64)
-    full = net(x, context)
-    cache = KVCache(net.num_layers)
-    pieces = [net(x[:, a:b], context, cache=cache) for a, b in ((0, 4), (4, 5), (5, 9))]
-    torch.testing.assert_close(torch.cat(pieces, 1), full, atol=1e-12, rtol=0)
-    # A read-only pass leaves the cache as it was.
-    cache = KVCache(net.num_layers)
-    net(x[:, :3], context, cache=cache)
-    peek = net(x[:, 3:6], context, cache=cache, update_cache=False)
-    torch.testing.assert_close(peek, full[:, 3:6], atol=1e-12, rtol=0)
-    assert cache.length == 3
+    full = net(x, context).detach()
+    scope = {"grad": torch.enable_grad, "no_grad": torch.no_grad}.get(mode, torch.inference_mode)
+    with scope():
+        cache = KVCache(net.num_layers, capacity)
+        pieces = [net(x[:, a:b], context, cache=cache) for a, b in ((0, 4), (4, 5), (5, 9))]
+        torch.testing.assert_close(torch.cat(pieces, 1), full, atol=1e-12, rtol=0)
+        # A read-only pass leaves the cache as it was; keep=1 stores only the first position.
+        cache = KVCache(net.num_layers, capacity)
+        net(x[:, :3], context, cache=cache)
+        peek = net(x[:, 3:6], context, cache=cache, update_cache=False)
+        torch.testing.assert_close(peek, full[:, 3:6], atol=1e-12, rtol=0)
+        assert cache.length == 3
+        other = torch.randn(4, 2, 2, dtype=torch.float64)
+        net(other, context, cache=cache, keep=1)
+        assert cache.length == 4
+        rest = net(x[:, 4:9], context, cache=cache)
+        assert cache.length == 9
+    # Only the first of the two new positions was kept; the scratch one was overwritten.
+    expected = net(torch.cat([x[:, :3], other[:, :1], x[:, 4:9]], 1), context)[:, 4:]
+    torch.testing.assert_close(rest, expected, atol=1e-12, rtol=0)
+    assert rest.requires_grad == (mode == "grad")
     with pytest.raises(ValueError, match="max_tokens"):
         net(torch.zeros(1, 10, 2, dtype=torch.float64), context[:1])
+
+
+def test_transformer_cache_gradients_match_the_full_pass():
+    # Sampling with gradients (e.g. reverse-KL training) differentiates through the cache.
+    torch.manual_seed(1)
+    net = CausalTransformer(1, 2, max_tokens=5, width=8, layers=2, heads=2).double()
+    x = torch.randn(3, 5, 1, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(3, 5, 2, dtype=torch.float64)
+    (net(x) * weight).sum().backward()
+    expected = [x.grad.clone()] + [p.grad.clone() for p in net.parameters()]
+    x.grad = None
+    net.zero_grad()
+    cache = KVCache(net.num_layers, 5)
+    out = torch.cat([net(x[:, t : t + 1], cache=cache) for t in range(5)], 1)
+    (out * weight).sum().backward()
+    got = [x.grad] + [p.grad for p in net.parameters()]
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
+    with pytest.raises(ValueError, match="capacity must be"):
+        KVCache(2, 0)
 
 
 def test_bad_arguments_give_clear_errors():

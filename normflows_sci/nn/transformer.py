@@ -32,31 +32,73 @@ __all__ = ["KVCache", "CausalSelfAttention", "TransformerLayer", "CausalTransfor
 
 
 class KVCache:
-    """Keys and values of the positions processed so far, one ``(keys, values)`` pair per layer.
+    """Keys and values of the positions processed so far, one storage pair per layer.
 
-    Each tensor is ``(batch, heads, length, head_features)``. A cache belongs to one sequence
-    batch and one network; create a fresh one per decoding run.
+    Each layer's keys and values are ``(batch, heads, positions, head_features)`` tensors whose
+    first :attr:`length` positions are valid. Outside autograd (``torch.no_grad``, inference
+    mode, or inputs that need no gradient) new positions are written into storage allocated once
+    for ``capacity`` positions (growing by doubling if it is exceeded), so ``T`` decoding steps
+    copy ``O(T)`` numbers instead of ``O(T^2)``; when a gradient must flow through the cache, the
+    new positions are concatenated instead. A cache belongs to one sequence batch and one
+    network; create a fresh one per decoding run.
+
+    Args:
+        num_layers: number of Transformer layers.
+        capacity: positions to allocate room for (e.g. the sequence length); default: grow as
+            needed.
 
     Attributes:
         length: number of cached positions.
     """
 
-    def __init__(self, num_layers: int):
+    def __init__(self, num_layers: int, capacity: int | None = None):
+        if capacity is not None and (
+            isinstance(capacity, bool) or int(capacity) != capacity or capacity < 1
+        ):
+            raise ValueError(f"capacity must be a positive integer or None, got {capacity!r}")
         self.keys: list[Tensor | None] = [None] * num_layers
         self.values: list[Tensor | None] = [None] * num_layers
+        self._owned = [False] * num_layers  # storage allocated here, safe to write in place
+        self.capacity = None if capacity is None else int(capacity)
         self.length = 0
 
     def get(self, layer: int) -> tuple[Tensor, Tensor] | None:
-        if self.keys[layer] is None:
+        """The valid keys and values of ``layer``: ``(batch, heads, length, head_features)``."""
+        if self.keys[layer] is None or self.length == 0:
             return None
-        return self.keys[layer], self.values[layer]
+        return self.keys[layer][..., : self.length, :], self.values[layer][..., : self.length, :]
 
-    def append(self, layer: int, keys: Tensor, values: Tensor) -> None:
-        if self.keys[layer] is None:
-            self.keys[layer], self.values[layer] = keys, values
-        else:
-            self.keys[layer] = torch.cat([self.keys[layer], keys], dim=-2)
-            self.values[layer] = torch.cat([self.values[layer], values], dim=-2)
+    def extend(self, layer: int, keys: Tensor, values: Tensor, keep: int) -> tuple[Tensor, Tensor]:
+        """Keys and values of the cached positions followed by ``n`` new ones, for attention.
+
+        The first ``keep`` new positions become part of the cache once :attr:`length` is advanced
+        by ``keep`` (the caller does that after the last layer); the rest are scratch.
+        """
+        end = self.length + keys.shape[-2]
+        past = self.get(layer)
+        tracked = torch.is_grad_enabled() and (keys.requires_grad or values.requires_grad)
+        if tracked:
+            if past is not None:
+                keys, values = torch.cat([past[0], keys], -2), torch.cat([past[1], values], -2)
+            self.keys[layer] = keys[..., : self.length + keep, :]
+            self.values[layer] = values[..., : self.length + keep, :]
+            self._owned[layer] = False
+            return keys, values
+        stored = self.keys[layer]
+        if not self._owned[layer] or stored.shape[-2] < end:
+            size = max(end, self.capacity or 0)
+            if self._owned[layer]:
+                size = max(size, 2 * stored.shape[-2])
+            shape = (*keys.shape[:-2], size, keys.shape[-1])
+            new_keys, new_values = keys.new_empty(shape), values.new_empty(shape)
+            if past is not None:
+                new_keys[..., : self.length, :] = past[0]
+                new_values[..., : self.length, :] = past[1]
+            self.keys[layer], self.values[layer] = new_keys, new_values
+            self._owned[layer] = True
+        self.keys[layer][..., self.length : end, :] = keys
+        self.values[layer][..., self.length : end, :] = values
+        return self.keys[layer][..., :end, :], self.values[layer][..., :end, :]
 
 
 class CausalSelfAttention(nn.Module):
@@ -68,10 +110,10 @@ class CausalSelfAttention(nn.Module):
         dropout: attention-weight dropout (training only).
 
     Shapes:
-        ``forward(h: (batch, n, W), past=None) -> (out: (batch, n, W), (keys, values))`` where the
-        returned keys/values are those of the ``n`` new positions, ``(batch, heads, n, W / heads)``.
-        With ``past`` (keys and values of ``m`` earlier positions) the new positions are
-        ``m .. m + n - 1`` and attend to all earlier ones.
+        ``forward(h: (batch, n, W), cache=None, layer=0, keep=0) -> (batch, n, W)``. With a
+        :class:`KVCache` holding ``m`` earlier positions, the new positions are ``m .. m + n - 1``
+        and attend to all earlier ones; their keys and values go to the cache's slot ``layer``,
+        the first ``keep`` of them to stay (see :meth:`KVCache.extend`).
     """
 
     def __init__(self, width: int, heads: int, *, dropout: float = 0.0):
@@ -84,28 +126,27 @@ class CausalSelfAttention(nn.Module):
         self.dropout = float(dropout)
 
     def forward(
-        self, h: Tensor, past: tuple[Tensor, Tensor] | None = None
-    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        self, h: Tensor, cache: KVCache | None = None, layer: int = 0, keep: int = 0
+    ) -> Tensor:
         batch, n, _ = h.shape
         head_features = self.width // self.heads
         qkv = self.qkv(h).view(batch, n, 3, self.heads, head_features)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-        new = (k, v)
         dropout = self.dropout if self.training else 0.0
-        if past is None:
+        offset = 0 if cache is None else cache.length
+        if cache is not None:
+            k, v = cache.extend(layer, k, v, keep)
+        if offset == 0:
             out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=n > 1)
         else:
-            k = torch.cat([past[0], k], dim=-2)
-            v = torch.cat([past[1], v], dim=-2)
             mask = None
             if n > 1:
-                offset = k.shape[-2] - n
                 query_pos = torch.arange(offset, offset + n, device=h.device)
                 key_pos = torch.arange(k.shape[-2], device=h.device)
                 mask = key_pos[None, :] <= query_pos[:, None]
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
         out = out.transpose(1, 2).reshape(batch, n, self.width)
-        return self.proj(out), new
+        return self.proj(out)
 
 
 class TransformerLayer(nn.Module):
@@ -128,12 +169,10 @@ class TransformerLayer(nn.Module):
         self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
     def forward(
-        self, h: Tensor, past: tuple[Tensor, Tensor] | None = None
-    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        attended, new = self.attention(self.norm1(h), past)
-        h = h + self.drop(attended)
-        h = h + self.drop(self.mlp(self.norm2(h)))
-        return h, new
+        self, h: Tensor, cache: KVCache | None = None, layer: int = 0, keep: int = 0
+    ) -> Tensor:
+        h = h + self.drop(self.attention(self.norm1(h), cache, layer, keep))
+        return h + self.drop(self.mlp(self.norm2(h)))
 
 
 class CausalTransformer(nn.Module):
@@ -261,9 +300,7 @@ class CausalTransformer(nn.Module):
         if cache is not None and update_cache:
             stored = n if keep is None else max(0, min(int(keep), n))
         for i, layer in enumerate(self.layers):
-            h, (keys, values) = layer(h, None if cache is None else cache.get(i))
-            if stored:
-                cache.append(i, keys[..., :stored, :], values[..., :stored, :])
-        if stored:
+            h = layer(h, cache, i, stored)
+        if cache is not None:
             cache.length += stored
         return self.output(self.norm(h))

@@ -298,7 +298,7 @@ class TarFlowBlock(Transform):
         return self._from_tokens(tokens), logabsdet, info
 
     def _sequential(self, latent: Tensor, context, use_cache: bool):
-        cache = KVCache(self.net.num_layers) if use_cache else None
+        cache = KVCache(self.net.num_layers, self.tokens) if use_cache else None
         decoded: list[Tensor] = []
         logabsdet = latent.new_zeros(latent.shape[0])
         previous = self._start(latent)
@@ -322,7 +322,7 @@ class TarFlowBlock(Transform):
     def _jacobi(self, latent: Tensor, context, tol, max_iterations, chunk_size):
         total = self.tokens
         chunk_size = total if chunk_size is None else min(int(chunk_size), total)
-        cache = KVCache(self.net.num_layers)
+        cache = KVCache(self.net.num_layers, self.tokens)
         previous = self._start(latent)  # the last exact token (the start token at first)
         chunks, logabsdets = [], []
         iterations = passes = 0
