@@ -19,6 +19,7 @@ from normflows_sci.samplers import (
     RandomWalkMH,
     run,
 )
+from normflows_sci.samplers.kernels import log_prob_and_grad
 
 MEAN = torch.tensor([1.0, -2.0])
 COV = torch.tensor([[3.0, 0.8538], [0.8538, 0.3]])
@@ -100,6 +101,79 @@ def test_flow_hybrid_recovers_unequal_mode_weights_where_mala_is_stuck():
     assert abs(hybrid_weight - 0.7) < 0.03
     assert set(hybrid.acceptance) == {"local", "global"}
     assert float(hybrid.acceptance["global"].mean()) > 0.3
+
+
+class _Counting:
+    """A log-density that counts the positions it is evaluated at."""
+
+    def __init__(self, log_prob):
+        self.function, self.evaluated = log_prob, 0
+
+    def __call__(self, x):
+        self.evaluated += x.shape[0]
+        return self.function(x)
+
+
+def _assert_state_matches_target(log_prob_fn, state):
+    log_prob, grad = log_prob_and_grad(log_prob_fn, state.x)
+    torch.testing.assert_close(state.log_prob, log_prob, atol=1e-10, rtol=1e-10)
+    if "grad" in state._fields:
+        torch.testing.assert_close(state.grad, grad, atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("local", ["mala", "hmc", "rwmh"])
+def test_tempering_swaps_move_log_densities_without_evaluating_the_target(local):
+    # Each step evaluates the target once per replica (MALA/RWMH) or once per leapfrog step (HMC);
+    # swapped replicas carry beta * log p and beta * grad log p to their new temperature.
+    counting = _Counting(two_modes)
+    kernel = ParallelTempering(counting, (1.0, 2.0, 4.0, 8.0), local=local, step_size=0.3)
+    state = kernel.init(torch.randn(32, 2, dtype=torch.float64) + MODES[0].double())
+    generator = torch.Generator().manual_seed(0)
+    swaps = 0.0
+    for _ in range(10):
+        counting.evaluated = 0
+        state, info = kernel.step(state, generator)
+        per_step = kernel.inner.num_leapfrog if local == "hmc" else 1
+        assert counting.evaluated == per_step * 4 * 32
+        swaps += float(info.swap_accepted.sum())
+    assert swaps > 0
+    _assert_state_matches_target(kernel.inner.log_prob_fn, state.inner)
+
+
+@pytest.mark.parametrize("local", ["mala", "rwmh"])
+def test_flow_hybrid_evaluates_the_target_once_per_move(local):
+    torch.manual_seed(0)
+    counting = _Counting(two_modes)
+    flow = RealNVP(2, transforms=2, hidden_features=(8,)).double()
+    local_kernel = {"mala": MALA, "rwmh": RandomWalkMH}[local](counting, step_size=0.3)
+    kernel = AdaptiveFlowMCMC(counting, flow, local_kernel=local_kernel, train_steps=0)
+    state = kernel.init(torch.randn(64, 2, dtype=torch.float64))
+    generator = torch.Generator().manual_seed(0)
+    accepted = 0.0
+    for _ in range(5):
+        counting.evaluated = 0
+        state, info = kernel.step(state, generator)
+        assert counting.evaluated == 2 * 64  # the local move and the flow proposals
+        accepted += float(info.global_accepted.sum())
+    assert accepted > 0
+    _assert_state_matches_target(counting, state.local)
+    torch.testing.assert_close(state.log_q, flow.log_prob(state.local.x).detach())
+
+
+def test_flow_hybrid_rejects_non_finite_proposals():
+    flow = RealNVP(2, transforms=1, hidden_features=(4,)).double()
+    sample = flow.sample_and_log_prob
+
+    def broken(num, **options):  # every other proposal is NaN
+        x, log_q = sample(num, **options)
+        return x.masked_fill(torch.arange(num)[:, None] % 2 == 0, math.nan), log_q
+
+    flow.sample_and_log_prob = broken
+    kernel = AdaptiveFlowMCMC(two_modes, flow, train_steps=0)
+    state = kernel.init(torch.randn(16, 2, dtype=torch.float64))
+    state, info = kernel.step(state, torch.Generator().manual_seed(0))
+    assert not info.global_accepted[::2].any()
+    assert torch.isfinite(state.local.x).all()
 
 
 def test_checkpoint_resume_gives_the_same_chain(tmp_path):

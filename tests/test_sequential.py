@@ -44,7 +44,7 @@ class _Scaled:
 
 
 @pytest.mark.parametrize("method", [AIS, SMC])
-@pytest.mark.parametrize("kernel", ["hmc", "mala"])
+@pytest.mark.parametrize("kernel", ["hmc", "mala", "rwmh"])
 def test_log_z_within_error_bars(method, kernel):
     flow = _broad_flow(torch.float64)
     sampler = method(_mixture, flow, num_temperatures=16, kernel=kernel, mcmc_steps=2)
@@ -59,6 +59,30 @@ def test_log_z_within_error_bars(method, kernel):
         assert out.resamples > 0
     else:
         assert out.resamples == 0
+
+
+@pytest.mark.parametrize("kernel, per_move", [("mala", 1), ("rwmh", 1), ("hmc", 3)])
+def test_each_level_reuses_the_densities_of_the_last_moves(kernel, per_move):
+    # Target rows evaluated: the start, every MCMC move, and once between levels (the increment
+    # of the next level and its starting state from the same log p and gradient).
+    rows = []
+
+    def counting(x):
+        rows.append(x.shape[0])
+        return _mixture(x)
+
+    options = {"num_leapfrog": 3} if kernel == "hmc" else None
+    sampler = AIS(
+        counting,
+        _broad_flow(torch.float64),
+        num_temperatures=5,
+        kernel=kernel,
+        mcmc_steps=2,
+        kernel_options=options,
+    )
+    out = sampler.sample(64, generator=torch.Generator().manual_seed(0))
+    assert sum(rows) == 64 * (1 + 5 * 2 * per_move + 4)
+    assert out.acceptance.shape == (5,) and bool((out.acceptance > 0).all())
 
 
 def test_annealing_improves_on_plain_importance_sampling():

@@ -25,6 +25,7 @@ from normflows_sci.samplers.kernels import (
     _check_chains,
     _check_positive,
     _finite,
+    _relocate,
     _select,
 )
 
@@ -161,6 +162,9 @@ class AdaptiveFlowMCMC(Kernel):
     independent MH move proposed by the flow. During warm-up the local step sizes adapt and the
     flow is trained by maximum likelihood on the walkers' current positions (``train_steps``
     Adam steps per iteration); production freezes both, so the output is a valid Markov chain.
+    A step evaluates the target ``local_steps + 1`` times per chain: the flow proposals are
+    evaluated once, with the gradient when the local kernel needs it, and that evaluation serves
+    both the acceptance test and the local kernel's state after an accepted move.
 
     Args:
         target: Energy, Flow or log-density callable.
@@ -214,7 +218,6 @@ class AdaptiveFlowMCMC(Kernel):
         self.optimizer = (
             torch.optim.Adam(flow.parameters(), lr=learning_rate) if self.train_steps else None
         )
-        self.global_move = IndependentMH(target, flow)
 
     def init(self, x: Tensor) -> HybridState:
         local = self.local.init(x)
@@ -237,17 +240,16 @@ class AdaptiveFlowMCMC(Kernel):
             accepted_local = accepted_local + info.accepted.to(x.dtype)
         with torch.no_grad():
             log_q = self.flow.log_prob(local.x) if self.local_steps else state.log_q
-        current = IMHState(local.x, local.log_prob, log_q)
-        proposal = self.global_move.propose(x.shape[0], generator)
-        log_ratio = (proposal.log_prob - proposal.log_q) - (current.log_prob - current.log_q)
+            proposed, proposed_log_q = self.flow.sample_and_log_prob(
+                x.shape[0], generator=generator
+            )
+        # The local kernel's state at the proposals: one target evaluation (with the gradient
+        # when the local kernel needs one), each chain's step size and mass kept.
+        moved = _relocate(self.local, local, proposed)
+        log_ratio = (moved.log_prob - proposed_log_q) - (local.log_prob - log_q)
         move = _accept(log_ratio, generator)
-        moved = self.local.init(proposal.x)
-        # Keep each chain's adapted hyperparameters (step size, mass) across a global move.
-        moved = moved._replace(
-            **{k: getattr(local, k) for k in local._fields if k not in ("x", "log_prob", "grad")}
-        )
         local = _select(move.accepted, moved, local)
-        log_q = torch.where(move.accepted, proposal.log_q, log_q)
+        log_q = torch.where(move.accepted, proposed_log_q, log_q)
         rate = accepted_local / max(self.local_steps, 1)
         return HybridState(local, log_q), HybridInfo(rate, move.accepted, info)
 
@@ -299,6 +301,8 @@ class ParallelTempering(Kernel):
     """Replica exchange over a ladder of inverse temperatures, batched: every chain carries one
     replica per temperature (targets ``p(x)^beta``); after each local move, neighbouring replicas
     of every chain try to swap (even or odd pairs, alternating). Traces record ``beta = 1``.
+    Swaps cost no target evaluation: a replica takes its ``log p`` and gradient with it, rescaled
+    to its new temperature (``log p_beta = beta log p``).
 
     Args:
         target: Energy, Flow or log-density callable.
@@ -393,12 +397,22 @@ class ParallelTempering(Kernel):
             order = torch.arange(temps, device=x.device)[:, None].repeat(1, chains)
             order[lower] = torch.where(decision, upper[:, None], lower[:, None])
             order[upper] = torch.where(decision, lower[:, None], upper[:, None])
-            swapped = x.gather(0, order.reshape(temps, chains, *([1] * (x.ndim - 2))).expand_as(x))
-            fresh = self.inner.init(swapped.reshape(inner.x.shape))
-            keep = {
-                k: getattr(inner, k) for k in inner._fields if k not in ("x", "log_prob", "grad")
-            }
-            inner = fresh._replace(**keep)
+
+            # Swapped replicas carry their untempered log-density (and gradient) with them, so
+            # no target evaluation is needed: log p_beta(x) = beta log p(x).
+            def swap(values: Tensor, tempered: bool) -> Tensor:
+                values = values.reshape(temps, chains, *values.shape[1:])
+                scale = betas.reshape(temps, *([1] * (values.ndim - 1)))
+                if tempered:
+                    values = values / scale
+                index = order.reshape(temps, chains, *([1] * (values.ndim - 2)))
+                values = values.gather(0, index.expand_as(values))
+                return (values * scale if tempered else values).flatten(0, 1)
+
+            moved = {"x": swap(inner.x, False), "log_prob": swap(inner.log_prob, True)}
+            if "grad" in inner._fields:
+                moved["grad"] = swap(inner.grad, True)
+            inner = inner._replace(**moved)
             swap_accepted = decision.to(swap_accepted.dtype).mean(0)
         info = PTInfo(local_info.accepted[:chains], swap_accepted, local_info)
         return PTState(inner, state.iteration + 1), info

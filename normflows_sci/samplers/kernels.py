@@ -102,6 +102,17 @@ def _select(accepted: Tensor, new, old):
     )
 
 
+def _relocate(kernel, state, x: Tensor):
+    """``state`` of ``kernel`` moved to positions ``x``: the log-density (and its gradient, when the
+    state carries one) evaluated there once; the per-chain settings (step size, mass) are kept.
+    Non-finite positions get log-density ``-inf`` (a move there is rejected)."""
+    if "grad" in state._fields:
+        log_prob, grad = log_prob_and_grad(kernel.log_prob_fn, x)
+        return state._replace(x=x, log_prob=log_prob, grad=grad)
+    with torch.no_grad():
+        return state._replace(x=x, log_prob=_finite(kernel.log_prob_fn(x)))
+
+
 def _check_chains(x) -> Tensor:
     if not isinstance(x, Tensor) or x.ndim < 2 or not x.is_floating_point():
         raise ValueError(

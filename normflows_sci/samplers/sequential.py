@@ -28,7 +28,16 @@ import torch
 from torch import Tensor
 
 from normflows_sci.checks import check_num_samples
-from normflows_sci.samplers.kernels import HMC, MALA, RandomWalkMH
+from normflows_sci.samplers.kernels import (
+    HMC,
+    MALA,
+    HMCState,
+    MALAState,
+    RandomWalkMH,
+    RWState,
+    _finite,
+    log_prob_and_grad,
+)
 from normflows_sci.samplers.targets import as_log_prob
 
 __all__ = ["SequentialResult", "AIS", "SMC", "anneal"]
@@ -70,6 +79,23 @@ def _systematic(log_w: Tensor, generator) -> Tensor:
     offset = torch.rand(groups, 1, generator=generator, dtype=log_w.dtype, device=log_w.device)
     points = (offset + torch.arange(m, dtype=log_w.dtype, device=log_w.device)) / m
     return torch.searchsorted(cumulative, points.contiguous()).clamp_max(m - 1)
+
+
+def _endpoints(base_log_prob, target_log_prob, x: Tensor, gradients: bool):
+    """``(log q, grad log q, log p, grad log p)`` at ``x`` (gradients ``None`` without them)."""
+    if gradients:
+        return (*log_prob_and_grad(base_log_prob, x), *log_prob_and_grad(target_log_prob, x))
+    with torch.no_grad():
+        return _finite(base_log_prob(x)), None, _finite(target_log_prob(x)), None
+
+
+def _kernel_state(move, x: Tensor, log_prob: Tensor, grad: Tensor | None, step_size: Tensor):
+    """A state of ``move`` (one of ``_KERNELS``) at ``x`` with known log-density and gradient."""
+    if isinstance(move, RandomWalkMH):
+        return RWState(x, log_prob, step_size)
+    if isinstance(move, HMC):
+        return HMCState(x, log_prob, grad, step_size, torch.ones_like(x[0]))
+    return MALAState(x, log_prob, grad, step_size)
 
 
 def anneal(
@@ -125,14 +151,15 @@ def anneal(
             f"the number of particles ({num}) must be divisible by replicas={replicas}"
         )
     m = num // replicas
-    with torch.no_grad():
-        log_q, log_p = base_log_prob(x), target_log_prob(x)
+    gradients = kernel != "rwmh"
+    log_q, grad_q, log_p, grad_p = _endpoints(base_log_prob, target_log_prob, x, gradients)
     log_w = torch.zeros(num, dtype=x.dtype, device=x.device)
     log_z = torch.zeros(replicas, dtype=torch.float64, device=x.device)
     step_sizes = torch.full((num,), float(step_size), dtype=x.dtype, device=x.device)
     acceptance, resamples = [], 0
     previous = 0.0
-    for index, beta in enumerate(betas[1:].tolist(), start=1):
+    levels = betas[1:].tolist()
+    for index, beta in enumerate(levels, start=1):
         increment = (beta - previous) * (log_p - log_q)
         increment = torch.where(torch.isnan(increment), -math.inf, increment)
         grouped = log_w.reshape(replicas, m)
@@ -147,6 +174,9 @@ def anneal(
                 idx = _systematic(grouped, generator)
                 flat = (idx + m * torch.arange(replicas, device=x.device)[:, None]).reshape(-1)
                 x, step_sizes = x[flat], step_sizes[flat]
+                log_q, log_p = log_q[flat], log_p[flat]
+                if gradients:
+                    grad_q, grad_p = grad_q[flat], grad_p[flat]
                 log_w = torch.zeros_like(log_w)
                 resamples += 1
 
@@ -157,26 +187,30 @@ def anneal(
         if kernel == "hmc":
             options.setdefault("adapt_mass", False)
         move = _KERNELS[kernel](intermediate, step_size=float(step_size), **options)
-        state = move.init(x)._replace(step_size=step_sizes)
+        # The state at the new level from the endpoint densities already known at x (no
+        # evaluation): log pi_beta = (1 - beta) log q + beta log p, and the same for gradients.
+        log_pi = _finite((1 - beta) * log_q + beta * log_p)
+        grad_pi = (1 - beta) * grad_q + beta * grad_p if gradients else None
+        state = _kernel_state(move, x, log_pi, grad_pi, step_sizes)
         accepted = torch.zeros(num, dtype=x.dtype, device=x.device)
         for i in range(mcmc_steps):
             state, info = move.step(state, generator)
             accepted += info.accepted.to(x.dtype)
             # One step size for the whole population, adapted from its mean acceptance: a per-
             # particle rule would make each move depend on the particle's own last move and
-            # break the invariance the weights rely on.
+            # break the invariance the weights rely on. Kept on the device (no sync per step).
             rate = ((index - 1) * mcmc_steps + i + 1.0) ** -0.6
-            error = float(info.accept_prob.mean()) - move.target_accept
-            state = state._replace(step_size=state.step_size * math.exp(2.0 * rate * error))
+            error = info.accept_prob.mean() - move.target_accept
+            state = state._replace(step_size=state.step_size * torch.exp(2.0 * rate * error))
         x, step_sizes = state.x, state.step_size
-        acceptance.append(float(accepted.mean()) / mcmc_steps)
-        with torch.no_grad():
-            log_q, log_p = base_log_prob(x), target_log_prob(x)
+        acceptance.append(accepted.mean() / mcmc_steps)
+        if index < len(levels):  # the endpoint densities for the next level's increment
+            log_q, grad_q, log_p, grad_p = _endpoints(base_log_prob, target_log_prob, x, gradients)
     return dict(
         samples=x,
         log_weights=log_w,
         log_z_groups=log_z,
-        acceptance=torch.tensor(acceptance),
+        acceptance=torch.stack(acceptance).cpu() if acceptance else torch.zeros(0),
         resamples=resamples,
     )
 
