@@ -7,6 +7,7 @@ import pytest
 import torch
 from tests_helpers import perturb
 
+from normflows_sci._optim import adamw
 from normflows_sci.distributions import StandardNormal
 from normflows_sci.flows import MAF, NSF, RealNVP
 from normflows_sci.nn import MADE
@@ -94,3 +95,21 @@ def test_compiled_target_gives_the_eager_chains():
         for t in (target, compile_target(target))
     ]
     torch.testing.assert_close(traces[1], traces[0], atol=1e-5, rtol=1e-5)
+
+
+def test_training_loops_use_fused_adamw_with_the_plain_update():
+    torch.manual_seed(0)
+    params = [torch.randn(20, 10, requires_grad=True), torch.randn(10, requires_grad=True)]
+    copies = [p.detach().clone().requires_grad_() for p in params]
+    fused = adamw(params, 1e-2, weight_decay=0.1)
+    plain = torch.optim.AdamW(copies, lr=1e-2, weight_decay=0.1)
+    if torch.__version__ >= "2.4":  # fused AdamW on CPU since torch 2.4
+        assert fused.param_groups[0]["fused"] is True
+    for _ in range(20):
+        grads = [torch.randn_like(p) for p in params]
+        for group, opt in ((params, fused), (copies, plain)):
+            for p, g in zip(group, grads):
+                p.grad = g.clone()
+            opt.step()
+    for a, b in zip(params, copies):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)

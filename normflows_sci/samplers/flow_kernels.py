@@ -17,6 +17,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from normflows_sci._optim import adamw
 from normflows_sci.samplers.kernels import (
     HMC,
     MALA,
@@ -215,9 +216,7 @@ class AdaptiveFlowMCMC(Kernel):
         self.local_steps = int(local_steps)
         self.train_steps = int(train_steps)
         self.learning_rate = _check_positive("learning_rate", learning_rate)
-        self.optimizer = (
-            torch.optim.Adam(flow.parameters(), lr=learning_rate) if self.train_steps else None
-        )
+        self.optimizer = adamw(flow.parameters(), learning_rate) if self.train_steps else None
 
     def init(self, x: Tensor) -> HybridState:
         local = self.local.init(x)

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from normflows_sci._optim import adamw
 from normflows_sci.samplers.targets import as_log_prob
 
 __all__ = ["regularize_energy", "reverse_kl_loss", "forward_kl_loss", "fit_boltzmann"]
@@ -255,7 +256,7 @@ def fit_boltzmann(
     generator.manual_seed(torch.seed() % 2**62 if seed is None else seed)
     if data is not None:
         data = data.to(device=device, dtype=reference.dtype)
-    optimizer = torch.optim.AdamW(flow.parameters(), lr=learning_rate, weight_decay=weight_decay)
+    optimizer = adamw(flow.parameters(), learning_rate, weight_decay)
     scheduler = (
         torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, int(steps))
         if schedule == "cosine"

@@ -37,6 +37,7 @@ import time
 import torch
 from torch import Tensor
 
+from normflows_sci._optim import adamw
 from normflows_sci.samplers.importance import importance_weights
 from normflows_sci.samplers.kernels import HMC, MALA, RandomWalkMH
 from normflows_sci.samplers.sequential import anneal
@@ -542,7 +543,7 @@ def fit_fab(
 
     generator = torch.Generator(device=device)
     generator.manual_seed(torch.seed() % 2**62 if seed is None else seed)
-    optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=weight_decay)
+    optimizer = adamw(parameters, learning_rate, weight_decay)
     scheduler = (
         torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
         if schedule == "cosine"

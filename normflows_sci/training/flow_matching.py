@@ -33,6 +33,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from normflows_sci._optim import adamw
 from normflows_sci.manifolds import Sphere, Torus
 from normflows_sci.transforms import wrap_angle
 
@@ -240,7 +241,7 @@ def fit_flow_matching(
 
     clock = time.perf_counter()
     parameters = [p for p in flow.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=weight_decay)
+    optimizer = adamw(parameters, learning_rate, weight_decay)
     scheduler = None
     if schedule == "cosine":
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)

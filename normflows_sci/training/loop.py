@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from normflows_sci._optim import adamw
 from normflows_sci.io import atomic_write
 
 __all__ = ["fit_flow", "SCHEDULES"]
@@ -135,7 +136,7 @@ def fit_flow(
 
     clock = time.perf_counter()  # the budget includes setting up (the first optimizer is slow)
     parameters = [p for p in flow.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=weight_decay)
+    optimizer = adamw(parameters, learning_rate, weight_decay)
     steps_per_epoch = math.ceil(len(data) / batch_size)
     if schedule == "cosine":
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
