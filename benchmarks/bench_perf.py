@@ -16,9 +16,10 @@ features and batch size the script records, per package:
   ``Adam.step``), median over ``--repeats`` calls after ``--warmup`` calls;
 * ``sample``: wall time to draw ``batch`` samples under ``torch.no_grad()``, reported as
   samples per second;
-* the peak memory of one more, untimed, call of each (see ``_common.PeakMemory``: on CPU the
-  rise of the process's resident set above what it held before the call; not measured for
-  calls slower than ``--max-seconds``).
+* the peak memory of one more, untimed, call of each (see ``_common.PeakMemory``: the peak of
+  the tensor memory the call allocates above what was live before it, from the allocation
+  events of torch's profiler on CPU, ``max_memory_allocated`` on CUDA; not measured for calls
+  slower than ``--max-seconds``).
 
 Repeats are interleaved across packages so load drifts hit all alike. Long calls:
 
@@ -55,7 +56,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from _common import OtherLoad, PeakMemory, version, versions, warn_if_busy
+from _common import OtherLoad, PeakMemory, pin_allocator, version, versions, warn_if_busy
 from bench_flows import (
     BINS,
     CASES,
@@ -699,7 +700,8 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
-    memory = PeakMemory()  # before any timing: it pins glibc's allocator thresholds
+    pin_allocator()  # before any timing: one glibc allocator policy for every timed call
+    memory = PeakMemory()
     peers = versions("torch", "nflows", "zuko", "normflows")
     print(
         f"normflows_sci performance grid | cases {' '.join(args.cases)} | features "
@@ -713,7 +715,11 @@ def main() -> None:
     )
     print(
         "peak memory: "
-        + ("process RSS high-water mark of one extra call" if memory.available else "n/a")
+        + (
+            "peak tensor memory of one extra call (profiler allocation events)"
+            if memory.available
+            else "n/a"
+        )
         + ("" if memory.available else f" ({memory.reason})")
     )
     print(
@@ -743,7 +749,9 @@ def main() -> None:
             "threads": torch.get_num_threads(),
             "other_cores": grid.other_cores,
             "seconds": elapsed,
-            "peak_memory": "n/a: " + memory.reason if memory.reason else "rss high-water mark",
+            "peak_memory": "n/a: " + memory.reason
+            if memory.reason
+            else "peak tensor memory (profiler allocation events)",
         }
         save_json(grid, args.json, counts, meta)
     warn_if_busy(busiest)
