@@ -57,7 +57,7 @@ def _module_tensors(module: nn.Module) -> list[Tensor]:
 
 def _learners(kernel) -> tuple[list[nn.Module], list[torch.optim.Optimizer]]:
     """The flows (``flow`` attributes) and optimizers of ``kernel`` and its sub-kernels
-    (``local``, ``inner``, ``global_move``, ...), each once."""
+    (``local``, ``inner``, ...), each once."""
     flows: list[nn.Module] = []
     optimizers: list[torch.optim.Optimizer] = []
     seen: set[int] = set()

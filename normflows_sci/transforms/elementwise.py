@@ -63,10 +63,19 @@ class AffineMap(ElementwiseMap):
         self.max_log_scale = float(max_log_scale)
 
     def _map(self, inputs: Tensor, shift: Tensor, raw: Tensor, inverse: bool):
-        log_scale = self.max_log_scale * torch.tanh(raw / self.max_log_scale)
+        bound = self.max_log_scale
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (inputs, shift, raw)):
+            log_scale = bound * torch.tanh(raw / bound)
+            if inverse:
+                return (inputs - shift) * (-log_scale).exp(), -log_scale
+            return inputs * log_scale.exp() + shift, log_scale
+        # No gradient (sampling, evaluation): the same arithmetic, with the intermediate
+        # results overwritten in place, so fewer batch-sized temporaries are alive at once.
+        log_scale = (raw / bound).tanh_().mul_(bound)
         if inverse:
-            return (inputs - shift) * (-log_scale).exp(), -log_scale
-        return inputs * log_scale.exp() + shift, log_scale
+            log_scale = log_scale.neg_()
+            return (inputs - shift).mul_(log_scale.exp()), log_scale
+        return (inputs * log_scale.exp()).add_(shift), log_scale
 
     def forward(self, inputs: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
         return self._map(inputs, *params.unbind(-1), inverse=False)
