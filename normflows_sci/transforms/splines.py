@@ -90,13 +90,21 @@ def _check_heights(unnormalized_widths: Tensor, unnormalized_heights: Tensor) ->
     return num_bins
 
 
-@functools.lru_cache(maxsize=256)
-def _constant(values: tuple, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """A small constant tensor, made once per (values, dtype, device) instead of once per call.
+_is_compiling = getattr(torch.compiler, "is_compiling", None) or torch._dynamo.is_compiling
 
-    Created outside inference mode, so that a first call under ``torch.inference_mode()`` does
-    not cache a tensor that autograd later refuses to save. Never modified in place.
-    """
+
+def _constant(values: tuple, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A small constant tensor, made once per (values, dtype, device) instead of once per call;
+    under ``torch.compile`` a constant of the traced graph (no Python-side cache to trace)."""
+    if _is_compiling():
+        return torch.tensor(values, dtype=dtype, device=device)
+    return _cached_constant(values, dtype, device)
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_constant(values: tuple, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """Created outside inference mode, so that a first call under ``torch.inference_mode()`` does
+    not cache a tensor that autograd later refuses to save. Never modified in place."""
     with torch.inference_mode(False):
         return torch.tensor(values, dtype=dtype, device=device)
 
