@@ -175,3 +175,16 @@ def test_affine_map_without_gradients_gives_the_same_bits(dtype):
         for a, b in zip(plain, tracked):
             assert torch.equal(a, b.detach())
     assert torch.equal(x, x_before) and torch.equal(params, params_before)
+
+
+def test_affine_map_log_scale_is_the_tanh_soft_clamp():
+    # s = bound * tanh(raw / bound), evaluated through a sigmoid; zero raw gives the identity.
+    affine = T.AffineMap(2.5)
+    raw = torch.cat([torch.linspace(-40, 40, 2001, dtype=torch.float64), torch.zeros(1).double()])
+    x = torch.randn(raw.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    shift = torch.zeros_like(raw)
+    expected = 2.5 * torch.tanh(raw / 2.5)
+    y, log_scale = affine.forward(x, torch.stack([shift, raw], -1))
+    torch.testing.assert_close(log_scale, expected, atol=1e-14, rtol=0)
+    torch.testing.assert_close(y, x * expected.exp(), atol=1e-12, rtol=1e-12)
+    assert log_scale.abs().max() <= 2.5 and log_scale[-1] == 0 and y[-1] == x[-1]
