@@ -84,8 +84,9 @@ class Flow(nn.Module):
         small operations: on a 2-core CPU training steps at batch 256 ran 1.3-1.8x faster, at
         batch 4096 (network-dominated) 2-15% faster; on GPUs the gain is larger. Argument checks
         stay in eager Python. The first call per input shape compiles (up to tens of seconds on
-        CPU; later batch sizes reuse a dynamic-shape graph). Autoregressive sampling unrolls one step per feature, so compiling ``sample``
-        of a wide MAF/NSF takes long: pass ``sample=False`` to compile only ``log_prob``.
+        CPU; later batch sizes reuse a dynamic-shape graph). Autoregressive sampling unrolls one
+        step per feature, so compiling ``sample`` of a wide MAF/NSF takes long: pass
+        ``sample=False`` to compile only ``log_prob``.
         The compiled functions are not part of the state dict: compile again after loading.
 
         Args:

@@ -68,10 +68,10 @@ class AffineMap(ElementwiseMap):
     def _map(self, inputs: Tensor, shift: Tensor, raw: Tensor, inverse: bool):
         bound = self.max_log_scale
         if torch.is_grad_enabled() and any(t.requires_grad for t in (inputs, shift, raw)):
-            if inverse:
-                log_scale = bound - torch.sigmoid(raw * (2.0 / bound)) * (2.0 * bound)
-                return (inputs - shift) * log_scale.exp(), log_scale
             log_scale = torch.sigmoid(raw * (2.0 / bound)) * (2.0 * bound) - bound
+            if inverse:
+                log_scale = -log_scale
+                return (inputs - shift) * log_scale.exp(), log_scale
             return inputs * log_scale.exp() + shift, log_scale
         # No gradient (sampling, evaluation): the same arithmetic, with the intermediate
         # results overwritten in place, so fewer batch-sized temporaries are alive at once.
