@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from collections.abc import Callable
 
 import torch
 from _common import OtherLoad, versions, warn_if_busy
@@ -58,12 +57,6 @@ def compiled(bench: Bench, package: str, sample: bool) -> Bench:
     return bench
 
 
-def first_call(step: Callable[[Bench], float], bench: Bench) -> float:
-    start = time.perf_counter()
-    step(bench)
-    return time.perf_counter() - start
-
-
 def run_point(case: str, features: int, batch: int, args: argparse.Namespace):
     """``{(package, mode): {"first": {metric: s}, "times": {metric: [s]}}}`` for one point."""
     torch._dynamo.reset()  # fresh compile caches: every model is new
@@ -88,7 +81,7 @@ def run_point(case: str, features: int, batch: int, args: argparse.Namespace):
         # The floor's sampler discards the network outputs: compiled, it would run nothing.
         timed = {k: b for k, b in variants.items() if metric == "train" or k[0] != FLOOR}
         for key, bench in timed.items():
-            record[key]["first"][metric] = first_call(step, bench)
+            record[key]["first"][metric] = step(bench)  # compiles
         for round_ in range(args.warmup + args.repeats):
             for key, bench in timed.items():
                 elapsed = step(bench)
