@@ -7,26 +7,110 @@ Layout (``format_version`` 1)::
                       "package_version": ..., "kind": ..., ...user config...}
       weights.pt     torch.save of a flat {name: tensor} dict, read with weights_only=True
 
-Loading never unpickles arbitrary objects: the config is JSON and the weights are read by
-``torch.load(weights_only=True)``. A missing, truncated or foreign file raises ``ValueError`` with
-the path and the reason.
+Loading never unpickles arbitrary objects and never allocates more than the file can justify:
+
+* the config is JSON, read through a bounded stream (at most :data:`MAX_CONFIG_BYTES`
+  decompressed, nested at most :data:`MAX_CONFIG_DEPTH` levels);
+* tensors go through :func:`read_torch`: ``torch.load(weights_only=True)`` of an uncompressed
+  PyTorch archive of at most :data:`MAX_WEIGHTS_BYTES`, every tensor dense (no expanded views
+  that claim more elements than their storage holds);
+* weights must be finite, when saving and when loading.
+
+A missing, truncated, oversized or foreign file raises ``ValueError`` naming the path, the member
+and the reason. Interrupted writes leave a temporary file ``.NAME.PID.XXXXXXXX.tmp`` next to the
+target; the next write to the same target removes those of writers that are gone.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
+import re
 import tempfile
+import time
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 
+import numpy as np
 import torch
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "save_model", "load_model", "atomic_write"]
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "MAX_CONFIG_BYTES",
+    "MAX_CONFIG_DEPTH",
+    "MAX_WEIGHTS_BYTES",
+    "MAX_PICKLE_BYTES",
+    "STALE_TEMPORARY_SECONDS",
+    "save_model",
+    "load_model",
+    "atomic_write",
+    "read_torch",
+    "check_finite",
+    "data_fingerprint",
+]
 
 FORMAT = "normflows_sci.model"
 FORMAT_VERSION = 1
+# Largest decompressed config.json accepted (a config is column names, a spec and a history).
+MAX_CONFIG_BYTES = 8 * 2**20
+# Deepest nesting of lists/objects accepted in a config (real configs nest 3 levels).
+MAX_CONFIG_DEPTH = 32
+# Largest weights.pt (decompressed) and largest torch file read by read_torch by default.
+MAX_WEIGHTS_BYTES = 2 * 2**30
+# Largest pickle (the structure, not the tensor data) inside a torch file.
+MAX_PICKLE_BYTES = 64 * 2**20
+# A temporary file of atomic_write untouched this long, whose writer is gone, is removed.
+STALE_TEMPORARY_SECONDS = 600.0
+
+# mkstemp's random part: 8 characters of [a-z0-9_].
+_RANDOM_PART = r"[a-z0-9_]{8}"
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine (True when it cannot be told)."""
+    if pid <= 0 or os.name == "nt":
+        return pid > 0
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. PermissionError: it exists, owned by someone else
+        return True
+    return True
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Remove temporaries that interrupted writes of ``path`` left behind.
+
+    A temporary is stale when it has not been modified for :data:`STALE_TEMPORARY_SECONDS` AND
+    its writer (the pid in its name) is no longer running here. Both conditions: a live writer
+    on this machine keeps its file however slow it is, and a writer on another machine sharing
+    the folder keeps writing (so its file stays fresh) until it renames it. Names without a pid
+    (written by older versions) are judged by age alone.
+    """
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.(?:(\d+)\.)?{_RANDOM_PART}\.tmp")
+    now = time.time()
+    try:
+        candidates = list(path.parent.iterdir())
+    except OSError:
+        return
+    for candidate in candidates:
+        match = pattern.fullmatch(candidate.name)
+        if match is None:
+            continue
+        pid = match.group(1)
+        try:
+            if now - candidate.lstat().st_mtime < STALE_TEMPORARY_SECONDS:
+                continue
+            if pid is not None and _process_alive(int(pid)):
+                continue
+            candidate.unlink()
+        except OSError:  # gone already, or not ours to remove: never fail the write for it
+            continue
 
 
 def atomic_write(path: str | os.PathLike, data: bytes) -> Path:
@@ -34,7 +118,9 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> Path:
     crash never leaves a half-written file behind.
 
     Missing parent folders are created; the file gets the permissions a plain ``open()`` would give
-    it. Returns the path.
+    it. The temporary is named ``.NAME.PID.XXXXXXXX.tmp``; after writing, temporaries of the same
+    target left by writers that died (``kill -9``, power loss) are removed (see
+    :data:`STALE_TEMPORARY_SECONDS`). Returns the path.
 
     Example:
         >>> with tempfile.TemporaryDirectory() as folder:
@@ -46,7 +132,9 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> Path:
     if path.exists() and not path.is_file():
         raise ValueError(f"{path} exists and is not a regular file; refusing to replace it")
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    handle, temporary = tempfile.mkstemp(
+        dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp"
+    )
     try:
         with os.fdopen(handle, "wb") as file:
             file.write(data)
@@ -61,7 +149,142 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> Path:
         if os.path.exists(temporary):
             os.unlink(temporary)
         raise
+    _remove_stale_temporaries(path)
     return path
+
+
+# ------------------------------------------------------------------------------------ tensors
+
+
+def check_finite(tensors: Mapping[str, torch.Tensor], where: str) -> None:
+    """Raise ``ValueError`` naming ``where`` and the first tensor with NaN or infinite entries.
+
+    Example:
+        >>> check_finite({"ok": torch.ones(2), "bad": torch.tensor([1.0, float("nan")])}, "model")
+        Traceback (most recent call last):
+            ...
+        ValueError: model: tensor 'bad' has 1 non-finite (NaN or infinite) entries
+    """
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() or tensor.is_complex():
+            bad = int((~torch.isfinite(tensor)).sum())
+            if bad:
+                raise ValueError(
+                    f"{where}: tensor {name!r} has {bad} non-finite (NaN or infinite) entries"
+                )
+
+
+def _check_loaded_tensors(value, name: str) -> None:
+    """Every tensor in a loaded structure must be a dense strided tensor that addresses no more
+    elements than its storage holds (a stride-0 view of a few bytes can claim terabytes)."""
+    stack, depth_of = [(value, 0)], MAX_CONFIG_DEPTH
+    while stack:
+        item, depth = stack.pop()
+        if depth > depth_of:
+            raise ValueError(f"{name} nests containers more than {depth_of} levels deep")
+        if isinstance(item, torch.Tensor):
+            if item.layout != torch.strided or item.is_quantized or item.is_meta:
+                raise ValueError(f"{name} holds a {item.layout} tensor; only dense tensors")
+            if item.numel() * item.element_size() > item.untyped_storage().nbytes():
+                raise ValueError(
+                    f"{name} holds a tensor of shape {tuple(item.shape)} that is a view larger "
+                    "than its storage (an expanded or overlapping view); refusing it"
+                )
+        elif isinstance(item, Mapping):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend((v, depth + 1) for v in item)
+
+
+def read_torch(source: bytes | str | os.PathLike, *, name: str, max_bytes: int = MAX_WEIGHTS_BYTES):
+    """``torch.load(weights_only=True)`` of a ``torch.save`` archive, refusing anything that
+    could run code or allocate more memory than the file holds.
+
+    The archive must be PyTorch's zip format (the legacy pickle-stream format is refused), every
+    member stored uncompressed (``torch.save`` never compresses, so a compressed member can only
+    be a decompression bomb), at most ``max_bytes`` in all and its pickle at most
+    :data:`MAX_PICKLE_BYTES`. Only tensors and plain containers are unpickled; every tensor must be
+    dense and no larger than its storage. Tensors are loaded on the CPU.
+
+    Args:
+        source: the file's bytes or its path.
+        name: how the file is named in errors (e.g. ``"model.nfs member weights.pt"``).
+        max_bytes: size limit of the archive.
+
+    Raises:
+        ValueError: any of the above, naming ``name``.
+
+    Example:
+        >>> buffer = io.BytesIO()
+        >>> torch.save({"w": torch.ones(2)}, buffer)
+        >>> read_torch(buffer.getvalue(), name="demo")["w"].tolist()
+        [1.0, 1.0]
+        >>> read_torch(b"cos\\nsystem\\n(S'echo hi'\\ntR.", name="evil.pt")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+            ...
+        ValueError: evil.pt is not a PyTorch archive ...
+    """
+    in_memory = isinstance(source, (bytes, bytearray, memoryview))
+    size = len(source) if in_memory else os.path.getsize(source)
+    if size > max_bytes:
+        raise ValueError(f"{name} has {size} bytes, more than the limit of {max_bytes}")
+    handle = io.BytesIO(source) if in_memory else source
+    try:
+        with zipfile.ZipFile(handle) as archive:
+            members = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as error:
+        raise ValueError(
+            f"{name} is not a PyTorch archive (the zip format of torch.save): {error}"
+        ) from error
+    total = 0
+    for member in members:
+        if member.compress_type != zipfile.ZIP_STORED or member.file_size != member.compress_size:
+            raise ValueError(
+                f"{name}: member {member.filename} is compressed; torch.save never compresses, so "
+                "this is not a file it wrote (refusing a possible decompression bomb)"
+            )
+        if member.filename.endswith(".pkl") and member.file_size > MAX_PICKLE_BYTES:
+            raise ValueError(
+                f"{name}: member {member.filename} has {member.file_size} bytes of pickle, more "
+                f"than the limit of {MAX_PICKLE_BYTES}"
+            )
+        total += member.file_size
+    if total > max_bytes:
+        raise ValueError(f"{name} holds {total} bytes, more than the limit of {max_bytes}")
+    if in_memory:
+        handle.seek(0)
+    try:
+        value = torch.load(handle, weights_only=True, map_location="cpu")
+    except Exception as error:  # torch raises several types for damaged or hostile data
+        raise ValueError(
+            f"{name} could not be read as plain tensors (damaged, or it holds objects other than "
+            f"tensors and containers): {' '.join(str(error).split())[:500]}"
+        ) from error
+    _check_loaded_tensors(value, name)
+    return value
+
+
+def data_fingerprint(values) -> str:
+    """``"dtype shape sha256:HEX"`` of a tensor or array: equal exactly when the contents are.
+
+    Example:
+        >>> a = data_fingerprint(torch.arange(4.0))
+        >>> a == data_fingerprint(torch.arange(4.0)), a == data_fingerprint(2 * torch.arange(4.0))
+        (True, False)
+        >>> a.split()[:2]
+        ['torch.float32', '(4,)']
+    """
+    if isinstance(values, torch.Tensor):
+        flat = values.detach().cpu().contiguous().reshape(-1)
+        raw = flat.view(torch.uint8).numpy() if flat.numel() else b""
+        dtype, shape = str(values.dtype), tuple(values.shape)
+    else:
+        array = np.ascontiguousarray(values)
+        raw, dtype, shape = array.view(np.uint8).reshape(-1), f"numpy.{array.dtype}", array.shape
+    return f"{dtype} {shape} sha256:{hashlib.sha256(raw).hexdigest()}"
+
+
+# ------------------------------------------------------------------------------------ model files
 
 
 def save_model(path: str | os.PathLike, config: dict, tensors: dict[str, torch.Tensor]) -> Path:
@@ -69,6 +292,10 @@ def save_model(path: str | os.PathLike, config: dict, tensors: dict[str, torch.T
 
     Tensors are detached and moved to the CPU; the format header (``format``, ``format_version``,
     ``package_version``) is added to the config. Returns the path.
+
+    Raises:
+        TypeError: ``config`` is not JSON-serialisable, or ``tensors`` is not ``{str: Tensor}``.
+        ValueError: a tensor has NaN or infinite entries (a model that could not be loaded).
 
     Example:
         >>> with tempfile.TemporaryDirectory() as folder:
@@ -80,10 +307,13 @@ def save_model(path: str | os.PathLike, config: dict, tensors: dict[str, torch.T
     """
     from normflows_sci import __version__
 
+    if not all(isinstance(k, str) and isinstance(t, torch.Tensor) for k, t in tensors.items()):
+        raise TypeError("tensors must be a dict {name: Tensor}")
+    check_finite(tensors, f"refusing to save {path}")
     header = {"format": FORMAT, "format_version": FORMAT_VERSION, "package_version": __version__}
     try:
         config_text = json.dumps({**header, **config}, indent=2, sort_keys=True)
-    except TypeError as error:
+    except (TypeError, ValueError) as error:
         raise TypeError(f"config must be JSON-serialisable: {error}") from error
     weights = io.BytesIO()
     torch.save({name: t.detach().cpu() for name, t in tensors.items()}, weights)
@@ -94,12 +324,84 @@ def save_model(path: str | os.PathLike, config: dict, tensors: dict[str, torch.T
     return atomic_write(path, archive.getvalue())
 
 
+def _read_member(archive: zipfile.ZipFile, member: str, limit: int, path: Path) -> bytes:
+    """A member's bytes, at most ``limit`` of them: the size in the header is checked first, and
+    the read is bounded too, since a crafted header can understate the size."""
+    info = archive.getinfo(member)
+    too_big = f"{path}: member {member} decompresses to more than {limit} bytes (the limit)"
+    if info.file_size > limit:
+        raise ValueError(f"{too_big}: its header says {info.file_size}")
+    try:
+        with archive.open(info) as stream:
+            data = stream.read(limit + 1)
+    # BadZipFile (CRC), zlib.error, NotImplementedError (unknown compression), EOFError, ...
+    except Exception as error:
+        raise ValueError(
+            f"{path} is not a readable normflows_sci model file: member {member} is damaged: "
+            f"{error}"
+        ) from error
+    if len(data) > limit:
+        raise ValueError(too_big)
+    return data
+
+
+def _too_deep(value, limit: int) -> str | None:
+    """The location of the first container nested deeper than ``limit``, else None."""
+    stack = [(value, 0, "config")]
+    while stack:
+        item, depth, where = stack.pop()
+        if isinstance(item, (dict, list)) and depth >= limit:
+            return where
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1, f"{where}[{k!r}]") for k, v in item.items())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1, f"{where}[{i}]") for i, v in enumerate(item))
+    return None
+
+
+def _read_config(path: Path, data: bytes) -> dict:
+    """Parse and check the header of config.json."""
+    try:
+        config = json.loads(data.decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as error:
+        raise ValueError(f"{path}: member config.json is not valid JSON: {error}") from error
+    except RecursionError as error:  # stdlib json recurses per nesting level
+        raise ValueError(
+            f"{path}: member config.json nests lists/objects too deeply to read"
+        ) from error
+    if not isinstance(config, dict):
+        raise ValueError(
+            f"{path}: member config.json must hold a JSON object, got a {type(config).__name__}"
+        )
+    if config.get("format") != FORMAT:
+        raise ValueError(
+            f"{path} is not a normflows_sci model file (format {config.get('format')!r})"
+        )
+    version = config.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool) or version > FORMAT_VERSION:
+        raise ValueError(
+            f"{path} has model format version {version!r}; this package reads up to "
+            f"{FORMAT_VERSION}: upgrade normflows_sci"
+        )
+    deep = _too_deep(config, MAX_CONFIG_DEPTH)
+    if deep is not None:
+        raise ValueError(
+            f"{path}: config.json field {deep} is nested more than {MAX_CONFIG_DEPTH} levels deep"
+        )
+    return config
+
+
 def load_model(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
     """Read ``(config, tensors)`` from a file written by :func:`save_model`.
 
+    Members are read through bounded streams (:data:`MAX_CONFIG_BYTES`,
+    :data:`MAX_WEIGHTS_BYTES`), the weights through :func:`read_torch`, and every tensor must be
+    finite. The caller validates the config's own fields.
+
     Raises:
         FileNotFoundError: no such file.
-        ValueError: not a normflows_sci model file, a newer format, or a damaged file.
+        ValueError: not a normflows_sci model file, a newer format, a damaged, oversized or
+            hostile file, or non-finite weights; the message names the file and the member.
 
     Example:
         >>> with tempfile.TemporaryDirectory() as folder:
@@ -117,28 +419,23 @@ def load_model(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
     if not path.is_file():
         raise FileNotFoundError(f"model file not found: {path}")
     try:
-        with zipfile.ZipFile(path) as zf:
-            names = set(zf.namelist())
-            if not {"config.json", "weights.pt"} <= names:
-                raise ValueError("it lacks config.json or weights.pt")
-            config = json.loads(zf.read("config.json").decode("utf-8"))
-            weights = zf.read("weights.pt")
-    except (zipfile.BadZipFile, json.JSONDecodeError, UnicodeDecodeError, ValueError, OSError) as e:
-        raise ValueError(f"{path} is not a readable normflows_sci model file: {e}") from e
-    if not isinstance(config, dict) or config.get("format") != FORMAT:
-        raise ValueError(
-            f"{path} is not a normflows_sci model file (format {config.get('format')!r})"
-        )
-    version = config.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise ValueError(
-            f"{path} has model format version {version!r}; this package reads up to "
-            f"{FORMAT_VERSION}: upgrade normflows_sci"
-        )
-    try:
-        tensors = torch.load(io.BytesIO(weights), weights_only=True, map_location="cpu")
-    except Exception as error:  # torch raises several types for damaged data
-        raise ValueError(f"{path} has damaged weights: {error}") from error
-    if not isinstance(tensors, dict):
-        raise ValueError(f"{path} has damaged weights: expected a dict of tensors")
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as error:
+        raise ValueError(f"{path} is not a readable normflows_sci model file: {error}") from error
+    with archive:
+        missing = {"config.json", "weights.pt"} - set(archive.namelist())
+        if missing:
+            raise ValueError(
+                f"{path} is not a readable normflows_sci model file: it lacks "
+                f"{' and '.join(sorted(missing))}"
+            )
+        config_bytes = _read_member(archive, "config.json", MAX_CONFIG_BYTES, path)
+        weights = _read_member(archive, "weights.pt", MAX_WEIGHTS_BYTES, path)
+    config = _read_config(path, config_bytes)
+    tensors = read_torch(weights, name=f"{path}: member weights.pt")
+    if not isinstance(tensors, dict) or not all(
+        isinstance(k, str) and isinstance(t, torch.Tensor) for k, t in tensors.items()
+    ):
+        raise ValueError(f"{path} has damaged weights: expected a dict of named tensors")
+    check_finite(tensors, f"{path}: member weights.pt")
     return config, tensors

@@ -4,6 +4,7 @@ checkpoint/resume, progress bar, and data parallelism across processes (torch.di
 from __future__ import annotations
 
 import io
+import json
 import math
 import os
 import time
@@ -14,11 +15,29 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from normflows_sci._optim import adamw
-from normflows_sci.io import atomic_write
+from normflows_sci.io import MAX_WEIGHTS_BYTES, atomic_write, data_fingerprint, read_torch
 
-__all__ = ["fit_flow", "SCHEDULES"]
+__all__ = ["fit_flow", "SCHEDULES", "MAX_CHECKPOINT_BYTES"]
 
 SCHEDULES = ("cosine", "plateau", "constant")
+# Largest checkpoint file read on resume (weights, two Adam moments and the best weights).
+MAX_CHECKPOINT_BYTES = 4 * MAX_WEIGHTS_BYTES
+# What a checkpoint holds, and the types it must have to be resumed from.
+_CHECKPOINT_TYPES = {
+    "flow": dict,
+    "optimizer": dict,
+    "scheduler": (dict, type(None)),
+    "shuffle_rng": torch.Tensor,
+    "noise_rng": torch.Tensor,
+    "history": dict,
+    "best_val": float,
+    "best_state": (dict, type(None)),
+    "bad_epochs": int,
+    "epoch": int,
+    "elapsed": float,
+    "seed": int,
+    "fingerprint": dict,
+}
 
 
 def _distributed() -> tuple[int, int]:
@@ -65,6 +84,7 @@ def fit_flow(
     progress: bool = True,
     checkpoint: str | os.PathLike | None = None,
     resume: bool = False,
+    fingerprint: dict | None = None,
 ) -> dict[str, list]:
     """Train ``flow`` by maximum likelihood (forward KL) on ``data``.
 
@@ -91,7 +111,20 @@ def fit_flow(
             called as ``transform_batch(batch, generator)``.
         progress: show a tqdm progress bar (rank 0 only).
         checkpoint: file to save the full training state to after every epoch (atomically).
-        resume: continue from ``checkpoint`` if it exists: the same run, step for step.
+            It records a fingerprint of the run: the data (``data``, ``context``, ``val_data``,
+            ``val_context``: dtype, shape and SHA-256 of the contents), the architecture (every
+            tensor name, dtype and shape of ``flow.state_dict()``), the options that shape the
+            run (``batch_size``, ``learning_rate``, ``weight_decay``, ``schedule``, ``clip_grad``,
+            ``seed``, ``max_epochs`` under the cosine schedule, whether ``transform_batch`` is
+            given) and ``fingerprint``.
+        resume: continue from ``checkpoint`` if it exists: the same run, step for step. A
+            checkpoint of another run (other data, architecture, options or ``fingerprint``)
+            or a damaged one raises ``ValueError`` naming the file and what differs; budgets
+            (``max_time``, ``patience``, ``max_epochs`` outside the cosine schedule) may change.
+            Without ``seed``, the checkpoint's seed is used.
+        fingerprint: JSON-serialisable dict identifying the run beyond the tensors ``fit_flow``
+            sees (e.g. the raw table before a caller's preprocessing, and the caller's
+            settings); compared on resume.
 
     Returns:
         History: equal-length lists ``epoch``, ``train_loss``, ``val_loss`` (NaN without a
@@ -120,6 +153,12 @@ def fit_flow(
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     if len(data) == 0:
         raise ValueError("data is empty")
+    caller = _caller_fingerprint(fingerprint)
+    state = None
+    if resume and checkpoint is not None and os.path.exists(checkpoint):
+        state = _read_checkpoint(checkpoint)
+        if seed is None:
+            seed = state["seed"]
     rank, world = _distributed()
     if world > 1:
         # Same starting point and the same seed everywhere.
@@ -153,14 +192,24 @@ def fit_flow(
         k: [] for k in ("epoch", "train_loss", "val_loss", "learning_rate", "time")
     }
     best_val, best_state, bad_epochs, start_epoch, elapsed = math.inf, None, 0, 0, 0.0
-    if resume and checkpoint is not None and os.path.exists(checkpoint):
-        state = torch.load(checkpoint, weights_only=True)
-        flow.load_state_dict(state["flow"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None:
-            scheduler.load_state_dict(state["scheduler"])
-        shuffle_gen.set_state(state["shuffle_rng"])
-        noise_gen.set_state(state["noise_rng"])
+    run = None
+    if checkpoint is not None:
+        options = dict(
+            batch_size=int(batch_size),
+            learning_rate=float(learning_rate),
+            weight_decay=float(weight_decay),
+            schedule=schedule,
+            clip_grad=None if clip_grad is None else float(clip_grad),
+            seed=int(seed),
+            max_epochs=max_epochs if schedule == "cosine" else None,
+            transform_batch=transform_batch is not None,
+        )
+        tensors = dict(data=data, context=context, val_data=val_data, val_context=val_context)
+        run = _run_fingerprint(flow, tensors, options, caller)
+    if state is not None:
+        _compare_runs(checkpoint, state["fingerprint"], run)
+        generators = {"shuffle_rng": shuffle_gen, "noise_rng": noise_gen}
+        _restore(checkpoint, state, flow, optimizer, scheduler, generators)
         history, best_val, best_state = state["history"], state["best_val"], state["best_state"]
         bad_epochs, start_epoch, elapsed = state["bad_epochs"], state["epoch"], state["elapsed"]
 
@@ -243,6 +292,8 @@ def fit_flow(
                 bad_epochs=bad_epochs,
                 epoch=epoch,
                 elapsed=time.perf_counter() - started,
+                seed=seed,
+                fingerprint=run,
             )
         if patience is not None and bad_epochs >= patience:
             break
@@ -257,3 +308,109 @@ def _save_checkpoint(path, **state) -> None:
     buffer = io.BytesIO()
     torch.save(state, buffer)
     atomic_write(path, buffer.getvalue())
+
+
+# ------------------------------------------------------------------------ checkpoint identity
+
+
+def _caller_fingerprint(fingerprint: dict | None) -> dict | None:
+    """The caller's fingerprint as ``{key: canonical JSON text}`` (plain types a checkpoint read
+    with ``weights_only=True`` can hold, compared key by key)."""
+    if fingerprint is None:
+        return None
+    if not isinstance(fingerprint, dict) or not all(isinstance(k, str) for k in fingerprint):
+        raise TypeError(f"fingerprint must be a dict with string keys, got {fingerprint!r:.80}")
+    try:
+        return {k: json.dumps(v, sort_keys=True, default=str) for k, v in fingerprint.items()}
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"fingerprint must be JSON-serialisable: {error}") from error
+
+
+def _run_fingerprint(flow, tensors: dict, options: dict, caller: dict | None) -> dict:
+    """What a checkpoint must agree with to be resumed: data, architecture, options, caller."""
+    return {
+        "data": {k: None if t is None else data_fingerprint(t) for k, t in tensors.items()},
+        "architecture": {
+            k: f"{str(t.dtype).replace('torch.', '')} {tuple(t.shape)}"
+            for k, t in flow.state_dict().items()
+        },
+        "options": options,
+        "caller": caller,
+    }
+
+
+def _short(value) -> str:
+    text = str(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _differences(stored: dict, current: dict) -> list[str]:
+    """Human-readable differences between a checkpoint's fingerprint and this run's."""
+    found = []
+    for section, label in (("data", "data"), ("options", "option"), ("caller", "fingerprint")):
+        old, new = stored.get(section) or {}, current.get(section) or {}
+        for key in sorted(set(old) | set(new)):
+            if old.get(key) != new.get(key):
+                found.append(
+                    f"{label} {key!r}: {_short(old.get(key))} in the checkpoint, "
+                    f"{_short(new.get(key))} now"
+                )
+    old, new = stored.get("architecture") or {}, current.get("architecture") or {}
+    if old != new:
+        changed = [k for k in new if k in old and old[k] != new[k]]
+        detail = (
+            f"tensor {changed[0]!r} is {old[changed[0]]} in the checkpoint, {new[changed[0]]} now"
+            if changed
+            else f"{len(set(old) - set(new))} tensors only in the checkpoint, "
+            f"{len(set(new) - set(old))} only in this flow"
+        )
+        found.append(f"architecture: {detail}")
+    return found
+
+
+def _compare_runs(path, stored: dict, current: dict) -> None:
+    differences = _differences(stored, current)
+    if differences:
+        raise ValueError(
+            f"checkpoint {path} is not from this run, refusing to resume from it: "
+            + "; ".join(differences)
+            + ". Resume with the same data, flow and options, or start afresh (resume=False or "
+            "another checkpoint file)"
+        )
+
+
+def _read_checkpoint(path) -> dict:
+    """A checkpoint read safely (tensors and plain containers only) with its structure checked."""
+    name = f"checkpoint {path}"
+    state = read_torch(path, name=name, max_bytes=MAX_CHECKPOINT_BYTES)
+    if not isinstance(state, dict):
+        raise ValueError(f"{name} is damaged or not a fit_flow checkpoint: it holds no dict")
+    if "flow" in state and "fingerprint" not in state:
+        raise ValueError(
+            f"{name} has no fingerprint of its data and configuration (written by an older "
+            "version), so it cannot be checked against this run: delete it, or pass resume=False"
+        )
+    missing = [k for k in _CHECKPOINT_TYPES if k not in state]
+    if missing:
+        raise ValueError(f"{name} is damaged or not a fit_flow checkpoint: it lacks {missing}")
+    for key, kind in _CHECKPOINT_TYPES.items():
+        value = state[key]
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise ValueError(f"{name} is damaged: {key!r} holds a {type(value).__name__}")
+    history = state["history"]
+    if not all(isinstance(history.get(k), list) for k in ("epoch", "train_loss", "val_loss")):
+        raise ValueError(f"{name} is damaged: its history lacks the loss lists")
+    return state
+
+
+def _restore(path, state: dict, flow, optimizer, scheduler, generators: dict) -> None:
+    """Load a checked checkpoint's states into the run's objects."""
+    try:
+        flow.load_state_dict(state["flow"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        for key, generator in generators.items():
+            generator.set_state(state[key])
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as error:
+        raise ValueError(f"checkpoint {path} is damaged: {error}") from error
