@@ -29,6 +29,7 @@ from normflows_sci.samplers.kernels import (
     _relocate,
     _select,
 )
+from normflows_sci.samplers.targets import check_log_prob, check_start
 
 __all__ = [
     "IMHState",
@@ -77,9 +78,9 @@ class IndependentMH(Kernel):
         self.flow = flow
 
     def init(self, x: Tensor) -> IMHState:
-        x = _check_chains(x)
+        x, log_prob, _ = self._start(x)
         with torch.no_grad():
-            return IMHState(x, _finite(self.log_prob_fn(x)), self.flow.log_prob(x))
+            return IMHState(x, log_prob, self.flow.log_prob(x))
 
     def propose(self, num: int, generator) -> IMHState:
         with torch.no_grad():
@@ -129,9 +130,15 @@ class NeuTraHMC(HMC):
         x, logabsdet = self.flow.transform.inverse(z)
         return self.data_log_prob_fn(x.reshape(len(z), *self.flow.event_shape)) + logabsdet
 
+    # The latent log-density adds log|det| to the target's, which would broadcast a wrongly
+    # shaped target output: init checks the target itself, in data space.
+    _checks_start = False
+
     def init(self, x: Tensor):
         x = _check_chains(x)
         with torch.no_grad():
+            log_prob = check_log_prob(self.data_log_prob_fn(x), self.target, x.shape[0])
+            check_start(log_prob, self.target)
             z, _ = self.flow.transform(x)
         return super().init(z)
 
@@ -355,6 +362,9 @@ class ParallelTempering(Kernel):
         if local not in kernels:
             raise ValueError(f"local must be one of {sorted(kernels)}, got {local!r}")
         self.inner = kernels[local](self._tempered, step_size=step_size)
+        # The tempered log-density scales the target's by per-replica betas, which would
+        # broadcast a wrongly shaped target output: init checks the target itself.
+        self.inner._checks_start = False
 
     @property
     def num_temperatures(self) -> int:
@@ -368,6 +378,8 @@ class ParallelTempering(Kernel):
 
     def init(self, x: Tensor) -> PTState:
         x = _check_chains(x)
+        with torch.no_grad():
+            check_start(check_log_prob(self.log_prob_fn(x), self.target, x.shape[0]), self.target)
         replicas = x.repeat(self.num_temperatures, *([1] * (x.ndim - 1)))
         return PTState(self.inner.init(replicas), torch.zeros((), dtype=torch.long))
 

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from normflows_sci.checks import check_num_samples
-from normflows_sci.samplers.targets import as_log_prob
+from normflows_sci.samplers.targets import as_log_prob, check_log_prob
 
 __all__ = ["ImportanceResult", "importance_sample", "importance_weights"]
 
@@ -221,9 +221,12 @@ def importance_sample(
         for start in range(0, num_samples, int(batch_size)):
             n = min(int(batch_size), num_samples - start)
             x, lq = proposal.sample_and_log_prob(n, generator=generator)
+            lp = log_target(x)
+            if start == 0:  # checked once: the later chunks come from the same target
+                check_log_prob(lp, target, n, what="samples")
             samples.append(x)
             log_q.append(lq)
-            log_p.append(log_target(x))
+            log_p.append(lp)
     samples, log_q, log_p = torch.cat(samples), torch.cat(log_q), torch.cat(log_p)
     return ImportanceResult(
         samples=samples, log_q=log_q, log_p=log_p, **importance_weights(log_p, log_q)

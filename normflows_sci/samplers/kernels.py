@@ -8,6 +8,12 @@ chain. Step sizes live in the state, one per chain, so that warm-up can adapt th
 
 A target is an Energy, a Flow, or any callable returning log-densities ``(chains,)``. Non-finite
 target values count as zero density: a proposal there is always rejected.
+
+``init`` validates once what the sampling relies on (then steps do no checking): the chains
+(a floating tensor ``(chains, *event)`` with at least one chain, all finite), the step size (finite
+and positive in the chains' dtype), the target's output (a floating tensor of shape
+``(chains,)``: see :func:`~normflows_sci.samplers.targets.check_log_prob`) and the start
+(not every chain at zero density: see :func:`~normflows_sci.samplers.targets.check_start`).
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from normflows_sci.samplers.targets import as_log_prob
+from normflows_sci.samplers.targets import as_log_prob, check_log_prob, check_start
 
 __all__ = [
     "Kernel",
@@ -66,14 +72,26 @@ def _finite(log_prob: Tensor) -> Tensor:
     return torch.where(torch.isnan(log_prob) | (log_prob == math.inf), -math.inf, log_prob)
 
 
-def log_prob_and_grad(log_prob_fn, x: Tensor) -> tuple[Tensor, Tensor]:
+def log_prob_and_grad(
+    log_prob_fn, x: Tensor, *, target=None, what: str = "chains"
+) -> tuple[Tensor, Tensor]:
     """``log p(x)`` and ``∇ log p(x)`` by autograd, detached; NaN gradients become 0 (such points
-    have zero density and are rejected)."""
+    have zero density and are rejected), and so does the gradient of a log-density that does not
+    depend on ``x`` (e.g. a uniform density written with ``torch.where``). With ``target`` (the
+    object named in errors), the output is first checked with
+    :func:`~normflows_sci.samplers.targets.check_log_prob` (done once, by ``init``; ``what``
+    names the points in its message)."""
     with torch.enable_grad():
         leaf = x.detach().requires_grad_(True)
         log_prob = log_prob_fn(leaf)
-        (grad,) = torch.autograd.grad(log_prob.sum(), leaf)
+        if target is not None:
+            check_log_prob(log_prob, target, x.shape[0], what=what)
+        grad = None
+        if log_prob.requires_grad:
+            (grad,) = torch.autograd.grad(log_prob.sum(), leaf, allow_unused=True)
     log_prob = _finite(log_prob.detach())
+    if grad is None:
+        return log_prob, torch.zeros_like(leaf)
     grad = torch.where(torch.isfinite(grad), grad, torch.zeros_like(grad))
     return log_prob, grad
 
@@ -114,18 +132,25 @@ def _relocate(kernel, state, x: Tensor):
 
 
 def _check_chains(x) -> Tensor:
+    """The initial positions of a kernel's ``init``, validated (the one check of every kernel)."""
     if not isinstance(x, Tensor) or x.ndim < 2 or not x.is_floating_point():
         raise ValueError(
-            "x must be a floating tensor of shape (chains, *event), got "
-            f"{getattr(x, 'shape', type(x).__name__)}"
+            "x0 (initial chain positions) must be a floating tensor of shape (chains, *event), "
+            f"got {getattr(x, 'shape', type(x).__name__)}"
+        )
+    if x.shape[0] < 1:
+        raise ValueError(
+            f"x0 (initial chain positions) must have at least one chain, got shape {tuple(x.shape)}"
         )
     if not torch.isfinite(x).all():
-        raise ValueError("x (initial chain positions) contains NaN or inf")
+        raise ValueError("x0 (initial chain positions) contains NaN or inf")
     return x.detach()
 
 
 def _check_positive(name: str, value: float) -> float:
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+    if isinstance(value, bool) or not (
+        isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+    ):
         raise ValueError(f"{name} must be a positive finite number, got {value!r}")
     return float(value)
 
@@ -140,6 +165,9 @@ class Kernel(abc.ABC):
     """
 
     target_accept: float = 0.5
+    # Whether ``_start`` checks that not every chain starts at zero density. Off for a kernel run
+    # inside another one (tempering, NeuTra) that checks its user-facing target itself.
+    _checks_start: bool = True
 
     def __init__(self, target, *, step_size: float = 0.1, target_accept: float | None = None):
         self.target = target
@@ -184,7 +212,29 @@ class Kernel(abc.ABC):
         return info.accept_prob
 
     def _initial_step(self, x: Tensor) -> Tensor:
+        info = torch.finfo(x.dtype)
+        if not info.tiny <= self.step_size <= info.max:
+            raise ValueError(
+                f"step_size={self.step_size!r} is not a positive finite number in the chains' "
+                f"dtype {x.dtype} (range [{info.tiny:.3g}, {info.max:.3g}])"
+            )
         return torch.full((x.shape[0],), self.step_size, dtype=x.dtype, device=x.device)
+
+    def _start(self, x: Tensor, *, gradient: bool = False):
+        """The checks and target evaluation every ``init`` starts with: ``(x, log_prob, grad)``
+        at the validated positions ``x`` (``grad`` is None without ``gradient``). The target's
+        output is checked (shape ``(chains,)``, floating) and, unless ``_checks_start`` is off,
+        so is the start (not every chain at zero density)."""
+        x = _check_chains(x)
+        if gradient:
+            log_prob, grad = log_prob_and_grad(self.log_prob_fn, x, target=self.target)
+        else:
+            with torch.no_grad():
+                log_prob = _finite(check_log_prob(self.log_prob_fn(x), self.target, x.shape[0]))
+            grad = None
+        if self._checks_start:
+            check_start(log_prob, self.target)
+        return x, log_prob, grad
 
 
 class RandomWalkMH(Kernel):
@@ -202,9 +252,7 @@ class RandomWalkMH(Kernel):
     target_accept = 0.234
 
     def init(self, x: Tensor) -> RWState:
-        x = _check_chains(x)
-        with torch.no_grad():
-            log_prob = _finite(self.log_prob_fn(x))
+        x, log_prob, _ = self._start(x)
         return RWState(x, log_prob, self._initial_step(x))
 
     def step(self, state: RWState, generator=None):
@@ -239,8 +287,8 @@ class MALA(Kernel):
         super().__init__(target, step_size=step_size, target_accept=target_accept)
 
     def init(self, x: Tensor) -> MALAState:
-        x = _check_chains(x)
-        return MALAState(x, *log_prob_and_grad(self.log_prob_fn, x), self._initial_step(x))
+        x, log_prob, grad = self._start(x, gradient=True)
+        return MALAState(x, log_prob, grad, self._initial_step(x))
 
     @staticmethod
     def _log_q(to: Tensor, frm: Tensor, grad: Tensor, h: Tensor) -> Tensor:
@@ -309,8 +357,7 @@ class HMC(Kernel):
         self.adapt_mass = adapt_mass
 
     def init(self, x: Tensor) -> HMCState:
-        x = _check_chains(x)
-        log_prob, grad = log_prob_and_grad(self.log_prob_fn, x)
+        x, log_prob, grad = self._start(x, gradient=True)
         return HMCState(x, log_prob, grad, self._initial_step(x), torch.ones_like(x[0]))
 
     def step(self, state: HMCState, generator=None):

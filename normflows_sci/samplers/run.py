@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import io
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
-from normflows_sci.io import atomic_write
+from normflows_sci.samplers._checkpoint import load_checkpoint, save_checkpoint
 
 __all__ = ["Trace", "run"]
 
@@ -53,10 +53,125 @@ def _positive_int(name: str, value, minimum: int = 1) -> int:
     return int(value)
 
 
-def _save(path, payload: dict) -> None:
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
-    atomic_write(path, buffer.getvalue())
+_STUCK_MIN_STEPS = 20
+_STUCK_FRACTION = 0.1
+_STUCK_ADVICE = {
+    "local": "a smaller step size or a longer warm-up (num_warmup)",
+    "global": "a better proposal flow (train it longer, or on samples covering the target)",
+    "swap": "closer temperatures (more rungs on the ladder)",
+}
+
+
+def _warn_stuck(rates: dict[str, Tensor], num_steps: int) -> None:
+    """Warn about move kinds that at least ``_STUCK_FRACTION`` of the chains (at least one) never
+    accepted over a production of at least ``_STUCK_MIN_STEPS`` steps."""
+    if num_steps < _STUCK_MIN_STEPS:
+        return
+    for kind, rate in rates.items():
+        stuck, chains = int((rate == 0).sum()), rate.numel()
+        if stuck and stuck >= _STUCK_FRACTION * chains:
+            advice = _STUCK_ADVICE.get(kind, "a smaller step size or a longer warm-up")
+            warnings.warn(
+                f"{stuck} of {chains} chains accepted no {kind!r} move in {num_steps} production "
+                f"steps: those chains did not move by such moves, and their samples do not "
+                f"represent the target; try {advice}",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+
+
+def _step_sizes(state):
+    """Every ``step_size`` tensor of a kernel state (NamedTuples, nested)."""
+    if isinstance(state, tuple) and hasattr(type(state), "_fields"):
+        for name, value in zip(state._fields, state):
+            if name == "step_size" and isinstance(value, Tensor):
+                yield value
+            else:
+                yield from _step_sizes(value)
+
+
+def _check_adapted(state) -> None:
+    """After warm-up: every adapted step size must be finite and not underflowed (below the
+    smallest normal number of its dtype, where chains no longer move)."""
+    for step_size in _step_sizes(state):
+        tiny = torch.finfo(step_size.dtype).tiny
+        bad = ~(torch.isfinite(step_size) & (step_size >= tiny))
+        count = int(bad.sum())
+        if count:
+            values = ", ".join(f"{v:.3g}" for v in sorted(set(step_size[bad].tolist()))[:3])
+            raise ValueError(
+                f"warm-up drove the step size of {count} of {step_size.numel()} chains to "
+                f"{values}: a step size that underflows (below {tiny:.3g} in "
+                f"{step_size.dtype}) means every proposal was rejected (chains stuck outside "
+                "the target's support, or a degenerate target), inf or nan that every proposal "
+                "was accepted (a flat, improper target); check the target and the starting "
+                "points, or start from another step size"
+            )
+
+
+def _save(path, kernel, state, step: int, generator, record: dict, options: dict) -> None:
+    payload = dict(state=state, step=step, generator=generator.get_state(), **record, **options)
+    if hasattr(kernel, "state_dict"):
+        payload["kernel"] = kernel.state_dict()
+    save_checkpoint(path, payload)
+
+
+def _check_record(saved: dict, fail, position: Tensor, expected: int) -> None:
+    """The progress entries of a checkpoint: ``expected`` kept samples shaped like ``position``,
+    per-chain acceptance sums, timings and the adaptation memory."""
+    chains = position.shape[0]
+    for name, shape in (("kept", position.shape), ("kept_log_prob", (chains,))):
+        values = saved.get(name)
+        if not isinstance(values, list) or len(values) != expected:
+            fail(f"{name} must be a list of {expected} tensors at step {saved['step']}")
+        if any(not isinstance(v, Tensor) or v.shape != shape for v in values):
+            fail(f"{name} must hold tensors of shape {tuple(shape)}")
+    phases = {"warmup", "production"}
+    sums, seconds = saved.get("sums"), saved.get("seconds")
+    if not isinstance(sums, dict) or set(sums) != phases:
+        fail(f"sums must be a dict with keys {sorted(phases)}")
+    for phase, counts in sums.items():
+        if not isinstance(counts, dict) or any(
+            not isinstance(v, Tensor) or v.shape != (chains,) for v in counts.values()
+        ):
+            fail(f"sums[{phase!r}] must map move kinds to tensors of shape ({chains},)")
+    if not isinstance(seconds, dict) or set(seconds) != phases:
+        fail(f"seconds must be a dict with keys {sorted(phases)}")
+    if any(not isinstance(v, float) for v in seconds.values()):
+        fail("seconds must hold numbers")
+    if not isinstance(saved.get("memory"), dict):
+        fail("memory must be a dict")
+
+
+def _resume(path, kernel, state, generator, options: dict, total: int, trace_device) -> tuple:
+    """``(state, record, step)`` saved at ``path`` for a run that starts from ``state`` with
+    ``options`` (``num_warmup``, ``thin``) and ``total`` steps; the generator and the kernel's
+    parameters are restored. Every entry is validated (``ValueError`` naming the file)."""
+    device = kernel.position(state).device
+    saved, fail = load_checkpoint(path, state, map_location=device)
+    if any(saved.get(key) != value for key, value in options.items()):
+        written = ", ".join(f"{k}={saved.get(k)!r}" for k in options)
+        wanted = ", ".join(f"{k}={v!r}" for k, v in options.items())
+        fail(f"it was written with {written}, not {wanted}")
+    step = saved.get("step")
+    if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= total:
+        fail(f"step is {step!r}, expected an integer in [0, {total}] (num_warmup + num_steps)")
+    position = kernel.position(saved["state"])
+    _check_record(saved, fail, position, max(step - options["num_warmup"], 0) // options["thin"])
+    random_state, current = saved.get("generator"), generator.get_state()
+    if not isinstance(random_state, Tensor) or random_state.shape != current.shape:
+        fail(f"generator must be a tensor of shape {tuple(current.shape)} (this generator's)")
+    generator.set_state(random_state.to(device="cpu", dtype=torch.uint8))
+    if "kernel" in saved:
+        try:
+            kernel.load_state_dict(saved["kernel"])
+        except (RuntimeError, KeyError, ValueError, TypeError) as error:
+            fail(f"the kernel's saved parameters do not fit this kernel: {error}")
+    record = {key: saved[key] for key in ("memory", "kept", "kept_log_prob", "sums", "seconds")}
+    if trace_device is not None:
+        for key in ("kept", "kept_log_prob"):
+            record[key] = [v.to(trace_device) for v in record[key]]
+    return saved["state"], record, step
 
 
 def run(
@@ -110,29 +225,21 @@ def run(
     if generator is None:
         generator = torch.Generator(device=device)
         generator.manual_seed(torch.seed() % 2**62 if seed is None else seed)
-    memory: dict = {}
-    kept, kept_log_prob = [], []
-    sums: dict[str, dict[str, Tensor]] = {"warmup": {}, "production": {}}
-    seconds = {"warmup": 0.0, "production": 0.0}
-    start_step = 0
+    record: dict = dict(
+        memory={},
+        kept=[],
+        kept_log_prob=[],
+        sums={"warmup": {}, "production": {}},
+        seconds={"warmup": 0.0, "production": 0.0},
+    )
+    start_step, total = 0, num_warmup + num_steps
+    options = dict(num_warmup=num_warmup, thin=thin)
     if checkpoint is not None and resume and os.path.exists(checkpoint):
-        saved = torch.load(checkpoint, weights_only=False, map_location=device)
-        if saved["num_warmup"] != num_warmup or saved["thin"] != thin:
-            raise ValueError(
-                f"checkpoint {os.fspath(checkpoint)!r} was written with num_warmup="
-                f"{saved['num_warmup']} and thin={saved['thin']}, not {num_warmup} and {thin}"
-            )
-        state, memory, kept, kept_log_prob = (
-            saved["state"],
-            saved["memory"],
-            saved["kept"],
-            saved["kept_log_prob"],
+        state, record, start_step = _resume(
+            checkpoint, kernel, state, generator, options, total, trace_device
         )
-        sums, seconds, start_step = saved["sums"], saved["seconds"], saved["step"]
-        generator.set_state(saved["generator"])
-        if "kernel" in saved:
-            kernel.load_state_dict(saved["kernel"])
-    total = num_warmup + num_steps
+    memory, kept, kept_log_prob = record["memory"], record["kept"], record["kept_log_prob"]
+    sums, seconds = record["sums"], record["seconds"]
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -147,6 +254,8 @@ def run(
             sums[phase][kind] = previous + accepted.to(torch.float64)
         if phase == "warmup":
             state = kernel.adapt(state, info, step, num_warmup, memory)
+            if step + 1 == num_warmup:
+                _check_adapted(state)
         elif (step - num_warmup + 1) % thin == 0:
             position = kernel.position(state)
             log_prob = kernel.position_log_prob(state)
@@ -160,21 +269,7 @@ def run(
         if bar is not None:
             bar.update(1)
         if checkpoint is not None and ((step + 1) % checkpoint_every == 0 or step + 1 == total):
-            payload = dict(
-                state=state,
-                memory=memory,
-                kept=kept,
-                kept_log_prob=kept_log_prob,
-                sums=sums,
-                seconds=seconds,
-                step=step + 1,
-                generator=generator.get_state(),
-                num_warmup=num_warmup,
-                thin=thin,
-            )
-            if hasattr(kernel, "state_dict"):
-                payload["kernel"] = kernel.state_dict()
-            _save(checkpoint, payload)
+            _save(checkpoint, kernel, state, step + 1, generator, record, options)
             clock = time.perf_counter()
     if bar is not None:
         bar.close()
@@ -189,6 +284,7 @@ def run(
     def rates(phase: str, count: int) -> dict[str, Tensor]:
         return {k: (v / max(count, 1)).to(position.dtype) for k, v in sums[phase].items()}
 
+    _warn_stuck(sums["production"], num_steps)
     return Trace(
         samples=samples,
         log_prob=log_probs,

@@ -38,7 +38,7 @@ from normflows_sci.samplers.kernels import (
     _finite,
     log_prob_and_grad,
 )
-from normflows_sci.samplers.targets import as_log_prob
+from normflows_sci.samplers.targets import as_log_prob, check_log_prob, describe_target
 
 __all__ = ["SequentialResult", "AIS", "SMC", "anneal"]
 
@@ -81,12 +81,21 @@ def _systematic(log_w: Tensor, generator) -> Tensor:
     return torch.searchsorted(cumulative, points.contiguous()).clamp_max(m - 1)
 
 
-def _endpoints(base_log_prob, target_log_prob, x: Tensor, gradients: bool):
-    """``(log q, grad log q, log p, grad log p)`` at ``x`` (gradients ``None`` without them)."""
+def _endpoints(base_log_prob, target_log_prob, x: Tensor, gradients: bool, check: bool = False):
+    """``(log q, grad log q, log p, grad log p)`` at ``x`` (gradients ``None`` without them);
+    with ``check`` (the first evaluation of a run) both outputs are checked to be ``(N,)``."""
+    base, target = (base_log_prob, target_log_prob) if check else (None, None)
     if gradients:
-        return (*log_prob_and_grad(base_log_prob, x), *log_prob_and_grad(target_log_prob, x))
+        return (
+            *log_prob_and_grad(base_log_prob, x, target=base, what="particles"),
+            *log_prob_and_grad(target_log_prob, x, target=target, what="particles"),
+        )
     with torch.no_grad():
-        return _finite(base_log_prob(x)), None, _finite(target_log_prob(x)), None
+        log_q, log_p = base_log_prob(x), target_log_prob(x)
+        if check:
+            check_log_prob(log_q, base_log_prob, x.shape[0], what="particles")
+            check_log_prob(log_p, target_log_prob, x.shape[0], what="particles")
+        return _finite(log_q), None, _finite(log_p), None
 
 
 def _kernel_state(move, x: Tensor, log_prob: Tensor, grad: Tensor | None, step_size: Tensor):
@@ -152,7 +161,9 @@ def anneal(
         )
     m = num // replicas
     gradients = kernel != "rwmh"
-    log_q, grad_q, log_p, grad_p = _endpoints(base_log_prob, target_log_prob, x, gradients)
+    log_q, grad_q, log_p, grad_p = _endpoints(
+        base_log_prob, target_log_prob, x, gradients, check=True
+    )
     log_w = torch.zeros(num, dtype=x.dtype, device=x.device)
     log_z = torch.zeros(replicas, dtype=torch.float64, device=x.device)
     step_sizes = torch.full((num,), float(step_size), dtype=x.dtype, device=x.device)
@@ -288,6 +299,12 @@ class _Annealer:
             generator=generator,
         )
         log_w, groups = out["log_weights"], out["log_z_groups"]
+        if not bool(torch.isfinite(log_w).any()):
+            raise ValueError(
+                f"every particle has weight zero: target {describe_target(self.log_prob_fn)} "
+                f"has zero density (log-density -inf or NaN) at all {num_particles} particles "
+                "(drawn from the flow and annealed); the flow does not reach the target's support"
+            )
         weights = torch.softmax(log_w, 0)
         ess = float(1.0 / weights.square().sum())
         if replicas > 1:

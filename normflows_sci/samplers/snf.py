@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from normflows_sci.checks import check_num_samples
 from normflows_sci.samplers.importance import ImportanceResult, importance_weights
 from normflows_sci.samplers.kernels import _accept, _expand, _finite
-from normflows_sci.samplers.targets import as_log_prob
+from normflows_sci.samplers.targets import as_log_prob, check_log_prob
 from normflows_sci.transforms import Transform
 
 __all__ = ["StochasticLayer", "LangevinLayer", "MCMCLayer", "StochasticNormalizingFlow"]
@@ -368,6 +368,22 @@ class StochasticNormalizingFlow(nn.Module):
         object.__setattr__(
             self, "_reference_log_prob", None if reference is None else as_log_prob(reference)
         )
+        object.__setattr__(self, "_targets", (target, reference))
+        self._targets_checked = False
+
+    def _check_targets(self, y: Tensor, log_q0: Tensor) -> None:
+        """The first draw checks what the target (and a given reference) return: one
+        log-density per sample. The layers mix them with per-sample terms, which would
+        broadcast a wrong shape without an error."""
+        num = y.shape[0]
+        check_log_prob(log_q0, self.base, num, what="samples")
+        with torch.no_grad():
+            y = y.detach()
+            target, reference = self._targets
+            check_log_prob(self._target_log_prob(y), target, num, what="samples")
+            if reference is not None:
+                check_log_prob(self._reference_log_prob(y), reference, num, what="samples")
+        self._targets_checked = True
 
     def _reference(self) -> LogProb:
         reference = self._reference_log_prob
@@ -385,6 +401,8 @@ class StochasticNormalizingFlow(nn.Module):
         if num_samples < 1:
             raise ValueError("num_samples must be at least 1")
         y, log_q0 = self._base_draw(num_samples, generator)
+        if not self._targets_checked:
+            self._check_targets(y, log_q0)
         path_log_q = log_q0
         target, reference = self._target_log_prob, self._reference()
         for layer in self.layers:

@@ -41,7 +41,7 @@ from normflows_sci._optim import adamw
 from normflows_sci.samplers.importance import importance_weights
 from normflows_sci.samplers.kernels import HMC, MALA, RandomWalkMH
 from normflows_sci.samplers.sequential import anneal
-from normflows_sci.samplers.targets import as_log_prob
+from normflows_sci.samplers.targets import as_log_prob, check_log_prob
 from normflows_sci.training.boltzmann import _StepLog
 
 __all__ = ["PrioritizedReplayBuffer", "fab_ais", "fab_loss", "fab_buffer_loss", "fit_fab"]
@@ -349,7 +349,7 @@ def fab_ais(
     with _FrozenFlowLogProb(flow) as log_q_fn:
         with torch.no_grad():
             x, log_q0 = flow.sample_and_log_prob(num_samples, generator=generator)
-            log_p0 = target_fn(x)
+            log_p0 = check_log_prob(target_fn(x), target, num_samples, what="samples")
         box = _check_bounds(bounds, x)
 
         def ais_target(y: Tensor) -> Tensor:
@@ -555,6 +555,8 @@ def fit_fab(
         nonlocal evaluations
         evaluations += x.shape[0]
         return target_fn(x)
+
+    counted_target.__wrapped__ = target  # errors name the user's target
 
     current_step_size = float(step_size)
     diagnostics = dict(
