@@ -23,7 +23,7 @@ import math
 import numpy as np
 from scipy.linalg import solve_triangular
 
-from normflows_sci.quadrature import unit_cube_rule
+from normflows_sci.quadrature import combine_cell_estimates, unit_cell_rule, warn_imprecise_cells
 
 __all__ = ["GaussianBaseline", "GaussianMixtureBaseline"]
 
@@ -95,8 +95,9 @@ def _gaussian_log_prob(X: np.ndarray, mean: np.ndarray, cholesky: np.ndarray) ->
     return -0.5 * (np.einsum("ij,ij->j", whitened, whitened) + X.shape[1] * _LOG_2PI + log_det)
 
 
-def _cell_log_prob(log_density, X: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """``log P(k) = log integral over [k, k+1) of p`` in the ``mask`` columns, by quadrature.
+def _cell_log_prob(log_density, X: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``log P(k) = log integral over [k, k+1) of p`` in the ``mask`` columns, and its standard
+    error, by the shared rule of :func:`~normflows_sci.quadrature.unit_cell_rule`.
 
     Args:
         log_density: maps ``(rows, features)`` to ``(rows,)`` continuous log-densities.
@@ -104,17 +105,21 @@ def _cell_log_prob(log_density, X: np.ndarray, mask: np.ndarray) -> np.ndarray:
         mask: ``(features,)`` boolean.
 
     Returns:
-        ``(rows,)``: log-probability for the integer columns, log-density for the rest.
+        ``(log_p, stderr)``, both ``(rows,)``: log-probability for the integer columns and
+        log-density for the rest; the standard error of ``log_p`` (0 for an exact rule).
     """
     if not mask.any():
-        return log_density(X)
-    nodes, log_w = unit_cube_rule(int(mask.sum()))
-    total = np.full(X.shape[0], -np.inf)
+        log_p = log_density(X)
+        return log_p, np.zeros_like(log_p)
+    nodes, log_w = unit_cell_rule(int(mask.sum()))
+    # One running log-sum per replicate: memory O(replicates * rows), not O(nodes * rows).
+    per_replicate = np.full((log_w.shape[0], X.shape[0]), -np.inf)
     shifted = X.copy()
-    for node, weight in zip(nodes, log_w):
-        shifted[:, mask] = X[:, mask] + node
-        total = np.logaddexp(total, weight + log_density(shifted))
-    return total
+    for r, (replicate, weights) in enumerate(zip(nodes, log_w)):
+        for node, weight in zip(replicate, weights):
+            shifted[:, mask] = X[:, mask] + node
+            per_replicate[r] = np.logaddexp(per_replicate[r], weight + log_density(shifted))
+    return combine_cell_estimates(per_replicate[:, None, :])
 
 
 class _Baseline(abc.ABC):
@@ -177,6 +182,12 @@ class _Baseline(abc.ABC):
     def score_samples(self, X) -> np.ndarray:
         """Log-density of each row (log-probability of the integer cell for discrete columns).
 
+        Cells are integrated by the rule shared with :class:`~normflows_sci.DensityEstimator`
+        (:func:`~normflows_sci.quadrature.unit_cell_rule`): exact quadrature for up to three
+        discrete columns, randomised quasi-Monte Carlo above, whose standard error per row is
+        stored in ``last_score_error_`` (nats; 0 for exact rules), with a warning when it exceeds
+        ``QMC_STDERR_TOLERANCE``.
+
         Args:
             X: ``(rows, features)``.
 
@@ -186,7 +197,9 @@ class _Baseline(abc.ABC):
         self._check_fitted()
         X = _check_data("X", X, features=self.n_features_, min_rows=0)
         self._check_integers("X", X, self.discrete_mask_)
-        return _cell_log_prob(self._log_density, X, self.discrete_mask_)
+        log_p, self.last_score_error_ = _cell_log_prob(self._log_density, X, self.discrete_mask_)
+        warn_imprecise_cells(self.last_score_error_, stacklevel=3)
+        return log_p
 
     def score(self, X) -> float:
         """Mean log-density of the rows of ``X`` in nats (higher is better).
@@ -423,7 +436,7 @@ class GaussianMixtureBaseline(_Baseline):
                 def log_density(Z, params=params):
                     return self._log_prob(Z - offset, params)
 
-                scores = _cell_log_prob(log_density, X_val, mask)
+                scores = _cell_log_prob(log_density, X_val, mask)[0]
                 self.validation_scores_[k] = float(np.mean(scores))
             count = max(self.validation_scores_, key=self.validation_scores_.get)
         params, self.converged_, self.n_iter_ = self._fit_count(X, count, rng)
