@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import runpy
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -89,6 +91,41 @@ def test_every_tutorial_is_registered_for_the_build():
     registered = [name for name, _ in runpy.run_path(str(DOCS / "conf.py"))["nfs_tutorials"]]
     for script in sorted((ROOT / "tutorials").glob("*.py")):
         assert script.stem in registered, f"register tutorials/{script.name} in docs/conf.py"
+
+
+def rst_python_blocks(text: str) -> list[tuple[int, str]]:
+    """``(line number, dedented code)`` of every ``.. code-block:: python`` directive."""
+    blocks = []
+    pattern = r"^\.\. code-block:: python[ \t]*\n((?:[ \t]*\n|[ \t]+\S.*\n?)+)"
+    for match in re.finditer(pattern, text, re.MULTILINE):
+        line = text.count("\n", 0, match.start()) + 1
+        blocks.append((line, textwrap.dedent(match.group(1)).strip("\n") + "\n"))
+    return blocks
+
+
+QUICKSTART = DOCS / "quickstart.rst"
+
+
+def test_rst_block_extraction_keeps_each_block_whole():
+    text = (
+        ".. code-block:: python\n\n   a = 1\n\n   b = a\nProse.\n\n.. code-block:: python\n\n   c\n"
+    )
+    assert rst_python_blocks(text) == [(1, "a = 1\n\nb = a\n"), (8, "c\n")]
+
+
+@pytest.mark.parametrize(
+    "line, code",
+    rst_python_blocks(QUICKSTART.read_text(encoding="utf-8")),
+    ids=lambda v: str(v)[:8],
+)
+def test_quickstart_block_runs_on_its_own(line, code, tmp_path, monkeypatch):
+    """Each quick-start block is copied on its own: it must define every name it uses."""
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, f"docs/quickstart.rst:{line}", "exec"), {"__name__": "__quickstart__"})
+
+
+def test_quickstart_has_its_blocks():
+    assert len(rst_python_blocks(QUICKSTART.read_text(encoding="utf-8"))) >= 2
 
 
 @pytest.mark.slow
