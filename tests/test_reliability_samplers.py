@@ -176,7 +176,7 @@ def test_resume_refuses_a_damaged_or_mismatched_checkpoint(tmp_path, damage):
         saved = torch.load(path, weights_only=True)
         saved["kept"] = saved["kept"][:-1]
         torch.save(saved, path)
-        match = r"chain\.pt.*kept must be a list of 6"
+        match = r"chain\.pt.*kept must be a tensor of shape \(6, 8, 2\)"
     with pytest.raises(ValueError, match=match):
         run(kernel, torch.zeros(8, 2), num_steps, seed=0, checkpoint=path, resume=True)
 

@@ -2,8 +2,8 @@
 unpickling code.
 
 A checkpoint is ``torch.save`` of a dict holding only tensors, numbers, strings, ``None``, lists,
-tuples and dicts, read back with ``torch.load(weights_only=True)``: a crafted file cannot run code
-when it is resumed. Kernel states (NamedTuples such as ``MALAState``) are stored as
+tuples and dicts, read back with :func:`normflows_sci.io.read_torch` (``weights_only=True`` plus
+the package's archive checks): a crafted file cannot run code when it is resumed. Kernel states (NamedTuples such as ``MALAState``) are stored as
 ``{"__state__": class name, "fields": {name: value}}`` and rebuilt only from an allow-list: the
 package's own state classes and the NamedTuple types of the resuming kernel's fresh state. The
 rebuilt state must then have the fresh state's structure (classes, fields, tensor shapes and
@@ -20,13 +20,16 @@ from collections import OrderedDict
 import torch
 from torch import Tensor
 
-from normflows_sci.io import atomic_write
+from normflows_sci.io import atomic_write, read_torch
 
 __all__ = ["FORMAT", "load_checkpoint", "save_checkpoint"]
 
 FORMAT = "normflows_sci.samplers.run/2"
 _STATE = "__state__"
 _PLAIN = (bool, int, float, str, type(None))
+# read_torch bounds what a file may allocate; a checkpoint holds every kept sample, so its size
+# is bounded only by what the run itself kept in memory.
+_MAX_BYTES = 2**50
 
 
 def _is_state(value) -> bool:
@@ -36,7 +39,11 @@ def _is_state(value) -> bool:
 def _encode(value, where: str):
     """``value`` in plain form (NamedTuples become tagged dicts); anything else is a TypeError."""
     if isinstance(value, Tensor):
-        return value.detach()
+        value = value.detach()
+        # A view (a slice of the replicas, an expanded tensor) would save its whole storage.
+        if value.untyped_storage().nbytes() != value.numel() * value.element_size():
+            value = value.clone(memory_format=torch.contiguous_format)
+        return value
     if _is_state(value):
         fields = {k: _encode(v, f"{where}.{k}") for k, v in zip(value._fields, value)}
         return {_STATE: type(value).__name__, "fields": fields}
@@ -61,8 +68,15 @@ def _encode(value, where: str):
     )
 
 
-def _decode(value, allowed: dict[str, type], where: str, fail):
-    """Inverse of :func:`_encode`; a state class outside ``allowed`` is a format error."""
+def _decode(value, allowed: dict[str, type], where: str, fail, device=None):
+    """Inverse of :func:`_encode`, tensors moved to ``device``; a state class outside
+    ``allowed`` is a format error."""
+
+    def inner(item, at: str):
+        return _decode(item, allowed, at, fail, device)
+
+    if isinstance(value, Tensor):
+        return value if device is None else value.to(device)
     if isinstance(value, dict) and _STATE in value:
         name, fields = value.get(_STATE), value.get("fields")
         cls = allowed.get(name) if isinstance(name, str) else None
@@ -70,16 +84,14 @@ def _decode(value, allowed: dict[str, type], where: str, fail):
             fail(f"{where} is a state of unknown type {name!r} (known: {sorted(allowed)})")
         if set(fields) != set(cls._fields):
             fail(f"{where} ({name}) has fields {sorted(fields)}, expected {list(cls._fields)}")
-        return cls(**{k: _decode(fields[k], allowed, f"{where}.{k}", fail) for k in cls._fields})
+        return cls(**{k: inner(fields[k], f"{where}.{k}") for k in cls._fields})
     if isinstance(value, dict):
-        out = type(value)(
-            (k, _decode(v, allowed, f"{where}[{k!r}]", fail)) for k, v in value.items()
-        )
+        out = type(value)((k, inner(v, f"{where}[{k!r}]")) for k, v in value.items())
         if hasattr(value, "_metadata"):
             out._metadata = value._metadata
         return out
     if isinstance(value, (list, tuple)):
-        items = [_decode(v, allowed, f"{where}[{i}]", fail) for i, v in enumerate(value)]
+        items = [inner(v, f"{where}[{i}]") for i, v in enumerate(value)]
         return items if isinstance(value, list) else tuple(items)
     return value
 
@@ -137,8 +149,9 @@ def save_checkpoint(path, payload: dict) -> None:
     atomic_write(path, buffer.getvalue())
 
 
-def load_checkpoint(path, fresh_state, *, map_location=None) -> tuple[dict, object]:
-    """The payload saved at ``path`` with its ``state`` rebuilt like ``fresh_state``.
+def load_checkpoint(path, fresh_state, *, device=None) -> tuple[dict, object]:
+    """The payload saved at ``path`` with its ``state`` rebuilt like ``fresh_state`` and its
+    tensors on ``device`` (default: the CPU).
 
     Returns ``(payload, fail)``: ``fail(message)`` raises the ``ValueError`` naming the file, for
     the caller's own checks of the other entries.
@@ -153,22 +166,12 @@ def load_checkpoint(path, fresh_state, *, map_location=None) -> tuple[dict, obje
     def fail(message: str):
         raise ValueError(f"checkpoint {name!r}: {message}")
 
-    try:
-        raw = torch.load(name, weights_only=True, map_location=map_location)
-    except OSError:
-        raise
-    except Exception as error:  # a damaged archive or a pickle outside the allowed types
-        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        raise ValueError(
-            f"checkpoint {name!r} is not a valid sampler checkpoint (damaged, not written by "
-            f"normflows_sci.samplers.run, or holding objects other than plain data): "
-            f"{type(error).__name__}: {first}"
-        ) from error
+    raw = read_torch(name, name=f"checkpoint {name!r}", max_bytes=_MAX_BYTES)
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         found = raw.get("format") if isinstance(raw, dict) else type(raw).__name__
         fail(f"format is {found!r}, expected {FORMAT!r} (written by another program or version)")
     allowed = {**_package_states(), **_state_types(fresh_state, {})}
-    payload = _decode(raw, allowed, "checkpoint", fail)
+    payload = _decode(raw, allowed, "checkpoint", fail, device)
     if "state" not in payload:
         fail("it has no 'state' entry")
     _match(payload["state"], fresh_state, "state", fail)

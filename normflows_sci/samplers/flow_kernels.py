@@ -119,6 +119,10 @@ class NeuTraHMC(HMC):
         True
     """
 
+    # The latent log-density adds log|det| to the target's, which would broadcast a wrongly
+    # shaped target output: init checks the target itself, in data space.
+    _checks_start = False
+
     def __init__(self, target, flow, **hmc_options):
         _check_flow(flow)
         self.flow = flow
@@ -129,10 +133,6 @@ class NeuTraHMC(HMC):
     def _latent_log_prob(self, z: Tensor) -> Tensor:
         x, logabsdet = self.flow.transform.inverse(z)
         return self.data_log_prob_fn(x.reshape(len(z), *self.flow.event_shape)) + logabsdet
-
-    # The latent log-density adds log|det| to the target's, which would broadcast a wrongly
-    # shaped target output: init checks the target itself, in data space.
-    _checks_start = False
 
     def init(self, x: Tensor):
         x = _check_chains(x)

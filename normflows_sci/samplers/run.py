@@ -110,7 +110,16 @@ def _check_adapted(state) -> None:
 
 
 def _save(path, kernel, state, step: int, generator, record: dict, options: dict) -> None:
-    payload = dict(state=state, step=step, generator=generator.get_state(), **record, **options)
+    # Kept samples are stored stacked: one tensor each, however long the run.
+    position, kept, kept_log_prob = kernel.position(state), record["kept"], record["kept_log_prob"]
+    stacked = dict(
+        kept=torch.stack(kept) if kept else position.new_empty((0, *position.shape)),
+        kept_log_prob=torch.stack(kept_log_prob)
+        if kept
+        else position.new_empty((0, len(position))),
+    )
+    payload = dict(state=state, step=step, generator=generator.get_state(), **options)
+    payload.update({**record, **stacked})
     if hasattr(kernel, "state_dict"):
         payload["kernel"] = kernel.state_dict()
     save_checkpoint(path, payload)
@@ -122,10 +131,12 @@ def _check_record(saved: dict, fail, position: Tensor, expected: int) -> None:
     chains = position.shape[0]
     for name, shape in (("kept", position.shape), ("kept_log_prob", (chains,))):
         values = saved.get(name)
-        if not isinstance(values, list) or len(values) != expected:
-            fail(f"{name} must be a list of {expected} tensors at step {saved['step']}")
-        if any(not isinstance(v, Tensor) or v.shape != shape for v in values):
-            fail(f"{name} must hold tensors of shape {tuple(shape)}")
+        if not isinstance(values, Tensor) or values.shape != (expected, *shape):
+            got = tuple(values.shape) if isinstance(values, Tensor) else type(values).__name__
+            fail(
+                f"{name} must be a tensor of shape {(expected, *shape)} at step {saved['step']} "
+                f"({expected} kept samples), got {got}"
+            )
     phases = {"warmup", "production"}
     sums, seconds = saved.get("sums"), saved.get("seconds")
     if not isinstance(sums, dict) or set(sums) != phases:
@@ -148,7 +159,7 @@ def _resume(path, kernel, state, generator, options: dict, total: int, trace_dev
     ``options`` (``num_warmup``, ``thin``) and ``total`` steps; the generator and the kernel's
     parameters are restored. Every entry is validated (``ValueError`` naming the file)."""
     device = kernel.position(state).device
-    saved, fail = load_checkpoint(path, state, map_location=device)
+    saved, fail = load_checkpoint(path, state, device=device)
     if any(saved.get(key) != value for key, value in options.items()):
         written = ", ".join(f"{k}={saved.get(k)!r}" for k in options)
         wanted = ", ".join(f"{k}={v!r}" for k, v in options.items())
@@ -167,10 +178,10 @@ def _resume(path, kernel, state, generator, options: dict, total: int, trace_dev
             kernel.load_state_dict(saved["kernel"])
         except (RuntimeError, KeyError, ValueError, TypeError) as error:
             fail(f"the kernel's saved parameters do not fit this kernel: {error}")
-    record = {key: saved[key] for key in ("memory", "kept", "kept_log_prob", "sums", "seconds")}
-    if trace_device is not None:
-        for key in ("kept", "kept_log_prob"):
-            record[key] = [v.to(trace_device) for v in record[key]]
+    record = {key: saved[key] for key in ("memory", "sums", "seconds")}
+    for key in ("kept", "kept_log_prob"):
+        values = saved[key] if trace_device is None else saved[key].to(trace_device)
+        record[key] = list(values.unbind(0))
     return saved["state"], record, step
 
 
@@ -203,11 +214,29 @@ def run(
         progress: tqdm progress bar.
         checkpoint: file for the full sampler state (atomic writes every ``checkpoint_every``
             steps and at the end); with ``resume=True`` an existing checkpoint is continued, giving
-            the same result as an uninterrupted run.
+            the same result as an uninterrupted run. The file holds plain data only (tensors,
+            numbers, containers; kernel states by class name) and is read with
+            ``weights_only=True``, so resuming a crafted file cannot run code; a file that is
+            damaged, foreign, of an older format, or written by another kernel, number of chains,
+            event shape, dtype, ``num_warmup`` or ``thin`` is refused.
         trace_device: where kept samples are stored (default: the chains' device).
 
     Returns:
         A :class:`Trace`.
+
+    Raises:
+        ValueError: bad arguments, a checkpoint that does not fit (naming the file and the
+            mismatch), or a warm-up that drove a step size out of range: infinite or NaN (every
+            move accepted: a flat, improper target) or underflowed below the dtype's smallest
+            normal number (every move rejected), checked once when warm-up ends.
+
+    Warns:
+        RuntimeWarning: chains that never moved. When production has at least 20 steps and, for
+            some move kind (``"local"``, ``"global"``, ``"swap"``), at least 10% of the chains
+            (and at least one) accepted no move of that kind, the warning names the kind, the
+            number of such chains and a remedy (smaller step size / longer warm-up, a better
+            flow, closer temperatures). Their samples repeat one point and do not represent the
+            target.
 
     Example:
         >>> from normflows_sci.distributions import StandardNormal
