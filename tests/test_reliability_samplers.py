@@ -100,6 +100,37 @@ def test_run_distributed_resume_never_runs_code(tmp_path):
     assert not marker.exists()
 
 
+def test_run_distributed_rejects_a_bad_checkpoint_on_every_rank_before_sampling(
+    tmp_path, monkeypatch
+):
+    """On 2 ranks (simulated), rank 0's crafted checkpoint is rejected while the ranks exchange
+    their inputs, so every rank raises instead of the others waiting in a later collective."""
+    from normflows_sci.samplers import distributed
+
+    marker = tmp_path / "pwned"
+    torch.save({"payload": _Exploit(marker)}, tmp_path / "chains-0.pt")
+    exchanged = []
+
+    def all_gather_object(out, obj):
+        exchanged.append(obj)
+        out[:] = [obj, {key: value for key, value in obj.items() if key != "error"}]
+
+    def collective(*args, **kwargs):
+        raise AssertionError("sampling started after a rejected checkpoint")
+
+    monkeypatch.setattr(distributed, "_distributed", lambda: (0, 2))
+    monkeypatch.setattr(torch.distributed, "all_gather_object", all_gather_object)
+    monkeypatch.setattr(torch.distributed, "all_gather", collective)
+    with pytest.raises(ValueError, match=r"chains-0\.pt"):
+        run_distributed(
+            MALA(gaussian), torch.zeros(4, 2), 5, seed=0,
+            checkpoint=tmp_path / "chains-{rank}.pt", resume=True,
+        )  # fmt: skip
+    assert not marker.exists()
+    kind, message = exchanged[0]["error"]
+    assert kind == "ValueError" and "chains-0.pt" in message
+
+
 def _pt():
     return ParallelTempering(gaussian, (1.0, 2.0, 4.0), local="hmc", step_size=0.2)
 

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from normflows_sci.samplers.kernels import Kernel
-from normflows_sci.samplers.run import Trace, _positive_int, run
+from normflows_sci.samplers.run import Trace, _positive_int, _read_resume, run
 from normflows_sci.training.loop import _distributed
 
 __all__ = ["run_distributed"]
@@ -236,6 +236,16 @@ def _prepare(kernel, x0, split: bool, rank: int, world: int, seed, generator):
     return state, facts
 
 
+def _check_resumable(path, kernel, state, generator, num_steps, num_warmup, thin) -> None:
+    """The rank's checkpoint, read and validated as :func:`run` will (``ValueError`` naming the
+    file): done before the exchange, so that a bad file on one rank fails every rank instead of
+    leaving the others waiting in a collective."""
+    if generator is None:
+        generator = torch.Generator(device=kernel.position(state).device)
+    options = dict(num_warmup=num_warmup, thin=thin)
+    _read_resume(path, kernel, state, generator, options, num_steps + num_warmup)
+
+
 def _agree(gathered: list[dict]) -> None:
     """Raise the same ValueError on every rank if the ranks were called inconsistently."""
     failures = [(r, f["error"]) for r, f in enumerate(gathered) if "error" in f]
@@ -402,6 +412,8 @@ def run_distributed(
         facts.update(zip(("num_steps", "num_warmup", "thin"), numbers))
         facts.update(split=bool(split), resume=bool(resume))
         facts["resuming"] = bool(resume and path is not None and os.path.exists(path))
+        if facts["resuming"]:
+            _check_resumable(path, kernel, state, generator, *numbers[:3])
     except Exception as error:  # reported on every rank by _agree
         facts = {"error": (type(error).__name__, str(error))}
         local_error = error

@@ -154,10 +154,10 @@ def _check_record(saved: dict, fail, position: Tensor, expected: int) -> None:
         fail("memory must be a dict")
 
 
-def _resume(path, kernel, state, generator, options: dict, total: int, trace_device) -> tuple:
-    """``(state, record, step)`` saved at ``path`` for a run that starts from ``state`` with
-    ``options`` (``num_warmup``, ``thin``) and ``total`` steps; the generator and the kernel's
-    parameters are restored. Every entry is validated (``ValueError`` naming the file)."""
+def _read_resume(path, kernel, state, generator, options: dict, total: int) -> tuple:
+    """``(saved, fail)``: the checkpoint at ``path`` read and validated for a run that starts
+    from ``state`` with ``options`` (``num_warmup``, ``thin``), ``total`` steps and
+    ``generator``; nothing is restored yet. Every problem is a ``ValueError`` naming the file."""
     device = kernel.position(state).device
     saved, fail = load_checkpoint(path, state, device=device)
     if any(saved.get(key) != value for key, value in options.items()):
@@ -172,7 +172,14 @@ def _resume(path, kernel, state, generator, options: dict, total: int, trace_dev
     random_state, current = saved.get("generator"), generator.get_state()
     if not isinstance(random_state, Tensor) or random_state.shape != current.shape:
         fail(f"generator must be a tensor of shape {tuple(current.shape)} (this generator's)")
-    generator.set_state(random_state.to(device="cpu", dtype=torch.uint8))
+    return saved, fail
+
+
+def _resume(path, kernel, state, generator, options: dict, total: int, trace_device) -> tuple:
+    """``(state, record, step)`` saved at ``path`` (see :func:`_read_resume`), with the
+    generator and the kernel's parameters restored."""
+    saved, fail = _read_resume(path, kernel, state, generator, options, total)
+    generator.set_state(saved["generator"].to(device="cpu", dtype=torch.uint8))
     if "kernel" in saved:
         try:
             kernel.load_state_dict(saved["kernel"])
@@ -182,7 +189,7 @@ def _resume(path, kernel, state, generator, options: dict, total: int, trace_dev
     for key in ("kept", "kept_log_prob"):
         values = saved[key] if trace_device is None else saved[key].to(trace_device)
         record[key] = list(values.unbind(0))
-    return saved["state"], record, step
+    return saved["state"], record, saved["step"]
 
 
 def run(
