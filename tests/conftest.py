@@ -1,7 +1,9 @@
-"""Shared test fixtures and the transform registry.
+"""Shared test fixtures and the property registries.
 
-Every transform of the package is registered in ``TRANSFORMS`` (name -> case); the property tests in
-``test_transform_properties.py`` run on each entry. A new transform is untested until registered.
+Every transform of the package is registered in ``TRANSFORMS`` (name -> case) and every base
+distribution in ``DISTRIBUTIONS``; the property tests in ``test_transform_properties.py`` and
+``test_distributions.py`` (and the fuzz tests in ``test_reliability_flows.py``) run on each entry. A
+new transform or distribution is untested until registered.
 """
 
 from __future__ import annotations
@@ -333,3 +335,60 @@ def _manifold_registry():
 
 
 _manifold_registry()
+
+
+# Base distributions (normflows_sci.distributions, the manifold bases and the nflows adapter):
+# name -> builder of a fresh instance (parameters moved off their initialisation).
+DISTRIBUTIONS: dict[str, Callable[[], torch.nn.Module]] = {}
+
+
+def register_distribution(name: str):
+    """Decorator: register a distribution builder under ``name``."""
+
+    def decorate(build):
+        if name in DISTRIBUTIONS:
+            raise KeyError(f"distribution {name!r} registered twice")
+        DISTRIBUTIONS[name] = build
+        return build
+
+    return decorate
+
+
+def _distribution_registry():
+    from normflows_sci import distributions as D
+    from normflows_sci import manifolds as M
+
+    register_distribution("standard_normal")(lambda: D.StandardNormal(3))
+    register_distribution("standard_normal_2d_event")(lambda: D.StandardNormal((2, 3)))
+    register_distribution("diag_normal")(lambda: perturb(D.DiagNormal(3), scale=0.5))
+    register_distribution("diag_normal_fixed_2d_event")(
+        lambda: D.DiagNormal((2, 2), learnable=False)
+    )
+    register_distribution("gaussian_mixture")(
+        lambda: perturb(D.GaussianMixture(3, components=4, seed=0), scale=0.5)
+    )
+    register_distribution("student_t")(lambda: perturb(D.StudentT(3, df=[1.5, 4.0, 30.0])))
+    register_distribution("tail_adaptive")(lambda: perturb(D.TailAdaptiveBase([None, 2.0, 5.0])))
+    register_distribution("normal_with_angles")(lambda: D.NormalWithAngles([True, False, True]))
+    register_distribution("uniform_torus")(lambda: M.UniformManifold(M.Torus(3)))
+    register_distribution("von_mises")(
+        lambda: perturb(M.VonMises(2, concentration=[0.5, 3.0], learnable_loc=True))
+    )
+    register_distribution("uniform_sphere")(lambda: M.UniformManifold(M.Sphere(2)))
+    register_distribution("von_mises_fisher")(lambda: M.VonMisesFisher(2, concentration=4.0))
+    register_distribution("haar_so3")(M.HaarSO3)
+    register_distribution("product")(
+        lambda: M.ProductDistribution([D.StandardNormal(2), M.HaarSO3(), M.VonMises(1)])
+    )
+
+
+def _nflows_distribution():
+    import nflows.distributions
+
+    from normflows_sci.interop.nflows import NflowsDistribution
+
+    return NflowsDistribution(nflows.distributions.StandardNormal([3]))
+
+
+_distribution_registry()
+register_distribution("nflows_adapter")(_nflows_distribution)

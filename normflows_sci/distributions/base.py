@@ -3,11 +3,17 @@
 ``sample(num_samples, context=None, *, generator=None)`` draws ``num_samples`` points, reparameterised
 where the distribution allows it (gradients reach the parameters). Bases are unconditional: they
 accept ``context`` for a uniform interface and ignore it.
+
+``log_prob`` checks that its inputs have shape ``(batch, *event_shape)`` (metadata only, no device
+synchronisation) before any arithmetic, so a wrong width is an error instead of a density of
+something else. Far outside the bulk the Gaussian terms are evaluated so that an overflowing
+square gives ``-inf`` with a zero (not NaN) gradient.
 """
 
 from __future__ import annotations
 
 import abc
+import functools
 import math
 from collections.abc import Sequence
 
@@ -15,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from normflows_sci.checks import check_num_samples
+from normflows_sci.checks import check_num_samples, check_shape
 
 __all__ = [
     "Distribution",
@@ -36,8 +42,64 @@ def _shape(event_shape: int | Sequence[int]) -> torch.Size:
     return shape
 
 
+def _half_square_limit(dtype: torch.dtype) -> float:
+    """The smallest power of two whose square overflows ``dtype`` (``2**64`` for float32)."""
+    limit = _HALF_SQUARE_LIMITS.get(dtype)
+    if limit is None:
+        limit = 2.0 ** math.ceil(math.log2(torch.finfo(dtype).max) / 2)
+        _HALF_SQUARE_LIMITS[dtype] = limit
+    return limit
+
+
+_HALF_SQUARE_LIMITS: dict[torch.dtype, float] = {}
+
+
+def _half_square(values: Tensor) -> Tensor:
+    """``values^2 / 2``, ``inf`` with a zero gradient where the square overflows.
+
+    A plain square overflows to ``inf`` at ``|x| >~ 1.8e19`` in float32 and its gradient ``x``
+    then meets zero derivatives upstream (saturated scale clamps) as ``inf * 0 = NaN``; clamping at
+    the first overflowing magnitude keeps the value (``inf``, so ``log p = -inf``) and makes the
+    gradient there exactly zero (clamp passes no gradient outside its range).
+    """
+    limit = _half_square_limit(values.dtype)
+    return 0.5 * values.clamp(-limit, limit).square()
+
+
+def _logsumexp(values: Tensor, dim: int) -> Tensor:
+    """``torch.logsumexp`` whose gradient is zero, not NaN, where every term is ``-inf``.
+
+    (torch's backward computes ``exp(x - result) = exp(-inf + inf)``; far outside every mixture
+    component all terms are ``-inf``.) The terms are floored at the lowest finite number, whose
+    sum rounds back to it, and those results are set to ``-inf`` again.
+    """
+    lowest = torch.finfo(values.dtype).min
+    result = torch.logsumexp(values.clamp(min=lowest), dim=dim)
+    return result.masked_fill(result <= lowest, -math.inf)
+
+
 class Distribution(nn.Module, abc.ABC):
-    """Base class. Subclasses set ``event_shape`` and implement ``log_prob`` and ``_sample``."""
+    """Base class of the base distributions.
+
+    Subclasses set ``event_shape`` (through ``__init__``) and implement ``_log_prob`` and
+    ``_sample``. :meth:`log_prob` checks the inputs' shape, then calls ``_log_prob``. Subclasses
+    written against the older contract, overriding ``log_prob`` itself, keep working and get the
+    same check: ``__init_subclass__`` wraps their ``log_prob`` with it.
+
+    Example:
+        >>> class Uniform01(Distribution):  # uniform on the unit square
+        ...     def _log_prob(self, inputs, context=None):
+        ...         inside = ((inputs >= 0) & (inputs <= 1)).all(-1)
+        ...         return torch.where(inside, 0.0, -math.inf).to(inputs.dtype)
+        ...     def _sample(self, num_samples, generator):
+        ...         return torch.rand(num_samples, 2, generator=generator)
+        >>> Uniform01(2).log_prob(torch.tensor([[0.5, 0.5], [2.0, 0.5]]))
+        tensor([0., -inf])
+        >>> Uniform01(2).log_prob(torch.zeros(4, 3))
+        Traceback (most recent call last):
+        ...
+        ValueError: inputs must have shape (batch, 2), got (4, 3)
+    """
 
     event_shape: torch.Size
 
@@ -47,9 +109,45 @@ class Distribution(nn.Module, abc.ABC):
         # A buffer that follows .to(device/dtype), so samples land where the module lives.
         self.register_buffer("_anchor", torch.zeros(()), persistent=False)
 
-    @abc.abstractmethod
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("log_prob")
+        if own is None or getattr(own, "_checks_inputs", False):
+            return
+
+        # A subclass overriding log_prob directly: run the shape check before its body. When no
+        # class above implements _log_prob, its body also serves as that (the abstract method is
+        # then satisfied; a concrete inherited one is kept, so super().log_prob calls in the body
+        # reach it instead of recursing).
+        @functools.wraps(own)
+        def log_prob(self, inputs, context=None, *args, **kwargs):
+            self._check_inputs(inputs)
+            return own(self, inputs, context, *args, **kwargs)
+
+        log_prob._checks_inputs = True
+        cls.log_prob = log_prob
+        if getattr(cls._log_prob, "__isabstractmethod__", False):
+            cls._log_prob = own
+
+    def _check_inputs(self, inputs: Tensor) -> None:
+        """Raise unless ``inputs`` is a tensor of shape ``(batch, *event_shape)`` (no sync)."""
+        check_shape("inputs", inputs, self.event_shape)
+
     def log_prob(self, inputs: Tensor, context: Tensor | None = None) -> Tensor:
-        """``(batch,)`` log-densities of ``inputs: (batch, *event_shape)``."""
+        """``(batch,)`` log-densities of ``inputs: (batch, *event_shape)``.
+
+        Raises:
+            TypeError: ``inputs`` is not a tensor.
+            ValueError: ``inputs`` does not have shape ``(batch, *event_shape)``.
+        """
+        self._check_inputs(inputs)
+        return self._log_prob(inputs, context)
+
+    log_prob._checks_inputs = True
+
+    @abc.abstractmethod
+    def _log_prob(self, inputs: Tensor, context: Tensor | None) -> Tensor:
+        """``(batch,)`` log-densities of checked ``inputs: (batch, *event_shape)``."""
 
     def sample(
         self,
@@ -58,8 +156,13 @@ class Distribution(nn.Module, abc.ABC):
         *,
         generator: torch.Generator | None = None,
     ) -> Tensor:
-        """``(num_samples, *event_shape)`` samples."""
-        return self._sample(check_num_samples(num_samples), generator)
+        """``(num_samples, *event_shape)`` samples (``num_samples=0`` gives an empty batch)."""
+        num_samples = check_num_samples(num_samples)
+        if num_samples == 0:
+            # Samplers such as torch.multinomial reject zero draws; nothing is random here.
+            anchor = self._anchor
+            return anchor.new_zeros((0, *self.event_shape))
+        return self._sample(num_samples, generator)
 
     @abc.abstractmethod
     def _sample(self, num_samples: int, generator: torch.Generator | None) -> Tensor:
@@ -82,8 +185,8 @@ class StandardNormal(Distribution):
         tensor([-1.8379])
     """
 
-    def log_prob(self, inputs: Tensor, context: Tensor | None = None) -> Tensor:
-        return -0.5 * self._sum_event(inputs.square()) - 0.5 * self.event_shape.numel() * _LOG_2PI
+    def _log_prob(self, inputs: Tensor, context: Tensor | None = None) -> Tensor:
+        return -self._sum_event(_half_square(inputs)) - 0.5 * self.event_shape.numel() * _LOG_2PI
 
     def _sample(self, num_samples, generator):
         return self._randn(num_samples, *self.event_shape, generator=generator)
@@ -119,9 +222,9 @@ class DiagNormal(Distribution):
             self.register_buffer("loc", loc)
             self.register_buffer("log_scale", log_scale)
 
-    def log_prob(self, inputs: Tensor, context: Tensor | None = None) -> Tensor:
+    def _log_prob(self, inputs: Tensor, context: Tensor | None = None) -> Tensor:
         standard = (inputs - self.loc) * (-self.log_scale).exp()
-        per_dim = -0.5 * standard.square() - self.log_scale - 0.5 * _LOG_2PI
+        per_dim = -_half_square(standard) - self.log_scale - 0.5 * _LOG_2PI
         return self._sum_event(per_dim)
 
     def _sample(self, num_samples, generator):
@@ -163,11 +266,11 @@ class GaussianMixture(Distribution):
         self.means = nn.Parameter(spread * torch.randn(components, features, generator=generator))
         self.log_scales = nn.Parameter(torch.zeros(components, features))
 
-    def log_prob(self, inputs: Tensor, context: Tensor | None = None) -> Tensor:
+    def _log_prob(self, inputs: Tensor, context: Tensor | None = None) -> Tensor:
         standard = (inputs[..., None, :] - self.means) * (-self.log_scales).exp()
-        per_comp = (-0.5 * standard.square() - self.log_scales).sum(-1)
+        per_comp = (-_half_square(standard) - self.log_scales).sum(-1)
         per_comp = per_comp - 0.5 * self.event_shape[0] * _LOG_2PI
-        return torch.logsumexp(per_comp + torch.log_softmax(self.logits, -1), dim=-1)
+        return _logsumexp(per_comp + torch.log_softmax(self.logits, -1), dim=-1)
 
     def _sample(self, num_samples, generator):
         probs = torch.softmax(self.logits, -1).detach()
@@ -226,7 +329,7 @@ class StudentT(Distribution):
         """Degrees of freedom, ``(D,)``."""
         return self.min_df + F.softplus(self.raw_df)
 
-    def log_prob(self, inputs: Tensor, context: Tensor | None = None) -> Tensor:
+    def _log_prob(self, inputs: Tensor, context: Tensor | None = None) -> Tensor:
         standard = (inputs - self.loc) * (-self.log_scale).exp()
         return (_student_t_log_density(standard, self.df) - self.log_scale).sum(-1)
 
@@ -236,12 +339,21 @@ class StudentT(Distribution):
 
 
 def _student_t_log_density(standard: Tensor, df: Tensor) -> Tensor:
-    """Elementwise log-density of a standard Student-t with ``df`` degrees of freedom."""
+    """Elementwise log-density of a standard Student-t with ``df`` degrees of freedom.
+
+    The tail term ``log(1 + t^2)``, ``t = x / sqrt(df)``, is evaluated as
+    ``2 log u + log1p((min(a, 1) / u)^2)`` with ``a = |t|``, ``u = max(a, 1)`` (the same function):
+    ``t^2`` overflows float32 at ``|t| ~ 1.8e19`` while the density there is finite (polynomial
+    tails), and every factor of the gradient stays finite up to ``|t| = inf``.
+    """
+    magnitude = (standard * torch.rsqrt(df)).abs()
+    large = magnitude.clamp(min=1.0)
+    log1p_square = 2.0 * large.log() + torch.log1p((magnitude.clamp(max=1.0) / large).square())
     return (
         torch.lgamma(0.5 * (df + 1.0))
         - torch.lgamma(0.5 * df)
         - 0.5 * torch.log(math.pi * df)
-        - 0.5 * (df + 1.0) * torch.log1p(standard.square() / df)
+        - 0.5 * (df + 1.0) * log1p_square
     )
 
 
@@ -292,10 +404,10 @@ class TailAdaptiveBase(Distribution):
         """Degrees of freedom of the heavy-tailed dimensions, ``(num_heavy,)``."""
         return self.min_df + F.softplus(self.raw_df)
 
-    def log_prob(self, inputs: Tensor, context: Tensor | None = None) -> Tensor:
+    def _log_prob(self, inputs: Tensor, context: Tensor | None = None) -> Tensor:
         light = inputs.index_select(-1, self.light_index)
         heavy = inputs.index_select(-1, self.heavy_index)
-        normal = -0.5 * light.square().sum(-1) - 0.5 * light.shape[-1] * _LOG_2PI
+        normal = -_half_square(light).sum(-1) - 0.5 * light.shape[-1] * _LOG_2PI
         return normal + _student_t_log_density(heavy, self.df).sum(-1)
 
     def _sample(self, num_samples, generator):
@@ -328,8 +440,8 @@ class NormalWithAngles(Distribution):
         super().__init__(len(circular))
         self.register_buffer("circular", circular)
 
-    def log_prob(self, inputs: Tensor, context: Tensor | None = None) -> Tensor:
-        normal = -0.5 * (inputs.square() + math.log(2 * math.pi))
+    def _log_prob(self, inputs: Tensor, context: Tensor | None = None) -> Tensor:
+        normal = -(_half_square(inputs) + 0.5 * math.log(2 * math.pi))
         outside = (inputs < -math.pi) | (inputs >= math.pi)
         angle = torch.where(outside, -math.inf, -math.log(2 * math.pi))
         return self._sum_event(torch.where(self.circular, angle, normal))

@@ -5,7 +5,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from normflows_sci.checks import check_batch, check_num_samples, check_tensor
+from normflows_sci.checks import (
+    check_batch,
+    check_context_width,
+    check_dtype,
+    check_finite,
+    check_num_samples,
+    check_shape,
+)
 from normflows_sci.distributions import Distribution
 from normflows_sci.transforms import Transform
 
@@ -19,14 +26,27 @@ class Flow(nn.Module):
         transform: maps data to latent (``z, logabsdet = transform(x, context)``).
         base: the latent distribution.
         embedding: optional network applied to the context before the transform sees it.
-        validate_args: check inputs for shape and NaN/inf (one reduction per call; turn off in
-            tight GPU loops once the pipeline is known to be clean).
+        validate_args: also check inputs and context for NaN/inf (one reduction and, on GPUs, one
+            device synchronisation per call; turn off in tight GPU loops once the pipeline is
+            known to be clean). The shape, dtype and context checks compare metadata only and
+            always run.
         event_shape: shape of one data point when the transform changes it (e.g. Cartesian
             coordinates -> internal coordinates without rigid motion); defaults to the base's.
+        context_features: width of the raw context (before ``embedding``); ``0`` for an
+            unconditional flow. Default: inferred from the layers' ``context_features`` (and the
+            input width of an ``nn.Linear`` embedding); left unchecked (``None``) when some layer
+            does not declare it.
 
     Attributes:
-        transform, base, embedding: as given. ``event_shape`` is the data's shape and ``features``
-        its size.
+        transform, base, embedding, context_features: as given (or inferred). ``event_shape`` is
+        the data's shape and ``features`` its size.
+
+    Raises (from ``log_prob``, ``sample`` and ``sample_and_log_prob``):
+        TypeError: ``inputs`` (or, without an embedding, ``context``) not a floating-point tensor
+            of the flow's parameter dtype.
+        ValueError: ``inputs`` not of shape ``(batch, *event_shape)``; a ``context`` of the wrong
+            width or row count, given to an unconditional flow, or missing for a conditional one;
+            NaN/inf entries (with ``validate_args``).
 
     Example:
         >>> from normflows_sci.flows import NSF
@@ -45,12 +65,16 @@ class Flow(nn.Module):
         embedding: nn.Module | None = None,
         validate_args: bool = True,
         event_shape: int | tuple[int, ...] | None = None,
+        context_features: int | None = None,
     ):
         super().__init__()
         self.transform = transform
         self.base = base
         self.embedding = embedding
         self.validate_args = validate_args
+        # Follows .to()/.double(): the fast path of the dtype check compares against it.
+        self.register_buffer("_anchor", torch.zeros(()), persistent=False)
+        self.context_features = _context_features(transform, embedding, context_features)
         if event_shape is None:
             self.event_shape = base.event_shape
         else:
@@ -63,17 +87,68 @@ class Flow(nn.Module):
     def features(self) -> int:
         return self.event_shape.numel()
 
-    def _context(self, context: Tensor | None, batch: int | None) -> Tensor | None:
-        if context is None:
-            return None
+    def _check_dtype(self, name: str, value: Tensor) -> None:
+        """Check ``value`` matches the dtype and device of the flow's parameters."""
+        anchor = self._anchor
+        if value.dtype == anchor.dtype and value.device == anchor.device:
+            return
+        if not value.is_floating_point():
+            check_dtype(name, value, anchor.dtype)  # raises: integer or boolean tensor
+        # Slow path, on a mismatch only: compare with the parameters themselves (a part of the
+        # flow may have been converted on its own, and a parameter-free flow takes any dtype).
+        reference = next((p for p in self.parameters() if p.is_floating_point()), None)
+        if reference is None:
+            reference = next(
+                (
+                    b
+                    for n, b in self.named_buffers()
+                    if b.is_floating_point() and "_anchor" not in n
+                ),
+                None,
+            )
+        if reference is not None:
+            check_dtype(name, value, reference.dtype, reference.device)
+
+    def _check_inputs(self, inputs: Tensor) -> None:
+        """Shape and dtype of ``inputs`` (metadata only), finiteness with ``validate_args``."""
+        check_shape("inputs", inputs, tuple(self.event_shape))
+        self._check_dtype("inputs", inputs)
         if self.validate_args:
-            if not isinstance(context, Tensor) or context.ndim < 2:
-                shape = getattr(context, "shape", type(context).__name__)
-                raise ValueError(f"context must be a tensor of shape (batch, ...), got {shape}")
-            check_tensor("context", context, tuple(context.shape[1:]))
-            if batch is not None:
-                check_batch("context", context, batch)
-        return context if self.embedding is None else self.embedding(context)
+            check_finite("inputs", inputs)
+
+    def _context(self, context: Tensor | None, batch: int | None) -> Tensor | None:
+        """The checked context after the embedding (``None`` for unconditional flows)."""
+        self._check_context(context, batch)
+        if context is None or self.embedding is None:
+            return context
+        return self.embedding(context)
+
+    def _check_context(self, context: Tensor | None, batch: int | None) -> None:
+        """Check the raw ``context`` for ``batch`` input rows (``None``: any number of rows)."""
+        expected = self.context_features
+        if context is None:
+            if expected:
+                raise ValueError(
+                    f"context is required: the flow was built with context_features={expected}"
+                )
+            return
+        if expected == 0:
+            shape = tuple(getattr(context, "shape", ()))
+            raise ValueError(
+                f"this flow is unconditional; context must be None (got {type(context).__name__}"
+                f"{' of shape ' + str(shape) if shape else ''})"
+            )
+        if not isinstance(context, Tensor) or context.ndim < 2:
+            shape = getattr(context, "shape", type(context).__name__)
+            raise ValueError(f"context must be a tensor of shape (batch, ...), got {shape}")
+        if expected is not None:
+            check_context_width(context, expected)
+        if batch is not None:
+            check_batch("context", context, batch)
+        if self.embedding is None:
+            self._check_dtype("context", context)
+        if self.validate_args:
+            check_finite("context", context)
 
     def compile(self, *, sample: bool = True, **options) -> Flow:
         """Compile the flow's arithmetic with :func:`torch.compile` (opt-in); returns ``self``.
@@ -115,8 +190,7 @@ class Flow(nn.Module):
         ``chunk_size`` evaluates the batch in pieces of at most that many rows (same numbers,
         bounded memory: for batches larger than memory, typically under ``torch.no_grad()``).
         """
-        if self.validate_args:
-            check_tensor("inputs", inputs, tuple(self.event_shape))
+        self._check_inputs(inputs)
         context = self._context(context, inputs.shape[0])
         return _chunked(self._log_prob, chunk_size, inputs, context)
 
@@ -201,3 +275,52 @@ def _chunked(function, chunk_size: int | None, inputs: Tensor, context: Tensor |
     if isinstance(pieces[0], tuple):
         return tuple(torch.cat(parts) for parts in zip(*pieces))
     return torch.cat(pieces)
+
+
+def _declared_context(module: nn.Module) -> set:
+    """Context widths declared by the layers of ``module``: the ``context_features`` of the
+    outermost modules that set one, and ``None`` for a transform that declares none anywhere
+    inside it (its use of a context is unknown)."""
+    value = getattr(module, "context_features", None)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return {value}
+    found = set().union(*(_declared_context(child) for child in module.children()))
+    if not found and isinstance(module, Transform):
+        return {None}
+    return found
+
+
+def _embedding_width(embedding: nn.Module) -> int | None:
+    """Input width of an ``nn.Linear`` embedding (or a Sequential starting with one)."""
+    first = embedding
+    while isinstance(first, nn.Sequential) and len(first):
+        first = first[0]
+    width = getattr(first, "in_features", None)
+    if isinstance(first, nn.Linear) and isinstance(width, int) and width > 0:
+        return width
+    return None
+
+
+def _context_features(
+    transform: Transform, embedding: nn.Module | None, given: int | None
+) -> int | None:
+    """The raw context width the flow checks: ``given``, or inferred (``None``: unknown)."""
+    if given is not None:
+        if isinstance(given, bool) or int(given) != given or given < 0:
+            raise ValueError(f"context_features must be a non-negative integer, got {given!r}")
+        return int(given)
+    declared = _declared_context(transform)
+    if None in declared:
+        return None
+    widths = declared - {0}
+    if embedding is not None:
+        if not widths:
+            raise ValueError(
+                "embedding was given but no layer of the transform takes a context (all were "
+                "built with context_features=0): build the layers with the embedding's output "
+                "width as context_features"
+            )
+        return _embedding_width(embedding)
+    if len(widths) > 1:
+        return None  # layers of different widths: a custom arrangement, leave it to them
+    return widths.pop() if widths else 0

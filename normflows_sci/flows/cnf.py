@@ -32,7 +32,7 @@ from normflows_sci.checks import check_context
 from normflows_sci.distributions import Distribution, StandardNormal
 from normflows_sci.flows.base import Flow
 from normflows_sci.manifolds import Torus, UniformManifold
-from normflows_sci.nn import MLP
+from normflows_sci.nn import MLP, bounded_inputs
 from normflows_sci.transforms import Transform
 
 __all__ = ["CNF", "ContinuousFlow", "ODETransform", "VelocityMLP", "SOLVERS", "DIVERGENCES"]
@@ -68,8 +68,17 @@ def _combine(y: Tensor, h: float, weights: Sequence[float], ks: Sequence[Tensor]
 
 
 def _norm(values: Tensor) -> float:
-    """Largest per-row RMS (rows are independent samples)."""
-    return float(values.detach().square().mean(1).sqrt().max()) if values.numel() else 0.0
+    """Largest per-row RMS (rows are independent samples).
+
+    Each row is divided by its largest magnitude before squaring: float32 squares overflow at
+    ``1.8e19``, and the solver's scaled quantities reach that for states of ``1e30``.
+    """
+    if not values.numel():
+        return 0.0
+    magnitude = values.detach().abs()
+    peak = magnitude.amax(1, keepdim=True)
+    relative = magnitude / peak.clamp_min(torch.finfo(magnitude.dtype).tiny)
+    return float((peak[:, 0] * relative.square().mean(1).sqrt()).max())
 
 
 def rk4(func: Callable, y: Tensor, t0: float, t1: float, steps: int) -> tuple[Tensor, int]:
@@ -112,6 +121,8 @@ def dopri5(
     scale = atol + rtol * y.detach().abs()
     d0, d1 = _norm(y / scale), _norm(k1 / scale)
     h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
+    if not 0.0 < h0 < math.inf:  # d1 = inf or NaN: the error control below rejects such steps
+        h0 = 1e-6
     h0 = min(h0, span)
     k_probe = func(t0 + direction * h0, y + (direction * h0) * k1)
     evaluations += 1
@@ -200,8 +211,10 @@ class VelocityMLP(nn.Module):
         )
 
     def forward(self, x: Tensor, t: Tensor, context: Tensor | None = None) -> Tensor:
-        check_context(context, self.context_features)
-        parts = [x, t.to(x.dtype).expand(x.shape[0], 1)]
+        check_context(context, self.context_features, flatten=True)
+        # Bounded point features: at states of ~1e30 the field would be numerical noise and
+        # adaptive steps could not meet any tolerance.
+        parts = [bounded_inputs(x), t.to(x.dtype).expand(x.shape[0], 1)]
         if self.context_features:
             parts.append(context.reshape(context.shape[0], -1).to(x.dtype))
         return self.net(torch.cat(parts, dim=1))
@@ -517,20 +530,15 @@ def CNF(
             f"context_features must be a non-negative integer, got {context_features!r}"
         )
     if velocity is None:
+        # The field reads the manifold's embedding (e.g. (cos, sin) of torus angles) with or
+        # without a seed.
+        options = dict(activation=activation, input_features=input_features)
         if seed is not None:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
-                velocity = VelocityMLP(
-                    features,
-                    context_features,
-                    hidden_features,
-                    activation=activation,
-                    input_features=input_features,
-                )
+                velocity = VelocityMLP(features, context_features, hidden_features, **options)
         else:
-            velocity = VelocityMLP(
-                features, context_features, hidden_features, activation=activation
-            )
+            velocity = VelocityMLP(features, context_features, hidden_features, **options)
     transform = ODETransform(
         velocity,
         features,

@@ -25,7 +25,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from normflows_sci.checks import check_num_samples, check_tensor
+from normflows_sci.checks import check_num_samples
 from normflows_sci.distributions import Distribution, StandardNormal
 from normflows_sci.flows.base import Flow
 from normflows_sci.transforms.base import CompositeTransform
@@ -193,14 +193,11 @@ def sample_tarflow(
     num_samples = check_num_samples(num_samples)
     options = dict(method=method, tol=tol, max_iterations=max_iterations, chunk_size=chunk_size)
     raw = None
+    flow._check_context(context, None)
     if context is None:
         latent = flow.base.sample(num_samples, generator=generator)
         embedded, lead = None, (num_samples,)
     else:
-        if not isinstance(context, Tensor) or context.ndim < 2:
-            shape = getattr(context, "shape", type(context).__name__)
-            raise ValueError(f"context must be a tensor of shape (batch, ...), got {shape}")
-        check_tensor("context", context, tuple(context.shape[1:]))
         batch = context.shape[0]
         raw = context.repeat(num_samples, *([1] * (context.ndim - 1)))
         embedded = raw if flow.embedding is None else flow.embedding(raw)

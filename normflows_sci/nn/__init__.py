@@ -1,6 +1,6 @@
 """Conditioner networks."""
 
-from normflows_sci.nn.networks import MADE, MLP, MADESequence, MaskedLinear
+from normflows_sci.nn.networks import MADE, MLP, MADESequence, MaskedLinear, bounded_inputs
 from normflows_sci.nn.transformer import (
     CausalSelfAttention,
     CausalTransformer,
@@ -13,6 +13,7 @@ __all__ = [
     "MADE",
     "MADESequence",
     "MaskedLinear",
+    "bounded_inputs",
     "CausalTransformer",
     "KVCache",
     "CausalSelfAttention",

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["MLP", "MADE", "MADESequence", "MaskedLinear"]
+__all__ = ["MLP", "MADE", "MADESequence", "MaskedLinear", "bounded_inputs"]
 
 
 def _hidden_sizes(hidden_features: int | Sequence[int]) -> tuple[int, ...]:
@@ -44,6 +45,34 @@ def _param_major_output(
     bias = bias.view(features, params_per_feature).t().reshape(out_features, 1)
     out = torch.addmm(bias, weight.reshape(out_features, width), hidden.t())
     return out.view(params_per_feature, features * hidden.shape[0])
+
+
+def bounded_inputs(values: Tensor) -> Tensor:
+    """``values`` clamped to ``±2**32`` (about ``4.3e9``; ``±2**256`` in float64), far beyond the
+    scale of any data a network is trained on.
+
+    Networks that read unbounded inputs through smooth or normalised layers clamp them first:
+    layer normalisation squares its inputs (the float32 statistics of embedded tokens of ``1e30``
+    overflow, ``inf / inf = NaN``), and a smooth ODE field evaluated at ``1e30`` is numerically
+    noise. Beyond the bound such a network is constant in each input, with zero gradient there;
+    a conditioner may be any function of its inputs, so flow layers stay exact bijections.
+    Non-floating tensors pass through.
+
+    Example:
+        >>> bounded_inputs(torch.tensor([1.0, -1e30])).tolist()
+        [1.0, -4294967296.0]
+    """
+    if not values.is_floating_point():
+        return values
+    bound = _INPUT_BOUNDS.get(values.dtype)
+    if bound is None:
+        # The fourth root of the largest number (float32's for the lower precisions).
+        largest = max(torch.finfo(values.dtype).max, torch.finfo(torch.float32).max)
+        bound = _INPUT_BOUNDS[values.dtype] = 2.0 ** (math.ceil(math.log2(largest)) // 4)
+    return values.clamp(-bound, bound)
+
+
+_INPUT_BOUNDS: dict[torch.dtype, float] = {}
 
 
 class MLP(nn.Module):
@@ -110,8 +139,20 @@ class MaskedLinear(nn.Linear):
         super().__init__(mask.shape[1], mask.shape[0], bias=bias)
         self.register_buffer("mask", mask.to(self.weight.dtype))
 
+    def masked_weight(self, rows: slice | None = None) -> Tensor:
+        """The weight with masked entries zero (of ``rows`` only, if given).
+
+        Selected rather than multiplied: the gradient a masked entry would get from the unmasked
+        product can overflow (huge inputs times huge output gradients) while its true gradient
+        is zero, and ``inf * 0`` would turn it into NaN.
+        """
+        weight, mask = (
+            (self.weight, self.mask) if rows is None else (self.weight[rows], self.mask[rows])
+        )
+        return torch.where(mask.bool(), weight, 0.0)
+
     def forward(self, inputs: Tensor) -> Tensor:
-        return F.linear(inputs, self.weight * self.mask, self.bias)
+        return F.linear(inputs, self.masked_weight(), self.bias)
 
 
 def made_degrees(features: int, order: Sequence[int] | None) -> Tensor:
@@ -241,12 +282,12 @@ class MADE(nn.Module):
         """:meth:`forward` for ``inputs: (batch, D)`` laid out ``(P, D * batch)``, column
         ``d * batch + n`` for element ``(n, d)`` (see :meth:`MLP.param_major`)."""
         hidden = self._hidden_from(self._first_preactivation(inputs, context))
-        weight = self.output.weight * self.output.mask
+        weight = self.output.masked_weight()
         return _param_major_output(weight, self.output.bias, hidden, self.params_per_feature)
 
     def _feature_output(self, hidden: Tensor, feature: int, param_major: bool = False) -> Tensor:
         rows = slice(feature * self.params_per_feature, (feature + 1) * self.params_per_feature)
-        weight = self.output.weight[rows] * self.output.mask[rows]
+        weight = self.output.masked_weight(rows)
         if param_major:  # (P, batch)
             return torch.addmm(self.output.bias[rows, None], weight, hidden.t())
         return F.linear(hidden, weight, self.output.bias[rows])
@@ -286,7 +327,7 @@ class MADESequence:
         self.made = made
         self.first = first
         first_layer = made.layers[0]
-        self._columns = (first_layer.weight * first_layer.mask).t()  # (D, hidden), masked
+        self._columns = first_layer.masked_weight().t()  # (D, hidden), masked
 
     def feature(self, feature: int, param_major: bool = False) -> Tensor:
         """Outputs ``(batch, P)`` of ``feature`` given the values set so far; ``(P, batch)``

@@ -6,7 +6,9 @@ positions ``<= t``. Tokens are embedded by a small MLP (``Linear - GELU - Linear
 position embedding and, optionally, a context embedding added at every position. (A linear
 embedding would not do for small tokens: layer normalisation of ``w x + b`` for a scalar ``x``
 keeps little more than the sign of ``x - x0``, and the conditioner would see steps instead of
-values.)
+values.) Tokens and context are clamped by :func:`~normflows_sci.nn.networks.bounded_inputs`
+(``±2**32``, ``±2**256`` in float64) first, so layer normalisation never squares an overflowing
+number.
 
 The same network runs three ways, all giving the same numbers:
 
@@ -27,6 +29,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from normflows_sci.nn.networks import bounded_inputs
 
 __all__ = ["KVCache", "CausalSelfAttention", "TransformerLayer", "CausalTransformer"]
 
@@ -283,7 +287,7 @@ class CausalTransformer(nn.Module):
             raise ValueError(
                 f"sequence of {offset + n} tokens is longer than max_tokens={self.max_tokens}"
             )
-        h = self.embed(tokens) + self.position[offset : offset + n]
+        h = self.embed(bounded_inputs(tokens)) + self.position[offset : offset + n]
         if self.context_embed is not None:
             if context is None:
                 raise ValueError(
@@ -295,7 +299,7 @@ class CausalTransformer(nn.Module):
                     f"context must have shape (batch, {self.context_features}), "
                     f"got {tuple(context.shape)}"
                 )
-            h = h + self.context_embed(context)[:, None, :]
+            h = h + self.context_embed(bounded_inputs(context))[:, None, :]
         stored = 0
         if cache is not None and update_cache:
             stored = n if keep is None else max(0, min(int(keep), n))

@@ -40,6 +40,8 @@ class BoundaryTransform(Transform):
         ([[0.0, 3.0]], 1.3863)
     """
 
+    context_features = 0  # takes no context (Flow checks contexts against this)
+
     def __init__(self, lower: Sequence[float | None], upper: Sequence[float | None]):
         super().__init__()
         lower_t = torch.tensor([-math.inf if v is None else float(v) for v in lower])

@@ -29,6 +29,8 @@ class Permutation(Transform):
         [[10.0, 20.0, 30.0]]
     """
 
+    context_features = 0  # takes no context (Flow checks contexts against this)
+
     def __init__(self, permutation):
         super().__init__()
         permutation = torch.as_tensor(permutation, dtype=torch.long)
@@ -111,6 +113,8 @@ class LULinear(Transform):
         >>> torch.allclose(t.inverse(z)[0], x, atol=1e-5)
         True
     """
+
+    context_features = 0  # takes no context (Flow checks contexts against this)
 
     def __init__(self, features: int, *, min_diagonal: float = 1e-3):
         super().__init__()

@@ -28,6 +28,8 @@ class ElementwiseAffine(Transform):
         ([[1.0, -1.0]], 1.3863)
     """
 
+    context_features = 0  # takes no context (Flow checks contexts against this)
+
     def __init__(self, features: int, *, shift=0.0, scale=1.0, learnable: bool = True):
         super().__init__()
         self.features = features
@@ -115,6 +117,8 @@ class CircularShift(Transform):
         >>> [round(v, 4) for v in t.inverse(z)[0][0].tolist()]
         [-3.0, 5.0]
     """
+
+    context_features = 0  # takes no context (Flow checks contexts against this)
 
     def __init__(self, features: int, *, shift):
         super().__init__()
