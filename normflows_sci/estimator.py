@@ -810,11 +810,38 @@ class DensityEstimator:
             out[part], error[part] = combine_cell_estimates(terms)
         self.last_score_error_ = error
         warn_imprecise_cells(error, stacklevel=3)
+        failed = np.flatnonzero(np.isnan(out))
+        if failed.size:
+            warnings.warn(
+                f"{failed.size} of {len(out)} rows of X score NaN (first: row {failed[0]}): the "
+                "flow network's float32 arithmetic overflowed on values far outside the training "
+                "data",
+                stacklevel=2,
+            )
         return out
 
     def score(self, X) -> float:
         """Mean log-density per row (higher is better)."""
         return float(np.mean(self.score_samples(X)))
+
+    def _onto_support(self, samples: np.ndarray) -> np.ndarray:
+        """Integer columns onto their lattice; every column into its declared bounds.
+
+        The model's support reaches a hair beyond each bound (the margin that keeps points on a
+        bound finite), so a draw can land in it: it is moved onto the bound (for an integer
+        column, onto the nearest lattice point within the bounds).
+        """
+        spec = self.spec_
+        discrete = np.asarray(spec["discrete"], dtype=bool)
+        step = np.asarray(spec["step"])[discrete]
+        origin = np.asarray(spec["origin"])[discrete]
+        samples[:, discrete] = origin + step * np.floor((samples[:, discrete] - origin) / step)
+        low = np.array([-np.inf if v is None else v for v in spec["lower"]], dtype=np.float64)
+        high = np.array([np.inf if v is None else v for v in spec["upper"]], dtype=np.float64)
+        with np.errstate(invalid="ignore"):  # inf - origin on open sides stays inf
+            low[discrete] = origin + step * np.ceil((low[discrete] - origin) / step)
+            high[discrete] = origin + step * np.floor((high[discrete] - origin) / step)
+        return np.clip(samples, low, high)
 
     def sample(self, n: int | None = None, *, random_state=None, context=None):
         """Draw rows from the model.
@@ -855,11 +882,7 @@ class DensityEstimator:
                 raise ValueError(f"n must be a positive integer, got {n!r}")
             with torch.no_grad():
                 draws = self.flow_.sample(int(n), generator=generator, chunk_size=chunk)
-        samples = draws.double().cpu().numpy()
-        discrete = np.asarray(spec["discrete"])
-        step = np.asarray(spec["step"])[discrete]
-        origin = np.asarray(spec["origin"])[discrete]
-        samples[:, discrete] = origin + step * np.floor((samples[:, discrete] - origin) / step)
+        samples = self._onto_support(draws.double().cpu().numpy())
         if spec["frame"]:
             import pandas as pd
 

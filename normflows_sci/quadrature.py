@@ -6,9 +6,9 @@ integer columns. :func:`unit_cell_rule` gives the nodes and weights to compute i
 :func:`combine_cell_estimates` turns the weighted log-densities into ``log P(k)`` and its error:
 
 * up to :data:`EXACT_MAX_DIMS` integer columns, a tensor-product Gauss-Legendre rule
-  (:func:`unit_cube_rule`, 64 nodes or so): deterministic, and for the smooth densities of flows
-  and Gaussian mixtures its error is far below the statistical error of any fitted model, so it is
-  reported as 0;
+  (:func:`unit_cube_rule`, 64 nodes or so): deterministic and, for the smooth densities of flows
+  and Gaussian mixtures, accurate well below the statistical error of a fitted model; its error
+  is not estimated (reported as 0);
 * above that, randomised quasi-Monte Carlo: :data:`QMC_REPLICATES` independently scrambled Sobol
   sets of :data:`QMC_POINTS` points each, from a fixed seed (the same rule every call, so scores are
   reproducible). The cost per row is ``QMC_REPLICATES * QMC_POINTS`` density evaluations whatever
@@ -104,7 +104,7 @@ def _scrambled_sobol(dims: int, points: int, rng: np.random.Generator) -> np.nda
 
 
 def unit_cell_rule(
-    dims: int, *, points: int = QMC_POINTS, replicates: int = QMC_REPLICATES, seed: int = 0
+    dims: int, *, points: int | None = None, replicates: int | None = None, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
     """Nodes ``(R, m, dims)`` in ``[0, 1)^dims`` and log-weights ``(R, m)`` for cell integrals.
 
@@ -117,8 +117,9 @@ def unit_cell_rule(
 
     Args:
         dims: number of integer columns (at least 1).
-        points: Sobol points per replicate (a power of two).
-        replicates: independent scrambles (at least 2, for an error estimate).
+        points: Sobol points per replicate, a power of two (default: :data:`QMC_POINTS` at the
+            time of the call, so setting the module constant raises every model's precision).
+        replicates: independent scrambles, at least 2 (default: :data:`QMC_REPLICATES`).
         seed: seed of the scrambles.
 
     Raises:
@@ -127,6 +128,8 @@ def unit_cell_rule(
     if dims <= EXACT_MAX_DIMS:
         nodes, log_w = unit_cube_rule(dims)
         return nodes[None], log_w[None]
+    points = QMC_POINTS if points is None else points
+    replicates = QMC_REPLICATES if replicates is None else replicates
     if int(points) != points or points < 1 or int(points) & (int(points) - 1):
         raise ValueError(f"points must be a power of two, got {points!r}")
     if int(replicates) != replicates or replicates < 2:
@@ -167,15 +170,18 @@ def combine_cell_estimates(log_terms: np.ndarray) -> tuple[np.ndarray, np.ndarra
 
 
 def warn_imprecise_cells(
-    stderr: np.ndarray, *, tolerance: float = QMC_STDERR_TOLERANCE, stacklevel: int = 3
+    stderr: np.ndarray, *, tolerance: float | None = None, stacklevel: int = 3
 ) -> None:
     """Warn when some rows' log-probabilities have a standard error above ``tolerance`` nats.
 
     Args:
         stderr: ``(n,)`` standard errors from :func:`combine_cell_estimates`.
-        tolerance: threshold in nats.
+        tolerance: threshold in nats (default: the module's :data:`QMC_STDERR_TOLERANCE` at the
+            time of the call, so setting it changes every model's threshold).
         stacklevel: passed to :func:`warnings.warn` (point it at the user's call).
     """
+    if tolerance is None:
+        tolerance = QMC_STDERR_TOLERANCE
     stderr = np.asarray(stderr, dtype=np.float64)
     imprecise = stderr > tolerance
     if imprecise.any():
