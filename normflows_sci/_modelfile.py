@@ -332,11 +332,11 @@ def check_sizes(spec: dict, tensors: dict[str, torch.Tensor], path) -> None:
                 f"standardise {stored} ({name!r} has shape ({stored},))"
             )
     mean = tensors.get("embedding.mean")
-    stored_context = 0 if mean is None else (mean.shape[0] if mean.ndim == 1 else -1)
-    if stored_context != context:
+    stored_context = (0,) if mean is None else tuple(mean.shape)
+    if stored_context != (context,):
         raise ValueError(
             f"{where}['context_columns'] lists {context} columns, but the weights hold context "
-            f"statistics for {stored_context} ('embedding.mean')"
+            f"statistics of shape {stored_context} ('embedding.mean')"
         )
     count = len(tensors)
     layers = len(spec["hidden_features"]) * (1 if spec["flow"] == "cnf" else spec["transforms"])

@@ -177,11 +177,11 @@ def check_finite(tensors: Mapping[str, torch.Tensor], where: str) -> None:
 def _check_loaded_tensors(value, name: str) -> None:
     """Every tensor in a loaded structure must be a dense strided tensor that addresses no more
     elements than its storage holds (a stride-0 view of a few bytes can claim terabytes)."""
-    stack, depth_of = [(value, 0)], MAX_CONFIG_DEPTH
+    stack = [(value, 0)]
     while stack:
         item, depth = stack.pop()
-        if depth > depth_of:
-            raise ValueError(f"{name} nests containers more than {depth_of} levels deep")
+        if depth > MAX_CONFIG_DEPTH:
+            raise ValueError(f"{name} nests containers more than {MAX_CONFIG_DEPTH} levels deep")
         if isinstance(item, torch.Tensor):
             if item.layout != torch.strided or item.is_quantized or item.is_meta:
                 raise ValueError(f"{name} holds a {item.layout} tensor; only dense tensors")

@@ -307,8 +307,12 @@ def test_resuming_on_rescaled_data_is_refused(tmp_path):
     DensityEstimator(**options).fit(X, checkpoint=checkpoint)
     with pytest.raises(ValueError, match=r"checkpoint .*fit\.ckpt is not from this run.*'table'"):
         DensityEstimator(**options).fit(1000.0 * X, checkpoint=checkpoint, resume=True)
-    with pytest.raises(ValueError, match=r"fingerprint 'params'"):
+    with pytest.raises(ValueError, match=r"fingerprint 'params': heavy_tails 'auto' in the ch"):
         DensityEstimator(**dict(options, heavy_tails=True)).fit(
+            X, checkpoint=checkpoint, resume=True
+        )
+    with pytest.raises(ValueError, match=r"the checkpoint's seed is 0: pass it \(random_state"):
+        DensityEstimator(**dict(options, random_state=None)).fit(
             X, checkpoint=checkpoint, resume=True
         )
     resumed = DensityEstimator(**options).fit(X, checkpoint=checkpoint, resume=True)

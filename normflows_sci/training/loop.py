@@ -344,6 +344,24 @@ def _short(value) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def _changed_entries(old, new) -> str:
+    """``old -> new`` for two fingerprint values; for JSON objects, only the differing fields."""
+    try:
+        old_value, new_value = json.loads(old), json.loads(new)
+    except (TypeError, ValueError):
+        old_value = new_value = None
+    if isinstance(old_value, dict) and isinstance(new_value, dict):
+        fields = sorted(
+            k for k in set(old_value) | set(new_value) if old_value.get(k) != new_value.get(k)
+        )
+        return ", ".join(
+            f"{k} {_short(repr(old_value.get(k)))} in the checkpoint, "
+            f"{_short(repr(new_value.get(k)))} now"
+            for k in fields
+        )
+    return f"{_short(old)} in the checkpoint, {_short(new)} now"
+
+
 def _differences(stored: dict, current: dict) -> list[str]:
     """Human-readable differences between a checkpoint's fingerprint and this run's."""
     found = []
@@ -351,10 +369,8 @@ def _differences(stored: dict, current: dict) -> list[str]:
         old, new = stored.get(section) or {}, current.get(section) or {}
         for key in sorted(set(old) | set(new)):
             if old.get(key) != new.get(key):
-                found.append(
-                    f"{label} {key!r}: {_short(old.get(key))} in the checkpoint, "
-                    f"{_short(new.get(key))} now"
-                )
+                change = _changed_entries(old.get(key), new.get(key))
+                found.append(f"{label} {key!r}: {change}")
     old, new = stored.get("architecture") or {}, current.get("architecture") or {}
     if old != new:
         changed = [k for k in new if k in old and old[k] != new[k]]
@@ -371,9 +387,16 @@ def _differences(stored: dict, current: dict) -> list[str]:
 def _compare_runs(path, stored: dict, current: dict) -> None:
     differences = _differences(stored, current)
     if differences:
+        seed = (stored.get("options") or {}).get("seed")
+        hint = (
+            f"; the checkpoint's seed is {seed}: pass it (random_state for DensityEstimator)"
+            if seed != (current.get("options") or {}).get("seed")
+            else ""
+        )
         raise ValueError(
             f"checkpoint {path} is not from this run, refusing to resume from it: "
             + "; ".join(differences)
+            + hint
             + ". Resume with the same data, flow and options, or start afresh (resume=False or "
             "another checkpoint file)"
         )
