@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import tempfile
 from pathlib import Path
 
 TUTORIAL = Path(__file__).resolve().parent.parent / "tutorials" / "hybrid_sampling.py"
@@ -16,7 +17,9 @@ def _load():
 
 
 def test_hybrid_recovers_mode_weights_where_mala_is_stuck(tmp_path):
-    result = _load().main(num_chains=256, warmup=120, steps=100, dim=4, seed=0, out=tmp_path)
+    result = _load().main(
+        num_chains=256, warmup=120, steps=100, dim=4, seed=0, out=tmp_path, progress=False
+    )
     mala, hybrid = result["mala"], result["hybrid"]
     # MALA keeps the even 1/3 split it started with: max error |1/3 - 1/2| = 1/6.
     assert mala["error"] > 0.12
@@ -33,3 +36,25 @@ def test_hybrid_recovers_mode_weights_where_mala_is_stuck(tmp_path):
     assert hybrid["rhat"] < 1.05
     assert hybrid["tau_evaluations"] < mala["tau_evaluations"] / 10
     assert (tmp_path / "hybrid_sampling.png").stat().st_size > 0
+
+
+def test_hybrid_tutorial_without_out_writes_only_to_a_fresh_temporary_folder(
+    tmp_path, monkeypatch, capsys
+):
+    """The command line without ``--out``: the figure goes to a new temporary folder, whose path
+    is printed, and nothing is written where the tutorial is started."""
+    cwd, temp_root = tmp_path / "cwd", tmp_path / "temp"
+    cwd.mkdir()
+    temp_root.mkdir()
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(tempfile, "tempdir", str(temp_root))
+    result = _load()._cli(["--chains", "16", "--warmup", "8", "--steps", "8", "--dim", "2"])
+    figure = Path(result["figure"])
+    assert figure.name == "hybrid_sampling.png" and figure.stat().st_size > 0
+    assert figure.parent.parent == temp_root
+    assert figure.parent.name.startswith("normflows_sci_hybrid_sampling_")
+    assert list(cwd.iterdir()) == []
+    printed = capsys.readouterr().out
+    assert f"output folder: {figure.parent}" in printed
+    assert "MALA: 16 warm-up + 16 production steps" in printed
+    assert "adaptive flow hybrid: 8 warm-up steps" in printed

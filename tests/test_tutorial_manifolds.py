@@ -19,8 +19,9 @@ def _load(name):
     return module
 
 
-def test_torus_tutorial_fits_backbone_torsions():
+def test_torus_tutorial_fits_backbone_torsions(tmp_path, monkeypatch, capsys):
     """Cached REMD frames when present, else ~15 s of OpenMM MD: the flow beats both baselines."""
+    monkeypatch.chdir(tmp_path)
     tutorial = _load("torus_angles")
     if os.path.exists(tutorial.CACHE):
         source, seconds = "cache", 0.0
@@ -37,6 +38,11 @@ def test_torus_tutorial_fits_backbone_torsions():
     assert result["test_nll_flow"] < result["test_nll_von_mises"]
     for name, value in result["basins_data"].items():
         assert abs(result["basins_flow"][name] - value) < 0.1, name
+    assert list(tmp_path.iterdir()) == []  # nothing written where the tutorial runs
+    printed = capsys.readouterr().out
+    assert "training TorusFlow on" in printed
+    if source == "md":
+        assert "running 15 s of Langevin MD" in printed
 
 
 def test_torus_tutorial_torsions_are_angles():
@@ -49,9 +55,14 @@ def test_torus_tutorial_torsions_are_angles():
     assert angles.shape == (1, 2) and bool((angles.abs() <= torch.pi).all())
 
 
-def test_rigid_body_tutorial_trains_and_reweights():
+def test_rigid_body_tutorial_trains_and_reweights(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
     tutorial = _load("rigid_bodies")
     result = tutorial.main(steps=60, batch_size=128, num_samples=2000, progress=False)
+    assert list(tmp_path.iterdir()) == []  # nothing written where the tutorial runs
+    printed = capsys.readouterr().out
+    assert "reverse-KL training for 60 steps or 90 s" in printed
+    assert "importance sampling: 2000 flow samples" in printed
     assert result["on_manifold"] < 1e-5
     history = result["history"]
     assert history["loss"][-1] < history["loss"][0]

@@ -13,8 +13,12 @@ The backbone torsions ``(phi, psi)`` of alanine dipeptide live on the torus ``T^
 
 Run::
 
-    python tutorials/torus_angles.py                 # cache if present, else ~1 min of MD
+    python tutorials/torus_angles.py                 # cache if present, else 60 s of MD
     python tutorials/torus_angles.py --source md --md-seconds 20 --max-epochs 30
+
+The MD run reports its progress every few seconds and a progress bar follows the training (at most
+``--max-time`` seconds); allow up to 10 minutes on two CPU cores shared with other work. Nothing
+is written to disk.
 """
 
 from __future__ import annotations
@@ -43,12 +47,15 @@ def torsions(positions: torch.Tensor) -> torch.Tensor:
     return Torus(2).proj(angles)
 
 
-def run_md(seconds: float, *, seed: int = 0, save_every: int = 100) -> np.ndarray:
+def run_md(
+    seconds: float, *, seed: int = 0, save_every: int = 100, report_every: float | None = 10.0
+) -> np.ndarray:
     """Positions ``(frames, 66)`` in nm from Langevin MD at 300 K for ``seconds`` of wall time.
 
     OpenMM Reference platform, alanine dipeptide in vacuum (Amber ff96, as in
     ``normflows_sci.energies.molecular.alanine_dipeptide``), 12 amu masses and a 3 fs step (the
-    configurational distribution does not depend on masses).
+    configurational distribution does not depend on masses). Every ``report_every`` seconds of
+    wall time it prints the frames so far (None: silent).
     """
     import openmm as mm
     import openmm.unit as u
@@ -67,10 +74,14 @@ def run_md(seconds: float, *, seed: int = 0, save_every: int = 100) -> np.ndarra
     integrator.step(2000)  # 6 ps of equilibration
     frames = []
     start = time.perf_counter()
-    while time.perf_counter() - start < seconds:
+    next_report = report_every
+    while (elapsed := time.perf_counter() - start) < seconds:
         integrator.step(save_every)
         state = context.getState(getPositions=True)
         frames.append(state.getPositions(asNumpy=True).value_in_unit(u.nanometer).reshape(-1))
+        if next_report is not None and elapsed >= next_report:
+            print(f"  MD: {elapsed:.0f} of {seconds:g} s, {len(frames)} frames", flush=True)
+            next_report += report_every
     return np.asarray(frames, dtype=np.float64)
 
 
@@ -84,6 +95,7 @@ def load_angles(source: str, *, md_seconds: float, max_frames: int, seed: int):
             positions = cached["positions"]
         description = f"cached REMD reference ({len(positions)} frames at 300 K)"
     else:
+        print(f"running {md_seconds:g} s of Langevin MD (OpenMM, Reference platform)", flush=True)
         positions = run_md(md_seconds, seed=seed)
         description = f"{md_seconds:g} s of Langevin MD ({len(positions)} frames)"
     angles = torsions(torch.as_tensor(positions, dtype=torch.float64))
@@ -132,6 +144,7 @@ def main(
         max_frames: subsample the data to at most this many frames.
         max_epochs, max_time: training budget (epochs, seconds).
         seed: seeds the subsample, the split, training and sampling.
+        progress: progress bar for the training.
 
     Returns:
         ``frames``, ``source``, ``test_nll_flow``, ``test_nll_von_mises``, ``test_nll_uniform``
@@ -144,6 +157,11 @@ def main(
     split = int(0.8 * len(angles))
     permutation = torch.randperm(len(angles), generator=torch.Generator().manual_seed(seed + 1))
     train, test = angles[permutation[:split]], angles[permutation[split:]]
+    print(f"data: {description}; {len(angles)} frames used")
+    print(
+        f"training TorusFlow on {len(train)} frames (at most {max_epochs} epochs, {max_time:g} s)",
+        flush=True,
+    )
     flow = TorusFlow(2, transforms=4, bins=12, hidden_features=(64, 64))
     start = time.perf_counter()
     fit_flow(
@@ -192,7 +210,6 @@ def _cli(argv=None) -> dict:
         max_time=args.max_time,
         seed=args.seed,
     )
-    print(f"data: {result['source']}; {result['frames']} frames used")
     print("held-out negative log-likelihood (nats per frame, lower is better):")
     for key in ("test_nll_flow", "test_nll_von_mises", "test_nll_uniform"):
         print(f"  {key[9:]:12s} {result[key]:.3f}")
