@@ -1,9 +1,10 @@
 """DensityEstimator: "here is my table, give me its density", scikit-learn style.
 
-Preprocessing is part of the model, as transforms with exact Jacobians, so every score is a
-log-density in the ORIGINAL units of the data:
+Preprocessing is part of the model, as transforms with exact Jacobians computed in float64 (the
+flow network itself runs in float32), so every score is a log-density in the ORIGINAL units of
+the data, whatever their scale (1e-12 or 1e300, or far from the origin):
 
-    data --(bounded columns: logit / softplus)--> R^d --(standardise)--> flow --> base
+    data --(bounded columns: logit / softplus)--> R^d --(standardise)--> float32 flow --> base
 
 Integer columns are dequantised (uniform noise in training; the probability of each integer is
 integrated by quadrature when scoring), heavy-tailed columns get Student-t base marginals with
@@ -319,6 +320,16 @@ class DensityEstimator:
         verbose: progress bar and a summary line.
         device: torch device to train on (default CPU).
 
+    Attributes:
+        ``flow_``: the fitted model (float64 preprocessing, float32 flow network); ``spec_``,
+        ``history_``, ``fit_time_``; ``last_score_error_``: ``(n,)`` standard errors (nats) of the
+        last :meth:`score_samples` call (non-zero only for more than three integer columns).
+
+    Degenerate tables are refused rather than fitted wrongly: fewer than two rows, or a constant
+    continuous column (a point mass has no density), are errors naming the count or the column.
+    A constant integer column declared discrete is allowed: its one level gets a probability
+    close to 1.
+
     Example:
         >>> import numpy as np
         >>> X = np.random.default_rng(0).normal(size=(500, 2))
@@ -578,6 +589,12 @@ class DensityEstimator:
 
         Returns:
             self.
+
+        Raises:
+            ValueError: fewer than ``MIN_ROWS`` (2) rows; a constant continuous target column (or
+                identical rows); a value that lies beyond float32's range once standardised
+                (named by column, in ``X`` or ``X_val``); a fit whose weights or held-out (or,
+                without validation rows, final training) loss are not finite.
         """
         values, names, is_frame = _to_array(X, "X")
         if columns is not None:
@@ -776,7 +793,8 @@ class DensityEstimator:
         not grow with the number of integer columns. ``last_score_error_`` then holds the
         estimated standard error of each row's log-probability in nats (0 for exact rules and
         continuous columns), and a warning names the rows whose error exceeds
-        ``QMC_STDERR_TOLERANCE`` (0.05 nats).
+        ``QMC_STDERR_TOLERANCE`` (0.05 nats). Rows so far from the data that the float32 network
+        overflows score ``-inf`` (a NaN score comes with a warning).
 
         Args:
             X: ``(n, columns)`` rows with the columns of the training table.
