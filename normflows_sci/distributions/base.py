@@ -130,14 +130,17 @@ class Distribution(nn.Module, abc.ABC):
             cls._log_prob = own
 
     def _check_inputs(self, inputs: Tensor) -> None:
-        """Raise unless ``inputs`` is a tensor of shape ``(batch, *event_shape)`` (no sync)."""
+        """Raise unless ``inputs`` is a floating-point tensor of shape ``(batch, *event_shape)``
+        (metadata only: values are not read, so NaN/inf pass; :class:`Flow` checks those)."""
         check_shape("inputs", inputs, self.event_shape)
+        if not inputs.is_floating_point():
+            raise TypeError(f"inputs must be a floating-point tensor, got dtype {inputs.dtype}")
 
     def log_prob(self, inputs: Tensor, context: Tensor | None = None) -> Tensor:
         """``(batch,)`` log-densities of ``inputs: (batch, *event_shape)``.
 
         Raises:
-            TypeError: ``inputs`` is not a tensor.
+            TypeError: ``inputs`` is not a floating-point tensor.
             ValueError: ``inputs`` does not have shape ``(batch, *event_shape)``.
         """
         self._check_inputs(inputs)

@@ -8,6 +8,7 @@ unnormalised log-density of the Boltzmann distribution ``p(x) ∝ exp(-u(x))`` a
 from __future__ import annotations
 
 import abc
+import functools
 import math
 from collections.abc import Sequence
 
@@ -20,40 +21,92 @@ __all__ = ["Energy", "TemperedEnergy"]
 
 
 class Energy(nn.Module, abc.ABC):
-    """Base class of every target: subclasses implement ``_energy(x)`` on validated inputs.
+    """Base class of every target.
+
+    Subclasses implement ``_energy(x)``, called on validated inputs, or (the plain form) override
+    ``energy(x)`` itself; either way ``log_prob``, ``force`` and ``energy_and_force`` follow, and
+    an overridden ``energy`` gets the same input checks first.
 
     Args:
-        event_shape: shape of one configuration (an int for flat vectors).
+        event_shape: shape of one configuration (an int for flat vectors). Optional: when left
+            out, it is read from the first batch evaluated (``x.shape[1:]``) and later batches
+            are checked against it.
         validate_args: check inputs (shape, finiteness) on every call; turn off in tight loops.
 
     Attributes:
         log_z: the exact log normaliser ``log ∫ exp(-u(x)) dx`` when known, else ``None``.
+        event_shape: ``torch.Size``, or ``None`` until inferred.
+
+    Example:
+        >>> class Harmonic(Energy):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...     def energy(self, x):
+        ...         return 0.5 * x.square().sum(-1)
+        >>> target = Harmonic()
+        >>> target.force(torch.tensor([[1.0, -2.0]])).tolist(), target.event_shape
+        ([[-1.0, 2.0]], torch.Size([2]))
     """
 
     log_z: float | None = None
 
-    def __init__(self, event_shape: int | Sequence[int], *, validate_args: bool = True):
+    def __init__(
+        self, event_shape: int | Sequence[int] | None = None, *, validate_args: bool = True
+    ):
         super().__init__()
-        shape = (event_shape,) if isinstance(event_shape, int) else tuple(event_shape)
-        if not shape or any(int(s) != s or s < 1 for s in shape):
-            raise ValueError(f"event_shape must be positive integers, got {event_shape!r}")
-        self.event_shape = torch.Size(int(s) for s in shape)
+        self.event_shape = None if event_shape is None else _event_shape(event_shape)
         self.validate_args = validate_args
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("energy")
+        if own is None or getattr(own, "_checks_inputs", False):
+            return
+        # A subclass overriding energy itself: check its inputs first, and let its body serve as
+        # _energy when nothing above implements that (a concrete inherited _energy is kept, so a
+        # body calling super().energy reaches it instead of recursing).
+
+        @functools.wraps(own)
+        def energy(self, x, *args, **kwargs):
+            self._check(x)
+            return own(self, x, *args, **kwargs)
+
+        energy._checks_inputs = True
+        cls.energy = energy
+        if getattr(cls._energy, "__isabstractmethod__", False):
+            cls._energy = own
 
     @property
     def dim(self) -> int:
         """Number of degrees of freedom of one configuration (product of ``event_shape``)."""
+        if self.event_shape is None:
+            raise ValueError(
+                f"{type(self).__name__} has no event_shape yet: pass event_shape to "
+                "Energy.__init__ or evaluate the energy on a batch first"
+            )
         return math.prod(self.event_shape)
 
     @abc.abstractmethod
     def _energy(self, x: Tensor) -> Tensor:
         """Energy of validated inputs ``x: (batch, *event_shape)`` -> ``(batch,)``."""
 
-    def energy(self, x: Tensor) -> Tensor:
-        """Dimensionless energy ``u(x)`` of shape ``(batch,)``."""
+    def _check(self, x: Tensor) -> None:
+        """Record the event shape from the first batch if unknown; validate with
+        ``validate_args``."""
+        if self.event_shape is None:
+            if not isinstance(x, Tensor) or x.ndim < 2:
+                shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+                raise ValueError(f"x must be a tensor of shape (batch, *event_shape), got {shape}")
+            self.event_shape = torch.Size(x.shape[1:])
         if self.validate_args:
             check_tensor("x", x, tuple(self.event_shape))
+
+    def energy(self, x: Tensor) -> Tensor:
+        """Dimensionless energy ``u(x)`` of shape ``(batch,)``."""
+        self._check(x)
         return self._energy(x)
+
+    energy._checks_inputs = True
 
     def forward(self, x: Tensor) -> Tensor:
         return self.energy(x)
@@ -73,6 +126,13 @@ class Energy(nn.Module, abc.ABC):
     def force(self, x: Tensor) -> Tensor:
         """``-∇u(x)`` by autograd, shape of ``x``."""
         return self.energy_and_force(x)[1]
+
+
+def _event_shape(event_shape: int | Sequence[int]) -> torch.Size:
+    shape = (event_shape,) if isinstance(event_shape, int) else tuple(event_shape)
+    if not shape or any(int(s) != s or s < 1 for s in shape):
+        raise ValueError(f"event_shape must be positive integers, got {event_shape!r}")
+    return torch.Size(int(s) for s in shape)
 
 
 class TemperedEnergy(Energy):

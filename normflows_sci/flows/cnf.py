@@ -216,7 +216,7 @@ class VelocityMLP(nn.Module):
         # adaptive steps could not meet any tolerance.
         parts = [bounded_inputs(x), t.to(x.dtype).expand(x.shape[0], 1)]
         if self.context_features:
-            parts.append(context.reshape(context.shape[0], -1).to(x.dtype))
+            parts.append(context.flatten(1).to(x.dtype))
         return self.net(torch.cat(parts, dim=1))
 
 

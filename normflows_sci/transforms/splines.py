@@ -253,8 +253,12 @@ def _spline(
         a = dy * curvature + height * (slope - d_k)
         b = height * d_k - dy * curvature
         c = -slope * dy
-        discriminant = (b.square() - 4.0 * a * c).clamp_min(0.0)
-        xi = (2.0 * c / (-b - discriminant.sqrt())).clamp(0.0, 1.0)
+        # Both floors act only when a and b cancel to 0, for knot derivatives so large (~1e28,
+        # from a conditioner fed 1e30) that float rounding loses the O(1) terms (realistic
+        # discriminants are above 1e-10): xi is then clamped to the bin edge with a zero
+        # gradient, where sqrt'(0) and 2c / 0 would have made it 0 * inf = NaN.
+        discriminant = (b.square() - 4.0 * a * c).clamp_min(1e-30)
+        xi = (2.0 * c / (-b - discriminant.sqrt()).clamp(max=-1e-15)).clamp(0.0, 1.0)
     else:
         xi = (flat - x_k) / width
 
