@@ -264,25 +264,6 @@ def test_student_t_density_stays_finite_where_the_square_overflows():
     assert all(torch.isfinite(p.grad).all() for p in base.parameters())
 
 
-def test_maf_gradients_stay_finite_where_the_true_gradient_fits_float32():
-    """A 5-layer MAF at 1e10 had NaN gradients in float32 though float64 gives about 2e31: the
-    gradient of a masked-out MADE weight (zero) was computed as an overflowing product times
-    the 0 of the mask, inf * 0."""
-    torch.manual_seed(1)
-    flow = perturb(MAF(4, transforms=5, hidden_features=(32, 32)), scale=0.1, seed=1)
-    x = torch.full((3, 4), 1e10)
-    x[1], x[2, :2] = -1e10, 0.5
-    flow.log_prob(x).sum().backward()
-    grads = {n: p.grad.clone() for n, p in flow.named_parameters()}
-    assert all(torch.isfinite(g).all() for g in grads.values())
-    flow.zero_grad()
-    flow.double().log_prob(x.double()).sum().backward()
-    for n, p in flow.named_parameters():
-        assert p.grad.abs().max() < 1e36, n  # the reference fits float32
-        scale = float(p.grad.abs().max())
-        torch.testing.assert_close(grads[n].double(), p.grad, rtol=1e-2, atol=1e-3 * scale)
-
-
 # ---------------------------------------------------------------- item 4: fuzz
 
 

@@ -42,28 +42,28 @@ def _shape(event_shape: int | Sequence[int]) -> torch.Size:
     return shape
 
 
-def _half_square_limit(dtype: torch.dtype) -> float:
+def _square_limit(dtype: torch.dtype) -> float:
     """The smallest power of two whose square overflows ``dtype`` (``2**64`` for float32)."""
-    limit = _HALF_SQUARE_LIMITS.get(dtype)
+    limit = _SQUARE_LIMITS.get(dtype)
     if limit is None:
-        limit = 2.0 ** math.ceil(math.log2(torch.finfo(dtype).max) / 2)
-        _HALF_SQUARE_LIMITS[dtype] = limit
+        limit = _SQUARE_LIMITS[dtype] = 2.0 ** math.ceil(math.log2(torch.finfo(dtype).max) / 2)
     return limit
 
 
-_HALF_SQUARE_LIMITS: dict[torch.dtype, float] = {}
+_SQUARE_LIMITS: dict[torch.dtype, float] = {}
 
 
-def _half_square(values: Tensor) -> Tensor:
-    """``values^2 / 2``, ``inf`` with a zero gradient where the square overflows.
+def _square(values: Tensor) -> Tensor:
+    """``values^2``, ``inf`` with a zero gradient where the square overflows.
 
-    A plain square overflows to ``inf`` at ``|x| >~ 1.8e19`` in float32 and its gradient ``x``
-    then meets zero derivatives upstream (saturated scale clamps) as ``inf * 0 = NaN``; clamping at
-    the first overflowing magnitude keeps the value (``inf``, so ``log p = -inf``) and makes the
-    gradient there exactly zero (clamp passes no gradient outside its range).
+    Beyond ``|z| ~ 1.8e19`` (float32) the Gaussian term ``-z^2 / 2`` is ``-inf``, but its
+    gradient ``-z`` is finite and huge: multiplied by an affine layer's ``x exp(s)`` it overflows
+    and meets the zero derivative of a saturated scale clamp as ``inf * 0 = NaN``. Clamped at the
+    first overflowing magnitude, the value is the same ``inf`` and the gradient there is exactly
+    zero. (``hardtanh`` is that clamp with a one-kernel backward.)
     """
-    limit = _half_square_limit(values.dtype)
-    return 0.5 * values.clamp(-limit, limit).square()
+    limit = _square_limit(values.dtype)
+    return F.hardtanh(values, -limit, limit).square()
 
 
 def _logsumexp(values: Tensor, dim: int) -> Tensor:
@@ -189,7 +189,7 @@ class StandardNormal(Distribution):
     """
 
     def _log_prob(self, inputs: Tensor, context: Tensor | None = None) -> Tensor:
-        return -self._sum_event(_half_square(inputs)) - 0.5 * self.event_shape.numel() * _LOG_2PI
+        return -0.5 * self._sum_event(_square(inputs)) - 0.5 * self.event_shape.numel() * _LOG_2PI
 
     def _sample(self, num_samples, generator):
         return self._randn(num_samples, *self.event_shape, generator=generator)
@@ -227,7 +227,7 @@ class DiagNormal(Distribution):
 
     def _log_prob(self, inputs: Tensor, context: Tensor | None = None) -> Tensor:
         standard = (inputs - self.loc) * (-self.log_scale).exp()
-        per_dim = -_half_square(standard) - self.log_scale - 0.5 * _LOG_2PI
+        per_dim = -0.5 * _square(standard) - self.log_scale - 0.5 * _LOG_2PI
         return self._sum_event(per_dim)
 
     def _sample(self, num_samples, generator):
@@ -271,7 +271,7 @@ class GaussianMixture(Distribution):
 
     def _log_prob(self, inputs: Tensor, context: Tensor | None = None) -> Tensor:
         standard = (inputs[..., None, :] - self.means) * (-self.log_scales).exp()
-        per_comp = (-_half_square(standard) - self.log_scales).sum(-1)
+        per_comp = (-0.5 * _square(standard) - self.log_scales).sum(-1)
         per_comp = per_comp - 0.5 * self.event_shape[0] * _LOG_2PI
         return _logsumexp(per_comp + torch.log_softmax(self.logits, -1), dim=-1)
 
@@ -410,7 +410,7 @@ class TailAdaptiveBase(Distribution):
     def _log_prob(self, inputs: Tensor, context: Tensor | None = None) -> Tensor:
         light = inputs.index_select(-1, self.light_index)
         heavy = inputs.index_select(-1, self.heavy_index)
-        normal = -_half_square(light).sum(-1) - 0.5 * light.shape[-1] * _LOG_2PI
+        normal = -0.5 * _square(light).sum(-1) - 0.5 * light.shape[-1] * _LOG_2PI
         return normal + _student_t_log_density(heavy, self.df).sum(-1)
 
     def _sample(self, num_samples, generator):
@@ -444,7 +444,7 @@ class NormalWithAngles(Distribution):
         self.register_buffer("circular", circular)
 
     def _log_prob(self, inputs: Tensor, context: Tensor | None = None) -> Tensor:
-        normal = -(_half_square(inputs) + 0.5 * math.log(2 * math.pi))
+        normal = -0.5 * (_square(inputs) + math.log(2 * math.pi))
         outside = (inputs < -math.pi) | (inputs >= math.pi)
         angle = torch.where(outside, -math.inf, -math.log(2 * math.pi))
         return self._sum_event(torch.where(self.circular, angle, normal))

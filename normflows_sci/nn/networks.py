@@ -69,7 +69,7 @@ def bounded_inputs(values: Tensor) -> Tensor:
         # The fourth root of the largest number (float32's for the lower precisions).
         largest = max(torch.finfo(values.dtype).max, torch.finfo(torch.float32).max)
         bound = _INPUT_BOUNDS[values.dtype] = 2.0 ** (math.ceil(math.log2(largest)) // 4)
-    return values.clamp(-bound, bound)
+    return F.hardtanh(values, -bound, bound)  # a clamp with a one-kernel backward
 
 
 _INPUT_BOUNDS: dict[torch.dtype, float] = {}
@@ -139,20 +139,8 @@ class MaskedLinear(nn.Linear):
         super().__init__(mask.shape[1], mask.shape[0], bias=bias)
         self.register_buffer("mask", mask.to(self.weight.dtype))
 
-    def masked_weight(self, rows: slice | None = None) -> Tensor:
-        """The weight with masked entries zero (of ``rows`` only, if given).
-
-        Selected rather than multiplied: the gradient a masked entry would get from the unmasked
-        product can overflow (huge inputs times huge output gradients) while its true gradient
-        is zero, and ``inf * 0`` would turn it into NaN.
-        """
-        weight, mask = (
-            (self.weight, self.mask) if rows is None else (self.weight[rows], self.mask[rows])
-        )
-        return torch.where(mask.bool(), weight, 0.0)
-
     def forward(self, inputs: Tensor) -> Tensor:
-        return F.linear(inputs, self.masked_weight(), self.bias)
+        return F.linear(inputs, self.weight * self.mask, self.bias)
 
 
 def made_degrees(features: int, order: Sequence[int] | None) -> Tensor:
@@ -282,12 +270,12 @@ class MADE(nn.Module):
         """:meth:`forward` for ``inputs: (batch, D)`` laid out ``(P, D * batch)``, column
         ``d * batch + n`` for element ``(n, d)`` (see :meth:`MLP.param_major`)."""
         hidden = self._hidden_from(self._first_preactivation(inputs, context))
-        weight = self.output.masked_weight()
+        weight = self.output.weight * self.output.mask
         return _param_major_output(weight, self.output.bias, hidden, self.params_per_feature)
 
     def _feature_output(self, hidden: Tensor, feature: int, param_major: bool = False) -> Tensor:
         rows = slice(feature * self.params_per_feature, (feature + 1) * self.params_per_feature)
-        weight = self.output.masked_weight(rows)
+        weight = self.output.weight[rows] * self.output.mask[rows]
         if param_major:  # (P, batch)
             return torch.addmm(self.output.bias[rows, None], weight, hidden.t())
         return F.linear(hidden, weight, self.output.bias[rows])
@@ -327,7 +315,7 @@ class MADESequence:
         self.made = made
         self.first = first
         first_layer = made.layers[0]
-        self._columns = first_layer.masked_weight().t()  # (D, hidden), masked
+        self._columns = (first_layer.weight * first_layer.mask).t()  # (D, hidden), masked
 
     def feature(self, feature: int, param_major: bool = False) -> Tensor:
         """Outputs ``(batch, P)`` of ``feature`` given the values set so far; ``(P, batch)``
