@@ -173,6 +173,9 @@ def dopri5(
 class VelocityMLP(nn.Module):
     """Velocity field ``v(x, t[, c])``: an :class:`~normflows_sci.nn.MLP` on ``[x, t, c]``.
 
+    The point features pass through :func:`~normflows_sci.nn.bounded_inputs` (``±2**32`` in
+    float32), so the field is constant in each coordinate far beyond any data scale.
+
     Args:
         features: data dimension ``D``.
         context_features: width of the context (0 for none).
