@@ -20,7 +20,9 @@ def _load(name):
 
 
 def test_torus_tutorial_fits_backbone_torsions(tmp_path, monkeypatch, capsys):
-    """Cached REMD frames when present, else ~15 s of OpenMM MD: the flow beats both baselines."""
+    """Cached REMD frames when present, else ~15 s of OpenMM MD: the flow beats both baselines.
+
+    The training budget is in epochs only, so the result does not depend on the machine's load."""
     monkeypatch.chdir(tmp_path)
     tutorial = _load("torus_angles")
     if os.path.exists(tutorial.CACHE):
@@ -30,7 +32,7 @@ def test_torus_tutorial_fits_backbone_torsions(tmp_path, monkeypatch, capsys):
         pytest.importorskip("openmmtools")
         source, seconds = "md", 15.0
     result = tutorial.main(
-        source, md_seconds=seconds, max_frames=3000, max_epochs=8, max_time=8.0, progress=False
+        source, md_seconds=seconds, max_frames=3000, max_epochs=8, max_time=None, progress=False
     )
     assert result["frames"] >= 100
     # Torsions are concentrated: much better than uniform, and better than one von Mises bump.

@@ -132,7 +132,7 @@ def main(
     md_seconds: float = 60.0,
     max_frames: int = 20_000,
     max_epochs: int = 60,
-    max_time: float = 60.0,
+    max_time: float | None = 60.0,
     seed: int = 0,
     progress: bool = True,
 ) -> dict:
@@ -142,7 +142,7 @@ def main(
         source: ``"auto"`` (cache if present, else MD), ``"cache"`` or ``"md"``.
         md_seconds: wall time of the MD fallback.
         max_frames: subsample the data to at most this many frames.
-        max_epochs, max_time: training budget (epochs, seconds).
+        max_epochs, max_time: training budget (epochs, seconds; ``max_time=None``: epochs only).
         seed: seeds the subsample, the split, training and sampling.
         progress: progress bar for the training.
 
@@ -158,10 +158,8 @@ def main(
     permutation = torch.randperm(len(angles), generator=torch.Generator().manual_seed(seed + 1))
     train, test = angles[permutation[:split]], angles[permutation[split:]]
     print(f"data: {description}; {len(angles)} frames used")
-    print(
-        f"training TorusFlow on {len(train)} frames (at most {max_epochs} epochs, {max_time:g} s)",
-        flush=True,
-    )
+    budget = f"{max_epochs} epochs" + ("" if max_time is None else f", {max_time:g} s")
+    print(f"training TorusFlow on {len(train)} frames (at most {budget})", flush=True)
     flow = TorusFlow(2, transforms=4, bins=12, hidden_features=(64, 64))
     start = time.perf_counter()
     fit_flow(
