@@ -13,6 +13,7 @@ import warnings
 
 import pytest
 import torch
+from tests_helpers import Interrupting
 
 from normflows_sci.flows import NSF
 from normflows_sci.samplers import (
@@ -41,22 +42,6 @@ def gaussian(x):
 def _flow(seed: int = 0):
     torch.manual_seed(seed)
     return NSF(2, transforms=1, hidden_features=(8,))
-
-
-class _Interrupting:
-    """A kernel that raises after ``after`` steps (an interrupted job)."""
-
-    def __init__(self, kernel, after):
-        self.kernel, self.after, self.count = kernel, after, 0
-
-    def __getattr__(self, name):
-        return getattr(self.kernel, name)
-
-    def step(self, state, generator=None):
-        self.count += 1
-        if self.count > self.after:
-            raise KeyboardInterrupt
-        return self.kernel.step(state, generator)
 
 
 class _Exploit:
@@ -154,7 +139,7 @@ def test_checkpoints_are_plain_data_and_resume_exactly(tmp_path, kind):
     full = run(make(0), x0, 6, **options)
     path = tmp_path / "partial.pt"
     with pytest.raises(KeyboardInterrupt):
-        run(_Interrupting(make(0), after=11), x0, 6, checkpoint=path, checkpoint_every=5, **options)
+        run(Interrupting(make(0), after=11), x0, 6, checkpoint=path, checkpoint_every=5, **options)
     saved = torch.load(path, weights_only=True)
     assert saved["step"] == 10
     resumed = run(make(1), x0, 6, checkpoint=path, resume=True, **options)

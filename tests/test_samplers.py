@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from tests_helpers import perturb
+from tests_helpers import Interrupting, perturb
 
 from normflows_sci.flows import NSF, RealNVP
 from normflows_sci.samplers import (
@@ -186,7 +186,7 @@ def test_checkpoint_resume_gives_the_same_chain(tmp_path):
     partial = tmp_path / "partial.pt"
     with pytest.raises(KeyboardInterrupt):
         run(
-            _Interrupting(kernel, after=25),
+            Interrupting(kernel, after=25),
             torch.zeros(16, 2),
             30,
             num_warmup=10,
@@ -201,22 +201,6 @@ def test_checkpoint_resume_gives_the_same_chain(tmp_path):
     assert torch.equal(resumed.acceptance["local"], full.acceptance["local"])
     with pytest.raises(ValueError, match="num_warmup"):
         run(kernel, torch.zeros(16, 2), 30, num_warmup=5, seed=3, checkpoint=partial, resume=True)
-
-
-class _Interrupting:
-    """Wraps a kernel and raises after a number of steps (an interrupted job)."""
-
-    def __init__(self, kernel, after):
-        self.kernel, self.after, self.count = kernel, after, 0
-
-    def __getattr__(self, name):
-        return getattr(self.kernel, name)
-
-    def step(self, state, generator=None):
-        self.count += 1
-        if self.count > self.after:
-            raise KeyboardInterrupt
-        return self.kernel.step(state, generator)
 
 
 def test_thinning_and_continuation():

@@ -6,7 +6,7 @@ import torch
 
 from conftest import perturb
 
-__all__ = ["grid_integral", "perturb"]
+__all__ = ["Interrupting", "grid_integral", "perturb"]
 
 
 def grid_integral(density, *, bound: float, points: int, dtype=torch.float64) -> float:
@@ -17,3 +17,20 @@ def grid_integral(density, *, bound: float, points: int, dtype=torch.float64) ->
     with torch.no_grad():
         values = torch.cat([density(chunk) for chunk in grid.split(65536)])
     return float(values.sum() * step * step)
+
+
+class Interrupting:
+    """Wraps an MCMC kernel and raises ``KeyboardInterrupt`` after ``after`` steps (an
+    interrupted job)."""
+
+    def __init__(self, kernel, after):
+        self.kernel, self.after, self.count = kernel, after, 0
+
+    def __getattr__(self, name):
+        return getattr(self.kernel, name)
+
+    def step(self, state, generator=None):
+        self.count += 1
+        if self.count > self.after:
+            raise KeyboardInterrupt
+        return self.kernel.step(state, generator)
