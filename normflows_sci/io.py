@@ -49,7 +49,6 @@ __all__ = [
     "load_model",
     "atomic_write",
     "read_torch",
-    "check_finite",
     "data_fingerprint",
 ]
 
@@ -156,11 +155,11 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> Path:
 # ------------------------------------------------------------------------------------ tensors
 
 
-def check_finite(tensors: Mapping[str, torch.Tensor], where: str) -> None:
+def _check_finite_tensors(tensors: Mapping[str, torch.Tensor], where: str) -> None:
     """Raise ``ValueError`` naming ``where`` and the first tensor with NaN or infinite entries.
 
     Example:
-        >>> check_finite({"ok": torch.ones(2), "bad": torch.tensor([1.0, float("nan")])}, "model")
+        >>> _check_finite_tensors({"ok": torch.ones(2), "bad": torch.tensor([1.0, float("nan")])}, "model")
         Traceback (most recent call last):
             ...
         ValueError: model: tensor 'bad' has 1 non-finite (NaN or infinite) entries
@@ -309,7 +308,7 @@ def save_model(path: str | os.PathLike, config: dict, tensors: dict[str, torch.T
 
     if not all(isinstance(k, str) and isinstance(t, torch.Tensor) for k, t in tensors.items()):
         raise TypeError("tensors must be a dict {name: Tensor}")
-    check_finite(tensors, f"refusing to save {path}")
+    _check_finite_tensors(tensors, f"refusing to save {path}")
     header = {"format": FORMAT, "format_version": FORMAT_VERSION, "package_version": __version__}
     try:
         config_text = json.dumps({**header, **config}, indent=2, sort_keys=True)
@@ -437,5 +436,5 @@ def load_model(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
         isinstance(k, str) and isinstance(t, torch.Tensor) for k, t in tensors.items()
     ):
         raise ValueError(f"{path} has damaged weights: expected a dict of named tensors")
-    check_finite(tensors, f"{path}: member weights.pt")
+    _check_finite_tensors(tensors, f"{path}: member weights.pt")
     return config, tensors
