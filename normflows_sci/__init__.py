@@ -3,8 +3,7 @@
 Exact densities for tabular data, Boltzmann generators and flow-assisted samplers, one library.
 """
 
-__version__ = "0.1.0"
-
+from normflows_sci._version import __version__
 from normflows_sci.estimator import DensityEstimator
 from normflows_sci.flows import MAF, NSF, Flow, RealNVP
 

@@ -37,6 +37,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from normflows_sci._version import __version__
+
 __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
@@ -304,8 +306,6 @@ def save_model(path: str | os.PathLike, config: dict, tensors: dict[str, torch.T
         >>> config["kind"], config["format"], tensors["weight"].tolist()
         ('demo', 'normflows_sci.model', [1.0, 1.0])
     """
-    from normflows_sci import __version__
-
     if not all(isinstance(k, str) and isinstance(t, torch.Tensor) for k, t in tensors.items()):
         raise TypeError("tensors must be a dict {name: Tensor}")
     _check_finite_tensors(tensors, f"refusing to save {path}")
