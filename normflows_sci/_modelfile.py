@@ -24,6 +24,7 @@ from collections.abc import Callable, Collection, Sequence
 import numpy as np
 import torch
 
+from normflows_sci._tabular import spec_keys
 from normflows_sci.io import data_fingerprint
 
 __all__ = [
@@ -34,11 +35,8 @@ __all__ = [
     "fit_fingerprint",
 ]
 
-_SPEC_LISTS = ("discrete", "step", "origin", "lower", "upper", "lower_effective", "upper_effective")
-_SPEC_KEYS = (
-    "columns", "context_columns", "target_columns", *_SPEC_LISTS, "tail_df", "flow",
-    "transforms", "hidden_features", "bins", "frame",
-)  # fmt: skip
+# The fields of a stored spec: those of TableSpec (format version 1).
+_SPEC_KEYS = spec_keys()
 _HISTORY_KEYS = ("epoch", "train_loss", "val_loss", "learning_rate", "time")
 # Constructor arguments that only limit the training budget: a resumed run may change them.
 _BUDGET_PARAMS = ("max_epochs", "max_time", "patience")

@@ -187,7 +187,7 @@ def test_discrete_lattice_spacing_is_detected_and_normalised():
     rng = np.random.default_rng(8)
     X = (5 * rng.poisson(4.0, size=(2000, 1)) + 10).astype(float)
     est = DensityEstimator(discrete="auto", **QUICK).fit(X)
-    assert est.spec_["step"] == [5.0] and est.spec_["origin"] == [float(X.min())]
+    assert est.spec_.step == (5.0,) and est.spec_.origin == (float(X.min()),)
     lattice = np.arange(10, 200, 5, dtype=float)[:, None]
     assert abs(np.exp(est.score_samples(lattice)).sum() - 1.0) < 2e-2
     draws = est.sample(300, random_state=0)
