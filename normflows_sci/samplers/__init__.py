@@ -5,6 +5,11 @@ Kernel contract (DESIGN.md): ``state = kernel.init(x)`` with chains on the leadi
 and checkpoints and returns a :class:`Trace`.
 """
 
+from normflows_sci.samplers.adaptation import (
+    AdaptationState,
+    DiagonalMassAdaptation,
+    StepSizeAdaptation,
+)
 from normflows_sci.samplers.diagnostics import (
     ModeOccupancy,
     autocorrelation,
@@ -25,9 +30,6 @@ from normflows_sci.samplers.flow_kernels import (
     IMHState,
     IndependentMH,
     NeuTraHMC,
-    ParallelTempering,
-    PTInfo,
-    PTState,
 )
 from normflows_sci.samplers.importance import (
     ImportanceResult,
@@ -40,6 +42,7 @@ from normflows_sci.samplers.kernels import (
     HMCState,
     Kernel,
     MALAState,
+    MetropolisKernel,
     RandomWalkMH,
     RWState,
     StepInfo,
@@ -53,6 +56,7 @@ from normflows_sci.samplers.snf import (
     StochasticNormalizingFlow,
 )
 from normflows_sci.samplers.targets import as_log_prob, compile_target
+from normflows_sci.samplers.tempering import ParallelTempering, PTInfo, PTState
 
 __all__ = [
     "ImportanceResult",
@@ -61,6 +65,7 @@ __all__ = [
     "as_log_prob",
     "compile_target",
     "Kernel",
+    "MetropolisKernel",
     "StepInfo",
     "RandomWalkMH",
     "RWState",
@@ -68,6 +73,9 @@ __all__ = [
     "MALAState",
     "HMC",
     "HMCState",
+    "StepSizeAdaptation",
+    "AdaptationState",
+    "DiagonalMassAdaptation",
     "IndependentMH",
     "IMHState",
     "NeuTraHMC",

@@ -25,9 +25,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from normflows_sci._distributed import rank_and_world
 from normflows_sci.samplers.kernels import Kernel
 from normflows_sci.samplers.run import Trace, _positive_int, _read_resume, run
-from normflows_sci.training.loop import _distributed
 
 __all__ = ["run_distributed"]
 
@@ -376,7 +376,7 @@ def run_distributed(
         >>> torch.equal(trace.samples, plain.samples)
         True
     """
-    rank, world = _distributed()
+    rank, world = rank_and_world()
     options = dict(
         num_warmup=num_warmup,
         thin=thin,

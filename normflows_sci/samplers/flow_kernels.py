@@ -1,5 +1,6 @@
-"""Flow-assisted kernels: independent Metropolis-Hastings with a flow proposal, NeuTra HMC, the
-adaptive flow-augmented sampler, and parallel tempering.
+"""Flow-assisted kernels: independent Metropolis-Hastings with a flow proposal, NeuTra HMC and the
+adaptive flow-augmented sampler (parallel tempering, not a flow kernel, is in
+:mod:`normflows_sci.samplers.tempering`).
 
 References:
     Gabrié, Rotskoff, Vanden-Eijnden (2022), "Adaptive Monte Carlo augmented with normalizing
@@ -11,25 +12,25 @@ References:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 from normflows_sci._optim import adamw
-from normflows_sci.samplers.kernels import (
-    HMC,
-    MALA,
-    Kernel,
-    _accept,
-    _check_chains,
-    _check_positive,
-    _finite,
-    _relocate,
-    _select,
+from normflows_sci.samplers._mh import (
+    accept,
+    check_chains,
+    check_positive,
+    finite,
+    relocate,
+    select,
 )
+from normflows_sci.samplers.kernels import HMC, MALA, Kernel
 from normflows_sci.samplers.targets import check_log_prob, check_start
+
+# Old import path of the tempering kernel (it is not a flow kernel and now has its own module).
+from normflows_sci.samplers.tempering import ParallelTempering, PTInfo, PTState  # noqa: F401
 
 __all__ = [
     "IMHState",
@@ -38,9 +39,6 @@ __all__ = [
     "HybridState",
     "HybridInfo",
     "AdaptiveFlowMCMC",
-    "PTState",
-    "PTInfo",
-    "ParallelTempering",
 ]
 
 
@@ -85,13 +83,13 @@ class IndependentMH(Kernel):
     def propose(self, num: int, generator) -> IMHState:
         with torch.no_grad():
             x, log_q = self.flow.sample_and_log_prob(num, generator=generator)
-            return IMHState(x, _finite(self.log_prob_fn(x)), log_q)
+            return IMHState(x, finite(self.log_prob_fn(x)), log_q)
 
     def step(self, state: IMHState, generator=None):
         proposal = self.propose(state.x.shape[0], generator)
         log_ratio = (proposal.log_prob - proposal.log_q) - (state.log_prob - state.log_q)
-        info = _accept(log_ratio, generator)
-        return _select(info.accepted, proposal, state), info
+        info = accept(log_ratio, generator)
+        return select(info.accepted, proposal, state), info
 
     def adapt(self, state, info, iteration, num_warmup, memory):
         return state
@@ -135,7 +133,7 @@ class NeuTraHMC(HMC):
         return self.data_log_prob_fn(x.reshape(len(z), *self.flow.event_shape)) + logabsdet
 
     def init(self, x: Tensor):
-        x = _check_chains(x)
+        x = check_chains(x)
         with torch.no_grad():
             log_prob = check_log_prob(self.data_log_prob_fn(x), self.target, x.shape[0])
             check_start(log_prob, self.target)
@@ -149,7 +147,7 @@ class NeuTraHMC(HMC):
 
     def position_log_prob(self, state) -> Tensor:
         with torch.no_grad():
-            return _finite(self.data_log_prob_fn(self.position(state)))
+            return finite(self.data_log_prob_fn(self.position(state)))
 
 
 class HybridState(NamedTuple):
@@ -222,7 +220,7 @@ class AdaptiveFlowMCMC(Kernel):
         self.local = MALA(target) if local_kernel is None else local_kernel
         self.local_steps = int(local_steps)
         self.train_steps = int(train_steps)
-        self.learning_rate = _check_positive("learning_rate", learning_rate)
+        self.learning_rate = check_positive("learning_rate", learning_rate)
         self.optimizer = adamw(flow.parameters(), learning_rate) if self.train_steps else None
 
     def init(self, x: Tensor) -> HybridState:
@@ -251,10 +249,10 @@ class AdaptiveFlowMCMC(Kernel):
             )
         # The local kernel's state at the proposals: one target evaluation (with the gradient
         # when the local kernel needs one), each chain's step size and mass kept.
-        moved = _relocate(self.local, local, proposed)
+        moved = relocate(self.local, local, proposed)
         log_ratio = (moved.log_prob - proposed_log_q) - (local.log_prob - log_q)
-        move = _accept(log_ratio, generator)
-        local = _select(move.accepted, moved, local)
+        move = accept(log_ratio, generator)
+        local = select(move.accepted, moved, local)
         log_q = torch.where(move.accepted, proposed_log_q, log_q)
         rate = accepted_local / max(self.local_steps, 1)
         return HybridState(local, log_q), HybridInfo(rate, move.accepted, info)
@@ -290,147 +288,3 @@ class AdaptiveFlowMCMC(Kernel):
         self.flow.load_state_dict(state["flow"])
         if self.optimizer is not None and "optimizer" in state:
             self.optimizer.load_state_dict(state["optimizer"])
-
-
-class PTState(NamedTuple):
-    inner: tuple
-    iteration: Tensor
-
-
-class PTInfo(NamedTuple):
-    local_accepted: Tensor
-    swap_accepted: Tensor
-    local_info: tuple
-
-
-class ParallelTempering(Kernel):
-    """Replica exchange over a ladder of inverse temperatures, batched: every chain carries one
-    replica per temperature (targets ``p(x)^beta``); after each local move, neighbouring replicas
-    of every chain try to swap (even or odd pairs, alternating). Traces record ``beta = 1``.
-    Swaps cost no target evaluation: a replica takes its ``log p`` and gradient with it, rescaled
-    to its new temperature (``log p_beta = beta log p``).
-
-    Args:
-        target: Energy, Flow or log-density callable.
-        temperatures: increasing, starting at 1 (e.g. ``(1, 2, 4, 8)``).
-        local: ``"mala"``, ``"rwmh"`` or ``"hmc"``; local steps at every temperature with step sizes
-            adapted per replica during warm-up.
-        step_size: initial local step size.
-
-    References:
-        Swendsen, Wang (1986), "Replica Monte Carlo simulation of spin-glasses"; Geyer (1991),
-        "Markov chain Monte Carlo maximum likelihood".
-
-    Example:
-        Two modes 8 standard deviations apart, every chain starting in the left one; the hot
-        replicas cross the barrier and swaps bring their positions down to ``beta = 1``:
-
-        >>> from normflows_sci.samplers import run
-        >>> modes = torch.tensor([[-4.0, 0.0], [4.0, 0.0]])
-        >>> def target(x):
-        ...     return torch.logsumexp(-0.5 * ((x[:, None] - modes) ** 2).sum(-1), dim=1)
-        >>> kernel = ParallelTempering(target, (1.0, 3.0, 9.0, 27.0), step_size=0.5)
-        >>> trace = run(kernel, modes[0].repeat(256, 1), 50, num_warmup=50, seed=0)
-        >>> sorted(trace.acceptance)
-        ['local', 'swap']
-        >>> right = (trace.samples[-1, :, 0] > 0).float().mean().item()
-        >>> 0.35 < right < 0.65  # about half the chains end in the right mode
-        True
-    """
-
-    kind = "local"
-
-    def __init__(
-        self,
-        target,
-        temperatures: Sequence[float] = (1.0, 2.0, 4.0, 8.0),
-        *,
-        local: str = "mala",
-        step_size: float = 0.05,
-    ):
-        super().__init__(target, step_size=step_size)
-        temps = torch.as_tensor(temperatures, dtype=torch.float64)
-        if temps.ndim != 1 or len(temps) < 2 or temps[0] != 1 or not (temps.diff() > 0).all():
-            raise ValueError(
-                "temperatures must be an increasing sequence of at least 2 values starting at 1, "
-                f"got {list(temperatures)}"
-            )
-        self.betas = 1.0 / temps
-        from normflows_sci.samplers.kernels import RandomWalkMH
-
-        kernels = {"mala": MALA, "rwmh": RandomWalkMH, "hmc": HMC}
-        if local not in kernels:
-            raise ValueError(f"local must be one of {sorted(kernels)}, got {local!r}")
-        self.inner = kernels[local](self._tempered, step_size=step_size)
-        # The tempered log-density scales the target's by per-replica betas, which would
-        # broadcast a wrongly shaped target output: init checks the target itself.
-        self.inner._checks_start = False
-
-    @property
-    def num_temperatures(self) -> int:
-        return len(self.betas)
-
-    def _row_betas(self, rows: int, like: Tensor) -> Tensor:
-        return self.betas.to(like).repeat_interleave(rows // self.num_temperatures)
-
-    def _tempered(self, x: Tensor) -> Tensor:
-        return self.log_prob_fn(x) * self._row_betas(x.shape[0], x)
-
-    def init(self, x: Tensor) -> PTState:
-        x = _check_chains(x)
-        with torch.no_grad():
-            check_start(check_log_prob(self.log_prob_fn(x), self.target, x.shape[0]), self.target)
-        replicas = x.repeat(self.num_temperatures, *([1] * (x.ndim - 1)))
-        return PTState(self.inner.init(replicas), torch.zeros((), dtype=torch.long))
-
-    def _chains(self, state) -> int:
-        return state.inner.x.shape[0] // self.num_temperatures
-
-    def position(self, state) -> Tensor:
-        return state.inner.x[: self._chains(state)]
-
-    def position_log_prob(self, state) -> Tensor:
-        return state.inner.log_prob[: self._chains(state)]  # beta = 1 rows
-
-    def step(self, state: PTState, generator=None):
-        inner, local_info = self.inner.step(state.inner, generator)
-        chains, temps = self._chains(state), self.num_temperatures
-        x = inner.x.reshape(temps, chains, *inner.x.shape[1:])
-        betas = self.betas.to(inner.log_prob)
-        log_p = inner.log_prob.reshape(temps, chains) / betas[:, None]
-        first = int(state.iteration) % 2
-        lower = torch.arange(first, temps - 1, 2, device=x.device)
-        swap_accepted = torch.zeros(chains, dtype=inner.log_prob.dtype, device=x.device)
-        if len(lower):
-            upper = lower + 1
-            log_ratio = (betas[lower] - betas[upper])[:, None] * (log_p[upper] - log_p[lower])
-            decision = _accept(log_ratio, generator).accepted  # (pairs, chains)
-            order = torch.arange(temps, device=x.device)[:, None].repeat(1, chains)
-            order[lower] = torch.where(decision, upper[:, None], lower[:, None])
-            order[upper] = torch.where(decision, lower[:, None], upper[:, None])
-
-            # Swapped replicas carry their untempered log-density (and gradient) with them, so
-            # no target evaluation is needed: log p_beta(x) = beta log p(x).
-            def swap(values: Tensor, tempered: bool) -> Tensor:
-                values = values.reshape(temps, chains, *values.shape[1:])
-                scale = betas.reshape(temps, *([1] * (values.ndim - 1)))
-                if tempered:
-                    values = values / scale
-                index = order.reshape(temps, chains, *([1] * (values.ndim - 2)))
-                values = values.gather(0, index.expand_as(values))
-                return (values * scale if tempered else values).flatten(0, 1)
-
-            moved = {"x": swap(inner.x, False), "log_prob": swap(inner.log_prob, True)}
-            if "grad" in inner._fields:
-                moved["grad"] = swap(inner.grad, True)
-            inner = inner._replace(**moved)
-            swap_accepted = decision.to(swap_accepted.dtype).mean(0)
-        info = PTInfo(local_info.accepted[:chains], swap_accepted, local_info)
-        return PTState(inner, state.iteration + 1), info
-
-    def acceptance(self, info: PTInfo) -> dict[str, Tensor]:
-        return {"local": info.local_accepted, "swap": info.swap_accepted}
-
-    def adapt(self, state, info, iteration, num_warmup, memory):
-        inner = self.inner.adapt(state.inner, info.local_info, iteration, num_warmup, memory)
-        return state._replace(inner=inner)

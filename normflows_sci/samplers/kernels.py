@@ -4,7 +4,16 @@ Contract (DESIGN.md): kernels hold the target and hyperparameters, never chain s
 ``state = kernel.init(x)`` with chains on the leading dimension; ``state, info = kernel.step(state,
 generator)``. States and infos are NamedTuples of tensors; accept/reject is ``torch.where`` per
 chain. Step sizes live in the state, one per chain, so that warm-up can adapt them chain by chain
-(``kernel.adapt``); :func:`normflows_sci.samplers.run` drives warm-up and production.
+(``kernel.adapt``, which hands the kernel's acceptance signal to its
+:class:`~normflows_sci.samplers.StepSizeAdaptation`); :func:`normflows_sci.samplers.run` drives
+warm-up and production.
+
+Samplers that build kernels themselves (AIS, SMC, FAB, parallel tempering, the stochastic
+normalizing flow's MCMC layers: one kernel per intermediate density) take the kernel as a value:
+a kernel class (``MALA``) or a ``functools.partial`` of one carrying its hyperparameters
+(``partial(HMC, num_leapfrog=5)``); :func:`kernel_factory` turns it into a callable
+``target -> kernel``. The names ``"hmc"``, ``"mala"`` and ``"rwmh"`` are deprecated aliases,
+mapped to the classes in :data:`KERNEL_NAMES` only.
 
 A target is an Energy, a Flow, or any callable returning log-densities ``(chains,)``. Non-finite
 target values count as zero density: a proposal there is always rejected.
@@ -19,16 +28,32 @@ and positive in the chains' dtype), the target's output (a floating tensor of sh
 from __future__ import annotations
 
 import abc
-import math
+import functools
+import inspect
+import warnings
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
+from normflows_sci.samplers._mh import (
+    StepInfo,
+    accept,
+    check_chains,
+    check_positive,
+    expand,
+    finite,
+    log_prob_and_grad,
+    select,
+    sum_event,
+    value,
+)
+from normflows_sci.samplers.adaptation import DiagonalMassAdaptation, StepSizeAdaptation
 from normflows_sci.samplers.targets import as_log_prob, check_log_prob, check_start
 
 __all__ = [
     "Kernel",
+    "MetropolisKernel",
     "StepInfo",
     "RWState",
     "MALAState",
@@ -37,14 +62,10 @@ __all__ = [
     "MALA",
     "HMC",
     "log_prob_and_grad",
+    "KERNEL_NAMES",
+    "KernelFactory",
+    "kernel_factory",
 ]
-
-
-class StepInfo(NamedTuple):
-    """Per-chain outcome of one step: Metropolis acceptance probability and the decision."""
-
-    accept_prob: Tensor
-    accepted: Tensor
 
 
 class RWState(NamedTuple):
@@ -68,93 +89,6 @@ class HMCState(NamedTuple):
     inverse_mass: Tensor
 
 
-def _finite(log_prob: Tensor) -> Tensor:
-    return torch.where(torch.isnan(log_prob) | (log_prob == math.inf), -math.inf, log_prob)
-
-
-def log_prob_and_grad(
-    log_prob_fn, x: Tensor, *, target=None, what: str = "chains"
-) -> tuple[Tensor, Tensor]:
-    """``log p(x)`` and ``∇ log p(x)`` by autograd, detached; NaN gradients become 0 (such points
-    have zero density and are rejected), and so does the gradient of a log-density that does not
-    depend on ``x`` (e.g. a uniform density written with ``torch.where``). With ``target`` (the
-    object named in errors), the output is first checked with
-    :func:`~normflows_sci.samplers.targets.check_log_prob` (done once, by ``init``; ``what``
-    names the points in its message)."""
-    with torch.enable_grad():
-        leaf = x.detach().requires_grad_(True)
-        log_prob = log_prob_fn(leaf)
-        if target is not None:
-            check_log_prob(log_prob, target, x.shape[0], what=what)
-        grad = None
-        if log_prob.requires_grad:
-            (grad,) = torch.autograd.grad(log_prob.sum(), leaf, allow_unused=True)
-    log_prob = _finite(log_prob.detach())
-    if grad is None:
-        return log_prob, torch.zeros_like(leaf)
-    grad = torch.where(torch.isfinite(grad), grad, torch.zeros_like(grad))
-    return log_prob, grad
-
-
-def _expand(values: Tensor, x: Tensor) -> Tensor:
-    """Per-chain values ``(chains,)`` broadcast against ``x: (chains, *event)``."""
-    return values.reshape(-1, *([1] * (x.ndim - 1)))
-
-
-def _accept(log_ratio: Tensor, generator) -> StepInfo:
-    log_ratio = torch.where(torch.isnan(log_ratio), -math.inf, log_ratio)
-    uniform = torch.rand(
-        log_ratio.shape, generator=generator, dtype=log_ratio.dtype, device=log_ratio.device
-    )
-    accepted = uniform.log() < log_ratio
-    return StepInfo(log_ratio.clamp(max=0.0).exp(), accepted)
-
-
-def _select(accepted: Tensor, new, old):
-    """Per-chain choice between two states (NamedTuples of tensors with chains leading)."""
-    return type(old)(
-        *(
-            torch.where(_expand(accepted, n) if n.ndim else accepted, n, o) if n is not o else o
-            for n, o in zip(new, old)
-        )
-    )
-
-
-def _relocate(kernel, state, x: Tensor):
-    """``state`` of ``kernel`` moved to positions ``x``: the log-density (and its gradient, when the
-    state carries one) evaluated there once; the per-chain settings (step size, mass) are kept.
-    Non-finite positions get log-density ``-inf`` (a move there is rejected)."""
-    if "grad" in state._fields:
-        log_prob, grad = log_prob_and_grad(kernel.log_prob_fn, x)
-        return state._replace(x=x, log_prob=log_prob, grad=grad)
-    with torch.no_grad():
-        return state._replace(x=x, log_prob=_finite(kernel.log_prob_fn(x)))
-
-
-def _check_chains(x) -> Tensor:
-    """The initial positions of a kernel's ``init``, validated (the one check of every kernel)."""
-    if not isinstance(x, Tensor) or x.ndim < 2 or not x.is_floating_point():
-        raise ValueError(
-            "x0 (initial chain positions) must be a floating tensor of shape (chains, *event), "
-            f"got {getattr(x, 'shape', type(x).__name__)}"
-        )
-    if x.shape[0] < 1:
-        raise ValueError(
-            f"x0 (initial chain positions) must have at least one chain, got shape {tuple(x.shape)}"
-        )
-    if not torch.isfinite(x).all():
-        raise ValueError("x0 (initial chain positions) contains NaN or inf")
-    return x.detach()
-
-
-def _check_positive(name: str, value: float) -> float:
-    if isinstance(value, bool) or not (
-        isinstance(value, (int, float)) and math.isfinite(value) and value > 0
-    ):
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-    return float(value)
-
-
 class Kernel(abc.ABC):
     """Base of all kernels.
 
@@ -162,9 +96,15 @@ class Kernel(abc.ABC):
         target: Energy, Flow or log-density callable.
         step_size: initial step size (per chain after ``init``).
         target_accept: mean acceptance probability that warm-up adapts the step size towards.
+
+    Attributes:
+        adaptation: the :class:`~normflows_sci.samplers.StepSizeAdaptation` that ``adapt`` feeds
+            with :meth:`acceptance_signal` during warm-up.
+        uses_gradient: whether the kernel's states carry ``∇ log p`` (``grad``).
     """
 
     target_accept: float = 0.5
+    uses_gradient: bool = False
     # Whether ``_start`` checks that not every chain starts at zero density. Off for a kernel run
     # inside another one (tempering, NeuTra) that checks its user-facing target itself.
     _checks_start: bool = True
@@ -172,11 +112,12 @@ class Kernel(abc.ABC):
     def __init__(self, target, *, step_size: float = 0.1, target_accept: float | None = None):
         self.target = target
         self.log_prob_fn = as_log_prob(target)
-        self.step_size = _check_positive("step_size", step_size)
+        self.step_size = check_positive("step_size", step_size)
         if target_accept is not None:
             if not 0 < target_accept < 1:
                 raise ValueError(f"target_accept must be in (0, 1), got {target_accept!r}")
             self.target_accept = float(target_accept)
+        self.adaptation = StepSizeAdaptation(self.target_accept)
 
     @abc.abstractmethod
     def init(self, x: Tensor):
@@ -200,18 +141,22 @@ class Kernel(abc.ABC):
         """Per-chain accept decisions of one step by move kind (``run`` averages them)."""
         return {self.kind: info.accepted}
 
-    def adapt(self, state, info, iteration: int, num_warmup: int, memory: dict):
-        """Warm-up update after step ``iteration`` (0-based) of ``num_warmup``: Robbins-Monro on
-        each chain's log step size towards ``target_accept``. ``memory`` persists across calls."""
-        rate = (iteration - memory.get("restart", 0) + 1.0) ** -0.6
-        accept = self._accept_signal(info)
-        log_step = state.step_size.log() + rate * (accept - self.target_accept) * 2.0
-        return state._replace(step_size=log_step.exp())
-
-    def _accept_signal(self, info) -> Tensor:
+    def acceptance_signal(self, info) -> Tensor:
+        """The per-chain quantity step-size adaptation drives towards ``target_accept``."""
         return info.accept_prob
 
-    def _initial_step(self, x: Tensor) -> Tensor:
+    def adapt(self, state, info, iteration: int, num_warmup: int, memory: dict):
+        """Warm-up update after step ``iteration`` (0-based) of ``num_warmup``: one step of
+        :attr:`adaptation` on each chain's step size (its schedule restarts at
+        ``memory["restart"]``). ``memory`` persists across calls (and checkpoints)."""
+        adaptation = self.adaptation
+        current = adaptation.init(state.step_size, iteration - memory.get("restart", 0))
+        adapted = adaptation.update(current, self.acceptance_signal(info))
+        return state._replace(step_size=adapted.step_size)
+
+    def initial_step_size(self, x: Tensor) -> Tensor:
+        """``step_size`` for every chain of ``x``, ``(chains,)`` in ``x``'s dtype and device;
+        ``ValueError`` if it is not a positive finite number in that dtype."""
         info = torch.finfo(x.dtype)
         if not info.tiny <= self.step_size <= info.max:
             raise ValueError(
@@ -225,19 +170,48 @@ class Kernel(abc.ABC):
         at the validated positions ``x`` (``grad`` is None without ``gradient``). The target's
         output is checked (shape ``(chains,)``, floating) and, unless ``_checks_start`` is off,
         so is the start (not every chain at zero density)."""
-        x = _check_chains(x)
+        x = check_chains(x)
         if gradient:
             log_prob, grad = log_prob_and_grad(self.log_prob_fn, x, target=self.target)
         else:
             with torch.no_grad():
-                log_prob = _finite(check_log_prob(self.log_prob_fn(x), self.target, x.shape[0]))
+                log_prob = finite(check_log_prob(self.log_prob_fn(x), self.target, x.shape[0]))
             grad = None
         if self._checks_start:
             check_start(log_prob, self.target)
         return x, log_prob, grad
 
 
-class RandomWalkMH(Kernel):
+class MetropolisKernel(Kernel):
+    """A kernel whose step is one Metropolis-Hastings move: :meth:`propose` then accept/reject.
+
+    Subclasses define :meth:`state_at` and :meth:`propose`; the stochastic normalizing flow's
+    MCMC layers and the annealing samplers use both directly (with known densities, or
+    differentiably), so the move is written once.
+    """
+
+    def init(self, x: Tensor):
+        x, log_prob, grad = self._start(x, gradient=self.uses_gradient)
+        return self.state_at(x, log_prob, grad, self.initial_step_size(x))
+
+    @abc.abstractmethod
+    def state_at(self, x: Tensor, log_prob: Tensor, grad: Tensor | None, step_size: Tensor):
+        """A state at ``x`` whose log-density (and gradient, if :attr:`uses_gradient`) are
+        already known (no target evaluation)."""
+
+    @abc.abstractmethod
+    def propose(self, state, generator=None, *, differentiable: bool = False):
+        """``(proposal, log_ratio)``: the proposed state and the Metropolis-Hastings log
+        acceptance ratio ``(chains,)``. With ``differentiable`` the proposal keeps the graph to
+        ``state.x`` (reparameterised: the target's gradients are taken with ``create_graph``)."""
+
+    def step(self, state, generator=None):
+        proposal, log_ratio = self.propose(state, generator)
+        info = accept(log_ratio, generator)
+        return select(info.accepted, proposal, state), info
+
+
+class RandomWalkMH(MetropolisKernel):
     """Gaussian random-walk Metropolis: ``x' = x + h * xi``; warm-up targets 0.234 acceptance.
 
     Example:
@@ -251,22 +225,19 @@ class RandomWalkMH(Kernel):
 
     target_accept = 0.234
 
-    def init(self, x: Tensor) -> RWState:
-        x, log_prob, _ = self._start(x)
-        return RWState(x, log_prob, self._initial_step(x))
+    def state_at(self, x, log_prob, grad, step_size) -> RWState:
+        return RWState(x, log_prob, step_size)
 
-    def step(self, state: RWState, generator=None):
+    def propose(self, state: RWState, generator=None, *, differentiable: bool = False):
         noise = torch.randn(
             state.x.shape, generator=generator, dtype=state.x.dtype, device=state.x.device
         )
-        proposal = state.x + _expand(state.step_size, state.x) * noise
-        with torch.no_grad():
-            log_prob = _finite(self.log_prob_fn(proposal))
-        info = _accept(log_prob - state.log_prob, generator)
-        return _select(info.accepted, RWState(proposal, log_prob, state.step_size), state), info
+        proposal = state.x + expand(state.step_size, state.x) * noise
+        log_prob = value(self.log_prob_fn, proposal, differentiable=differentiable)
+        return RWState(proposal, log_prob, state.step_size), log_prob - state.log_prob
 
 
-class MALA(Kernel):
+class MALA(MetropolisKernel):
     """Metropolis-adjusted Langevin: ``x' = x + h ∇log p(x) + sqrt(2h) xi``, MH-corrected;
     warm-up targets 0.574 acceptance (Roberts & Rosenthal 1998).
 
@@ -282,41 +253,43 @@ class MALA(Kernel):
     """
 
     target_accept = 0.574
+    uses_gradient = True
 
     def __init__(self, target, *, step_size: float = 0.01, target_accept: float | None = None):
         super().__init__(target, step_size=step_size, target_accept=target_accept)
 
-    def init(self, x: Tensor) -> MALAState:
-        x, log_prob, grad = self._start(x, gradient=True)
-        return MALAState(x, log_prob, grad, self._initial_step(x))
+    def state_at(self, x, log_prob, grad, step_size) -> MALAState:
+        return MALAState(x, log_prob, grad, step_size)
 
     @staticmethod
     def _log_q(to: Tensor, frm: Tensor, grad: Tensor, h: Tensor) -> Tensor:
-        diff = to - frm - _expand(h, to) * grad
-        return -diff.square().flatten(1).sum(1) / (4 * h)
+        diff = to - frm - expand(h, to) * grad
+        return -sum_event(diff.square()) / (4 * h)
 
-    def step(self, state: MALAState, generator=None):
+    def propose(self, state: MALAState, generator=None, *, differentiable: bool = False):
         x, h = state.x, state.step_size
         noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-        proposal = x + _expand(h, x) * state.grad + _expand((2 * h).sqrt(), x) * noise
-        log_prob, grad = log_prob_and_grad(self.log_prob_fn, proposal)
+        proposal = x + expand(h, x) * state.grad + expand((2 * h).sqrt(), x) * noise
+        log_prob, grad = log_prob_and_grad(
+            self.log_prob_fn, proposal, differentiable=differentiable
+        )
         log_ratio = (
             log_prob
             - state.log_prob
             + self._log_q(x, proposal, grad, h)
             - self._log_q(proposal, x, state.grad, h)
         )
-        info = _accept(log_ratio, generator)
-        return _select(info.accepted, MALAState(proposal, log_prob, grad, h), state), info
+        return MALAState(proposal, log_prob, grad, h), log_ratio
 
 
-class HMC(Kernel):
+class HMC(MetropolisKernel):
     """Hamiltonian Monte Carlo with leapfrog integration and a diagonal mass matrix.
 
     Warm-up adapts each chain's step size towards ``target_accept`` (0.65) throughout; with
     ``adapt_mass`` the inverse mass is set three times, at 1/4, 1/2 and 7/8 of warm-up, to the
     variance of the positions pooled over all chains and the preceding window (doubling windows,
-    as in Stan; one shared diagonal), and the step-size adaptation restarts after each.
+    as in Stan; one shared diagonal: :class:`~normflows_sci.samplers.DiagonalMassAdaptation`),
+    and the step-size adaptation restarts after each.
 
     Args:
         num_leapfrog: leapfrog steps per proposal.
@@ -340,6 +313,7 @@ class HMC(Kernel):
     """
 
     target_accept = 0.65
+    uses_gradient = True
 
     def __init__(
         self,
@@ -355,48 +329,117 @@ class HMC(Kernel):
             raise ValueError(f"num_leapfrog must be a positive integer, got {num_leapfrog!r}")
         self.num_leapfrog = int(num_leapfrog)
         self.adapt_mass = adapt_mass
+        self.mass_adaptation = DiagonalMassAdaptation()
 
-    def init(self, x: Tensor) -> HMCState:
-        x, log_prob, grad = self._start(x, gradient=True)
-        return HMCState(x, log_prob, grad, self._initial_step(x), torch.ones_like(x[0]))
+    def state_at(self, x, log_prob, grad, step_size) -> HMCState:
+        return HMCState(x, log_prob, grad, step_size, torch.ones_like(x[0]))
 
-    def step(self, state: HMCState, generator=None):
-        x, eps, inv_mass = state.x, _expand(state.step_size, state.x), state.inverse_mass
+    def propose(self, state: HMCState, generator=None, *, differentiable: bool = False):
+        x, eps, inv_mass = state.x, expand(state.step_size, state.x), state.inverse_mass
         momentum = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
         momentum = momentum / inv_mass.sqrt()
-        kinetic0 = 0.5 * (momentum.square() * inv_mass).flatten(1).sum(1)
+        kinetic0 = 0.5 * sum_event(momentum.square() * inv_mass)
         position, grad, log_prob = x, state.grad, state.log_prob
         momentum = momentum + 0.5 * eps * grad
         for i in range(self.num_leapfrog):
             position = position + eps * inv_mass * momentum
-            log_prob, grad = log_prob_and_grad(self.log_prob_fn, position)
+            log_prob, grad = log_prob_and_grad(
+                self.log_prob_fn, position, differentiable=differentiable
+            )
             scale = 1.0 if i < self.num_leapfrog - 1 else 0.5
             momentum = momentum + scale * eps * grad
-        kinetic1 = 0.5 * (momentum.square() * inv_mass).flatten(1).sum(1)
+        kinetic1 = 0.5 * sum_event(momentum.square() * inv_mass)
         log_ratio = (log_prob - kinetic1) - (state.log_prob - kinetic0)
-        info = _accept(log_ratio, generator)
-        proposal = HMCState(position, log_prob, grad, state.step_size, inv_mass)
-        return _select(info.accepted, proposal, state), info
+        return HMCState(position, log_prob, grad, state.step_size, inv_mass), log_ratio
 
     def adapt(self, state, info, iteration, num_warmup, memory):
         state = super().adapt(state, info, iteration, num_warmup, memory)
-        if not self.adapt_mass or iteration < num_warmup // 8:
+        if not self.adapt_mass:
             return state
-        # Doubling windows (as in Stan): each estimate starts from the previous one's geometry.
-        ends = (num_warmup // 4, num_warmup // 2, (7 * num_warmup) // 8)
-        if iteration > ends[-1]:
-            return state
-        x = state.x.flatten(1).to(torch.float64)
-        memory["count"] = memory.get("count", 0) + x.shape[0]
-        memory["sum"] = memory.get("sum", 0.0) + x.sum(0)
-        memory["squares"] = memory.get("squares", 0.0) + x.square().sum(0)
-        if iteration not in ends or memory["count"] < 2:
-            return state
-        count = memory.pop("count")
-        mean = memory.pop("sum") / count
-        var = ((memory.pop("squares") - count * mean.square()) / (count - 1)).clamp_min(1e-10)
-        memory["restart"] = iteration + 1
-        new = var.to(state.x.dtype).reshape(state.x.shape[1:])
-        # Keep the typical displacement eps * sqrt(inverse mass) when the scales change.
-        factor = float((state.inverse_mass / new).sqrt().mean())
-        return state._replace(inverse_mass=new, step_size=state.step_size * factor)
+        return self.mass_adaptation.update(state, iteration, num_warmup, memory)
+
+
+# The deprecated kernel names and the one place they are mapped to the kernel classes.
+KERNEL_NAMES: dict[str, type[Kernel]] = {"hmc": HMC, "mala": MALA, "rwmh": RandomWalkMH}
+
+
+class KernelFactory:
+    """A kernel class with its hyperparameters: ``factory(target)`` builds the kernel.
+
+    Attributes:
+        cls: the kernel class (a :class:`MetropolisKernel` subclass).
+        options: keyword arguments given to every kernel built.
+    """
+
+    def __init__(self, cls: type[MetropolisKernel], options: dict):
+        self.cls, self.options = cls, dict(options)
+
+    def __call__(self, target) -> MetropolisKernel:
+        return self.cls(target, **self.options)
+
+    @property
+    def uses_gradient(self) -> bool:
+        return self.cls.uses_gradient
+
+    @property
+    def target_accept(self) -> float:
+        return float(self.options.get("target_accept") or self.cls.target_accept)
+
+    def __repr__(self) -> str:
+        options = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
+        return f"{self.cls.__name__}({options})"
+
+
+def kernel_factory(
+    kernel,
+    *,
+    argument: str = "kernel",
+    defaults: dict | None = None,
+    options: dict | None = None,
+    stacklevel: int = 3,
+) -> KernelFactory:
+    """The kernel value a sampler was given (``argument`` names it in messages), as a factory.
+
+    Args:
+        kernel: a :class:`MetropolisKernel` subclass (``MALA``), a ``functools.partial`` of one
+            with keyword hyperparameters (``partial(HMC, num_leapfrog=5)``), a
+            :class:`KernelFactory`, or one of the deprecated names of :data:`KERNEL_NAMES`
+            (``DeprecationWarning`` naming the class to pass instead).
+        defaults: the sampler's own defaults (e.g. its ``step_size``), used for the keywords the
+            class accepts unless the partial sets them.
+        options: explicit keyword arguments (e.g. a sampler's ``kernel_options``); they win.
+        stacklevel: of the deprecation warning (points at the sampler's caller).
+
+    Raises:
+        ValueError: an unknown name. TypeError: anything else that is not a kernel class.
+    """
+    if isinstance(kernel, str):
+        if kernel not in KERNEL_NAMES:
+            raise ValueError(
+                f"{argument} must be a kernel class (e.g. MALA, or functools.partial(HMC, "
+                f"num_leapfrog=5)); the deprecated names are {sorted(KERNEL_NAMES)}; got {kernel!r}"
+            )
+        cls = KERNEL_NAMES[kernel]
+        warnings.warn(
+            f"{argument}={kernel!r} is deprecated: pass the kernel class, {argument}="
+            f"{cls.__name__} (or functools.partial({cls.__name__}, ...) with its hyperparameters)",
+            DeprecationWarning,
+            stacklevel=stacklevel,
+        )
+        kernel = cls
+    if isinstance(kernel, KernelFactory):
+        cls, keywords = kernel.cls, kernel.options
+    elif isinstance(kernel, functools.partial) and not kernel.args:
+        cls, keywords = kernel.func, kernel.keywords
+    else:
+        cls, keywords = kernel, {}
+    if not (isinstance(cls, type) and issubclass(cls, MetropolisKernel)):
+        raise TypeError(
+            f"{argument} must be a kernel class such as MALA, RandomWalkMH or HMC, or a "
+            f"functools.partial of one with keyword hyperparameters, got {kernel!r}"
+        )
+    accepted = inspect.signature(cls).parameters
+    merged = {k: v for k, v in (defaults or {}).items() if k in accepted}
+    merged.update(keywords)
+    merged.update(options or {})
+    return KernelFactory(cls, merged)

@@ -23,26 +23,18 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 from normflows_sci.checks import check_num_samples
-from normflows_sci.samplers.kernels import (
-    HMC,
-    MALA,
-    HMCState,
-    MALAState,
-    RandomWalkMH,
-    RWState,
-    _finite,
-    log_prob_and_grad,
-)
+from normflows_sci.samplers._mh import finite, log_prob_and_grad
+from normflows_sci.samplers.adaptation import StepSizeAdaptation
+from normflows_sci.samplers.kernels import HMC, kernel_factory
 from normflows_sci.samplers.targets import as_log_prob, check_log_prob, describe_target
 
 __all__ = ["SequentialResult", "AIS", "SMC", "anneal"]
-
-_KERNELS = {"hmc": HMC, "mala": MALA, "rwmh": RandomWalkMH}
 
 
 @dataclass(frozen=True)
@@ -81,12 +73,29 @@ def _systematic(log_w: Tensor, generator) -> Tensor:
     return torch.searchsorted(cumulative, points.contiguous()).clamp_max(m - 1)
 
 
-def _endpoints(base_log_prob, target_log_prob, x: Tensor, gradients: bool, check: bool = False):
-    """``(log q, grad log q, log p, grad log p)`` at ``x`` (gradients ``None`` without them);
-    with ``check`` (the first evaluation of a run) both outputs are checked to be ``(N,)``."""
+class _Particles(NamedTuple):
+    """Particle positions with the base and target log-densities (and gradients) there."""
+
+    x: Tensor
+    log_q: Tensor
+    grad_q: Tensor | None
+    log_p: Tensor
+    grad_p: Tensor | None
+
+    def take(self, index: Tensor) -> _Particles:
+        return _Particles(*(None if v is None else v[index] for v in self))
+
+
+def _endpoints(
+    base_log_prob, target_log_prob, x: Tensor, gradients: bool, check: bool = False
+) -> _Particles:
+    """The particles at ``x``: base and target log-densities (gradients ``None`` without
+    ``gradients``); with ``check`` (the first evaluation of a run) both outputs are checked to be
+    ``(N,)``."""
     base, target = (base_log_prob, target_log_prob) if check else (None, None)
     if gradients:
-        return (
+        return _Particles(
+            x,
             *log_prob_and_grad(base_log_prob, x, target=base, what="particles"),
             *log_prob_and_grad(target_log_prob, x, target=target, what="particles"),
         )
@@ -95,16 +104,66 @@ def _endpoints(base_log_prob, target_log_prob, x: Tensor, gradients: bool, check
         if check:
             check_log_prob(log_q, base_log_prob, x.shape[0], what="particles")
             check_log_prob(log_p, target_log_prob, x.shape[0], what="particles")
-        return _finite(log_q), None, _finite(log_p), None
+        return _Particles(x, finite(log_q), None, finite(log_p), None)
 
 
-def _kernel_state(move, x: Tensor, log_prob: Tensor, grad: Tensor | None, step_size: Tensor):
-    """A state of ``move`` (one of ``_KERNELS``) at ``x`` with known log-density and gradient."""
-    if isinstance(move, RandomWalkMH):
-        return RWState(x, log_prob, step_size)
-    if isinstance(move, HMC):
-        return HMCState(x, log_prob, grad, step_size, torch.ones_like(x[0]))
-    return MALAState(x, log_prob, grad, step_size)
+class _Annealing:
+    """The steps of one :func:`anneal` run: reweight, resample, move (one object carries the
+    densities, the kernel factory, the pooled step-size adaptation and the randomness)."""
+
+    def __init__(self, base_log_prob, target_log_prob, make, replicas, generator):
+        self.base_log_prob, self.target_log_prob = base_log_prob, target_log_prob
+        self.make, self.replicas, self.generator = make, replicas, generator
+        # One step size for the whole population, adapted from its mean acceptance: a per-
+        # particle rule would make each move depend on the particle's own last move and break
+        # the invariance the weights rely on. Kept on the device (no sync per step).
+        self.adaptation = StepSizeAdaptation(make.target_accept, pooled=True)
+
+    def reweight(self, log_w: Tensor, particles: _Particles, delta: float):
+        """``(log_w, log_z_increment)`` after raising beta by ``delta``; the weights are
+        renormalised within each group, whose log Z gains the increment ``(replicas,)``."""
+        increment = delta * (particles.log_p - particles.log_q)
+        increment = torch.where(torch.isnan(increment), -math.inf, increment)
+        grouped = log_w.reshape(self.replicas, -1)
+        norm = torch.logsumexp(grouped, 1, keepdim=True)
+        shifted = grouped - norm + increment.reshape(self.replicas, -1)
+        log_z = torch.logsumexp(shifted, 1).double()
+        return (grouped - norm).reshape(-1) + increment, log_z
+
+    def resample_index(self, log_w: Tensor, threshold: float) -> Tensor | None:
+        """Systematic resampling indices ``(N,)`` when some group's ESS falls below
+        ``threshold`` of its particles (every group is resampled then), else ``None``."""
+        grouped = log_w.reshape(self.replicas, -1)
+        m = grouped.shape[1]
+        ess = torch.exp(2 * torch.logsumexp(grouped, 1) - torch.logsumexp(2 * grouped, 1))
+        if not bool((ess < threshold * m).any()):
+            return None
+        index = _systematic(grouped, self.generator)
+        offsets = m * torch.arange(self.replicas, device=log_w.device)[:, None]
+        return (index + offsets).reshape(-1)
+
+    def move(self, particles: _Particles, beta: float, adapted, mcmc_steps: int):
+        """``mcmc_steps`` moves of every particle targeting ``pi_beta``: ``(x, adapted, mean
+        acceptance)``. The kernel state starts from the endpoint densities already known at the
+        particles (no evaluation): ``log pi_beta = (1 - beta) log q + beta log p``, the same for
+        gradients."""
+        base, target = self.base_log_prob, self.target_log_prob
+
+        def intermediate(y, b=beta):
+            return (1 - b) * base(y) + b * target(y)
+
+        kernel = self.make(intermediate)
+        x, log_q, grad_q, log_p, grad_p = particles
+        log_pi = finite((1 - beta) * log_q + beta * log_p)
+        grad_pi = None if grad_q is None else (1 - beta) * grad_q + beta * grad_p
+        state = kernel.state_at(x, log_pi, grad_pi, adapted.step_size)
+        accepted = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+        for _ in range(mcmc_steps):
+            state, info = kernel.step(state, self.generator)
+            accepted += info.accepted.to(x.dtype)
+            adapted = self.adaptation.update(adapted, info.accept_prob)
+            state = state._replace(step_size=adapted.step_size)
+        return state.x, adapted, accepted.mean() / mcmc_steps
 
 
 def anneal(
@@ -113,7 +172,7 @@ def anneal(
     target_log_prob: Callable[[Tensor], Tensor],
     betas: Tensor,
     *,
-    kernel: str = "hmc",
+    kernel=HMC,
     mcmc_steps: int = 1,
     step_size: float = 0.1,
     kernel_options: dict | None = None,
@@ -126,7 +185,8 @@ def anneal(
 
     ``base_log_prob`` must be the normalised log-density the particles were drawn from.
     One step size, shared by all particles, is adapted towards the kernel's target acceptance
-    from the population's mean acceptance as the annealing proceeds.
+    from the population's mean acceptance as the annealing proceeds
+    (:class:`~normflows_sci.samplers.StepSizeAdaptation` with ``pooled=True``).
 
     Args:
         x: ``(N, *event)`` particles drawn from the base.
@@ -144,79 +204,41 @@ def anneal(
 
     Example:
         >>> from normflows_sci.distributions import StandardNormal
+        >>> from normflows_sci.samplers import MALA
         >>> generator = torch.Generator().manual_seed(0)
         >>> base = StandardNormal(2)
         >>> target = lambda x: -0.5 * ((x - 1.0) ** 2).sum(-1)  # log Z = log(2 pi)
         >>> out = anneal(base.sample(1024, generator=generator), base.log_prob, target,
-        ...              torch.linspace(0, 1, 11), kernel="mala", generator=generator)
+        ...              torch.linspace(0, 1, 11), kernel=MALA, generator=generator)
         >>> abs(out["log_z_groups"][0].item() - math.log(2 * math.pi)) < 0.1
         True
     """
-    if kernel not in _KERNELS:
-        raise ValueError(f"kernel must be one of {sorted(_KERNELS)}, got {kernel!r}")
+    make = kernel_factory(kernel, defaults=dict(step_size=step_size), options=kernel_options)
     num = x.shape[0]
     if num % replicas:
         raise ValueError(
             f"the number of particles ({num}) must be divisible by replicas={replicas}"
         )
-    m = num // replicas
-    gradients = kernel != "rwmh"
-    log_q, grad_q, log_p, grad_p = _endpoints(
-        base_log_prob, target_log_prob, x, gradients, check=True
-    )
+    run = _Annealing(base_log_prob, target_log_prob, make, replicas, generator)
+    particles = _endpoints(base_log_prob, target_log_prob, x, make.uses_gradient, check=True)
+    adapted = run.adaptation.init(make(target_log_prob).initial_step_size(x))
     log_w = torch.zeros(num, dtype=x.dtype, device=x.device)
     log_z = torch.zeros(replicas, dtype=torch.float64, device=x.device)
-    step_sizes = torch.full((num,), float(step_size), dtype=x.dtype, device=x.device)
-    acceptance, resamples = [], 0
-    previous = 0.0
+    acceptance, resamples, previous = [], 0, 0.0
     levels = betas[1:].tolist()
     for index, beta in enumerate(levels, start=1):
-        increment = (beta - previous) * (log_p - log_q)
-        increment = torch.where(torch.isnan(increment), -math.inf, increment)
-        grouped = log_w.reshape(replicas, m)
-        norm = torch.logsumexp(grouped, 1, keepdim=True)
-        log_z += (torch.logsumexp(grouped - norm + increment.reshape(replicas, m), 1)).double()
-        log_w = (grouped - norm).reshape(-1) + increment
+        log_w, increment = run.reweight(log_w, particles, beta - previous)
+        log_z += increment
         previous = beta
-        if resample_threshold is not None:
-            grouped = log_w.reshape(replicas, m)
-            ess = torch.exp(2 * torch.logsumexp(grouped, 1) - torch.logsumexp(2 * grouped, 1))
-            if bool((ess < resample_threshold * m).any()):
-                idx = _systematic(grouped, generator)
-                flat = (idx + m * torch.arange(replicas, device=x.device)[:, None]).reshape(-1)
-                x, step_sizes = x[flat], step_sizes[flat]
-                log_q, log_p = log_q[flat], log_p[flat]
-                if gradients:
-                    grad_q, grad_p = grad_q[flat], grad_p[flat]
-                log_w = torch.zeros_like(log_w)
-                resamples += 1
-
-        def intermediate(y, b=beta):
-            return (1 - b) * base_log_prob(y) + b * target_log_prob(y)
-
-        options = dict(kernel_options or {})
-        if kernel == "hmc":
-            options.setdefault("adapt_mass", False)
-        move = _KERNELS[kernel](intermediate, step_size=float(step_size), **options)
-        # The state at the new level from the endpoint densities already known at x (no
-        # evaluation): log pi_beta = (1 - beta) log q + beta log p, and the same for gradients.
-        log_pi = _finite((1 - beta) * log_q + beta * log_p)
-        grad_pi = (1 - beta) * grad_q + beta * grad_p if gradients else None
-        state = _kernel_state(move, x, log_pi, grad_pi, step_sizes)
-        accepted = torch.zeros(num, dtype=x.dtype, device=x.device)
-        for i in range(mcmc_steps):
-            state, info = move.step(state, generator)
-            accepted += info.accepted.to(x.dtype)
-            # One step size for the whole population, adapted from its mean acceptance: a per-
-            # particle rule would make each move depend on the particle's own last move and
-            # break the invariance the weights rely on. Kept on the device (no sync per step).
-            rate = ((index - 1) * mcmc_steps + i + 1.0) ** -0.6
-            error = info.accept_prob.mean() - move.target_accept
-            state = state._replace(step_size=state.step_size * torch.exp(2.0 * rate * error))
-        x, step_sizes = state.x, state.step_size
-        acceptance.append(accepted.mean() / mcmc_steps)
+        flat = None if resample_threshold is None else run.resample_index(log_w, resample_threshold)
+        if flat is not None:
+            particles = particles.take(flat)
+            adapted = adapted._replace(step_size=adapted.step_size[flat])
+            log_w, resamples = torch.zeros_like(log_w), resamples + 1
+        x, adapted, rate = run.move(particles, beta, adapted, mcmc_steps)
+        acceptance.append(rate)
         if index < len(levels):  # the endpoint densities for the next level's increment
-            log_q, grad_q, log_p, grad_p = _endpoints(base_log_prob, target_log_prob, x, gradients)
+            particles = _endpoints(base_log_prob, target_log_prob, x, make.uses_gradient)
     return dict(
         samples=x,
         log_weights=log_w,
@@ -238,7 +260,7 @@ class _Annealer:
         *,
         num_temperatures: int = 32,
         betas=None,
-        kernel: str = "hmc",
+        kernel=HMC,
         mcmc_steps: int = 1,
         step_size: float = 0.1,
         kernel_options: dict | None = None,
@@ -263,12 +285,12 @@ class _Annealer:
             or not (betas.diff() > 0).all()
         ):
             raise ValueError("betas must increase strictly from 0 to 1 (at least two values)")
-        if kernel not in _KERNELS:
-            raise ValueError(f"kernel must be one of {sorted(_KERNELS)}, got {kernel!r}")
+        self.kernel = kernel_factory(
+            kernel, defaults=dict(step_size=step_size), options=kernel_options
+        )
         if int(mcmc_steps) != mcmc_steps or mcmc_steps < 1:
             raise ValueError(f"mcmc_steps must be a positive integer, got {mcmc_steps!r}")
-        self.betas, self.kernel, self.mcmc_steps = betas, kernel, int(mcmc_steps)
-        self.step_size, self.kernel_options = float(step_size), kernel_options
+        self.betas, self.mcmc_steps = betas, int(mcmc_steps)
 
     def _flow_log_prob(self, x: Tensor) -> Tensor:
         return self.flow.log_prob(x)
@@ -292,8 +314,6 @@ class _Annealer:
             self.betas,
             kernel=self.kernel,
             mcmc_steps=self.mcmc_steps,
-            step_size=self.step_size,
-            kernel_options=self.kernel_options,
             replicas=int(replicas),
             resample_threshold=self.resample_threshold,
             generator=generator,
@@ -338,15 +358,20 @@ class AIS(_Annealer):
         target: Energy, Flow or log-density callable (unnormalised).
         flow: the starting distribution (normalised: ``log_z`` is then the target's log Z).
         num_temperatures: number of annealing stages ``K`` (linear betas), or give ``betas``.
-        kernel: ``"hmc"`` (default), ``"mala"`` or ``"rwmh"`` moves, ``mcmc_steps`` per stage.
-        step_size, kernel_options: initial step size and extra kernel arguments
-            (e.g. ``{"num_leapfrog": 5}``).
+        kernel: the MCMC moves as a value, ``mcmc_steps`` per stage: a kernel class (``HMC``,
+            the default, ``MALA``, ``RandomWalkMH``) or a ``functools.partial`` of one with its
+            hyperparameters (``partial(HMC, num_leapfrog=5)``). The names ``"hmc"``, ``"mala"``
+            and ``"rwmh"`` are deprecated aliases.
+        step_size: initial step size (unless the partial sets one).
+        kernel_options: extra kernel arguments (e.g. ``{"num_leapfrog": 5}``; a partial says
+            the same more directly).
 
     Example:
         >>> from normflows_sci.flows import NSF
         >>> flow = NSF(2, transforms=1, hidden_features=(8,))
         >>> target = lambda x: -0.5 * ((x - 1) ** 2).sum(-1)  # Z = 2 pi
-        >>> ais = AIS(target, flow, num_temperatures=8, kernel="mala")
+        >>> from normflows_sci.samplers import MALA
+        >>> ais = AIS(target, flow, num_temperatures=8, kernel=MALA)
         >>> out = ais.sample(1000, replicas=4, generator=torch.Generator().manual_seed(0))
         >>> abs(out.log_z - math.log(2 * math.pi)) < 4 * out.log_z_stderr
         True
@@ -364,7 +389,8 @@ class SMC(_Annealer):
         >>> from normflows_sci.flows import NSF
         >>> flow = NSF(2, transforms=1, hidden_features=(8,))  # N(0, I), far from the target
         >>> target = lambda x: -0.5 * ((x - 2.0) ** 2).sum(-1)  # N(2, I) with Z = 2 pi
-        >>> smc = SMC(target, flow, num_temperatures=10, kernel="mala")
+        >>> from normflows_sci.samplers import MALA
+        >>> smc = SMC(target, flow, num_temperatures=10, kernel=MALA)
         >>> out = smc.sample(1000, replicas=4, generator=torch.Generator().manual_seed(0))
         >>> out.resamples > 0, abs(out.log_z - math.log(2 * math.pi)) < 4 * out.log_z_stderr
         (True, True)

@@ -43,43 +43,15 @@ import torch
 from torch import Tensor, nn
 
 from normflows_sci.checks import check_num_samples
+from normflows_sci.samplers._mh import accept, finite, log_prob_and_grad, select, sum_event, value
 from normflows_sci.samplers.importance import ImportanceResult, importance_weights
-from normflows_sci.samplers.kernels import _accept, _expand, _finite
+from normflows_sci.samplers.kernels import HMC, MALA, kernel_factory
 from normflows_sci.samplers.targets import as_log_prob, check_log_prob
 from normflows_sci.transforms import Transform
 
 __all__ = ["StochasticLayer", "LangevinLayer", "MCMCLayer", "StochasticNormalizingFlow"]
 
 LogProb = Callable[[Tensor], Tensor]
-
-
-def _value_and_grad(log_prob_fn: LogProb, x: Tensor, differentiable: bool):
-    """``log p(x)`` and ``∇ log p(x)``; with ``differentiable`` both keep their graph (second
-    derivatives for backpropagation through the move), otherwise both are detached. Non-finite
-    values count as zero density, non-finite gradients as 0."""
-    if differentiable:
-        log_prob = log_prob_fn(x)
-        (grad,) = torch.autograd.grad(log_prob.sum(), x, create_graph=True)
-    else:
-        with torch.enable_grad():
-            leaf = x.detach().requires_grad_(True)
-            log_prob = log_prob_fn(leaf)
-            (grad,) = torch.autograd.grad(log_prob.sum(), leaf)
-        log_prob = log_prob.detach()
-    log_prob = torch.where(torch.isnan(log_prob) | (log_prob == math.inf), -math.inf, log_prob)
-    grad = torch.where(torch.isfinite(grad), grad, torch.zeros_like(grad))
-    return log_prob, grad
-
-
-def _value(log_prob_fn: LogProb, x: Tensor, differentiable: bool) -> Tensor:
-    if differentiable:
-        return _finite(log_prob_fn(x))
-    with torch.no_grad():
-        return _finite(log_prob_fn(x))
-
-
-def _sum_event(values: Tensor) -> Tensor:
-    return values.flatten(1).sum(1)
 
 
 class StochasticLayer(nn.Module, abc.ABC):
@@ -173,37 +145,37 @@ class LangevinLayer(StochasticLayer):
     def _move(self, x, log_prob_fn, differentiable, generator):
         h = self.step_size
         total = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
-        _, grad = _value_and_grad(log_prob_fn, x, differentiable)
+        _, grad = log_prob_and_grad(log_prob_fn, x, differentiable=differentiable)
         for _ in range(self.steps):
             noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
             new = x + h * grad + math.sqrt(2 * h) * noise
-            _, new_grad = _value_and_grad(log_prob_fn, new, differentiable)
+            _, new_grad = log_prob_and_grad(log_prob_fn, new, differentiable=differentiable)
             back = x - new - h * new_grad
-            total = total + 0.5 * _sum_event(noise.square()) - _sum_event(back.square()) / (4 * h)
+            total = total + 0.5 * sum_event(noise.square()) - sum_event(back.square()) / (4 * h)
             x, grad = new, new_grad
         return x, total
-
-
-_MCMC_KERNELS = ("mala", "rwmh", "hmc")
 
 
 class MCMCLayer(StochasticLayer):
     """Metropolis-Hastings moves (MALA, random-walk or HMC) that leave ``p_β`` invariant.
 
     Each kernel is in detailed balance with ``p_β``, so ``ΔS = log p_β(y) - log p_β(y')`` over the
-    layer's ``steps`` moves (it telescopes). The proposals and the random numbers follow the
-    package's :class:`~normflows_sci.samplers.MALA`, :class:`~normflows_sci.samplers.RandomWalkMH`
-    and :class:`~normflows_sci.samplers.HMC` (unit mass), so the same generator gives the same
-    chain; unlike those kernels the layer can be differentiated through (reparameterised
-    proposals; the accept decision itself is not differentiated).
+    layer's ``steps`` moves (it telescopes). The moves are those of the package's kernels
+    (:class:`~normflows_sci.samplers.MALA`, :class:`~normflows_sci.samplers.RandomWalkMH`,
+    :class:`~normflows_sci.samplers.HMC` with unit mass: their ``propose``), so the same generator
+    gives the same chain; the layer can be differentiated through (reparameterised proposals,
+    ``propose(..., differentiable=True)``; the accept decision itself is not differentiated).
 
     Args:
-        beta, step_size, steps: see :class:`StochasticLayer`.
-        kernel: ``"mala"`` (default), ``"rwmh"`` or ``"hmc"``.
-        num_leapfrog: leapfrog steps per HMC proposal.
+        beta, step_size, steps: see :class:`StochasticLayer` (a partial's ``step_size`` wins).
+        kernel: the kernel as a value: a kernel class (``MALA``, the default, ``RandomWalkMH``,
+            ``HMC``) or a ``functools.partial`` of one with its hyperparameters. The names
+            ``"mala"``, ``"rwmh"`` and ``"hmc"`` are deprecated aliases.
+        num_leapfrog: leapfrog steps per HMC proposal (unless the partial sets them).
 
     Example:
-        >>> layer = MCMCLayer(step_size=0.5, kernel="rwmh")
+        >>> from normflows_sci.samplers import RandomWalkMH
+        >>> layer = MCMCLayer(step_size=0.5, kernel=RandomWalkMH)
         >>> target = lambda x: -0.5 * x.square().sum(-1)
         >>> x0 = torch.zeros(4, 2)
         >>> x, delta = layer(x0, target, generator=torch.Generator().manual_seed(0))
@@ -220,79 +192,42 @@ class MCMCLayer(StochasticLayer):
         *,
         step_size: float = 0.1,
         steps: int = 1,
-        kernel: str = "mala",
+        kernel=MALA,
         num_leapfrog: int = 5,
     ):
         super().__init__(beta, step_size=step_size, steps=steps)
-        if kernel not in _MCMC_KERNELS:
-            raise ValueError(f"kernel must be one of {_MCMC_KERNELS}, got {kernel!r}")
         if isinstance(num_leapfrog, bool) or int(num_leapfrog) != num_leapfrog or num_leapfrog < 1:
             raise ValueError(f"num_leapfrog must be a positive integer, got {num_leapfrog!r}")
-        self.kernel, self.num_leapfrog = kernel, int(num_leapfrog)
+        self.num_leapfrog = int(num_leapfrog)
+        defaults = dict(step_size=self.step_size, num_leapfrog=self.num_leapfrog)
+        self.kernel = kernel_factory(kernel, defaults=defaults)
+        self.step_size = float(self.kernel.options.get("step_size", self.step_size))
+        if isinstance(self.kernel.cls, type) and issubclass(self.kernel.cls, HMC):
+            self.num_leapfrog = int(self.kernel.options.get("num_leapfrog", self.num_leapfrog))
         self.last_acceptance = math.nan
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, kernel={self.kernel!r}"
 
     def _move(self, x, log_prob_fn, differentiable, generator):
-        needs_grad = self.kernel != "rwmh"
-        if needs_grad:
-            log_prob, grad = _value_and_grad(log_prob_fn, x, differentiable)
+        kernel = self.kernel(log_prob_fn)
+        if kernel.uses_gradient:
+            log_prob, grad = log_prob_and_grad(log_prob_fn, x, differentiable=differentiable)
         else:
-            log_prob, grad = _value(log_prob_fn, x, differentiable), None
-        start = log_prob
+            log_prob, grad = value(log_prob_fn, x, differentiable=differentiable), None
+        state = kernel.state_at(x, log_prob, grad, kernel.initial_step_size(x))
         accepted_total = 0.0
         for _ in range(self.steps):
-            step = getattr(self, f"_{self.kernel}")
-            proposal, prop_log_prob, prop_grad, log_ratio = step(
-                x, log_prob, grad, log_prob_fn, differentiable, generator
-            )
-            info = _accept(log_ratio.detach(), generator)
-            accepted = info.accepted
-            x = torch.where(_expand(accepted, x), proposal, x)
-            log_prob = torch.where(accepted, prop_log_prob, log_prob)
-            if needs_grad:
-                grad = torch.where(_expand(accepted, x), prop_grad, grad)
-            accepted_total += float(accepted.to(torch.float64).mean())
+            proposal, log_ratio = kernel.propose(state, generator, differentiable=differentiable)
+            info = accept(log_ratio.detach(), generator)
+            state = select(info.accepted, proposal, state)
+            accepted_total += float(info.accepted.to(torch.float64).mean())
         self.last_acceptance = accepted_total / self.steps
         # A start with zero density (log p = -inf) gives -inf - (-inf): the move back has zero
         # probability, so the path weight is 0.
-        delta = start - log_prob
+        delta = log_prob - state.log_prob
         delta = torch.where(torch.isnan(delta), -math.inf, delta)
-        return x, delta
-
-    def _rwmh(self, x, log_prob, grad, log_prob_fn, differentiable, generator):
-        noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-        proposal = x + self.step_size * noise
-        prop_log_prob = _value(log_prob_fn, proposal, differentiable)
-        return proposal, prop_log_prob, None, prop_log_prob - log_prob
-
-    def _mala(self, x, log_prob, grad, log_prob_fn, differentiable, generator):
-        h = self.step_size
-        noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-        proposal = x + h * grad + math.sqrt(2 * h) * noise
-        prop_log_prob, prop_grad = _value_and_grad(log_prob_fn, proposal, differentiable)
-        with torch.no_grad():
-            forward = _sum_event((proposal - x - h * grad).square()) / (4 * h)
-            backward = _sum_event((x - proposal - h * prop_grad).square()) / (4 * h)
-            log_ratio = prop_log_prob - log_prob + forward - backward
-        return proposal, prop_log_prob, prop_grad, log_ratio
-
-    def _hmc(self, x, log_prob, grad, log_prob_fn, differentiable, generator):
-        eps = self.step_size
-        momentum = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-        kinetic0 = 0.5 * _sum_event(momentum.square())
-        position, prop_log_prob, prop_grad = x, log_prob, grad
-        momentum = momentum + 0.5 * eps * prop_grad
-        for i in range(self.num_leapfrog):
-            position = position + eps * momentum
-            prop_log_prob, prop_grad = _value_and_grad(log_prob_fn, position, differentiable)
-            scale = 1.0 if i < self.num_leapfrog - 1 else 0.5
-            momentum = momentum + scale * eps * prop_grad
-        with torch.no_grad():
-            kinetic1 = 0.5 * _sum_event(momentum.square())
-            log_ratio = (prop_log_prob - kinetic1) - (log_prob - kinetic0)
-        return position, prop_log_prob, prop_grad, log_ratio
+        return state.x, delta
 
 
 class StochasticNormalizingFlow(nn.Module):
@@ -411,7 +346,7 @@ class StochasticNormalizingFlow(nn.Module):
             else:
                 y, delta = layer.inverse(y)
             path_log_q = path_log_q - delta
-        return y, _finite(target(y)), path_log_q
+        return y, finite(target(y)), path_log_q
 
     def sample_and_log_weights(
         self, num_samples: int, *, generator: torch.Generator | None = None
@@ -474,12 +409,12 @@ class StochasticNormalizingFlow(nn.Module):
             ``nonfinite``.
         """
         _, log_w = self.sample_and_log_weights(num_samples, generator=generator)
-        finite = torch.isfinite(log_w)
-        count = int(finite.sum())
+        kept = torch.isfinite(log_w)
+        count = int(kept.sum())
         if count == 0:
             raise FloatingPointError("every path log weight is non-finite")
-        loss = -torch.where(finite, log_w, torch.zeros_like(log_w)).sum() / count
+        loss = -torch.where(kept, log_w, torch.zeros_like(log_w)).sum() / count
         with torch.no_grad():
-            lw = torch.where(finite, log_w, -math.inf).double()
+            lw = torch.where(kept, log_w, -math.inf).double()
             ess = float(torch.exp(2 * torch.logsumexp(lw, 0) - torch.logsumexp(2 * lw, 0)))
         return loss, dict(ess_fraction=ess / len(log_w), nonfinite=len(log_w) - count)
