@@ -1,5 +1,6 @@
-"""Training: maximum likelihood (``fit_flow``), Boltzmann generators (``fit_boltzmann``) and
-flow annealed importance sampling bootstrap (``fit_fab``)."""
+"""Training: one scaffold (:func:`train` with :class:`TrainingOptions`) and its losses: maximum
+likelihood (``fit_flow``), Boltzmann generators (``fit_boltzmann``), flow annealed importance
+sampling bootstrap (``fit_fab``) and flow matching (``fit_flow_matching``)."""
 
 from normflows_sci.training.boltzmann import (
     fit_boltzmann,
@@ -15,9 +16,14 @@ from normflows_sci.training.fab import (
     fit_fab,
 )
 from normflows_sci.training.flow_matching import fit_flow_matching, flow_matching_loss, ot_pairing
-from normflows_sci.training.loop import SCHEDULES, fit_flow
+from normflows_sci.training.loop import MaximumLikelihoodLoss, fit_flow
+from normflows_sci.training.scaffold import SCHEDULES, TrainingLoss, TrainingOptions, train
 
 __all__ = [
+    "train",
+    "TrainingOptions",
+    "TrainingLoss",
+    "MaximumLikelihoodLoss",
     "fit_flow",
     "SCHEDULES",
     "fit_boltzmann",
