@@ -39,14 +39,15 @@ from torch import Tensor
 
 from normflows_sci._optim import adamw
 from normflows_sci.samplers.importance import importance_weights
-from normflows_sci.samplers.kernels import HMC, MALA, RandomWalkMH
+from normflows_sci.samplers.kernels import HMC, KERNEL_NAMES, kernel_factory
 from normflows_sci.samplers.sequential import anneal
 from normflows_sci.samplers.targets import as_log_prob, check_log_prob
 from normflows_sci.training.boltzmann import _StepLog
 
 __all__ = ["PrioritizedReplayBuffer", "fab_ais", "fab_loss", "fab_buffer_loss", "fit_fab"]
 
-_KERNELS = {"hmc": HMC, "mala": MALA, "rwmh": RandomWalkMH}
+# The deprecated kernel names (mapped to the classes in one place, samplers.kernels).
+_KERNELS = KERNEL_NAMES
 
 
 def _positive_int(name: str, value) -> int:
@@ -285,13 +286,35 @@ class _FrozenFlowLogProb:
         self.last = {}
 
 
+def _ais_target(target_fn, log_q_fn, box):
+    """The FAB AIS target ``2 log p - log q`` (``-inf`` outside ``box`` when given)."""
+
+    def ais_target(y: Tensor) -> Tensor:
+        value = 2.0 * target_fn(y) - log_q_fn(y)
+        if box is None:
+            return value
+        inside = ((y >= box[0]) & (y <= box[1])).flatten(1).all(1)
+        return torch.where(inside, value, -math.inf)
+
+    return ais_target
+
+
+def _absolute_log_weights(out: dict, num_samples: int) -> Tensor:
+    """anneal's weights are relative (renormalised at each stage); with one group its log Z
+    restores the absolute AIS weights: ``log w = log w_rel - logsumexp(log w_rel) + log Z +
+    log N``."""
+    relative = out["log_weights"].double()
+    log_w = relative - torch.logsumexp(relative, 0) + out["log_z_groups"][0]
+    return log_w + math.log(num_samples)
+
+
 def fab_ais(
     flow,
     target,
     num_samples: int,
     *,
     num_temperatures: int = 3,
-    kernel: str = "hmc",
+    kernel=HMC,
     mcmc_steps: int = 1,
     step_size: float = 0.1,
     kernel_options: dict | None = None,
@@ -311,7 +334,10 @@ def fab_ais(
         flow: the proposal Flow.
         target: the unnormalised target (Energy, Flow or log-density callable).
         num_samples: particles.
-        num_temperatures, kernel, mcmc_steps, step_size, kernel_options: the annealing.
+        num_temperatures, mcmc_steps, step_size, kernel_options: the annealing.
+        kernel: the moves as a value: a kernel class (``HMC``, the default, ``MALA``,
+            ``RandomWalkMH``) or a ``functools.partial`` of one with its hyperparameters; the
+            names ``"hmc"``, ``"mala"``, ``"rwmh"`` are deprecated aliases.
         bounds: ``(low, high)``: points outside the box get zero density under the AIS path.
         generator: seeds the flow draws and the moves.
 
@@ -338,49 +364,25 @@ def fab_ais(
     num_samples = _positive_int("num_samples", num_samples)
     num_temperatures = _positive_int("num_temperatures", num_temperatures)
     mcmc_steps = _positive_int("mcmc_steps", mcmc_steps)
-    if kernel not in _KERNELS:
-        raise ValueError(f"kernel must be one of {sorted(_KERNELS)}, got {kernel!r}")
     if kernel_options is not None and not isinstance(kernel_options, dict):
         raise TypeError(f"kernel_options must be a dict, got {type(kernel_options).__name__}")
-    options = dict(kernel_options or {})
-    if kernel == "hmc":
-        options.setdefault("num_leapfrog", 5)
+    defaults = dict(step_size=step_size, num_leapfrog=5)
+    make = kernel_factory(kernel, defaults=defaults, options=kernel_options)
     betas = torch.linspace(0.0, 1.0, num_temperatures + 1, dtype=torch.float64)
     with _FrozenFlowLogProb(flow) as log_q_fn:
         with torch.no_grad():
             x, log_q0 = flow.sample_and_log_prob(num_samples, generator=generator)
             log_p0 = check_log_prob(target_fn(x), target, num_samples, what="samples")
-        box = _check_bounds(bounds, x)
-
-        def ais_target(y: Tensor) -> Tensor:
-            value = 2.0 * target_fn(y) - log_q_fn(y)
-            if box is None:
-                return value
-            inside = ((y >= box[0]) & (y <= box[1])).flatten(1).all(1)
-            return torch.where(inside, value, -math.inf)
-
+        ais_target = _ais_target(target_fn, log_q_fn, _check_bounds(bounds, x))
         out = anneal(
-            x,
-            log_q_fn,
-            ais_target,
-            betas,
-            kernel=kernel,
-            mcmc_steps=mcmc_steps,
-            step_size=step_size,
-            kernel_options=options,
-            generator=generator,
+            x, log_q_fn, ais_target, betas, kernel=make, mcmc_steps=mcmc_steps, generator=generator
         )
         samples = out["samples"].detach()
         with torch.no_grad():
             log_q = flow.log_prob(samples)
-    # anneal's weights are relative (renormalised at each stage); with one group its log Z
-    # restores the absolute AIS weights: log w = log w_rel - logsumexp(log w_rel) + log Z + log N.
-    relative = out["log_weights"].double()
-    log_w = relative - torch.logsumexp(relative, 0) + out["log_z_groups"][0]
-    log_w = log_w + math.log(num_samples)
     return dict(
         samples=samples,
-        log_weights=log_w,
+        log_weights=_absolute_log_weights(out, num_samples),
         log_q=log_q,
         proposal_log_weights=(log_p0 - log_q0).detach(),
         acceptance=float(out["acceptance"].mean()),
