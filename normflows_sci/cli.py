@@ -25,22 +25,29 @@ from __future__ import annotations
 
 import argparse
 import csv
-import gzip
 import io
 import json
 import math
 import os
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from normflows_sci import io as files
+from normflows_sci._version import __version__
+from normflows_sci.baselines import baseline_scores, gaussian_held_out_score
+from normflows_sci.estimator import FLOWS as FLOW_FAMILIES
+from normflows_sci.estimator import MIN_ROWS_FOR_VALIDATION, DensityEstimator, validation_split
+from normflows_sci.io import atomic_write, table_format
+
 __all__ = ["main", "read_table", "CLIError"]
 
 PROG = "normflows-sci"
-FLOWS = ("nsf", "maf", "realnvp", "tarflow", "cnf")  # DensityEstimator(flow=...)
+FLOWS = tuple(FLOW_FAMILIES)  # DensityEstimator(flow=...)
 # Share of the rows `fit` holds out for early stopping and the held-out summary.
 VALIDATION_FRACTION = 0.1
 # Share of the rows `demo` keeps aside as the test set.
@@ -58,160 +65,30 @@ class CLIError(Exception):
 # ---------------------------------------------------------------------------------- reading data
 
 
-def _count(number: int, noun: str) -> str:
-    return f"{number} {noun}" + ("" if number == 1 else "s")
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
-def _suffixes(path: Path) -> tuple[str, bool]:
-    """``(format suffix, gzip-compressed)``, e.g. ``data.csv.gz`` -> ``(".csv", True)``."""
-    suffixes = [s.lower() for s in path.suffixes]
-    compressed = bool(suffixes) and suffixes[-1] == ".gz"
-    if compressed:
-        suffixes = suffixes[:-1]
-    return (suffixes[-1] if suffixes else ""), compressed
-
-
-def _read_csv(path: Path, compressed: bool, delimiter: str) -> tuple[np.ndarray, list[str] | None]:
-    opener = gzip.open if compressed else open
-    try:
-        with opener(path, "rt", newline="", encoding="utf-8-sig") as handle:
-            reader = csv.reader(handle, delimiter=delimiter)
-            header = next(reader, None)
-            header_line = reader.line_num
-            rows = [(reader.line_num, row) for row in reader if any(c.strip() for c in row)]
-    except UnicodeDecodeError:
-        raise CLIError(f"{path} is not a text CSV file (it is not UTF-8 text)") from None
-    except (csv.Error, gzip.BadGzipFile, EOFError) as error:
-        raise CLIError(f"{path} is not a readable CSV file: {error}") from None
-    if header is None or not any(c.strip() for c in header):
-        raise CLIError(f"{path} is empty")
-    names: list[str] | None = [c.strip() for c in header]
-    if all(_is_number(c) for c in names):
-        # No header row: the first line is data.
-        rows.insert(0, (header_line, header))
+def _read(path: str | os.PathLike, what: str = "DATA") -> tuple[np.ndarray, list | None]:
+    """:func:`normflows_sci.io.read_table`, with a note on stderr for a CSV without a header."""
+    values, names = files.read_table(path, what=what)
+    if names is None and table_format(path) != (".npy", False):
         print(
             f"{PROG}: note: {path} has no header row; columns are named x0, x1, ...",
             file=sys.stderr,
         )
-        names = None
-    else:
-        for position, name in enumerate(names):
-            if not name:
-                raise CLIError(f"{path}: header column {position + 1} has no name")
-        duplicated = sorted({n for n in names if names.count(n) > 1})
-        if duplicated:
-            raise CLIError(f"{path}: duplicate column names in the header: {duplicated}")
-    width = len(header)
-    if not rows:
-        raise CLIError(f"{path} has a header but no data rows")
-    for line, row in rows:
-        if len(row) != width:
-            raise CLIError(f"{path}, line {line}: {len(row)} fields, but the header has {width}")
-    try:
-        values = np.array([row for _, row in rows], dtype=np.float64)
-    except ValueError:
-        values = None
-    if values is None:  # find the first offending cell for a precise message
-        for line, row in rows:
-            for j, cell in enumerate(row):
-                if not _is_number(cell):
-                    column = names[j] if names is not None else f"x{j}"
-                    what = "missing value (empty field)" if not cell.strip() else f"{cell!r}"
-                    raise CLIError(
-                        f"{path}, line {line}, column {column!r}: {what} is not a number"
-                    )
-        raise CLIError(f"{path} is not a numeric table")  # pragma: no cover - defensive
     return values, names
-
-
-def _read_parquet(path: Path) -> tuple[np.ndarray, list[str]]:
-    try:
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise CLIError(
-            f"reading Parquet ({path.name}) needs pyarrow, which is not installed: "
-            "pip install pyarrow (or convert the file to CSV)"
-        ) from None
-    try:
-        table = pq.read_table(path)
-    except Exception as error:  # pyarrow raises its own exception types for damaged files
-        raise CLIError(f"{path} is not a readable Parquet file: {error}") from None
-    names = [str(n) for n in table.column_names]
-    columns = []
-    for name, column in zip(names, table.columns):
-        try:
-            columns.append(np.asarray(column.to_numpy(zero_copy_only=False), dtype=np.float64))
-        except (TypeError, ValueError):
-            raise CLIError(f"{path}: column {name!r} is not numeric ({column.type})") from None
-    if not columns:
-        raise CLIError(f"{path} has no columns")
-    return np.column_stack(columns), names
 
 
 def read_table(path: str | os.PathLike, *, what: str = "DATA") -> tuple[np.ndarray, list | None]:
-    """Read a numeric table from CSV (header row), ``.npy`` or Parquet, checked for NaN/inf.
-
-    Args:
-        path: the file; the format follows the extension (``.npy``, ``.parquet``/``.pq``,
-            ``.tsv``, anything else is read as comma-separated text; ``.gz`` for compressed text).
-        what: how the file is named in error messages.
-
-    Returns:
-        ``(values, names)``: float64 ``(rows, columns)`` and the column names (``None`` for
-        ``.npy`` files and CSV files without a header row).
-
-    Raises:
-        CLIError: missing or unreadable file, non-numeric cells, ragged rows, NaN or inf values.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise CLIError(f"{what} file not found: {path}")
-    if path.is_dir():
-        raise CLIError(f"{what} is a folder, not a data file: {path}")
-    suffix, compressed = _suffixes(path)
-    names: list[str] | None = None
-    if suffix == ".npy" and not compressed:
-        with open(path, "rb") as handle:
-            if handle.read(6) != b"\x93NUMPY":
-                raise CLIError(f"{path} is not a .npy file (no NumPy header)")
-        try:
-            values = np.load(path, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as error:
-            raise CLIError(f"{path} is not a readable .npy array: {error}") from None
-        if not (np.issubdtype(values.dtype, np.number) or values.dtype == bool):
-            raise CLIError(f"{path} holds {values.dtype} values, not numbers")
-        if values.ndim == 1:
-            values = values[:, None]
-        if values.ndim != 2:
-            raise CLIError(
-                f"{path} must hold a 2-D array (rows, columns), got shape {values.shape}"
-            )
-        values = values.astype(np.float64)
-    elif suffix in (".parquet", ".pq"):
-        values, names = _read_parquet(path)
-    else:
-        values, names = _read_csv(path, compressed, "\t" if suffix == ".tsv" else ",")
-    if len(values) == 0:
-        raise CLIError(f"{path} has no data rows")
-    bad = ~np.isfinite(values)
-    if bad.any():
-        column = int(np.flatnonzero(bad.any(axis=0))[0])
-        rows = np.flatnonzero(bad[:, column])
-        label = names[column] if names is not None else f"x{column}"
-        kind = "missing values (NaN)" if np.isnan(values[rows[0], column]) else "infinite values"
-        raise CLIError(
-            f"{path}: column {label!r} has {kind} in {_count(rows.size, 'row')} (first at data row "
-            f"{rows[0] + 1}); impute or drop them first"
-        )
-    return values, names
+    """Deprecated: use :func:`normflows_sci.io.read_table` (which raises
+    :class:`~normflows_sci.io.TableFileError`, a ``ValueError``); this one raises
+    :class:`CLIError` with the same message, as before."""
+    warnings.warn(
+        "normflows_sci.cli.read_table is deprecated: use normflows_sci.io.read_table",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    try:
+        return files.read_table(path, what=what)
+    except files.TableFileError as error:
+        raise CLIError(str(error)) from None
 
 
 # ---------------------------------------------------------------------------------- writing data
@@ -230,8 +107,6 @@ def _check_output(path: Path, option: str) -> None:
 def _write_output(path: str | os.PathLike, data: bytes, option: str = "-o") -> Path:
     """Write ``data`` to ``path`` atomically (temporary file + rename). Devices and pipes such as
     /dev/null are written directly: renaming over them would replace the device itself."""
-    from normflows_sci.io import atomic_write
-
     path = Path(path)
     _check_output(path, option)
     if _special_file(path):
@@ -267,8 +142,6 @@ def _write_table(values: np.ndarray, names: Sequence[str], output: str | None) -
 
 
 def _load_model(path: str):
-    from normflows_sci.estimator import DensityEstimator
-
     if not Path(path).exists():
         raise CLIError(f"MODEL file not found: {path}")
     return DensityEstimator.load(path)
@@ -351,22 +224,6 @@ def _parse_discrete(items: Sequence[str] | None, names: list[str]):
     return _column_keys(items, names, "--discrete")
 
 
-def _gaussian_held_out(train, held_out, names, est) -> float:
-    """Held-out score of a Gaussian on the same footing as the flow: integer columns scored per
-    integer cell, and conditional on the context columns when the model is."""
-    from normflows_sci.baselines import GaussianBaseline
-
-    info = est.info()
-    discrete = [names.index(c) for c in info.get("discrete_columns", [])]
-    joint = GaussianBaseline(discrete=discrete).fit(train)
-    scores = joint.score_samples(held_out)
-    context = [names.index(c) for c in est.context_columns_]
-    if context:  # log p(y | x) = log p(x, y) - log p(x), exact for a joint Gaussian
-        marginal = GaussianBaseline().fit(train[:, context])
-        scores = scores - marginal.score_samples(held_out[:, context])
-    return float(np.mean(scores))
-
-
 def _model_samples(est, data: np.ndarray, names: list[str], seed) -> tuple[np.ndarray, np.ndarray]:
     """``(data targets, model samples)`` for plots; conditional models sample at data contexts."""
     rng = np.random.default_rng(seed)
@@ -398,8 +255,6 @@ def _write_plots(folder: str, est, data: np.ndarray, names: list[str], title: st
 
 
 def _new_estimator(args, **options):
-    from normflows_sci.estimator import DensityEstimator
-
     return DensityEstimator(
         flow=args.flow,
         max_epochs=args.max_epochs,
@@ -414,7 +269,7 @@ def _new_estimator(args, **options):
 
 
 def _cmd_fit(args) -> int:
-    values, file_names = read_table(args.data)
+    values, file_names = _read(args.data)
     names = file_names if file_names is not None else _default_names(values.shape[1])
     options = dict(
         bounds=_parse_bounds(args.bounds, names),
@@ -426,10 +281,9 @@ def _cmd_fit(args) -> int:
     if _special_file(output):
         raise CLIError(f"-o {output} is not a regular file: give a path for the model file")
     rows = len(values)
-    rng = np.random.default_rng(args.seed)
-    order = rng.permutation(rows)
-    held = max(1, round(VALIDATION_FRACTION * rows)) if rows >= 20 else 0
-    held_out, train = values[order[:held]], values[order[held:]]
+    train_rows, held_rows = validation_split(rows, VALIDATION_FRACTION, args.seed)
+    held = len(held_rows)
+    held_out, train = values[held_rows], values[train_rows]
     est = _new_estimator(args, **options)
     est.fit(train, X_val=held_out if held else None, columns=names)
     saved = est.save(output)
@@ -445,7 +299,12 @@ def _cmd_fit(args) -> int:
     )
     if held:
         flow_score = est.score(held_out)
-        gauss_score = _gaussian_held_out(train, held_out, names, est)
+        gauss_score = gaussian_held_out_score(
+            train,
+            held_out,
+            discrete=[names.index(c) for c in info.get("discrete_columns", [])],
+            context=[names.index(c) for c in est.context_columns_],
+        )
         kind = "conditional " if est.context_columns_ else ""
         print(f"  held-out mean {kind}log-likelihood (nats per row, higher is better):")
         print(f"    flow      {flow_score:12.4f}")
@@ -453,7 +312,7 @@ def _cmd_fit(args) -> int:
             f"    Gaussian  {gauss_score:12.4f}   (flow - Gaussian: {flow_score - gauss_score:+.4f})"
         )
     else:
-        print("  no held-out summary: fewer than 20 rows")
+        print(f"  no held-out summary: fewer than {MIN_ROWS_FOR_VALIDATION} rows")
     print(f"model saved to {saved if saved is not None else output}")
     if args.plots:
         _write_plots(
@@ -464,7 +323,7 @@ def _cmd_fit(args) -> int:
 
 def _default_model_path(data: Path) -> Path:
     name = data.name
-    suffix, compressed = _suffixes(data)
+    suffix, compressed = table_format(data)
     if compressed:
         name = name[: -len(".gz")]
     if suffix and name.lower().endswith(suffix):
@@ -474,7 +333,7 @@ def _default_model_path(data: Path) -> Path:
 
 def _cmd_score(args) -> int:
     est = _load_model(args.model)
-    values, names = read_table(args.data)
+    values, names = _read(args.data)
     X = _align(values, names, est.columns_, args.data)
     log_density = est.score_samples(X)
     _write_table(log_density[:, None], ["log_density"], args.output)
@@ -495,7 +354,7 @@ def _cmd_sample(args) -> int:
                 f"the model is conditional on {', '.join(est.context_columns_)}: give "
                 "--context FILE with those columns (one or more rows)"
             )
-        values, names = read_table(args.context, what="--context")
+        values, names = _read(args.context, what="--context")
         context = _align(values, names, est.context_columns_, args.context)
         context = np.repeat(context, args.num_samples or 1, axis=0)
         samples = np.asarray(est.sample(context=context, random_state=args.seed), dtype=float)
@@ -540,7 +399,6 @@ def _cmd_info(args) -> int:
 
 
 def _cmd_demo(args) -> int:
-    from normflows_sci.baselines import GaussianBaseline, GaussianMixtureBaseline
     from normflows_sci.datasets import load_dataset
 
     dataset = load_dataset(args.dataset)
@@ -571,19 +429,7 @@ def _cmd_demo(args) -> int:
     epochs = len(est.history_["epoch"])
     results.append((f"normalizing flow ({args.flow}, {epochs} epochs)", est.score(test), flow_time))
 
-    started = time.perf_counter()
-    gauss = GaussianBaseline(discrete=discrete).fit(train)
-    results.append(("Gaussian (full covariance)", gauss.score(test), time.perf_counter() - started))
-
-    started = time.perf_counter()
-    mixture = GaussianMixtureBaseline(discrete=discrete, random_state=args.seed).fit(train)
-    results.append(
-        (
-            f"Gaussian mixture ({mixture.components_} components)",
-            mixture.score(test),
-            time.perf_counter() - started,
-        )
-    )
+    results += baseline_scores(train, test, discrete=discrete, random_state=args.seed)
 
     width = max(len(r[0]) for r in results)
     gaussian = results[1][1]
@@ -659,8 +505,6 @@ def _add_training_options(parser, *, max_time_default, seed_default: int) -> Non
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``normflows-sci`` (exposed for documentation tools)."""
-    from normflows_sci import __version__
-
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Normalizing-flow density estimation for tables: exact log-densities in the "
@@ -669,7 +513,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_fit(commands)
+    _add_score(commands)
+    _add_sample(commands)
+    _add_info(commands)
+    _add_demo(commands)
+    return parser
 
+
+def _add_fit(commands) -> None:
+    """The ``fit`` command."""
     fit = commands.add_parser(
         "fit",
         help="fit a flow to a table and save the model",
@@ -706,6 +559,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fit.set_defaults(handler=_cmd_fit)
 
+
+def _add_score(commands) -> None:
+    """The ``score`` command."""
     score = commands.add_parser(
         "score",
         help="log-density of each row of a table",
@@ -720,6 +576,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     score.set_defaults(handler=_cmd_score)
 
+
+def _add_sample(commands) -> None:
+    """The ``sample`` command."""
     sample = commands.add_parser(
         "sample",
         help="draw rows from a model",
@@ -734,10 +593,16 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--context", metavar="FILE", help="context rows for a conditional model")
     sample.set_defaults(handler=_cmd_sample)
 
+
+def _add_info(commands) -> None:
+    """The ``info`` command."""
     info = commands.add_parser("info", help="print a model summary as JSON")
     info.add_argument("model", metavar="MODEL")
     info.set_defaults(handler=_cmd_info)
 
+
+def _add_demo(commands) -> None:
+    """The ``demo`` command."""
     from normflows_sci.datasets import DEFAULT_DATASET, list_datasets
 
     demo = commands.add_parser(
@@ -761,7 +626,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_training_options(demo, max_time_default=DEMO_MAX_TIME, seed_default=0)
     demo.set_defaults(handler=_cmd_demo)
-    return parser
 
 
 # ----------------------------------------------------------------------------------------- main

@@ -1,4 +1,5 @@
-"""Model files: a JSON config plus tensors, in one zip archive, written atomically.
+"""Files: models (a JSON config plus tensors, in one zip archive, written atomically) and data
+tables (CSV, ``.npy`` or Parquet, read by :func:`read_table`).
 
 Layout (``format_version`` 1)::
 
@@ -23,6 +24,8 @@ target; the next write to the same target removes those of writers that are gone
 
 from __future__ import annotations
 
+import csv
+import gzip
 import hashlib
 import io
 import json
@@ -52,6 +55,9 @@ __all__ = [
     "atomic_write",
     "read_torch",
     "data_fingerprint",
+    "read_table",
+    "table_format",
+    "TableFileError",
 ]
 
 FORMAT = "normflows_sci.model"
@@ -438,3 +444,174 @@ def load_model(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
         raise ValueError(f"{path} has damaged weights: expected a dict of named tensors")
     _check_finite_tensors(tensors, f"{path}: member weights.pt")
     return config, tensors
+
+
+# ------------------------------------------------------------------------------------ tables
+
+
+class TableFileError(ValueError):
+    """A data file that cannot be read as a numeric table; the message names the file (and the
+    line and column at fault where there is one)."""
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" + ("" if number == 1 else "s")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def table_format(path: str | os.PathLike) -> tuple[str, bool]:
+    """``(format suffix, gzip-compressed)`` of a data file's name, as :func:`read_table` reads it.
+
+    Example:
+        >>> table_format("runs/data.CSV.gz"), table_format("x.npy")
+        (('.csv', True), ('.npy', False))
+    """
+    path = Path(path)
+    suffixes = [s.lower() for s in path.suffixes]
+    compressed = bool(suffixes) and suffixes[-1] == ".gz"
+    if compressed:
+        suffixes = suffixes[:-1]
+    return (suffixes[-1] if suffixes else ""), compressed
+
+
+def _read_csv(path: Path, compressed: bool, delimiter: str) -> tuple[np.ndarray, list[str] | None]:
+    opener = gzip.open if compressed else open
+    try:
+        with opener(path, "rt", newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle, delimiter=delimiter)
+            header = next(reader, None)
+            header_line = reader.line_num
+            rows = [(reader.line_num, row) for row in reader if any(c.strip() for c in row)]
+    except UnicodeDecodeError:
+        raise TableFileError(f"{path} is not a text CSV file (it is not UTF-8 text)") from None
+    except (csv.Error, gzip.BadGzipFile, EOFError) as error:
+        raise TableFileError(f"{path} is not a readable CSV file: {error}") from None
+    if header is None or not any(c.strip() for c in header):
+        raise TableFileError(f"{path} is empty")
+    names: list[str] | None = [c.strip() for c in header]
+    if all(_is_number(c) for c in names):
+        # No header row: the first line is data.
+        rows.insert(0, (header_line, header))
+        names = None
+    else:
+        for position, name in enumerate(names):
+            if not name:
+                raise TableFileError(f"{path}: header column {position + 1} has no name")
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        if duplicated:
+            raise TableFileError(f"{path}: duplicate column names in the header: {duplicated}")
+    width = len(header)
+    if not rows:
+        raise TableFileError(f"{path} has a header but no data rows")
+    for line, row in rows:
+        if len(row) != width:
+            raise TableFileError(
+                f"{path}, line {line}: {len(row)} fields, but the header has {width}"
+            )
+    try:
+        values = np.array([row for _, row in rows], dtype=np.float64)
+    except ValueError:
+        values = None
+    if values is None:  # find the first offending cell for a precise message
+        for line, row in rows:
+            for j, cell in enumerate(row):
+                if not _is_number(cell):
+                    column = names[j] if names is not None else f"x{j}"
+                    what = "missing value (empty field)" if not cell.strip() else f"{cell!r}"
+                    raise TableFileError(
+                        f"{path}, line {line}, column {column!r}: {what} is not a number"
+                    )
+        raise TableFileError(f"{path} is not a numeric table")  # pragma: no cover - defensive
+    return values, names
+
+
+def _read_parquet(path: Path) -> tuple[np.ndarray, list[str]]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise TableFileError(
+            f"reading Parquet ({path.name}) needs pyarrow, which is not installed: "
+            "pip install pyarrow (or convert the file to CSV)"
+        ) from None
+    try:
+        table = pq.read_table(path)
+    except Exception as error:  # pyarrow raises its own exception types for damaged files
+        raise TableFileError(f"{path} is not a readable Parquet file: {error}") from None
+    names = [str(n) for n in table.column_names]
+    columns = []
+    for name, column in zip(names, table.columns):
+        try:
+            columns.append(np.asarray(column.to_numpy(zero_copy_only=False), dtype=np.float64))
+        except (TypeError, ValueError):
+            raise TableFileError(
+                f"{path}: column {name!r} is not numeric ({column.type})"
+            ) from None
+    if not columns:
+        raise TableFileError(f"{path} has no columns")
+    return np.column_stack(columns), names
+
+
+def read_table(path: str | os.PathLike, *, what: str = "DATA") -> tuple[np.ndarray, list | None]:
+    """Read a numeric table from CSV (header row), ``.npy`` or Parquet, checked for NaN/inf.
+
+    Args:
+        path: the file; the format follows the extension (``.npy``, ``.parquet``/``.pq``,
+            ``.tsv``, anything else is read as comma-separated text; ``.gz`` for compressed text).
+        what: how the file is named in error messages.
+
+    Returns:
+        ``(values, names)``: float64 ``(rows, columns)`` and the column names (``None`` for
+        ``.npy`` files and CSV files without a header row: a first row of numbers is data).
+
+    Raises:
+        TableFileError: missing or unreadable file, non-numeric cells, ragged rows, NaN or inf
+            values (naming the file, and the line and column where there is one).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise TableFileError(f"{what} file not found: {path}")
+    if path.is_dir():
+        raise TableFileError(f"{what} is a folder, not a data file: {path}")
+    suffix, compressed = table_format(path)
+    names: list[str] | None = None
+    if suffix == ".npy" and not compressed:
+        with open(path, "rb") as handle:
+            if handle.read(6) != b"\x93NUMPY":
+                raise TableFileError(f"{path} is not a .npy file (no NumPy header)")
+        try:
+            values = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as error:
+            raise TableFileError(f"{path} is not a readable .npy array: {error}") from None
+        if not (np.issubdtype(values.dtype, np.number) or values.dtype == bool):
+            raise TableFileError(f"{path} holds {values.dtype} values, not numbers")
+        if values.ndim == 1:
+            values = values[:, None]
+        if values.ndim != 2:
+            raise TableFileError(
+                f"{path} must hold a 2-D array (rows, columns), got shape {values.shape}"
+            )
+        values = values.astype(np.float64)
+    elif suffix in (".parquet", ".pq"):
+        values, names = _read_parquet(path)
+    else:
+        values, names = _read_csv(path, compressed, "\t" if suffix == ".tsv" else ",")
+    if len(values) == 0:
+        raise TableFileError(f"{path} has no data rows")
+    bad = ~np.isfinite(values)
+    if bad.any():
+        column = int(np.flatnonzero(bad.any(axis=0))[0])
+        rows = np.flatnonzero(bad[:, column])
+        label = names[column] if names is not None else f"x{column}"
+        kind = "missing values (NaN)" if np.isnan(values[rows[0], column]) else "infinite values"
+        raise TableFileError(
+            f"{path}: column {label!r} has {kind} in {_count(rows.size, 'row')} (first at data row "
+            f"{rows[0] + 1}); impute or drop them first"
+        )
+    return values, names
