@@ -230,3 +230,36 @@ def test_bad_mixture_arguments():
         GaussianMixtureBaseline(5).fit(np.zeros((3, 2)))
     with pytest.raises(ValueError, match="X_val must have 2 features"):
         GaussianMixtureBaseline().fit(np.zeros((30, 2)), X_val=np.zeros((5, 3)))
+
+
+# ------------------------------------------------------------- held-out comparisons (issue 19)
+
+
+def test_gaussian_held_out_score_is_conditional_on_context_and_per_cell_on_integers():
+    from normflows_sci.baselines import GaussianBaseline, gaussian_held_out_score
+
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=6000)
+    table = np.column_stack([x, 2.0 * x + 0.5 * rng.normal(size=6000)])
+    train, test = table[:5000], table[5000:]
+    conditional = gaussian_held_out_score(train, test, context=[0])
+    # y | x ~ N(2x, 0.25): mean log-density -0.5 log(2 pi 0.25) - 0.5
+    assert conditional == pytest.approx(-0.5 * np.log(2 * np.pi * 0.25) - 0.5, abs=0.05)
+    joint = gaussian_held_out_score(train, test)
+    assert joint - conditional == pytest.approx(-0.5 * np.log(2 * np.pi) - 0.5, abs=0.05)
+    counts = np.column_stack([x, rng.poisson(3.0, size=6000)])
+    per_cell = GaussianBaseline(discrete=[1]).fit(counts[:5000]).score(counts[5000:])
+    assert gaussian_held_out_score(counts[:5000], counts[5000:], discrete=[1]) == per_cell
+
+
+def test_baseline_scores_fit_both_baselines_on_the_same_rows():
+    from normflows_sci.baselines import GaussianMixtureBaseline, baseline_scores
+
+    rng = np.random.default_rng(6)
+    X = np.concatenate([rng.normal(-4, 1, size=(400, 1)), rng.normal(4, 1, size=(400, 1))])
+    X = X[rng.permutation(800)]
+    rows = baseline_scores(X[:600], X[600:], random_state=0)
+    assert [label.split(" (")[0] for label, _, _ in rows] == ["Gaussian", "Gaussian mixture"]
+    mixture = GaussianMixtureBaseline(random_state=0).fit(X[:600])
+    assert rows[1][1] == mixture.score(X[600:]) and rows[1][1] > rows[0][1] + 0.3
+    assert all(seconds >= 0 for _, _, seconds in rows)

@@ -361,3 +361,62 @@ def test_demo_defaults():
     args = build_parser().parse_args(["demo"])
     assert args.dataset == DEFAULT_DATASET
     assert args.max_time == DEMO_MAX_TIME and args.max_epochs is None and args.seed == 0
+
+
+# ------------------------------------------------------------- one place per concept (issue 19)
+
+
+def test_table_reading_lives_in_io_and_the_cli_name_is_a_deprecated_alias(tmp_path):
+    from normflows_sci import cli
+    from normflows_sci import io as nio
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b\n1,2\n3,x\n")
+    with pytest.raises(nio.TableFileError, match=r"bad\.csv, line 3, column 'b': 'x' is not"):
+        nio.read_table(bad)
+    assert issubclass(nio.TableFileError, ValueError)
+    with pytest.warns(DeprecationWarning, match=r"use normflows_sci\.io\.read_table"):
+        with pytest.raises(cli.CLIError, match="line 3"):  # the exception callers caught before
+            cli.read_table(bad)
+    good = tmp_path / "good.csv"
+    good.write_text("a,b\n1,2\n")
+    with pytest.warns(DeprecationWarning):
+        values, names = cli.read_table(good)
+    assert names == ["a", "b"] and values.tolist() == [[1.0, 2.0]]
+
+
+def test_flow_choices_come_from_the_estimator_registry(monkeypatch):
+    from normflows_sci import estimator
+    from normflows_sci.cli import build_parser
+    from normflows_sci.flows import NSF
+
+    monkeypatch.setitem(estimator.FLOWS, "nsf_copy", NSF)
+    args = build_parser().parse_args(["fit", "data.csv", "--flow", "nsf_copy"])
+    assert args.flow == "nsf_copy"
+    assert estimator.DensityEstimator(flow="nsf_copy").flow == "nsf_copy"
+
+
+def test_version_has_one_leaf_source_read_by_setup_and_model_files():
+    import ast
+    from pathlib import Path
+
+    import normflows_sci
+    from normflows_sci import _version
+    from normflows_sci import io as nio
+
+    assert normflows_sci.__version__ is _version.__version__
+    root = Path(normflows_sci.__file__).parent
+    setup = (root.parent / "setup.cfg").read_text()
+    assert "version = attr: normflows_sci._version.__version__" in setup
+    assert not [
+        n
+        for n in ast.walk(ast.parse(Path(_version.__file__).read_text()))
+        if isinstance(n, (ast.Import, ast.ImportFrom))
+    ]
+    # io records the version in model files without importing the package root (a cycle).
+    upward = [
+        node.lineno
+        for node in ast.walk(ast.parse(Path(nio.__file__).read_text()))
+        if isinstance(node, ast.ImportFrom) and node.module == "normflows_sci"
+    ]
+    assert upward == []

@@ -207,3 +207,50 @@ def test_transformer_and_continuous_flows_as_estimator_models(flow, tmp_path):
     again = DensityEstimator.load(tmp_path / "model.nfs")
     np.testing.assert_allclose(again.score_samples(x[200:]), scores, rtol=1e-5, atol=1e-5)
     assert again.sample(4, random_state=0).shape == (4, 3)
+
+
+# ----------------------------------------------------------------- the spec and the split (issue 19)
+
+V1_SPEC_KEYS = {
+    "columns", "context_columns", "target_columns", "discrete", "step", "origin", "lower", "upper",
+    "lower_effective", "upper_effective", "tail_df", "flow", "transforms", "hidden_features",
+    "bins", "frame",
+}  # fmt: skip
+
+
+def test_spec_is_a_frozen_table_spec_stored_under_the_format_1_keys(tmp_path):
+    import dataclasses
+    import json
+    import zipfile
+
+    from normflows_sci.estimator import TableSpec
+
+    rng = np.random.default_rng(8)
+    X = np.column_stack([5.0 * rng.poisson(3.0, size=300), rng.uniform(size=300)])
+    est = DensityEstimator(discrete="auto", bounds="auto", **QUICK).fit(X)
+    spec = est.spec_
+    assert isinstance(spec, TableSpec) and spec.step == (5.0, 0.0) and spec.upper == (None, 1.0)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.step = (1.0, 0.0)
+    with pytest.warns(DeprecationWarning, match=r"use spec_\.step"):
+        assert spec["step"] == [5.0, 0.0]  # the dict access of earlier versions, as a list
+    path = est.save(tmp_path / "model.nfs")
+    config = json.loads(zipfile.ZipFile(path).read("config.json"))
+    assert config["format_version"] == 1 and set(config["spec"]) == V1_SPEC_KEYS
+    assert TableSpec.from_dict(config["spec"]) == spec
+    assert DensityEstimator.load(path).spec_ == spec
+
+
+def test_validation_split_is_the_split_fit_makes():
+    from normflows_sci.estimator import validation_split
+
+    assert [len(v) for v in validation_split(19, 0.1, seed=0)] == [19, 0]  # too few rows
+    assert [len(v) for v in validation_split(20, 0.1, seed=0)] == [18, 2]
+    assert [len(v) for v in validation_split(500, 0.0, seed=0)] == [500, 0]
+    train, held_out = validation_split(200, 0.1, seed=0)
+    assert sorted(np.concatenate([train, held_out]).tolist()) == list(range(200))
+    X = np.random.default_rng(9).normal(size=(200, 2))
+    inner = DensityEstimator(**QUICK).fit(X)
+    outer = DensityEstimator(**QUICK).fit(X[train], X_val=X[held_out])
+    assert inner.history_["val_loss"] == outer.history_["val_loss"]
+    np.testing.assert_array_equal(inner.score_samples(X[:20]), outer.score_samples(X[:20]))
