@@ -103,7 +103,7 @@ def test_run_distributed_rejects_a_bad_checkpoint_on_every_rank_before_sampling(
     def collective(*args, **kwargs):
         raise AssertionError("sampling started after a rejected checkpoint")
 
-    monkeypatch.setattr(distributed, "_distributed", lambda: (0, 2))
+    monkeypatch.setattr(distributed, "rank_and_world", lambda: (0, 2))
     monkeypatch.setattr(torch.distributed, "all_gather_object", all_gather_object)
     monkeypatch.setattr(torch.distributed, "all_gather", collective)
     with pytest.raises(ValueError, match=r"chains-0\.pt"):

@@ -20,6 +20,7 @@ import os
 import warnings
 from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -27,7 +28,7 @@ from torch import Tensor, nn
 
 from normflows_sci._distributed import rank_and_world
 from normflows_sci.samplers.kernels import Kernel
-from normflows_sci.samplers.run import Trace, _positive_int, _read_resume, run
+from normflows_sci.samplers.run import Trace, check_count, read_resume, run
 
 __all__ = ["run_distributed"]
 
@@ -243,7 +244,7 @@ def _check_resumable(path, kernel, state, generator, num_steps, num_warmup, thin
     if generator is None:
         generator = torch.Generator(device=kernel.position(state).device)
     options = dict(num_warmup=num_warmup, thin=thin)
-    _read_resume(path, kernel, state, generator, options, num_steps + num_warmup)
+    read_resume(path, kernel, state, generator, options, num_steps + num_warmup)
 
 
 def _agree(gathered: list[dict]) -> None:
@@ -393,27 +394,56 @@ def run_distributed(
         chains = int(kernel.position(trace.state).shape[0])
         trace.extras.update(_local_extras(0, [chains], [None if generator is not None else seed]))
         return trace
+    call = _Call(x0, split, seed, generator, checkpoint, resume)
+    numbers = (num_steps, num_warmup, thin, checkpoint_every)
+    state, path, gathered = _exchange_inputs(kernel, call, numbers, rank, world)
+    counts = [f["chains"] for f in gathered]
+    if generator is not None:
+        seeds: list[int | None] = [None] * world
+    else:
+        base = seed if seed is not None else gathered[0]["seed"]
+        seeds = [_rank_seed(base, r) for r in range(world)]
+    # 2. Learning kernels: one flow for all ranks, trained on every rank's chains.
+    flows, optimizers = _learners(kernel)
+    if flows or optimizers:
+        _broadcast_learners(flows, optimizers)
+        if isinstance(x0, Tensor):
+            # init may have set data-dependent parameters (ActNorm) from the local shard and
+            # cached flow densities; start again from the broadcast flow.
+            state = kernel.init(torch.tensor_split(x0, world)[rank] if split else x0)
+    with _averaged_gradients(optimizers, counts[rank] / sum(counts)):
+        trace = run(kernel, state, num_steps, seed=seeds[rank], generator=generator, checkpoint=path, **options)  # fmt: skip
+    return _gather_trace(trace, flows, rank, counts, seeds)
 
-    # 1. Every rank checks its inputs; the outcome is exchanged before any other collective, so a
-    # bad call fails on all ranks with one message instead of leaving the others waiting.
-    state, facts = None, {}
+
+class _Call(NamedTuple):
+    """The arguments of a :func:`run_distributed` call that the collective steps need."""
+
+    x0: object
+    split: bool
+    seed: int | None
+    generator: torch.Generator | None
+    checkpoint: object
+    resume: bool
+
+
+def _exchange_inputs(kernel, call: _Call, numbers: tuple, rank: int, world: int):
+    """Step 1: every rank checks its inputs; the outcome is exchanged before any other
+    collective, so a bad call fails on all ranks with one message instead of leaving the others
+    waiting. Returns ``(state, checkpoint path, every rank's facts)``."""
+    state, facts, path = None, {}, None
     try:
+        minimums = (("num_steps", 0), ("num_warmup", 0), ("thin", 1), ("checkpoint_every", 1))
         numbers = tuple(
-            _positive_int(name, value, minimum)
-            for name, value, minimum in (
-                ("num_steps", num_steps, 0),
-                ("num_warmup", num_warmup, 0),
-                ("thin", thin, 1),
-                ("checkpoint_every", checkpoint_every, 1),
-            )
+            check_count(name, value, minimum) for (name, minimum), value in zip(minimums, numbers)
         )
-        path = _checkpoint_path(checkpoint, rank, world)
-        state, facts = _prepare(kernel, x0, split, rank, world, seed, generator)
+        path = _checkpoint_path(call.checkpoint, rank, world)
+        state, facts = _prepare(kernel, call.x0, call.split, rank, world, call.seed, call.generator)
         facts.update(zip(("num_steps", "num_warmup", "thin"), numbers))
-        facts.update(split=bool(split), resume=bool(resume))
-        facts["resuming"] = bool(resume and path is not None and os.path.exists(path))
+        facts.update(split=bool(call.split), resume=bool(call.resume))
+        facts["resuming"] = bool(call.resume and path is not None and os.path.exists(path))
         if facts["resuming"]:
-            _check_resumable(path, kernel, state, generator, *numbers[:3])
+            _check_resumable(path, kernel, state, call.generator, *numbers[:3])
     except Exception as error:  # reported on every rank by _agree
         facts = {"error": (type(error).__name__, str(error))}
         local_error = error
@@ -427,27 +457,13 @@ def run_distributed(
         if local_error is not None:
             raise local_error from error
         raise
-    counts = [f["chains"] for f in gathered]
-    if generator is not None:
-        seeds: list[int | None] = [None] * world
-    else:
-        base = seed if seed is not None else gathered[0]["seed"]
-        seeds = [_rank_seed(base, r) for r in range(world)]
+    return state, path, gathered
 
-    # 2. Learning kernels: one flow for all ranks, trained on every rank's chains.
-    flows, optimizers = _learners(kernel)
-    if flows or optimizers:
-        _broadcast_learners(flows, optimizers)
-        if isinstance(x0, Tensor):
-            # init may have set data-dependent parameters (ActNorm) from the local shard and
-            # cached flow densities; start again from the broadcast flow.
-            local = torch.tensor_split(x0, world)[rank] if split else x0
-            state = kernel.init(local)
 
-    with _averaged_gradients(optimizers, counts[rank] / sum(counts)):
-        trace = run(kernel, state, num_steps, seed=seeds[rank], generator=generator, checkpoint=path, **options)  # fmt: skip
-
-    # 3. Gather: one trace with every chain, in rank order, on every rank.
+def _gather_trace(trace: Trace, flows, rank: int, counts: list, seeds: list) -> Trace:
+    """Step 3: one trace with every chain, in rank order, on every rank (checking that the ranks
+    finished alike and kept the same flow)."""
+    world = len(counts)
     summary = dict(
         kept=int(trace.samples.shape[0]),
         acceptance=sorted(trace.acceptance),
@@ -468,7 +484,7 @@ def run_distributed(
             "non-deterministic operation or data-dependent state outside the optimizer); each "
             "rank's chains are still valid for the target, but ranks used different proposals",
             RuntimeWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
     extras = {**trace.extras, **_local_extras(rank, counts, seeds)}
     extras["seconds_per_rank"] = tuple(s["seconds"][0] for s in summaries)

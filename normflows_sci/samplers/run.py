@@ -6,6 +6,7 @@ import os
 import time
 import warnings
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -47,7 +48,28 @@ class Trace:
         return sum(rates) / len(rates) if rates else float("nan")
 
 
-def _positive_int(name: str, value, minimum: int = 1) -> int:
+class _Plan(NamedTuple):
+    """The validated schedule of a :func:`run`."""
+
+    num_steps: int
+    num_warmup: int
+    thin: int
+    checkpoint: str | os.PathLike | None
+    checkpoint_every: int
+    trace_device: torch.device | str | None
+
+    @property
+    def total(self) -> int:
+        return self.num_warmup + self.num_steps
+
+    @property
+    def options(self) -> dict:
+        """What a checkpoint must have been written with to be resumed."""
+        return dict(num_warmup=self.num_warmup, thin=self.thin)
+
+
+def check_count(name: str, value, minimum: int = 1) -> int:
+    """``value`` as an int, or a ``ValueError`` naming ``name`` unless an integer >= ``minimum``."""
     if isinstance(value, bool) or int(value) != value or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
@@ -154,7 +176,7 @@ def _check_record(saved: dict, fail, position: Tensor, expected: int) -> None:
         fail("memory must be a dict")
 
 
-def _read_resume(path, kernel, state, generator, options: dict, total: int) -> tuple:
+def read_resume(path, kernel, state, generator, options: dict, total: int) -> tuple:
     """``(saved, fail)``: the checkpoint at ``path`` read and validated for a run that starts
     from ``state`` with ``options`` (``num_warmup``, ``thin``), ``total`` steps and
     ``generator``; nothing is restored yet. Every problem is a ``ValueError`` naming the file."""
@@ -176,9 +198,9 @@ def _read_resume(path, kernel, state, generator, options: dict, total: int) -> t
 
 
 def _resume(path, kernel, state, generator, options: dict, total: int, trace_device) -> tuple:
-    """``(state, record, step)`` saved at ``path`` (see :func:`_read_resume`), with the
+    """``(state, record, step)`` saved at ``path`` (see :func:`read_resume`), with the
     generator and the kernel's parameters restored."""
-    saved, fail = _read_resume(path, kernel, state, generator, options, total)
+    saved, fail = read_resume(path, kernel, state, generator, options, total)
     generator.set_state(saved["generator"].to(device="cpu", dtype=torch.uint8))
     if "kernel" in saved:
         try:
@@ -252,30 +274,44 @@ def run(
         >>> trace.samples.shape, trace.acceptance["local"].shape
         (torch.Size([20, 8, 2]), torch.Size([8]))
     """
-    num_steps = _positive_int("num_steps", num_steps, 0)
-    num_warmup = _positive_int("num_warmup", num_warmup, 0)
-    thin = _positive_int("thin", thin)
-    checkpoint_every = _positive_int("checkpoint_every", checkpoint_every)
+    plan = _Plan(
+        num_steps=check_count("num_steps", num_steps, 0),
+        num_warmup=check_count("num_warmup", num_warmup, 0),
+        thin=check_count("thin", thin),
+        checkpoint=checkpoint,
+        checkpoint_every=check_count("checkpoint_every", checkpoint_every),
+        trace_device=trace_device,
+    )
     state = kernel.init(x0) if isinstance(x0, Tensor) else x0
-    device = kernel.position(state).device
     if generator is None:
-        generator = torch.Generator(device=device)
+        generator = torch.Generator(device=kernel.position(state).device)
         generator.manual_seed(torch.seed() % 2**62 if seed is None else seed)
-    record: dict = dict(
+    record, start_step = _new_record(), 0
+    if checkpoint is not None and resume and os.path.exists(checkpoint):
+        state, record, start_step = _resume(
+            checkpoint, kernel, state, generator, plan.options, plan.total, trace_device
+        )
+    state = _sample(kernel, state, generator, record, plan, start_step, progress)
+    return _trace(kernel, state, record, plan)
+
+
+def _new_record() -> dict:
+    """The progress of a run (what a checkpoint saves besides the state): the adaptation memory,
+    kept samples, per-chain acceptance sums and timings by phase."""
+    return dict(
         memory={},
         kept=[],
         kept_log_prob=[],
         sums={"warmup": {}, "production": {}},
         seconds={"warmup": 0.0, "production": 0.0},
     )
-    start_step, total = 0, num_warmup + num_steps
-    options = dict(num_warmup=num_warmup, thin=thin)
-    if checkpoint is not None and resume and os.path.exists(checkpoint):
-        state, record, start_step = _resume(
-            checkpoint, kernel, state, generator, options, total, trace_device
-        )
-    memory, kept, kept_log_prob = record["memory"], record["kept"], record["kept_log_prob"]
-    sums, seconds = record["sums"], record["seconds"]
+
+
+def _sample(kernel, state, generator, record: dict, plan: _Plan, start_step: int, progress: bool):
+    """Steps ``start_step`` to ``plan.total`` of the run: warm-up (adapting), then production
+    (keeping every ``thin``-th position), with checkpoints. Returns the final state."""
+    memory, sums, seconds = record["memory"], record["sums"], record["seconds"]
+    num_warmup, total = plan.num_warmup, plan.total
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -292,27 +328,40 @@ def run(
             state = kernel.adapt(state, info, step, num_warmup, memory)
             if step + 1 == num_warmup:
                 _check_adapted(state)
-        elif (step - num_warmup + 1) % thin == 0:
-            position = kernel.position(state)
-            log_prob = kernel.position_log_prob(state)
-            if trace_device is not None:
-                position, log_prob = position.to(trace_device), log_prob.to(trace_device)
-            kept.append(position.detach().clone())
-            kept_log_prob.append(log_prob.detach().clone())
+        elif (step - num_warmup + 1) % plan.thin == 0:
+            _keep(kernel, state, record, plan.trace_device)
         now = time.perf_counter()
         seconds[phase] += now - clock
         clock = now
         if bar is not None:
             bar.update(1)
-        if checkpoint is not None and ((step + 1) % checkpoint_every == 0 or step + 1 == total):
-            _save(checkpoint, kernel, state, step + 1, generator, record, options)
+        if plan.checkpoint is not None and (
+            (step + 1) % plan.checkpoint_every == 0 or step + 1 == total
+        ):
+            _save(plan.checkpoint, kernel, state, step + 1, generator, record, plan.options)
             clock = time.perf_counter()
     if bar is not None:
         bar.close()
+    return state
+
+
+def _keep(kernel, state, record: dict, trace_device) -> None:
+    """Append the state's position and log-density to the kept samples (on ``trace_device``)."""
+    position = kernel.position(state)
+    log_prob = kernel.position_log_prob(state)
+    if trace_device is not None:
+        position, log_prob = position.to(trace_device), log_prob.to(trace_device)
+    record["kept"].append(position.detach().clone())
+    record["kept_log_prob"].append(log_prob.detach().clone())
+
+
+def _trace(kernel, state, record: dict, plan: _Plan) -> Trace:
+    """The :class:`Trace` of a finished run (warning about chains that never moved)."""
     position = kernel.position(state)
     chains = position.shape[0]
+    kept, sums = record["kept"], record["sums"]
     if kept:
-        samples, log_probs = torch.stack(kept), torch.stack(kept_log_prob)
+        samples, log_probs = torch.stack(kept), torch.stack(record["kept_log_prob"])
     else:
         samples = position.new_empty((0, *position.shape))
         log_probs = position.new_empty((0, chains))
@@ -320,14 +369,14 @@ def run(
     def rates(phase: str, count: int) -> dict[str, Tensor]:
         return {k: (v / max(count, 1)).to(position.dtype) for k, v in sums[phase].items()}
 
-    _warn_stuck(sums["production"], num_steps)
+    _warn_stuck(sums["production"], plan.num_steps)
     return Trace(
         samples=samples,
         log_prob=log_probs,
-        acceptance=rates("production", num_steps),
-        warmup_acceptance=rates("warmup", num_warmup),
+        acceptance=rates("production", plan.num_steps),
+        warmup_acceptance=rates("warmup", plan.num_warmup),
         state=state,
-        seconds=seconds["production"],
-        warmup_seconds=seconds["warmup"],
-        thin=thin,
+        seconds=record["seconds"]["production"],
+        warmup_seconds=record["seconds"]["warmup"],
+        thin=plan.thin,
     )
