@@ -481,7 +481,7 @@ def _check_spread(layout: ColumnLayout, targets: np.ndarray, context: np.ndarray
         warnings.warn(
             f"context columns {constant} are constant in the {len(context)} training rows: "
             "the model cannot learn how the targets depend on them",
-            stacklevel=5,  # the user's fit call: _check_spread < plan_table < fit < user
+            stacklevel=4,  # the caller of fit: _check_spread < plan_table < fit < caller
         )
     return torch.where(std > 0, std, torch.ones_like(std))
 

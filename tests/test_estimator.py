@@ -254,3 +254,11 @@ def test_validation_split_is_the_split_fit_makes():
     outer = DensityEstimator(**QUICK).fit(X[train], X_val=X[held_out])
     assert inner.history_["val_loss"] == outer.history_["val_loss"]
     np.testing.assert_array_equal(inner.score_samples(X[:20]), outer.score_samples(X[:20]))
+
+
+def test_constant_context_column_warning_points_at_the_callers_fit():
+    rng = np.random.default_rng(10)
+    X = np.column_stack([np.full(100, 2.0), rng.normal(size=100)])
+    with pytest.warns(UserWarning, match=r"context columns \['x0'\] are constant") as caught:
+        DensityEstimator(context=[0], **{**QUICK, "max_epochs": 1}).fit(X)
+    assert [w.filename for w in caught if "constant" in str(w.message)] == [__file__]
