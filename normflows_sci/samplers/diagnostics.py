@@ -658,6 +658,57 @@ def _stat_tensor(name: str, value, draws: int, chains: int) -> Tensor:
     return value
 
 
+def _posterior_variables(samples, names) -> dict[str, Tensor]:
+    """The posterior variables of :func:`to_inference_data`: ``name -> (draws, chains, ...)``."""
+    if isinstance(samples, Mapping):
+        if names is not None:
+            raise ValueError(
+                "names must be None when samples is a mapping (its keys are the names)"
+            )
+        if not samples:
+            raise ValueError("samples must not be an empty mapping")
+        return {
+            str(k): _check_trace(v, name=f"samples[{k!r}]", min_draws=1) for k, v in samples.items()
+        }
+    x = _check_trace(samples, name="samples", min_draws=1)
+    if names is None or isinstance(names, str):
+        return {names or "x": x}
+    names = list(names)
+    if x.ndim < 3 or x.shape[-1] != len(names):
+        raise ValueError(
+            f"names must give one name per entry of the last event dimension "
+            f"of samples (shape {tuple(x.shape)}), got {len(names)} names"
+        )
+    if len(set(names)) != len(names) or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"names must be distinct strings, got {names!r}")
+    return {n: x[..., i] for i, n in enumerate(names)}
+
+
+def _sample_stats(log_prob, acceptance, draws: int, chains: int) -> tuple[dict, dict]:
+    """``(per_draw, per_chain)`` numpy sample statistics of :func:`to_inference_data`, in ArviZ's
+    naming and ``(chain, draw)`` / ``(chain,)`` layout."""
+    per_draw, per_chain = {}, {}
+    if log_prob is not None:
+        lp = _stat_tensor("log_prob", log_prob, draws, chains)
+        if lp.shape != (draws, chains):
+            raise ValueError(
+                f"log_prob must have shape (draws, chains) = ({draws}, {chains}), got "
+                f"{tuple(lp.shape)}"
+            )
+        per_draw["lp"] = _to_numpy(lp.movedim(0, 1))
+    if acceptance is not None:
+        items = acceptance.items() if isinstance(acceptance, Mapping) else [(None, acceptance)]
+        for kind, value in items:
+            key = "acceptance_rate" if kind is None else f"acceptance_rate_{kind}"
+            label = "acceptance" if kind is None else f"acceptance[{kind!r}]"
+            value = _stat_tensor(label, value, draws, chains)
+            if value.ndim == 2:
+                per_draw[key] = _to_numpy(value.movedim(0, 1))
+            else:
+                per_chain[key] = _to_numpy(value)
+    return per_draw, per_chain
+
+
 def to_inference_data(
     samples,
     log_prob: Tensor | None = None,
@@ -703,55 +754,13 @@ def to_inference_data(
     except ImportError as error:
         raise ImportError("to_inference_data needs ArviZ: pip install arviz") from error
 
-    if isinstance(samples, Mapping):
-        if names is not None:
-            raise ValueError(
-                "names must be None when samples is a mapping (its keys are the names)"
-            )
-        if not samples:
-            raise ValueError("samples must not be an empty mapping")
-        variables = {
-            str(k): _check_trace(v, name=f"samples[{k!r}]", min_draws=1) for k, v in samples.items()
-        }
-    else:
-        x = _check_trace(samples, name="samples", min_draws=1)
-        if names is None or isinstance(names, str):
-            variables = {names or "x": x}
-        else:
-            names = list(names)
-            if x.ndim < 3 or x.shape[-1] != len(names):
-                raise ValueError(
-                    f"names must give one name per entry of the last event dimension "
-                    f"of samples (shape {tuple(x.shape)}), got {len(names)} names"
-                )
-            if len(set(names)) != len(names) or not all(isinstance(n, str) for n in names):
-                raise ValueError(f"names must be distinct strings, got {names!r}")
-            variables = {n: x[..., i] for i, n in enumerate(names)}
+    variables = _posterior_variables(samples, names)
     shapes = {tuple(v.shape[:2]) for v in variables.values()}
     if len(shapes) != 1:
         raise ValueError(f"all samples must share (draws, chains), got {sorted(shapes)}")
     draws, chains = shapes.pop()
-
     posterior = {k: _to_numpy(v.movedim(0, 1)) for k, v in variables.items()}
-    per_draw, per_chain = {}, {}
-    if log_prob is not None:
-        lp = _stat_tensor("log_prob", log_prob, draws, chains)
-        if lp.shape != (draws, chains):
-            raise ValueError(
-                f"log_prob must have shape (draws, chains) = ({draws}, {chains}), got "
-                f"{tuple(lp.shape)}"
-            )
-        per_draw["lp"] = _to_numpy(lp.movedim(0, 1))
-    if acceptance is not None:
-        items = acceptance.items() if isinstance(acceptance, Mapping) else [(None, acceptance)]
-        for kind, value in items:
-            key = "acceptance_rate" if kind is None else f"acceptance_rate_{kind}"
-            label = "acceptance" if kind is None else f"acceptance[{kind!r}]"
-            value = _stat_tensor(label, value, draws, chains)
-            if value.ndim == 2:
-                per_draw[key] = _to_numpy(value.movedim(0, 1))
-            else:
-                per_chain[key] = _to_numpy(value)
+    per_draw, per_chain = _sample_stats(log_prob, acceptance, draws, chains)
 
     idata = arviz.from_dict(posterior=posterior)
     if per_draw or per_chain:
