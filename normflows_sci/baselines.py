@@ -435,17 +435,7 @@ class GaussianMixtureBaseline(_Baseline):
             count = self.components
         else:
             X_train = X_train + rng.random(X_train.shape) * mask - offset
-            for k in self.candidates:
-                if k > X_train.shape[0]:
-                    continue
-                params = self._fit_count(X_train, k, rng)[0]
-
-                def log_density(Z, params=params):
-                    return self._log_prob(Z - offset, params)
-
-                scores = _cell_log_prob(log_density, X_val, mask)[0]
-                self.validation_scores_[k] = float(np.mean(scores))
-            count = max(self.validation_scores_, key=self.validation_scores_.get)
+            count = self._choose_count(X_train, X_val, offset, mask, rng)
         params, self.converged_, self.n_iter_ = self._fit_count(X, count, rng)
         self.weights_, self._means, self._choleskys = params
         self._offset = offset
@@ -455,6 +445,21 @@ class GaussianMixtureBaseline(_Baseline):
         self.discrete_mask_ = mask
         self.n_features_ = X.shape[1]
         return self
+
+    def _choose_count(self, X_train, X_val, offset, mask, rng: np.random.Generator) -> int:
+        """The candidate count whose fit to the centred, dequantised ``X_train`` scores best on
+        ``X_val`` (per integer cell); each candidate's score goes to ``validation_scores_``."""
+        for k in self.candidates:
+            if k > X_train.shape[0]:
+                continue
+            params = self._fit_count(X_train, k, rng)[0]
+
+            def log_density(Z, params=params):
+                return self._log_prob(Z - offset, params)
+
+            scores = _cell_log_prob(log_density, X_val, mask)[0]
+            self.validation_scores_[k] = float(np.mean(scores))
+        return max(self.validation_scores_, key=self.validation_scores_.get)
 
     def _fit_count(self, X: np.ndarray, count: int, rng: np.random.Generator):
         """Best of ``n_init`` EM runs with ``count`` components: ``(params, converged, n_iter)``."""

@@ -558,6 +558,26 @@ def _read_parquet(path: Path) -> tuple[np.ndarray, list[str]]:
     return np.column_stack(columns), names
 
 
+def _read_npy(path: Path) -> np.ndarray:
+    """A numeric ``.npy`` array as float64 ``(rows, columns)`` (1-D: one column); no pickles."""
+    with open(path, "rb") as handle:
+        if handle.read(6) != b"\x93NUMPY":
+            raise TableFileError(f"{path} is not a .npy file (no NumPy header)")
+    try:
+        values = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as error:
+        raise TableFileError(f"{path} is not a readable .npy array: {error}") from None
+    if not (np.issubdtype(values.dtype, np.number) or values.dtype == bool):
+        raise TableFileError(f"{path} holds {values.dtype} values, not numbers")
+    if values.ndim == 1:
+        values = values[:, None]
+    if values.ndim != 2:
+        raise TableFileError(
+            f"{path} must hold a 2-D array (rows, columns), got shape {values.shape}"
+        )
+    return values.astype(np.float64)
+
+
 def read_table(path: str | os.PathLike, *, what: str = "DATA") -> tuple[np.ndarray, list | None]:
     """Read a numeric table from CSV (header row), ``.npy`` or Parquet, checked for NaN/inf.
 
@@ -582,22 +602,7 @@ def read_table(path: str | os.PathLike, *, what: str = "DATA") -> tuple[np.ndarr
     suffix, compressed = table_format(path)
     names: list[str] | None = None
     if suffix == ".npy" and not compressed:
-        with open(path, "rb") as handle:
-            if handle.read(6) != b"\x93NUMPY":
-                raise TableFileError(f"{path} is not a .npy file (no NumPy header)")
-        try:
-            values = np.load(path, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as error:
-            raise TableFileError(f"{path} is not a readable .npy array: {error}") from None
-        if not (np.issubdtype(values.dtype, np.number) or values.dtype == bool):
-            raise TableFileError(f"{path} holds {values.dtype} values, not numbers")
-        if values.ndim == 1:
-            values = values[:, None]
-        if values.ndim != 2:
-            raise TableFileError(
-                f"{path} must hold a 2-D array (rows, columns), got shape {values.shape}"
-            )
-        values = values.astype(np.float64)
+        values = _read_npy(path)
     elif suffix in (".parquet", ".pq"):
         values, names = _read_parquet(path)
     else:
