@@ -15,16 +15,21 @@ References:
 from __future__ import annotations
 
 import math
-import time
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from normflows_sci._optim import adamw
 from normflows_sci.samplers.targets import as_log_prob
+from normflows_sci.training.scaffold import TrainingLoss, TrainingOptions, positive_int, train
 
-__all__ = ["regularize_energy", "reverse_kl_loss", "forward_kl_loss", "fit_boltzmann"]
+__all__ = [
+    "regularize_energy",
+    "reverse_kl_loss",
+    "forward_kl_loss",
+    "BoltzmannLoss",
+    "fit_boltzmann",
+]
 
 
 def regularize_energy(energy: Tensor, cap: float | None = 1e4) -> Tensor:
@@ -136,32 +141,120 @@ def forward_kl_loss(flow, data: Tensor) -> Tensor:
     return -flow.log_prob(data).mean()
 
 
-class _StepLog:
-    """The history dict and optional tqdm bar shared by the step-based fit loops."""
+class BoltzmannLoss(TrainingLoss):
+    """``forward_weight * NLL(data batch) + reverse_weight * reverse-KL(batch)``.
 
-    def __init__(self, keys, steps: int, log_every: int, progress: bool, desc: str):
-        self.history = {key: [] for key in keys}
-        self.steps, self.log_every = int(steps), int(log_every)
-        self.bar = None
-        if progress:
-            from tqdm.auto import tqdm
+    Every step draws ``batch_size`` data points (with replacement) for the forward term and
+    ``batch_size`` flow samples for the reverse term, from one generator seeded by the scaffold
+    (data first). A non-finite loss raises :class:`FloatingPointError`.
 
-            self.bar = tqdm(total=self.steps, desc=desc, leave=False)
+    Args:
+        target: an Energy (or anything with ``log_prob``, or a log-density callable).
+        data: ``(n, *event)`` samples of the target, optional.
+        batch_size: data minibatch and reverse-KL sample size.
+        forward_weight, reverse_weight: the mixture (defaults as in :func:`fit_boltzmann`).
+        energy_cap: see :func:`regularize_energy`.
+        path_gradient: path-gradient estimator for the reverse-KL term.
 
-    def record(self, index: int, stop: bool, /, **values) -> None:
-        """Log ``values`` (one per history key) at step ``index`` if it is a logging step, the
-        last step or a stop."""
-        if index % self.log_every == 0 or index == self.steps or stop:
-            for key, value in values.items():
-                self.history[key].append(value)
-        if self.bar is not None:
-            self.bar.update(1)
-            self.bar.set_postfix(loss=f"{values['loss']:.3f}")
+    Example:
+        >>> from normflows_sci.flows import RealNVP
+        >>> from normflows_sci.training import TrainingOptions, train
+        >>> flow = RealNVP(2, transforms=1, hidden_features=(8,))
+        >>> loss = BoltzmannLoss(lambda x: -0.5 * (x**2).sum(-1), batch_size=32)
+        >>> options = TrainingOptions(max_steps=4, log_every=2, seed=0, progress=False)
+        >>> train(flow, loss, options)["step"]
+        [2, 4]
+    """
 
-    def close(self) -> dict:
-        if self.bar is not None:
-            self.bar.close()
-        return self.history
+    history_keys = ("step", "loss", "forward_kl", "reverse_kl", "ess_fraction", "nonfinite")
+    description = "fit_boltzmann"
+
+    def __init__(
+        self,
+        target,
+        data: Tensor | None = None,
+        *,
+        batch_size: int = 256,
+        forward_weight: float | None = None,
+        reverse_weight: float | None = None,
+        energy_cap: float | None = 1e4,
+        path_gradient: bool = False,
+    ):
+        self.batch_size = positive_int("batch_size", batch_size)
+        if forward_weight is None:
+            forward_weight = 1.0 if data is not None else 0.0
+        if reverse_weight is None:
+            reverse_weight = 1.0 if data is None else 0.0
+        if forward_weight < 0 or reverse_weight < 0 or forward_weight + reverse_weight == 0:
+            raise ValueError(
+                "forward_weight and reverse_weight must be non-negative and not both zero, got "
+                f"{forward_weight} and {reverse_weight}"
+            )
+        if forward_weight > 0 and data is None:
+            raise ValueError("forward_weight > 0 needs data (samples of the target)")
+        self.target, self.data = target, data
+        self.forward_weight, self.reverse_weight = forward_weight, reverse_weight
+        self.energy_cap, self.path_gradient = energy_cap, path_gradient
+
+    def start(self, flow, seed: int, rank: int, world: int) -> None:
+        if self.forward_weight > 0:
+            data = self.data
+            if not isinstance(data, Tensor) or tuple(data.shape[1:]) != tuple(flow.event_shape):
+                shape = getattr(data, "shape", type(data).__name__)
+                raise ValueError(
+                    f"data must be a tensor of shape (n, {', '.join(map(str, flow.event_shape))}),"
+                    f" got {shape}"
+                )
+            if not torch.isfinite(data).all():
+                raise ValueError("data contains NaN or inf values")
+        reference = next(flow.parameters())
+        self.generator = torch.Generator(device=reference.device).manual_seed(seed)
+        if self.data is not None:
+            self.data = self.data.to(device=reference.device, dtype=reference.dtype)
+        self.zero = torch.zeros((), device=reference.device, dtype=reference.dtype)
+
+    def next_batch(self):
+        if self.forward_weight == 0:
+            return {"data": None}
+        size = (self.batch_size,)
+        index = torch.randint(
+            len(self.data), size, generator=self.generator, device=self.zero.device
+        )
+        return {"data": self.data[index]}
+
+    def __call__(self, flow, batch) -> Tensor:
+        loss = self.zero
+        self.last = dict(forward_kl=math.nan, reverse_kl=math.nan, ess_fraction=math.nan)
+        self.last["nonfinite"] = 0
+        if batch["data"] is not None:
+            nll = forward_kl_loss(flow, batch["data"])
+            loss = loss + self.forward_weight * nll
+            self.last["forward_kl"] = float(nll.detach())
+        if self.reverse_weight > 0:
+            rkl, info = reverse_kl_loss(
+                flow,
+                self.target,
+                self.batch_size,
+                energy_cap=self.energy_cap,
+                path_gradient=self.path_gradient,
+                generator=self.generator,
+            )
+            loss = loss + self.reverse_weight * rkl
+            self.last.update(reverse_kl=float(rkl.detach()), ess_fraction=info["ess_fraction"])
+            self.last["nonfinite"] = info["nonfinite"]
+        return loss
+
+    def nonfinite_message(self, step: int) -> str:
+        return (
+            f"non-finite loss at step {step} (forward KL {self.last['forward_kl']}, reverse KL "
+            f"{self.last['reverse_kl']}); lower the learning rate or energy_cap"
+        )
+
+    def after_step(self, flow, batch, loss: Tensor) -> None:
+        self.last_loss = float(loss)
+
+    def end_epoch(self, flow, epoch: int, step: int) -> dict:
+        return dict(step=step, loss=self.last_loss, **self.last)
 
 
 def fit_boltzmann(
@@ -225,99 +318,24 @@ def fit_boltzmann(
         >>> history["reverse_kl"][-1] < -1.0
         True
     """
-    if schedule not in ("cosine", "constant"):
-        raise ValueError(f"schedule must be 'cosine' or 'constant', got {schedule!r}")
-    for name, value in (("steps", steps), ("batch_size", batch_size), ("log_every", log_every)):
-        if int(value) != value or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    forward_weight = (
-        (1.0 if data is not None else 0.0) if forward_weight is None else forward_weight
+    loss = BoltzmannLoss(
+        target,
+        data,
+        batch_size=batch_size,
+        forward_weight=forward_weight,
+        reverse_weight=reverse_weight,
+        energy_cap=energy_cap,
+        path_gradient=path_gradient,
     )
-    reverse_weight = (1.0 if data is None else 0.0) if reverse_weight is None else reverse_weight
-    if forward_weight < 0 or reverse_weight < 0 or forward_weight + reverse_weight == 0:
-        raise ValueError(
-            "forward_weight and reverse_weight must be non-negative and not both zero, got "
-            f"{forward_weight} and {reverse_weight}"
-        )
-    if forward_weight > 0:
-        if data is None:
-            raise ValueError("forward_weight > 0 needs data (samples of the target)")
-        if not isinstance(data, Tensor) or tuple(data.shape[1:]) != tuple(flow.event_shape):
-            shape = getattr(data, "shape", type(data).__name__)
-            raise ValueError(
-                f"data must be a tensor of shape (n, {', '.join(map(str, flow.event_shape))}), "
-                f"got {shape}"
-            )
-        if not torch.isfinite(data).all():
-            raise ValueError("data contains NaN or inf values")
-    reference = next(flow.parameters())
-    device = reference.device
-    generator = torch.Generator(device=device)
-    generator.manual_seed(torch.seed() % 2**62 if seed is None else seed)
-    if data is not None:
-        data = data.to(device=device, dtype=reference.dtype)
-    optimizer = adamw(flow.parameters(), learning_rate, weight_decay)
-    scheduler = (
-        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, int(steps))
-        if schedule == "cosine"
-        else None
+    options = TrainingOptions(
+        learning_rate=learning_rate,
+        weight_decay=weight_decay,
+        schedule=schedule,
+        clip_grad=clip_grad,
+        max_steps=positive_int("steps", steps),
+        max_time=max_time,
+        log_every=positive_int("log_every", log_every),
+        seed=seed,
+        progress=progress,
     )
-    log = _StepLog(
-        "step loss forward_kl reverse_kl ess_fraction nonfinite learning_rate time".split(),
-        steps,
-        log_every,
-        progress,
-        "fit_boltzmann",
-    )
-    start = time.perf_counter()
-    flow.train()
-    for step in range(1, int(steps) + 1):
-        optimizer.zero_grad(set_to_none=True)
-        loss = torch.zeros((), device=device, dtype=reference.dtype)
-        nll = rkl = math.nan
-        info = dict(ess_fraction=math.nan, nonfinite=0)
-        if forward_weight > 0:
-            index = torch.randint(len(data), (int(batch_size),), generator=generator, device=device)
-            nll_t = forward_kl_loss(flow, data[index])
-            loss = loss + forward_weight * nll_t
-            nll = float(nll_t.detach())
-        if reverse_weight > 0:
-            rkl_t, info = reverse_kl_loss(
-                flow,
-                target,
-                int(batch_size),
-                energy_cap=energy_cap,
-                path_gradient=path_gradient,
-                generator=generator,
-            )
-            loss = loss + reverse_weight * rkl_t
-            rkl = float(rkl_t.detach())
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"non-finite loss at step {step} (forward KL {nll}, reverse KL {rkl}); "
-                "lower the learning rate or energy_cap"
-            )
-        loss.backward()
-        if clip_grad is not None:
-            torch.nn.utils.clip_grad_norm_(flow.parameters(), clip_grad)
-        optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
-        elapsed = time.perf_counter() - start
-        stop = max_time is not None and elapsed > max_time
-        log.record(
-            step,
-            stop,
-            step=step,
-            loss=float(loss.detach()),
-            forward_kl=nll,
-            reverse_kl=rkl,
-            ess_fraction=info["ess_fraction"],
-            nonfinite=info["nonfinite"],
-            learning_rate=optimizer.param_groups[0]["lr"],
-            time=elapsed,
-        )
-        if stop:
-            break
-    flow.eval()
-    return log.close()
+    return train(flow, loss, options)

@@ -32,30 +32,30 @@ References:
 from __future__ import annotations
 
 import math
-import time
 
 import torch
 from torch import Tensor
 
-from normflows_sci._optim import adamw
 from normflows_sci.samplers.importance import importance_weights
 from normflows_sci.samplers.kernels import HMC, KERNEL_NAMES, kernel_factory
 from normflows_sci.samplers.sequential import anneal
 from normflows_sci.samplers.targets import as_log_prob, check_log_prob
-from normflows_sci.training.boltzmann import _StepLog
+from normflows_sci.training.scaffold import TrainingLoss, TrainingOptions, positive_int, train
 
-__all__ = ["PrioritizedReplayBuffer", "fab_ais", "fab_loss", "fab_buffer_loss", "fit_fab"]
+__all__ = [
+    "PrioritizedReplayBuffer",
+    "fab_ais",
+    "fab_loss",
+    "fab_buffer_loss",
+    "FABLoss",
+    "fit_fab",
+]
 
 # The deprecated kernel names (mapped to the classes in one place, samplers.kernels).
 _KERNELS = KERNEL_NAMES
 
 
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
+_positive_int = positive_int  # the one check, shared with the training scaffold
 
 
 class PrioritizedReplayBuffer:
@@ -397,6 +397,214 @@ def _kish_fraction(log_w: Tensor) -> float:
     return float(ess) / len(log_w)
 
 
+def _positive_number(name: str, value, *, allow_none: bool = False) -> float | None:
+    if value is None and allow_none:
+        return None
+    finite = (
+        isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    )
+    if not (finite and value > 0):
+        suffix = " or None" if allow_none else ""
+        raise ValueError(f"{name} must be a positive finite number{suffix}, got {value!r}")
+    return float(value)
+
+
+def _buffer_sizes(replay_buffer, buffer_min_size, batch_size: int) -> tuple[int, int] | None:
+    """``(capacity, min_size)`` of the replay buffer (None without one)."""
+    if replay_buffer is False:
+        return None
+    capacity = 100 * batch_size if replay_buffer is True else replay_buffer
+    capacity = _positive_int("replay_buffer", capacity)
+    if capacity < batch_size:
+        raise ValueError(
+            f"replay_buffer capacity ({capacity}) must be at least batch_size ({batch_size})"
+        )
+    if buffer_min_size is None:
+        buffer_min_size = min(10 * batch_size, capacity)
+    buffer_min_size = _positive_int("buffer_min_size", buffer_min_size)
+    if not batch_size <= buffer_min_size <= capacity:
+        raise ValueError(
+            f"buffer_min_size must be between batch_size ({batch_size}) and the capacity "
+            f"({capacity}), got {buffer_min_size}"
+        )
+    return capacity, buffer_min_size
+
+
+class FABLoss(TrainingLoss):
+    """The FAB objective: AIS towards ``p²/q`` from the flow, with or without the replay buffer.
+
+    Without the buffer every step runs AIS (:func:`fab_ais`) and takes :func:`fab_loss`; with
+    it, every ``buffer_updates`` steps an AIS run feeds the buffer (filled to
+    ``buffer_min_size`` before the first step) and every step draws a prioritised batch
+    (:func:`fab_buffer_loss`, then :meth:`PrioritizedReplayBuffer.adjust`). The MCMC step size
+    adapts from run to run towards the kernel's target acceptance. One generator, seeded by the
+    scaffold, drives the flow draws, the moves and the buffer draws.
+
+    Args:
+        target: an Energy, or anything with ``log_prob``, or a log-density callable.
+        batch_size: AIS particles per run, and the buffer's draw size (at least 2).
+        ais_options: the annealing, as keywords of :func:`fab_ais`: ``num_temperatures``,
+            ``kernel``, ``mcmc_steps``, ``kernel_options``, ``bounds``.
+        step_size: initial MCMC step size.
+        replay_buffer, buffer_updates, buffer_min_size, weight_adjust_clip: the buffer (see
+            :func:`fit_fab`).
+
+    Example:
+        >>> from normflows_sci.flows import NSF
+        >>> from normflows_sci.training import TrainingOptions, train
+        >>> flow = NSF(2, transforms=1, hidden_features=(8,), coupling=True)
+        >>> loss = FABLoss(lambda x: -0.5 * (x**2).sum(-1), batch_size=16, replay_buffer=False)
+        >>> history = train(flow, loss, TrainingOptions(max_steps=2, seed=0, progress=False))
+        >>> history["step"], history["buffer_size"]
+        ([1, 2], [0, 0])
+    """
+
+    history_keys = (
+        "step loss ess_fraction log_z log_z_stderr ais_ess_fraction acceptance step_size "
+        "buffer_size target_evaluations".split()
+    )
+    description = "fit_fab"
+
+    def __init__(
+        self,
+        target,
+        *,
+        batch_size: int = 128,
+        ais_options: dict | None = None,
+        step_size: float = 0.1,
+        replay_buffer: bool | int = True,
+        buffer_updates: int = 4,
+        buffer_min_size: int | None = None,
+        weight_adjust_clip: float | None = 10.0,
+    ):
+        self.target, self.target_fn = target, as_log_prob(target)
+        self.batch_size = _positive_int("batch_size", batch_size)
+        if self.batch_size < 2:
+            raise ValueError(f"batch_size must be at least 2, got {self.batch_size}")
+        self.buffer_updates = _positive_int("buffer_updates", buffer_updates)
+        self.step_size = _positive_number("step_size", step_size)
+        self.clip = _positive_number("weight_adjust_clip", weight_adjust_clip, allow_none=True)
+        self.ais = self._ais_options(ais_options)
+        self.target_accept = self.ais["kernel"].target_accept
+        self.sizes = _buffer_sizes(replay_buffer, buffer_min_size, self.batch_size)
+
+    @staticmethod
+    def _ais_options(ais_options: dict | None) -> dict:
+        """The AIS keywords checked here, before any work is done; the kernel as a value."""
+        ais = dict(num_temperatures=3, kernel=HMC, mcmc_steps=1, kernel_options=None, bounds=None)
+        unknown = set(ais_options or {}) - set(ais)
+        if unknown:
+            raise ValueError(f"ais_options takes {sorted(ais)}, got {sorted(unknown)}")
+        ais.update(ais_options or {})
+        _positive_int("num_temperatures", ais["num_temperatures"])
+        _positive_int("mcmc_steps", ais["mcmc_steps"])
+        options = ais.pop("kernel_options")
+        if options is not None and not isinstance(options, dict):
+            raise TypeError(f"kernel_options must be a dict, got {type(options).__name__}")
+        ais["kernel"] = kernel_factory(ais["kernel"], options=options, stacklevel=5)
+        return ais
+
+    def check(self, flow) -> None:
+        for method in ("sample_and_log_prob", "log_prob", "parameters"):
+            if not callable(getattr(flow, method, None)):
+                raise TypeError(f"flow must be a Flow (needs {method}), got {type(flow).__name__}")
+
+    def start(self, flow, seed: int, rank: int, world: int) -> None:
+        reference = next(flow.parameters())
+        _check_bounds(self.ais["bounds"], reference)
+        self.flow = flow
+        self.generator = torch.Generator(device=reference.device).manual_seed(seed)
+        self.buffer = None if self.sizes is None else PrioritizedReplayBuffer(self.sizes[0])
+        self.evaluations, self.steps = 0, 0
+        self.diagnostics = dict.fromkeys(
+            ("ess_fraction", "log_z", "log_z_stderr", "ais_ess_fraction", "acceptance"), math.nan
+        )
+
+        def counted_target(x: Tensor) -> Tensor:
+            self.evaluations += x.shape[0]
+            return self.target_fn(x)
+
+        counted_target.__wrapped__ = self.target  # errors name the user's target
+        self.counted_target = counted_target
+
+    def _run_ais(self, flow) -> tuple[Tensor, Tensor, Tensor]:
+        out = fab_ais(
+            flow,
+            self.counted_target,
+            self.batch_size,
+            step_size=self.step_size,
+            generator=self.generator,
+            **self.ais,
+        )
+        proposal = out["proposal_log_weights"]
+        stats = dict(ess_fraction=0.0, log_z=math.nan, log_z_stderr=math.nan)
+        if bool(torch.isfinite(proposal).any()):
+            full = importance_weights(proposal, torch.zeros_like(proposal))
+            stats = {key: full[key] for key in stats}
+        self.diagnostics.update(
+            stats,
+            ais_ess_fraction=_kish_fraction(out["log_weights"]),
+            acceptance=out["acceptance"],
+        )
+        self.step_size *= math.exp(out["acceptance"] - self.target_accept)
+        return out["samples"], out["log_weights"], out["log_q"]
+
+    def prepare(self, flow, out_of_time) -> None:
+        """Fill the buffer to ``buffer_min_size`` (or, out of time, to one batch)."""
+        if self.buffer is None:
+            return
+        runs = 0
+        while len(self.buffer) < self.sizes[1]:
+            self.buffer.add(*self._run_ais(flow))
+            runs += 1
+            if len(self.buffer) == 0 and runs >= 100:
+                raise FloatingPointError(
+                    "100 AIS runs gave no finite weight: check the target, the flow and bounds"
+                )
+            if out_of_time() and len(self.buffer) >= self.batch_size:
+                break
+
+    def next_batch(self):
+        self.steps += 1
+        if self.buffer is None:
+            samples, log_w, _ = self._run_ais(self.flow)
+            return samples, log_w, None
+        if (self.steps - 1) % self.buffer_updates == 0:
+            self.buffer.add(*self._run_ais(self.flow))
+        samples, _, log_q_old, index = self.buffer.sample(self.batch_size, generator=self.generator)
+        return samples, log_q_old, index
+
+    def __call__(self, flow, batch) -> Tensor:
+        samples, log_w_or_q, index = batch
+        if index is None:
+            return fab_loss(flow, samples, log_w_or_q)
+        loss, self.log_q = fab_buffer_loss(flow, samples, log_w_or_q, weight_adjust_clip=self.clip)
+        return loss
+
+    def nonfinite_message(self, step: int) -> str:
+        return (
+            f"non-finite FAB loss at step {step}: AIS reached points where the flow's "
+            "log-density is not finite, which happens when p²/q is not normalisable (flow "
+            "tails lighter than the target's squared); pass bounds=(low, high), use a flow "
+            "with Gaussian tails (NSF), or lower learning_rate"
+        )
+
+    def after_step(self, flow, batch, loss: Tensor) -> None:
+        if batch[2] is not None:
+            self.buffer.adjust(batch[2], self.log_q)
+        self.last_loss = float(loss)
+
+    def end_epoch(self, flow, epoch: int, step: int) -> dict:
+        return dict(
+            step=step,
+            loss=self.last_loss,
+            **self.diagnostics,
+            step_size=self.step_size,
+            buffer_size=0 if self.buffer is None else len(self.buffer),
+            target_evaluations=self.evaluations,
+        )
+
+
 def fit_fab(
     flow,
     target,
@@ -404,7 +612,7 @@ def fit_fab(
     steps: int = 1000,
     batch_size: int = 128,
     num_temperatures: int = 3,
-    kernel: str = "hmc",
+    kernel=HMC,
     mcmc_steps: int = 1,
     step_size: float = 0.1,
     kernel_options: dict | None = None,
@@ -437,7 +645,9 @@ def fit_fab(
         steps: optimiser steps.
         batch_size: AIS particles per run, and the buffer's draw size.
         num_temperatures: AIS stages ``K`` (``K - 1`` intermediate distributions).
-        kernel: ``"hmc"`` (default), ``"mala"`` or ``"rwmh"``; ``mcmc_steps`` moves per stage.
+        kernel: the MCMC moves as a value (see :func:`fab_ais`): ``HMC`` (default), ``MALA``,
+            ``RandomWalkMH`` or a ``functools.partial`` of one; the names ``"hmc"``,
+            ``"mala"``, ``"rwmh"`` are deprecated aliases. ``mcmc_steps`` moves per stage.
         step_size: initial MCMC step size.
         kernel_options: extra kernel arguments (default ``{"num_leapfrog": 5}`` for HMC).
         replay_buffer: ``True`` (capacity ``100 * batch_size``), a capacity, or ``False``.
@@ -483,182 +693,31 @@ def fit_fab(
         Midgley, Stimper, Simm, Schölkopf, Hernández-Lobato (2023), "Flow annealed importance
         sampling bootstrap", ICLR.
     """
-    for method in ("sample_and_log_prob", "log_prob", "parameters"):
-        if not callable(getattr(flow, method, None)):
-            raise TypeError(f"flow must be a Flow (needs {method}), got {type(flow).__name__}")
-    target_fn = as_log_prob(target)
-    parameters = list(flow.parameters())
-    if not parameters:
-        raise ValueError("flow has no parameters to train")
-    steps = _positive_int("steps", steps)
-    batch_size = _positive_int("batch_size", batch_size)
-    buffer_updates = _positive_int("buffer_updates", buffer_updates)
-    log_every = _positive_int("log_every", log_every)
-    if batch_size < 2:
-        raise ValueError(f"batch_size must be at least 2, got {batch_size}")
-    if schedule not in ("cosine", "constant"):
-        raise ValueError(f"schedule must be 'cosine' or 'constant', got {schedule!r}")
-    for name, value in (("step_size", step_size), ("learning_rate", learning_rate)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-        if not (math.isfinite(value) and value > 0):
-            raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-    for name, value in (("clip_grad", clip_grad), ("weight_adjust_clip", weight_adjust_clip)):
-        if value is not None and not (isinstance(value, (int, float)) and value > 0):
-            raise ValueError(f"{name} must be positive or None, got {value!r}")
-    buffer = None
-    if replay_buffer is not False:
-        if replay_buffer is True:
-            capacity = 100 * batch_size
-        else:
-            capacity = _positive_int("replay_buffer", replay_buffer)
-        if capacity < batch_size:
-            raise ValueError(
-                f"replay_buffer capacity ({capacity}) must be at least batch_size ({batch_size})"
-            )
-        buffer = PrioritizedReplayBuffer(capacity)
-        if buffer_min_size is None:
-            buffer_min_size = min(10 * batch_size, capacity)
-        buffer_min_size = _positive_int("buffer_min_size", buffer_min_size)
-        if not batch_size <= buffer_min_size <= capacity:
-            raise ValueError(
-                f"buffer_min_size must be between batch_size ({batch_size}) and the capacity "
-                f"({capacity}), got {buffer_min_size}"
-            )
-    device = parameters[0].device
-    _check_bounds(bounds, parameters[0])
-    ais_options = dict(
-        num_temperatures=num_temperatures,
-        kernel=kernel,
-        mcmc_steps=mcmc_steps,
-        kernel_options=kernel_options,
-        bounds=bounds,
+    loss = FABLoss(
+        target,
+        batch_size=batch_size,
+        ais_options=dict(
+            num_temperatures=num_temperatures,
+            kernel=kernel,
+            mcmc_steps=mcmc_steps,
+            kernel_options=kernel_options,
+            bounds=bounds,
+        ),
+        step_size=step_size,
+        replay_buffer=replay_buffer,
+        buffer_updates=buffer_updates,
+        buffer_min_size=buffer_min_size,
+        weight_adjust_clip=weight_adjust_clip,
     )
-    # The AIS arguments are checked here, before any work is done.
-    if kernel not in _KERNELS:
-        raise ValueError(f"kernel must be one of {sorted(_KERNELS)}, got {kernel!r}")
-    _positive_int("num_temperatures", num_temperatures)
-    _positive_int("mcmc_steps", mcmc_steps)
-    if kernel_options is not None and not isinstance(kernel_options, dict):
-        raise TypeError(f"kernel_options must be a dict, got {type(kernel_options).__name__}")
-    target_accept = (kernel_options or {}).get("target_accept", _KERNELS[kernel].target_accept)
-
-    generator = torch.Generator(device=device)
-    generator.manual_seed(torch.seed() % 2**62 if seed is None else seed)
-    optimizer = adamw(parameters, learning_rate, weight_decay)
-    scheduler = (
-        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
-        if schedule == "cosine"
-        else None
+    options = TrainingOptions(
+        learning_rate=learning_rate,
+        weight_decay=weight_decay,
+        schedule=schedule,
+        clip_grad=clip_grad,
+        max_steps=_positive_int("steps", steps),
+        max_time=max_time,
+        log_every=_positive_int("log_every", log_every),
+        seed=seed,
+        progress=progress,
     )
-    evaluations = 0
-
-    def counted_target(x: Tensor) -> Tensor:
-        nonlocal evaluations
-        evaluations += x.shape[0]
-        return target_fn(x)
-
-    counted_target.__wrapped__ = target  # errors name the user's target
-
-    current_step_size = float(step_size)
-    diagnostics = dict(
-        ess_fraction=math.nan,
-        log_z=math.nan,
-        log_z_stderr=math.nan,
-        ais_ess_fraction=math.nan,
-        acceptance=math.nan,
-    )
-
-    def run_ais() -> tuple[Tensor, Tensor, Tensor]:
-        nonlocal current_step_size
-        out = fab_ais(
-            flow,
-            counted_target,
-            batch_size,
-            step_size=current_step_size,
-            generator=generator,
-            **ais_options,
-        )
-        proposal = out["proposal_log_weights"]
-        finite = torch.isfinite(proposal)
-        stats = dict(ess_fraction=0.0, log_z=math.nan, log_z_stderr=math.nan)
-        if bool(finite.any()):
-            full = importance_weights(proposal, torch.zeros_like(proposal))
-            stats = {key: full[key] for key in stats}
-        diagnostics.update(
-            stats,
-            ais_ess_fraction=_kish_fraction(out["log_weights"]),
-            acceptance=out["acceptance"],
-        )
-        current_step_size *= math.exp(out["acceptance"] - target_accept)
-        return out["samples"], out["log_weights"], out["log_q"]
-
-    log = _StepLog(
-        "step loss ess_fraction log_z log_z_stderr ais_ess_fraction acceptance step_size "
-        "buffer_size target_evaluations learning_rate time".split(),
-        steps,
-        log_every,
-        progress,
-        "fit_fab",
-    )
-    start = time.perf_counter()
-    flow.train()
-    if buffer is not None:
-        runs = 0
-        while len(buffer) < buffer_min_size:
-            buffer.add(*run_ais())
-            runs += 1
-            if len(buffer) == 0 and runs >= 100:
-                raise FloatingPointError(
-                    "100 AIS runs gave no finite weight: check the target, the flow and bounds"
-                )
-            out_of_time = max_time is not None and time.perf_counter() - start > max_time
-            if out_of_time and len(buffer) >= batch_size:
-                break
-    for step in range(1, steps + 1):
-        index = None
-        if buffer is None:
-            samples, log_w, _ = run_ais()
-            optimizer.zero_grad(set_to_none=True)
-            loss = fab_loss(flow, samples, log_w)
-        else:
-            if (step - 1) % buffer_updates == 0:
-                buffer.add(*run_ais())
-            samples, _, log_q_old, index = buffer.sample(batch_size, generator=generator)
-            optimizer.zero_grad(set_to_none=True)
-            loss, log_q = fab_buffer_loss(
-                flow, samples, log_q_old, weight_adjust_clip=weight_adjust_clip
-            )
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"non-finite FAB loss at step {step}: AIS reached points where the flow's "
-                "log-density is not finite, which happens when p²/q is not normalisable (flow "
-                "tails lighter than the target's squared); pass bounds=(low, high), use a flow "
-                "with Gaussian tails (NSF), or lower learning_rate"
-            )
-        loss.backward()
-        if clip_grad is not None:
-            torch.nn.utils.clip_grad_norm_(parameters, clip_grad)
-        optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
-        if index is not None:
-            buffer.adjust(index, log_q)
-        elapsed = time.perf_counter() - start
-        stop = max_time is not None and elapsed > max_time
-        log.record(
-            step,
-            stop,
-            step=step,
-            loss=float(loss.detach()),
-            **diagnostics,
-            step_size=current_step_size,
-            buffer_size=0 if buffer is None else len(buffer),
-            target_evaluations=evaluations,
-            learning_rate=optimizer.param_groups[0]["lr"],
-            time=elapsed,
-        )
-        if stop:
-            break
-    flow.eval()
-    return log.close()
+    return train(flow, loss, options)

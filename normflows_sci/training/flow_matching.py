@@ -25,19 +25,15 @@ and OT pairing uses the squared geodesic distance.
 
 from __future__ import annotations
 
-import math
-import time
-
 import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
-from tqdm.auto import tqdm
 
-from normflows_sci._optim import adamw
 from normflows_sci.manifolds import Sphere, Torus
+from normflows_sci.training.scaffold import TrainingLoss, TrainingOptions, positive_int, train
 from normflows_sci.transforms import wrap_angle
 
-__all__ = ["fit_flow_matching", "flow_matching_loss", "ot_pairing"]
+__all__ = ["fit_flow_matching", "FlowMatchingLoss", "flow_matching_loss", "ot_pairing"]
 
 
 def _geodesic_cost(a: Tensor, b: Tensor, manifold) -> Tensor:
@@ -118,21 +114,11 @@ def flow_matching_loss(
         >>> loss.ndim, bool(loss > 0)
         (0, True)
     """
-    if not callable(getattr(flow, "velocity", None)):
-        raise TypeError(
-            f"flow must be a ContinuousFlow (needs velocity(x, t, context)), got "
-            f"{type(flow).__name__}"
-        )
+    _check_continuous_flow(flow)
     if not isinstance(x1, Tensor) or x1.ndim != 2 or x1.shape[1] != flow.features:
         shape = getattr(x1, "shape", type(x1).__name__)
         raise ValueError(f"x1 must have shape (batch, {flow.features}), got {shape}")
-    if ot and context is not None:
-        raise ValueError(
-            "ot=True pairs noise and data across the minibatch, which is not valid for a "
-            "conditional flow (context given); use ot=False"
-        )
-    if isinstance(sigma, bool) or not float(sigma) >= 0:
-        raise ValueError(f"sigma must be a non-negative number, got {sigma!r}")
+    _check_sigma(sigma, ot, context)
     manifold = getattr(flow.transform, "manifold", None)
     if manifold is not None and sigma > 0:
         raise ValueError("sigma > 0 is only supported in R^n (manifold flows use sigma=0)")
@@ -148,6 +134,107 @@ def flow_matching_loss(
         )
     v = flow.velocity(xt, t, context)
     return (v - target).square().sum(1).mean()
+
+
+def _check_continuous_flow(flow) -> None:
+    if not callable(getattr(flow, "velocity", None)):
+        raise TypeError(
+            f"flow must be a ContinuousFlow (needs velocity(x, t, context)), got "
+            f"{type(flow).__name__}"
+        )
+
+
+def _check_sigma(sigma, ot: bool, context) -> None:
+    if ot and context is not None:
+        raise ValueError(
+            "ot=True pairs noise and data across the minibatch, which is not valid for a "
+            "conditional flow (context given); use ot=False"
+        )
+    if isinstance(sigma, bool) or not float(sigma) >= 0:
+        raise ValueError(f"sigma must be a non-negative number, got {sigma!r}")
+
+
+class FlowMatchingLoss(TrainingLoss):
+    """(OT-)conditional flow matching (:func:`flow_matching_loss`) on minibatches of ``data``.
+
+    Minibatches are drawn without replacement within a pass over ``data`` (a fresh permutation
+    per pass, independent of the history's epochs); the noise, times and path noise come from a
+    second generator. The history's learning rate is the one each step used.
+
+    Args:
+        data: ``(n, D)`` training points; ``context``: ``(n, c)`` matching conditions.
+        batch_size: minibatch size (at most ``n``).
+        ot: pair noise and data by exact minibatch optimal transport (unconditional only).
+        sigma: width of the Gaussian probability path around the interpolant.
+
+    Example:
+        >>> from normflows_sci.flows.cnf import CNF
+        >>> from normflows_sci.training import TrainingOptions, train
+        >>> flow = CNF(2, hidden_features=(8,))
+        >>> loss = FlowMatchingLoss(torch.randn(64, 2), batch_size=32)
+        >>> len(train(flow, loss, TrainingOptions(max_steps=3, seed=0, progress=False))["loss"])
+        3
+    """
+
+    rate_before_step = True
+    description = "flow matching"
+
+    def __init__(
+        self,
+        data: Tensor,
+        context: Tensor | None = None,
+        *,
+        batch_size: int = 256,
+        ot: bool = False,
+        sigma: float = 0.0,
+    ):
+        if not isinstance(data, Tensor) or data.ndim != 2:
+            shape = getattr(data, "shape", type(data).__name__)
+            raise ValueError(f"data must be a tensor of shape (n, features), got {shape}")
+        if len(data) == 0:
+            raise ValueError("data is empty")
+        if not bool(torch.isfinite(data).all()):
+            raise ValueError("data contains NaN or inf values")
+        if context is not None and (not isinstance(context, Tensor) or len(context) != len(data)):
+            raise ValueError("context must be a tensor with one row per data point")
+        _check_sigma(sigma, ot, context)
+        self.data, self.context, self.ot, self.sigma = data, context, ot, sigma
+        self.batch_size = min(positive_int("batch_size", batch_size), len(data))
+
+    def check(self, flow) -> None:
+        _check_continuous_flow(flow)
+        if self.data.shape[1] != flow.features:
+            raise ValueError(
+                f"data must be a tensor of shape (n, {flow.features}), got {self.data.shape}"
+            )
+
+    def start(self, flow, seed: int, rank: int, world: int) -> None:
+        self.shuffle_gen = torch.Generator().manual_seed(seed)
+        self.noise_gen = torch.Generator(self.data.device).manual_seed(seed + 1)
+        self.order, self.cursor = torch.randperm(len(self.data), generator=self.shuffle_gen), 0
+
+    def next_batch(self):
+        if self.cursor + self.batch_size > len(self.order):
+            self.order = torch.randperm(len(self.data), generator=self.shuffle_gen)
+            self.cursor = 0
+        index = self.order[self.cursor : self.cursor + self.batch_size].to(self.data.device)
+        self.cursor += self.batch_size
+        return self.data[index], None if self.context is None else self.context[index]
+
+    def __call__(self, flow, batch) -> Tensor:
+        x1, context = batch
+        return flow_matching_loss(
+            flow, x1, context, ot=self.ot, sigma=self.sigma, generator=self.noise_gen
+        )
+
+    def nonfinite_message(self, step: int) -> str:
+        return f"flow-matching loss is not finite at step {step}"
+
+    def after_step(self, flow, batch, loss: Tensor) -> None:
+        self.last_loss = float(loss)
+
+    def end_epoch(self, flow, epoch: int, step: int) -> dict:
+        return dict(step=step, loss=self.last_loss)
 
 
 def fit_flow_matching(
@@ -203,79 +290,15 @@ def fit_flow_matching(
         ...     bool(flow.sample(1000, generator=torch.Generator().manual_seed(1)).mean(0).sub(2).abs().max() < 0.3)
         True
     """
-    if not callable(getattr(flow, "velocity", None)):
-        raise TypeError(
-            f"flow must be a ContinuousFlow (needs velocity(x, t, context)), got "
-            f"{type(flow).__name__}"
-        )
-    if not isinstance(data, Tensor) or data.ndim != 2 or data.shape[1] != flow.features:
-        shape = getattr(data, "shape", type(data).__name__)
-        raise ValueError(f"data must be a tensor of shape (n, {flow.features}), got {shape}")
-    if len(data) == 0:
-        raise ValueError("data is empty")
-    if not bool(torch.isfinite(data).all()):
-        raise ValueError("data contains NaN or inf values")
-    if context is not None and (not isinstance(context, Tensor) or len(context) != len(data)):
-        raise ValueError("context must be a tensor with one row per data point")
-    for name, value in (("steps", steps), ("batch_size", batch_size)):
-        if isinstance(value, bool) or int(value) != value or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if schedule not in ("cosine", "constant"):
-        raise ValueError(f"schedule must be 'cosine' or 'constant', got {schedule!r}")
-    if isinstance(learning_rate, bool) or not float(learning_rate) > 0:
-        raise ValueError(f"learning_rate must be positive, got {learning_rate!r}")
-    if max_time is not None and not float(max_time) > 0:
-        raise ValueError(f"max_time must be positive or None, got {max_time!r}")
-    if ot and context is not None:
-        raise ValueError(
-            "ot=True pairs noise and data across the minibatch, which is not valid for a "
-            "conditional flow (context given); use ot=False"
-        )
-    if isinstance(sigma, bool) or not float(sigma) >= 0:
-        raise ValueError(f"sigma must be a non-negative number, got {sigma!r}")
-    steps, batch_size = int(steps), min(int(batch_size), len(data))
-    if seed is None:
-        seed = torch.seed() % 2**62
-    shuffle_gen = torch.Generator().manual_seed(seed)
-    noise_gen = torch.Generator(data.device).manual_seed(seed + 1)
-
-    clock = time.perf_counter()
-    parameters = [p for p in flow.parameters() if p.requires_grad]
-    optimizer = adamw(parameters, learning_rate, weight_decay)
-    scheduler = None
-    if schedule == "cosine":
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
-    history: dict[str, list] = {k: [] for k in ("step", "loss", "learning_rate", "time")}
-    flow.train()
-    order, cursor = torch.randperm(len(data), generator=shuffle_gen), 0
-    bar = tqdm(total=steps, disable=not progress, desc="flow matching", unit="step")
-    for step in range(1, steps + 1):
-        if cursor + batch_size > len(order):
-            order, cursor = torch.randperm(len(data), generator=shuffle_gen), 0
-        index = order[cursor : cursor + batch_size].to(data.device)
-        cursor += batch_size
-        ctx = None if context is None else context[index]
-        loss = flow_matching_loss(flow, data[index], ctx, ot=ot, sigma=sigma, generator=noise_gen)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"flow-matching loss is not finite at step {step}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if clip_grad is not None:
-            torch.nn.utils.clip_grad_norm_(parameters, clip_grad)
-        history["learning_rate"].append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
-        history["step"].append(step)
-        history["loss"].append(float(loss.detach()))
-        history["time"].append(time.perf_counter() - clock)
-        bar.update(1)
-        if step % 50 == 0:
-            bar.set_postfix(loss=f"{sum(history['loss'][-50:]) / 50:.4f}")
-        if max_time is not None and history["time"][-1] > max_time:
-            break
-    bar.close()
-    flow.eval()
-    if not history["loss"] or not math.isfinite(history["loss"][-1]):
-        raise FloatingPointError("flow matching produced no finite loss")
-    return history
+    loss = FlowMatchingLoss(data, context, batch_size=batch_size, ot=ot, sigma=sigma)
+    options = TrainingOptions(
+        learning_rate=learning_rate,
+        weight_decay=weight_decay,
+        schedule=schedule,
+        clip_grad=clip_grad,
+        max_steps=positive_int("steps", steps),
+        max_time=max_time,
+        seed=seed,
+        progress=progress,
+    )
+    return train(flow, loss, options)

@@ -145,7 +145,7 @@ class TrainingLoss:
 
     Subclasses implement :meth:`start` (seeded generators), :meth:`next_batch`,
     :meth:`__call__` and :meth:`end_epoch`; the class attributes declare what the scaffold may
-    do with the loss. The scaffold calls, per run, ``start`` then ``prepare``; per epoch,
+    do with the loss. The scaffold calls, per run, ``check``, ``start`` then ``prepare``; per epoch,
     ``start_epoch``, then ``next_batch`` / ``__call__`` / (optimiser step) / ``after_step`` per
     step, then ``end_epoch`` for the history row.
 
@@ -176,6 +176,9 @@ class TrainingLoss:
     checkpointable: bool = False
     progress_keys: tuple[str, ...] = ("loss",)
     description: str = "training"
+
+    def check(self, flow) -> None:
+        """Raise ``TypeError`` if ``flow`` is not a model this loss can train."""
 
     def start(self, flow, seed: int, rank: int, world: int) -> None:
         """Seed the loss's generators (``rank`` of ``world`` for data-parallel losses)."""
@@ -253,6 +256,12 @@ class _Run:
 
     def __init__(self, flow, loss: TrainingLoss, options: TrainingOptions):
         self.flow, self.loss, self.options = flow, loss, options
+        loss.check(flow)
+        if not callable(getattr(flow, "parameters", None)):
+            raise TypeError(f"flow must be a torch.nn.Module, got {type(flow).__name__}")
+        self.parameters = [p for p in flow.parameters() if p.requires_grad]
+        if not self.parameters:
+            raise ValueError("flow has no parameters to train")
         caller = caller_fingerprint(options.fingerprint)
         seed, state = options.seed, None
         if options.resume and options.checkpoint is not None and os.path.exists(options.checkpoint):
@@ -265,9 +274,6 @@ class _Run:
         self.seed = torch.seed() % 2**62 if seed is None else int(seed)
         loss.start(flow, self.seed, self.rank, self.world)
         clock = time.perf_counter()  # the budget includes setting up (the first optimizer is slow)
-        self.parameters = [p for p in flow.parameters() if p.requires_grad]
-        if not self.parameters:
-            raise ValueError("flow has no parameters to train")
         self.epoch_length = options.log_every or loss.steps_per_epoch or 1
         self.optimizer = adamw(self.parameters, options.learning_rate, options.weight_decay)
         self.scheduler = self._scheduler()
