@@ -10,6 +10,27 @@ from rank 0 and its gradients are averaged over all chains of all ranks before e
 step, so every rank trains the same flow on the same (global) data, and (3) the gather at the end.
 The collectives are the device-agnostic ones (``all_gather``, ``all_reduce``, ``broadcast``,
 ``all_gather_object``), so the same code runs on gloo/CPU and nccl/GPU.
+
+Chains are independent, so spreading them over processes changes nothing statistically; the
+one place where chains interact is a kernel that learns from all of them during warm-up. For
+:class:`~normflows_sci.samplers.AdaptiveFlowMCMC` (any kernel exposing a ``torch.optim``
+optimizer attribute) the flow starts from rank 0's parameters and, before every optimizer
+step, its gradients are replaced by the chain-weighted average over ranks
+``sum_r (n_r / N) g_r``, i.e. the gradient of the maximum-likelihood loss over all ``N``
+chains (Gabrié et al. 2022 train on all walkers); every rank therefore keeps the same flow,
+which is checked at the end (a ``RuntimeWarning`` reports any divergence). The ``flow`` of
+other flow kernels (IndependentMH, NeuTraHMC) is broadcast from rank 0 so that all ranks use
+one proposal. Per-chain step sizes adapt per chain as in :func:`run`; HMC's shared mass
+matrix is estimated per rank (pooled over that rank's chains).
+
+Random streams: rank ``r`` seeds its generator with child ``r`` of
+``numpy.random.SeedSequence(seed)`` (with one process: ``seed`` itself, as :func:`run`).
+``seed=None`` draws one seed on rank 0 and shares it. A ``generator`` is used as given and
+must be seeded differently on each rank (checked).
+
+References:
+    Gabrié, Rotskoff, Vanden-Eijnden (2022), "Adaptive Monte Carlo augmented with
+    normalizing flows", PNAS 119 (the flow is trained on all walkers during warm-up).
 """
 
 from __future__ import annotations
@@ -315,22 +336,9 @@ def run_distributed(
     chains, concatenated in rank order, identically on every rank. Without an initialised process
     group (or with one process) it *is* :func:`run` with the same arguments.
 
-    Chains are independent, so spreading them over processes changes nothing statistically; the
-    one place where chains interact is a kernel that learns from all of them during warm-up. For
-    :class:`~normflows_sci.samplers.AdaptiveFlowMCMC` (any kernel exposing a ``torch.optim``
-    optimizer attribute) the flow starts from rank 0's parameters and, before every optimizer
-    step, its gradients are replaced by the chain-weighted average over ranks
-    ``sum_r (n_r / N) g_r``, i.e. the gradient of the maximum-likelihood loss over all ``N``
-    chains (Gabrié et al. 2022 train on all walkers); every rank therefore keeps the same flow,
-    which is checked at the end (a ``RuntimeWarning`` reports any divergence). The ``flow`` of
-    other flow kernels (IndependentMH, NeuTraHMC) is broadcast from rank 0 so that all ranks use
-    one proposal. Per-chain step sizes adapt per chain as in :func:`run`; HMC's shared mass
-    matrix is estimated per rank (pooled over that rank's chains).
-
-    Random streams: rank ``r`` seeds its generator with child ``r`` of
-    ``numpy.random.SeedSequence(seed)`` (with one process: ``seed`` itself, as :func:`run`).
-    ``seed=None`` draws one seed on rank 0 and shares it. A ``generator`` is used as given and
-    must be seeded differently on each rank (checked).
+    Learning kernels and random streams: see the module documentation
+    (:mod:`normflows_sci.samplers.distributed`); a ``generator`` must be seeded differently on
+    each rank (checked).
 
     Args:
         kernel: an MCMC kernel (``init``/``step``/``adapt``), built identically on every rank.
@@ -344,27 +352,20 @@ def run_distributed(
         seed, generator: randomness, see above.
         progress: progress bar on rank 0.
         checkpoint: per-rank checkpoint file; with more than one process it must contain
-            ``{rank}`` (replaced by the rank). ``checkpoint_every``, ``resume``: as for :func:`run`.
-        trace_device: where kept samples are stored (default: the chains' device).
+            ``{rank}`` (replaced by the rank). ``checkpoint_every``, ``resume``,
+            ``trace_device``: as for :func:`run`.
 
     Returns:
-        A :class:`Trace` with ``samples (kept, N, *event)``, ``log_prob (kept, N)`` and
-        per-chain ``acceptance``/``warmup_acceptance`` ``(N,)`` over all ``N`` chains, the same
-        on every rank; ``seconds``/``warmup_seconds`` are the slowest rank's. ``state`` is this
-        rank's final state (its chains are ``extras["chain_slice"]``; pass it back as ``x0`` to
-        continue). ``extras``: ``rank``, ``world_size``, ``chains_per_rank``, ``chain_slice``,
-        ``seeds`` (each rank's seed, None when a generator was given).
+        A :class:`Trace` over all ``N`` chains, the same on every rank (``seconds`` are the
+        slowest rank's); ``state`` is this rank's final state (its chains are
+        ``extras["chain_slice"]``; pass it back as ``x0`` to continue). ``extras``: ``rank``,
+        ``world_size``, ``chains_per_rank``, ``chain_slice``, ``seeds`` (None with a generator).
 
     Raises:
-        ValueError: on every rank, when any rank rejects its inputs or the ranks disagree
-            (``num_steps``/``num_warmup``/``thin``, kernel type, event shape or dtype, a ``split``
-            ``x0`` that differs, different target parameters, duplicate generator states, a
-            checkpoint to resume that exists on some ranks only). The rank whose own inputs
-            were bad raises its original exception.
-
-    References:
-        Gabrié, Rotskoff, Vanden-Eijnden (2022), "Adaptive Monte Carlo augmented with
-        normalizing flows", PNAS 119 (the flow is trained on all walkers during warm-up).
+        ValueError: on every rank, when any rank rejects its inputs (that rank raises its
+            original exception) or the ranks disagree (``num_steps``/``num_warmup``/``thin``,
+            kernel type, event shape or dtype, a ``split`` ``x0`` that differs, target
+            parameters, duplicate generator states, a checkpoint on some ranks only).
 
     Example (one process: the same as :func:`run`):
         >>> from normflows_sci.distributions import StandardNormal
@@ -378,42 +379,38 @@ def run_distributed(
         True
     """
     rank, world = rank_and_world()
-    options = dict(
-        num_warmup=num_warmup,
-        thin=thin,
-        progress=progress and rank == 0,
-        checkpoint_every=checkpoint_every,
-        resume=resume,
-        trace_device=trace_device,
-    )
-    if world == 1:
-        path = _checkpoint_path(checkpoint, 0, 1)
-        trace = run(
-            kernel, x0, num_steps, seed=seed, generator=generator, checkpoint=path, **options
-        )
-        chains = int(kernel.position(trace.state).shape[0])
-        trace.extras.update(_local_extras(0, [chains], [None if generator is not None else seed]))
-        return trace
+    options = dict(num_warmup=num_warmup, thin=thin, checkpoint_every=checkpoint_every)
+    options.update(progress=progress and rank == 0, resume=resume, trace_device=trace_device)
     call = _Call(x0, split, seed, generator, checkpoint, resume)
+    if world == 1:
+        return _run_single(kernel, call, num_steps, options)
     numbers = (num_steps, num_warmup, thin, checkpoint_every)
     state, path, gathered = _exchange_inputs(kernel, call, numbers, rank, world)
-    counts = [f["chains"] for f in gathered]
-    if generator is not None:
-        seeds: list[int | None] = [None] * world
-    else:
-        base = seed if seed is not None else gathered[0]["seed"]
-        seeds = [_rank_seed(base, r) for r in range(world)]
-    # 2. Learning kernels: one flow for all ranks, trained on every rank's chains.
-    flows, optimizers = _learners(kernel)
-    if flows or optimizers:
-        _broadcast_learners(flows, optimizers)
-        if isinstance(x0, Tensor):
-            # init may have set data-dependent parameters (ActNorm) from the local shard and
-            # cached flow densities; start again from the broadcast flow.
-            state = kernel.init(torch.tensor_split(x0, world)[rank] if split else x0)
+    counts, seeds = [f["chains"] for f in gathered], _rank_seeds(call, gathered)
+    flows, optimizers, state = _share_learners(kernel, call, rank, world, state)
     with _averaged_gradients(optimizers, counts[rank] / sum(counts)):
         trace = run(kernel, state, num_steps, seed=seeds[rank], generator=generator, checkpoint=path, **options)  # fmt: skip
     return _gather_trace(trace, flows, rank, counts, seeds)
+
+
+def _rank_seeds(call: _Call, gathered: list[dict]) -> list[int | None]:
+    """Every rank's seed (None for all when a generator was given): children of the given seed,
+    or of the one rank 0 drew."""
+    if call.generator is not None:
+        return [None] * len(gathered)
+    base = call.seed if call.seed is not None else gathered[0]["seed"]
+    return [_rank_seed(base, r) for r in range(len(gathered))]
+
+
+def _run_single(kernel, call: _Call, num_steps: int, options: dict) -> Trace:
+    """One process: :func:`run` itself, with the extras of a one-rank run."""
+    path = _checkpoint_path(call.checkpoint, 0, 1)
+    generator = call.generator
+    trace = run(kernel, call.x0, num_steps, seed=call.seed, generator=generator, checkpoint=path, **options)  # fmt: skip
+    chains = int(kernel.position(trace.state).shape[0])
+    seeds = [None if generator is not None else call.seed]
+    trace.extras.update(_local_extras(0, [chains], seeds))
+    return trace
 
 
 class _Call(NamedTuple):
@@ -458,6 +455,20 @@ def _exchange_inputs(kernel, call: _Call, numbers: tuple, rank: int, world: int)
             raise local_error from error
         raise
     return state, path, gathered
+
+
+def _share_learners(kernel, call: _Call, rank: int, world: int, state):
+    """Step 2, for learning kernels: one flow for all ranks (rank 0's parameters, and those of
+    every optimizer), trained on every rank's chains. Returns ``(flows, optimizers, state)``."""
+    flows, optimizers = _learners(kernel)
+    if flows or optimizers:
+        _broadcast_learners(flows, optimizers)
+        if isinstance(call.x0, Tensor):
+            # init may have set data-dependent parameters (ActNorm) from the local shard and
+            # cached flow densities; start again from the broadcast flow.
+            local = torch.tensor_split(call.x0, world)[rank] if call.split else call.x0
+            state = kernel.init(local)
+    return flows, optimizers, state
 
 
 def _gather_trace(trace: Trace, flows, rank: int, counts: list, seeds: list) -> Trace:
