@@ -24,7 +24,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import csv
 import io
 import json
 import math
@@ -42,7 +41,7 @@ from normflows_sci._version import __version__
 from normflows_sci.baselines import baseline_scores, gaussian_held_out_score
 from normflows_sci.estimator import FLOWS as FLOW_FAMILIES
 from normflows_sci.estimator import MIN_ROWS_FOR_VALIDATION, DensityEstimator, validation_split
-from normflows_sci.io import atomic_write, table_format
+from normflows_sci.io import table_format
 
 __all__ = ["main", "read_table", "CLIError"]
 
@@ -104,38 +103,12 @@ def _check_output(path: Path, option: str) -> None:
         raise CLIError(f"{option} {path} is a folder; give a file name")
 
 
-def _write_output(path: str | os.PathLike, data: bytes, option: str = "-o") -> Path:
-    """Write ``data`` to ``path`` atomically (temporary file + rename). Devices and pipes such as
-    /dev/null are written directly: renaming over them would replace the device itself."""
-    path = Path(path)
-    _check_output(path, option)
-    if _special_file(path):
-        with open(path, "wb") as handle:
-            handle.write(data)
-        return path
-    return atomic_write(path, data)
-
-
-def _csv_text(values: np.ndarray, names: Sequence[str]) -> str:
-    buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\n").writerow(names)
-    # 9 significant digits round-trip float32 model outputs exactly.
-    np.savetxt(buffer, values, delimiter=",", fmt="%.9g")
-    return buffer.getvalue()
-
-
 def _write_table(values: np.ndarray, names: Sequence[str], output: str | None) -> Path | None:
     """CSV (or ``.npy`` by extension) to ``output`` atomically, or CSV to stdout."""
     if output is None or output == "-":
-        sys.stdout.write(_csv_text(values, names))
-        sys.stdout.flush()
-        return None
-    path = Path(output)
-    if path.suffix.lower() == ".npy":
-        buffer = io.BytesIO()
-        np.save(buffer, values)
-        return _write_output(path, buffer.getvalue())
-    return _write_output(path, _csv_text(values, names).encode("utf-8"))
+        return files.write_table(values, names, sys.stdout)
+    _check_output(Path(output), "-o")
+    return files.write_table(values, names, output)
 
 
 # --------------------------------------------------------------------------------------- models
@@ -404,12 +377,12 @@ def _cmd_demo(args) -> int:
     dataset = load_dataset(args.dataset)
     values, names = np.asarray(dataset.data, dtype=np.float64), list(dataset.columns)
     rows = len(values)
-    held = max(1, round(TEST_FRACTION * rows))
-    if args.split == "random":
-        order = np.random.default_rng(args.seed).permutation(rows)
-        test, train = values[order[:held]], values[order[held:]]
+    if args.split == "random":  # the seeded split DensityEstimator.fit makes (datasets: >= 20 rows)
+        train_rows, test_rows = validation_split(rows, TEST_FRACTION, args.seed)
+        test, train = values[test_rows], values[train_rows]
         how = f"random split, seed {args.seed}"
     else:
+        held = max(1, round(TEST_FRACTION * rows))
         test, train = values[rows - held :], values[: rows - held]
         how = "the last rows held out"
     print(f"dataset {dataset.name}: {rows} rows x {len(names)} columns ({', '.join(names)})")

@@ -34,8 +34,9 @@ import re
 import tempfile
 import time
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 import torch
@@ -56,6 +57,7 @@ __all__ = [
     "read_torch",
     "data_fingerprint",
     "read_table",
+    "write_table",
     "table_format",
     "TableFileError",
 ]
@@ -620,3 +622,54 @@ def read_table(path: str | os.PathLike, *, what: str = "DATA") -> tuple[np.ndarr
             f"{rows[0] + 1}); impute or drop them first"
         )
     return values, names
+
+
+def _csv_text(values: np.ndarray, names: Sequence[str]) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerow(names)
+    # 9 significant digits round-trip float32 model outputs exactly.
+    np.savetxt(buffer, values, delimiter=",", fmt="%.9g")
+    return buffer.getvalue()
+
+
+def write_table(
+    values: np.ndarray, names: Sequence[str], target: str | os.PathLike | TextIO
+) -> Path | None:
+    """Write a ``(rows, columns)`` table with its column ``names``.
+
+    To a text stream (e.g. ``sys.stdout``): CSV with a header row. To a path: ``.npy`` by
+    extension, CSV otherwise, written atomically (:func:`atomic_write`); an existing device or
+    pipe such as ``/dev/null`` is written directly, since renaming over it would replace the
+    device itself. CSV values have 9 significant digits (float32 model outputs round-trip).
+
+    Returns:
+        The path written, or None for a stream.
+
+    Raises:
+        TableFileError: the path is a folder.
+
+    Example:
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     path = write_table(np.array([[1.0, 0.5]]), ["a", "b"], Path(folder) / "t.csv")
+        ...     print(path.read_text(), end="")
+        a,b
+        1,0.5
+    """
+    if hasattr(target, "write"):
+        target.write(_csv_text(values, names))
+        target.flush()
+        return None
+    path = Path(target)
+    if path.is_dir():
+        raise TableFileError(f"{path} is a folder; give a file name")
+    if path.suffix.lower() == ".npy":
+        buffer = io.BytesIO()
+        np.save(buffer, values)
+        data = buffer.getvalue()
+    else:
+        data = _csv_text(values, names).encode("utf-8")
+    if path.exists() and not path.is_file():
+        with open(path, "wb") as handle:
+            handle.write(data)
+        return path
+    return atomic_write(path, data)
