@@ -21,7 +21,13 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from normflows_sci.samplers.targets import as_log_prob
-from normflows_sci.training.scaffold import TrainingLoss, TrainingOptions, positive_int, train
+from normflows_sci.training.scaffold import (
+    TrainingLoss,
+    TrainingOptions,
+    positive_int,
+    route_keywords,
+    train,
+)
 
 __all__ = [
     "regularize_energy",
@@ -257,6 +263,19 @@ class BoltzmannLoss(TrainingLoss):
         return dict(step=step, loss=self.last_loss, **self.last)
 
 
+# The training settings (keywords) of fit_boltzmann and fit_fab, and their defaults.
+STEP_TRAINING_DEFAULTS = dict(
+    learning_rate=1e-3,
+    weight_decay=0.0,
+    schedule="cosine",
+    clip_grad=10.0,
+    max_time=None,
+    seed=None,
+    progress=True,
+    log_every=10,
+)
+
+
 def fit_boltzmann(
     flow,
     target,
@@ -266,18 +285,12 @@ def fit_boltzmann(
     batch_size: int = 256,
     forward_weight: float | None = None,
     reverse_weight: float | None = None,
-    learning_rate: float = 1e-3,
-    weight_decay: float = 0.0,
-    schedule: str = "cosine",
-    clip_grad: float | None = 10.0,
     energy_cap: float | None = 1e4,
     path_gradient: bool = False,
-    max_time: float | None = None,
-    seed: int | None = None,
-    progress: bool = True,
-    log_every: int = 10,
+    **training,
 ) -> dict[str, list]:
-    """Train a Boltzmann generator by forward KL on ``data``, reverse KL on ``target``, or both.
+    """Train a Boltzmann generator by forward KL on ``data``, reverse KL on ``target``, or both:
+    :func:`train` on :class:`BoltzmannLoss`.
 
     The loss is ``forward_weight * NLL(data batch) + reverse_weight * reverse-KL(batch)``. By
     default ``forward_weight`` is 1 when ``data`` is given (else 0) and ``reverse_weight`` is 1
@@ -291,15 +304,14 @@ def fit_boltzmann(
         data: ``(n, *event)`` samples of the target (e.g. MD frames), optional.
         steps: optimiser steps.
         batch_size: data minibatch and reverse-KL sample size.
-        learning_rate, weight_decay: AdamW settings.
-        schedule: ``"cosine"`` decay over ``steps`` or ``"constant"``.
-        clip_grad: maximum gradient norm (None: no clipping).
+        forward_weight, reverse_weight: the weights of the two terms (defaults above).
         energy_cap: energies above it enter the loss logarithmically (:func:`regularize_energy`).
         path_gradient: path-gradient estimator for the reverse-KL term.
-        max_time: wall-clock budget in seconds (stops early).
-        seed: seeds minibatches and flow samples.
-        progress: tqdm progress bar.
-        log_every: record the history every this many steps.
+        **training: the :class:`TrainingOptions` fields ``learning_rate`` (1e-3),
+            ``weight_decay`` (0), ``schedule`` (``"cosine"`` over ``steps``, or
+            ``"constant"``), ``clip_grad`` (10), ``max_time``, ``seed`` (seeds minibatches and
+            flow samples), ``progress`` and ``log_every`` (10: record the history every this
+            many steps).
 
     Returns:
         History of equal-length lists: ``step``, ``loss``, ``forward_kl`` (NLL, NaN if unused),
@@ -318,6 +330,7 @@ def fit_boltzmann(
         >>> history["reverse_kl"][-1] < -1.0
         True
     """
+    options = route_keywords("fit_boltzmann", training, options=STEP_TRAINING_DEFAULTS)["options"]
     loss = BoltzmannLoss(
         target,
         data,
@@ -327,15 +340,5 @@ def fit_boltzmann(
         energy_cap=energy_cap,
         path_gradient=path_gradient,
     )
-    options = TrainingOptions(
-        learning_rate=learning_rate,
-        weight_decay=weight_decay,
-        schedule=schedule,
-        clip_grad=clip_grad,
-        max_steps=positive_int("steps", steps),
-        max_time=max_time,
-        log_every=positive_int("log_every", log_every),
-        seed=seed,
-        progress=progress,
-    )
+    options = TrainingOptions(max_steps=positive_int("steps", steps), **options)
     return train(flow, loss, options)

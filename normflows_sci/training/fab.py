@@ -40,7 +40,14 @@ from normflows_sci.samplers.importance import importance_weights
 from normflows_sci.samplers.kernels import HMC, KERNEL_NAMES, kernel_factory
 from normflows_sci.samplers.sequential import anneal
 from normflows_sci.samplers.targets import as_log_prob, check_log_prob
-from normflows_sci.training.scaffold import TrainingLoss, TrainingOptions, positive_int, train
+from normflows_sci.training.boltzmann import STEP_TRAINING_DEFAULTS
+from normflows_sci.training.scaffold import (
+    TrainingLoss,
+    TrainingOptions,
+    positive_int,
+    route_keywords,
+    train,
+)
 
 __all__ = [
     "PrioritizedReplayBuffer",
@@ -443,11 +450,26 @@ class FABLoss(TrainingLoss):
     Args:
         target: an Energy, or anything with ``log_prob``, or a log-density callable.
         batch_size: AIS particles per run, and the buffer's draw size (at least 2).
-        ais_options: the annealing, as keywords of :func:`fab_ais`: ``num_temperatures``,
-            ``kernel``, ``mcmc_steps``, ``kernel_options``, ``bounds``.
+        ais_options: the annealing, as keywords of :func:`fab_ais`: ``num_temperatures`` (AIS
+            stages ``K``, ``K - 1`` intermediate distributions; 3), ``mcmc_steps`` (moves per
+            stage; 1), ``kernel`` (the moves as a value: ``HMC``, the default, ``MALA``,
+            ``RandomWalkMH`` or a ``functools.partial`` of one; the names ``"hmc"``,
+            ``"mala"``, ``"rwmh"`` are deprecated aliases), ``kernel_options`` (extra kernel
+            arguments; HMC takes 5 leapfrog steps unless told otherwise) and ``bounds``.
+            ``bounds=(low, high)`` (numbers or ``(*event)`` tensors): AIS treats points outside
+            the box as having zero density, so they are never moved to nor stored. ``p²/q`` is
+            not normalisable when the flow's tails are lighter than ``p²`` (affine coupling
+            flows can have arbitrarily light tails far from the data), and AIS then drifts to
+            huge coordinates; bounds prevent it, as FAB's ``point_is_valid_fn`` does. Flows
+            with standard normal tails (NSF with a standard normal base: identity outside the
+            spline bound) are safe for targets whose tails decay faster than ``exp(-|x|²/4)``.
         step_size: initial MCMC step size.
-        replay_buffer, buffer_updates, buffer_min_size, weight_adjust_clip: the buffer (see
-            :func:`fit_fab`).
+        replay_buffer: ``True`` (capacity ``100 * batch_size``), a capacity, or ``False``.
+        buffer_updates: optimiser steps per AIS run with the buffer.
+        buffer_min_size: samples gathered (by AIS runs before training) before the first
+            update; default ``min(10 * batch_size, capacity)``.
+        weight_adjust_clip: bound of the stale-weight correction in the buffer loss
+            (:func:`fab_buffer_loss`).
 
     Example:
         >>> from normflows_sci.flows import NSF
@@ -611,26 +633,13 @@ def fit_fab(
     *,
     steps: int = 1000,
     batch_size: int = 128,
-    num_temperatures: int = 3,
     kernel=HMC,
-    mcmc_steps: int = 1,
     step_size: float = 0.1,
-    kernel_options: dict | None = None,
     replay_buffer: bool | int = True,
-    buffer_updates: int = 4,
-    buffer_min_size: int | None = None,
-    weight_adjust_clip: float | None = 10.0,
-    bounds: tuple | None = None,
-    learning_rate: float = 1e-3,
-    weight_decay: float = 0.0,
-    schedule: str = "cosine",
-    clip_grad: float | None = 10.0,
-    max_time: float | None = None,
-    seed: int | None = None,
-    progress: bool = True,
-    log_every: int = 10,
+    **settings,
 ) -> dict[str, list]:
-    """Train ``flow`` towards the unnormalised ``target`` by FAB (no target samples needed).
+    """Train ``flow`` towards the unnormalised ``target`` by FAB (no target samples needed):
+    :func:`train` on :class:`FABLoss`.
 
     Each AIS run (:func:`fab_ais`) draws ``batch_size`` particles from the flow and anneals them
     through ``num_temperatures`` stages from ``q`` to ``p²/q``. Without the buffer every
@@ -643,33 +652,14 @@ def fit_fab(
         flow: the Flow to train (modified in place).
         target: an Energy, or anything with ``log_prob``, or a log-density callable.
         steps: optimiser steps.
-        batch_size: AIS particles per run, and the buffer's draw size.
-        num_temperatures: AIS stages ``K`` (``K - 1`` intermediate distributions).
-        kernel: the MCMC moves as a value (see :func:`fab_ais`): ``HMC`` (default), ``MALA``,
-            ``RandomWalkMH`` or a ``functools.partial`` of one; the names ``"hmc"``,
-            ``"mala"``, ``"rwmh"`` are deprecated aliases. ``mcmc_steps`` moves per stage.
-        step_size: initial MCMC step size.
-        kernel_options: extra kernel arguments (default ``{"num_leapfrog": 5}`` for HMC).
-        replay_buffer: ``True`` (capacity ``100 * batch_size``), a capacity, or ``False``.
-        buffer_updates: optimiser steps per AIS run with the buffer.
-        buffer_min_size: samples gathered (by AIS runs before training) before the first
-            update; default ``min(10 * batch_size, capacity)``.
-        weight_adjust_clip: bound of the stale-weight correction in the buffer loss
-            (:func:`fab_buffer_loss`).
-        bounds: ``(low, high)`` (numbers or ``(*event)`` tensors): AIS treats points outside
-            the box as having zero density, so they are never moved to nor stored. ``p²/q`` is
-            not normalisable when the flow's tails are lighter than ``p²`` (affine coupling
-            flows can have arbitrarily light tails far from the data), and AIS then drifts to
-            huge coordinates; bounds prevent it, as FAB's ``point_is_valid_fn`` does. Flows
-            with standard normal tails (NSF with a standard normal base: identity outside the
-            spline bound) are safe for targets whose tails decay faster than ``exp(-|x|²/4)``.
-        learning_rate, weight_decay: AdamW settings.
-        schedule: ``"cosine"`` decay over ``steps`` or ``"constant"``.
-        clip_grad: maximum gradient norm (None: no clipping).
-        max_time: wall-clock budget in seconds (stops early).
-        seed: seeds the flow draws, MCMC moves and buffer draws.
-        progress: tqdm progress bar.
-        log_every: record the history every this many steps.
+        batch_size, kernel, step_size, replay_buffer: see :class:`FABLoss`.
+        **settings: the rest of the FAB settings of :class:`FABLoss`: ``num_temperatures``
+            (3), ``mcmc_steps`` (1), ``kernel_options``, ``bounds``, ``buffer_updates`` (4),
+            ``buffer_min_size``, ``weight_adjust_clip`` (10); and the :class:`TrainingOptions`
+            fields ``learning_rate`` (1e-3), ``weight_decay`` (0), ``schedule`` (``"cosine"``
+            over ``steps``, or ``"constant"``), ``clip_grad`` (10), ``max_time``, ``seed``
+            (seeds the flow draws, MCMC moves and buffer draws), ``progress`` and
+            ``log_every`` (10: record the history every this many steps).
 
     Returns:
         History of equal-length lists: ``step``, ``loss``, ``ess_fraction`` (Kish ESS of the
@@ -693,31 +683,20 @@ def fit_fab(
         Midgley, Stimper, Simm, Schölkopf, Hernández-Lobato (2023), "Flow annealed importance
         sampling bootstrap", ICLR.
     """
+    groups = route_keywords(
+        "fit_fab",
+        settings,
+        ais=dict(num_temperatures=3, mcmc_steps=1, kernel_options=None, bounds=None),
+        buffer=dict(buffer_updates=4, buffer_min_size=None, weight_adjust_clip=10.0),
+        options=STEP_TRAINING_DEFAULTS,
+    )
     loss = FABLoss(
         target,
         batch_size=batch_size,
-        ais_options=dict(
-            num_temperatures=num_temperatures,
-            kernel=kernel,
-            mcmc_steps=mcmc_steps,
-            kernel_options=kernel_options,
-            bounds=bounds,
-        ),
+        ais_options=dict(groups["ais"], kernel=kernel),
         step_size=step_size,
         replay_buffer=replay_buffer,
-        buffer_updates=buffer_updates,
-        buffer_min_size=buffer_min_size,
-        weight_adjust_clip=weight_adjust_clip,
+        **groups["buffer"],
     )
-    options = TrainingOptions(
-        learning_rate=learning_rate,
-        weight_decay=weight_decay,
-        schedule=schedule,
-        clip_grad=clip_grad,
-        max_steps=_positive_int("steps", steps),
-        max_time=max_time,
-        log_every=_positive_int("log_every", log_every),
-        seed=seed,
-        progress=progress,
-    )
+    options = TrainingOptions(max_steps=_positive_int("steps", steps), **groups["options"])
     return train(flow, loss, options)

@@ -30,7 +30,13 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 from normflows_sci.manifolds import Sphere, Torus
-from normflows_sci.training.scaffold import TrainingLoss, TrainingOptions, positive_int, train
+from normflows_sci.training.scaffold import (
+    TrainingLoss,
+    TrainingOptions,
+    positive_int,
+    route_keywords,
+    train,
+)
 from normflows_sci.transforms import wrap_angle
 
 __all__ = ["fit_flow_matching", "FlowMatchingLoss", "flow_matching_loss", "ot_pairing"]
@@ -246,15 +252,10 @@ def fit_flow_matching(
     batch_size: int = 256,
     ot: bool = False,
     sigma: float = 0.0,
-    learning_rate: float = 1e-3,
-    weight_decay: float = 0.0,
-    schedule: str = "cosine",
-    clip_grad: float | None = 1.0,
-    max_time: float | None = None,
-    seed: int | None = None,
-    progress: bool = True,
+    **training,
 ) -> dict[str, list]:
-    """Train a continuous flow by (OT-)conditional flow matching (see the module docstring).
+    """Train a continuous flow by (OT-)conditional flow matching (see the module docstring):
+    :func:`train` on :class:`FlowMatchingLoss`.
 
     Simulation-free: no ODE is solved during training. Minibatches are drawn uniformly with
     replacement across epochs (a fresh permutation per pass over ``data``).
@@ -267,12 +268,10 @@ def fit_flow_matching(
         batch_size: minibatch size (the OT assignment costs ``O(batch_size^3)`` on the CPU).
         ot: pair noise and data by exact minibatch optimal transport (unconditional only).
         sigma: width of the Gaussian probability path around the interpolant (0: deterministic).
-        learning_rate, weight_decay: AdamW settings.
-        schedule: ``"cosine"`` (to zero over ``steps``) or ``"constant"``.
-        clip_grad: maximum gradient norm (None: no clipping).
-        max_time: wall-clock budget in seconds (stops early).
-        seed: seeds batches, noise and times.
-        progress: show a tqdm progress bar.
+        **training: the :class:`TrainingOptions` fields ``learning_rate`` (1e-3),
+            ``weight_decay`` (0), ``schedule`` (``"cosine"``, to zero over ``steps``, or
+            ``"constant"``), ``clip_grad`` (1), ``max_time``, ``seed`` (seeds batches, noise
+            and times) and ``progress``.
 
     Returns:
         History: equal-length lists ``step``, ``loss`` (the minibatch flow-matching loss),
@@ -290,15 +289,16 @@ def fit_flow_matching(
         ...     bool(flow.sample(1000, generator=torch.Generator().manual_seed(1)).mean(0).sub(2).abs().max() < 0.3)
         True
     """
-    loss = FlowMatchingLoss(data, context, batch_size=batch_size, ot=ot, sigma=sigma)
-    options = TrainingOptions(
-        learning_rate=learning_rate,
-        weight_decay=weight_decay,
-        schedule=schedule,
-        clip_grad=clip_grad,
-        max_steps=positive_int("steps", steps),
-        max_time=max_time,
-        seed=seed,
-        progress=progress,
+    defaults = dict(
+        learning_rate=1e-3,
+        weight_decay=0.0,
+        schedule="cosine",
+        clip_grad=1.0,
+        max_time=None,
+        seed=None,
+        progress=True,
     )
+    options = route_keywords("fit_flow_matching", training, options=defaults)["options"]
+    loss = FlowMatchingLoss(data, context, batch_size=batch_size, ot=ot, sigma=sigma)
+    options = TrainingOptions(max_steps=positive_int("steps", steps), **options)
     return train(flow, loss, options)

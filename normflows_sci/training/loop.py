@@ -5,14 +5,19 @@ training scaffold (:func:`~normflows_sci.training.train`) on it."""
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 from normflows_sci.training.checkpoint import MAX_CHECKPOINT_BYTES
-from normflows_sci.training.scaffold import SCHEDULES, TrainingLoss, TrainingOptions, train
+from normflows_sci.training.scaffold import (
+    SCHEDULES,
+    TrainingLoss,
+    TrainingOptions,
+    route_keywords,
+    train,
+)
 
 __all__ = ["fit_flow", "MaximumLikelihoodLoss", "SCHEDULES", "MAX_CHECKPOINT_BYTES"]
 
@@ -147,6 +152,23 @@ class MaximumLikelihoodLoss(TrainingLoss):
         return dict(epoch=epoch, train_loss=train_loss, val_loss=val_loss)
 
 
+# fit_flow's training settings (keywords) and their defaults.
+FIT_FLOW_DEFAULTS = dict(
+    learning_rate=1e-3,
+    weight_decay=0.0,
+    max_epochs=100,
+    max_time=None,
+    patience=10,
+    schedule="cosine",
+    clip_grad=5.0,
+    seed=None,
+    progress=True,
+    checkpoint=None,
+    resume=False,
+    fingerprint=None,
+)
+
+
 def fit_flow(
     flow,
     data: Tensor,
@@ -155,21 +177,11 @@ def fit_flow(
     val_data: Tensor | None = None,
     val_context: Tensor | None = None,
     batch_size: int = 256,
-    learning_rate: float = 1e-3,
-    weight_decay: float = 0.0,
-    max_epochs: int | None = 100,
-    max_time: float | None = None,
-    patience: int | None = 10,
-    schedule: str = "cosine",
-    clip_grad: float | None = 5.0,
-    seed: int | None = None,
     transform_batch: Callable[[Tensor, torch.Generator], Tensor] | None = None,
-    progress: bool = True,
-    checkpoint: str | os.PathLike | None = None,
-    resume: bool = False,
-    fingerprint: dict | None = None,
+    **training,
 ) -> dict[str, list]:
-    """Train ``flow`` by maximum likelihood (forward KL) on ``data``.
+    """Train ``flow`` by maximum likelihood (forward KL) on ``data``: :func:`train` on
+    :class:`MaximumLikelihoodLoss`.
 
     Early stopping watches the validation loss (when ``val_data`` is given) and restores the best
     parameters at the end. Under ``torch.distributed`` (e.g. launched by ``torchrun``) every
@@ -178,36 +190,21 @@ def fit_flow(
 
     Args:
         flow: anything with ``log_prob(x, context)`` and parameters (a :class:`Flow`).
-        data: ``(n, ...)`` training points; ``context``: ``(n, c)`` matching conditions.
-        val_data, val_context: validation set for early stopping and the plateau schedule.
-        batch_size: global minibatch size.
-        learning_rate, weight_decay: Adam(W) settings.
-        max_epochs: epoch budget (None: only ``max_time`` limits; needs a non-cosine schedule or
-            a time limit).
-        max_time: wall-clock budget in seconds, checked after every step.
-        patience: epochs without validation improvement before stopping (None: never).
-        schedule: ``"cosine"`` (per step, over ``max_epochs``), ``"plateau"`` (halve the rate when
-            validation stalls) or ``"constant"``.
-        clip_grad: maximum gradient norm (None: no clipping).
-        seed: seeds shuffling and ``transform_batch`` noise (reproducible runs).
-        transform_batch: applied to every batch before ``log_prob`` (e.g. dequantisation noise),
-            called as ``transform_batch(batch, generator)``.
-        progress: show a tqdm progress bar (rank 0 only).
-        checkpoint: file to save the full training state to after every epoch (atomically).
-            It records a fingerprint of the run: the data (``data``, ``context``, ``val_data``,
-            ``val_context``: dtype, shape and SHA-256 of the contents), the architecture (every
-            tensor name, dtype and shape of ``flow.state_dict()``), the options that shape the
-            run (``batch_size``, ``learning_rate``, ``weight_decay``, ``schedule``, ``clip_grad``,
-            ``seed``, ``max_epochs`` under the cosine schedule, whether ``transform_batch`` is
-            given) and ``fingerprint``.
-        resume: continue from ``checkpoint`` if it exists: the same run, step for step. A
-            checkpoint of another run (other data, architecture, options or ``fingerprint``)
-            or a damaged one raises ``ValueError`` naming the file and what differs; budgets
-            (``max_time``, ``patience``, ``max_epochs`` outside the cosine schedule) may change.
-            Without ``seed``, the checkpoint's seed is used.
-        fingerprint: JSON-serialisable dict identifying the run beyond the tensors ``fit_flow``
-            sees (e.g. the raw table before a caller's preprocessing, and the caller's
-            settings); compared on resume.
+        data, context, val_data, val_context, batch_size, transform_batch: the loss (see
+            :class:`MaximumLikelihoodLoss`).
+        **training: the :class:`TrainingOptions` fields ``learning_rate`` (1e-3),
+            ``weight_decay`` (0), ``max_epochs`` (100; None: only ``max_time`` limits),
+            ``max_time``, ``patience`` (10), ``schedule`` (``"cosine"``, over ``max_epochs``;
+            ``"plateau"`` when ``max_epochs`` is None), ``clip_grad`` (5), ``seed``,
+            ``progress``, ``checkpoint``, ``resume`` and ``fingerprint``. A checkpoint records
+            the run's fingerprint: the data (dtype, shape and SHA-256 of ``data``, ``context``,
+            ``val_data``, ``val_context``), the architecture (every tensor name, dtype and shape
+            of ``flow.state_dict()``), the options that shape the run (``batch_size``,
+            ``learning_rate``, ``weight_decay``, ``schedule``, ``clip_grad``, ``seed``,
+            ``max_epochs`` under the cosine schedule, whether ``transform_batch`` is given) and
+            ``fingerprint``. ``resume=True`` continues that run step for step; a checkpoint of
+            another run or a damaged one raises ``ValueError`` naming the file and what differs
+            (budgets may change). Without ``seed``, the checkpoint's seed is used.
 
     Returns:
         History: equal-length lists ``epoch``, ``train_loss``, ``val_loss`` (NaN without a
@@ -226,12 +223,11 @@ def fit_flow(
         >>> history["val_loss"][-1] < history["val_loss"][0]
         True
     """
-    if schedule not in SCHEDULES:
-        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
-    if max_epochs is None and max_time is None:
-        raise ValueError("give max_epochs or max_time (or both): training needs a budget")
-    if schedule == "cosine" and max_epochs is None:
-        schedule = "plateau"
+    options = route_keywords("fit_flow", training, options=FIT_FLOW_DEFAULTS)["options"]
+    if options["schedule"] not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {options['schedule']!r}")
+    if options["max_epochs"] is None and options["schedule"] == "cosine":
+        options["schedule"] = "plateau"  # no horizon for the cosine
     loss = MaximumLikelihoodLoss(
         data,
         context=context,
@@ -240,18 +236,4 @@ def fit_flow(
         batch_size=batch_size,
         transform_batch=transform_batch,
     )
-    options = TrainingOptions(
-        learning_rate=learning_rate,
-        weight_decay=weight_decay,
-        schedule=schedule,
-        clip_grad=clip_grad,
-        max_epochs=max_epochs,
-        max_time=max_time,
-        patience=patience,
-        seed=seed,
-        progress=progress,
-        checkpoint=checkpoint,
-        resume=resume,
-        fingerprint=fingerprint,
-    )
-    return train(flow, loss, options)
+    return train(flow, loss, TrainingOptions(**options))

@@ -41,7 +41,14 @@ from normflows_sci.training.checkpoint import (
     save_checkpoint,
 )
 
-__all__ = ["SCHEDULES", "TrainingOptions", "TrainingLoss", "train", "positive_int"]
+__all__ = [
+    "SCHEDULES",
+    "TrainingOptions",
+    "TrainingLoss",
+    "train",
+    "positive_int",
+    "route_keywords",
+]
 
 SCHEDULES = ("cosine", "plateau", "constant")
 
@@ -71,6 +78,32 @@ def _positive_number(name: str, value, *, allow_none: bool = True, allow_zero: b
         suffix = " or None" if allow_none else ""
         raise ValueError(f"{name} must be a {expected} finite number{suffix}, got {value!r}")
     return number
+
+
+def route_keywords(caller: str, keywords: dict, **groups: dict) -> dict[str, dict]:
+    """Split the settings keywords of a ``fit_*`` call into ``groups`` (name -> defaults).
+
+    Each group is returned as its defaults updated with the keywords it names, so a ``fit_*``
+    function keeps its keyword arguments (and their defaults) while passing objects on.
+
+    Raises:
+        TypeError: a keyword no group takes, naming ``caller`` and the settings it accepts.
+
+    Example:
+        >>> route_keywords("fit", {"seed": 1}, options=dict(seed=None, progress=True))
+        {'options': {'seed': 1, 'progress': True}}
+    """
+    accepted = {key for defaults in groups.values() for key in defaults}
+    unknown = sorted(set(keywords) - accepted)
+    if unknown:
+        raise TypeError(
+            f"{caller}() got unexpected keyword arguments {unknown}; its settings are "
+            f"{sorted(accepted)}"
+        )
+    return {
+        name: {key: keywords.get(key, value) for key, value in defaults.items()}
+        for name, defaults in groups.items()
+    }
 
 
 @dataclass(frozen=True)
