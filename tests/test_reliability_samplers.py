@@ -117,7 +117,7 @@ def test_run_distributed_rejects_a_bad_checkpoint_on_every_rank_before_sampling(
 
 
 def _pt():
-    return ParallelTempering(gaussian, (1.0, 2.0, 4.0), local="hmc", step_size=0.2)
+    return ParallelTempering(gaussian, (1.0, 2.0, 4.0), local=HMC, step_size=0.2)
 
 
 def _adaptive(seed):
@@ -230,8 +230,8 @@ def _algorithms():
         "tempering": lambda t: run(ParallelTempering(t, (1.0, 2.0)), x0, 5, seed=0),
         "adaptive_flow": lambda t: run(AdaptiveFlowMCMC(t, _flow()), x0, 5, seed=0),
         "importance": lambda t: importance_sample(_flow(), t, 64, generator=generator),
-        "ais": lambda t: AIS(t, _flow(), num_temperatures=2, kernel="mala").sample(32),
-        "smc": lambda t: SMC(t, _flow(), num_temperatures=2, kernel="rwmh").sample(32),
+        "ais": lambda t: AIS(t, _flow(), num_temperatures=2, kernel=MALA).sample(32),
+        "smc": lambda t: SMC(t, _flow(), num_temperatures=2, kernel=RandomWalkMH).sample(32),
         "snf": lambda t: snf(t).importance_sample(32, generator=generator),
         "fab_ais": lambda t: fab_ais(_flow(), t, 32, generator=generator),
     }
@@ -377,6 +377,6 @@ def test_ais_and_smc_refuse_to_return_weights_that_are_all_zero():
     def far(x):
         return torch.where((x > 50).all(-1), 0.0, -math.inf)
 
-    for sampler in (AIS(far, _flow(), num_temperatures=2, kernel="rwmh"), SMC(far, _flow())):
+    for sampler in (AIS(far, _flow(), num_temperatures=2, kernel=RandomWalkMH), SMC(far, _flow())):
         with pytest.raises(ValueError, match="every particle has weight zero: target far"):
             sampler.sample(32, generator=torch.Generator().manual_seed(0))

@@ -121,7 +121,7 @@ def _assert_state_matches_target(log_prob_fn, state):
         torch.testing.assert_close(state.grad, grad, atol=1e-10, rtol=1e-10)
 
 
-@pytest.mark.parametrize("local", ["mala", "hmc", "rwmh"])
+@pytest.mark.parametrize("local", [MALA, HMC, RandomWalkMH])
 def test_tempering_swaps_move_log_densities_without_evaluating_the_target(local):
     # Each step evaluates the target once per replica (MALA/RWMH) or once per leapfrog step (HMC);
     # swapped replicas carry beta * log p and beta * grad log p to their new temperature.
@@ -133,7 +133,7 @@ def test_tempering_swaps_move_log_densities_without_evaluating_the_target(local)
     for _ in range(10):
         counting.evaluated = 0
         state, info = kernel.step(state, generator)
-        per_step = kernel.inner.num_leapfrog if local == "hmc" else 1
+        per_step = kernel.inner.num_leapfrog if local is HMC else 1
         assert counting.evaluated == per_step * 4 * 32
         swaps += float(info.swap_accepted.sum())
     assert swaps > 0
@@ -245,3 +245,55 @@ def test_runs_on_device(device):
     kernel = HMC(correlated_gaussian, num_leapfrog=3)
     trace = run(kernel, torch.zeros(8, 2, device=device), 5, num_warmup=5, seed=0)
     assert trace.samples.device.type == device.type
+
+
+def test_tempering_takes_its_local_kernel_as_a_value_and_the_name_is_a_deprecated_alias():
+    """``local=partial(HMC, num_leapfrog=2)`` sets the leapfrog steps (the old name-only
+    argument could not); ``local="hmc"`` still works and warns with the class to pass."""
+    from functools import partial
+
+    from normflows_sci.samplers.tempering import ParallelTempering as Tempering
+
+    kernel = Tempering(two_modes, (1.0, 2.0), local=partial(HMC, num_leapfrog=2), step_size=0.3)
+    assert isinstance(kernel.inner, HMC) and kernel.inner.num_leapfrog == 2
+    assert kernel.inner.step_size == 0.3
+    with pytest.warns(DeprecationWarning, match=r"local=HMC"):
+        named = Tempering(two_modes, (1.0, 2.0), local="hmc", step_size=0.3)
+    assert isinstance(named.inner, HMC) and named.inner.num_leapfrog == 10
+    with pytest.raises(TypeError, match="local must be a kernel class"):
+        Tempering(two_modes, (1.0, 2.0), local=MALA(two_modes))
+
+
+def test_warm_up_adapts_through_the_kernels_adaptation_object():
+    """The kernel only exposes its acceptance signal; the step-size rule is its ``adaptation``
+    (a StepSizeAdaptation): replacing it changes where warm-up drives the step sizes."""
+    from normflows_sci.samplers import StepSizeAdaptation
+
+    rates = {}
+    for accept in (0.2, 0.9):
+        kernel = RandomWalkMH(correlated_gaussian, step_size=0.5)
+        kernel.adaptation = StepSizeAdaptation(accept)
+        trace = run(kernel, torch.zeros(64, 2), 50, num_warmup=200, seed=0)
+        rates[accept] = float(trace.acceptance["local"].mean())
+    assert abs(rates[0.2] - 0.2) < 0.1 and abs(rates[0.9] - 0.9) < 0.1
+
+
+@pytest.mark.parametrize("make", [RandomWalkMH, MALA, lambda t: HMC(t, num_leapfrog=2)])
+def test_a_differentiable_proposal_keeps_the_graph_to_the_start(make):
+    """``propose(..., differentiable=True)`` is the kernel's move reparameterised (the SNF's
+    MCMC layers use it): the proposal and its log-density carry gradients back to ``x``;
+    without it they are detached."""
+    kernel = make(correlated_gaussian)
+    x = torch.randn(8, 2, dtype=torch.float64, requires_grad=True)
+    log_prob, grad = log_prob_and_grad(kernel.log_prob_fn, x, differentiable=True)
+    step = torch.full((8,), 0.1, dtype=torch.float64)
+    state = kernel.state_at(x, log_prob, grad if kernel.uses_gradient else None, step)
+    proposal, log_ratio = kernel.propose(
+        state, torch.Generator().manual_seed(0), differentiable=True
+    )
+    (dx,) = torch.autograd.grad(proposal.log_prob.sum(), x)
+    assert bool(torch.isfinite(dx).all()) and float(dx.abs().sum()) > 0
+    assert log_ratio.shape == (8,)
+    start = kernel.init(x.detach())._replace(step_size=step)  # the same state, detached
+    detached, _ = kernel.propose(start, torch.Generator().manual_seed(0))
+    assert not detached.x.requires_grad and torch.allclose(detached.x, proposal.x.detach())

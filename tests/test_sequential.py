@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import pytest
 import torch
 
 from normflows_sci.flows import RealNVP
-from normflows_sci.samplers import AIS, SMC
+from normflows_sci.samplers import AIS, HMC, MALA, SMC, RandomWalkMH, StepSizeAdaptation, anneal
+from normflows_sci.training.fab import fab_ais
 
 LOG_Z = math.log(7.5)  # the unnormalised mixture below integrates to 7.5
 
@@ -44,7 +46,7 @@ class _Scaled:
 
 
 @pytest.mark.parametrize("method", [AIS, SMC])
-@pytest.mark.parametrize("kernel", ["hmc", "mala", "rwmh"])
+@pytest.mark.parametrize("kernel", [HMC, MALA, RandomWalkMH])
 def test_log_z_within_error_bars(method, kernel):
     flow = _broad_flow(torch.float64)
     sampler = method(_mixture, flow, num_temperatures=16, kernel=kernel, mcmc_steps=2)
@@ -61,7 +63,9 @@ def test_log_z_within_error_bars(method, kernel):
         assert out.resamples == 0
 
 
-@pytest.mark.parametrize("kernel, per_move", [("mala", 1), ("rwmh", 1), ("hmc", 3)])
+@pytest.mark.parametrize(
+    "kernel, per_move", [(MALA, 1), (RandomWalkMH, 1), (partial(HMC, num_leapfrog=3), 3)]
+)
 def test_each_level_reuses_the_densities_of_the_last_moves(kernel, per_move):
     # Target rows evaluated: the start, every MCMC move, and once between levels (the increment
     # of the next level and its starting state from the same log p and gradient).
@@ -71,14 +75,8 @@ def test_each_level_reuses_the_densities_of_the_last_moves(kernel, per_move):
         rows.append(x.shape[0])
         return _mixture(x)
 
-    options = {"num_leapfrog": 3} if kernel == "hmc" else None
     sampler = AIS(
-        counting,
-        _broad_flow(torch.float64),
-        num_temperatures=5,
-        kernel=kernel,
-        mcmc_steps=2,
-        kernel_options=options,
+        counting, _broad_flow(torch.float64), num_temperatures=5, kernel=kernel, mcmc_steps=2
     )
     out = sampler.sample(64, generator=torch.Generator().manual_seed(0))
     assert sum(rows) == 64 * (1 + 5 * 2 * per_move + 4)
@@ -127,3 +125,59 @@ def test_bad_sample_arguments():
         SMC(_mixture, _broad_flow(torch.float32), resample_threshold=0.0)
     with pytest.raises(TypeError, match="flow"):
         AIS(_mixture, object())
+
+
+@pytest.mark.parametrize("sampler", [AIS, SMC])
+def test_a_kernel_value_carries_its_hyperparameters_and_the_name_is_a_deprecated_alias(sampler):
+    """``kernel=partial(HMC, num_leapfrog=3)`` is the value form of the old ``kernel="hmc"`` with
+    ``kernel_options``: the same moves, the same numbers for the same seed; the name warns."""
+    flow = _broad_flow(torch.float64)
+    by_value = sampler(_mixture, flow, num_temperatures=3, kernel=partial(HMC, num_leapfrog=3))
+    with pytest.warns(DeprecationWarning, match=r"kernel=HMC"):
+        by_name = sampler(
+            _mixture, flow, num_temperatures=3, kernel="hmc", kernel_options={"num_leapfrog": 3}
+        )
+    a = by_value.sample(128, generator=torch.Generator().manual_seed(1))
+    b = by_name.sample(128, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(a.samples, b.samples) and torch.equal(a.log_weights, b.log_weights)
+
+
+@pytest.mark.parametrize(
+    "kernel, error",
+    [(MALA(_mixture), TypeError), (partial(MALA, 0.1), TypeError), (len, TypeError)],
+)
+def test_a_kernel_that_is_not_a_kernel_class_is_refused_naming_the_argument(kernel, error):
+    """An instance (AIS builds one kernel per temperature), a partial with positional
+    arguments, or an unrelated callable: a TypeError that says what to pass."""
+    with pytest.raises(error, match=r"kernel must be a kernel class"):
+        AIS(_mixture, _broad_flow(torch.float64), kernel=kernel)
+
+
+def test_fab_ais_takes_a_kernel_value():
+    """fab_ais with ``kernel=MALA`` runs MALA moves (the old name-only argument refused a
+    class); the name still works, with a DeprecationWarning."""
+    flow = _broad_flow(torch.float64).flow
+    out = fab_ais(flow, _mixture, 64, kernel=MALA, generator=torch.Generator().manual_seed(0))
+    with pytest.warns(DeprecationWarning, match="kernel=MALA"):
+        old = fab_ais(flow, _mixture, 64, kernel="mala", generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out["log_weights"], old["log_weights"])
+
+
+def test_annealing_adapts_one_pooled_step_size_with_the_adaptation_object():
+    """anneal's step size follows StepSizeAdaptation(pooled=True): every particle shares it, and
+    a partial's target_accept (carried by the kernel value) drives it (a higher target, a
+    smaller step, a higher acceptance)."""
+    x = torch.randn(256, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 3
+    base = lambda y: -0.5 * (y / 3).square().sum(-1) - math.log(2 * math.pi * 9)  # noqa: E731
+    betas = torch.linspace(0, 1, 9, dtype=torch.float64)
+    rates = []
+    for accept in (0.3, 0.9):
+        kernel = partial(RandomWalkMH, step_size=1.0, target_accept=accept)
+        out = anneal(x, base, _mixture, betas, kernel=kernel, mcmc_steps=4,
+                     generator=torch.Generator().manual_seed(1))  # fmt: skip
+        rates.append(float(out["acceptance"][-3:].mean()))
+    assert rates[1] > rates[0] + 0.2
+    adaptation = StepSizeAdaptation(0.5, pooled=True)
+    state = adaptation.update(adaptation.init(torch.full((3,), 0.1)), torch.tensor([0.0, 1.0, 1.0]))
+    expected = 0.1 * math.exp(2.0 * (2 / 3 - 0.5))
+    assert torch.allclose(state.step_size, torch.full((3,), expected))

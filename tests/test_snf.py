@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import pytest
 import torch
@@ -38,7 +39,8 @@ def stochastic_layers(kind: str, count: int = 6, steps: int = 2):
     if kind == "langevin":
         return [LangevinLayer(b, step_size=0.05, steps=steps) for b in betas]
     step = {"mala": 0.2, "hmc": 0.2, "rwmh": 0.6}[kind]
-    return [MCMCLayer(b, step_size=step, steps=steps, kernel=kind, num_leapfrog=3) for b in betas]
+    kernel = {"mala": MALA, "hmc": HMC, "rwmh": RandomWalkMH}[kind]
+    return [MCMCLayer(b, step_size=step, steps=steps, kernel=kernel, num_leapfrog=3) for b in betas]
 
 
 @pytest.mark.parametrize("kind", ["mala", "rwmh", "hmc", "langevin"])
@@ -99,14 +101,14 @@ def test_stochastic_layers_improve_ess_over_the_flow_alone():
 @pytest.mark.parametrize(
     "kernel, step, reference",
     [
-        ("mala", 0.5, MALA),
-        ("rwmh", 1.0, RandomWalkMH),
-        ("hmc", 0.7, lambda t, step_size: HMC(t, step_size=step_size, num_leapfrog=3)),
+        (MALA, 0.5, MALA),
+        (RandomWalkMH, 1.0, RandomWalkMH),
+        (partial(HMC, num_leapfrog=3), 0.7, partial(HMC, num_leapfrog=3)),
     ],
 )
 def test_mcmc_layer_moves_like_the_package_kernels(kernel, step, reference):
     x0 = torch.randn(64, 2, generator=torch.Generator().manual_seed(4))
-    layer = MCMCLayer(1.0, step_size=step, kernel=kernel, num_leapfrog=3)
+    layer = MCMCLayer(1.0, step_size=step, kernel=kernel)
     x, delta = layer(x0, target, generator=torch.Generator().manual_seed(5))
     move = reference(target, step_size=step)
     state, info = move.step(move.init(x0), torch.Generator().manual_seed(5))
@@ -232,3 +234,17 @@ def test_target_module_is_not_registered():
 def test_bad_arguments_raise(build, error, message):
     with pytest.raises(error, match=message):
         build()
+
+
+def test_mcmc_layer_kernel_name_is_a_deprecated_alias_of_the_kernel_value():
+    """``kernel="hmc"`` still builds the HMC layer (with a DeprecationWarning naming the class);
+    ``kernel=partial(HMC, num_leapfrog=3)`` is the same layer: the same path for the same seed."""
+    with pytest.warns(DeprecationWarning, match=r"kernel=HMC"):
+        named = MCMCLayer(0.5, step_size=0.3, kernel="hmc", num_leapfrog=3)
+    valued = MCMCLayer(0.5, step_size=0.3, kernel=partial(HMC, num_leapfrog=3))
+    assert valued.num_leapfrog == 3 and "HMC(" in repr(valued)
+    x0 = torch.randn(16, 2, generator=torch.Generator().manual_seed(1))
+    reference = StandardNormal(2).log_prob
+    a = named(x0, target, reference, generator=torch.Generator().manual_seed(2))
+    b = valued(x0, target, reference, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])

@@ -285,8 +285,11 @@ class _Annealer:
             or not (betas.diff() > 0).all()
         ):
             raise ValueError("betas must increase strictly from 0 to 1 (at least two values)")
+        # A deprecated name is reported at the caller of AIS(...) / SMC(...) (SMC adds a frame).
+        stacklevel = 3 if type(self).__init__ is _Annealer.__init__ else 4
+        defaults = dict(step_size=step_size)
         self.kernel = kernel_factory(
-            kernel, defaults=dict(step_size=step_size), options=kernel_options
+            kernel, defaults=defaults, options=kernel_options, stacklevel=stacklevel
         )
         if int(mcmc_steps) != mcmc_steps or mcmc_steps < 1:
             raise ValueError(f"mcmc_steps must be a positive integer, got {mcmc_steps!r}")
