@@ -144,9 +144,15 @@ class DensityEstimator:
         device: torch device to train on (default CPU).
 
     Attributes:
-        ``flow_``: the fitted model (float64 preprocessing, float32 flow network); ``spec_``,
-        ``history_``, ``fit_time_``; ``last_score_error_``: ``(n,)`` standard errors (nats) of the
-        last :meth:`score_samples` call (non-zero only for more than three integer columns).
+        ``flow_``: the fitted model (float64 preprocessing, float32 flow network); ``spec_``: its
+        frozen :class:`TableSpec` (columns, bounds, lattices, tails, network size: what a model
+        file stores); ``history_``, ``fit_time_``; ``last_score_error_``: ``(n,)`` standard errors
+        (nats) of the last :meth:`score_samples` call (non-zero only for more than three integer
+        columns).
+
+    The constructor takes every setting as its own keyword argument, stored unchanged under the
+    same name (the scikit-learn convention that ``get_params``, ``clone`` and grid searches rely
+    on); the network and training settings are grouped where they are used.
 
     Degenerate tables are refused rather than fitted wrongly: fewer than two rows, or a constant
     continuous column (a point mass has no density), are errors naming the count or the column.
