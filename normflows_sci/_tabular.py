@@ -138,13 +138,13 @@ class TableSpec(ColumnLayout):
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     def __getitem__(self, key: str):
+        if key not in spec_keys():
+            raise KeyError(key)
         warnings.warn(
             f"spec_[{key!r}] is deprecated (spec_ is a TableSpec now): use spec_.{key}",
             DeprecationWarning,
             stacklevel=2,
         )
-        if key not in spec_keys():
-            raise KeyError(key)
         value = getattr(self, key)
         return list(value) if isinstance(value, tuple) else value
 

@@ -234,6 +234,8 @@ def test_spec_is_a_frozen_table_spec_stored_under_the_format_1_keys(tmp_path):
         spec.step = (1.0, 0.0)
     with pytest.warns(DeprecationWarning, match=r"use spec_\.step"):
         assert spec["step"] == [5.0, 0.0]  # the dict access of earlier versions, as a list
+    with pytest.raises(KeyError):
+        spec["steps"]
     path = est.save(tmp_path / "model.nfs")
     config = json.loads(zipfile.ZipFile(path).read("config.json"))
     assert config["format_version"] == 1 and set(config["spec"]) == V1_SPEC_KEYS
