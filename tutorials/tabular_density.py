@@ -80,7 +80,7 @@ def main(max_time: float = 120.0, out: str | Path | None = None, seed: int = 0) 
         random_state=seed,
         verbose=True,
     ).fit(train, columns=columns)
-    steps = np.asarray(estimator.spec_["step"])
+    steps = np.asarray(estimator.spec_.step)
     print("detected lattice spacing per column:", dict(zip(columns, steps.tolist())))
 
     print("fitting the baselines and scoring the held-out rows", flush=True)
