@@ -162,10 +162,7 @@ def test_samples_have_the_event_shape_and_a_finite_log_prob(distribution_name):
     assert log_prob.shape == (64,) and torch.isfinite(log_prob).all()
 
 
-def test_zero_samples_give_an_empty_batch(distribution_name, request):
-    if distribution_name == "nflows_adapter":
-        reason = "nflows rejects num_samples=0 (NflowsDistribution overrides sample)"
-        request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
+def test_zero_samples_give_an_empty_batch(distribution_name):
     distribution = DISTRIBUTIONS[distribution_name]()
     empty = distribution.sample(0)
     assert empty.shape == (0, *distribution.event_shape)
@@ -173,17 +170,27 @@ def test_zero_samples_give_an_empty_batch(distribution_name, request):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
-def test_samples_and_log_prob_follow_the_module_dtype_and_device(
-    distribution_name, dtype, device, request
-):
-    if distribution_name == "nflows_adapter" and dtype == torch.float64:
-        reason = "nflows' StandardNormal draws in the default dtype, not its buffers' dtype"
-        request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
+def test_samples_and_log_prob_follow_the_module_dtype_and_device(distribution_name, dtype, device):
     distribution = DISTRIBUTIONS[distribution_name]().to(device=device, dtype=dtype)
     samples = distribution.sample(8)
     assert samples.dtype == dtype and samples.device.type == device.type
     log_prob = distribution.log_prob(samples)
     assert log_prob.dtype == dtype and log_prob.device.type == device.type
+
+
+def test_nflows_adapter_draws_one_sample_per_context_row():
+    """With a context it drew one sample per context row whatever num_samples said: asked for 5
+    samples under 3 context rows it returned 3."""
+    import nflows.distributions
+
+    from normflows_sci.interop.nflows import NflowsDistribution
+
+    base = NflowsDistribution(nflows.distributions.StandardNormal([2]))
+    assert base.sample(3, torch.zeros(3, 4)).shape == (3, 2)
+    with pytest.raises(ValueError, match=r"context must have num_samples=5 rows .*got 3"):
+        base.sample(5, torch.zeros(3, 4))
+    with pytest.raises(ValueError, match="num_samples must be a non-negative integer, got -1"):
+        base.sample(-1)
 
 
 def test_a_subclass_overriding_log_prob_gets_the_shape_check():

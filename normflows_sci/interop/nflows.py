@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from normflows_sci.checks import check_num_samples
 from normflows_sci.distributions import Distribution
 from normflows_sci.flows import Flow
 from normflows_sci.transforms import InverseNotAvailable, Transform
@@ -25,7 +26,10 @@ from normflows_sci.transforms import InverseNotAvailable, Transform
 try:
     import nflows.distributions as _nd
     import nflows.flows as _nf
+    import nflows.nn.nde.made as _nde_made
+    import nflows.nn.nets as _nets
     import nflows.transforms as _nt
+    import nflows.transforms.made as _made
 except ImportError as error:  # pragma: no cover - exercised only without the extra
     raise ImportError(
         "normflows_sci.interop.nflows needs nflows: pip install 'normflows_sci[nflows]'"
@@ -34,11 +38,40 @@ except ImportError as error:  # pragma: no cover - exercised only without the ex
 __all__ = ["NflowsTransform", "NflowsDistribution", "from_nflows", "to_nflows"]
 
 
+def _nflows_context_width(module: torch.nn.Module) -> int | None:
+    """Context width of an nflows transform, read from the networks inside it (nflows layers
+    use a context only through them): a MADE's ``context_layer``, a ``ResidualNet``'s
+    ``context_features``, 0 for networks and layers without one. ``None`` when it cannot be
+    read: code outside nflows and torch (its use of a context is unknown), convolutional
+    networks (context channels, not features) or networks of different widths."""
+    if isinstance(module, (_made.MADE, _nde_made.MADE)):
+        layer = getattr(module, "context_layer", None)
+        return 0 if layer is None else layer.in_features
+    if isinstance(module, _nets.ResidualNet):
+        return module.context_features or 0
+    if isinstance(module, _nets.ConvResidualNet):
+        return None
+    if not type(module).__module__.startswith(("nflows.", "torch.nn.")):
+        return None
+    widths = {_nflows_context_width(child) for child in module.children()}
+    if None in widths:
+        return None
+    widths.discard(0)
+    if len(widths) > 1:
+        return None
+    return widths.pop() if widths else 0
+
+
 class NflowsTransform(Transform):
     """An nflows transform used as a normflows_sci transform.
 
     nflows' ``InverseNotAvailable`` is re-raised as
     :class:`~normflows_sci.transforms.InverseNotAvailable`.
+
+    ``context_features`` is the context width read from the wrapped layer's networks (MADE
+    context layers, ``ResidualNet``), so a :class:`~normflows_sci.flows.Flow` containing it
+    checks contexts; ``None`` when it cannot be read (a custom network inside), and then the
+    flow checks the context only if given ``context_features`` itself.
 
     Example:
         >>> import nflows.transforms
@@ -46,11 +79,15 @@ class NflowsTransform(Transform):
         >>> z, logabsdet = t(torch.tensor([[1.0, 2.0]]))  # z = 2 x + 1, log|det| = 2 log 2
         >>> z.tolist(), round(logabsdet.item(), 4), isinstance(t, Transform)
         ([[3.0, 5.0]], 1.3863, True)
+        >>> maf = nflows.transforms.MaskedAffineAutoregressiveTransform(2, 8, context_features=3)
+        >>> NflowsTransform(maf).context_features, t.context_features
+        (3, 0)
     """
 
     def __init__(self, transform: _nt.Transform):
         super().__init__()
         self.wrapped = transform
+        self.context_features = _nflows_context_width(transform)
 
     def forward(self, inputs: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return self.wrapped(inputs, context=context)
@@ -66,7 +103,10 @@ class NflowsDistribution(Distribution):
     """An nflows distribution used as a normflows_sci base distribution.
 
     Sampling with a ``generator`` draws a seed from it and samples under that seed (nflows takes no
-    generator), so results are reproducible.
+    generator), so results are reproducible. Samples follow the module's dtype and device like
+    the other bases: nflows draws its noise in torch's default dtype, so after ``.double()`` the
+    draws are converted (a float32 default gives float64 samples of float32 resolution, about 7
+    digits); ``num_samples=0`` gives an empty batch.
 
     Args:
         distribution: the nflows distribution.
@@ -98,18 +138,31 @@ class NflowsDistribution(Distribution):
         return self.wrapped.log_prob(inputs, context=context)
 
     def sample(self, num_samples, context=None, *, generator=None):
+        """``(num_samples, *event_shape)`` draws; with a ``context``, one per context row
+        (``num_samples`` must equal its row count)."""
+        num_samples = check_num_samples(num_samples)
+        if context is not None and context.shape[0] != num_samples:
+            raise ValueError(
+                f"context must have num_samples={num_samples} rows (one sample per row), got "
+                f"{context.shape[0]}"
+            )
+        anchor = self._anchor
+        if num_samples == 0:  # nflows rejects zero draws
+            return anchor.new_zeros((0, *self.event_shape))
+
         def draw():
             if context is None:
                 return self.wrapped.sample(num_samples)
-            # One sample per context row, as this package's bases do.
             return self.wrapped.sample(1, context=context)[:, 0]
 
         if generator is None:
-            return draw()
-        seed = int(torch.randint(2**62, (1,), generator=generator))
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return draw()
+            samples = draw()
+        else:
+            seed = int(torch.randint(2**62, (1,), generator=generator))
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                samples = draw()
+        return samples.to(dtype=anchor.dtype, device=anchor.device)
 
     def _sample(self, num_samples, generator):
         return self.sample(num_samples, None, generator=generator)
