@@ -24,6 +24,7 @@ from normflows_sci.samplers.targets import as_log_prob
 from normflows_sci.training.scaffold import (
     TrainingLoss,
     TrainingOptions,
+    option_defaults,
     positive_int,
     route_keywords,
     train,
@@ -264,16 +265,10 @@ class BoltzmannLoss(TrainingLoss):
 
 
 # The training settings (keywords) of fit_boltzmann and fit_fab, and their defaults.
-STEP_TRAINING_DEFAULTS = dict(
-    learning_rate=1e-3,
-    weight_decay=0.0,
-    schedule="cosine",
-    clip_grad=10.0,
-    max_time=None,
-    seed=None,
-    progress=True,
+STEP_TRAINING_DEFAULTS = option_defaults(
+    "learning_rate", "weight_decay", "schedule", "clip_grad", "max_time", "seed", "progress",
     log_every=10,
-)
+)  # fmt: skip
 
 
 def fit_boltzmann(

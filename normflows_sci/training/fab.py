@@ -45,6 +45,7 @@ from normflows_sci.training.scaffold import (
     TrainingLoss,
     TrainingOptions,
     positive_int,
+    positive_number,
     route_keywords,
     train,
 )
@@ -404,18 +405,6 @@ def _kish_fraction(log_w: Tensor) -> float:
     return float(ess) / len(log_w)
 
 
-def _positive_number(name: str, value, *, allow_none: bool = False) -> float | None:
-    if value is None and allow_none:
-        return None
-    finite = (
-        isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    )
-    if not (finite and value > 0):
-        suffix = " or None" if allow_none else ""
-        raise ValueError(f"{name} must be a positive finite number{suffix}, got {value!r}")
-    return float(value)
-
-
 def _buffer_sizes(replay_buffer, buffer_min_size, batch_size: int) -> tuple[int, int] | None:
     """``(capacity, min_size)`` of the replay buffer (None without one)."""
     if replay_buffer is False:
@@ -504,8 +493,8 @@ class FABLoss(TrainingLoss):
         if self.batch_size < 2:
             raise ValueError(f"batch_size must be at least 2, got {self.batch_size}")
         self.buffer_updates = _positive_int("buffer_updates", buffer_updates)
-        self.step_size = _positive_number("step_size", step_size)
-        self.clip = _positive_number("weight_adjust_clip", weight_adjust_clip, allow_none=True)
+        self.step_size = positive_number("step_size", step_size, allow_none=False)
+        self.clip = positive_number("weight_adjust_clip", weight_adjust_clip)
         self.ais = self._ais_options(ais_options)
         self.target_accept = self.ais["kernel"].target_accept
         self.sizes = _buffer_sizes(replay_buffer, buffer_min_size, self.batch_size)

@@ -33,6 +33,7 @@ from normflows_sci.manifolds import Sphere, Torus
 from normflows_sci.training.scaffold import (
     TrainingLoss,
     TrainingOptions,
+    option_defaults,
     positive_int,
     route_keywords,
     train,
@@ -289,14 +290,8 @@ def fit_flow_matching(
         ...     bool(flow.sample(1000, generator=torch.Generator().manual_seed(1)).mean(0).sub(2).abs().max() < 0.3)
         True
     """
-    defaults = dict(
-        learning_rate=1e-3,
-        weight_decay=0.0,
-        schedule="cosine",
-        clip_grad=1.0,
-        max_time=None,
-        seed=None,
-        progress=True,
+    defaults = option_defaults(
+        "learning_rate", "weight_decay", "schedule", "max_time", "seed", "progress", clip_grad=1.0
     )
     options = route_keywords("fit_flow_matching", training, options=defaults)["options"]
     loss = FlowMatchingLoss(data, context, batch_size=batch_size, ot=ot, sigma=sigma)

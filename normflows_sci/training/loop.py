@@ -15,6 +15,8 @@ from normflows_sci.training.scaffold import (
     SCHEDULES,
     TrainingLoss,
     TrainingOptions,
+    option_defaults,
+    positive_int,
     route_keywords,
     train,
 )
@@ -81,8 +83,7 @@ class MaximumLikelihoodLoss(TrainingLoss):
         batch_size: int = 256,
         transform_batch: Callable[[Tensor, torch.Generator], Tensor] | None = None,
     ):
-        if int(batch_size) != batch_size or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        batch_size = positive_int("batch_size", batch_size)
         if len(data) == 0:
             raise ValueError("data is empty")
         self.data, self.context = data, context
@@ -153,20 +154,10 @@ class MaximumLikelihoodLoss(TrainingLoss):
 
 
 # fit_flow's training settings (keywords) and their defaults.
-FIT_FLOW_DEFAULTS = dict(
-    learning_rate=1e-3,
-    weight_decay=0.0,
-    max_epochs=100,
-    max_time=None,
-    patience=10,
-    schedule="cosine",
-    clip_grad=5.0,
-    seed=None,
-    progress=True,
-    checkpoint=None,
-    resume=False,
-    fingerprint=None,
-)
+FIT_FLOW_DEFAULTS = option_defaults(
+    "learning_rate", "weight_decay", "max_time", "schedule", "seed", "progress", "checkpoint",
+    "resume", "fingerprint", max_epochs=100, patience=10, clip_grad=5.0,
+)  # fmt: skip
 
 
 def fit_flow(

@@ -47,7 +47,9 @@ __all__ = [
     "TrainingLoss",
     "train",
     "positive_int",
+    "positive_number",
     "route_keywords",
+    "option_defaults",
 ]
 
 SCHEDULES = ("cosine", "plateau", "constant")
@@ -65,7 +67,9 @@ def positive_int(name: str, value) -> int:
     return int(value)
 
 
-def _positive_number(name: str, value, *, allow_none: bool = True, allow_zero: bool = False):
+def positive_number(name: str, value, *, allow_none: bool = True, allow_zero: bool = False):
+    """``value`` as a ``float`` if it is a positive (or, with ``allow_zero``, non-negative)
+    finite number, or None when ``allow_none``; else ``ValueError`` naming ``name``."""
     if value is None and allow_none:
         return None
     try:
@@ -158,10 +162,10 @@ class TrainingOptions:
     def __post_init__(self):
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        _positive_number("learning_rate", self.learning_rate, allow_none=False)
-        _positive_number("weight_decay", self.weight_decay, allow_none=False, allow_zero=True)
-        _positive_number("clip_grad", self.clip_grad)
-        _positive_number("max_time", self.max_time)
+        positive_number("learning_rate", self.learning_rate, allow_none=False)
+        positive_number("weight_decay", self.weight_decay, allow_none=False, allow_zero=True)
+        positive_number("clip_grad", self.clip_grad)
+        positive_number("max_time", self.max_time)
         for name in ("max_epochs", "max_steps", "patience", "log_every"):
             if getattr(self, name) is not None:
                 positive_int(name, getattr(self, name))
@@ -171,6 +175,17 @@ class TrainingOptions:
             raise ValueError("give max_epochs or max_time (or both): training needs a budget")
         if self.schedule == "cosine" and self.max_epochs is None and self.max_steps is None:
             raise ValueError("the cosine schedule needs max_epochs or max_steps (its horizon)")
+
+
+def option_defaults(*names: str, **overrides) -> dict:
+    """The :class:`TrainingOptions` defaults of the fields ``names``, and ``overrides`` (a
+    ``fit_*`` function's own defaults): the settings a ``fit_*`` function accepts.
+
+    >>> option_defaults("seed", clip_grad=1.0)
+    {'seed': None, 'clip_grad': 1.0}
+    """
+    fields = TrainingOptions.__dataclass_fields__
+    return {**{name: fields[name].default for name in names}, **overrides}
 
 
 class TrainingLoss:
