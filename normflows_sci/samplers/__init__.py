@@ -2,7 +2,12 @@
 
 Kernel contract (DESIGN.md): ``state = kernel.init(x)`` with chains on the leading dimension,
 ``state, info = kernel.step(state, generator)``; :func:`run` handles warm-up, thinning, progress
-and checkpoints and returns a :class:`Trace`.
+and checkpoints and returns a :class:`Trace`. Step-size adaptation is its own object
+(:class:`StepSizeAdaptation`, with a NamedTuple state); kernels only expose their acceptance signal.
+Samplers that build kernels themselves (:class:`AIS`, :class:`SMC`, :func:`anneal`,
+:class:`ParallelTempering`, :class:`MCMCLayer`, FAB) take the kernel as a value: a kernel class or a
+``functools.partial`` of one with its hyperparameters (the names ``"hmc"``, ``"mala"``, ``"rwmh"``
+are deprecated aliases).
 """
 
 from normflows_sci.samplers.adaptation import (

@@ -294,6 +294,7 @@ class _Annealer:
         if int(mcmc_steps) != mcmc_steps or mcmc_steps < 1:
             raise ValueError(f"mcmc_steps must be a positive integer, got {mcmc_steps!r}")
         self.betas, self.mcmc_steps = betas, int(mcmc_steps)
+        self.step_size, self.kernel_options = float(step_size), kernel_options
 
     def _flow_log_prob(self, x: Tensor) -> Tensor:
         return self.flow.log_prob(x)
