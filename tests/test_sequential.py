@@ -181,3 +181,17 @@ def test_annealing_adapts_one_pooled_step_size_with_the_adaptation_object():
     state = adaptation.update(adaptation.init(torch.full((3,), 0.1)), torch.tensor([0.0, 1.0, 1.0]))
     expected = 0.1 * math.exp(2.0 * (2 / 3 - 0.5))
     assert torch.allclose(state.step_size, torch.full((3,), expected))
+
+
+@pytest.mark.parametrize(
+    "kernel, name",
+    [(partial(MALA, step_size=-1.0), "step_size"), (partial(HMC, num_leapfrog=0), "num_leapfrog")],
+)
+def test_a_kernel_value_with_a_bad_hyperparameter_is_refused_when_the_sampler_is_built(
+    kernel, name
+):
+    """The partial's hyperparameters are checked by AIS/SMC's constructor (one kernel built),
+    not after the flow has been sampled."""
+    for sampler in (AIS, SMC):
+        with pytest.raises(ValueError, match=name):
+            sampler(_mixture, _broad_flow(torch.float64), kernel=kernel)

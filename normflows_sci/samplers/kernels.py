@@ -411,7 +411,8 @@ def kernel_factory(
         stacklevel: of the deprecation warning (points at the sampler's caller).
 
     Raises:
-        ValueError: an unknown name. TypeError: anything else that is not a kernel class.
+        ValueError: an unknown name, or a hyperparameter the kernel refuses (one kernel is built
+            to check them). TypeError: anything else that is not a kernel class.
     """
     if isinstance(kernel, str):
         if kernel not in KERNEL_NAMES:
@@ -442,4 +443,11 @@ def kernel_factory(
     merged = {k: v for k, v in (defaults or {}).items() if k in accepted}
     merged.update(keywords)
     merged.update(options or {})
-    return KernelFactory(cls, merged)
+    factory = KernelFactory(cls, merged)
+    factory(_no_target)  # checks the hyperparameters now, not at the first move
+    return factory
+
+
+def _no_target(x: Tensor) -> Tensor:
+    """A stand-in target for checking a kernel's hyperparameters (never evaluated)."""
+    raise AssertionError("a kernel built to check its hyperparameters evaluated its target")
