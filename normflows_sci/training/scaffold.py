@@ -193,9 +193,9 @@ class TrainingLoss:
 
     Subclasses implement :meth:`start` (seeded generators), :meth:`next_batch`,
     :meth:`__call__` and :meth:`end_epoch`; the class attributes declare what the scaffold may
-    do with the loss. The scaffold calls, per run, ``check``, ``start`` then ``prepare``; per epoch,
-    ``start_epoch``, then ``next_batch`` / ``__call__`` / (optimiser step) / ``after_step`` per
-    step, then ``end_epoch`` for the history row.
+    do with the loss. The scaffold calls, per run, ``check``, ``start`` then ``prepare``; per
+    epoch, ``start_epoch``, then ``next_batch`` / ``__call__`` / (optimiser step) /
+    ``after_step`` per step, then ``end_epoch`` for the history row.
 
     Attributes:
         history_keys: keys of the rows :meth:`end_epoch` returns (the scaffold appends
@@ -211,6 +211,7 @@ class TrainingLoss:
         checkpointable: the loss's state is its generators (:meth:`generators`), so a
             checkpoint resumes it step for step.
         progress_keys: row keys shown in the progress bar.
+        description: the progress bar's label.
     """
 
     history_keys: tuple[str, ...] = ("step", "loss")
