@@ -9,7 +9,7 @@ import torch
 
 from normflows_sci.energies import Energy
 from normflows_sci.flows import NSF, RealNVP
-from normflows_sci.samplers import importance_sample
+from normflows_sci.samplers import MALA, importance_sample
 from normflows_sci.training.fab import (
     PrioritizedReplayBuffer,
     fab_ais,
@@ -83,7 +83,7 @@ def test_fit_fab_without_the_buffer_and_with_mala_improves_the_flow():
         target,
         steps=30,
         batch_size=64,
-        kernel="mala",
+        kernel=MALA,
         mcmc_steps=3,
         step_size=0.05,
         learning_rate=3e-3,

@@ -179,7 +179,7 @@ def test_early_stopping_restores_the_best_weights_of_any_validated_loss():
     assert set(history) == {"epoch", "train", "val", "learning_rate", "time"}
     best = min(history["val"])
     assert history["val"].index(best) == 1
-    assert float((model.w - 1.0) ** 2) == pytest.approx(best)  # epoch 2's weights restored
+    assert float((model.w.detach() - 1.0) ** 2) == pytest.approx(best)  # epoch 2's weights restored
     assert not model.training
 
 
