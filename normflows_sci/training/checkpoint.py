@@ -41,6 +41,8 @@ _CHECKPOINT_TYPES = {
 
 
 def save_checkpoint(path, **state) -> None:
+    """Write ``state`` (tensors and plain containers) to ``path`` atomically: a reader never
+    sees a half-written checkpoint."""
     buffer = io.BytesIO()
     torch.save(state, buffer)
     atomic_write(path, buffer.getvalue())
@@ -121,6 +123,8 @@ def _differences(stored: dict, current: dict) -> list[str]:
 
 
 def compare_runs(path, stored: dict, current: dict) -> None:
+    """Raise ``ValueError`` naming ``path`` and every difference when the checkpoint's run
+    fingerprint ``stored`` is not this run's ``current`` one."""
     differences = _differences(stored, current)
     if differences:
         seed = (stored.get("options") or {}).get("seed")
