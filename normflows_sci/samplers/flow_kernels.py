@@ -119,7 +119,7 @@ class NeuTraHMC(HMC):
 
     # The latent log-density adds log|det| to the target's, which would broadcast a wrongly
     # shaped target output: init checks the target itself, in data space.
-    _checks_start = False
+    checks_start = False
 
     def __init__(self, target, flow, **hmc_options):
         _check_flow(flow)

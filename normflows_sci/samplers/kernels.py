@@ -101,13 +101,14 @@ class Kernel(abc.ABC):
         adaptation: the :class:`~normflows_sci.samplers.StepSizeAdaptation` that ``adapt`` feeds
             with :meth:`acceptance_signal` during warm-up.
         uses_gradient: whether the kernel's states carry ``∇ log p`` (``grad``).
+        checks_start: whether ``init`` refuses a start where every chain has zero density; off
+            for a kernel run inside another one (tempering, NeuTra) that checks its user-facing
+            target itself.
     """
 
     target_accept: float = 0.5
     uses_gradient: bool = False
-    # Whether ``_start`` checks that not every chain starts at zero density. Off for a kernel run
-    # inside another one (tempering, NeuTra) that checks its user-facing target itself.
-    _checks_start: bool = True
+    checks_start: bool = True
 
     def __init__(self, target, *, step_size: float = 0.1, target_accept: float | None = None):
         self.target = target
@@ -168,7 +169,7 @@ class Kernel(abc.ABC):
     def _start(self, x: Tensor, *, gradient: bool = False):
         """The checks and target evaluation every ``init`` starts with: ``(x, log_prob, grad)``
         at the validated positions ``x`` (``grad`` is None without ``gradient``). The target's
-        output is checked (shape ``(chains,)``, floating) and, unless ``_checks_start`` is off,
+        output is checked (shape ``(chains,)``, floating) and, unless ``checks_start`` is off,
         so is the start (not every chain at zero density)."""
         x = check_chains(x)
         if gradient:
@@ -177,7 +178,7 @@ class Kernel(abc.ABC):
             with torch.no_grad():
                 log_prob = finite(check_log_prob(self.log_prob_fn(x), self.target, x.shape[0]))
             grad = None
-        if self._checks_start:
+        if self.checks_start:
             check_start(log_prob, self.target)
         return x, log_prob, grad
 

@@ -91,7 +91,7 @@ class ParallelTempering(Kernel):
         self.inner = make(self._tempered)
         # The tempered log-density scales the target's by per-replica betas, which would
         # broadcast a wrongly shaped target output: init checks the target itself.
-        self.inner._checks_start = False
+        self.inner.checks_start = False
 
     @property
     def num_temperatures(self) -> int:
