@@ -21,6 +21,7 @@ __all__ = [
     "check_context",
     "check_context_width",
     "check_num_samples",
+    "check_int",
 ]
 
 
@@ -147,15 +148,37 @@ def check_context_width(context: Tensor, context_features: int, *, owner: str = 
         )
 
 
-def check_num_samples(num_samples) -> int:
-    """Check ``num_samples`` is a non-negative integer; return it as ``int``."""
+def check_int(name: str, value, *, minimum: int = 1, optional: bool = False) -> int | None:
+    """``value`` as an ``int`` if it is an integer (not a bool) ``>= minimum``, else a
+    ``ValueError`` naming ``name``; with ``optional=True`` ``None`` passes through.
+
+    Example:
+        >>> check_int("num_steps", 10.0, minimum=0)
+        10
+        >>> check_int("bins", 1, minimum=2)
+        Traceback (most recent call last):
+            ...
+        ValueError: bins must be an integer >= 2, got 1
+    """
+    if optional and value is None:
+        return None
     try:
-        valid = not isinstance(num_samples, bool) and int(num_samples) == num_samples >= 0
+        valid = not isinstance(value, bool) and int(value) == value >= minimum
     except (TypeError, ValueError, OverflowError):  # strings, None, NaN, inf
         valid = False
     if not valid:
-        raise ValueError(f"num_samples must be a non-negative integer, got {num_samples!r}")
-    return int(num_samples)
+        expected = {0: "a non-negative integer", 1: "a positive integer"}.get(
+            minimum, f"an integer >= {minimum}"
+        )
+        raise ValueError(
+            f"{name} must be {expected}{' or None' if optional else ''}, got {value!r}"
+        )
+    return int(value)
+
+
+def check_num_samples(num_samples) -> int:
+    """Check ``num_samples`` is a non-negative integer; return it as ``int``."""
+    return check_int("num_samples", num_samples, minimum=0)
 
 
 def check_batch(name: str, value: Tensor, batch: int) -> None:

@@ -9,7 +9,7 @@ import torch
 
 from normflows_sci.energies import Energy
 from normflows_sci.flows import NSF, RealNVP
-from normflows_sci.samplers import MALA, importance_sample
+from normflows_sci.samplers import HMC, MALA, RandomWalkMH, importance_sample
 from normflows_sci.training.fab import (
     PrioritizedReplayBuffer,
     fab_ais,
@@ -97,7 +97,7 @@ def test_fit_fab_without_the_buffer_and_with_mala_improves_the_flow():
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("kernel", ["hmc", "mala", "rwmh"])
+@pytest.mark.parametrize("kernel", [HMC, MALA, RandomWalkMH], ids=["hmc", "mala", "rwmh"])
 def test_fab_ais_log_weights_estimate_the_integral_of_p2_over_q(kernel, dtype):
     """With q = N(0, I) (NSF at initialisation) and p = c N(m, s^2 I), ``∫ p²/q`` is a Gaussian
     integral; the absolute AIS weights must estimate it without bias."""

@@ -48,8 +48,9 @@ import torch
 from torch import Tensor, nn
 
 from normflows_sci._distributed import rank_and_world
+from normflows_sci.checks import check_int
 from normflows_sci.samplers.kernels import Kernel
-from normflows_sci.samplers.run import Trace, check_count, read_resume, run
+from normflows_sci.samplers.run import Trace, read_resume, run
 
 __all__ = ["run_distributed"]
 
@@ -432,7 +433,8 @@ def _exchange_inputs(kernel, call: _Call, numbers: tuple, rank: int, world: int)
     try:
         minimums = (("num_steps", 0), ("num_warmup", 0), ("thin", 1), ("checkpoint_every", 1))
         numbers = tuple(
-            check_count(name, value, minimum) for (name, minimum), value in zip(minimums, numbers)
+            check_int(name, value, minimum=minimum)
+            for (name, minimum), value in zip(minimums, numbers)
         )
         path = _checkpoint_path(call.checkpoint, rank, world)
         state, facts = _prepare(kernel, call.x0, call.split, rank, world, call.seed, call.generator)

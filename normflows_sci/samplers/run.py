@@ -11,6 +11,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from normflows_sci.checks import check_int
 from normflows_sci.samplers._checkpoint import load_checkpoint, save_checkpoint
 
 __all__ = ["Trace", "run"]
@@ -66,13 +67,6 @@ class _Plan(NamedTuple):
     def options(self) -> dict:
         """What a checkpoint must have been written with to be resumed."""
         return dict(num_warmup=self.num_warmup, thin=self.thin)
-
-
-def check_count(name: str, value, minimum: int = 1) -> int:
-    """``value`` as an int, or a ``ValueError`` naming ``name`` unless an integer >= ``minimum``."""
-    if isinstance(value, bool) or int(value) != value or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
 
 
 _STUCK_MIN_STEPS = 20
@@ -275,11 +269,11 @@ def run(
         (torch.Size([20, 8, 2]), torch.Size([8]))
     """
     plan = _Plan(
-        num_steps=check_count("num_steps", num_steps, 0),
-        num_warmup=check_count("num_warmup", num_warmup, 0),
-        thin=check_count("thin", thin),
+        num_steps=check_int("num_steps", num_steps, minimum=0),
+        num_warmup=check_int("num_warmup", num_warmup, minimum=0),
+        thin=check_int("thin", thin),
         checkpoint=checkpoint,
-        checkpoint_every=check_count("checkpoint_every", checkpoint_every),
+        checkpoint_every=check_int("checkpoint_every", checkpoint_every),
         trace_device=trace_device,
     )
     state = kernel.init(x0) if isinstance(x0, Tensor) else x0

@@ -20,12 +20,12 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from normflows_sci.checks import check_int
 from normflows_sci.samplers.targets import as_log_prob
 from normflows_sci.training.scaffold import (
     TrainingLoss,
     TrainingOptions,
     option_defaults,
-    positive_int,
     route_keywords,
     train,
 )
@@ -187,7 +187,7 @@ class BoltzmannLoss(TrainingLoss):
         energy_cap: float | None = 1e4,
         path_gradient: bool = False,
     ):
-        self.batch_size = positive_int("batch_size", batch_size)
+        self.batch_size = check_int("batch_size", batch_size)
         if forward_weight is None:
             forward_weight = 1.0 if data is not None else 0.0
         if reverse_weight is None:
@@ -335,5 +335,5 @@ def fit_boltzmann(
         energy_cap=energy_cap,
         path_gradient=path_gradient,
     )
-    options = TrainingOptions(max_steps=positive_int("steps", steps), **options)
+    options = TrainingOptions(max_steps=check_int("steps", steps), **options)
     return train(flow, loss, options)

@@ -36,15 +36,15 @@ import math
 import torch
 from torch import Tensor
 
+from normflows_sci.checks import check_int
 from normflows_sci.samplers.importance import importance_weights
-from normflows_sci.samplers.kernels import HMC, KERNEL_NAMES, kernel_factory
+from normflows_sci.samplers.kernels import HMC, kernel_factory
 from normflows_sci.samplers.sequential import anneal
 from normflows_sci.samplers.targets import as_log_prob, check_log_prob
 from normflows_sci.training.boltzmann import STEP_TRAINING_DEFAULTS
 from normflows_sci.training.scaffold import (
     TrainingLoss,
     TrainingOptions,
-    positive_int,
     positive_number,
     route_keywords,
     train,
@@ -58,12 +58,6 @@ __all__ = [
     "FABLoss",
     "fit_fab",
 ]
-
-# The deprecated kernel names (mapped to the classes in one place, samplers.kernels).
-_KERNELS = KERNEL_NAMES
-
-
-_positive_int = positive_int  # the one check, shared with the training scaffold
 
 
 class PrioritizedReplayBuffer:
@@ -91,7 +85,7 @@ class PrioritizedReplayBuffer:
     """
 
     def __init__(self, capacity: int):
-        self.capacity = _positive_int("capacity", capacity)
+        self.capacity = check_int("capacity", capacity)
         self._x: Tensor | None = None
         self._log_w: Tensor | None = None
         self._log_q: Tensor | None = None
@@ -157,7 +151,7 @@ class PrioritizedReplayBuffer:
         Returns:
             ``(x, log_weights, log_q, index)``; pass ``index`` to :meth:`adjust`.
         """
-        batch_size = _positive_int("batch_size", batch_size)
+        batch_size = check_int("batch_size", batch_size)
         if self._size and not bool(torch.isfinite(self.log_weights).any()):
             raise ValueError("every stored weight is zero (log weight -inf): nothing to draw")
         if batch_size > self._size:
@@ -369,9 +363,9 @@ def fab_ais(
         if not callable(getattr(flow, method, None)):
             raise TypeError(f"flow must be a Flow (needs {method}), got {type(flow).__name__}")
     target_fn = as_log_prob(target)
-    num_samples = _positive_int("num_samples", num_samples)
-    num_temperatures = _positive_int("num_temperatures", num_temperatures)
-    mcmc_steps = _positive_int("mcmc_steps", mcmc_steps)
+    num_samples = check_int("num_samples", num_samples)
+    num_temperatures = check_int("num_temperatures", num_temperatures)
+    mcmc_steps = check_int("mcmc_steps", mcmc_steps)
     if kernel_options is not None and not isinstance(kernel_options, dict):
         raise TypeError(f"kernel_options must be a dict, got {type(kernel_options).__name__}")
     defaults = dict(step_size=step_size, num_leapfrog=5)
@@ -410,14 +404,14 @@ def _buffer_sizes(replay_buffer, buffer_min_size, batch_size: int) -> tuple[int,
     if replay_buffer is False:
         return None
     capacity = 100 * batch_size if replay_buffer is True else replay_buffer
-    capacity = _positive_int("replay_buffer", capacity)
+    capacity = check_int("replay_buffer", capacity)
     if capacity < batch_size:
         raise ValueError(
             f"replay_buffer capacity ({capacity}) must be at least batch_size ({batch_size})"
         )
     if buffer_min_size is None:
         buffer_min_size = min(10 * batch_size, capacity)
-    buffer_min_size = _positive_int("buffer_min_size", buffer_min_size)
+    buffer_min_size = check_int("buffer_min_size", buffer_min_size)
     if not batch_size <= buffer_min_size <= capacity:
         raise ValueError(
             f"buffer_min_size must be between batch_size ({batch_size}) and the capacity "
@@ -489,10 +483,10 @@ class FABLoss(TrainingLoss):
         weight_adjust_clip: float | None = 10.0,
     ):
         self.target, self.target_fn = target, as_log_prob(target)
-        self.batch_size = _positive_int("batch_size", batch_size)
+        self.batch_size = check_int("batch_size", batch_size)
         if self.batch_size < 2:
             raise ValueError(f"batch_size must be at least 2, got {self.batch_size}")
-        self.buffer_updates = _positive_int("buffer_updates", buffer_updates)
+        self.buffer_updates = check_int("buffer_updates", buffer_updates)
         self.step_size = positive_number("step_size", step_size, allow_none=False)
         self.clip = positive_number("weight_adjust_clip", weight_adjust_clip)
         self.ais = self._ais_options(ais_options)
@@ -507,8 +501,8 @@ class FABLoss(TrainingLoss):
         if unknown:
             raise ValueError(f"ais_options takes {sorted(ais)}, got {sorted(unknown)}")
         ais.update(ais_options or {})
-        _positive_int("num_temperatures", ais["num_temperatures"])
-        _positive_int("mcmc_steps", ais["mcmc_steps"])
+        check_int("num_temperatures", ais["num_temperatures"])
+        check_int("mcmc_steps", ais["mcmc_steps"])
         options = ais.pop("kernel_options")
         if options is not None and not isinstance(options, dict):
             raise TypeError(f"kernel_options must be a dict, got {type(options).__name__}")
@@ -687,5 +681,5 @@ def fit_fab(
         replay_buffer=replay_buffer,
         **groups["buffer"],
     )
-    options = TrainingOptions(max_steps=_positive_int("steps", steps), **groups["options"])
+    options = TrainingOptions(max_steps=check_int("steps", steps), **groups["options"])
     return train(flow, loss, options)

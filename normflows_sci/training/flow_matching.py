@@ -29,12 +29,12 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
+from normflows_sci.checks import check_int
 from normflows_sci.manifolds import Sphere, Torus
 from normflows_sci.training.scaffold import (
     TrainingLoss,
     TrainingOptions,
     option_defaults,
-    positive_int,
     route_keywords,
     train,
 )
@@ -206,7 +206,7 @@ class FlowMatchingLoss(TrainingLoss):
             raise ValueError("context must be a tensor with one row per data point")
         _check_sigma(sigma, ot, context)
         self.data, self.context, self.ot, self.sigma = data, context, ot, sigma
-        self.batch_size = min(positive_int("batch_size", batch_size), len(data))
+        self.batch_size = min(check_int("batch_size", batch_size), len(data))
 
     def check(self, flow) -> None:
         _check_continuous_flow(flow)
@@ -295,5 +295,5 @@ def fit_flow_matching(
     )
     options = route_keywords("fit_flow_matching", training, options=defaults)["options"]
     loss = FlowMatchingLoss(data, context, batch_size=batch_size, ot=ot, sigma=sigma)
-    options = TrainingOptions(max_steps=positive_int("steps", steps), **options)
+    options = TrainingOptions(max_steps=check_int("steps", steps), **options)
     return train(flow, loss, options)

@@ -10,13 +10,13 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from normflows_sci.checks import check_int
 from normflows_sci.training.checkpoint import MAX_CHECKPOINT_BYTES
 from normflows_sci.training.scaffold import (
     SCHEDULES,
     TrainingLoss,
     TrainingOptions,
     option_defaults,
-    positive_int,
     route_keywords,
     train,
 )
@@ -83,7 +83,7 @@ class MaximumLikelihoodLoss(TrainingLoss):
         batch_size: int = 256,
         transform_batch: Callable[[Tensor, torch.Generator], Tensor] | None = None,
     ):
-        batch_size = positive_int("batch_size", batch_size)
+        batch_size = check_int("batch_size", batch_size)
         if len(data) == 0:
             raise ValueError("data is empty")
         self.data, self.context = data, context

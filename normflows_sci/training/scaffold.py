@@ -32,6 +32,7 @@ from normflows_sci._distributed import (
     rank_and_world,
 )
 from normflows_sci._optim import adamw
+from normflows_sci.checks import check_int
 from normflows_sci.training.checkpoint import (
     caller_fingerprint,
     compare_runs,
@@ -46,25 +47,12 @@ __all__ = [
     "TrainingOptions",
     "TrainingLoss",
     "train",
-    "positive_int",
     "positive_number",
     "route_keywords",
     "option_defaults",
 ]
 
 SCHEDULES = ("cosine", "plateau", "constant")
-
-
-def positive_int(name: str, value) -> int:
-    """``value`` as an ``int`` if it is a positive integer (not a bool), else ``ValueError``
-    naming ``name``."""
-    try:
-        valid = not isinstance(value, bool) and int(value) == value >= 1
-    except (TypeError, ValueError, OverflowError):  # strings, None, NaN, inf
-        valid = False
-    if not valid:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 def positive_number(name: str, value, *, allow_none: bool = True, allow_zero: bool = False):
@@ -168,7 +156,7 @@ class TrainingOptions:
         positive_number("max_time", self.max_time)
         for name in ("max_epochs", "max_steps", "patience", "log_every"):
             if getattr(self, name) is not None:
-                positive_int(name, getattr(self, name))
+                check_int(name, getattr(self, name))
         if self.seed is not None and (isinstance(self.seed, bool) or int(self.seed) != self.seed):
             raise ValueError(f"seed must be an integer or None, got {self.seed!r}")
         if self.max_epochs is None and self.max_steps is None and self.max_time is None:
