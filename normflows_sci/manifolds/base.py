@@ -16,6 +16,7 @@ from torch import Tensor
 
 from normflows_sci.checks import check_features, check_tensor
 from normflows_sci.distributions import Distribution
+from normflows_sci.nn import bounded_inputs
 from normflows_sci.transforms import Transform
 
 __all__ = ["Manifold", "Euclidean", "UniformManifold", "ChartTransform"]
@@ -168,6 +169,12 @@ class Euclidean(FlatChart, Manifold):
 
     def sample_uniform(self, num_samples, *, generator=None, dtype=None, device=None):
         raise ValueError(f"{self!r} has infinite volume: there is no uniform distribution on it")
+
+    def embed(self, x: Tensor) -> Tensor:
+        """The coordinates clamped by :func:`~normflows_sci.nn.bounded_inputs` (``±2**32`` in
+        float32): the conditioners of the other factors of a product read them, and a
+        coordinate of ``1e30`` would overflow their layers (NaN gradients)."""
+        return bounded_inputs(x)
 
 
 class UniformManifold(Distribution):

@@ -90,7 +90,12 @@ class Sphere(Manifold):
 
     Points are ``(batch, n + 1)`` unit vectors; :meth:`proj` normalises. The chart is the
     stereographic projection from the last basis vector, ``u in R^n``, with volume element
-    ``(2 / (1 + |u|^2))^n``.
+    ``(2 / (1 + |u|^2))^n``. The chart maps are evaluated without forming ``|u|^2`` where it
+    would overflow: beyond the unit ball through the inversion ``u / |u|^2`` (the projection from
+    the other pole), so ``|u|`` up to the dtype's largest number maps near the last basis vector
+    with finite values and gradients, and :meth:`to_chart` recovers such points from the small
+    first coordinates instead of the cancelling ``1 - x_last``. The last basis vector itself (the
+    chart's point at infinity) maps to the largest finite number on the first axis.
 
     Example:
         >>> sphere = Sphere(2)
@@ -135,14 +140,54 @@ class Sphere(Manifold):
         return householder_frame(x)[..., :, :-1]
 
     def from_chart(self, u: Tensor) -> Tensor:
-        norm2 = u.square().sum(-1, keepdim=True)
-        return torch.cat([2.0 * u, norm2 - 1.0], dim=-1) / (norm2 + 1.0)
+        inverted, outside, _ = _inversion(u)
+        norm2 = inverted.square().sum(-1, keepdim=True)
+        # Inside the unit ball (2u, |u|^2 - 1) / (|u|^2 + 1); outside the same point written
+        # with w = u / |u|^2: (2w, 1 - |w|^2) / (1 + |w|^2).
+        last = torch.where(outside, 1.0 - norm2, norm2 - 1.0)
+        return torch.cat([2.0 * inverted, last], dim=-1) / (norm2 + 1.0)
 
     def to_chart(self, x: Tensor) -> Tensor:
-        return x[..., :-1] / (1.0 - x[..., -1:])
+        head, last = x[..., :-1], x[..., -1:]
+        south = last <= 0.0
+        # North: 1 - last = |head|^2 / (1 + last) for unit x, with head rescaled so that its
+        # square neither underflows nor overflows. (Only the pole itself has head == 0.)
+        scale = head.detach().abs().amax(-1, keepdim=True)
+        pole = (scale == 0.0) & ~south
+        scale = torch.where(south | pole, 1.0, scale)
+        unit = head / scale
+        norm2 = torch.where(south | pole, 1.0, unit.square().sum(-1, keepdim=True))
+        north = unit * ((1.0 + last) / (scale * norm2))
+        plain = head / torch.where(south, 1.0 - last, 1.0)
+        chart = torch.where(south, plain, north)
+        infinity = torch.zeros_like(chart)
+        infinity[..., 0] = torch.finfo(x.dtype).max
+        return torch.where(pole, infinity, chart)
 
     def chart_log_volume(self, u: Tensor) -> Tensor:
-        return self.dim * (math.log(2.0) - torch.log1p(u.square().sum(-1)))
+        inverted, _, log_norm2 = _inversion(u)
+        # log1p(|u|^2) = log|u|^2 + log1p(|w|^2) outside the unit ball (log_norm2 = 0 inside).
+        log1p_norm2 = torch.log1p(inverted.square().sum(-1)) + log_norm2[..., 0]
+        return self.dim * (math.log(2.0) - log1p_norm2)
+
+
+def _inversion(u: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(w, outside, log_norm2)``: ``w = u`` inside the unit ball and the inversion
+    ``u / |u|^2`` outside it (so ``|w| <= 1``), ``outside: (batch, 1)`` and ``log|u|^2``
+    (``(batch, 1)``, 0 inside), computed without forming ``|u|^2`` (which overflows float32 at
+    ``|u| ~ 1.8e19``) and with finite gradients everywhere.
+    """
+    # Rows are rescaled by their largest entry (a constant for autograd: u / |u|^2 is the same
+    # function of u for any fixed scale), so the rescaled square lies in [1, dim] outside.
+    scale = u.detach().abs().amax(-1, keepdim=True).clamp_min(1.0)
+    rescaled = u / scale
+    norm2 = rescaled.square().sum(-1, keepdim=True)
+    outside = (scale > 1.0) | (norm2 > 1.0)
+    norm2 = torch.where(outside, norm2, 1.0)
+    # Two divisions: scale * norm2 itself may overflow near the largest number.
+    inverted = torch.where(outside, rescaled / norm2 / scale, u)
+    log_norm2 = torch.where(outside, 2.0 * scale.log() + norm2.log(), 0.0)
+    return inverted, outside, log_norm2
 
 
 def _vmf_log_normalizer(p: int, kappa: float) -> float:

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["MLP", "MADE", "MADESequence", "MaskedLinear", "bounded_inputs"]
+__all__ = ["MLP", "MADE", "MADE_INPUT_BOUND", "MADESequence", "MaskedLinear", "bounded_inputs"]
 
 
 def _hidden_sizes(hidden_features: int | Sequence[int]) -> tuple[int, ...]:
@@ -47,32 +47,43 @@ def _param_major_output(
     return out.view(params_per_feature, features * hidden.shape[0])
 
 
-def bounded_inputs(values: Tensor) -> Tensor:
-    """``values`` clamped to ``±2**32`` (about ``4.3e9``; ``±2**256`` in float64), far beyond the
-    scale of any data a network is trained on.
+def bounded_inputs(values: Tensor, bound: float | None = None) -> Tensor:
+    """``values`` clamped to ``±bound``, by default ``±2**32`` (about ``4.3e9``; ``±2**256`` in
+    float64), far beyond the scale of any data a network is trained on.
 
     Networks that read unbounded inputs through smooth or normalised layers clamp them first:
     layer normalisation squares its inputs (the float32 statistics of embedded tokens of ``1e30``
     overflow, ``inf / inf = NaN``), and a smooth ODE field evaluated at ``1e30`` is numerically
     noise. Beyond the bound such a network is constant in each input, with zero gradient there;
     a conditioner may be any function of its inputs, so flow layers stay exact bijections.
-    Non-floating tensors pass through.
+    Non-floating tensors pass through; bounds beyond the dtype's range (float16) are capped at
+    its largest number.
+
+    Args:
+        values: the network's inputs.
+        bound: the clamp (default: the fourth root of the dtype's largest number, rounded to a
+            power of two, with float32's for the lower precisions).
 
     Example:
         >>> bounded_inputs(torch.tensor([1.0, -1e30])).tolist()
         [1.0, -4294967296.0]
+        >>> bounded_inputs(torch.tensor([math.inf], dtype=torch.float16)).tolist()  # its range
+        [65504.0]
     """
     if not values.is_floating_point():
         return values
-    bound = _INPUT_BOUNDS.get(values.dtype)
-    if bound is None:
-        # The fourth root of the largest number (float32's for the lower precisions).
-        largest = max(torch.finfo(values.dtype).max, torch.finfo(torch.float32).max)
-        bound = _INPUT_BOUNDS[values.dtype] = 2.0 ** (math.ceil(math.log2(largest)) // 4)
-    return F.hardtanh(values, -bound, bound)  # a clamp with a one-kernel backward
+    limit = _INPUT_BOUNDS.get((values.dtype, bound))
+    if limit is None:
+        largest = torch.finfo(values.dtype).max
+        if bound is None:
+            # The fourth root of the largest number (float32's for the lower precisions).
+            fourth_root = max(largest, torch.finfo(torch.float32).max)
+            bound = 2.0 ** (math.ceil(math.log2(fourth_root)) // 4)
+        limit = _INPUT_BOUNDS[(values.dtype, bound)] = min(float(bound), largest)
+    return F.hardtanh(values, -limit, limit)  # a clamp with a one-kernel backward
 
 
-_INPUT_BOUNDS: dict[torch.dtype, float] = {}
+_INPUT_BOUNDS: dict[tuple[torch.dtype, float | None], float] = {}
 
 
 class MLP(nn.Module):
@@ -180,11 +191,28 @@ def masked_layers(
     return nn.ModuleList(layers), MaskedLinear(out_degrees[:, None] > degrees[None, :])
 
 
+MADE_INPUT_BOUND = 2.0**16
+"""MADE reads its inputs clamped to ``±2**16`` (:func:`bounded_inputs`), in every dtype.
+
+A masked-out weight's gradient is computed as the product of the upstream gradient and a layer
+input, then multiplied by the mask's 0. Far outside the data (``|x| ~ 1e10`` in float32) that
+product overflows while the true gradient is still representable, and ``inf * 0 = NaN``; the
+conditioner's inputs entering a layer also compound the growth through the stacked layers of a
+flow. Clamped at ``2**16``, the layer inputs are bounded, the conditioner of a deeper layer is
+constant in inputs beyond it (so gradients do not compound through it), and the masked products
+stay finite as long as the gradients they multiply are below about ``max / 2**16`` (``5e33`` in
+float32). The same bound in every dtype keeps a model's density independent of its dtype.
+"""
+
+
 class MADE(nn.Module):
     """Masked autoregressive network: the outputs of feature ``i`` see only features before it.
 
     "Before" is with respect to ``order`` (default ``0, 1, ..., features - 1``). Context, if any,
-    enters the first hidden layer unmasked.
+    enters the first hidden layer unmasked. The network reads its inputs clamped to
+    ``±MADE_INPUT_BOUND`` (``2**16``) and its context clamped by :func:`bounded_inputs`, so far
+    outside the data its gradients stay finite (a conditioner may be any function of its
+    inputs: the flow layers stay exact bijections); standardise data of larger scale.
 
     Args:
         features: number of input features ``D``.
@@ -238,14 +266,14 @@ class MADE(nn.Module):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else None
 
     def _first_preactivation(self, inputs: Tensor, context: Tensor | None) -> Tensor:
-        first = self.layers[0](inputs)
+        first = self.layers[0](bounded_inputs(inputs, MADE_INPUT_BOUND))
         if self.context_layer is not None:
             if context is None:
                 raise ValueError(
                     f"context is required: this network was built with "
                     f"context_features={self.context_features}"
                 )
-            first = first + self.context_layer(context)
+            first = first + self.context_layer(bounded_inputs(context))
         return first
 
     def _hidden_from(self, first: Tensor, *, keep_first: bool = False) -> Tensor:
@@ -326,4 +354,5 @@ class MADESequence:
     def set(self, feature: int, value: Tensor) -> None:
         """Record ``value: (batch,)`` for ``feature`` (its previous value must have been 0)."""
         column = self._columns[feature].to(self.first.dtype)
+        value = bounded_inputs(value, MADE_INPUT_BOUND)  # as the forward pass reads it
         self.first = torch.addcmul(self.first, value[:, None].to(self.first.dtype), column)

@@ -38,11 +38,29 @@ _RIGID_MODES = ("remove", "keep")
 
 
 def _norm(vectors: Tensor) -> Tensor:
-    return torch.linalg.vector_norm(vectors, dim=-1)
+    """Euclidean norm over the last axis without squaring the raw entries: each vector is
+    divided by its largest entry first (a constant for autograd, so the gradient is exact), so
+    coordinates of ``1e30`` do not overflow float32 (and the zero vector has norm 0, gradient 0).
+    """
+    tiny = torch.finfo(vectors.dtype).tiny
+    scale = vectors.detach().abs().amax(-1, keepdim=True).clamp_min(tiny)
+    return torch.linalg.vector_norm(vectors / scale, dim=-1) * scale[..., 0]
+
+
+def _unit(vectors: Tensor, norms: Tensor) -> Tensor:
+    """``vectors / norms``, the zero vector (of a degenerate geometry) staying zero."""
+    return vectors / norms.clamp_min(torch.finfo(vectors.dtype).tiny)[..., None]
 
 
 def _dot(a: Tensor, b: Tensor) -> Tensor:
     return (a * b).sum(-1)
+
+
+def _atan2(y: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+    """``(atan2(y, x), undefined)``: ``undefined`` marks ``x = y = 0`` (a degenerate geometry),
+    where the angle is 0 and, unlike torch's ``0 / 0``, the gradient finite."""
+    undefined = (x == 0) & (y == 0)
+    return torch.atan2(y, x.masked_fill(undefined, 1.0)), undefined
 
 
 def _wrap_atan2(angles: Tensor) -> Tensor:
@@ -52,19 +70,20 @@ def _wrap_atan2(angles: Tensor) -> Tensor:
 
 
 def _angle(u: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-    """Angle between ``u`` and ``v`` (in [0, pi]) by atan2, and its sine."""
-    cross_norm = _norm(torch.linalg.cross(u, v, dim=-1))
-    return torch.atan2(cross_norm, _dot(u, v)), cross_norm / (_norm(u) * _norm(v))
+    """Angle between the unit vectors ``u`` and ``v`` (in [0, pi]) by atan2, and its sine."""
+    sine = _norm(torch.linalg.cross(u, v, dim=-1))  # scaled: sines of 1e-30 do not underflow
+    return _atan2(sine, _dot(u, v))[0], sine
 
 
-def _dihedral(p0: Tensor, p1: Tensor, p2: Tensor, p3: Tensor) -> Tensor:
-    """IUPAC dihedral angle p0-p1-p2-p3 (the convention of OpenMM and MDTraj), in [-pi, pi)."""
-    b1, b2, b3 = p1 - p0, p2 - p1, p3 - p2
+def _dihedral(b1: Tensor, b2: Tensor, b3: Tensor) -> tuple[Tensor, Tensor]:
+    """IUPAC dihedral angle p0-p1-p2-p3 (the convention of OpenMM and MDTraj), in [-pi, pi), of
+    the unit bond directions ``b1 = p1 - p0``, ``b2 = p2 - p1``, ``b3 = p3 - p2`` (the angle does
+    not depend on their lengths, so their products cannot overflow), and where it is undefined
+    (``p1, p2, p3`` or ``p0, p1, p2`` collinear, or a zero bond)."""
     c1 = torch.linalg.cross(b2, b3, dim=-1)
     c2 = torch.linalg.cross(b1, b2, dim=-1)
-    y = _dot(b1, c1) * _norm(b2)
-    x = _dot(c1, c2)
-    return _wrap_atan2(torch.atan2(y, x))
+    angle, undefined = _atan2(_dot(b1, c1), _dot(c1, c2))
+    return _wrap_atan2(angle), undefined
 
 
 def _as_z_matrix(z_matrix) -> np.ndarray:
@@ -174,8 +193,16 @@ class InternalCoordinates(Transform):
     ``log(8 pi^2 V)``, which self-normalisation removes. Only for rotation/translation-invariant
     energies.
 
-    **Numerics.** Angles and torsions use ``atan2`` (no ``acos`` near 0 or pi). Forward is fully
-    vectorised over atoms (gathers). The inverse is sequential only over *generations*: the first
+    **Numerics.** Angles and torsions use ``atan2`` (no ``acos`` near 0 or pi) of unit vectors,
+    and lengths are taken of rescaled vectors, so coordinates up to the dtype's largest number
+    neither overflow nor underflow (``1e30`` in float32 gives bonds of ``1e30`` and finite
+    angles). Forward is fully vectorised over atoms (one gather of all the vectors it reads).
+    **Degenerate geometries** (a bond of length zero, three atoms of an angle collinear, an
+    undefined torsion or, with ``rigid="keep"``, the first bond along the ``z`` axis) have no
+    internal coordinates and the map has no Jacobian there: forward reports ``logabsdet = -inf``
+    and outputs that carry no gradient for those rows, so a flow gives them ``log p = -inf``
+    (outside its support; the flow never samples them) with a zero, not NaN, gradient. The
+    inverse is sequential only over *generations*: the first
     three atoms, then every group of atoms whose three references are already placed, each group
     placed at once by vectorised NeRF (alanine dipeptide: 4 groups after the first three atoms).
     Dtype and device follow the inputs. The inverse accepts any finite values; bonds ``<= 0`` or
@@ -191,7 +218,9 @@ class InternalCoordinates(Transform):
         bond_indices, angle_indices, torsion_indices, translation_indices, orientation_indices
         (long tensors of output positions; the last two are empty when ``rigid="remove"``), and
         circular_mask: ``(features_out,)`` bool, True for the periodic outputs in ``[-pi, pi)``:
-        the torsions and, with ``rigid="keep"``, the azimuths ``phi1`` and ``psi2``.
+        the torsions and, with ``rigid="keep"``, the azimuths ``phi1`` and ``psi2``;
+        context_features: 0 (the map takes no context; a :class:`~normflows_sci.flows.Flow`
+        containing it checks the context width of its other layers).
 
     Example:
         >>> ic = InternalCoordinates([[0, -1, -1, -1], [1, 0, -1, -1], [2, 1, 0, -1], [3, 2, 1, 0]])
@@ -213,6 +242,7 @@ class InternalCoordinates(Transform):
         num_atoms = len(rows)
         self.rigid = rigid
         self.num_atoms = num_atoms
+        self.context_features = 0
         self.features_in = 3 * num_atoms
         offset = 6 if rigid == "keep" else 0
         self.features_out = 3 * num_atoms - 6 + offset
@@ -233,6 +263,12 @@ class InternalCoordinates(Transform):
         if rigid == "keep":
             circular[[4, 5]] = True
         buffer("circular_mask", circular, dtype=torch.bool)
+        # The forward reads every vector it needs as one gather: the bonds (atom - bond_ref), the
+        # angles' second legs (angle_ref - bond_ref, rows >= 2) and the torsions' third bonds
+        # (torsion_ref - angle_ref, rows >= 3).
+        atom, bond_ref, angle_ref, torsion_ref = rows.T
+        buffer("_heads", np.concatenate([atom[1:], angle_ref[2:], torsion_ref[3:]]))
+        buffer("_tails", np.concatenate([bond_ref[1:], bond_ref[2:], angle_ref[3:]]))
 
         # Generations for the inverse: rows >= 3 grouped so that each group only references
         # atoms placed by the first three rows or by earlier groups.
@@ -300,35 +336,45 @@ class InternalCoordinates(Transform):
         """Cartesian ``(batch, 3N)`` -> internal ``(batch, features_out)``, ``log|det d(ic)/dx|``."""
         self._check_inputs(inputs, self.features_in)
         positions = inputs.reshape(inputs.shape[0], self.num_atoms, 3)
-        atom, bond_ref, angle_ref, torsion_ref = self.z_matrix.unbind(-1)
-
-        bond_vectors = positions[:, atom[1:]] - positions[:, bond_ref[1:]]
-        bonds = _norm(bond_vectors)
-        angles, sin_angles = _angle(
-            bond_vectors[:, 1:], positions[:, angle_ref[2:]] - positions[:, bond_ref[2:]]
-        )
-        torsions = _dihedral(
-            positions[:, atom[3:]],
-            positions[:, bond_ref[3:]],
-            positions[:, angle_ref[3:]],
-            positions[:, torsion_ref[3:]],
-        )
-        # log|det dx/d(ic)| without the orientation factor; see the class docstring.
-        log_volume = 2 * bonds.log().sum(-1) + sin_angles.log().sum(-1)
+        vectors = positions[:, self._heads] - positions[:, self._tails]
+        norms = _norm(vectors)
+        n = self.num_atoms
+        bonds = norms[:, : n - 1]
+        units, legs, thirds = _unit(vectors, norms).split([n - 1, n - 2, n - 3], dim=1)
+        angles, sin_angles = _angle(units[:, 1:], legs)
+        torsions, undefined = _dihedral(-units[:, 2:], legs[:, 1:], thirds)
         parts = [bonds, angles, torsions]
+        volume_factors = [bonds, bonds, sin_angles]
         if self.rigid == "keep":
-            translation = positions[:, atom[0]]
-            axis = bond_vectors[:, 0]
-            rho = torch.hypot(axis[:, 0], axis[:, 1])
-            theta1 = torch.atan2(rho, axis[:, 2])
-            phi1 = _wrap_atan2(torch.atan2(axis[:, 1], axis[:, 0]))
+            translation = positions[:, self.z_matrix[0, 0]]
+            axis = units[:, 0]
+            phi1, undefined_phi1 = _atan2(axis[:, 1], axis[:, 0])
+            phi1 = _wrap_atan2(phi1)
+            # sin theta1 = 0 exactly where phi1 is undefined (a degenerate row); hypot's gradient
+            # is 0 / 0 there, so it is evaluated at (1, 0) instead.
+            sin_theta1 = torch.hypot(axis[:, 0].masked_fill(undefined_phi1, 1.0), axis[:, 1])
+            theta1 = _atan2(sin_theta1.masked_fill(undefined_phi1, 0.0), axis[:, 2])[0]
             e_theta, e_phi = self._spherical_frame(theta1, phi1)
-            third = bond_vectors[:, 1]
-            psi2 = _wrap_atan2(torch.atan2(_dot(third, e_phi), _dot(third, e_theta)))
+            third = units[:, 1]
+            psi2 = _wrap_atan2(_atan2(_dot(third, e_phi), _dot(third, e_theta))[0])
             parts = [translation, torch.stack([theta1, phi1, psi2], -1), *parts]
-            # log(b1^2 sin theta1) = log(b1^2) + log(rho / b1)
-            log_volume = log_volume + (rho / bonds[:, 0]).log()
-        return torch.cat(parts, -1), -log_volume
+            volume_factors.append(sin_theta1[:, None])  # log(b1^2 sin theta1)
+            undefined = torch.cat([undefined, undefined_phi1[:, None]], -1)
+        return self._degenerate_to_minus_inf(torch.cat(parts, -1), volume_factors, undefined)
+
+    @staticmethod
+    def _degenerate_to_minus_inf(
+        outputs: Tensor, volume_factors: list[Tensor], undefined: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """``(outputs, log|det d(ic)/dx|)`` with degenerate geometries (a zero bond, a zero
+        angle sine, an undefined torsion or azimuth) reported as ``logabsdet = -inf`` and
+        ``outputs`` detached there, so a flow gives them ``log p = -inf`` with zero gradient."""
+        tiny = torch.finfo(outputs.dtype).tiny
+        factors = torch.cat(volume_factors, -1)
+        degenerate = (factors < tiny).any(-1) | undefined.any(-1)
+        log_volume = factors.clamp_min(tiny).log().sum(-1)
+        outputs = torch.where(degenerate[:, None], outputs.detach(), outputs)
+        return outputs, (-log_volume).masked_fill(degenerate, -math.inf)
 
     # ---------------------------------------------------------------------------------- inverse
     @staticmethod
@@ -402,9 +448,9 @@ class InternalCoordinates(Transform):
         ``*_atom: (batch, m, 3)``, ``bond, angle, torsion: (batch, m)`` -> ``(batch, m, 3)``.
         """
         axis = bond_atom - angle_atom
-        axis = axis / _norm(axis)[..., None]
+        axis = axis / torch.linalg.vector_norm(axis, dim=-1, keepdim=True)
         normal = torch.linalg.cross(angle_atom - torsion_atom, axis, dim=-1)
-        normal = normal / _norm(normal)[..., None]
+        normal = normal / torch.linalg.vector_norm(normal, dim=-1, keepdim=True)
         in_plane = torch.linalg.cross(normal, axis, dim=-1)
         sin_angle = angle.sin()
         local = (
