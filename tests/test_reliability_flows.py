@@ -22,7 +22,7 @@ from normflows_sci.distributions import (
 from normflows_sci.energies import DoubleWell, Energy, TemperedEnergy
 from normflows_sci.energies.molecular.internal import InternalCoordinates
 from normflows_sci.flows import CNF, MAF, NSF, Flow, RealNVP, TarFlow, sample_tarflow
-from normflows_sci.manifolds import Sphere, Torus
+from normflows_sci.manifolds import RadialSplineTransform, Sphere, Torus
 from normflows_sci.nn import bounded_inputs
 from normflows_sci.transforms import ReversePermutation, Transform
 
@@ -525,6 +525,29 @@ def test_energy_subclasses_overriding_energy():
 
 
 # ---------------------------------------------------------------- found on the way
+
+
+@pytest.mark.parametrize("antipodal", [False, True], ids=["plain", "antipodal"])
+def test_radial_spline_at_the_poles_of_s3_is_the_limit(antipodal):
+    """Where the height rounds to +-1 (|rest| < ~3e-4 in float32), 1 - G(h)^2 floored at the
+    smallest number replaced the radius: at the pole itself an identity layer reported
+    log|det| = 43.7, and rest was scaled by 1e-19 / |rest|. float64 resolves those points."""
+    torch.manual_seed(0)
+    layer = perturb(RadialSplineTransform(3, bins=4, antipodal=antipodal))
+    x = torch.zeros(4, 4, dtype=torch.float64)
+    x[:, -1] = torch.tensor([1.0, -1.0, 1.0, -1.0])
+    x[2:, :3] = torch.tensor([[6e-6, -8e-6, 0.0], [0.0, 3e-6, 4e-6]], dtype=torch.float64)
+    x = x / x.norm(dim=-1, keepdim=True)
+    results = {}
+    for dtype in (torch.float32, torch.float64):
+        layer.to(dtype)
+        with torch.no_grad():
+            results[dtype] = [*layer(x.to(dtype)), *layer.inverse(x.to(dtype))]
+    for value, expected in zip(results[torch.float32], results[torch.float64]):
+        torch.testing.assert_close(value.double(), expected, rtol=1e-5, atol=1e-5)
+        assert torch.isfinite(value).all()
+    y, y64 = results[torch.float32][0], results[torch.float64][0]
+    torch.testing.assert_close(y[2:, :3].double(), y64[2:, :3], rtol=1e-4, atol=0)
 
 
 def test_cnf_on_a_torus_without_a_seed_reads_the_angle_embedding():

@@ -390,10 +390,16 @@ def _radial(x: Tensor, params: Tensor, spline: IntervalSpline, n: int, inverse: 
     new_h, logabsdet = spline(h, params, inverse=inverse)
     # |rest| is accurate near the poles, where 1 - h^2 loses every digit in single precision.
     radius = rest.norm(dim=-1).clamp_min(torch.finfo(x.dtype).tiny)
-    new_radius = safe_sqrt_one_minus_square(new_h)
-    outputs = torch.cat([rest * (new_radius / radius)[..., None], new_h[..., None]], dim=-1)
+    # Where h rounds to +-1 (|rest| below about sqrt(eps)) 1 - G(h)^2 is 0 too: the radius
+    # ratio is its limit there, sqrt(G'(h)) (1 - G(h)^2 = G'(h) (1 - h^2) (1 + O(1 - h)), exact
+    # to working precision), instead of the floor of the square root over |rest|.
+    at_pole = h.abs() == 1.0
+    log_ratio = torch.where(
+        at_pole, 0.5 * logabsdet, safe_sqrt_one_minus_square(new_h).log() - radius.log()
+    )
+    outputs = torch.cat([rest * log_ratio.exp()[..., None], new_h[..., None]], dim=-1)
     if n != 2:
-        logabsdet = logabsdet + (n - 2) * (new_radius.log() - radius.log())
+        logabsdet = logabsdet + (n - 2) * log_ratio
     return outputs, logabsdet
 
 
