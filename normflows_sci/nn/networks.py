@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["MLP", "MADE", "MADE_INPUT_BOUND", "MADESequence", "MaskedLinear", "bounded_inputs"]
+__all__ = ["MLP", "MADE", "MADESequence", "MaskedLinear", "bounded_inputs"]
 
 
 def _hidden_sizes(hidden_features: int | Sequence[int]) -> tuple[int, ...]:
@@ -191,28 +191,29 @@ def masked_layers(
     return nn.ModuleList(layers), MaskedLinear(out_degrees[:, None] > degrees[None, :])
 
 
-MADE_INPUT_BOUND = 2.0**16
-"""MADE reads its inputs clamped to ``±2**16`` (:func:`bounded_inputs`), in every dtype.
-
-A masked-out weight's gradient is computed as the product of the upstream gradient and a layer
-input, then multiplied by the mask's 0. Far outside the data (``|x| ~ 1e10`` in float32) that
-product overflows while the true gradient is still representable, and ``inf * 0 = NaN``; the
-conditioner's inputs entering a layer also compound the growth through the stacked layers of a
-flow. Clamped at ``2**16``, the layer inputs are bounded, the conditioner of a deeper layer is
-constant in inputs beyond it (so gradients do not compound through it), and the masked products
-stay finite as long as the gradients they multiply are below about ``max / 2**16`` (``5e33`` in
-float32). The same bound in every dtype keeps a model's density independent of its dtype.
-"""
+# MADE reads its inputs clamped to +-2**16 (bounded_inputs), in every dtype. A masked-out
+# weight's gradient is computed as the product of the upstream gradient and a layer input, then
+# multiplied by the mask's 0. Far outside the data (|x| ~ 1e10 in float32) that product
+# overflows while the true gradient is still representable, and inf * 0 = NaN; conditioner
+# inputs also compound the growth through the stacked layers of a flow. Clamped at 2**16, the
+# layer inputs are bounded, a deeper layer's conditioner is constant beyond the bound (gradients
+# stop compounding through it), and the masked products stay finite while the gradients they
+# multiply are below about max / 2**16 (5e33 in float32). (Selecting instead of multiplying by
+# the mask keeps them finite everywhere, but costs several times this clamp in every training
+# step.) One bound for every dtype keeps a model's density independent of its dtype.
+_MADE_INPUT_BOUND = 2.0**16
 
 
 class MADE(nn.Module):
     """Masked autoregressive network: the outputs of feature ``i`` see only features before it.
 
     "Before" is with respect to ``order`` (default ``0, 1, ..., features - 1``). Context, if any,
-    enters the first hidden layer unmasked. The network reads its inputs clamped to
-    ``±MADE_INPUT_BOUND`` (``2**16``) and its context clamped by :func:`bounded_inputs`, so far
-    outside the data its gradients stay finite (a conditioner may be any function of its
-    inputs: the flow layers stay exact bijections); standardise data of larger scale.
+    enters the first hidden layer unmasked. The network reads its inputs clamped to ``±2**16``
+    (in every dtype) and its context clamped by :func:`bounded_inputs`: far outside the data
+    (``1e10``-``1e14`` in float32) the gradients of masked-out weights were NaN (an overflowing
+    product times the mask's 0) where the true gradients fit; with bounded layer inputs they
+    stay finite. A conditioner may be any function of its inputs, so flow layers stay exact
+    bijections; data of larger scale should be standardised.
 
     Args:
         features: number of input features ``D``.
@@ -266,7 +267,7 @@ class MADE(nn.Module):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else None
 
     def _first_preactivation(self, inputs: Tensor, context: Tensor | None) -> Tensor:
-        first = self.layers[0](bounded_inputs(inputs, MADE_INPUT_BOUND))
+        first = self.layers[0](bounded_inputs(inputs, _MADE_INPUT_BOUND))
         if self.context_layer is not None:
             if context is None:
                 raise ValueError(
@@ -354,5 +355,5 @@ class MADESequence:
     def set(self, feature: int, value: Tensor) -> None:
         """Record ``value: (batch,)`` for ``feature`` (its previous value must have been 0)."""
         column = self._columns[feature].to(self.first.dtype)
-        value = bounded_inputs(value, MADE_INPUT_BOUND)  # as the forward pass reads it
+        value = bounded_inputs(value, _MADE_INPUT_BOUND)  # as the forward pass reads it
         self.first = torch.addcmul(self.first, value[:, None].to(self.first.dtype), column)
