@@ -394,11 +394,12 @@ def _radial(x: Tensor, params: Tensor, spline: IntervalSpline, n: int, inverse: 
     # ratio is its limit there, sqrt(G'(h)) (1 - G(h)^2 = G'(h) (1 - h^2) (1 + O(1 - h)), exact
     # to working precision), instead of the floor of the square root over |rest|.
     at_pole = h.abs() == 1.0
-    log_ratio = torch.where(
-        at_pole, 0.5 * logabsdet, safe_sqrt_one_minus_square(new_h).log() - radius.log()
-    )
-    outputs = torch.cat([rest * log_ratio.exp()[..., None], new_h[..., None]], dim=-1)
+    half_log_derivative = 0.5 * logabsdet
+    new_radius = safe_sqrt_one_minus_square(new_h)
+    ratio = torch.where(at_pole, half_log_derivative.exp(), new_radius / radius)
+    outputs = torch.cat([rest * ratio[..., None], new_h[..., None]], dim=-1)
     if n != 2:
+        log_ratio = torch.where(at_pole, half_log_derivative, new_radius.log() - radius.log())
         logabsdet = logabsdet + (n - 2) * log_ratio
     return outputs, logabsdet
 
