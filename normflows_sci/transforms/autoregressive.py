@@ -18,7 +18,13 @@ from torch import Tensor, nn
 from normflows_sci.checks import check_context, check_features
 from normflows_sci.nn import MADE
 from normflows_sci.transforms.base import Transform
-from normflows_sci.transforms.elementwise import AffineMap, ElementwiseMap, RQSplineMap
+from normflows_sci.transforms.elementwise import (
+    AffineMap,
+    ElementwiseMap,
+    make_map,
+    pop_map_options,
+    renamed_map_argument,
+)
 
 __all__ = [
     "MaskedAutoregressiveTransform",
@@ -32,7 +38,8 @@ class MaskedAutoregressiveTransform(Transform):
 
     Args:
         features: number of features ``D``.
-        elementwise: the map applied to each feature given the earlier ones.
+        map: the :class:`ElementwiseMap` applied to each feature given the earlier ones
+            (``elementwise=``, its former name, still works with a ``DeprecationWarning``).
         context_features: width of the context (0 for none).
         hidden_features: MADE hidden widths.
         order: generation order, a permutation of ``range(features)`` (default: natural order).
@@ -63,8 +70,9 @@ class MaskedAutoregressiveTransform(Transform):
     def __init__(
         self,
         features: int,
-        elementwise: ElementwiseMap,
+        map: ElementwiseMap | None = None,
         *,
+        elementwise: ElementwiseMap | None = None,
         context_features: int = 0,
         hidden_features: int | Sequence[int] = (128, 128),
         order: Sequence[int] | None = None,
@@ -74,10 +82,10 @@ class MaskedAutoregressiveTransform(Transform):
         super().__init__()
         self.features = features
         self.context_features = context_features
-        self.elementwise = elementwise
+        self.map = renamed_map_argument(map, elementwise, type(self).__name__)
         self.made = MADE(
             features,
-            elementwise.num_params,
+            self.map.num_params,
             hidden_features,
             context_features=context_features,
             order=order,
@@ -88,6 +96,15 @@ class MaskedAutoregressiveTransform(Transform):
         nn.init.zeros_(self.made.output.bias)
         self.register_buffer("generation_order", torch.argsort(self.made.in_degrees))
 
+    @property
+    def elementwise(self) -> ElementwiseMap:
+        """The map (its former attribute name)."""
+        return self.map
+
+    @elementwise.setter
+    def elementwise(self, value: ElementwiseMap) -> None:
+        self.map = value
+
     def _check(self, inputs: Tensor, context: Tensor | None) -> None:
         check_features(inputs, self.features)
         check_context(context, self.context_features)
@@ -95,28 +112,30 @@ class MaskedAutoregressiveTransform(Transform):
     def forward(self, inputs: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         self._check(inputs, context)
         # .to: under torch.autocast the MADE runs in lower precision, the map in the data's.
-        if inputs.dim() == 2 and isinstance(self.elementwise, RQSplineMap):
-            # Parameters straight in the layout the spline computes in (element (n, d) in
+        map_ = self.map
+        if map_.param_major and inputs.dim() == 2:
+            # Parameters straight in the layout the map computes in (element (n, d) in
             # column d * batch + n): no copy transposes them.
             raw = self.made.param_major(inputs, context).to(inputs.dtype)
-            outputs, logabsdet = self.elementwise.forward_param_major(inputs.t(), raw)
+            outputs, logabsdet = map_.forward_param_major(inputs.t(), raw)
             return outputs.t(), logabsdet.sum(0)
         params = self.made(inputs, context).to(inputs.dtype)
-        outputs, logabsdet = self.elementwise.forward(inputs, params)
+        outputs, logabsdet = map_.forward(inputs, params)
         return outputs, logabsdet.sum(-1)
 
     def inverse(self, inputs: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         self._check(inputs, context)
         state = self.made.sequential(torch.zeros_like(inputs), context)
         values, logabsdet = [None] * self.features, 0.0
-        param_major = isinstance(self.elementwise, RQSplineMap)
+        map_ = self.map
+        param_major = map_.param_major
         for feature in self.generation_order.tolist():
             if param_major:
                 raw = state.feature(feature, param_major=True).to(inputs.dtype)
-                step = self.elementwise.inverse_param_major(inputs[:, feature], raw)
+                step = map_.inverse_param_major(inputs[:, feature], raw)
             else:
                 params = state.feature(feature).to(inputs.dtype)
-                step = self.elementwise.inverse(inputs[:, feature], params)
+                step = map_.inverse(inputs[:, feature], params)
             value, feature_logabsdet = step
             state.set(feature, value)
             values[feature] = value
@@ -141,28 +160,18 @@ class MaskedAffineAutoregressiveTransform(MaskedAutoregressiveTransform):
 class MaskedSplineAutoregressiveTransform(MaskedAutoregressiveTransform):
     """NSF autoregressive layer: a rational-quadratic spline per feature given the earlier ones.
 
+    Args:
+        features: number of features ``D``.
+        map: the :class:`RQSplineMap` (default ``RQSplineMap()``).
+        **kwargs: the spline shorthands ``bins``, ``tail_bound``, ``min_bin_width``,
+            ``min_bin_height``, ``min_derivative`` (building the map when ``map`` is None; see
+            :func:`make_map`), then :class:`MaskedAutoregressiveTransform` options.
+
     Example:
         >>> t = MaskedSplineAutoregressiveTransform(3, bins=4, hidden_features=(16,))
         >>> t(torch.randn(4, 3))[1].shape
         torch.Size([4])
     """
 
-    def __init__(
-        self,
-        features: int,
-        *,
-        bins: int = 8,
-        tail_bound: float = 5.0,
-        min_bin_width: float = 1e-3,
-        min_bin_height: float = 1e-3,
-        min_derivative: float = 1e-3,
-        **kwargs,
-    ):
-        spline = RQSplineMap(
-            bins,
-            tail_bound,
-            min_bin_width=min_bin_width,
-            min_bin_height=min_bin_height,
-            min_derivative=min_derivative,
-        )
-        super().__init__(features, spline, **kwargs)
+    def __init__(self, features: int, map: ElementwiseMap | None = None, **kwargs):
+        super().__init__(features, make_map(map, **pop_map_options(kwargs)), **kwargs)

@@ -17,10 +17,11 @@ from normflows_sci.nn import MLP
 from normflows_sci.transforms.base import Transform
 from normflows_sci.transforms.elementwise import (
     AffineMap,
-    CircularSplineMap,
     ElementwiseMap,
-    RQSplineMap,
     SplitMap,
+    make_map,
+    pop_map_options,
+    renamed_map_argument,
 )
 
 __all__ = [
@@ -61,7 +62,8 @@ class CouplingTransform(Transform):
     Args:
         mask: ``(features,)`` boolean or 0/1; True (1) marks the features that are transformed, the
             others pass through unchanged and (with the context) feed the conditioner.
-        elementwise: the map applied to the transformed features.
+        map: the :class:`ElementwiseMap` applied to the transformed features (``elementwise=``,
+            its former name, still works with a ``DeprecationWarning``).
         context_features: width of the context (0 for none).
         hidden_features: hidden widths of the default MLP conditioner.
         conditioner: optional factory ``(in_features, out_features) -> nn.Module`` replacing the MLP.
@@ -92,8 +94,9 @@ class CouplingTransform(Transform):
     def __init__(
         self,
         mask: Sequence[bool] | Tensor,
-        elementwise: ElementwiseMap,
+        map: ElementwiseMap | None = None,
         *,
+        elementwise: ElementwiseMap | None = None,
         context_features: int = 0,
         hidden_features: int | Sequence[int] = (128, 128),
         conditioner: Callable[[int, int], nn.Module] | None = None,
@@ -112,7 +115,7 @@ class CouplingTransform(Transform):
             raise ValueError("mask must mark at least one feature to transform (all False given)")
         self.features = len(mask)
         self.context_features = context_features
-        self.elementwise = elementwise
+        self.map = renamed_map_argument(map, elementwise, type(self).__name__)
         self.register_buffer("identity_idx", identity)
         self.register_buffer("transform_idx", transformed)
         # Outputs are assembled as cat([identity, transformed]) and then put back in place.
@@ -125,7 +128,7 @@ class CouplingTransform(Transform):
         self.register_buffer("angle_idx", torch.nonzero(circular[identity]).flatten())
         self.register_buffer("plain_idx", torch.nonzero(~circular[identity]).flatten())
         in_features = len(identity) + len(self.angle_idx) + context_features
-        out_features = len(transformed) * elementwise.num_params
+        out_features = len(transformed) * self.map.num_params
         if in_features == 0:
             raise ValueError(
                 "a coupling layer needs at least one untransformed feature or a context "
@@ -139,6 +142,15 @@ class CouplingTransform(Transform):
             nn.init.zeros_(self.conditioner.output.bias)
         else:
             self.conditioner = conditioner(in_features, out_features)
+
+    @property
+    def elementwise(self) -> ElementwiseMap:
+        """The map (its former attribute name)."""
+        return self.map
+
+    @elementwise.setter
+    def elementwise(self, value: ElementwiseMap) -> None:
+        self.map = value
 
     def _find_halves(self) -> None:
         """``(identity_first, sizes)`` when the two feature sets are contiguous blocks: then the
@@ -176,8 +188,8 @@ class CouplingTransform(Transform):
         """The transformed features and the summed log-determinant."""
         # Parameters in the data's dtype: under torch.autocast the conditioner runs in lower
         # precision while the elementwise map and its log-determinant stay in full precision.
-        map_, num_params = self.elementwise, self.elementwise.num_params
-        if type(self.conditioner) is MLP and moving.dim() == 2 and isinstance(map_, RQSplineMap):
+        map_, num_params = self.map, self.map.num_params
+        if map_.param_major and type(self.conditioner) is MLP and moving.dim() == 2:
             # The package's own network emits the parameters in the layout the map computes
             # in (element (n, d) in column d * batch + n): no copy transposes them.
             raw = self.conditioner.param_major(cond, num_params).to(moving.dtype)
@@ -214,7 +226,15 @@ class SplineCouplingTransform(CouplingTransform):
     """Rational-quadratic spline coupling (NSF-C) with linear tails outside ``[-tail_bound, tail_bound]``.
 
     With ``circular`` flags, angle features (read modulo ``2 pi``, returned in ``[-pi, pi)``) get
-    circular splines (:class:`CircularSplineMap`) and feed the conditioner as ``(cos, sin)``.
+    the map's circular counterpart (:meth:`RQSplineMap.circular`) and feed the conditioner as
+    ``(cos, sin)``.
+
+    Args:
+        mask: as for :class:`CouplingTransform`.
+        map: the :class:`RQSplineMap` (default ``RQSplineMap()``).
+        **kwargs: the spline shorthands ``bins``, ``tail_bound``, ``min_bin_width``,
+            ``min_bin_height``, ``min_derivative`` (building the map when ``map`` is None; see
+            :func:`make_map`), then :class:`CouplingTransform` options.
 
     Example:
         >>> t = SplineCouplingTransform(alternating_mask(4), bins=4, hidden_features=(16,))
@@ -222,33 +242,11 @@ class SplineCouplingTransform(CouplingTransform):
         torch.Size([8, 4])
     """
 
-    def __init__(
-        self,
-        mask,
-        *,
-        bins: int = 8,
-        tail_bound: float = 5.0,
-        min_bin_width: float = 1e-3,
-        min_bin_height: float = 1e-3,
-        min_derivative: float = 1e-3,
-        **kwargs,
-    ):
-        spline = RQSplineMap(
-            bins,
-            tail_bound,
-            min_bin_width=min_bin_width,
-            min_bin_height=min_bin_height,
-            min_derivative=min_derivative,
-        )
+    def __init__(self, mask, map: ElementwiseMap | None = None, **kwargs):
+        spline = make_map(map, **pop_map_options(kwargs))
         circular = kwargs.get("circular")
         if circular is not None:
             moving = _circular_flags(circular, len(mask))[torch.as_tensor(mask).bool()]
             if moving.any():
-                circle = CircularSplineMap(
-                    bins,
-                    min_bin_width=min_bin_width,
-                    min_bin_height=min_bin_height,
-                    min_derivative=min_derivative,
-                )
-                spline = SplitMap(moving, circle, spline)
+                spline = SplitMap(moving, spline.circular(), spline)
         super().__init__(mask, spline, **kwargs)

@@ -1,15 +1,24 @@
 """Parametrised elementwise bijections shared by coupling and autoregressive layers.
 
-A map holds its hyperparameters only; the conditioner supplies ``num_params`` raw values per
-transformed feature. ``forward(x, params)`` / ``inverse(y, params)`` take ``x: (...)`` and
-``params: (..., num_params)`` and return ``(outputs, logabsdet)`` elementwise (not summed).
-Zero raw parameters give the identity, so a zero-initialised conditioner starts at the identity.
+A map is a value: it holds its hyperparameters (a spline's bins, bound and minimums, an affine
+map's scale bound) and is passed to the layers and factories that use it (``map=``), which never
+re-declare its options. The conditioner supplies ``num_params`` raw values per transformed feature.
+``forward(x, params)`` / ``inverse(y, params)`` take ``x: (...)`` and ``params: (...,
+num_params)`` and return ``(outputs, logabsdet)`` elementwise (not summed). Zero raw parameters
+give the identity, so a zero-initialised conditioner starts at the identity.
+
+A map also says which parameter layout it computes in (:attr:`ElementwiseMap.param_major`):
+layers whose conditioner can emit that layout directly hand it to
+:meth:`ElementwiseMap.forward_param_major` / :meth:`ElementwiseMap.inverse_param_major` without
+asking what kind of map it is.
 """
 
 from __future__ import annotations
 
 import abc
+import inspect
 import math
+import warnings
 
 import torch
 from torch import Tensor
@@ -30,14 +39,25 @@ __all__ = [
     "RQSplineMap",
     "CircularSplineMap",
     "SplitMap",
+    "make_map",
+    "pop_map_options",
+    "renamed_map_argument",
     "wrap_angle",
 ]
 
 
 class ElementwiseMap(abc.ABC):
-    """Interface: ``num_params``, ``forward(x, params)``, ``inverse(y, params)``."""
+    """Interface: ``num_params``, ``forward(x, params)``, ``inverse(y, params)``.
+
+    Attributes:
+        num_params: raw parameters per transformed element.
+        param_major: True when the map computes with its parameters laid out ``(num_params,
+            elements)``; layers whose conditioner can emit that layout then call
+            :meth:`forward_param_major` / :meth:`inverse_param_major` and skip a transposing copy.
+    """
 
     num_params: int
+    param_major: bool = False
 
     @abc.abstractmethod
     def forward(self, inputs: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
@@ -46,6 +66,16 @@ class ElementwiseMap(abc.ABC):
     @abc.abstractmethod
     def inverse(self, inputs: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
         """``(outputs, elementwise logabsdet)`` of the inverse map."""
+
+    def forward_param_major(self, inputs: Tensor, raw: Tensor) -> tuple[Tensor, Tensor]:
+        """:meth:`forward` with parameter-major parameters ``raw: (num_params, inputs.numel())``
+        (column ``i`` for flat input ``i``). Maps with ``param_major = True`` compute in this
+        layout; the default transposes once and calls :meth:`forward`."""
+        return self.forward(inputs, raw.t().reshape(*inputs.shape, self.num_params))
+
+    def inverse_param_major(self, inputs: Tensor, raw: Tensor) -> tuple[Tensor, Tensor]:
+        """:meth:`inverse` with parameter-major parameters (see :meth:`forward_param_major`)."""
+        return self.inverse(inputs, raw.t().reshape(*inputs.shape, self.num_params))
 
 
 class AffineMap(ElementwiseMap):
@@ -92,10 +122,24 @@ class RQSplineMap(ElementwiseMap):
     """Rational-quadratic spline on ``[-tail_bound, tail_bound]`` with identity tails.
 
     Raw parameters per feature: ``bins`` widths, ``bins`` heights, ``bins - 1`` interior derivatives.
+    This class is the one place the spline options are declared: layers and factories take an
+    ``RQSplineMap`` (``map=``), and their ``bins=``/``tail_bound=``/... shorthands build one.
+
+    Args:
+        bins: number of bins ``K`` (at least 2).
+        tail_bound: the spline acts on ``[-tail_bound, tail_bound]``, identity outside.
+        min_bin_width, min_bin_height, min_derivative: regularity bounds (``min * bins < 1``).
 
     References:
         Durkan et al. (2019), "Neural Spline Flows".
+
+    Example:
+        >>> spline = RQSplineMap(bins=4, tail_bound=3.0)
+        >>> spline.num_params, spline.circular().num_params  # its circular counterpart
+        (11, 13)
     """
+
+    param_major = True
 
     def __init__(
         self,
@@ -113,6 +157,8 @@ class RQSplineMap(ElementwiseMap):
         self.bins = int(bins)
         self.tail_bound = float(tail_bound)
         self.num_params = 3 * self.bins - 1
+        self.min_bin_width, self.min_bin_height = min_bin_width, min_bin_height
+        self.min_derivative = min_derivative
         self.options = dict(
             tail_bound=self.tail_bound,
             min_bin_width=min_bin_width,
@@ -120,6 +166,22 @@ class RQSplineMap(ElementwiseMap):
             min_derivative=min_derivative,
         )
         self._offset = identity_derivative_offset(min_derivative)
+
+    def __repr__(self) -> str:
+        return (
+            f"RQSplineMap(bins={self.bins}, tail_bound={self.tail_bound}, "
+            f"min_bin_width={self.min_bin_width}, min_bin_height={self.min_bin_height}, "
+            f"min_derivative={self.min_derivative})"
+        )
+
+    def circular(self) -> CircularSplineMap:
+        """The circular spline with the same bins and minimums (for angle features)."""
+        return CircularSplineMap(
+            self.bins,
+            min_bin_width=self.min_bin_width,
+            min_bin_height=self.min_bin_height,
+            min_derivative=self.min_derivative,
+        )
 
     def _call(self, inputs: Tensor, params: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
         return rq_spline_from_params(
@@ -138,17 +200,11 @@ class RQSplineMap(ElementwiseMap):
         return self._call(inputs, params, inverse=True)
 
     def forward_param_major(self, inputs: Tensor, raw: Tensor) -> tuple[Tensor, Tensor]:
-        """:meth:`forward` with the parameters parameter-major, ``raw: (num_params,
-        inputs.numel())`` (column ``i`` for flat input ``i``), the layout the spline computes in.
-
-        Layers whose conditioner can emit this layout directly (``param_major`` of
-        :class:`~normflows_sci.nn.MLP` and :class:`~normflows_sci.nn.MADE`) call it instead of
-        :meth:`forward`, saving a transposing copy of every parameter.
-        """
+        """:meth:`forward` in the layout the spline computes in (no transposing copy)."""
         return self._call_param_major(inputs, raw, inverse=False)
 
     def inverse_param_major(self, inputs: Tensor, raw: Tensor) -> tuple[Tensor, Tensor]:
-        """:meth:`inverse` with parameter-major parameters (see :meth:`forward_param_major`)."""
+        """:meth:`inverse` in the layout the spline computes in (no transposing copy)."""
         return self._call_param_major(inputs, raw, inverse=True)
 
 
@@ -259,3 +315,79 @@ class SplitMap(ElementwiseMap):
 
     def inverse(self, inputs: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
         return self._apply(inputs, params, inverse=True)
+
+
+_MAP_KINDS = {"affine": AffineMap, "spline": RQSplineMap}
+
+
+def make_map(map=None, *, default: str = "spline", **options) -> ElementwiseMap:
+    """The elementwise map a layer or factory uses: ``map`` itself, or one built from shorthands.
+
+    Args:
+        map: an :class:`ElementwiseMap` (returned as is; no shorthand may be given with it),
+            ``"affine"`` (:class:`AffineMap`), ``"spline"`` (:class:`RQSplineMap`) or None
+            (``default``).
+        default: the kind built when ``map`` is None.
+        **options: keyword arguments of the chosen class (``bins``, ``tail_bound``,
+            ``min_bin_width``, ``min_bin_height``, ``min_derivative`` for a spline,
+            ``max_log_scale`` for an affine map). Options of the other kind are ignored, so
+            factories can forward every shorthand they accept.
+
+    Raises:
+        TypeError: ``map`` is neither a map nor a known kind, or shorthands came with a map
+            object (they would be silently ignored).
+
+    Example:
+        >>> make_map(bins=4, tail_bound=3.0)
+        RQSplineMap(bins=4, tail_bound=3.0, min_bin_width=0.001, min_bin_height=0.001, min_derivative=0.001)
+        >>> type(make_map("affine", max_log_scale=2.0)).__name__
+        'AffineMap'
+    """
+    if isinstance(map, ElementwiseMap):
+        given = {k: v for k, v in options.items() if v is not None}
+        if given:
+            raise TypeError(
+                f"give the map's options to the map itself, not next to map=: got {sorted(given)} "
+                f"with map={map!r}"
+            )
+        return map
+    kind = default if map is None else map
+    if kind not in _MAP_KINDS:
+        raise TypeError(f"map must be an ElementwiseMap, 'affine', 'spline' or None, got {map!r}")
+    cls = _MAP_KINDS[kind]
+    accepted = inspect.signature(cls).parameters
+    return cls(**{k: v for k, v in options.items() if k in accepted and v is not None})
+
+
+def pop_map_options(kwargs: dict, kind: str = "spline") -> dict:
+    """Remove the keyword arguments of the ``kind`` map class (``"spline"`` or ``"affine"``) from
+    ``kwargs`` and return them: how layers and factories take the map shorthands without
+    re-declaring them (the names are those of the class's own signature).
+
+    Example:
+        >>> options = {"bins": 4, "hidden_features": (8,)}
+        >>> pop_map_options(options), options
+        ({'bins': 4}, {'hidden_features': (8,)})
+    """
+    accepted = inspect.signature(_MAP_KINDS[kind]).parameters
+    return {name: kwargs.pop(name) for name in list(kwargs) if name in accepted}
+
+
+def renamed_map_argument(map, elementwise, owner: str):
+    """The map given as ``map`` or under its deprecated keyword ``elementwise``.
+
+    Raises:
+        TypeError: both or neither were given.
+    """
+    if elementwise is not None:
+        warnings.warn(
+            f"{owner}(elementwise=...) is deprecated; pass map=... instead",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        if map is not None:
+            raise TypeError(f"{owner} got both map and elementwise (its deprecated name)")
+        map = elementwise
+    if not isinstance(map, ElementwiseMap):
+        raise TypeError(f"{owner} needs map=, an ElementwiseMap, got {map!r}")
+    return map
