@@ -13,37 +13,23 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from normflows_sci.distributions import Distribution, StandardNormal
+from normflows_sci.checks import check_int
+from normflows_sci.distributions import Distribution
 from normflows_sci.flows.base import Flow
 from normflows_sci.manifolds import (
     SO3,
-    AxialTwistTransform,
-    CircleSplineTransform,
     CircularSplineTransform,
-    CylindricalSplineTransform,
-    Euclidean,
-    HaarSO3,
     Manifold,
     PartTransform,
     Product,
-    ProductDistribution,
-    RadialSplineTransform,
     Sphere,
-    SphereRotation,
     Torus,
     TorusAutoregressiveTransform,
     TorusCouplingTransform,
-    UniformManifold,
     VonMises,
     VonMisesFisher,
 )
-from normflows_sci.transforms import (
-    CompositeTransform,
-    MaskedSplineAutoregressiveTransform,
-    SplineCouplingTransform,
-    Transform,
-    alternating_mask,
-)
+from normflows_sci.transforms import CompositeTransform, Transform, alternating_mask
 
 __all__ = ["ManifoldFlow", "TorusFlow", "SphereFlow", "SO3Flow", "ProductFlow"]
 
@@ -92,20 +78,16 @@ class ManifoldFlow(Flow):
         return super().log_prob(inputs, context, chunk_size=chunk_size)
 
 
-def _positive(name: str, value) -> int:
-    if isinstance(value, bool) or int(value) != value or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
-def _torus_base(n: int, base, concentration: float) -> Distribution:
+def _named_base(manifold: Manifold, base, named: dict) -> Distribution:
+    """``base`` itself, the manifold's default base (``"uniform"``) or a named alternative."""
     if isinstance(base, Distribution):
         return base
     if base == "uniform":
-        return UniformManifold(Torus(n))
-    if base == "von_mises":
-        return VonMises(n, concentration=concentration)
-    raise ValueError(f"base must be 'uniform', 'von_mises' or a Distribution, got {base!r}")
+        return manifold.default_base()
+    if base in named:
+        return named[base]()
+    choices = ", ".join(repr(name) for name in ("uniform", *named))
+    raise ValueError(f"base must be {choices} or a Distribution, got {base!r}")
 
 
 def TorusFlow(
@@ -147,8 +129,8 @@ def TorusFlow(
         >>> bool(((x >= -math.pi) & (x < math.pi)).all()), flow.log_prob(x).shape
         (True, torch.Size([5]))
     """
-    n = _positive("n", n)
-    transforms = _positive("transforms", transforms)
+    n = check_int("n", n)
+    transforms = check_int("transforms", transforms)
     net = dict(bins=bins, hidden_features=hidden_features, context_features=context_features)
     steps: list[Transform] = [CircularSplineTransform(n, **net)]
     for i in range(transforms):
@@ -161,29 +143,10 @@ def TorusFlow(
         else:
             order = list(range(n)) if i % 2 == 0 else list(range(n - 1, -1, -1))
             steps.append(TorusAutoregressiveTransform(n, order=order, **net))
-    return ManifoldFlow(
-        CompositeTransform(steps),
-        _torus_base(n, base, concentration),
-        Torus(n),
-        embedding=embedding,
-    )
-
-
-def _sphere_block(n: int, *, antipodal: bool, **net) -> list[Transform]:
-    """One block of a sphere flow: rotation, then the spline layers of ``S^n``."""
-    if n == 1:
-        return [CircleSplineTransform(**net)]
-    rotation = dict(
-        context_features=net["context_features"], hidden_features=net["hidden_features"]
-    )
-    steps: list[Transform] = [SphereRotation(n, **rotation)]
-    if n == 2 and not antipodal:
-        steps.append(CylindricalSplineTransform(**net))
-        return steps
-    steps.append(RadialSplineTransform(n, antipodal=antipodal, **net))
-    if n >= 2:
-        steps.append(AxialTwistTransform(n, antipodal=antipodal, **net))
-    return steps
+    torus = Torus(n)
+    von_mises = dict(von_mises=lambda: VonMises(n, concentration=concentration))
+    base = _named_base(torus, base, von_mises)
+    return ManifoldFlow(CompositeTransform(steps), base, torus, embedding=embedding)
 
 
 def SphereFlow(
@@ -224,20 +187,19 @@ def SphereFlow(
         >>> bool(torch.allclose(x.norm(dim=-1), torch.ones(4), atol=1e-5))
         True
     """
-    n = _positive("n", n)
-    transforms = _positive("transforms", transforms)
-    sphere = Sphere(n)
-    net = dict(bins=bins, hidden_features=hidden_features, context_features=context_features)
-    steps = [t for _ in range(transforms) for t in _sphere_block(n, antipodal=False, **net)]
-    if isinstance(base, Distribution):
-        base_dist = base
-    elif base == "uniform":
-        base_dist = UniformManifold(sphere)
-    elif base == "vmf":
-        base_dist = VonMisesFisher(n, concentration=concentration)
-    else:
-        raise ValueError(f"base must be 'uniform', 'vmf' or a Distribution, got {base!r}")
-    return ManifoldFlow(CompositeTransform(steps), base_dist, sphere, embedding=embedding)
+    sphere = Sphere(check_int("n", n))
+    steps = _blocks(
+        sphere, check_int("transforms", transforms), context_features, bins, hidden_features
+    )
+    vmf = dict(vmf=lambda: VonMisesFisher(sphere.dim, concentration=concentration))
+    base = _named_base(sphere, base, vmf)
+    return ManifoldFlow(CompositeTransform(steps), base, sphere, embedding=embedding)
+
+
+def _blocks(sphere: Sphere, transforms: int, context_features, bins, hidden_features) -> list:
+    """``transforms`` blocks of the sphere's layers, flattened into one list."""
+    net = dict(bins=bins, hidden_features=hidden_features)
+    return [t for _ in range(transforms) for t in sphere.block_layers(context_features, **net)]
 
 
 def SO3Flow(
@@ -274,45 +236,12 @@ def SO3Flow(
         >>> bool(torch.allclose(flow.log_prob(q), flow.log_prob(-q), atol=1e-5))
         True
     """
-    transforms = _positive("transforms", transforms)
-    net = dict(bins=bins, hidden_features=hidden_features, context_features=context_features)
-    steps = [t for _ in range(transforms) for t in _sphere_block(3, antipodal=True, **net)]
-    return ManifoldFlow(
-        CompositeTransform(steps), HaarSO3() if base is None else base, SO3(), embedding=embedding
+    so3 = SO3()
+    steps = _blocks(
+        so3, check_int("transforms", transforms), context_features, bins, hidden_features
     )
-
-
-def _factor_transform(factor: Manifold, width: int, *, bins, hidden_features, tail_bound):
-    """A conditional transform of one factor of a product (context = the other factors).
-
-    Euclidean and torus factors get two coupling layers with complementary masks (every feature
-    moves; one network pass in both directions), or one spline when the factor has one feature.
-    """
-    net = dict(bins=bins, hidden_features=hidden_features, context_features=width)
-    if isinstance(factor, (Euclidean, Torus)):
-        torus = isinstance(factor, Torus)
-        if factor.dim == 1:
-            if torus:
-                return TorusAutoregressiveTransform(1, **net)
-            return MaskedSplineAutoregressiveTransform(1, tail_bound=tail_bound, **net)
-        masks = [alternating_mask(factor.dim, even=True), alternating_mask(factor.dim, even=False)]
-        if torus:
-            return CompositeTransform([TorusCouplingTransform(m, **net) for m in masks])
-        return CompositeTransform(
-            [SplineCouplingTransform(m, tail_bound=tail_bound, **net) for m in masks]
-        )
-    if isinstance(factor, Sphere):  # SO3 is a Sphere subclass
-        steps = _sphere_block(factor.dim, antipodal=isinstance(factor, SO3), **net)
-        return CompositeTransform(steps)
-    raise TypeError(f"no flow layers for the factor {factor!r} (nested products are not supported)")
-
-
-def _factor_base(factor: Manifold) -> Distribution:
-    if isinstance(factor, Euclidean):
-        return StandardNormal(factor.dim)
-    if isinstance(factor, SO3):
-        return HaarSO3()
-    return UniformManifold(factor)
+    base = so3.default_base() if base is None else base
+    return ManifoldFlow(CompositeTransform(steps), base, so3, embedding=embedding)
 
 
 def ProductFlow(
@@ -354,15 +283,14 @@ def ProductFlow(
     """
     if not isinstance(manifold, Product):
         raise TypeError(f"manifold must be a Product, got {type(manifold).__name__}")
-    transforms = _positive("transforms", transforms)
+    transforms = check_int("transforms", transforms)
+    net = dict(bins=bins, hidden_features=hidden_features, tail_bound=tail_bound)
     steps: list[Transform] = []
     for _ in range(transforms):
         for index, factor in enumerate(manifold.factors):
+            # Each factor builds its own layers (Manifold.flow_block), conditioned on the others.
             width = PartTransform.context_width(manifold, index, context_features)
-            inner = _factor_transform(
-                factor, width, bins=bins, hidden_features=hidden_features, tail_bound=tail_bound
-            )
+            inner = factor.flow_block(width, **net)
             steps.append(PartTransform(manifold, index, inner, context_features=context_features))
-    if base is None:
-        base = ProductDistribution([_factor_base(f) for f in manifold.factors])
+    base = manifold.default_base() if base is None else base
     return ManifoldFlow(CompositeTransform(steps), base, manifold, embedding=embedding)

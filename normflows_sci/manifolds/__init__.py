@@ -1,11 +1,20 @@
 """Manifolds (torus, sphere, SO(3) as unit quaternions, products), their base densities and flow
 layers with exact densities with respect to the Riemannian volume measure.
 
+Each manifold owns its geometry (geodesic interpolant, squared distances, default base, the
+layers of a flow on it); ``R^n`` is :class:`Euclidean` and :func:`as_manifold` maps ``None`` to it.
 Ready-made flows: :func:`normflows_sci.flows.TorusFlow`, ``SphereFlow``, ``SO3Flow`` and
-``ProductFlow``.
+``ProductFlow``; angles (alone or with Euclidean coordinates) are modelled on ``Torus`` /
+``Product(Euclidean(k), Torus(m))``.
 """
 
-from normflows_sci.manifolds.base import ChartTransform, Euclidean, Manifold, UniformManifold
+from normflows_sci.manifolds.base import (
+    ChartTransform,
+    Euclidean,
+    Manifold,
+    UniformManifold,
+    as_manifold,
+)
 from normflows_sci.manifolds.product import PartTransform, Product, ProductDistribution
 from normflows_sci.manifolds.so3 import (
     SO3,
@@ -64,4 +73,5 @@ __all__ = [
     "quaternion_conjugate",
     "rotate_vectors",
     "canonical_quaternion",
+    "as_manifold",
 ]

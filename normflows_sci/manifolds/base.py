@@ -4,22 +4,37 @@ A manifold object states how points are represented (angles, unit vectors, unit 
 and projects points, samples uniformly, knows its Riemannian volume, gives orthonormal tangent bases
 and one chart ``R^d -> M`` with its volume density. Densities on a manifold are with respect to its
 Riemannian volume measure, so they integrate to 1 over it.
+
+A manifold also owns the geometry the flows and trainers use, so they never branch on its type:
+the geodesic interpolant and its velocity (:meth:`Manifold.interpolant`, flow matching), squared
+geodesic distances between two batches (:meth:`Manifold.squared_distance_matrix`, OT pairing),
+its default base distribution (:meth:`Manifold.default_base`), whether its tangent frame is the
+identity (:attr:`Manifold.flat`, continuous flows) and the layers a product flow uses for it as a
+factor (:meth:`Manifold.flow_block`). ``R^n`` is the manifold :class:`Euclidean`;
+:func:`as_manifold` maps ``manifold=None`` to it.
 """
 
 from __future__ import annotations
 
 import abc
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
-from normflows_sci.checks import check_features, check_tensor
-from normflows_sci.distributions import Distribution
+from normflows_sci.checks import check_features, check_int, check_tensor
+from normflows_sci.distributions import Distribution, StandardNormal
 from normflows_sci.nn import bounded_inputs
-from normflows_sci.transforms import Transform
+from normflows_sci.transforms import (
+    CompositeTransform,
+    MaskedSplineAutoregressiveTransform,
+    SplineCouplingTransform,
+    Transform,
+    alternating_mask,
+)
 
-__all__ = ["Manifold", "Euclidean", "UniformManifold", "ChartTransform"]
+__all__ = ["Manifold", "Euclidean", "UniformManifold", "ChartTransform", "as_manifold"]
 
 
 def default_atol(dtype: torch.dtype) -> float:
@@ -120,10 +135,96 @@ class Manifold(abc.ABC):
         """Continuous features of the points for conditioners: ``(batch, conditioner_features)``."""
         return x
 
+    #: True when :meth:`tangent_basis` is the identity everywhere (``R^n``, ``T^n``): a velocity
+    #: field needs no tangent projection and its Riemannian divergence is the Euclidean one.
+    flat: bool = False
+
+    def interpolant(self, x0: Tensor, x1: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """The geodesic from ``x0`` to ``x1`` at time ``t`` and its velocity (flow matching).
+
+        ``x_t = exp_{x0}(t log_{x0}(x1))`` and ``u_t = d x_t / dt`` (Chen & Lipman 2023).
+
+        Args:
+            x0, x1: ``(batch, features)`` points; ``t``: ``(batch, 1)`` times in ``[0, 1]``.
+
+        Returns:
+            ``(x_t, u_t)``, both ``(batch, features)``.
+        """
+        raise ValueError(
+            f"{self!r} defines no geodesic interpolant (flow matching supports R^n, Torus, "
+            "Sphere and products of them)"
+        )
+
+    def squared_distance_matrix(self, x: Tensor, y: Tensor) -> Tensor:
+        """``(len(x), len(y))`` squared geodesic distances ``d(x_i, y_j)^2`` (OT pairing costs).
+
+        Args:
+            x: ``(n, features)`` points; ``y``: ``(m, features)`` points.
+        """
+        raise ValueError(
+            f"{self!r} defines no geodesic distance (flow matching supports R^n, Torus, Sphere "
+            "and products of them)"
+        )
+
+    def default_base(self) -> Distribution:
+        """The base distribution flows on this manifold start from: uniform (finite volume)."""
+        return UniformManifold(self)
+
+    def flow_block(
+        self,
+        context_features: int = 0,
+        *,
+        bins: int = 8,
+        hidden_features: int | Sequence[int] = (64, 64),
+        tail_bound: float = 5.0,
+    ) -> Transform:
+        """The layers a manifold flow applies to this manifold (a factor of a product) per round.
+
+        Args:
+            context_features: context width the layers accept (in a product: the embeddings of
+                the other factors, then the external context).
+            bins: spline bins.
+            hidden_features: conditioner widths.
+            tail_bound: spline range of Euclidean coordinates (identity tails outside).
+
+        Returns:
+            A transform of ``(batch, features)`` points, the identity at initialisation.
+        """
+        raise TypeError(f"no flow layers for the factor {self!r}")
+
+
+def as_manifold(manifold: Manifold | None, features: int | None = None) -> Manifold:
+    """The manifold a flow or trainer works on: ``None`` is ``R^features`` (:class:`Euclidean`).
+
+    Args:
+        manifold: a :class:`Manifold`, or ``None`` for Euclidean space.
+        features: the number of coordinates the caller expects (required with ``None``).
+
+    Example:
+        >>> as_manifold(None, 3)
+        Euclidean(3)
+    """
+    if manifold is None:
+        if features is None:
+            raise ValueError("features is required when manifold is None (R^features)")
+        return Euclidean(features)
+    if not isinstance(manifold, Manifold):
+        raise TypeError(
+            f"manifold must be a normflows_sci.manifolds Manifold or None, got "
+            f"{type(manifold).__name__}"
+        )
+    if features is not None and manifold.features != features:
+        raise ValueError(
+            f"manifold {manifold!r} has {manifold.features} coordinates, not features={features}"
+        )
+    return manifold
+
 
 class FlatChart:
     """Chart methods of a flat manifold (R^n, T^n): coordinates are their own chart, the tangent
     basis is the identity and the volume element is 1."""
+
+    flat = True
 
     def tangent_basis(self, x: Tensor) -> Tensor:
         eye = torch.eye(self.dim, dtype=x.dtype, device=x.device)
@@ -150,9 +251,7 @@ class Euclidean(FlatChart, Manifold):
     representation = "real vectors"
 
     def __init__(self, n: int):
-        if isinstance(n, bool) or int(n) != n or n < 1:
-            raise ValueError(f"n must be a positive integer, got {n!r}")
-        self.dim = self.features = self.conditioner_features = int(n)
+        self.dim = self.features = self.conditioner_features = check_int("n", n)
 
     def __repr__(self) -> str:
         return f"Euclidean({self.dim})"
@@ -175,6 +274,28 @@ class Euclidean(FlatChart, Manifold):
         float32): the conditioners of the other factors of a product read them, and a
         coordinate of ``1e30`` would overflow their layers (NaN gradients)."""
         return bounded_inputs(x)
+
+    def interpolant(self, x0: Tensor, x1: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """The straight line ``t x1 + (1 - t) x0`` and its velocity ``x1 - x0``."""
+        return t * x1 + (1 - t) * x0, x1 - x0
+
+    def squared_distance_matrix(self, x: Tensor, y: Tensor) -> Tensor:
+        return torch.cdist(x, y).square()
+
+    def default_base(self) -> Distribution:
+        """The standard normal (``R^n`` has no uniform distribution)."""
+        return StandardNormal(self.dim)
+
+    def flow_block(self, context_features=0, *, bins=8, hidden_features=(64, 64), tail_bound=5.0):
+        """Two spline couplings with complementary masks (every coordinate moves, one pass both
+        ways), or one autoregressive spline for ``R^1``."""
+        net = dict(bins=bins, hidden_features=hidden_features, context_features=context_features)
+        if self.dim == 1:
+            return MaskedSplineAutoregressiveTransform(1, tail_bound=tail_bound, **net)
+        masks = [alternating_mask(self.dim, even=True), alternating_mask(self.dim, even=False)]
+        return CompositeTransform(
+            [SplineCouplingTransform(m, tail_bound=tail_bound, **net) for m in masks]
+        )
 
 
 class UniformManifold(Distribution):

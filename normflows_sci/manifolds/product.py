@@ -49,6 +49,8 @@ class Product(Manifold):
         self.features = sum(self.sizes)
         self.dim = sum(m.dim for m in self.factors)
         self.conditioner_features = sum(m.conditioner_features for m in self.factors)
+        # Block-diagonal tangent frames are the identity when every block is.
+        self.flat = all(m.flat for m in self.factors)
 
     def __repr__(self) -> str:
         return "Product(" + ", ".join(map(repr, self.factors)) + ")"
@@ -104,6 +106,27 @@ class Product(Manifold):
 
     def embed(self, x: Tensor) -> Tensor:
         return torch.cat([m.embed(p) for m, p in zip(self.factors, self.split(x))], dim=-1)
+
+    def interpolant(self, x0: Tensor, x1: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """Each factor's geodesic (the product geodesic), joined."""
+        pieces = zip(self.factors, self.split(x0), self.split(x1))
+        paths = [m.interpolant(a, b, t) for m, a, b in pieces]
+        return self.join(p[0] for p in paths), self.join(p[1] for p in paths)
+
+    def squared_distance_matrix(self, x: Tensor, y: Tensor) -> Tensor:
+        """Sum of the factors' squared distances (the product metric)."""
+        pieces = zip(self.factors, self.split(x), self.split(y))
+        return sum(m.squared_distance_matrix(a, b) for m, a, b in pieces)
+
+    def default_base(self) -> ProductDistribution:
+        """The factors' default bases side by side (standard normal on ``R^k``, uniform on the
+        compact factors, Haar on SO(3))."""
+        return ProductDistribution([m.default_base() for m in self.factors])
+
+    def flow_block(self, context_features=0, *, bins=8, hidden_features=(64, 64), tail_bound=5.0):
+        raise TypeError(
+            f"no flow layers for the factor {self!r} (nested products are not supported)"
+        )
 
     def embed_others(self, x: Tensor, index: int) -> Tensor:
         """Concatenated embeddings of every factor except ``index``."""

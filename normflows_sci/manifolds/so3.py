@@ -170,6 +170,7 @@ class SO3(Sphere):
     """
 
     representation = "unit quaternions (w, x, y, z); q and -q are the same rotation"
+    antipodal = True
 
     def __init__(self):
         super().__init__(3)
@@ -184,6 +185,10 @@ class SO3(Sphere):
 
     def embed(self, x: Tensor) -> Tensor:
         return quaternion_to_matrix(x).flatten(-2)
+
+    def default_base(self) -> HaarSO3:
+        """The Haar (uniform) distribution."""
+        return HaarSO3()
 
 
 class HaarSO3(UniformManifold):

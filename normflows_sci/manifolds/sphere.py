@@ -30,9 +30,9 @@ import scipy.special
 import torch
 from torch import Tensor, nn
 
-from normflows_sci.checks import check_context, check_features
+from normflows_sci.checks import check_context, check_features, check_int
 from normflows_sci.distributions import Distribution
-from normflows_sci.transforms import CircularSplineMap, Transform
+from normflows_sci.transforms import CircularSplineMap, CompositeTransform, Transform
 from normflows_sci.transforms.splines import (
     DEFAULT_MIN_BIN_HEIGHT,
     DEFAULT_MIN_BIN_WIDTH,
@@ -106,11 +106,11 @@ class Sphere(Manifold):
     """
 
     representation = "unit vectors"
+    #: Whether the flow layers must commute with ``x -> -x`` (SO(3) as unit quaternions).
+    antipodal = False
 
     def __init__(self, n: int = 2):
-        if isinstance(n, bool) or int(n) != n or n < 1:
-            raise ValueError(f"n must be a positive integer, got {n!r}")
-        self.dim = int(n)
+        self.dim = check_int("n", n)
         self.features = self.dim + 1
         self.conditioner_features = self.features
 
@@ -169,6 +169,51 @@ class Sphere(Manifold):
         # log1p(|u|^2) = log|u|^2 + log1p(|w|^2) outside the unit ball (log_norm2 = 0 inside).
         log1p_norm2 = torch.log1p(inverted.square().sum(-1)) + log_norm2[..., 0]
         return self.dim * (math.log(2.0) - log1p_norm2)
+
+    def interpolant(self, x0: Tensor, x1: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """Spherical linear interpolation along the great circle, ``theta = arccos <x0, x1>``:
+        ``x_t = (sin((1-t) theta) x0 + sin(t theta) x1) / sin theta`` and
+        ``u_t = theta (cos(t theta) x1 - cos((1-t) theta) x0) / sin theta``.
+
+        ``cos theta`` is kept ``1e-4`` (float64: ``1e-6``) inside ``(-1, 1)``, so coincident and
+        antipodal pairs give finite values (antipodes have no unique geodesic).
+        """
+        eps = 1e-6 if x0.dtype == torch.float64 else 1e-4
+        cos = (x0 * x1).sum(1, keepdim=True).clamp(-1.0 + eps, 1.0 - eps)
+        theta = torch.arccos(cos)
+        sin = torch.sin(theta)
+        xt = (torch.sin((1 - t) * theta) * x0 + torch.sin(t * theta) * x1) / sin
+        ut = theta * (torch.cos(t * theta) * x1 - torch.cos((1 - t) * theta) * x0) / sin
+        return xt, ut
+
+    def squared_distance_matrix(self, x: Tensor, y: Tensor) -> Tensor:
+        """Squared great-circle angles ``arccos(<x_i, y_j>)^2``."""
+        return torch.arccos((x @ y.T).clamp(-1.0, 1.0)).square()
+
+    def block_layers(
+        self, context_features: int = 0, *, bins: int = 8, hidden_features=(64, 64)
+    ) -> list[Transform]:
+        """One block of a sphere flow: a rotation, then the spline layers of ``S^n`` (circular
+        splines of the angle on ``S^1``; cylindrical splines on ``S^2``; radial spline and axial
+        twist otherwise, odd and antipodal when :attr:`antipodal`)."""
+        net = dict(bins=bins, hidden_features=hidden_features, context_features=context_features)
+        n, antipodal = self.dim, self.antipodal
+        if n == 1:
+            return [CircleSplineTransform(**net)]
+        rotation = dict(context_features=context_features, hidden_features=hidden_features)
+        steps: list[Transform] = [SphereRotation(n, **rotation)]
+        if n == 2 and not antipodal:
+            steps.append(CylindricalSplineTransform(**net))
+            return steps
+        steps.append(RadialSplineTransform(n, antipodal=antipodal, **net))
+        steps.append(AxialTwistTransform(n, antipodal=antipodal, **net))
+        return steps
+
+    def flow_block(self, context_features=0, *, bins=8, hidden_features=(64, 64), tail_bound=5.0):
+        """:meth:`block_layers` composed (``tail_bound`` is unused: spheres have no tails)."""
+        return CompositeTransform(
+            self.block_layers(context_features, bins=bins, hidden_features=hidden_features)
+        )
 
 
 def _inversion(u: Tensor) -> tuple[Tensor, Tensor, Tensor]:

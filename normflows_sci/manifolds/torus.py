@@ -18,10 +18,17 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from normflows_sci.checks import check_context, check_features
+from normflows_sci.checks import check_context, check_features, check_int
 from normflows_sci.distributions import Distribution
 from normflows_sci.nn.networks import made_degrees, masked_layers
-from normflows_sci.transforms import CircularSplineMap, CouplingTransform, Transform, wrap_angle
+from normflows_sci.transforms import (
+    CircularSplineMap,
+    CompositeTransform,
+    CouplingTransform,
+    Transform,
+    alternating_mask,
+    wrap_angle,
+)
 from normflows_sci.transforms.splines import (
     DEFAULT_MIN_BIN_HEIGHT,
     DEFAULT_MIN_BIN_WIDTH,
@@ -59,9 +66,7 @@ class Torus(FlatChart, Manifold):
     representation = "angles in [-pi, pi)"
 
     def __init__(self, n: int):
-        if isinstance(n, bool) or int(n) != n or n < 1:
-            raise ValueError(f"n must be a positive integer, got {n!r}")
-        self.dim = self.features = int(n)
+        self.dim = self.features = check_int("n", n)
         self.conditioner_features = 2 * self.dim
 
     def __repr__(self) -> str:
@@ -86,6 +91,25 @@ class Torus(FlatChart, Manifold):
     def embed(self, x: Tensor) -> Tensor:
         """``(cos, sin)`` of every angle: ``(batch, 2 n)``."""
         return torch.cat([x.cos(), x.sin()], dim=-1)
+
+    def interpolant(self, x0: Tensor, x1: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """``x_t = wrap(x0 + t delta)`` with the shortest signed arc ``delta = wrap(x1 - x0)``
+        as velocity (per angle, across the ``+-pi`` seam)."""
+        delta = wrap_angle(x1 - x0)
+        return wrap_angle(x0 + t * delta), delta
+
+    def squared_distance_matrix(self, x: Tensor, y: Tensor) -> Tensor:
+        """Sum over angles of the squared wrapped differences."""
+        return wrap_angle(x[:, None, :] - y[None, :, :]).square().sum(-1)
+
+    def flow_block(self, context_features=0, *, bins=8, hidden_features=(64, 64), tail_bound=5.0):
+        """Two circular-spline couplings with complementary masks, or one autoregressive circular
+        spline for ``T^1`` (``tail_bound`` is unused: circles have no tails)."""
+        net = dict(bins=bins, hidden_features=hidden_features, context_features=context_features)
+        if self.dim == 1:
+            return TorusAutoregressiveTransform(1, **net)
+        masks = [alternating_mask(self.dim, even=True), alternating_mask(self.dim, even=False)]
+        return CompositeTransform([TorusCouplingTransform(m, **net) for m in masks])
 
 
 def von_mises_log_normalizer(concentration: Tensor) -> Tensor:
@@ -168,12 +192,6 @@ class VonMises(Distribution):
         return wrap_angle(centred + self.loc)
 
 
-def _check_features(features) -> int:
-    if isinstance(features, bool) or int(features) != features or features < 1:
-        raise ValueError(f"features must be a positive integer, got {features!r}")
-    return int(features)
-
-
 def _circle_map(bins, min_bin_width, min_bin_height, min_derivative) -> CircularSplineMap:
     return CircularSplineMap(
         bins,
@@ -218,7 +236,7 @@ class CircularSplineTransform(Transform):
         min_derivative: float = DEFAULT_MIN_DERIVATIVE,
     ):
         super().__init__()
-        self.features = _check_features(features)
+        self.features = check_int("features", features)
         self.context_features = int(context_features)
         self.elementwise = _circle_map(bins, min_bin_width, min_bin_height, min_derivative)
         num_params = self.features * self.elementwise.num_params
@@ -352,7 +370,7 @@ class TorusAutoregressiveTransform(Transform):
         min_derivative: float = DEFAULT_MIN_DERIVATIVE,
     ):
         super().__init__()
-        self.features = _check_features(features)
+        self.features = check_int("features", features)
         self.context_features = int(context_features)
         self.elementwise = _circle_map(bins, min_bin_width, min_bin_height, min_derivative)
         self.made = _PeriodicMADE(
