@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
 
 import torch
 from torch import nn
@@ -10,101 +11,117 @@ from torch import nn
 from normflows_sci.distributions import Distribution, NormalWithAngles, StandardNormal
 from normflows_sci.flows.base import Flow
 from normflows_sci.transforms import (
-    AffineMap,
-    CircularSplineMap,
     CompositeTransform,
     CouplingTransform,
     ElementwiseMap,
     LULinear,
     MaskedAutoregressiveTransform,
     RandomPermutation,
-    RQSplineMap,
     SplitMap,
     Transform,
     alternating_mask,
+    make_map,
+    pop_map_options,
 )
 
 __all__ = ["NSF", "MAF", "RealNVP"]
 
 _PERMUTATIONS = ("alternate", "random")
-# Arguments every factory forwards unchanged to _build.
-_SHARED = (
-    "transforms",
-    "hidden_features",
-    "permutation",
-    "lu_linear",
-    "base",
-    "embedding",
-    "activation",
-    "dropout",
-    "seed",
-)
+
+
+@dataclass(frozen=True)
+class _Stack:
+    """The options every factory shares (documented in ``_COMMON_ARGS``), with their defaults."""
+
+    transforms: int = 5
+    hidden_features: int | Sequence[int] = (128, 128)
+    permutation: str = "alternate"
+    lu_linear: bool = False
+    base: Distribution | None = None
+    embedding: nn.Module | None = None
+    activation: Callable[[], nn.Module] = nn.ReLU
+    dropout: float = 0.0
+    seed: int | None = None
+
+    @classmethod
+    def of(cls, owner: str, options: dict) -> _Stack:
+        """The shared options among a factory's remaining keyword arguments; any other name is
+        a ``TypeError`` (a misspelt option must not be silently ignored)."""
+        unknown = sorted(set(options) - {f.name for f in fields(cls)})
+        if unknown:
+            raise TypeError(f"{owner}() got unexpected keyword arguments {unknown}")
+        return cls(**options)
+
+    def network(self, context_features: int) -> dict:
+        """Keyword arguments of every layer's conditioner."""
+        return dict(
+            context_features=context_features,
+            hidden_features=self.hidden_features,
+            activation=self.activation,
+            dropout=self.dropout,
+        )
 
 
 def _build(
     features: int,
     context_features: int,
-    elementwise: ElementwiseMap,
+    map: ElementwiseMap,
+    stack: _Stack,
     *,
     coupling: bool,
-    transforms: int,
-    hidden_features,
-    permutation: str,
-    lu_linear: bool,
-    base: Distribution | None,
-    embedding: nn.Module | None,
-    activation,
-    dropout: float,
-    seed: int | None,
     circular=None,
-    circle_map: ElementwiseMap | None = None,
     preprocess: Transform | None = None,
 ) -> Flow:
-    """``[preprocess]`` then ``transforms`` steps of [random permutation] [LU linear]
-    (coupling | autoregressive) layer."""
+    """``[preprocess]`` then ``stack.transforms`` steps of [random permutation] [LU linear]
+    (coupling | autoregressive) layer, on the base."""
     if int(features) != features or features < 1:
         raise ValueError(f"features must be a positive integer, got {features!r}")
-    if int(transforms) != transforms or transforms < 1:
-        raise ValueError(f"transforms must be a positive integer, got {transforms!r}")
-    if permutation not in _PERMUTATIONS:
-        raise ValueError(f"permutation must be one of {_PERMUTATIONS}, got {permutation!r}")
-    net = dict(
-        context_features=context_features,
-        hidden_features=hidden_features,
-        activation=activation,
-        dropout=dropout,
-    )
+    if int(stack.transforms) != stack.transforms or stack.transforms < 1:
+        raise ValueError(f"transforms must be a positive integer, got {stack.transforms!r}")
+    if stack.permutation not in _PERMUTATIONS:
+        raise ValueError(f"permutation must be one of {_PERMUTATIONS}, got {stack.permutation!r}")
+    net = stack.network(context_features)
     if circular is not None:
-        circular = _check_circular(circular, features, coupling, lu_linear)
+        circular = _check_circular(circular, features, coupling, stack.lu_linear)
         net["circular"] = circular
     steps: list[Transform] = [] if preprocess is None else [preprocess]
-    for i in range(transforms):
-        if permutation == "random" and features > 1 and circular is None:
-            steps.append(RandomPermutation(features, seed=None if seed is None else seed + i))
-        if lu_linear:
-            steps.append(LULinear(features))
-        if coupling:
-            if circular is None:
-                mask = _mask(features, i, permutation)
-                layer_map = elementwise
-            else:
-                # Angles keep their positions (no permutation layers), so masks vary instead.
-                mask = _angle_mask(features, i, permutation, seed)
-                layer_map = SplitMap(circular[mask], circle_map, elementwise)
-            steps.append(CouplingTransform(mask, layer_map, **net))
-        else:
-            order = _order(features, i, permutation)
-            steps.append(MaskedAutoregressiveTransform(features, elementwise, order=order, **net))
-    if base is None:
-        base = StandardNormal(features) if circular is None else NormalWithAngles(circular)
-    elif base.event_shape.numel() != features:
-        raise ValueError(
-            f"base must have {features} features, got event_shape {tuple(base.event_shape)}"
-        )
+    for i in range(stack.transforms):
+        steps += _step(features, i, map, stack, circular, net, coupling)
     event_shape = None
     if preprocess is not None:
         event_shape = getattr(preprocess, "features_in", features)
-    return Flow(CompositeTransform(steps), base, embedding=embedding, event_shape=event_shape)
+    base = _base(stack.base, features, circular)
+    return Flow(CompositeTransform(steps), base, embedding=stack.embedding, event_shape=event_shape)
+
+
+def _step(features, i, map, stack, circular, net, coupling) -> list[Transform]:
+    """Layer ``i`` of the stack, after its optional permutation and LU linear layer."""
+    steps: list[Transform] = []
+    seed, permutation = stack.seed, stack.permutation
+    if permutation == "random" and features > 1 and circular is None:
+        steps.append(RandomPermutation(features, seed=None if seed is None else seed + i))
+    if stack.lu_linear:
+        steps.append(LULinear(features))
+    if not coupling:
+        order = _order(features, i, permutation)
+        return [*steps, MaskedAutoregressiveTransform(features, map, order=order, **net)]
+    if circular is None:
+        mask, layer_map = _mask(features, i, permutation), map
+    else:
+        # Angles keep their positions (no permutation layers), so masks vary instead.
+        mask = _angle_mask(features, i, permutation, seed)
+        layer_map = SplitMap(circular[mask], map.circular(), map)
+    return [*steps, CouplingTransform(mask, layer_map, **net)]
+
+
+def _base(base: Distribution | None, features: int, circular) -> Distribution:
+    if base is None:
+        return StandardNormal(features) if circular is None else NormalWithAngles(circular)
+    if base.event_shape.numel() != features:
+        raise ValueError(
+            f"base must have {features} features, got event_shape {tuple(base.event_shape)}"
+        )
+    return base
 
 
 def _check_circular(circular, features: int, coupling: bool, lu_linear: bool) -> torch.Tensor:
@@ -149,18 +166,15 @@ def _mask(features: int, i: int, permutation: str):
 
 
 _COMMON_ARGS = """
-    Common args:
-        features: data dimension ``D``.
-        context_features: width of the context the transforms see (the embedding's output width
-            when ``embedding`` is given); 0 for unconditional flows.
-        transforms: number of layers.
-        hidden_features: hidden widths of each conditioner.
-        permutation: ``"alternate"`` (reverse the order / swap the mask between layers) or
-            ``"random"`` (a seeded random permutation before each layer).
+    Common keyword args (``**options``):
+        transforms: number of layers (default 5).
+        hidden_features: hidden widths of each conditioner (default ``(128, 128)``).
+        permutation: ``"alternate"`` (default: reverse the order / swap the mask between layers)
+            or ``"random"`` (a seeded random permutation before each layer).
         lu_linear: put an LU-decomposed linear layer before each layer (as in the NSF paper).
         base: base distribution (default standard normal), e.g. ``StudentT`` for heavy tails.
         embedding: network applied to the context first.
-        activation, dropout: conditioner options.
+        activation, dropout: conditioner options (default ``nn.ReLU``, 0).
         seed: seed of the random permutations.
 
     References:"""
@@ -177,36 +191,30 @@ def NSF(
     features: int,
     context_features: int = 0,
     *,
-    transforms: int = 5,
-    bins: int = 8,
-    hidden_features: int | Sequence[int] = (128, 128),
+    map: ElementwiseMap | None = None,
     coupling: bool = False,
-    tail_bound: float = 5.0,
-    permutation: str = "alternate",
-    lu_linear: bool = False,
-    base: Distribution | None = None,
-    embedding: nn.Module | None = None,
-    activation: Callable[[], nn.Module] = nn.ReLU,
-    dropout: float = 0.0,
-    min_bin_width: float = 1e-3,
-    min_bin_height: float = 1e-3,
-    min_derivative: float = 1e-3,
-    seed: int | None = None,
     circular: Sequence[bool] | None = None,
     preprocess: Transform | None = None,
+    **options,
 ) -> Flow:
     """Neural spline flow: rational-quadratic spline layers, autoregressive (default) or coupling.
 
     Args:
-        bins: spline bins per feature.
+        features: data dimension ``D``.
+        context_features: width of the context the transforms see (the embedding's output width
+            when ``embedding`` is given); 0 for unconditional flows.
+        map: the elementwise map of every layer, default
+            :class:`~normflows_sci.transforms.RQSplineMap`. Instead of a map, its shorthands
+            ``bins`` (8), ``tail_bound`` (5: splines act on ``[-tail_bound, tail_bound]``,
+            identity outside), ``min_bin_width``, ``min_bin_height``, ``min_derivative`` (1e-3)
+            may be given: they build it.
         coupling: coupling layers (one pass both ways) instead of autoregressive (one pass to
             evaluate, ``features`` passes to sample).
-        tail_bound: splines act on ``[-tail_bound, tail_bound]``, identity outside.
-        min_bin_width, min_bin_height, min_derivative: spline regularity bounds.
         circular: ``(features,)`` booleans marking angles (values in ``[-pi, pi)``): those get
-            circular splines, feed conditioners as ``(cos, sin)`` and a uniform base (see
-            ``NormalWithAngles``). Needs ``coupling=True``; features keep their positions and the
-            masks alternate (``permutation="alternate"``) or are seeded random halves.
+            the map's circular splines (:meth:`~normflows_sci.transforms.RQSplineMap.circular`),
+            feed conditioners as ``(cos, sin)`` and a uniform base (see ``NormalWithAngles``).
+            Needs ``coupling=True``; features keep their positions and the masks alternate
+            (``permutation="alternate"``) or are seeded random halves.
         preprocess: a transform applied to the data first (e.g. internal coordinates); its output
             has ``features`` entries and the flow's ``event_shape`` becomes its ``features_in``.
 
@@ -217,53 +225,36 @@ def NSF(
         >>> flow = NSF(3, transforms=2, hidden_features=(32,))
         >>> flow.log_prob(torch.randn(4, 3)).shape
         torch.Size([4])
+        >>> from normflows_sci.transforms import RQSplineMap
+        >>> flow = NSF(3, map=RQSplineMap(bins=4, tail_bound=3.0), transforms=2, coupling=True)
     """
-    spline = RQSplineMap(
-        bins,
-        tail_bound,
-        min_bin_width=min_bin_width,
-        min_bin_height=min_bin_height,
-        min_derivative=min_derivative,
-    )
-    options = {k: v for k, v in locals().items() if k in _SHARED}
-    circle = CircularSplineMap(
-        bins,
-        min_bin_width=min_bin_width,
-        min_bin_height=min_bin_height,
-        min_derivative=min_derivative,
-    )
+    map = make_map(map, **pop_map_options(options))
+    if circular is not None and not hasattr(map, "circular"):
+        raise TypeError(f"circular features need a map with a circular counterpart, got {map!r}")
+    stack = _Stack.of("NSF", options)
     return _build(
         features,
         context_features,
-        spline,
+        map,
+        stack,
         coupling=coupling,
         circular=circular,
-        circle_map=circle,
         preprocess=preprocess,
-        **options,
     )
 
 
 @_common_doc
 def MAF(
-    features: int,
-    context_features: int = 0,
-    *,
-    transforms: int = 5,
-    hidden_features: int | Sequence[int] = (128, 128),
-    max_log_scale: float = 3.0,
-    permutation: str = "alternate",
-    lu_linear: bool = False,
-    base: Distribution | None = None,
-    embedding: nn.Module | None = None,
-    activation: Callable[[], nn.Module] = nn.ReLU,
-    dropout: float = 0.0,
-    seed: int | None = None,
+    features: int, context_features: int = 0, *, map: ElementwiseMap | None = None, **options
 ) -> Flow:
     """Masked autoregressive flow: affine autoregressive layers with MADE conditioners.
 
     Args:
-        max_log_scale: bound of each layer's log-scale (soft-clamped by tanh).
+        features: data dimension ``D``.
+        context_features: width of the context (see :func:`NSF`); 0 for unconditional flows.
+        map: the elementwise map of every layer, default
+            :class:`~normflows_sci.transforms.AffineMap`; its shorthand ``max_log_scale`` (3: bound
+            of each layer's log-scale, soft-clamped) builds it instead.
 
     References:
         Papamakarios, Pavlakou, Murray (2017), "Masked Autoregressive Flow for Density Estimation".
@@ -273,31 +264,22 @@ def MAF(
         >>> flow.sample(4).shape
         torch.Size([4, 3])
     """
-
-    options = {k: v for k, v in locals().items() if k in _SHARED}
-    return _build(features, context_features, AffineMap(max_log_scale), coupling=False, **options)
+    map = make_map(map, default="affine", **pop_map_options(options, "affine"))
+    return _build(features, context_features, map, _Stack.of("MAF", options), coupling=False)
 
 
 @_common_doc
 def RealNVP(
-    features: int,
-    context_features: int = 0,
-    *,
-    transforms: int = 5,
-    hidden_features: int | Sequence[int] = (128, 128),
-    max_log_scale: float = 3.0,
-    permutation: str = "alternate",
-    lu_linear: bool = False,
-    base: Distribution | None = None,
-    embedding: nn.Module | None = None,
-    activation: Callable[[], nn.Module] = nn.ReLU,
-    dropout: float = 0.0,
-    seed: int | None = None,
+    features: int, context_features: int = 0, *, map: ElementwiseMap | None = None, **options
 ) -> Flow:
     """RealNVP: affine coupling layers whose masks alternate between the two halves of the features.
 
     Args:
-        max_log_scale: bound of each layer's log-scale (soft-clamped by tanh).
+        features: data dimension ``D``.
+        context_features: width of the context (see :func:`NSF`); 0 for unconditional flows.
+        map: the elementwise map of every layer, default
+            :class:`~normflows_sci.transforms.AffineMap`; its shorthand ``max_log_scale`` (3: bound
+            of each layer's log-scale, soft-clamped) builds it instead.
 
     References:
         Dinh, Sohl-Dickstein, Bengio (2017), "Density estimation using Real NVP".
@@ -307,6 +289,5 @@ def RealNVP(
         >>> flow.sample(4).shape
         torch.Size([4, 2])
     """
-
-    options = {k: v for k, v in locals().items() if k in _SHARED}
-    return _build(features, context_features, AffineMap(max_log_scale), coupling=True, **options)
+    map = make_map(map, default="affine", **pop_map_options(options, "affine"))
+    return _build(features, context_features, map, _Stack.of("RealNVP", options), coupling=True)

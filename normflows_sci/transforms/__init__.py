@@ -27,6 +27,9 @@ from normflows_sci.transforms.elementwise import (
     ElementwiseMap,
     RQSplineMap,
     SplitMap,
+    make_map,
+    pop_map_options,
+    renamed_map_argument,
     wrap_angle,
 )
 from normflows_sci.transforms.linear import (
@@ -62,6 +65,9 @@ __all__ = [
     "RQSplineMap",
     "CircularSplineMap",
     "SplitMap",
+    "make_map",
+    "pop_map_options",
+    "renamed_map_argument",
     "wrap_angle",
     "CouplingTransform",
     "AffineCouplingTransform",

@@ -10,7 +10,13 @@ from torch import Tensor
 
 from normflows_sci.energies.molecular.internal import InternalCoordinates
 from normflows_sci.flows import NSF, Flow
-from normflows_sci.transforms import CircularShift, CompositeTransform, ElementwiseAffine
+from normflows_sci.transforms import (
+    CircularShift,
+    CompositeTransform,
+    ElementwiseAffine,
+    ElementwiseMap,
+    make_map,
+)
 
 __all__ = ["internal_coordinate_flow"]
 
@@ -20,9 +26,10 @@ def internal_coordinate_flow(
     data: Tensor,
     *,
     transforms: int = 8,
-    bins: int = 8,
+    map: ElementwiseMap | None = None,
+    bins: int | None = None,
     hidden_features: int | Sequence[int] = (256, 256),
-    tail_bound: float = 5.0,
+    tail_bound: float | None = None,
     concentrated: float | None = 0.95,
     seed: int | None = 0,
 ) -> Flow:
@@ -41,8 +48,9 @@ def internal_coordinate_flow(
         z_matrix: the Z-matrix (see :class:`InternalCoordinates`), or an ``InternalCoordinates``.
         data: ``(n, 3N)`` Cartesian samples (n >= 2) used only for the standardisation, e.g. a
             short MD run or perturbed minimised structures.
-        transforms, bins, hidden_features, tail_bound, seed: as for :func:`~normflows_sci.flows.NSF`
-            (coupling layers with seeded random masks).
+        transforms, map, hidden_features, seed: as for :func:`~normflows_sci.flows.NSF`
+            (coupling layers with seeded random masks; the map defaults to an ``RQSplineMap``).
+        bins, tail_bound: shorthands building the ``RQSplineMap`` (default 8 bins, bound 5).
         concentrated: torsions whose mean resultant length ``|mean(exp(i t))|`` in ``data`` is at
             least this (a single narrow peak: amide planes, hydrogens fixed relative to a sibling)
             are rotated to their circular mean by :class:`~normflows_sci.transforms.CircularShift`
@@ -103,9 +111,8 @@ def internal_coordinate_flow(
         coupling=True,
         circular=circular,
         transforms=transforms,
-        bins=bins,
+        map=make_map(map, bins=bins, tail_bound=tail_bound),
         hidden_features=hidden_features,
-        tail_bound=tail_bound,
         permutation="random",
         seed=seed,
         preprocess=preprocess,
