@@ -28,10 +28,10 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from normflows_sci.checks import check_context
-from normflows_sci.distributions import Distribution, StandardNormal
+from normflows_sci.checks import check_context, check_int
+from normflows_sci.distributions import Distribution
 from normflows_sci.flows.base import Flow
-from normflows_sci.manifolds import Torus, UniformManifold
+from normflows_sci.manifolds import Manifold, as_manifold
 from normflows_sci.nn import MLP, bounded_inputs
 from normflows_sci.transforms import Transform
 
@@ -40,7 +40,8 @@ __all__ = ["CNF", "ContinuousFlow", "ODETransform", "VelocityMLP", "SOLVERS", "D
 SOLVERS = ("dopri5", "rk4")
 DIVERGENCES = ("exact", "hutchinson")
 _NOISES = ("rademacher", "gaussian")
-_MANIFOLD_METHODS = ("embed", "proj", "tangent_basis", "sample_uniform")
+# The ODETransform settings CNF takes as keywords (its **solver).
+_SOLVER_KEYWORDS = ("solver", "rtol", "atol", "steps", "divergence", "noise", "max_steps")
 
 # Dormand-Prince 5(4) tableau (FSAL): nodes, stage weights, 5th-order solution, error weights
 # (5th minus embedded 4th order).
@@ -237,16 +238,17 @@ class ODETransform(Transform):
             product with a fresh probe per solve, drawn from torch's global generator).
         noise: Hutchinson probe distribution, ``"rademacher"`` or ``"gaussian"``.
         max_steps: dopri5 step budget per solve.
-        manifold: solve on a :class:`~normflows_sci.manifolds.Torus` or
-            :class:`~normflows_sci.manifolds.Sphere` instead of ``R^D`` (Riemannian CNF; Mathieu &
-            Nickel 2020, Chen & Lipman 2023): the field sees ``manifold.embed(x)``, its output is
-            projected onto the tangent space (``B B^T f`` with ``B = manifold.tangent_basis``), the
-            divergence is the Riemannian one ``sum_k b_k^T (dv/dx) b_k`` (Hutchinson: probe
-            ``B r``), the end point is ``manifold.proj``-ected, and densities are with respect to
-            the Riemannian volume.
+        manifold: solve on a :class:`~normflows_sci.manifolds.Manifold` (torus, sphere, SO(3),
+            products) instead of ``R^D`` (Riemannian CNF; Mathieu & Nickel 2020, Chen & Lipman
+            2023): the field sees ``manifold.embed(x)``; unless the manifold is ``flat`` its
+            output is projected onto the tangent space (``B B^T f`` with ``B =
+            manifold.tangent_basis``) and the divergence is the Riemannian one ``sum_k b_k^T
+            (dv/dx) b_k`` (Hutchinson: probe ``B r``); the end point is ``manifold.proj``-ected,
+            and densities are with respect to the Riemannian volume. ``None`` is ``R^D``.
 
     Attributes:
         evaluations: velocity evaluations of the last solve (a cost diagnostic).
+        geometry: the manifold solved on (``Euclidean(D)`` when ``manifold`` is ``None``).
 
     Gradients flow through the solver steps (discretise-then-optimise); under
     ``torch.no_grad()`` the divergence is computed without keeping any graph.
@@ -276,8 +278,7 @@ class ODETransform(Transform):
         manifold=None,
     ):
         super().__init__()
-        if isinstance(features, bool) or int(features) != features or features < 1:
-            raise ValueError(f"features must be a positive integer, got {features!r}")
+        features = check_int("features", features)
         if solver not in SOLVERS:
             raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
         if divergence not in DIVERGENCES:
@@ -287,33 +288,21 @@ class ODETransform(Transform):
         for name, value in (("rtol", rtol), ("atol", atol)):
             if isinstance(value, bool) or not float(value) > 0 or not math.isfinite(value):
                 raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-        for name, value in (("steps", steps), ("max_steps", max_steps)):
-            if isinstance(value, bool) or int(value) != value or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if manifold is not None:
-            if not all(callable(getattr(manifold, m, None)) for m in _MANIFOLD_METHODS):
-                raise TypeError(
-                    f"manifold must be a normflows_sci.manifolds Manifold (needs "
-                    f"{', '.join(_MANIFOLD_METHODS)}), got {type(manifold).__name__}"
-                )
-            if manifold.features != features:
-                raise ValueError(
-                    f"manifold {manifold!r} has {manifold.features} coordinates, not features="
-                    f"{features}"
-                )
+        steps, max_steps = check_int("steps", steps), check_int("max_steps", max_steps)
         self.manifold = manifold
-        self._flat = manifold is None or isinstance(manifold, Torus)  # flat: basis = identity
+        self.geometry = as_manifold(manifold, features)
+        self._flat = self.geometry.flat  # the tangent basis is the identity (R^D, tori)
         self.velocity = velocity
-        self.features = int(features)
+        self.features = features
         self.solver = solver
         self.rtol, self.atol = float(rtol), float(atol)
-        self.steps, self.max_steps = int(steps), int(max_steps)
+        self.steps, self.max_steps = steps, max_steps
         self.divergence = divergence
         self.noise = noise
         self.evaluations = 0
 
     def _basis(self, x: Tensor) -> Tensor:
-        return self.manifold.tangent_basis(self.manifold.proj(x))
+        return self.geometry.tangent_basis(self.geometry.proj(x))
 
     def _velocity(self, x: Tensor, t: float, context: Tensor | None) -> Tensor:
         times = torch.full((x.shape[0], 1), t, dtype=x.dtype, device=x.device)
@@ -322,7 +311,7 @@ class ODETransform(Transform):
     def field(self, x: Tensor, t: Tensor, context: Tensor | None = None) -> Tensor:
         """The (tangent) velocity ``v(x, t[, c])`` for ``t: (batch, 1)``: the network's output,
         on a manifold seen through ``embed`` and projected onto the tangent space."""
-        if self.manifold is None:
+        if self.manifold is None:  # R^D: the field reads the raw coordinates
             return self.velocity(x, t, context)
         field = self.velocity(self.manifold.embed(x), t, context)
         if self._flat:
@@ -381,8 +370,7 @@ class ODETransform(Transform):
         graph = torch.is_grad_enabled()
         probe = None
         if logdet and self.divergence == "hutchinson":
-            width = d if self._flat else self.manifold.dim
-            probe = inputs.new_empty(inputs.shape[0], width)
+            probe = inputs.new_empty(inputs.shape[0], self.geometry.dim)
             if self.noise == "gaussian":
                 probe = torch.randn_like(probe)
             else:
@@ -415,9 +403,7 @@ class ODETransform(Transform):
                 func, state, t0, t1, rtol=self.rtol, atol=self.atol, max_steps=self.max_steps
             )
         outputs, total = (state[:, :d], state[:, d]) if logdet else (state, None)
-        if self.manifold is not None:
-            outputs = self.manifold.proj(outputs)
-        return outputs, total
+        return self.geometry.proj(outputs), total
 
     def forward(self, inputs: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Data (``t = 1``) to latent (``t = 0``); ``logabsdet = -int_0^1 div v dt``."""
@@ -462,19 +448,13 @@ def CNF(
     context_features: int = 0,
     hidden_features: int | Sequence[int] = (128, 128),
     *,
-    solver: str = "dopri5",
-    rtol: float = 1e-5,
-    atol: float = 1e-5,
-    steps: int = 20,
-    divergence: str = "exact",
-    noise: str = "rademacher",
-    max_steps: int = 10000,
     activation: Callable[[], nn.Module] = nn.SiLU,
     base: Distribution | None = None,
     embedding: nn.Module | None = None,
     velocity: nn.Module | None = None,
-    manifold=None,
+    manifold: Manifold | None = None,
     seed: int | None = None,
+    **solver,
 ) -> ContinuousFlow:
     """Continuous normalizing flow (Chen et al. 2018; FFJORD, Grathwohl et al. 2019) with a
     :class:`VelocityMLP` field, for flow-matching training
@@ -488,16 +468,19 @@ def CNF(
         features: data dimension ``D`` (optional with a ``manifold``: its coordinate count).
         context_features: context width (after ``embedding``, if any); 0 for none.
         hidden_features: hidden widths of the velocity MLP.
-        solver, rtol, atol, steps, divergence, noise, max_steps: see :class:`ODETransform`.
         activation: activation of the velocity MLP.
-        base: latent distribution at ``t = 0`` (default standard normal).
+        base: latent distribution at ``t = 0`` (default: the manifold's
+            :meth:`~normflows_sci.manifolds.Manifold.default_base`, standard normal in ``R^D``).
         embedding: network applied to the context first.
         velocity: a custom field ``velocity(x, t, context)`` replacing the MLP.
-        manifold: a :class:`~normflows_sci.manifolds.Torus` or
-            :class:`~normflows_sci.manifolds.Sphere` (points as that manifold represents them;
-            the base defaults to the uniform distribution on it); see :class:`ODETransform` and
+        manifold: a :class:`~normflows_sci.manifolds.Manifold` such as
+            :class:`~normflows_sci.manifolds.Torus` or :class:`~normflows_sci.manifolds.Sphere`
+            (points as that manifold represents them); see :class:`ODETransform` and
             :func:`~normflows_sci.training.fit_flow_matching` (geodesic interpolants).
         seed: seeds the MLP initialisation (reproducible models).
+        **solver: the :class:`ODETransform` settings ``solver`` (``"dopri5"``), ``rtol``,
+            ``atol`` (``1e-5``), ``steps`` (20), ``divergence`` (``"exact"``), ``noise``
+            (``"rademacher"``) and ``max_steps`` (10000); any other keyword is a ``TypeError``.
 
     Example:
         >>> flow = CNF(2, hidden_features=(16,), solver="rk4", steps=8)
@@ -508,56 +491,45 @@ def CNF(
         >>> bool(torch.allclose(flow.log_prob(samples), log_prob, atol=1e-3))
         True
     """
-    input_features = None
-    if manifold is not None:
-        coordinates = getattr(manifold, "features", None)
-        input_features = getattr(manifold, "conditioner_features", None)
-        if coordinates is None or input_features is None:
-            raise TypeError(f"manifold must be a normflows_sci Manifold, got {manifold!r}")
-        if features is not None and features != coordinates:
-            raise ValueError(
-                f"features={features!r} does not match the {coordinates} coordinates of "
-                f"{manifold!r} (leave features out with a manifold)"
-            )
-        features = coordinates
-    elif features is None:
-        raise ValueError("features is required (the data dimension D) unless a manifold is given")
-    if isinstance(features, bool) or int(features) != features or features < 1:
-        raise ValueError(f"features must be a positive integer, got {features!r}")
-    if isinstance(context_features, bool) or int(context_features) != context_features:
-        raise ValueError(
-            f"context_features must be a non-negative integer, got {context_features!r}"
+    unknown = sorted(set(solver) - set(_SOLVER_KEYWORDS))
+    if unknown:
+        raise TypeError(
+            f"CNF() got unexpected keyword arguments {unknown}; its solver settings are "
+            f"{', '.join(_SOLVER_KEYWORDS)}"
         )
-    if context_features < 0:
-        raise ValueError(
-            f"context_features must be a non-negative integer, got {context_features!r}"
-        )
+    geometry = _cnf_geometry(features, manifold)
+    features = geometry.features
+    context_features = check_int("context_features", context_features, minimum=0)
     if velocity is None:
-        # The field reads the manifold's embedding (e.g. (cos, sin) of torus angles) with or
-        # without a seed.
-        options = dict(activation=activation, input_features=input_features)
-        if seed is not None:
-            with torch.random.fork_rng(devices=[]):
+        # The field reads the manifold's embedding (e.g. (cos, sin) of torus angles).
+        width = None if manifold is None else geometry.conditioner_features
+        options = dict(activation=activation, input_features=width)
+        with torch.random.fork_rng(devices=[], enabled=seed is not None):
+            if seed is not None:
                 torch.manual_seed(seed)
-                velocity = VelocityMLP(features, context_features, hidden_features, **options)
-        else:
             velocity = VelocityMLP(features, context_features, hidden_features, **options)
-    transform = ODETransform(
-        velocity,
-        features,
-        solver=solver,
-        rtol=rtol,
-        atol=atol,
-        steps=steps,
-        divergence=divergence,
-        noise=noise,
-        max_steps=max_steps,
-        manifold=manifold,
-    )
+    transform = ODETransform(velocity, features, manifold=manifold, **solver)
     if base is None:
-        base = StandardNormal(features) if manifold is None else UniformManifold(manifold)
+        base = geometry.default_base()
     elif base.event_shape.numel() != features:
         raise ValueError(
             f"base must have {features} features, got event_shape {tuple(base.event_shape)}"
         )
     return ContinuousFlow(transform, base, embedding=embedding)
+
+
+def _cnf_geometry(features: int | None, manifold: Manifold | None) -> Manifold:
+    """The manifold of a CNF: ``manifold`` (``features``, if given, must match it) or ``R^D``."""
+    if manifold is None:
+        if features is None:
+            raise ValueError(
+                "features is required (the data dimension D) unless a manifold is given"
+            )
+        return as_manifold(None, check_int("features", features))
+    geometry = as_manifold(manifold)
+    if features is not None and features != geometry.features:
+        raise ValueError(
+            f"features={features!r} does not match the {geometry.features} coordinates of "
+            f"{geometry!r} (leave features out with a manifold)"
+        )
+    return geometry
