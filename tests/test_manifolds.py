@@ -250,3 +250,103 @@ def test_product_distribution_sums_factor_log_densities_and_concatenates_samples
     assert torch.allclose(base.log_prob(x), expected, atol=1e-12)
     with pytest.raises(ValueError, match="distributions"):
         ProductDistribution([])
+
+
+# ------------------------------------------------- geometry owned by the manifolds (issue 19)
+
+GEOMETRIES = {
+    "euclidean": Euclidean(2),
+    "torus": Torus(2),
+    "sphere": Sphere(2),
+    "so3": SO3(),
+    "product": Product(Euclidean(1), Torus(1), Sphere(2)),
+}
+
+
+@pytest.mark.parametrize("name", list(GEOMETRIES))
+def test_interpolant_joins_the_endpoints_with_its_velocity_float64(name):
+    manifold = GEOMETRIES[name]
+    gen = torch.Generator().manual_seed(0)
+    x0 = manifold.proj(0.5 * torch.randn(6, manifold.features, generator=gen, dtype=torch.float64))
+    x1 = manifold.proj(0.5 * torch.randn(6, manifold.features, generator=gen, dtype=torch.float64))
+    start, _ = manifold.interpolant(x0, x1, torch.zeros(6, 1, dtype=torch.float64))
+    end, _ = manifold.interpolant(x0, x1, torch.ones(6, 1, dtype=torch.float64))
+    torch.testing.assert_close(start, x0, atol=1e-5, rtol=0)
+    torch.testing.assert_close(end, x1, atol=1e-5, rtol=0)
+    t = torch.full((6, 1), 0.4, dtype=torch.float64)
+    xt, ut = manifold.interpolant(x0, x1, t)
+    assert bool(manifold.contains(xt).all())
+    # u_t is the time derivative of x_t (central differences).
+    h = 1e-6
+    ahead, _ = manifold.interpolant(x0, x1, t + h)
+    behind, _ = manifold.interpolant(x0, x1, t - h)
+    torch.testing.assert_close((ahead - behind) / (2 * h), ut, atol=1e-6, rtol=0)
+    # The geodesic has constant speed equal to the distance between its ends.
+    distance = manifold.squared_distance_matrix(x0, x1).diagonal().sqrt()
+    torch.testing.assert_close(ut.norm(dim=1), distance, atol=1e-6, rtol=0)
+
+
+def test_squared_distances_are_geodesic_across_the_seam_and_on_great_circles():
+    torus = Torus(1)
+    cost = torus.squared_distance_matrix(torch.tensor([[3.0]]), torch.tensor([[-3.0], [0.0]]))
+    assert cost.shape == (1, 2)
+    assert cost[0, 0].item() == pytest.approx((2 * math.pi - 6.0) ** 2, rel=1e-5)
+    assert cost[0, 1].item() == pytest.approx(9.0)
+    sphere = Sphere(2)
+    x = torch.tensor([[0.0, 0.0, 1.0]])
+    y = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 0.0, 1.0]])
+    expected = torch.tensor([[(math.pi / 2) ** 2, math.pi**2, 0.0]])
+    torch.testing.assert_close(sphere.squared_distance_matrix(x, y), expected)
+    product = Product(Torus(1), Sphere(2))
+    joined = product.squared_distance_matrix(
+        torch.tensor([[3.0, 0.0, 0.0, 1.0]]), torch.tensor([[-3.0, 1.0, 0.0, 0.0]])
+    )
+    assert joined.item() == pytest.approx((2 * math.pi - 6.0) ** 2 + (math.pi / 2) ** 2, rel=1e-5)
+
+
+def test_sphere_interpolant_stays_finite_for_coincident_and_antipodal_pairs():
+    x0 = torch.tensor([[0.0, 0.0, 1.0], [0.0, 0.0, 1.0]])
+    x1 = torch.tensor([[0.0, 0.0, 1.0], [0.0, 0.0, -1.0]])
+    xt, ut = Sphere(2).interpolant(x0, x1, torch.full((2, 1), 0.5))
+    assert bool(torch.isfinite(xt).all() and torch.isfinite(ut).all())
+
+
+def test_default_bases_and_flatness_come_from_the_manifold():
+    from normflows_sci.distributions import StandardNormal
+
+    assert isinstance(Euclidean(3).default_base(), StandardNormal)
+    assert isinstance(SO3().default_base(), HaarSO3)
+    assert isinstance(Sphere(2).default_base(), UniformManifold)
+    base = Product(Euclidean(2), Torus(1), SO3()).default_base()
+    x = torch.tensor([[0.5, -1.0, 2.0, 1.0, 0.0, 0.0, 0.0]])
+    expected = -math.log(2 * math.pi) - 0.625 - math.log(2 * math.pi) - math.log(math.pi**2)
+    assert base.log_prob(x).item() == pytest.approx(expected, rel=1e-6)
+    assert Euclidean(2).flat and Torus(3).flat and Product(Euclidean(1), Torus(2)).flat
+    assert not Sphere(2).flat and not Product(Torus(1), Sphere(2)).flat
+
+
+def test_product_tangent_basis_is_block_diagonal_and_orthonormal():
+    product = Product(Euclidean(2), Sphere(2), Torus(1))
+    x = product.proj(torch.randn(4, product.features, generator=torch.Generator().manual_seed(1)))
+    basis = product.tangent_basis(x)
+    assert basis.shape == (4, product.features, product.dim)
+    eye = torch.eye(product.dim).expand(4, -1, -1)
+    torch.testing.assert_close(basis.transpose(1, 2) @ basis, eye, atol=1e-6, rtol=0)
+    torch.testing.assert_close(basis[:, 2:5, 2:4], Sphere(2).tangent_basis(x[:, 2:5]))
+    assert float(basis[:, :2, 2:].abs().max()) == 0.0
+
+
+def test_as_manifold_maps_none_to_euclidean_and_rejects_other_objects():
+    from normflows_sci.manifolds import as_manifold
+
+    assert repr(as_manifold(None, 3)) == "Euclidean(3)"
+    torus = Torus(2)
+    assert as_manifold(torus, 2) is torus
+    with pytest.raises(ValueError, match="features is required"):
+        as_manifold(None)
+    with pytest.raises(ValueError, match=r"Torus\(2\) has 2 coordinates, not features=3"):
+        as_manifold(torus, 3)
+    with pytest.raises(TypeError, match=r"manifold must be a normflows_sci\.manifolds Manifold"):
+        as_manifold("torus", 2)
+    with pytest.raises(ValueError, match="n must be a positive integer"):
+        as_manifold(None, 0)

@@ -88,8 +88,13 @@ class Product(Manifold):
         return self.join(parts)
 
     def tangent_basis(self, x: Tensor) -> Tensor:
-        blocks = [m.tangent_basis(p) for m, p in zip(self.factors, self.split(x))]
-        return torch.stack([torch.block_diag(*rows) for rows in zip(*blocks)])
+        """Block-diagonal: each factor's frame in its rows and columns (one copy per factor)."""
+        basis = x.new_zeros(x.shape[0], self.features, self.dim)
+        column = 0
+        for m, p, row in zip(self.factors, self.split(x), self.offsets):
+            basis[:, row : row + m.features, column : column + m.dim] = m.tangent_basis(p)
+            column += m.dim
+        return basis
 
     def _chart_split(self, u: Tensor) -> list[Tensor]:
         return list(u.split([m.dim for m in self.factors], dim=-1))
