@@ -268,3 +268,36 @@ def test_flows_start_at_the_base_density():
         torch.testing.assert_close(
             flow.log_prob(x).detach(), flow.base.log_prob(x), atol=1e-5, rtol=0
         )
+
+
+# ---------------------------------------------------- factors build their own layers (issue 19)
+
+
+class _FrozenLine(Euclidean):
+    """R^n whose product-flow layers are the identity: the flow must ask the factor."""
+
+    def flow_block(self, context_features=0, **options):
+        return CompositeTransform([])
+
+
+def test_product_flow_asks_each_factor_for_its_layers_and_base():
+    flow = ProductFlow(Product(_FrozenLine(2), Torus(2)), transforms=2, **SMALL)
+    flow = _perturb(flow.double(), 0.3)
+    with torch.no_grad():
+        x, log_prob = flow.sample_and_log_prob(64, generator=_gen(20))
+        z, _ = flow.transform(x)
+    # The frozen factor passes through every round; the torus factor moves.
+    torch.testing.assert_close(z[:, :2], x[:, :2])
+    assert float((z[:, 2:] - x[:, 2:]).abs().max()) > 1e-3
+    torch.testing.assert_close(flow.log_prob(x).detach(), log_prob, atol=1e-5, rtol=0)
+    with pytest.raises(TypeError, match="nested products are not supported"):
+        ProductFlow(Product(Product(Torus(1), Torus(1)), Sphere(2)))
+
+
+def test_sphere_blocks_come_from_the_manifold_and_so3_blocks_are_antipodal():
+    layers = Sphere(2).block_layers(0, bins=5, hidden_features=(16,))
+    assert [type(t) for t in layers] == [SphereRotation, CylindricalSplineTransform]
+    layers = SO3().block_layers(0, bins=5, hidden_features=(16,))
+    assert [type(t) for t in layers] == [SphereRotation, RadialSplineTransform, AxialTwistTransform]
+    flow = SO3Flow(transforms=2, **SMALL)
+    assert [type(t) for t in flow.transform.children().__next__()] == 2 * [type(t) for t in layers]
