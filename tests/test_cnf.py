@@ -383,3 +383,22 @@ def test_geodesic_ot_pairing_on_the_torus_uses_wrapped_distances():
     x0 = torch.tensor([[-3.0], [0.5]])  # -3 is 0.28 from 3 across the seam
     assert ot_pairing(x0, x1, Torus(1)).tolist() == [0, 1]
     assert ot_pairing(x0, x1).tolist() == [1, 0]  # Euclidean cost pairs differently
+
+
+def test_cnf_on_a_product_with_euclidean_factors_uses_the_product_base():
+    from normflows_sci.manifolds import Euclidean, Product, ProductDistribution, Torus
+
+    manifold = Product(Euclidean(1), Torus(1))
+    flow = CNF(manifold=manifold, hidden_features=(8,), solver="rk4", steps=6, seed=0).double()
+    assert isinstance(flow.base, ProductDistribution)
+    assert flow.transform.geometry.flat  # R x T^1: no tangent projection
+    with torch.no_grad():
+        x, log_prob = flow.sample_and_log_prob(32, generator=torch.Generator().manual_seed(0))
+        assert bool(manifold.contains(x).all())
+        torch.testing.assert_close(flow.log_prob(x), log_prob, atol=1e-4, rtol=0)
+
+
+def test_cnf_names_its_solver_settings_for_a_misspelt_keyword():
+    with pytest.raises(TypeError, match=r"CNF\(\) got unexpected keyword arguments \['solvr'\]"):
+        CNF(2, solvr="rk4")
+    assert CNF(2, hidden_features=(8,), solver="rk4", steps=3).transform.steps == 3
