@@ -350,3 +350,21 @@ def test_as_manifold_maps_none_to_euclidean_and_rejects_other_objects():
         as_manifold("torus", 2)
     with pytest.raises(ValueError, match="n must be a positive integer"):
         as_manifold(None, 0)
+
+
+def test_circular_manifold_keeps_positions_and_rejects_bad_masks():
+    from normflows_sci.manifolds import circular_manifold
+
+    mixed = circular_manifold([False, True, True, False])
+    assert repr(mixed) == "Product(Euclidean(1), Torus(2), Euclidean(1))"
+    assert repr(circular_manifold(torch.tensor([1, 1]))) == "Torus(2)"
+    assert repr(circular_manifold([False, False, False])) == "Euclidean(3)"
+    x = torch.tensor([[10.0, 4.0, -4.0, -10.0]])
+    wrapped = mixed.proj(x)  # only the angles wrap
+    torch.testing.assert_close(
+        wrapped, torch.tensor([[10.0, 4.0 - 2 * math.pi, 2 * math.pi - 4.0, -10.0]])
+    )
+    with pytest.raises(ValueError, match="non-empty 1-D"):
+        circular_manifold([])
+    with pytest.raises(ValueError, match="booleans"):
+        circular_manifold([0, 2])

@@ -15,7 +15,12 @@ from normflows_sci.manifolds.base import (
     UniformManifold,
     as_manifold,
 )
-from normflows_sci.manifolds.product import PartTransform, Product, ProductDistribution
+from normflows_sci.manifolds.product import (
+    PartTransform,
+    Product,
+    ProductDistribution,
+    circular_manifold,
+)
 from normflows_sci.manifolds.so3 import (
     SO3,
     HaarSO3,
@@ -74,4 +79,5 @@ __all__ = [
     "rotate_vectors",
     "canonical_quaternion",
     "as_manifold",
+    "circular_manifold",
 ]

@@ -13,9 +13,10 @@ from normflows_sci.checks import check_context, check_features
 from normflows_sci.distributions import Distribution
 from normflows_sci.transforms import Transform
 
-from .base import Manifold
+from .base import Euclidean, Manifold
+from .torus import Torus
 
-__all__ = ["Product", "ProductDistribution", "PartTransform"]
+__all__ = ["Product", "ProductDistribution", "PartTransform", "circular_manifold"]
 
 
 class Product(Manifold):
@@ -237,3 +238,34 @@ class PartTransform(Transform):
 
     def inverse(self, inputs: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return self._run(inputs, context, inverse=True)
+
+
+def circular_manifold(circular: Sequence[bool] | Tensor) -> Manifold:
+    """The manifold of coordinates of which ``circular`` marks the angles, positions kept.
+
+    Runs of angles become :class:`~normflows_sci.manifolds.Torus` factors and runs of other
+    coordinates :class:`~normflows_sci.manifolds.Euclidean` factors, in order: ``R^k x T^m`` with
+    arc length on the angles and Lebesgue measure elsewhere. This is the manifold that
+    ``NSF(..., circular=...)`` models; all angles give ``Torus(n)``, none ``Euclidean(n)``.
+
+    Args:
+        circular: ``(features,)`` booleans (or 0/1), True for angles in ``[-pi, pi)``.
+
+    Example:
+        >>> circular_manifold([False, True, True, False])
+        Product(Euclidean(1), Torus(2), Euclidean(1))
+        >>> circular_manifold([True, True])
+        Torus(2)
+    """
+    flags = torch.as_tensor(circular)
+    if flags.ndim != 1 or len(flags) == 0:
+        raise ValueError(
+            f"circular must be a non-empty 1-D sequence of booleans, got shape {tuple(flags.shape)}"
+        )
+    if flags.dtype != torch.bool and not bool(((flags == 0) | (flags == 1)).all()):
+        raise ValueError(f"circular must hold booleans (or 0/1), got {flags.tolist()}")
+    angles, counts = torch.unique_consecutive(flags.bool(), return_counts=True)
+    factors = [
+        Torus(n) if angle else Euclidean(n) for angle, n in zip(angles.tolist(), counts.tolist())
+    ]
+    return factors[0] if len(factors) == 1 else Product(*factors)
