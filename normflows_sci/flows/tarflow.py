@@ -29,8 +29,13 @@ from normflows_sci.checks import check_num_samples
 from normflows_sci.distributions import Distribution, StandardNormal
 from normflows_sci.flows.base import Flow
 from normflows_sci.transforms.base import CompositeTransform
-from normflows_sci.transforms.elementwise import ElementwiseMap
-from normflows_sci.transforms.tarflow import InverseInfo, TarFlowBlock, TarFlowTransform
+from normflows_sci.transforms.elementwise import ElementwiseMap, pop_map_options
+from normflows_sci.transforms.tarflow import (
+    InverseInfo,
+    TarFlowBlock,
+    TarFlowTransform,
+    block_map,
+)
 
 __all__ = ["TarFlow", "sample_tarflow", "gaussian_noise", "score_denoise"]
 
@@ -44,21 +49,10 @@ def TarFlow(
     width: int = 128,
     heads: int = 4,
     token_size: int = 1,
-    transform: str | ElementwiseMap = "affine",
-    mlp_ratio: float = 4.0,
-    dropout: float = 0.0,
-    bins: int = 8,
-    tail_bound: float = 5.0,
-    min_bin_width: float = 1e-3,
-    min_bin_height: float = 1e-3,
-    min_derivative: float = 1e-3,
-    max_log_scale: float = 3.0,
+    map: str | ElementwiseMap | None = None,
     base: Distribution | None = None,
     embedding: nn.Module | None = None,
-    inversion: str = "kv_cache",
-    tol: float = 1e-5,
-    max_iterations: int | None = None,
-    chunk_size: int | None = None,
+    **options,
 ) -> Flow:
     """Transformer autoregressive flow: ``blocks`` TarFlow blocks with alternating token orders.
 
@@ -72,18 +66,19 @@ def TarFlow(
         heads: attention heads.
         token_size: features per token: 1 (one token per feature, tabular data), 3 (one particle
             in 3-D per token, data ``(x0, y0, z0, x1, ...)``) or any group size.
-        transform: per-token map, ``"affine"`` or ``"spline"`` (rational-quadratic with identity
-            tails beyond ``tail_bound``), or an ``ElementwiseMap``.
-        mlp_ratio, dropout: Transformer options.
-        bins, tail_bound, min_bin_width, min_bin_height, min_derivative: spline options.
-        max_log_scale: bound of the affine log-scale per block.
+        map: per-token map, ``"affine"`` (default) or ``"spline"`` (rational-quadratic with
+            identity tails beyond ``tail_bound``), or an ``ElementwiseMap`` shared by every
+            block (``transform=``, its former name, also works).
         base: base distribution (default standard normal).
         embedding: network applied to the context first.
-        inversion: how ``flow.sample`` inverts the blocks: ``"kv_cache"`` (default; exact
-            sequential decoding, exact reparameterised gradients), ``"jacobi"`` (parallel
-            fixed-point iteration) or ``"naive"``.
-        tol, max_iterations, chunk_size: Jacobi options (see
-            :class:`~normflows_sci.transforms.tarflow.TarFlowBlock`).
+        **options: every block's other options (see
+            :class:`~normflows_sci.transforms.tarflow.TarFlowBlock`): ``mlp_ratio`` (4) and
+            ``dropout`` (0) of the Transformer; the map shorthands ``bins``, ``tail_bound``,
+            ``min_bin_width``, ``min_bin_height``, ``min_derivative`` (spline) and
+            ``max_log_scale`` (affine); ``inversion``, how ``flow.sample`` inverts the blocks:
+            ``"kv_cache"`` (default; exact sequential decoding, exact reparameterised
+            gradients), ``"jacobi"`` (parallel fixed-point iteration) or ``"naive"``; and the
+            Jacobi options ``tol``, ``max_iterations``, ``chunk_size``.
 
     Returns:
         A :class:`Flow` whose ``transform`` is a
@@ -101,28 +96,23 @@ def TarFlow(
     """
     if isinstance(blocks, bool) or int(blocks) != blocks or blocks < 1:
         raise ValueError(f"blocks must be a positive integer, got {blocks!r}")
+    layer_map = block_map(
+        map,
+        options.pop("transform", None),
+        **pop_map_options(options, "spline"),
+        **pop_map_options(options, "affine"),
+    )
     layers = [
         TarFlowBlock(
             features,
             token_size=token_size,
-            transform=transform,
+            map=layer_map,
             context_features=context_features,
             width=width,
             layers=layers_per_block,
             heads=heads,
-            mlp_ratio=mlp_ratio,
-            dropout=dropout,
             reverse=i % 2 == 1,
-            bins=bins,
-            tail_bound=tail_bound,
-            min_bin_width=min_bin_width,
-            min_bin_height=min_bin_height,
-            min_derivative=min_derivative,
-            max_log_scale=max_log_scale,
-            inversion=inversion,
-            tol=tol,
-            max_iterations=max_iterations,
-            chunk_size=chunk_size,
+            **options,
         )
         for i in range(int(blocks))
     ]

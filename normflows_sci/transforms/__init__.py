@@ -45,6 +45,7 @@ from normflows_sci.transforms.tarflow import (
     InverseInfo,
     TarFlowBlock,
     TarFlowTransform,
+    block_map,
 )
 
 __all__ = [
@@ -81,4 +82,5 @@ __all__ = [
     "BlockInverseInfo",
     "InverseInfo",
     "INVERSION_METHODS",
+    "block_map",
 ]

@@ -320,7 +320,7 @@ class SplitMap(ElementwiseMap):
 _MAP_KINDS = {"affine": AffineMap, "spline": RQSplineMap}
 
 
-def make_map(map=None, *, default: str = "spline", **options) -> ElementwiseMap:
+def make_map(map=None, *, default: str = "spline", name: str = "map", **options) -> ElementwiseMap:
     """The elementwise map a layer or factory uses: ``map`` itself, or one built from shorthands.
 
     Args:
@@ -328,14 +328,16 @@ def make_map(map=None, *, default: str = "spline", **options) -> ElementwiseMap:
             ``"affine"`` (:class:`AffineMap`), ``"spline"`` (:class:`RQSplineMap`) or None
             (``default``).
         default: the kind built when ``map`` is None.
+        name: the argument's name in error messages.
         **options: keyword arguments of the chosen class (``bins``, ``tail_bound``,
             ``min_bin_width``, ``min_bin_height``, ``min_derivative`` for a spline,
             ``max_log_scale`` for an affine map). Options of the other kind are ignored, so
             factories can forward every shorthand they accept.
 
     Raises:
-        TypeError: ``map`` is neither a map nor a known kind, or shorthands came with a map
-            object (they would be silently ignored).
+        ValueError: ``map`` is a string other than ``"affine"`` and ``"spline"``.
+        TypeError: ``map`` is neither a map nor a string, or shorthands came with a map object
+            (they would be silently ignored).
 
     Example:
         >>> make_map(bins=4, tail_bound=3.0)
@@ -352,8 +354,9 @@ def make_map(map=None, *, default: str = "spline", **options) -> ElementwiseMap:
             )
         return map
     kind = default if map is None else map
-    if kind not in _MAP_KINDS:
-        raise TypeError(f"map must be an ElementwiseMap, 'affine', 'spline' or None, got {map!r}")
+    if not (isinstance(kind, str) and kind in _MAP_KINDS):
+        error = ValueError if isinstance(kind, str) else TypeError
+        raise error(f"{name} must be 'affine', 'spline', an ElementwiseMap or None, got {map!r}")
     cls = _MAP_KINDS[kind]
     accepted = inspect.signature(cls).parameters
     return cls(**{k: v for k, v in options.items() if k in accepted and v is not None})

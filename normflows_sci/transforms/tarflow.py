@@ -47,7 +47,7 @@ from torch import Tensor
 from normflows_sci.checks import check_context, check_features
 from normflows_sci.nn.transformer import CausalTransformer, KVCache
 from normflows_sci.transforms.base import CompositeTransform, Transform
-from normflows_sci.transforms.elementwise import AffineMap, ElementwiseMap, RQSplineMap
+from normflows_sci.transforms.elementwise import ElementwiseMap, make_map, pop_map_options
 
 __all__ = [
     "INVERSION_METHODS",
@@ -55,6 +55,7 @@ __all__ = [
     "InverseInfo",
     "TarFlowBlock",
     "TarFlowTransform",
+    "block_map",
 ]
 
 INVERSION_METHODS = ("kv_cache", "jacobi", "naive")
@@ -101,16 +102,25 @@ class InverseInfo(NamedTuple):
         return all(b.converged for b in self.blocks)
 
 
-def _elementwise_map(transform, *, bins, tail_bound, max_log_scale, spline_options):
-    if isinstance(transform, ElementwiseMap):
-        return transform
-    if transform == "affine":
-        return AffineMap(max_log_scale)
-    if transform == "spline":
-        return RQSplineMap(bins, tail_bound, **spline_options)
-    raise ValueError(
-        f"transform must be 'affine', 'spline' or an ElementwiseMap, got {transform!r}"
-    )
+def block_map(map=None, transform=None, **options) -> ElementwiseMap:
+    """The per-token map of TarFlow blocks: ``map`` (or ``transform``, its former name, kept as
+    a shorthand) built by :func:`~normflows_sci.transforms.make_map` (default ``"affine"``) with
+    the spline and affine shorthands among ``options``.
+
+    Raises:
+        TypeError: both ``map`` and ``transform`` given, or an option neither map takes.
+
+    Example:
+        >>> block_map("spline", bins=4).num_params
+        11
+    """
+    if map is not None and transform is not None:
+        raise TypeError("give the per-token map as map= only (transform= is its former name)")
+    shorthands = {**pop_map_options(options, "spline"), **pop_map_options(options, "affine")}
+    if options:
+        raise TypeError(f"TarFlow blocks got unexpected keyword arguments {sorted(options)}")
+    name, map = ("transform", transform) if map is None and transform is not None else ("map", map)
+    return make_map(map, default="affine", name=name, **shorthands)
 
 
 def _check_inversion(method, tol, max_iterations, chunk_size) -> None:
@@ -129,20 +139,21 @@ class TarFlowBlock(Transform):
     Args:
         features: data dimension ``D`` (a multiple of ``token_size``).
         token_size: features per token (1 for tabular data, 3 for particles in 3-D).
-        transform: ``"affine"``, ``"spline"`` (rational-quadratic, identity tails) or an
-            :class:`ElementwiseMap`.
+        map: ``"affine"`` (default), ``"spline"`` (rational-quadratic, identity tails) or an
+            :class:`ElementwiseMap` (see :func:`block_map`).
         context_features: width of the context (0: unconditional; a given context is ignored).
         width, layers, heads, mlp_ratio, dropout: Transformer size (see
             :class:`~normflows_sci.nn.transformer.CausalTransformer`).
         reverse: read the tokens last to first (alternate this between blocks).
-        bins, tail_bound, min_bin_width, min_bin_height, min_derivative: spline options.
-        max_log_scale: bound of the affine log-scale (soft clamp).
         inversion: default inversion method of :meth:`inverse`: ``"kv_cache"`` (default),
             ``"jacobi"`` or ``"naive"``.
-        tol: Jacobi stopping tolerance on ``max|x_new - x| / max(1, max|x|)``.
-        max_iterations: Jacobi sweeps per chunk at most (default: the chunk's token count, which
-            is always enough for the exact answer).
-        chunk_size: tokens per Jacobi chunk (default: all tokens in one chunk).
+        **options: the Jacobi options ``tol`` (1e-5: stopping tolerance on
+            ``max|x_new - x| / max(1, max|x|)``), ``max_iterations`` (sweeps per chunk at most;
+            default the chunk's token count, always enough for the exact answer) and
+            ``chunk_size`` (tokens per Jacobi chunk; default all tokens in one chunk); the map
+            shorthands (``bins``, ``tail_bound``, ``min_bin_width``, ``min_bin_height``,
+            ``min_derivative``, ``max_log_scale``) and ``transform`` (the former name of
+            ``map``), see :func:`block_map`.
 
     Shapes:
         ``forward(x: (batch, D), context: (batch, C) | None)`` returns ``z: (batch, D)`` and
@@ -164,7 +175,7 @@ class TarFlowBlock(Transform):
         features: int,
         *,
         token_size: int = 1,
-        transform: str | ElementwiseMap = "affine",
+        map: str | ElementwiseMap | None = None,
         context_features: int = 0,
         width: int = 128,
         layers: int = 2,
@@ -172,16 +183,8 @@ class TarFlowBlock(Transform):
         mlp_ratio: float = 4.0,
         dropout: float = 0.0,
         reverse: bool = False,
-        bins: int = 8,
-        tail_bound: float = 5.0,
-        min_bin_width: float = 1e-3,
-        min_bin_height: float = 1e-3,
-        min_derivative: float = 1e-3,
-        max_log_scale: float = 3.0,
         inversion: str = "kv_cache",
-        tol: float = 1e-5,
-        max_iterations: int | None = None,
-        chunk_size: int | None = None,
+        **options,
     ):
         super().__init__()
         for name, value in (("features", features), ("token_size", token_size)):
@@ -192,23 +195,16 @@ class TarFlowBlock(Transform):
                 f"features={features} must be a multiple of token_size={token_size} "
                 "(each token holds token_size features)"
             )
+        tol = options.pop("tol", 1e-5)
+        max_iterations = options.pop("max_iterations", None)
+        chunk_size = options.pop("chunk_size", None)
         _check_inversion(inversion, tol, max_iterations, chunk_size)
+        self.map = block_map(map, **options)
         self.features, self.token_size = int(features), int(token_size)
         self.tokens = self.features // self.token_size
         self.context_features = int(context_features)
         self.reverse = bool(reverse)
-        self.elementwise = _elementwise_map(
-            transform,
-            bins=bins,
-            tail_bound=tail_bound,
-            max_log_scale=max_log_scale,
-            spline_options=dict(
-                min_bin_width=min_bin_width,
-                min_bin_height=min_bin_height,
-                min_derivative=min_derivative,
-            ),
-        )
-        self.num_params = self.elementwise.num_params
+        self.num_params = self.map.num_params
         self.net = CausalTransformer(
             self.token_size,
             self.token_size * self.num_params,
@@ -225,6 +221,15 @@ class TarFlowBlock(Transform):
         torch.nn.init.zeros_(self.net.output.bias)
         self.inversion, self.tol = inversion, float(tol)
         self.max_iterations, self.chunk_size = max_iterations, chunk_size
+
+    @property
+    def elementwise(self) -> ElementwiseMap:
+        """The per-token map (its former attribute name)."""
+        return self.map
+
+    @elementwise.setter
+    def elementwise(self, value: ElementwiseMap) -> None:
+        self.map = value
 
     # ------------------------------------------------------------------ layout
     def _check(self, inputs: Tensor, context: Tensor | None) -> Tensor | None:
@@ -260,7 +265,7 @@ class TarFlowBlock(Transform):
         tokens = self._to_tokens(inputs)
         shifted = torch.cat([self._start(tokens), tokens[:, :-1]], dim=1)
         params = self._params(self.net(shifted, context), tokens)
-        outputs, logabsdet = self.elementwise.forward(tokens, params)
+        outputs, logabsdet = self.map.forward(tokens, params)
         return self._from_tokens(outputs), logabsdet.sum((1, 2))
 
     def inverse(self, inputs: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -308,9 +313,7 @@ class TarFlowBlock(Transform):
             else:
                 prefix = torch.cat([self._start(latent), *decoded], dim=1)
                 out = self.net(prefix, context)[:, -1]
-            value, token_logabsdet = self.elementwise.inverse(
-                latent[:, t], self._params(out, latent)
-            )
+            value, token_logabsdet = self.map.inverse(latent[:, t], self._params(out, latent))
             logabsdet = logabsdet + token_logabsdet.sum(-1)
             previous = value[:, None]
             decoded.append(previous)
@@ -339,7 +342,7 @@ class TarFlowBlock(Transform):
             while done < limit:
                 inputs = torch.cat([previous, x[:, done:-1]], dim=1)
                 out = self.net(inputs, context, cache=cache, keep=1)
-                new, new_logabsdet = self.elementwise.inverse(z[:, done:], self._params(out, z))
+                new, new_logabsdet = self.map.inverse(z[:, done:], self._params(out, z))
                 with torch.no_grad():
                     step = (new - x[:, done:]).abs().amax() if new.numel() else new.new_zeros(())
                     scale = new.abs().amax().clamp_min(1.0) if new.numel() else 1.0
