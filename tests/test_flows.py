@@ -179,3 +179,31 @@ def test_chunked_evaluation_gives_the_same_numbers(name):
     for bad in (0, -1, 2.5, True):
         with pytest.raises(ValueError, match="chunk_size"):
             flow.log_prob(x, context, chunk_size=bad)
+
+
+@pytest.mark.parametrize("coupling", [False, True])
+def test_factories_take_a_map_object_equal_to_their_shorthands(coupling):
+    from normflows_sci.transforms import AffineMap, RQSplineMap
+
+    def log_prob(factory, **kw):
+        torch.manual_seed(0)
+        flow = perturb(factory(3, transforms=2, hidden_features=(8,), **kw), seed=1)
+        return flow.log_prob(torch.linspace(-2, 2, 12).view(4, 3))
+
+    spline = RQSplineMap(bins=4, tail_bound=3.0, min_derivative=1e-2)
+    shorthand = log_prob(NSF, coupling=coupling, bins=4, tail_bound=3.0, min_derivative=1e-2)
+    torch.testing.assert_close(
+        log_prob(NSF, coupling=coupling, map=spline), shorthand, rtol=0, atol=0
+    )
+    affine = RealNVP if coupling else MAF
+    torch.testing.assert_close(
+        log_prob(affine, map=AffineMap(2.0)), log_prob(affine, max_log_scale=2.0), rtol=0, atol=0
+    )
+    spline_maf = log_prob(MAF, map=spline)  # any map in any factory
+    torch.testing.assert_close(spline_maf, log_prob(NSF, map=spline), rtol=0, atol=0)
+    with pytest.raises(TypeError, match=r"not next to map=: got \['bins'\]"):
+        NSF(3, map=spline, bins=8)
+    with pytest.raises(TypeError, match=r"unexpected keyword arguments \['hiden_features'\]"):
+        NSF(3, hiden_features=(8,))
+    with pytest.raises(TypeError, match="circular counterpart"):
+        NSF(2, map=AffineMap(), coupling=True, circular=[True, False])

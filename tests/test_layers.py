@@ -188,3 +188,79 @@ def test_affine_map_log_scale_is_the_tanh_soft_clamp():
     torch.testing.assert_close(log_scale, expected, atol=1e-14, rtol=0)
     torch.testing.assert_close(y, x * expected.exp(), atol=1e-12, rtol=1e-12)
     assert log_scale.abs().max() <= 2.5 and log_scale[-1] == 0 and y[-1] == x[-1]
+
+
+@pytest.mark.parametrize("coupling", [True, False])
+def test_any_map_that_declares_the_parameter_major_layout_receives_it(coupling):
+    """The layout is the map's declaration, not its class: a map that is not an RQSplineMap but
+    says ``param_major = True`` is fed parameter-major straight from the MLP / MADE, and a map
+    relying on the base class's transposing default gives the same numbers as the plain path."""
+    torch.manual_seed(2)
+    spline = T.RQSplineMap(bins=4, tail_bound=3.0)
+    calls = []
+
+    class Recording(T.ElementwiseMap):
+        num_params, param_major = spline.num_params, True
+        forward, inverse = spline.forward, spline.inverse
+
+        def forward_param_major(self, inputs, raw):
+            calls.append(tuple(raw.shape))
+            return spline.forward_param_major(inputs, raw)
+
+    class Transposing(T.AffineMap):  # uses the base class's forward_param_major
+        param_major = True
+
+    def layer(map_):
+        torch.manual_seed(3)
+        if coupling:
+            built = T.CouplingTransform(T.alternating_mask(5), map_, hidden_features=(8,))
+        else:
+            built = T.MaskedAutoregressiveTransform(5, map_, hidden_features=(8,))
+        return perturb(built).double()
+
+    x = 2 * torch.randn(7, 5, dtype=torch.float64)
+    torch.testing.assert_close(layer(Recording())(x), layer(spline)(x))
+    rows = 3 if coupling else 5  # transformed features
+    assert calls == [(spline.num_params, rows * 7)]
+    for direction in ("forward", "inverse"):
+        fast = getattr(layer(Transposing()), direction)(x)
+        plain = getattr(layer(T.AffineMap()), direction)(x)
+        torch.testing.assert_close(fast, plain)
+
+
+@pytest.mark.parametrize("kind", ["coupling", "autoregressive"])
+def test_layers_take_map_and_keep_elementwise_as_a_deprecated_keyword(kind):
+    def build(**kw):
+        torch.manual_seed(0)
+        if kind == "coupling":
+            return T.CouplingTransform(T.alternating_mask(4), hidden_features=(8,), **kw)
+        return T.MaskedAutoregressiveTransform(4, hidden_features=(8,), **kw)
+
+    new = perturb(build(map=T.AffineMap()))
+    with pytest.warns(DeprecationWarning, match="pass map="):
+        old = perturb(build(elementwise=T.AffineMap()))
+    x = torch.randn(6, 4)
+    torch.testing.assert_close(old(x), new(x))
+    assert isinstance(new.map, T.AffineMap) and new.elementwise is new.map
+    with pytest.raises(TypeError, match="needs map="):
+        build()
+    with (
+        pytest.raises(TypeError, match="both map and elementwise"),
+        pytest.warns(DeprecationWarning),
+    ):
+        build(map=T.AffineMap(), elementwise=T.AffineMap())
+
+
+def test_spline_layers_build_their_map_from_shorthands_or_take_one():
+    spline = T.RQSplineMap(bins=5, tail_bound=2.0, min_derivative=1e-2)
+    layer = T.SplineCouplingTransform(T.alternating_mask(4), spline, hidden_features=(8,))
+    assert layer.map is spline
+    built = T.MaskedSplineAutoregressiveTransform(4, bins=5, tail_bound=2.0, hidden_features=(8,))
+    assert (built.map.bins, built.map.tail_bound) == (5, 2.0)
+    with pytest.raises(TypeError, match=r"not next to map=: got \['bins'\]"):
+        T.SplineCouplingTransform(T.alternating_mask(4), spline, bins=4)
+    with pytest.raises(ValueError, match="map must be 'affine', 'spline'"):
+        T.make_map("cubic")
+    circle = spline.circular()
+    assert isinstance(circle, T.CircularSplineMap)
+    assert (circle.bins, circle.options["min_derivative"]) == (5, 1e-2)

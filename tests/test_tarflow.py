@@ -313,3 +313,25 @@ def test_bad_arguments_give_clear_errors():
     assert math.isfinite(float(flow.log_prob(torch.zeros(1, 4)).detach()))
     for method in ("kv_cache", "naive", "jacobi"):  # an empty batch is not an error
         assert sample_tarflow(flow, 0, method=method)[0].shape == (0, 4)
+
+
+def test_tarflow_takes_map_and_keeps_transform_as_its_former_name():
+    from normflows_sci.transforms import RQSplineMap
+
+    def log_prob(**options):
+        torch.manual_seed(0)
+        flow = perturb(TarFlow(4, **SMALL, **options), seed=1)
+        return flow.log_prob(torch.linspace(-2, 2, 8).view(2, 4))
+
+    spline = RQSplineMap(bins=4, tail_bound=3.0)
+    expected = log_prob(transform="spline", bins=4, tail_bound=3.0)
+    torch.testing.assert_close(log_prob(map="spline", bins=4, tail_bound=3.0), expected)
+    torch.testing.assert_close(log_prob(map=spline), expected)
+    flow = TarFlow(4, map=spline, **SMALL)
+    assert all(block.map is spline for block in flow.transform)
+    with pytest.raises(TypeError, match=r"not next to map=: got \['bins'\]"):
+        TarFlow(4, map=spline, bins=5)
+    with pytest.raises(TypeError, match="map= only"):
+        TarFlow(4, map="spline", transform="spline")
+    with pytest.raises(TypeError, match=r"unexpected keyword arguments \['mlp_ration'\]"):
+        TarFlow(4, mlp_ration=2.0)
