@@ -95,6 +95,25 @@ def rk4(func: Callable, y: Tensor, t0: float, t1: float, steps: int) -> tuple[Te
     return y, 4 * steps
 
 
+def _initial_step(
+    func: Callable, y: Tensor, k1: Tensor, t0: float, span: float, *, rtol: float, atol: float
+) -> float:
+    """Hairer, Norsett & Wanner's starting step size (I, II.4) towards ``t0 + span`` (signed);
+    one evaluation of ``func``."""
+    direction, span = math.copysign(1.0, span), abs(span)
+    scale = atol + rtol * y.detach().abs()
+    d0, d1 = _norm(y / scale), _norm(k1 / scale)
+    h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
+    if not 0.0 < h0 < math.inf:  # d1 = inf or NaN: the error control rejects such steps
+        h0 = 1e-6
+    h0 = min(h0, span)
+    k_probe = func(t0 + direction * h0, y + (direction * h0) * k1)
+    d2 = _norm((k_probe - k1) / scale) / h0
+    big = max(d1, d2)
+    h1 = max(1e-6, h0 * 1e-3) if big <= 1e-15 else (0.01 / big) ** 0.2
+    return min(100 * h0, h1, span)
+
+
 def dopri5(
     func: Callable,
     y: Tensor,
@@ -117,21 +136,8 @@ def dopri5(
         return y, 0
     direction = 1.0 if t1 > t0 else -1.0
     k1 = func(t0, y)
-    evaluations = 1
-    # Initial step (Hairer, Norsett & Wanner I, II.4).
-    scale = atol + rtol * y.detach().abs()
-    d0, d1 = _norm(y / scale), _norm(k1 / scale)
-    h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
-    if not 0.0 < h0 < math.inf:  # d1 = inf or NaN: the error control below rejects such steps
-        h0 = 1e-6
-    h0 = min(h0, span)
-    k_probe = func(t0 + direction * h0, y + (direction * h0) * k1)
-    evaluations += 1
-    d2 = _norm((k_probe - k1) / scale) / h0
-    big = max(d1, d2)
-    h1 = max(1e-6, h0 * 1e-3) if big <= 1e-15 else (0.01 / big) ** 0.2
-    h = min(100 * h0, h1, span)
-
+    h = _initial_step(func, y, k1, t0, direction * span, rtol=rtol, atol=atol)
+    evaluations = 2
     t, attempts = t0, 0
     while direction * (t1 - t) > 0:
         if attempts >= max_steps:
