@@ -31,6 +31,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
+from normflows_sci.checks import check_int
 from normflows_sci.io import atomic_write
 
 __all__ = ["plot_training_curves", "plot_corner", "plot_marginals", "plot_ramachandran"]
@@ -150,12 +151,6 @@ def _edges(column: np.ndarray, low: float, high: float, bins: int) -> np.ndarray
     return np.arange(start, high + width, width)
 
 
-def _check_bins(bins) -> int:
-    if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins < 2:
-        raise ValueError(f"bins must be an integer >= 2, got {bins!r}")
-    return int(bins)
-
-
 def _style_ticks(ax: Axes, *, x: bool = True, y: bool = True) -> None:
     if x:
         ax.xaxis.set_major_locator(MaxNLocator(4, prune="both"))
@@ -188,6 +183,35 @@ def plot_training_curves(history, path, *, title: str | None = None, ax: Axes | 
         ValueError: ``history`` has no ``train_loss``, no epochs, or lists of different lengths.
     """
     _check_path(path, allow_none=ax is not None)
+    epochs, train, val, rate = _history_columns(history)
+    own_figure = ax is None
+    fig = Figure(figsize=(6.4, 4.4), layout="constrained") if own_figure else ax.figure
+    ax = fig.add_subplot() if ax is None else ax
+    handles = _plot_losses(ax, epochs, train, val)
+    _fit_loss_axis(ax, train, val)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("negative log-likelihood (nats per row)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    if rate is not None:
+        handles += _plot_learning_rate(ax, epochs, rate)
+    if own_figure:  # below the axes: no curve can hide under it
+        fig.legend(handles=handles, loc="outside lower center", ncols=2, fontsize=8, frameon=False)
+    else:
+        ax.legend(handles=handles, loc="best", fontsize=8, framealpha=0.85)
+    if title:
+        ax.set_title(title)
+    return _save(fig.figure, path)  # the root figure when ax lives in a subfigure
+
+
+_HISTORY_KEYS = ("epoch", "train_loss", "val_loss", "learning_rate", "time")
+
+
+def _history_columns(history) -> tuple[np.ndarray, ...]:
+    """Checked ``(epochs, train, val, learning_rate)`` float arrays of a training history.
+
+    A column that is absent or all NaN/None is ``None``; missing epoch numbers count from 1.
+    """
     if hasattr(history, "history_"):
         history = history.history_
     if not isinstance(history, Mapping):
@@ -210,12 +234,12 @@ def plot_training_curves(history, path, *, title: str | None = None, ax: Axes | 
 
     epochs = series("epoch")
     epochs = np.arange(1, epochs_count + 1) if epochs is None else epochs
-    train, val, rate = series("train_loss"), series("val_loss"), series("learning_rate")
+    return epochs, series("train_loss"), series("val_loss"), series("learning_rate")
 
-    own_figure = ax is None
-    fig = Figure(figsize=(6.4, 4.4), layout="constrained") if own_figure else ax.figure
-    ax = fig.add_subplot() if ax is None else ax
-    marker = "o" if epochs_count <= 30 else None
+
+def _plot_losses(ax: Axes, epochs: np.ndarray, train, val) -> list:
+    """Train and validation curves, the best validation epoch starred; the legend handles."""
+    marker = "o" if len(epochs) <= 30 else None
     handles = []
     if train is not None:
         handles += ax.plot(epochs, train, color=DATA_COLOR, marker=marker, ms=3, label="train")
@@ -233,43 +257,39 @@ def plot_training_curves(history, path, *, title: str | None = None, ax: Axes | 
             markeredgewidth=0.6,
             label=f"best validation: {val[best]:.4g} (epoch {epochs[best]:g})",
         )
+    return handles
+
+
+def _fit_loss_axis(ax: Axes, train, val) -> None:
+    """Y-range over the finite losses, cut above when the first epochs dwarf the rest."""
     losses = np.concatenate([s for s in (train, val) if s is not None])
     losses = losses[np.isfinite(losses)]
-    if losses.size:
-        low, high = float(losses.min()), float(losses.max())
-        # A first epoch far above the rest would flatten the interesting part of the curves.
-        typical = float(np.quantile(losses, 0.9))
-        if high - low > 4 * (typical - low) > 0:
-            high = typical + 0.5 * (typical - low)
-        pad = 0.05 * (high - low) if high > low else 0.5
-        ax.set_ylim(low - pad, high + pad)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("negative log-likelihood (nats per row)")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.grid(alpha=0.3)
-    if rate is not None:
-        twin = ax.twinx()
-        handles += twin.plot(epochs, rate, color=LR_COLOR, ls="--", lw=1.2, label="learning rate")
-        twin.set_ylabel("learning rate", color=LR_COLOR)
-        twin.tick_params(axis="y", colors=LR_COLOR)
-        # Scale by hand: matplotlib's offset text ("1e-3") would sit on top of the title.
-        peak = float(np.nanmax(np.abs(rate)))
-        exponent = math.floor(math.log10(peak)) if peak > 0 else 0
-        exponent = exponent if exponent < -1 or exponent > 2 else 0
-        if exponent:
-            twin.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v / 10**exponent:g}"))
-            twin.set_ylabel(f"learning rate (x 1e{exponent})", color=LR_COLOR)
-        twin.set_ylim(bottom=0)
-    if own_figure:  # below the axes: no curve can hide under it
-        fig.legend(handles=handles, loc="outside lower center", ncols=2, fontsize=8, frameon=False)
-    else:
-        ax.legend(handles=handles, loc="best", fontsize=8, framealpha=0.85)
-    if title:
-        ax.set_title(title)
-    return _save(fig.figure, path)  # the root figure when ax lives in a subfigure
+    if not losses.size:
+        return
+    low, high = float(losses.min()), float(losses.max())
+    # A first epoch far above the rest would flatten the interesting part of the curves.
+    typical = float(np.quantile(losses, 0.9))
+    if high - low > 4 * (typical - low) > 0:
+        high = typical + 0.5 * (typical - low)
+    pad = 0.05 * (high - low) if high > low else 0.5
+    ax.set_ylim(low - pad, high + pad)
 
 
-_HISTORY_KEYS = ("epoch", "train_loss", "val_loss", "learning_rate", "time")
+def _plot_learning_rate(ax: Axes, epochs: np.ndarray, rate: np.ndarray) -> list:
+    """The learning rate on a twin y-axis starting at 0; its legend handles."""
+    twin = ax.twinx()
+    handles = twin.plot(epochs, rate, color=LR_COLOR, ls="--", lw=1.2, label="learning rate")
+    twin.set_ylabel("learning rate", color=LR_COLOR)
+    twin.tick_params(axis="y", colors=LR_COLOR)
+    # Scale by hand: matplotlib's offset text ("1e-3") would sit on top of the title.
+    peak = float(np.nanmax(np.abs(rate)))
+    exponent = math.floor(math.log10(peak)) if peak > 0 else 0
+    exponent = exponent if exponent < -1 or exponent > 2 else 0
+    if exponent:
+        twin.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v / 10**exponent:g}"))
+        twin.set_ylabel(f"learning rate (x 1e{exponent})", color=LR_COLOR)
+    twin.set_ylim(bottom=0)
+    return handles
 
 
 # --------------------------------------------------------------------------------------- corner
@@ -346,11 +366,10 @@ def plot_corner(
     samples, _ = _table("samples", samples, features=data.shape[1])
     features = data.shape[1]
     names = _column_names(columns, default_names, features)
-    bins = _check_bins(bins)
-    if isinstance(max_points, bool) or int(max_points) != max_points or max_points < 1:
-        raise ValueError(f"max_points must be a positive integer, got {max_points!r}")
-    data = _subsample(_finite_rows(data), int(max_points), seed=0)
-    samples = _subsample(_finite_rows(samples), int(max_points), seed=1)
+    bins = check_int("bins", bins, minimum=2)
+    max_points = check_int("max_points", max_points)
+    data = _subsample(_finite_rows(data), max_points, seed=0)
+    samples = _subsample(_finite_rows(samples), max_points, seed=1)
     limits = [_limits(data[:, j]) for j in range(features)]
     # Integer columns get bins aligned with their values, in 1-D and 2-D alike.
     edges = [_edges(data[:, j], *limits[j], bins) for j in range(features)]
@@ -360,7 +379,6 @@ def plot_corner(
     if fig is None:
         fig = Figure(figsize=(size, size))
     axes = fig.subplots(features, features, squeeze=False)
-    scatter = dict(s=1.5, alpha=0.2, linewidths=0, rasterized=True)
     for i in range(features):
         for j in range(features):
             ax = axes[i, j]
@@ -368,62 +386,82 @@ def plot_corner(
                 ax.set_visible(False)
                 continue
             if i == j:
-                ax.hist(data[:, j], bins=edges[j], density=True, color=DATA_COLOR, alpha=0.45)
-                ax.hist(
-                    samples[:, j],
-                    bins=edges[j],
-                    density=True,
-                    histtype="step",
-                    color=MODEL_COLOR,
-                    linewidth=1.4,
-                )
-                ax.set_yticks([])
+                _corner_histograms(ax, data[:, j], samples[:, j], edges[j])
             else:
-                ax.scatter(data[:, j], data[:, i], color=DATA_COLOR, **scatter)
-                ax.scatter(samples[:, j], samples[:, i], color=MODEL_COLOR, **scatter)
-                pair = (edges[j], edges[i])
-                _contour(ax, data[:, j], data[:, i], pair, DATA_COLOR)
-                _contour(ax, samples[:, j], samples[:, i], pair, MODEL_COLOR)
+                _corner_pair(ax, data[:, [j, i]], samples[:, [j, i]], (edges[j], edges[i]))
                 ax.set_ylim(limits[i])
             ax.set_xlim(limits[j])
-            _style_ticks(ax, y=i != j)
-            if i == features - 1:
-                ax.set_xlabel(names[j], fontsize=9)
-                for label in ax.get_xticklabels():
-                    label.set_rotation(45)
-                    label.set_horizontalalignment("right")
-            else:
-                ax.tick_params(labelbottom=False)
-            if j == 0 and i > 0:
-                ax.set_ylabel(names[i], fontsize=9)
-            elif i != j:
-                ax.tick_params(labelleft=False)
+            _label_corner_panel(ax, i, j, names)
     handles = [
         Patch(color=DATA_COLOR, alpha=0.6, label=f"{labels[0]} ({len(data)} rows)"),
         Line2D([], [], color=MODEL_COLOR, lw=1.6, label=f"{labels[1]} ({len(samples)} samples)"),
     ]
-    if features == 1:
-        axes[0, 0].legend(handles=handles, fontsize=8, loc="upper right")
-        axes[0, 0].set_xlabel(names[0], fontsize=9)
-        fig.subplots_adjust(left=0.08, right=0.96, top=0.95, bottom=0.16)
-    else:
-        fig.legend(
-            handles=handles,
-            loc="upper right",
-            fontsize=10,
-            frameon=False,
-            bbox_to_anchor=(0.97, 0.97),
-        )
-        margin = 0.55 / size  # inches of label room, as a fraction of the figure
-        fig.subplots_adjust(
-            left=max(0.1, 2 * margin),
-            bottom=max(0.1, 2 * margin),
-            right=0.98,
-            top=0.98,
-            wspace=0.06,
-            hspace=0.06,
-        )
+    _finish_corner(fig, axes, handles, names[0], size)
     return _save(fig, path)
+
+
+def _corner_histograms(ax: Axes, data_column, sample_column, edges: np.ndarray) -> None:
+    """Diagonal panel: the data histogram filled, the model's as a step line, both densities."""
+    ax.hist(data_column, bins=edges, density=True, color=DATA_COLOR, alpha=0.45)
+    ax.hist(
+        sample_column,
+        bins=edges,
+        density=True,
+        histtype="step",
+        color=MODEL_COLOR,
+        linewidth=1.4,
+    )
+    ax.set_yticks([])
+
+
+def _corner_pair(ax: Axes, data_xy, samples_xy, edges: tuple[np.ndarray, np.ndarray]) -> None:
+    """Off-diagonal panel: both ``(rows, 2)`` sets scattered (x, y) with their mass contours."""
+    scatter = dict(s=1.5, alpha=0.2, linewidths=0, rasterized=True)
+    ax.scatter(data_xy[:, 0], data_xy[:, 1], color=DATA_COLOR, **scatter)
+    ax.scatter(samples_xy[:, 0], samples_xy[:, 1], color=MODEL_COLOR, **scatter)
+    _contour(ax, data_xy[:, 0], data_xy[:, 1], edges, DATA_COLOR)
+    _contour(ax, samples_xy[:, 0], samples_xy[:, 1], edges, MODEL_COLOR)
+
+
+def _label_corner_panel(ax: Axes, i: int, j: int, names: list[str]) -> None:
+    """Ticks and labels of panel (row ``i``, column ``j``): names only on the outer edges."""
+    _style_ticks(ax, y=i != j)
+    if i == len(names) - 1:
+        ax.set_xlabel(names[j], fontsize=9)
+        for label in ax.get_xticklabels():
+            label.set_rotation(45)
+            label.set_horizontalalignment("right")
+    else:
+        ax.tick_params(labelbottom=False)
+    if j == 0 and i > 0:
+        ax.set_ylabel(names[i], fontsize=9)
+    elif i != j:
+        ax.tick_params(labelleft=False)
+
+
+def _finish_corner(fig: Figure, axes: np.ndarray, handles: list, first_name: str, size: float):
+    """Legend and margins: inside the single panel of one column, else in the empty corner."""
+    if len(axes) == 1:
+        axes[0, 0].legend(handles=handles, fontsize=8, loc="upper right")
+        axes[0, 0].set_xlabel(first_name, fontsize=9)
+        fig.subplots_adjust(left=0.08, right=0.96, top=0.95, bottom=0.16)
+        return
+    fig.legend(
+        handles=handles,
+        loc="upper right",
+        fontsize=10,
+        frameon=False,
+        bbox_to_anchor=(0.97, 0.97),
+    )
+    margin = 0.55 / size  # inches of label room, as a fraction of the figure
+    fig.subplots_adjust(
+        left=max(0.1, 2 * margin),
+        bottom=max(0.1, 2 * margin),
+        right=0.98,
+        top=0.98,
+        wspace=0.06,
+        hspace=0.06,
+    )
 
 
 # ------------------------------------------------------------------------------------ marginals
@@ -482,17 +520,8 @@ def plot_marginals(
     if samples is not None:
         samples, _ = _table("samples", samples, features=features)
     names = _column_names(columns, default_names, features)
-    bins = _check_bins(bins)
-    if log_density is not None:
-        if callable(log_density):
-            log_density = [log_density]
-        if not isinstance(log_density, Sequence) or not all(map(callable, log_density)):
-            raise TypeError("log_density must be a callable or a sequence of callables")
-        if len(log_density) != features:
-            raise ValueError(
-                f"log_density must hold one callable per column ({features}), "
-                f"got {len(log_density)}"
-            )
+    bins = check_int("bins", bins, minimum=2)
+    log_density = _check_log_densities(log_density, features)
 
     ncols = min(features, 4)
     nrows = math.ceil(features / ncols)
@@ -502,45 +531,20 @@ def plot_marginals(
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     handles = {}
     for j in range(features):
-        ax = axes[j]
-        column = data[:, j]
-        low, high = _limits(column)
-        edges = _edges(column, low, high, bins)
-        handles["data"] = ax.hist(
-            column[np.isfinite(column)],
-            bins=edges,
-            density=True,
-            color=DATA_COLOR,
-            alpha=0.45,
-            label="data",
-        )[2][0]
+        low, high = _limits(data[:, j])
         grid = np.linspace(low, high, 400)
+        handles["data"] = _marginal_histogram(
+            axes[j], data[:, j], _edges(data[:, j], low, high, bins)
+        )
         if samples is not None:
             curve = _kde_curve(samples[:, j], grid)
             if curve is not None:
-                (handles["kde"],) = ax.plot(
+                (handles["kde"],) = axes[j].plot(
                     grid, curve, color=MODEL_COLOR, lw=1.6, label="model (KDE of samples)"
                 )
         if log_density is not None:
-            values = np.asarray(log_density[j](grid), dtype=np.float64)
-            if values.shape != grid.shape:
-                raise ValueError(
-                    f"log_density[{j}] must return shape {grid.shape} for a grid of "
-                    f"{grid.size} points, got {values.shape}"
-                )
-            (handles["exact"],) = ax.plot(
-                grid,
-                np.exp(values),
-                color="black",
-                lw=1.2,
-                ls="--",
-                label="model (marginal density)",
-            )
-        ax.set_xlim(low, high)
-        ax.set_title(names[j], fontsize=10)
-        ax.xaxis.set_major_locator(MaxNLocator(5))
-        ax.tick_params(labelsize=8)
-        ax.set_yticks([])
+            handles["exact"] = _plot_exact_marginal(axes[j], log_density[j], grid, j)
+        _style_marginal_panel(axes[j], (low, high), names[j])
     for ax in axes[features:]:
         ax.set_visible(False)
     axes[0].set_ylabel("density", fontsize=9)
@@ -554,6 +558,59 @@ def plot_marginals(
         frameon=False,
     )
     return _save(fig, path)
+
+
+def _check_log_densities(log_density, features: int) -> list | None:
+    """``log_density`` as a list of one callable per column (``None`` stays ``None``)."""
+    if log_density is None:
+        return None
+    if callable(log_density):
+        log_density = [log_density]
+    if not isinstance(log_density, Sequence) or not all(map(callable, log_density)):
+        raise TypeError("log_density must be a callable or a sequence of callables")
+    if len(log_density) != features:
+        raise ValueError(
+            f"log_density must hold one callable per column ({features}), got {len(log_density)}"
+        )
+    return list(log_density)
+
+
+def _marginal_histogram(ax: Axes, column: np.ndarray, edges: np.ndarray):
+    """The filled density histogram of the finite values of ``column``; its legend handle."""
+    return ax.hist(
+        column[np.isfinite(column)],
+        bins=edges,
+        density=True,
+        color=DATA_COLOR,
+        alpha=0.45,
+        label="data",
+    )[2][0]
+
+
+def _plot_exact_marginal(ax: Axes, log_density: Callable, grid: np.ndarray, index: int):
+    """The exact marginal ``exp(log_density(grid))`` dashed; its legend handle.
+
+    Raises:
+        ValueError: ``log_density`` does not map the ``(m,)`` grid to ``(m,)`` values.
+    """
+    values = np.asarray(log_density(grid), dtype=np.float64)
+    if values.shape != grid.shape:
+        raise ValueError(
+            f"log_density[{index}] must return shape {grid.shape} for a grid of "
+            f"{grid.size} points, got {values.shape}"
+        )
+    (line,) = ax.plot(
+        grid, np.exp(values), color="black", lw=1.2, ls="--", label="model (marginal density)"
+    )
+    return line
+
+
+def _style_marginal_panel(ax: Axes, limits: tuple[float, float], name: str) -> None:
+    ax.set_xlim(*limits)
+    ax.set_title(name, fontsize=10)
+    ax.xaxis.set_major_locator(MaxNLocator(5))
+    ax.tick_params(labelsize=8)
+    ax.set_yticks([])
 
 
 def plot_ramachandran(
@@ -578,7 +635,7 @@ def plot_ramachandran(
         The path written, or ``None`` when ``path`` is ``None``.
     """
     _check_path(path, allow_none=fig is not None)
-    bins = _check_bins(bins)
+    bins = check_int("bins", bins, minimum=2)
     if not isinstance(panels, Mapping) or not panels:
         raise ValueError("panels must be a non-empty mapping {title: (phi, psi[, weights])}")
     own_figure = fig is None
