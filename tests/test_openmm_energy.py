@@ -409,3 +409,17 @@ def test_alanine_dipeptide_without_openmmtools_raises_install_hint(monkeypatch):
     monkeypatch.setattr(systems.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ImportError, match=r"openmmtools.*normflows_sci\[molecular\]"):
         alanine_dipeptide()
+
+
+def test_molecular_modules_import_no_private_names_from_each_other():
+    """Old code: systems.py imported ``_dihedral_angle``, ``_import_openmm`` and ``_sub`` from
+    openmm.py (private names crossing modules)."""
+    import ast
+
+    import normflows_sci.energies.molecular as molecular
+
+    for path in Path(molecular.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("normflows_sci"):
+                private = [a.name for a in node.names if a.name.startswith("_")]
+                assert not private, f"{path.name} imports {private} from {node.module}"

@@ -51,8 +51,12 @@ _INSTALL_HINT = (
 )
 
 
-def _import_openmm():
-    """Import OpenMM on demand with an actionable error when it is missing."""
+def import_openmm():
+    """Import OpenMM on demand with an actionable error when it is missing.
+
+    Module-level helper (not re-exported): every molecular module that needs OpenMM imports it
+    through here, so the install hint is written once.
+    """
     try:
         import openmm
         import openmm.unit
@@ -115,7 +119,8 @@ def _unsupported(what: str) -> ValueError:
 Vector = tuple[Tensor, Tensor, Tensor]
 
 
-def _sub(a: Vector, b: Vector) -> Vector:
+def difference(a: Vector, b: Vector) -> Vector:
+    """``a - b`` componentwise (shared with :mod:`~normflows_sci.energies.molecular.systems`)."""
     return (a[0] - b[0], a[1] - b[1], a[2] - b[2])
 
 
@@ -159,7 +164,7 @@ def _angle_between(u: Vector, v: Vector) -> Tensor:
     return torch.atan2(_norm(_dot(normal, normal)), _dot(u, v))
 
 
-def _dihedral_angle(b1: Vector, b2: Vector, b3: Vector) -> Tensor:
+def dihedral_angle(b1: Vector, b2: Vector, b3: Vector) -> Tensor:
     """Dihedral angle in ``(-pi, pi]`` from bond vectors ``b1 = x_j - x_i``, ``b2 = x_k - x_j``,
     ``b3 = x_l - x_k`` (IUPAC sign convention, as OpenMM and MDTraj)."""
     n1, n2 = _cross(b1, b2), _cross(b2, b3)
@@ -326,7 +331,7 @@ class OpenMMEnergy(Energy):
     block_size: int = 512
 
     def __init__(self, system, temperature: float = 300.0, *, validate_args: bool = True):
-        openmm = _import_openmm()
+        openmm = import_openmm()
         num_atoms = _check_system(system, openmm)
         temperature = _check_temperature(temperature)
         super().__init__(3 * num_atoms, validate_args=validate_args)
@@ -433,7 +438,7 @@ class OpenMMEnergy(Energy):
 
     def _bond(self, positions: Tensor, grad: Tensor | None) -> Tensor:
         xi, xj = self._gather(positions, self.bond_atoms)
-        d = _sub(xj, xi)
+        d = difference(xj, xi)
         r = _norm(_dot(d, d))
         k, r0 = self._term_parameters("bond", r, "k", "r0")
         stretch = r - r0
@@ -447,7 +452,7 @@ class OpenMMEnergy(Energy):
 
     def _angle(self, positions: Tensor, grad: Tensor | None) -> Tensor:
         xi, xj, xk = self._gather(positions, self.angle_atoms)
-        u, v = _sub(xi, xj), _sub(xk, xj)
+        u, v = difference(xi, xj), difference(xk, xj)
         normal = _cross(u, v)
         sine = _norm(_dot(normal, normal))  # |u| |v| sin(theta)
         theta = torch.atan2(sine, _dot(u, v))
@@ -469,7 +474,7 @@ class OpenMMEnergy(Energy):
     def _torsion(self, positions: Tensor, grad: Tensor | None) -> Tensor:
         atoms = self.torsion_atoms
         xi, xj, xk, xl = self._gather(positions, atoms)
-        b1, b2, b3 = _sub(xj, xi), _sub(xk, xj), _sub(xl, xk)
+        b1, b2, b3 = difference(xj, xi), difference(xk, xj), difference(xl, xk)
         n1, n2 = _cross(b1, b2), _cross(b2, b3)
         b2_squared = _dot(b2, b2)
         b2_norm = _norm(b2_squared)
@@ -501,7 +506,7 @@ class OpenMMEnergy(Energy):
 
     def _nonbonded(self, positions: Tensor, grad: Tensor | None) -> Tensor:
         xi, xj = self._gather(positions, self.nonbonded_atoms)
-        d = _sub(xj, xi)
+        d = difference(xj, xi)
         inv_r2 = _dot(d, d).reciprocal()
         inv_r6 = inv_r2 * inv_r2 * inv_r2
         names = ("repulsion", "dispersion", "coulomb")
@@ -688,7 +693,7 @@ class OpenMMBridgeEnergy(Energy):
         platform_properties: dict[str, str] | None = None,
         validate_args: bool = True,
     ):
-        openmm = _import_openmm()
+        openmm = import_openmm()
         num_atoms = _check_system(system, openmm)
         temperature = _check_temperature(temperature)
         super().__init__(3 * num_atoms, validate_args=validate_args)
@@ -710,7 +715,7 @@ class OpenMMBridgeEnergy(Energy):
         self._make_context()
 
     def _make_context(self) -> None:
-        openmm = _import_openmm()
+        openmm = import_openmm()
         unit = openmm.unit
         self._integrator = openmm.VerletIntegrator(0.001)  # never stepped: a Context needs one
         self.context = openmm.Context(

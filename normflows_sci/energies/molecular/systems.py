@@ -18,9 +18,9 @@ from torch import Tensor
 from normflows_sci.energies.molecular.openmm import (
     OpenMMBridgeEnergy,
     OpenMMEnergy,
-    _dihedral_angle,
-    _import_openmm,
-    _sub,
+    difference,
+    dihedral_angle,
+    import_openmm,
 )
 
 __all__ = ["alanine_dipeptide", "dihedral"]
@@ -74,7 +74,7 @@ def alanine_dipeptide(
         (torch.Size([1, 66]), 'CA')
         >>> phi = dihedral(energy.positions, *energy.phi_atoms)  # radians, in [-pi, pi)
     """
-    openmm = _import_openmm()
+    openmm = import_openmm()
     from openmm import app
 
     prmtop = app.AmberPrmtopFile(_openmmtools_file("alanine-dipeptide.prmtop"))
@@ -139,5 +139,5 @@ def dihedral(x: Tensor, i: int, j: int, k: int, l: int) -> Tensor:  # noqa: E741
         return (x[:, 3 * a], x[:, 3 * a + 1], x[:, 3 * a + 2])
 
     xi, xj, xk, xl = (position(a) for a in atoms)
-    phi = _dihedral_angle(_sub(xj, xi), _sub(xk, xj), _sub(xl, xk))
+    phi = dihedral_angle(difference(xj, xi), difference(xk, xj), difference(xl, xk))
     return torch.where(phi >= math.pi, phi - 2 * math.pi, phi)
