@@ -16,6 +16,7 @@ asking what kind of map it is.
 from __future__ import annotations
 
 import abc
+import functools
 import inspect
 import math
 import warnings
@@ -78,11 +79,21 @@ class ElementwiseMap(abc.ABC):
         return self.inverse(inputs, raw.t().reshape(*inputs.shape, self.num_params))
 
 
+@functools.lru_cache(maxsize=16)
+def _saturation(dtype: torch.dtype) -> float:
+    """The sigmoid argument beyond which ``1 - sigmoid`` falls below the dtype's epsilon (15.9
+    in float32, 36.0 in float64): clamping there changes ``sigmoid`` by at most one rounding."""
+    return -math.log(torch.finfo(dtype).eps)
+
+
 class AffineMap(ElementwiseMap):
     """``y = x * exp(s) + t`` with ``s = bound * tanh(raw / bound)`` soft-clamped for stability.
 
     The clamp is evaluated as ``2 bound sigmoid(2 raw / bound) - bound`` (the same function;
-    torch's CPU ``tanh`` takes about three times as long as ``sigmoid``).
+    torch's CPU ``tanh`` takes about three times as long as ``sigmoid``), with ``2 raw / bound``
+    clamped where ``|s|`` is within a rounding of ``bound`` (``-log(eps)`` of the dtype): the
+    gradient is exactly 0 there instead of NaN when the sigmoid saturates under a huge upstream
+    gradient.
 
     Args:
         max_log_scale: ``bound``; ``|s|`` never exceeds it, which keeps training from blowing up.
@@ -96,16 +107,21 @@ class AffineMap(ElementwiseMap):
         self.max_log_scale = float(max_log_scale)
 
     def _map(self, inputs: Tensor, shift: Tensor, raw: Tensor, inverse: bool):
-        bound = self.max_log_scale
+        bound, limit = self.max_log_scale, _saturation(raw.dtype)
         if torch.is_grad_enabled() and any(t.requires_grad for t in (inputs, shift, raw)):
-            log_scale = torch.sigmoid(raw * (2.0 / bound)) * (2.0 * bound) - bound
+            # Clamped where the sigmoid still differs from 1: a saturated sigmoid's backward is
+            # upstream * 1 * (1 - 1), NaN for an overflowing upstream gradient (float32 inputs
+            # ~1e15); beyond the clamp the gradient is exactly 0.
+            log_scale = torch.sigmoid((raw * (2.0 / bound)).clamp(-limit, limit))
+            log_scale = log_scale * (2.0 * bound) - bound
             if inverse:
                 log_scale = -log_scale
                 return (inputs - shift) * log_scale.exp(), log_scale
             return inputs * log_scale.exp() + shift, log_scale
         # No gradient (sampling, evaluation): the same arithmetic, with the intermediate
         # results overwritten in place, so fewer batch-sized temporaries are alive at once.
-        log_scale = (raw * (2.0 / bound)).sigmoid_().mul_(2.0 * bound).sub_(bound)
+        log_scale = (raw * (2.0 / bound)).clamp_(-limit, limit).sigmoid_()
+        log_scale = log_scale.mul_(2.0 * bound).sub_(bound)
         if inverse:
             log_scale = log_scale.neg_()
             return (inputs - shift).mul_(log_scale.exp()), log_scale
