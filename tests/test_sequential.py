@@ -106,8 +106,8 @@ def test_exact_flow_gives_exact_log_z_and_uniform_weights():
     "kwargs, match",
     [
         (dict(num_temperatures=0), "num_temperatures"),
-        (dict(betas=[0.0, 0.7, 0.5, 1.0]), "betas"),
-        (dict(betas=[0.1, 1.0]), "betas"),
+        (dict(schedule=[0.0, 0.7, 0.5, 1.0]), "schedule"),
+        (dict(schedule=[0.1, 1.0]), "schedule"),
         (dict(kernel="nuts"), "kernel"),
         (dict(mcmc_steps=0), "mcmc_steps"),
     ],
@@ -169,12 +169,19 @@ def test_annealing_adapts_one_pooled_step_size_with_the_adaptation_object():
     smaller step, a higher acceptance)."""
     x = torch.randn(256, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 3
     base = lambda y: -0.5 * (y / 3).square().sum(-1) - math.log(2 * math.pi * 9)  # noqa: E731
-    betas = torch.linspace(0, 1, 9, dtype=torch.float64)
+    schedule = torch.linspace(0, 1, 9, dtype=torch.float64)
     rates = []
     for accept in (0.3, 0.9):
         kernel = partial(RandomWalkMH, step_size=1.0, target_accept=accept)
-        out = anneal(x, base, _mixture, betas, kernel=kernel, mcmc_steps=4,
-                     generator=torch.Generator().manual_seed(1))  # fmt: skip
+        out = anneal(
+            x,
+            base,
+            _mixture,
+            schedule,
+            kernel=kernel,
+            mcmc_steps=4,
+            generator=torch.Generator().manual_seed(1),
+        )
         rates.append(float(out["acceptance"][-3:].mean()))
     assert rates[1] > rates[0] + 0.2
     adaptation = StepSizeAdaptation(0.5, pooled=True)
@@ -195,3 +202,51 @@ def test_a_kernel_value_with_a_bad_hyperparameter_is_refused_when_the_sampler_is
     for sampler in (AIS, SMC):
         with pytest.raises(ValueError, match=name):
             sampler(_mixture, _broad_flow(torch.float64), kernel=kernel)
+
+
+def test_annealing_positions_are_a_schedule_and_betas_is_a_deprecated_alias():
+    """Old code called the positions on the flow -> target path ``betas`` (the name of an
+    inverse temperature): ``schedule=`` did not exist. ``betas=`` keeps working, with a
+    DeprecationWarning naming ``schedule``, and gives the same numbers."""
+    schedule = [0.0, 0.25, 0.5, 1.0]
+    new = AIS(_mixture, _broad_flow(torch.float64), schedule=schedule, kernel=MALA)
+    assert new.schedule.tolist() == schedule
+    with pytest.warns(DeprecationWarning, match="schedule="):
+        old = AIS(_mixture, _broad_flow(torch.float64), betas=schedule, kernel=MALA)
+    with pytest.warns(DeprecationWarning, match=r"\.schedule"):
+        assert old.betas.tolist() == schedule
+    with pytest.warns(DeprecationWarning, match="schedule="):
+        SMC(_mixture, _broad_flow(torch.float64), betas=schedule)
+    results = [
+        sampler.sample(64, generator=torch.Generator().manual_seed(3)) for sampler in (new, old)
+    ]
+    assert results[0].log_z == results[1].log_z
+    with pytest.raises(TypeError, match="not both"):
+        AIS(_mixture, _broad_flow(torch.float64), schedule=schedule, betas=schedule)
+
+    x = torch.randn(32, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    base = lambda y: -0.5 * y.square().sum(-1) - math.log(2 * math.pi)  # noqa: E731
+    runs = [
+        anneal(
+            x,
+            base,
+            _mixture,
+            torch.tensor(schedule),
+            kernel=MALA,
+            generator=torch.Generator().manual_seed(1),
+        ),
+    ]
+    with pytest.warns(DeprecationWarning, match="schedule="):
+        runs.append(
+            anneal(
+                x,
+                base,
+                _mixture,
+                betas=torch.tensor(schedule),
+                kernel=MALA,
+                generator=torch.Generator().manual_seed(1),
+            )
+        )
+    assert torch.equal(runs[0]["log_z_groups"], runs[1]["log_z_groups"])
+    with pytest.raises(TypeError, match="schedule"):
+        anneal(x, base, _mixture, kernel=MALA)

@@ -35,12 +35,14 @@ def mismatched_flow(dtype=torch.float32):
 
 
 def stochastic_layers(kind: str, count: int = 6, steps: int = 2):
-    betas = torch.linspace(0, 1, count + 1)[1:].tolist()
+    positions = torch.linspace(0, 1, count + 1)[1:].tolist()
     if kind == "langevin":
-        return [LangevinLayer(b, step_size=0.05, steps=steps) for b in betas]
+        return [LangevinLayer(s, step_size=0.05, steps=steps) for s in positions]
     step = {"mala": 0.2, "hmc": 0.2, "rwmh": 0.6}[kind]
     kernel = {"mala": MALA, "hmc": HMC, "rwmh": RandomWalkMH}[kind]
-    return [MCMCLayer(b, step_size=step, steps=steps, kernel=kernel, num_leapfrog=3) for b in betas]
+    return [
+        MCMCLayer(s, step_size=step, steps=steps, kernel=kernel, num_leapfrog=3) for s in positions
+    ]
 
 
 @pytest.mark.parametrize("kind", ["mala", "rwmh", "hmc", "langevin"])
@@ -198,7 +200,7 @@ def test_target_module_is_not_registered():
 @pytest.mark.parametrize(
     "build, error, message",
     [
-        (lambda: MCMCLayer(1.5), ValueError, "beta"),
+        (lambda: MCMCLayer(1.5), ValueError, "position"),
         (lambda: LangevinLayer(0.5, step_size=0.0), ValueError, "step_size"),
         (lambda: LangevinLayer(0.5, steps=1.5), ValueError, "steps"),
         (lambda: MCMCLayer(kernel="nuts"), ValueError, "kernel"),
@@ -248,3 +250,39 @@ def test_mcmc_layer_kernel_name_is_a_deprecated_alias_of_the_kernel_value():
     a = named(x0, target, reference, generator=torch.Generator().manual_seed(2))
     b = valued(x0, target, reference, generator=torch.Generator().manual_seed(2))
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_layer_position_on_the_path_and_beta_is_a_deprecated_alias():
+    """Old code called the layer's position between reference and target ``beta`` (the name of
+    an inverse temperature): ``position=`` did not exist. ``beta=`` and ``layer.beta`` keep
+    working with a DeprecationWarning naming ``position``; old pickles load with it."""
+    import pickle
+
+    layer = MCMCLayer(position=0.25, step_size=0.2)
+    assert layer.position == 0.25 and "position=0.25" in repr(layer)
+    with pytest.warns(DeprecationWarning, match="position="):
+        old = MCMCLayer(beta=0.25, step_size=0.2)
+    with pytest.warns(DeprecationWarning, match="position="):
+        assert LangevinLayer(beta=0.5).position == 0.5
+    with pytest.warns(DeprecationWarning, match=r"\.position"):
+        assert old.beta == 0.25
+    with pytest.warns(DeprecationWarning, match=r"\.position"):
+        old.beta = 0.5
+    assert old.position == 0.5
+    with pytest.raises(TypeError, match="position"):
+        MCMCLayer(0.5, beta=0.5)
+    with pytest.raises(ValueError, match="position"), pytest.warns(DeprecationWarning):
+        LangevinLayer(beta=2.0)
+    assert LangevinLayer().position == 1.0
+
+    x = torch.randn(16, 2, generator=torch.Generator().manual_seed(0))
+    reference = StandardNormal(2).log_prob
+    runs = [
+        made(x, target, reference, generator=torch.Generator().manual_seed(1))
+        for made in (layer, MCMCLayer(0.25, step_size=0.2))
+    ]
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+
+    pickled = LangevinLayer(0.3)  # as stored before the rename: the position under "beta"
+    pickled.__dict__["beta"] = pickled.__dict__.pop("position")
+    assert pickle.loads(pickle.dumps(pickled)).position == 0.3

@@ -1,9 +1,10 @@
 """Annealed importance sampling and sequential Monte Carlo starting from a flow.
 
 Particles start from the flow ``q`` and move through the geometric path
-``log pi_beta = (1 - beta) log q + beta log p`` (``0 = beta_0 < ... < beta_K = 1``): at each
-stage the log weights gain ``(beta_k - beta_{k-1}) (log p - log q)``, then MCMC moves targeting
-``pi_{beta_k}`` (RWMH, MALA or HMC, batched over particles) refresh the positions. AIS never
+``log pi_s = (1 - s) log q + s log p`` whose positions ``s`` form the annealing ``schedule``
+(``0 = s_0 < ... < s_K = 1``; ``beta`` is kept for inverse temperatures): at each stage the log
+weights gain ``(s_k - s_{k-1}) (log p - log q)``, then MCMC moves targeting ``pi_{s_k}`` (RWMH,
+MALA or HMC, batched over particles) refresh the particles. AIS never
 resamples; SMC resamples (systematic) whenever the ESS of the current weights drops below
 ``resample_threshold * N``. Both return an estimate of ``log Z`` of the target's unnormalised
 density.
@@ -21,6 +22,7 @@ References:
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -28,7 +30,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from normflows_sci.checks import check_num_samples
+from normflows_sci.checks import check_int, check_num_samples
 from normflows_sci.samplers._mh import finite, log_prob_and_grad
 from normflows_sci.samplers.adaptation import StepSizeAdaptation
 from normflows_sci.samplers.kernels import HMC, kernel_factory
@@ -107,6 +109,22 @@ def _endpoints(
         return _Particles(x, finite(log_q), None, finite(log_p), None)
 
 
+def _renamed_schedule(schedule, betas, *, stacklevel: int):
+    """``schedule``, or the deprecated ``betas=`` given in its place; the ``DeprecationWarning``
+    points ``stacklevel`` frames up from here (3: the caller of the public function)."""
+    if betas is None:
+        return schedule
+    if schedule is not None:
+        raise TypeError("give schedule= only (betas= is its deprecated former name), not both")
+    warnings.warn(
+        "betas= is deprecated: use schedule= (positions on the path from the flow to the target; "
+        "beta names an inverse temperature)",
+        DeprecationWarning,
+        stacklevel=stacklevel,
+    )
+    return betas
+
+
 class _Annealing:
     """The steps of one :func:`anneal` run: reweight, resample, move (one object carries the
     densities, the kernel factory, the pooled step-size adaptation and the randomness)."""
@@ -120,7 +138,7 @@ class _Annealing:
         self.adaptation = StepSizeAdaptation(make.target_accept, pooled=True)
 
     def reweight(self, log_w: Tensor, particles: _Particles, delta: float):
-        """``(log_w, log_z_increment)`` after raising beta by ``delta``; the weights are
+        """``(log_w, log_z_increment)`` after advancing the position by ``delta``; the weights are
         renormalised within each group, whose log Z gains the increment ``(replicas,)``."""
         increment = delta * (particles.log_p - particles.log_q)
         increment = torch.where(torch.isnan(increment), -math.inf, increment)
@@ -142,20 +160,20 @@ class _Annealing:
         offsets = m * torch.arange(self.replicas, device=log_w.device)[:, None]
         return (index + offsets).reshape(-1)
 
-    def move(self, particles: _Particles, beta: float, adapted, mcmc_steps: int):
-        """``mcmc_steps`` moves of every particle targeting ``pi_beta``: ``(x, adapted, mean
-        acceptance)``. The kernel state starts from the endpoint densities already known at the
-        particles (no evaluation): ``log pi_beta = (1 - beta) log q + beta log p``, the same for
-        gradients."""
+    def move(self, particles: _Particles, position: float, adapted, mcmc_steps: int):
+        """``mcmc_steps`` moves of every particle targeting ``pi_s`` at ``s = position``: ``(x,
+        adapted, mean acceptance)``. The kernel state starts from the endpoint densities already
+        known at the particles (no evaluation): ``log pi_s = (1 - s) log q + s log p``, the same
+        for gradients."""
         base, target = self.base_log_prob, self.target_log_prob
 
-        def intermediate(y, b=beta):
-            return (1 - b) * base(y) + b * target(y)
+        def intermediate(y, s=position):
+            return (1 - s) * base(y) + s * target(y)
 
         kernel = self.make(intermediate)
         x, log_q, grad_q, log_p, grad_p = particles
-        log_pi = finite((1 - beta) * log_q + beta * log_p)
-        grad_pi = None if grad_q is None else (1 - beta) * grad_q + beta * grad_p
+        log_pi = finite((1 - position) * log_q + position * log_p)
+        grad_pi = None if grad_q is None else (1 - position) * grad_q + position * grad_p
         state = kernel.state_at(x, log_pi, grad_pi, adapted.step_size)
         accepted = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
         for _ in range(mcmc_steps):
@@ -170,7 +188,7 @@ def anneal(
     x: Tensor,
     base_log_prob: Callable[[Tensor], Tensor],
     target_log_prob: Callable[[Tensor], Tensor],
-    betas: Tensor,
+    schedule: Tensor | None = None,
     *,
     kernel=HMC,
     mcmc_steps: int = 1,
@@ -179,6 +197,7 @@ def anneal(
     replicas: int = 1,
     resample_threshold: float | None = None,
     generator: torch.Generator | None = None,
+    betas: Tensor | None = None,
 ) -> dict:
     """The annealing engine behind AIS, SMC and FAB: moves ``x: (N, *event)`` from the base to
     the target along the geometric path and returns particles, log weights and log Z per group.
@@ -191,12 +210,13 @@ def anneal(
     Args:
         x: ``(N, *event)`` particles drawn from the base.
         base_log_prob, target_log_prob: log-density callables ``(N, *event) -> (N,)``.
-        betas: ``(K + 1,)`` increasing from 0 to 1.
+        schedule: ``(K + 1,)`` positions on the path, increasing from 0 to 1.
         kernel, mcmc_steps, step_size, kernel_options: the MCMC moves (as for :class:`AIS`).
         replicas: independent groups (``N`` divisible by it), each with its own log Z.
         resample_threshold: resample a group (systematic) when its ESS falls below this fraction
             of its particles (``None``: never, as AIS).
         generator: seeds the moves and the resampling.
+        betas: deprecated former name of ``schedule`` (``DeprecationWarning``).
 
     Returns:
         dict with ``samples (N, *event)``, ``log_weights (N,)`` (relative within each group),
@@ -213,6 +233,9 @@ def anneal(
         >>> abs(out["log_z_groups"][0].item() - math.log(2 * math.pi)) < 0.1
         True
     """
+    schedule = _renamed_schedule(schedule, betas, stacklevel=3)
+    if schedule is None:
+        raise TypeError("anneal() missing required argument 'schedule' (positions from 0 to 1)")
     make = kernel_factory(kernel, defaults=dict(step_size=step_size), options=kernel_options)
     num = x.shape[0]
     if num % replicas:
@@ -225,17 +248,17 @@ def anneal(
     log_w = torch.zeros(num, dtype=x.dtype, device=x.device)
     log_z = torch.zeros(replicas, dtype=torch.float64, device=x.device)
     acceptance, resamples, previous = [], 0, 0.0
-    levels = betas[1:].tolist()
-    for index, beta in enumerate(levels, start=1):
-        log_w, increment = run.reweight(log_w, particles, beta - previous)
+    levels = torch.as_tensor(schedule)[1:].tolist()
+    for index, position in enumerate(levels, start=1):
+        log_w, increment = run.reweight(log_w, particles, position - previous)
         log_z += increment
-        previous = beta
+        previous = position
         flat = None if resample_threshold is None else run.resample_index(log_w, resample_threshold)
         if flat is not None:
             particles = particles.take(flat)
             adapted = adapted._replace(step_size=adapted.step_size[flat])
             log_w, resamples = torch.zeros_like(log_w), resamples + 1
-        x, adapted, rate = run.move(particles, beta, adapted, mcmc_steps)
+        x, adapted, rate = run.move(particles, position, adapted, mcmc_steps)
         acceptance.append(rate)
         if index < len(levels):  # the endpoint densities for the next level's increment
             particles = _endpoints(base_log_prob, target_log_prob, x, make.uses_gradient)
@@ -259,42 +282,53 @@ class _Annealer:
         flow,
         *,
         num_temperatures: int = 32,
-        betas=None,
+        schedule=None,
         kernel=HMC,
         mcmc_steps: int = 1,
         step_size: float = 0.1,
         kernel_options: dict | None = None,
+        betas=None,
     ):
         self.log_prob_fn = as_log_prob(target)
         for method in ("sample_and_log_prob", "log_prob"):
             if not callable(getattr(flow, method, None)):
                 raise TypeError(f"flow must be a Flow (needs {method}), got {type(flow).__name__}")
         self.flow = flow
-        if betas is None:
-            if int(num_temperatures) != num_temperatures or num_temperatures < 1:
-                raise ValueError(
-                    f"num_temperatures must be a positive integer, got {num_temperatures!r}"
-                )
-            betas = torch.linspace(0.0, 1.0, int(num_temperatures) + 1, dtype=torch.float64)
-        betas = torch.as_tensor(betas, dtype=torch.float64)
-        if (
-            betas.ndim != 1
-            or len(betas) < 2
-            or betas[0] != 0
-            or betas[-1] != 1
-            or not (betas.diff() > 0).all()
-        ):
-            raise ValueError("betas must increase strictly from 0 to 1 (at least two values)")
         # A deprecated name is reported at the caller of AIS(...) / SMC(...) (SMC adds a frame).
         stacklevel = 3 if type(self).__init__ is _Annealer.__init__ else 4
+        schedule = _renamed_schedule(schedule, betas, stacklevel=stacklevel)
+        if schedule is None:
+            num_temperatures = check_int("num_temperatures", num_temperatures)
+            schedule = torch.linspace(0.0, 1.0, num_temperatures + 1, dtype=torch.float64)
+        schedule = torch.as_tensor(schedule, dtype=torch.float64)
+        if (
+            schedule.ndim != 1
+            or len(schedule) < 2
+            or schedule[0] != 0
+            or schedule[-1] != 1
+            or not (schedule.diff() > 0).all()
+        ):
+            raise ValueError(
+                "schedule must increase strictly from 0 to 1 (at least two values), got "
+                f"{schedule.tolist()}"
+            )
         defaults = dict(step_size=step_size)
         self.kernel = kernel_factory(
             kernel, defaults=defaults, options=kernel_options, stacklevel=stacklevel
         )
-        if int(mcmc_steps) != mcmc_steps or mcmc_steps < 1:
-            raise ValueError(f"mcmc_steps must be a positive integer, got {mcmc_steps!r}")
-        self.betas, self.mcmc_steps = betas, int(mcmc_steps)
+        self.schedule, self.mcmc_steps = schedule, check_int("mcmc_steps", mcmc_steps)
         self.step_size, self.kernel_options = float(step_size), kernel_options
+
+    @property
+    def betas(self) -> Tensor:
+        """Deprecated former name of :attr:`schedule` (``DeprecationWarning``)."""
+        warnings.warn(
+            f"{type(self).__name__}.betas is deprecated: use .schedule (positions on the path "
+            "from the flow to the target; beta names an inverse temperature)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.schedule
 
     def _flow_log_prob(self, x: Tensor) -> Tensor:
         return self.flow.log_prob(x)
@@ -315,7 +349,7 @@ class _Annealer:
             x,
             self._flow_log_prob,
             self.log_prob_fn,
-            self.betas,
+            self.schedule,
             kernel=self.kernel,
             mcmc_steps=self.mcmc_steps,
             replicas=int(replicas),
@@ -361,7 +395,10 @@ class AIS(_Annealer):
     Args:
         target: Energy, Flow or log-density callable (unnormalised).
         flow: the starting distribution (normalised: ``log_z`` is then the target's log Z).
-        num_temperatures: number of annealing stages ``K`` (linear betas), or give ``betas``.
+        num_temperatures: number of annealing stages ``K`` (evenly spaced positions), or give
+            ``schedule``.
+        schedule: ``(K + 1,)`` positions on the path from the flow (0) to the target (1),
+            strictly increasing; ``betas=`` is its deprecated former name.
         kernel: the MCMC moves as a value, ``mcmc_steps`` per stage: a kernel class (``HMC``,
             the default, ``MALA``, ``RandomWalkMH``) or a ``functools.partial`` of one with its
             hyperparameters (``partial(HMC, num_leapfrog=5)``). The names ``"hmc"``, ``"mala"``

@@ -21,8 +21,9 @@ Langevin ``y' = y + h ∇log p_t(y) + sqrt(2h) ξ`` both kernels are explicit Ga
 
 Because every backward kernel is a normalised density, ``E[exp(log w)] = Z`` exactly (the target's
 normaliser), whatever the step sizes: a bad step size costs variance, never bias. The stochastic
-layers target the geometric interpolation ``log p_t = (1 - β_t) log r + β_t log p`` between a
-reference ``r`` (by default the SNF's base) and the target.
+layers target the geometric interpolation ``log p_t = (1 - s_t) log r + s_t log p`` between a
+reference ``r`` (by default the SNF's base) and the target, ``s_t`` being layer ``t``'s
+``position`` on that path (``beta`` is kept for inverse temperatures).
 
 Training (reverse KL of path distributions): minimising ``-E[log w]`` fits the deterministic
 layers' parameters; samples are reparameterised through the stochastic layers (gradients of the
@@ -37,6 +38,7 @@ from __future__ import annotations
 
 import abc
 import math
+import warnings
 from collections.abc import Callable, Sequence
 
 import torch
@@ -53,23 +55,48 @@ __all__ = ["StochasticLayer", "LangevinLayer", "MCMCLayer", "StochasticNormalizi
 
 LogProb = Callable[[Tensor], Tensor]
 
+_POSITION = "the layer's position on the path from the reference to the target; beta names an "
+_BETA_RENAMED = f"beta= is deprecated: use position= ({_POSITION}inverse temperature)"
+_BETA_ATTRIBUTE = f".beta is deprecated: use .position ({_POSITION}inverse temperature)"
+
 
 class StochasticLayer(nn.Module, abc.ABC):
     """A random move ``y -> y'`` that reports its path-weight contribution ``ΔS``.
 
-    The move targets ``log p_β = (1 - β) log r + β log p`` (``r`` the reference, ``p`` the
-    target); at ``β = 1`` the reference is never evaluated.
+    The move targets ``log p_s = (1 - s) log r + s log p`` at ``s = position`` (``r`` the
+    reference, ``p`` the target); at ``s = 1`` the reference is never evaluated.
 
     Args:
-        beta: position on the path, in ``[0, 1]``.
+        position: position ``s`` on the path from the reference (0) to the target (1, the
+            default; ``None`` means 1).
         step_size: the move's step size ``h`` (> 0).
         steps: number of moves applied in a row (their contributions add up).
+        beta: deprecated former name of ``position`` (``DeprecationWarning``).
     """
 
-    def __init__(self, beta: float = 1.0, *, step_size: float = 0.1, steps: int = 1):
+    def __init__(
+        self,
+        position: float | None = None,
+        *,
+        step_size: float = 0.1,
+        steps: int = 1,
+        beta: float | None = None,
+    ):
         super().__init__()
-        if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0 <= beta <= 1:
-            raise ValueError(f"beta must be a number in [0, 1], got {beta!r}")
+        if beta is not None:
+            if position is not None:
+                raise TypeError("give position= only (beta= is its deprecated former name)")
+            # Reported at the caller of LangevinLayer(...) / MCMCLayer(...) (one more frame).
+            own = type(self).__init__ is StochasticLayer.__init__
+            warnings.warn(_BETA_RENAMED, DeprecationWarning, stacklevel=2 if own else 3)
+            position = beta
+        position = 1.0 if position is None else position
+        if (
+            isinstance(position, bool)
+            or not isinstance(position, (int, float))
+            or not 0 <= position <= 1
+        ):
+            raise ValueError(f"position must be a number in [0, 1], got {position!r}")
         if (
             isinstance(step_size, bool)
             or not isinstance(step_size, (int, float))
@@ -79,21 +106,38 @@ class StochasticLayer(nn.Module, abc.ABC):
             raise ValueError(f"step_size must be a positive finite number, got {step_size!r}")
         if isinstance(steps, bool) or int(steps) != steps or steps < 1:
             raise ValueError(f"steps must be a positive integer, got {steps!r}")
-        self.beta, self.step_size, self.steps = float(beta), float(step_size), int(steps)
+        self.position, self.step_size, self.steps = float(position), float(step_size), int(steps)
+
+    @property
+    def beta(self) -> float:
+        """Deprecated former name of :attr:`position` (``DeprecationWarning``)."""
+        warnings.warn(_BETA_ATTRIBUTE, DeprecationWarning, stacklevel=2)
+        return self.position
+
+    @beta.setter
+    def beta(self, value: float) -> None:
+        warnings.warn(_BETA_ATTRIBUTE, DeprecationWarning, stacklevel=2)
+        self.position = float(value)
+
+    def __setstate__(self, state: dict) -> None:
+        # Layers pickled before the rename stored the position as "beta".
+        if "beta" in state and "position" not in state:
+            state = {("position" if k == "beta" else k): v for k, v in state.items()}
+        super().__setstate__(state)
 
     def interpolated(self, target_log_prob: LogProb, reference_log_prob: LogProb | None) -> LogProb:
-        """The log-density ``log p_β`` this layer's moves leave invariant."""
-        beta = self.beta
-        if beta == 1.0:
+        """The log-density ``log p_s`` (``s = position``) this layer's moves leave invariant."""
+        position = self.position
+        if position == 1.0:
             return target_log_prob
         if reference_log_prob is None:
             raise ValueError(
-                f"reference_log_prob is needed by a layer with beta={beta} < 1 (the path starts "
-                "from the reference density)"
+                f"reference_log_prob is needed by a layer with position={position} < 1 (the path "
+                "starts from the reference density)"
             )
-        if beta == 0.0:
+        if position == 0.0:
             return reference_log_prob
-        return lambda y: (1.0 - beta) * reference_log_prob(y) + beta * target_log_prob(y)
+        return lambda y: (1.0 - position) * reference_log_prob(y) + position * target_log_prob(y)
 
     def forward(
         self,
@@ -121,15 +165,15 @@ class StochasticLayer(nn.Module, abc.ABC):
         """``self.steps`` moves of ``x`` targeting ``log_prob_fn``: ``(x', ΔS)``."""
 
     def extra_repr(self) -> str:
-        return f"beta={self.beta:g}, step_size={self.step_size:g}, steps={self.steps}"
+        return f"position={self.position:g}, step_size={self.step_size:g}, steps={self.steps}"
 
 
 class LangevinLayer(StochasticLayer):
-    """Unadjusted overdamped Langevin moves ``y' = y + h ∇log p_β(y) + sqrt(2h) ξ``.
+    """Unadjusted overdamped Langevin moves ``y' = y + h ∇log p_s(y) + sqrt(2h) ξ``.
 
     No Metropolis correction: the layer's stationary distribution is only approximately
-    ``p_β``, but the path weight uses the exact Gaussian forward and backward kernel densities,
-    ``ΔS = |ξ|²/2 - |y - y' - h ∇log p_β(y')|² / (4h)``, so importance weights stay exact.
+    ``p_s``, but the path weight uses the exact Gaussian forward and backward kernel densities,
+    ``ΔS = |ξ|²/2 - |y - y' - h ∇log p_s(y')|² / (4h)``, so importance weights stay exact.
 
     Example:
         >>> layer = LangevinLayer(step_size=0.1)
@@ -157,9 +201,9 @@ class LangevinLayer(StochasticLayer):
 
 
 class MCMCLayer(StochasticLayer):
-    """Metropolis-Hastings moves (MALA, random-walk or HMC) that leave ``p_β`` invariant.
+    """Metropolis-Hastings moves (MALA, random-walk or HMC) that leave ``p_s`` invariant.
 
-    Each kernel is in detailed balance with ``p_β``, so ``ΔS = log p_β(y) - log p_β(y')`` over the
+    Each kernel is in detailed balance with ``p_s``, so ``ΔS = log p_s(y) - log p_s(y')`` over the
     layer's ``steps`` moves (it telescopes). The moves are those of the package's kernels
     (:class:`~normflows_sci.samplers.MALA`, :class:`~normflows_sci.samplers.RandomWalkMH`,
     :class:`~normflows_sci.samplers.HMC` with unit mass: their ``propose``), so the same generator
@@ -167,11 +211,13 @@ class MCMCLayer(StochasticLayer):
     ``propose(..., differentiable=True)``; the accept decision itself is not differentiated).
 
     Args:
-        beta, step_size, steps: see :class:`StochasticLayer` (a partial's ``step_size`` wins).
+        position, step_size, steps: see :class:`StochasticLayer` (a partial's ``step_size``
+            wins).
         kernel: the kernel as a value: a kernel class (``MALA``, the default, ``RandomWalkMH``,
             ``HMC``) or a ``functools.partial`` of one with its hyperparameters. The names
             ``"mala"``, ``"rwmh"`` and ``"hmc"`` are deprecated aliases.
         num_leapfrog: leapfrog steps per HMC proposal (unless the partial sets them).
+        beta: deprecated former name of ``position`` (``DeprecationWarning``).
 
     Example:
         >>> from normflows_sci.samplers import RandomWalkMH
@@ -188,14 +234,15 @@ class MCMCLayer(StochasticLayer):
 
     def __init__(
         self,
-        beta: float = 1.0,
+        position: float | None = None,
         *,
         step_size: float = 0.1,
         steps: int = 1,
         kernel=MALA,
         num_leapfrog: int = 5,
+        beta: float | None = None,
     ):
-        super().__init__(beta, step_size=step_size, steps=steps)
+        super().__init__(position, step_size=step_size, steps=steps, beta=beta)
         if isinstance(num_leapfrog, bool) or int(num_leapfrog) != num_leapfrog or num_leapfrog < 1:
             raise ValueError(f"num_leapfrog must be a positive integer, got {num_leapfrog!r}")
         self.num_leapfrog = int(num_leapfrog)
@@ -250,7 +297,7 @@ class StochasticNormalizingFlow(nn.Module):
         layers: Transforms and StochasticLayers, in sampling order.
         target: the unnormalised target (Energy, Flow or log-density callable).
         reference: log-density (or object with ``log_prob``) the stochastic layers' path starts
-            from (``β = 0``); default ``base.log_prob``.
+            from (``position = 0``); default ``base.log_prob``.
 
     Example:
         >>> from normflows_sci.distributions import StandardNormal

@@ -370,14 +370,20 @@ def fab_ais(
         raise TypeError(f"kernel_options must be a dict, got {type(kernel_options).__name__}")
     defaults = dict(step_size=step_size, num_leapfrog=5)
     make = kernel_factory(kernel, defaults=defaults, options=kernel_options)
-    betas = torch.linspace(0.0, 1.0, num_temperatures + 1, dtype=torch.float64)
+    schedule = torch.linspace(0.0, 1.0, num_temperatures + 1, dtype=torch.float64)
     with _FrozenFlowLogProb(flow) as log_q_fn:
         with torch.no_grad():
             x, log_q0 = flow.sample_and_log_prob(num_samples, generator=generator)
             log_p0 = check_log_prob(target_fn(x), target, num_samples, what="samples")
         ais_target = _ais_target(target_fn, log_q_fn, _check_bounds(bounds, x))
         out = anneal(
-            x, log_q_fn, ais_target, betas, kernel=make, mcmc_steps=mcmc_steps, generator=generator
+            x,
+            log_q_fn,
+            ais_target,
+            schedule,
+            kernel=make,
+            mcmc_steps=mcmc_steps,
+            generator=generator,
         )
         samples = out["samples"].detach()
         with torch.no_grad():
