@@ -112,7 +112,7 @@ class AffineMap(ElementwiseMap):
             # Clamped where the sigmoid still differs from 1: a saturated sigmoid's backward is
             # upstream * 1 * (1 - 1), NaN for an overflowing upstream gradient (float32 inputs
             # ~1e15); beyond the clamp the gradient is exactly 0.
-            log_scale = torch.sigmoid((raw * (2.0 / bound)).clamp(-limit, limit))
+            log_scale = torch.sigmoid((raw * (2.0 / bound)).clamp_(-limit, limit))
             log_scale = log_scale * (2.0 * bound) - bound
             if inverse:
                 log_scale = -log_scale
