@@ -348,9 +348,7 @@ def rational_quadratic_spline(
     right: float = 1.0,
     bottom: float = -1.0,
     top: float = 1.0,
-    min_bin_width: float = DEFAULT_MIN_BIN_WIDTH,
-    min_bin_height: float = DEFAULT_MIN_BIN_HEIGHT,
-    min_derivative: float = DEFAULT_MIN_DERIVATIVE,
+    **minimums: float,
 ) -> tuple[Tensor, Tensor]:
     """Monotone rational-quadratic spline on ``[left, right] -> [bottom, top]``, elementwise.
 
@@ -363,6 +361,8 @@ def rational_quadratic_spline(
         unnormalized_heights: ``(..., K)``.
         unnormalized_derivatives: ``(..., K + 1)``.
         inverse: evaluate the inverse map instead (stable quadratic root).
+        **minimums: ``min_bin_width``, ``min_bin_height``, ``min_derivative`` (default
+            ``1e-3`` each), the keywords of nflows' function of the same name.
 
     Returns:
         ``(outputs, logabsdet)``, both shaped like ``inputs``; ``logabsdet`` is the elementwise
@@ -382,6 +382,7 @@ def rational_quadratic_spline(
         >>> torch.allclose(inverse_logabsdet, -logabsdet, atol=1e-4)
         True
     """
+    min_bin_width, min_bin_height, min_derivative = _minimums(minimums)
     num_bins = _check_bounded(
         unnormalized_widths,
         unnormalized_heights,
@@ -410,6 +411,17 @@ def rational_quadratic_spline(
         min_derivative=min_derivative,
         boundary_derivative=None,
     )
+
+
+def _minimums(minimums: dict) -> tuple[float, float, float]:
+    """``(min_bin_width, min_bin_height, min_derivative)`` from keyword arguments; any other
+    name is a ``TypeError``."""
+    names = ("min_bin_width", "min_bin_height", "min_derivative")
+    unknown = sorted(set(minimums) - set(names))
+    if unknown:
+        raise TypeError(f"unexpected keyword arguments {unknown}; the minimums are {names}")
+    defaults = (DEFAULT_MIN_BIN_WIDTH, DEFAULT_MIN_BIN_HEIGHT, DEFAULT_MIN_DERIVATIVE)
+    return tuple(minimums.get(name, default) for name, default in zip(names, defaults))
 
 
 def rq_spline_from_params(
