@@ -259,8 +259,9 @@ def test_spline_layers_build_their_map_from_shorthands_or_take_one():
     assert (built.map.bins, built.map.tail_bound) == (5, 2.0)
     with pytest.raises(TypeError, match=r"not next to map=: got \['bins'\]"):
         T.SplineCouplingTransform(T.alternating_mask(4), spline, bins=4)
-    with pytest.raises(ValueError, match="map must be 'affine', 'spline'"):
+    with pytest.raises(ValueError, match="map must be an ElementwiseMap, None or one of 'affine'"):
         T.make_map("cubic")
     circle = spline.circular()
     assert isinstance(circle, T.CircularSplineMap)
+    assert T.make_map("circular", bins=5, tail_bound=2.0, min_derivative=1e-2).bins == 5
     assert (circle.bins, circle.options["min_derivative"]) == (5, 1e-2)

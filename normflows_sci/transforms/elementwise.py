@@ -333,7 +333,7 @@ class SplitMap(ElementwiseMap):
         return self._apply(inputs, params, inverse=True)
 
 
-_MAP_KINDS = {"affine": AffineMap, "spline": RQSplineMap}
+_MAP_KINDS = {"affine": AffineMap, "spline": RQSplineMap, "circular": CircularSplineMap}
 
 
 def make_map(map=None, *, default: str = "spline", name: str = "map", **options) -> ElementwiseMap:
@@ -341,8 +341,8 @@ def make_map(map=None, *, default: str = "spline", name: str = "map", **options)
 
     Args:
         map: an :class:`ElementwiseMap` (returned as is; no shorthand may be given with it),
-            ``"affine"`` (:class:`AffineMap`), ``"spline"`` (:class:`RQSplineMap`) or None
-            (``default``).
+            ``"affine"`` (:class:`AffineMap`), ``"spline"`` (:class:`RQSplineMap`),
+            ``"circular"`` (:class:`CircularSplineMap`) or None (``default``).
         default: the kind built when ``map`` is None.
         name: the argument's name in error messages.
         **options: keyword arguments of the chosen class (``bins``, ``tail_bound``,
@@ -351,7 +351,7 @@ def make_map(map=None, *, default: str = "spline", name: str = "map", **options)
             factories can forward every shorthand they accept.
 
     Raises:
-        ValueError: ``map`` is a string other than ``"affine"`` and ``"spline"``.
+        ValueError: ``map`` is a string naming no kind.
         TypeError: ``map`` is neither a map nor a string, or shorthands came with a map object
             (they would be silently ignored).
 
@@ -372,14 +372,15 @@ def make_map(map=None, *, default: str = "spline", name: str = "map", **options)
     kind = default if map is None else map
     if not (isinstance(kind, str) and kind in _MAP_KINDS):
         error = ValueError if isinstance(kind, str) else TypeError
-        raise error(f"{name} must be 'affine', 'spline', an ElementwiseMap or None, got {map!r}")
+        kinds = ", ".join(repr(k) for k in _MAP_KINDS)
+        raise error(f"{name} must be an ElementwiseMap, None or one of {kinds}, got {map!r}")
     cls = _MAP_KINDS[kind]
     accepted = inspect.signature(cls).parameters
     return cls(**{k: v for k, v in options.items() if k in accepted and v is not None})
 
 
 def pop_map_options(kwargs: dict, kind: str = "spline") -> dict:
-    """Remove the keyword arguments of the ``kind`` map class (``"spline"`` or ``"affine"``) from
+    """Remove the keyword arguments of the ``kind`` map class (see :func:`make_map`) from
     ``kwargs`` and return them: how layers and factories take the map shorthands without
     re-declaring them (the names are those of the class's own signature).
 
