@@ -138,6 +138,23 @@ def test_fab_ais_bounds_keep_weighted_samples_inside_the_box():
     assert (out["samples"][finite].abs() <= 1.5).all()
 
 
+def test_fab_ais_returns_an_ais_result_read_like_the_old_dict():
+    """Old code returned a plain dict; the result is now an AISResult dataclass whose fields
+    also read by key (``out["samples"]``, ``in``, ``keys()``) as the dict did."""
+    from normflows_sci.training import AISResult
+
+    flow = NSF(2, transforms=1, hidden_features=(8,))
+    out = fab_ais(flow, TwoModes(), 32, generator=torch.Generator().manual_seed(0))
+    assert isinstance(out, AISResult)
+    names = ["samples", "log_weights", "log_q", "proposal_log_weights", "acceptance"]
+    assert list(out) == list(out.keys()) == names and len(out) == 5
+    assert all(out[name] is getattr(out, name) for name in names)
+    assert "log_q" in out and "log_z" not in out and out.get("log_z") is None
+    assert out.samples.shape == (32, 2) and isinstance(out.acceptance, float)
+    with pytest.raises(KeyError):
+        out["log_z"]
+
+
 def test_fit_fab_is_reproducible_with_a_seed():
     target = TwoModes()
     results = []

@@ -233,3 +233,63 @@ def test_training_imports_no_private_names_from_other_modules():
             if module.startswith("normflows_sci"):
                 private = [n for n in names if n.startswith("_")]
                 assert not private, f"{path.name} imports {private} from {module}"
+
+
+# ------------------------------------------------------------------ results are dataclasses
+
+
+def test_every_fit_returns_a_training_history_read_like_the_old_dict(tmp_path):
+    """Old code returned a plain dict of lists from train and the four fit_* functions. The
+    history is now a TrainingHistory dataclass (``.learning_rate``, ``.time``, ``.columns``) that
+    still reads by column name; its checkpoint still stores a plain dict."""
+    from normflows_sci.flows.cnf import CNF
+    from normflows_sci.training import TrainingHistory
+    from normflows_sci.training.checkpoint import read_checkpoint
+
+    x, path = data(), tmp_path / "run.ckpt"
+    runs = {
+        ("epoch", "train_loss", "val_loss"): fit_flow(
+            realnvp(),
+            x[:192],
+            val_data=x[192:],
+            max_epochs=2,
+            batch_size=64,
+            seed=1,
+            progress=False,
+            checkpoint=path,
+        ),
+        tuple(BoltzmannLoss.history_keys): fit_boltzmann(
+            realnvp(), gaussian, steps=2, batch_size=16, seed=2, progress=False, log_every=1
+        ),
+        tuple(FABLoss.history_keys): fit_fab(
+            NSF(2, transforms=1, hidden_features=(8,), coupling=True),
+            gaussian,
+            steps=2,
+            batch_size=16,
+            replay_buffer=False,
+            seed=3,
+            progress=False,
+            log_every=1,
+        ),
+        tuple(FlowMatchingLoss.history_keys): fit_flow_matching(
+            CNF(2, hidden_features=(8,), seed=0),
+            x,
+            steps=2,
+            batch_size=64,
+            seed=4,
+            progress=False,
+        ),
+    }
+    for columns, history in runs.items():
+        assert isinstance(history, TrainingHistory)
+        assert list(history) == [*columns, "learning_rate", "time"] == list(history.keys())
+        assert list(history.columns) == list(columns)
+        assert history["time"] is history.time and history["learning_rate"] is history.learning_rate
+        assert "time" in history and "nonsense" not in history and len(history) == len(columns) + 2
+        plain = history.to_dict()
+        assert type(plain) is dict and plain == history and dict(history) == plain
+        assert len({len(v) for v in plain.values()}) == 1
+        with pytest.raises(KeyError):
+            history["nonsense"]
+    stored = read_checkpoint(path)["history"]
+    assert type(stored) is dict and stored == runs["epoch", "train_loss", "val_loss"]

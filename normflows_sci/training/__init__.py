@@ -10,6 +10,7 @@ from normflows_sci.training.boltzmann import (
     reverse_kl_loss,
 )
 from normflows_sci.training.fab import (
+    AISResult,
     FABLoss,
     PrioritizedReplayBuffer,
     fab_ais,
@@ -24,12 +25,19 @@ from normflows_sci.training.flow_matching import (
     ot_pairing,
 )
 from normflows_sci.training.loop import MaximumLikelihoodLoss, fit_flow
-from normflows_sci.training.scaffold import SCHEDULES, TrainingLoss, TrainingOptions, train
+from normflows_sci.training.scaffold import (
+    SCHEDULES,
+    TrainingHistory,
+    TrainingLoss,
+    TrainingOptions,
+    train,
+)
 
 __all__ = [
     "train",
     "TrainingOptions",
     "TrainingLoss",
+    "TrainingHistory",
     "MaximumLikelihoodLoss",
     "fit_flow",
     "SCHEDULES",
@@ -41,6 +49,7 @@ __all__ = [
     "fit_fab",
     "FABLoss",
     "fab_ais",
+    "AISResult",
     "fab_loss",
     "fab_buffer_loss",
     "PrioritizedReplayBuffer",

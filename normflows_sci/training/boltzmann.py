@@ -23,6 +23,7 @@ from torch.func import functional_call
 from normflows_sci.checks import check_int
 from normflows_sci.samplers.targets import as_log_prob
 from normflows_sci.training.scaffold import (
+    TrainingHistory,
     TrainingLoss,
     TrainingOptions,
     option_defaults,
@@ -283,7 +284,7 @@ def fit_boltzmann(
     energy_cap: float | None = 1e4,
     path_gradient: bool = False,
     **training,
-) -> dict[str, list]:
+) -> TrainingHistory:
     """Train a Boltzmann generator by forward KL on ``data``, reverse KL on ``target``, or both:
     :func:`train` on :class:`BoltzmannLoss`.
 
@@ -309,7 +310,7 @@ def fit_boltzmann(
             many steps).
 
     Returns:
-        History of equal-length lists: ``step``, ``loss``, ``forward_kl`` (NLL, NaN if unused),
+        :class:`~normflows_sci.training.TrainingHistory` of equal-length lists: ``step``, ``loss``, ``forward_kl`` (NLL, NaN if unused),
         ``reverse_kl`` (NaN if unused), ``ess_fraction`` (of the reverse-KL batch, NaN if unused),
         ``nonfinite``, ``learning_rate``, ``time``.
 

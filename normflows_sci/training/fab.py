@@ -32,6 +32,8 @@ References:
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, fields
 
 import torch
 from torch import Tensor
@@ -43,6 +45,7 @@ from normflows_sci.samplers.sequential import anneal
 from normflows_sci.samplers.targets import as_log_prob, check_log_prob
 from normflows_sci.training.boltzmann import STEP_TRAINING_DEFAULTS
 from normflows_sci.training.scaffold import (
+    TrainingHistory,
     TrainingLoss,
     TrainingOptions,
     positive_number,
@@ -52,6 +55,7 @@ from normflows_sci.training.scaffold import (
 
 __all__ = [
     "PrioritizedReplayBuffer",
+    "AISResult",
     "fab_ais",
     "fab_loss",
     "fab_buffer_loss",
@@ -310,6 +314,41 @@ def _absolute_log_weights(out: dict, num_samples: int) -> Tensor:
     return log_w + math.log(num_samples)
 
 
+@dataclass(frozen=True, eq=False)
+class AISResult(Mapping):
+    """One :func:`fab_ais` run. A read-only :class:`~collections.abc.Mapping` of its fields too,
+    so ``result["samples"]``, ``"log_q" in result`` and ``result.keys()`` work as for the dict it
+    replaces.
+
+    Attributes:
+        samples: ``(N, *event)`` annealed particles (detached).
+        log_weights: ``(N,)`` float64 absolute AIS log weights towards ``p²/q``.
+        log_q: ``(N,)`` the flow's log-density at ``samples``.
+        proposal_log_weights: ``(N,)`` ``log p - log q`` of the initial flow draws.
+        acceptance: mean MCMC acceptance over the stages.
+    """
+
+    samples: Tensor
+    log_weights: Tensor
+    log_q: Tensor
+    proposal_log_weights: Tensor
+    acceptance: float
+
+    def __getitem__(self, key: str):
+        if key not in _AIS_FIELDS:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_AIS_FIELDS)
+
+    def __len__(self) -> int:
+        return len(_AIS_FIELDS)
+
+
+_AIS_FIELDS = tuple(f.name for f in fields(AISResult))
+
+
 def fab_ais(
     flow,
     target,
@@ -322,11 +361,11 @@ def fab_ais(
     kernel_options: dict | None = None,
     bounds: tuple | None = None,
     generator: torch.Generator | None = None,
-) -> dict:
+) -> AISResult:
     """One FAB AIS run: ``num_samples`` particles from the flow ``q``, annealed to ``p²/q``.
 
-    The path is ``log π_β = (1 - β) log q + β (2 log p - log q)`` with linear ``β`` over
-    ``num_temperatures`` stages and ``mcmc_steps`` ``kernel`` moves per stage
+    The path is ``log π_s = (1 - s) log q + s (2 log p - log q)`` with evenly spaced positions
+    ``s`` (the annealing schedule) over ``num_temperatures`` stages and ``mcmc_steps`` ``kernel`` moves per stage
     (:func:`~normflows_sci.samplers.anneal`; HMC defaults to 5 leapfrog steps). The flow is
     held fixed (no parameter gradients). Log weights are absolute, so that ``logsumexp(log w) -
     log N`` estimates ``log ∫ p²/q`` and weights of different runs are comparable (as the
@@ -344,16 +383,17 @@ def fab_ais(
         generator: seeds the flow draws and the moves.
 
     Returns:
-        dict with ``samples (N, *event)``, ``log_weights (N,)`` (float64), ``log_q (N,)`` (the
-        flow at the samples), ``proposal_log_weights (N,)`` (``log p - log q`` of the initial
-        flow draws, for importance-sampling diagnostics) and ``acceptance`` (mean over stages).
+        :class:`AISResult` with ``samples (N, *event)``, ``log_weights (N,)`` (float64),
+        ``log_q (N,)`` (the flow at the samples), ``proposal_log_weights (N,)`` (``log p - log q``
+        of the initial flow draws, for importance-sampling diagnostics) and ``acceptance`` (mean
+        over stages); it reads like the dict it replaces (``out["samples"]``).
 
     Example:
         >>> from normflows_sci.flows import NSF
         >>> flow = NSF(2, transforms=1, hidden_features=(8,))  # the identity: q = N(0, I)
         >>> out = fab_ais(flow, lambda x: -0.5 * x.square().sum(-1), 64,
         ...               generator=torch.Generator().manual_seed(0))
-        >>> out["samples"].shape, out["log_weights"].shape
+        >>> out.samples.shape, out["log_weights"].shape
         (torch.Size([64, 2]), torch.Size([64]))
 
     References:
@@ -388,7 +428,7 @@ def fab_ais(
         samples = out["samples"].detach()
         with torch.no_grad():
             log_q = flow.log_prob(samples)
-    return dict(
+    return AISResult(
         samples=samples,
         log_weights=_absolute_log_weights(out, num_samples),
         log_q=log_q,
@@ -626,7 +666,7 @@ def fit_fab(
     step_size: float = 0.1,
     replay_buffer: bool | int = True,
     **settings,
-) -> dict[str, list]:
+) -> TrainingHistory:
     """Train ``flow`` towards the unnormalised ``target`` by FAB (no target samples needed):
     :func:`train` on :class:`FABLoss`.
 
@@ -651,7 +691,8 @@ def fit_fab(
             ``log_every`` (10: record the history every this many steps).
 
     Returns:
-        History of equal-length lists: ``step``, ``loss``, ``ess_fraction`` (Kish ESS of the
+        :class:`~normflows_sci.training.TrainingHistory` of equal-length lists: ``step``,
+        ``loss``, ``ess_fraction`` (Kish ESS of the
         flow's importance weights on the latest AIS run's initial draws), ``log_z`` and
         ``log_z_stderr`` (the flow's importance-sampling estimate on those draws),
         ``ais_ess_fraction`` (of the AIS weights towards ``p²/q``), ``acceptance`` (mean MCMC

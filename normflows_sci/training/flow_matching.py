@@ -32,6 +32,7 @@ from torch import Tensor
 from normflows_sci.checks import check_int
 from normflows_sci.manifolds import Sphere, Torus
 from normflows_sci.training.scaffold import (
+    TrainingHistory,
     TrainingLoss,
     TrainingOptions,
     option_defaults,
@@ -254,7 +255,7 @@ def fit_flow_matching(
     ot: bool = False,
     sigma: float = 0.0,
     **training,
-) -> dict[str, list]:
+) -> TrainingHistory:
     """Train a continuous flow by (OT-)conditional flow matching (see the module docstring):
     :func:`train` on :class:`FlowMatchingLoss`.
 
@@ -275,7 +276,7 @@ def fit_flow_matching(
             and times) and ``progress``.
 
     Returns:
-        History: equal-length lists ``step``, ``loss`` (the minibatch flow-matching loss),
+        :class:`~normflows_sci.training.TrainingHistory`: equal-length lists ``step``, ``loss`` (the minibatch flow-matching loss),
         ``learning_rate`` and ``time`` (seconds since the start).
 
     Example:

@@ -14,6 +14,7 @@ from normflows_sci.checks import check_int
 from normflows_sci.training.checkpoint import MAX_CHECKPOINT_BYTES
 from normflows_sci.training.scaffold import (
     SCHEDULES,
+    TrainingHistory,
     TrainingLoss,
     TrainingOptions,
     option_defaults,
@@ -170,7 +171,7 @@ def fit_flow(
     batch_size: int = 256,
     transform_batch: Callable[[Tensor, torch.Generator], Tensor] | None = None,
     **training,
-) -> dict[str, list]:
+) -> TrainingHistory:
     """Train ``flow`` by maximum likelihood (forward KL) on ``data``: :func:`train` on
     :class:`MaximumLikelihoodLoss`.
 
@@ -198,7 +199,7 @@ def fit_flow(
             (budgets may change). Without ``seed``, the checkpoint's seed is used.
 
     Returns:
-        History: equal-length lists ``epoch``, ``train_loss``, ``val_loss`` (NaN without a
+        :class:`~normflows_sci.training.TrainingHistory`: equal-length lists ``epoch``, ``train_loss``, ``val_loss`` (NaN without a
         validation set), ``learning_rate``, ``time`` (seconds since the start of the run). With
         ``transform_batch`` noise (dequantisation) the losses are of the noisy data: an upper
         bound on the negative log-probability, not equal to it.

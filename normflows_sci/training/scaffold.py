@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -46,6 +47,7 @@ __all__ = [
     "SCHEDULES",
     "TrainingOptions",
     "TrainingLoss",
+    "TrainingHistory",
     "train",
     "positive_number",
     "route_keywords",
@@ -255,7 +257,55 @@ class TrainingLoss:
         return {}, {}
 
 
-def train(flow, loss: TrainingLoss, options: TrainingOptions) -> dict[str, list]:
+@dataclass(eq=False)
+class TrainingHistory(Mapping):
+    """The per-epoch record of a :func:`train` run: one row per epoch, read by column name.
+
+    It is a read-only :class:`~collections.abc.Mapping` of equal-length lists, so
+    ``history["val_loss"]``, ``"val_loss" in history``, ``history.keys()``, ``dict(history)`` and
+    comparison with a dict work as for the plain dict it replaces. (``pandas.DataFrame`` and
+    ``json`` accept only real dicts: pass them :meth:`to_dict`.)
+
+    Attributes:
+        columns: the loss's own columns (:attr:`TrainingLoss.history_keys`, e.g. ``"epoch"``,
+            ``"train_loss"``, ``"val_loss"`` for maximum likelihood), in that order.
+        learning_rate: the learning rate of each epoch.
+        time: seconds since the start of the run at the end of each epoch.
+
+    Example:
+        >>> history = TrainingHistory({"epoch": [1, 2], "loss": [0.5, 0.25]}, [1e-3, 1e-3], [0.1, 0.2])
+        >>> history["loss"], history.time, list(history)
+        ([0.5, 0.25], [0.1, 0.2], ['epoch', 'loss', 'learning_rate', 'time'])
+    """
+
+    columns: dict[str, list]
+    learning_rate: list[float]
+    time: list[float]
+
+    def __getitem__(self, key: str) -> list:
+        if key in ("learning_rate", "time"):
+            return getattr(self, key)
+        return self.columns[key]
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self.columns
+        yield from ("learning_rate", "time")
+
+    def __len__(self) -> int:
+        return len(self.columns) + 2
+
+    def to_dict(self) -> dict[str, list]:
+        """A plain ``{column: list}`` dict (the form checkpoints and model files store)."""
+        return dict(self)
+
+    @classmethod
+    def from_dict(cls, history: Mapping[str, list]) -> TrainingHistory:
+        """The history of a plain dict with ``learning_rate`` and ``time`` lists."""
+        columns = {k: v for k, v in history.items() if k not in ("learning_rate", "time")}
+        return cls(columns, history["learning_rate"], history["time"])
+
+
+def train(flow, loss: TrainingLoss, options: TrainingOptions) -> TrainingHistory:
     """Train ``flow`` in place on ``loss`` (see the module docstring); return the history.
 
     Args:
@@ -264,8 +314,8 @@ def train(flow, loss: TrainingLoss, options: TrainingOptions) -> dict[str, list]
         options: :class:`TrainingOptions` (they carry the budget).
 
     Returns:
-        History: equal-length lists, one per ``loss.history_keys`` plus ``learning_rate`` and
-        ``time`` (seconds since the start of the run).
+        :class:`TrainingHistory`: equal-length lists, one per ``loss.history_keys`` plus
+        ``learning_rate`` and ``time`` (seconds since the start of the run).
 
     Raises:
         ValueError: an option the loss does not support, or a checkpoint of another run.
@@ -474,9 +524,10 @@ class _Run:
             fingerprint=self.run_fingerprint,
         )
 
-    def finish(self) -> dict[str, list]:
+    def finish(self) -> TrainingHistory:
         self.bar.close()
         if self.best_state is not None:
             self.flow.load_state_dict(self.best_state)
         self.flow.eval()
-        return self.history
+        # The run keeps a plain dict: that is what checkpoints store and restore.
+        return TrainingHistory.from_dict(self.history)
