@@ -22,6 +22,7 @@ from normflows_sci.transforms.elementwise import (
     AffineMap,
     ElementwiseMap,
     make_map,
+    map_alias,
     pop_map_options,
     renamed_map_argument,
 )
@@ -96,14 +97,7 @@ class MaskedAutoregressiveTransform(Transform):
         nn.init.zeros_(self.made.output.bias)
         self.register_buffer("generation_order", torch.argsort(self.made.in_degrees))
 
-    @property
-    def elementwise(self) -> ElementwiseMap:
-        """The map (its former attribute name)."""
-        return self.map
-
-    @elementwise.setter
-    def elementwise(self, value: ElementwiseMap) -> None:
-        self.map = value
+    elementwise = map_alias
 
     def _check(self, inputs: Tensor, context: Tensor | None) -> None:
         check_features(inputs, self.features)

@@ -20,6 +20,7 @@ from normflows_sci.transforms.elementwise import (
     ElementwiseMap,
     SplitMap,
     make_map,
+    map_alias,
     pop_map_options,
     renamed_map_argument,
 )
@@ -143,14 +144,7 @@ class CouplingTransform(Transform):
         else:
             self.conditioner = conditioner(in_features, out_features)
 
-    @property
-    def elementwise(self) -> ElementwiseMap:
-        """The map (its former attribute name)."""
-        return self.map
-
-    @elementwise.setter
-    def elementwise(self, value: ElementwiseMap) -> None:
-        self.map = value
+    elementwise = map_alias
 
     def _find_halves(self) -> None:
         """``(identity_first, sizes)`` when the two feature sets are contiguous blocks: then the

@@ -41,6 +41,7 @@ __all__ = [
     "CircularSplineMap",
     "SplitMap",
     "make_map",
+    "map_alias",
     "pop_map_options",
     "renamed_map_argument",
     "wrap_angle",
@@ -411,3 +412,18 @@ def renamed_map_argument(map, elementwise, owner: str):
     if not isinstance(map, ElementwiseMap):
         raise TypeError(f"{owner} needs map=, an ElementwiseMap, got {map!r}")
     return map
+
+
+def _layer_map(layer) -> ElementwiseMap:
+    return layer.map
+
+
+def _set_layer_map(layer, value: ElementwiseMap) -> None:
+    layer.map = value
+
+
+map_alias = property(
+    _layer_map,
+    _set_layer_map,
+    doc="A layer's ``map`` under its former attribute name (``layer.elementwise``).",
+)

@@ -47,7 +47,12 @@ from torch import Tensor
 from normflows_sci.checks import check_context, check_features
 from normflows_sci.nn.transformer import CausalTransformer, KVCache
 from normflows_sci.transforms.base import CompositeTransform, Transform
-from normflows_sci.transforms.elementwise import ElementwiseMap, make_map, pop_map_options
+from normflows_sci.transforms.elementwise import (
+    ElementwiseMap,
+    make_map,
+    map_alias,
+    pop_map_options,
+)
 
 __all__ = [
     "INVERSION_METHODS",
@@ -222,14 +227,7 @@ class TarFlowBlock(Transform):
         self.inversion, self.tol = inversion, float(tol)
         self.max_iterations, self.chunk_size = max_iterations, chunk_size
 
-    @property
-    def elementwise(self) -> ElementwiseMap:
-        """The per-token map (its former attribute name)."""
-        return self.map
-
-    @elementwise.setter
-    def elementwise(self, value: ElementwiseMap) -> None:
-        self.map = value
+    elementwise = map_alias
 
     # ------------------------------------------------------------------ layout
     def _check(self, inputs: Tensor, context: Tensor | None) -> Tensor | None:
