@@ -71,18 +71,15 @@ def TarFlow(
             block (``transform=``, its former name, also works).
         base: base distribution (default standard normal).
         embedding: network applied to the context first.
-        **options: every block's other options (see
-            :class:`~normflows_sci.transforms.tarflow.TarFlowBlock`): ``mlp_ratio`` (4) and
-            ``dropout`` (0) of the Transformer; the map shorthands ``bins``, ``tail_bound``,
-            ``min_bin_width``, ``min_bin_height``, ``min_derivative`` (spline) and
-            ``max_log_scale`` (affine); ``inversion``, how ``flow.sample`` inverts the blocks:
-            ``"kv_cache"`` (default; exact sequential decoding, exact reparameterised
-            gradients), ``"jacobi"`` (parallel fixed-point iteration) or ``"naive"``; and the
-            Jacobi options ``tol``, ``max_iterations``, ``chunk_size``.
+        **options: the blocks' other options (see
+            :class:`~normflows_sci.transforms.tarflow.TarFlowBlock`): ``mlp_ratio``, ``dropout``,
+            the map shorthands (``bins``, ``tail_bound``, ... for a spline, ``max_log_scale``),
+            ``inversion`` (how ``flow.sample`` inverts: ``"kv_cache"``, the default, exact;
+            ``"jacobi"``, parallel fixed-point; ``"naive"``), ``tol``, ``max_iterations``,
+            ``chunk_size``.
 
     Returns:
-        A :class:`Flow` whose ``transform`` is a
-        :class:`~normflows_sci.transforms.tarflow.TarFlowTransform`.
+        A :class:`Flow` whose transform is a :class:`~normflows_sci.transforms.TarFlowTransform`.
 
     References:
         Zhai et al. (2024), "Normalizing Flows are Capable Generative Models".
