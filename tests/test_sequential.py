@@ -250,3 +250,5 @@ def test_annealing_positions_are_a_schedule_and_betas_is_a_deprecated_alias():
     assert torch.equal(runs[0]["log_z_groups"], runs[1]["log_z_groups"])
     with pytest.raises(TypeError, match="schedule"):
         anneal(x, base, _mixture, kernel=MALA)
+    with pytest.raises(TypeError, match="betta"):  # a misspelt keyword is not swallowed
+        anneal(x, base, _mixture, torch.tensor(schedule), kernel=MALA, betta=0.5)

@@ -160,6 +160,38 @@ class _Annealing:
         offsets = m * torch.arange(self.replicas, device=log_w.device)[:, None]
         return (index + offsets).reshape(-1)
 
+    def anneal(self, x: Tensor, levels: list, mcmc_steps: int, resample_threshold) -> dict:
+        """Reweight, resample (SMC) and move ``x: (N, *event)`` through the positions
+        ``levels`` after 0; the dict :func:`anneal` returns."""
+        base_log_prob, target_log_prob, make = self.base_log_prob, self.target_log_prob, self.make
+        particles = _endpoints(base_log_prob, target_log_prob, x, make.uses_gradient, check=True)
+        adapted = self.adaptation.init(make(target_log_prob).initial_step_size(x))
+        log_w = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+        log_z = torch.zeros(self.replicas, dtype=torch.float64, device=x.device)
+        acceptance, resamples, previous = [], 0, 0.0
+        for index, position in enumerate(levels, start=1):
+            log_w, increment = self.reweight(log_w, particles, position - previous)
+            log_z += increment
+            previous = position
+            flat = None
+            if resample_threshold is not None:
+                flat = self.resample_index(log_w, resample_threshold)
+            if flat is not None:
+                particles = particles.take(flat)
+                adapted = adapted._replace(step_size=adapted.step_size[flat])
+                log_w, resamples = torch.zeros_like(log_w), resamples + 1
+            x, adapted, rate = self.move(particles, position, adapted, mcmc_steps)
+            acceptance.append(rate)
+            if index < len(levels):  # the endpoint densities for the next level's increment
+                particles = _endpoints(base_log_prob, target_log_prob, x, make.uses_gradient)
+        return dict(
+            samples=x,
+            log_weights=log_w,
+            log_z_groups=log_z,
+            acceptance=torch.stack(acceptance).cpu() if acceptance else torch.zeros(0),
+            resamples=resamples,
+        )
+
     def move(self, particles: _Particles, position: float, adapted, mcmc_steps: int):
         """``mcmc_steps`` moves of every particle targeting ``pi_s`` at ``s = position``: ``(x,
         adapted, mean acceptance)``. The kernel state starts from the endpoint densities already
@@ -197,7 +229,7 @@ def anneal(
     replicas: int = 1,
     resample_threshold: float | None = None,
     generator: torch.Generator | None = None,
-    betas: Tensor | None = None,
+    **renamed,
 ) -> dict:
     """The annealing engine behind AIS, SMC and FAB: moves ``x: (N, *event)`` from the base to
     the target along the geometric path and returns particles, log weights and log Z per group.
@@ -216,7 +248,8 @@ def anneal(
         resample_threshold: resample a group (systematic) when its ESS falls below this fraction
             of its particles (``None``: never, as AIS).
         generator: seeds the moves and the resampling.
-        betas: deprecated former name of ``schedule`` (``DeprecationWarning``).
+        **renamed: ``betas=``, the deprecated former name of ``schedule``
+            (``DeprecationWarning``).
 
     Returns:
         dict with ``samples (N, *event)``, ``log_weights (N,)`` (relative within each group),
@@ -233,42 +266,18 @@ def anneal(
         >>> abs(out["log_z_groups"][0].item() - math.log(2 * math.pi)) < 0.1
         True
     """
-    schedule = _renamed_schedule(schedule, betas, stacklevel=3)
+    schedule = _renamed_schedule(schedule, renamed.pop("betas", None), stacklevel=3)
+    if renamed:
+        raise TypeError(f"anneal() got unexpected keyword arguments {sorted(renamed)}")
     if schedule is None:
         raise TypeError("anneal() missing required argument 'schedule' (positions from 0 to 1)")
     make = kernel_factory(kernel, defaults=dict(step_size=step_size), options=kernel_options)
-    num = x.shape[0]
-    if num % replicas:
+    if x.shape[0] % replicas:
         raise ValueError(
-            f"the number of particles ({num}) must be divisible by replicas={replicas}"
+            f"the number of particles ({x.shape[0]}) must be divisible by replicas={replicas}"
         )
     run = _Annealing(base_log_prob, target_log_prob, make, replicas, generator)
-    particles = _endpoints(base_log_prob, target_log_prob, x, make.uses_gradient, check=True)
-    adapted = run.adaptation.init(make(target_log_prob).initial_step_size(x))
-    log_w = torch.zeros(num, dtype=x.dtype, device=x.device)
-    log_z = torch.zeros(replicas, dtype=torch.float64, device=x.device)
-    acceptance, resamples, previous = [], 0, 0.0
-    levels = torch.as_tensor(schedule)[1:].tolist()
-    for index, position in enumerate(levels, start=1):
-        log_w, increment = run.reweight(log_w, particles, position - previous)
-        log_z += increment
-        previous = position
-        flat = None if resample_threshold is None else run.resample_index(log_w, resample_threshold)
-        if flat is not None:
-            particles = particles.take(flat)
-            adapted = adapted._replace(step_size=adapted.step_size[flat])
-            log_w, resamples = torch.zeros_like(log_w), resamples + 1
-        x, adapted, rate = run.move(particles, position, adapted, mcmc_steps)
-        acceptance.append(rate)
-        if index < len(levels):  # the endpoint densities for the next level's increment
-            particles = _endpoints(base_log_prob, target_log_prob, x, make.uses_gradient)
-    return dict(
-        samples=x,
-        log_weights=log_w,
-        log_z_groups=log_z,
-        acceptance=torch.stack(acceptance).cpu() if acceptance else torch.zeros(0),
-        resamples=resamples,
-    )
+    return run.anneal(x, torch.as_tensor(schedule)[1:].tolist(), mcmc_steps, resample_threshold)
 
 
 class _Annealer:

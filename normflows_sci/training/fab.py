@@ -349,6 +349,14 @@ class AISResult(Mapping):
 _AIS_FIELDS = tuple(f.name for f in fields(AISResult))
 
 
+def _ais_kernel(kernel, step_size: float, kernel_options: dict | None):
+    """The kernel factory of :func:`fab_ais`'s moves (HMC with 5 leapfrog steps by default)."""
+    if kernel_options is not None and not isinstance(kernel_options, dict):
+        raise TypeError(f"kernel_options must be a dict, got {type(kernel_options).__name__}")
+    defaults = dict(step_size=step_size, num_leapfrog=5)
+    return kernel_factory(kernel, defaults=defaults, options=kernel_options, stacklevel=4)
+
+
 def fab_ais(
     flow,
     target,
@@ -364,8 +372,8 @@ def fab_ais(
 ) -> AISResult:
     """One FAB AIS run: ``num_samples`` particles from the flow ``q``, annealed to ``p²/q``.
 
-    The path is ``log π_s = (1 - s) log q + s (2 log p - log q)`` with evenly spaced positions
-    ``s`` (the annealing schedule) over ``num_temperatures`` stages and ``mcmc_steps`` ``kernel`` moves per stage
+    The path is ``log π_s = (1 - s) log q + s (2 log p - log q)``, its positions ``s`` evenly
+    spaced over ``num_temperatures`` stages, with ``mcmc_steps`` ``kernel`` moves per stage
     (:func:`~normflows_sci.samplers.anneal`; HMC defaults to 5 leapfrog steps). The flow is
     held fixed (no parameter gradients). Log weights are absolute, so that ``logsumexp(log w) -
     log N`` estimates ``log ∫ p²/q`` and weights of different runs are comparable (as the
@@ -383,10 +391,7 @@ def fab_ais(
         generator: seeds the flow draws and the moves.
 
     Returns:
-        :class:`AISResult` with ``samples (N, *event)``, ``log_weights (N,)`` (float64),
-        ``log_q (N,)`` (the flow at the samples), ``proposal_log_weights (N,)`` (``log p - log q``
-        of the initial flow draws, for importance-sampling diagnostics) and ``acceptance`` (mean
-        over stages); it reads like the dict it replaces (``out["samples"]``).
+        :class:`AISResult` (annealed samples and their absolute log weights, and diagnostics).
 
     Example:
         >>> from normflows_sci.flows import NSF
@@ -406,10 +411,7 @@ def fab_ais(
     num_samples = check_int("num_samples", num_samples)
     num_temperatures = check_int("num_temperatures", num_temperatures)
     mcmc_steps = check_int("mcmc_steps", mcmc_steps)
-    if kernel_options is not None and not isinstance(kernel_options, dict):
-        raise TypeError(f"kernel_options must be a dict, got {type(kernel_options).__name__}")
-    defaults = dict(step_size=step_size, num_leapfrog=5)
-    make = kernel_factory(kernel, defaults=defaults, options=kernel_options)
+    make = _ais_kernel(kernel, step_size, kernel_options)
     schedule = torch.linspace(0.0, 1.0, num_temperatures + 1, dtype=torch.float64)
     with _FrozenFlowLogProb(flow) as log_q_fn:
         with torch.no_grad():
