@@ -8,6 +8,7 @@ from dataclasses import dataclass, fields
 import torch
 from torch import nn
 
+from normflows_sci.checks import check_int
 from normflows_sci.distributions import Distribution, NormalWithAngles, StandardNormal
 from normflows_sci.flows.base import Flow
 from normflows_sci.transforms import (
@@ -74,10 +75,8 @@ def _build(
 ) -> Flow:
     """``[preprocess]`` then ``stack.transforms`` steps of [random permutation] [LU linear]
     (coupling | autoregressive) layer, on the base."""
-    if int(features) != features or features < 1:
-        raise ValueError(f"features must be a positive integer, got {features!r}")
-    if int(stack.transforms) != stack.transforms or stack.transforms < 1:
-        raise ValueError(f"transforms must be a positive integer, got {stack.transforms!r}")
+    features = check_int("features", features)
+    check_int("transforms", stack.transforms)
     if stack.permutation not in _PERMUTATIONS:
         raise ValueError(f"permutation must be one of {_PERMUTATIONS}, got {stack.permutation!r}")
     net = stack.network(context_features)

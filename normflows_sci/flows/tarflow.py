@@ -25,7 +25,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from normflows_sci.checks import check_num_samples
+from normflows_sci.checks import check_int, check_num_samples
 from normflows_sci.distributions import Distribution, StandardNormal
 from normflows_sci.flows.base import Flow
 from normflows_sci.transforms.base import CompositeTransform
@@ -91,8 +91,7 @@ def TarFlow(
         >>> flow.sample(4, generator=torch.Generator().manual_seed(0)).shape
         torch.Size([4, 6])
     """
-    if isinstance(blocks, bool) or int(blocks) != blocks or blocks < 1:
-        raise ValueError(f"blocks must be a positive integer, got {blocks!r}")
+    blocks = check_int("blocks", blocks)
     layer_map = block_map(
         map,
         options.pop("transform", None),

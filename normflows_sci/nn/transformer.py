@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from normflows_sci.checks import check_int
 from normflows_sci.nn.networks import bounded_inputs
 
 __all__ = ["KVCache", "CausalSelfAttention", "TransformerLayer", "CausalTransformer"]
@@ -56,10 +57,7 @@ class KVCache:
     """
 
     def __init__(self, num_layers: int, capacity: int | None = None):
-        if capacity is not None and (
-            isinstance(capacity, bool) or int(capacity) != capacity or capacity < 1
-        ):
-            raise ValueError(f"capacity must be a positive integer or None, got {capacity!r}")
+        check_int("capacity", capacity, optional=True)
         self.keys: list[Tensor | None] = [None] * num_layers
         self.values: list[Tensor | None] = [None] * num_layers
         self._owned = [False] * num_layers  # storage allocated here, safe to write in place
@@ -229,12 +227,8 @@ class CausalTransformer(nn.Module):
             ("width", width),
             ("layers", layers),
         ):
-            if isinstance(value, bool) or int(value) != value or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if int(context_features) != context_features or context_features < 0:
-            raise ValueError(
-                f"context_features must be a non-negative integer, got {context_features!r}"
-            )
+            check_int(name, value)
+        check_int("context_features", context_features, minimum=0)
         self.in_features, self.out_features = int(in_features), int(out_features)
         self.max_tokens, self.context_features = int(max_tokens), int(context_features)
         self.embed = nn.Sequential(

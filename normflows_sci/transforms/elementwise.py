@@ -24,6 +24,7 @@ import warnings
 import torch
 from torch import Tensor
 
+from normflows_sci.checks import check_int
 from normflows_sci.transforms.splines import (
     DEFAULT_MIN_BIN_HEIGHT,
     DEFAULT_MIN_BIN_WIDTH,
@@ -167,11 +168,9 @@ class RQSplineMap(ElementwiseMap):
         min_bin_height: float = DEFAULT_MIN_BIN_HEIGHT,
         min_derivative: float = DEFAULT_MIN_DERIVATIVE,
     ):
-        if int(bins) != bins or bins < 2:
-            raise ValueError(f"bins must be an integer >= 2, got {bins!r}")
+        self.bins = check_int("bins", bins, minimum=2)
         if not tail_bound > 0:
             raise ValueError(f"tail_bound must be positive, got {tail_bound}")
-        self.bins = int(bins)
         self.tail_bound = float(tail_bound)
         self.num_params = 3 * self.bins - 1
         self.min_bin_width, self.min_bin_height = min_bin_width, min_bin_height
@@ -255,9 +254,7 @@ class CircularSplineMap(ElementwiseMap):
         min_bin_height: float = DEFAULT_MIN_BIN_HEIGHT,
         min_derivative: float = DEFAULT_MIN_DERIVATIVE,
     ):
-        if int(bins) != bins or bins < 2:
-            raise ValueError(f"bins must be an integer >= 2, got {bins!r}")
-        self.bins = int(bins)
+        self.bins = check_int("bins", bins, minimum=2)
         self.num_params = 3 * self.bins + 1
         self.options = dict(
             left=-math.pi,

@@ -44,7 +44,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from normflows_sci.checks import check_context, check_features
+from normflows_sci.checks import check_context, check_features, check_int
 from normflows_sci.nn.transformer import CausalTransformer, KVCache
 from normflows_sci.transforms.base import CompositeTransform, Transform
 from normflows_sci.transforms.elementwise import (
@@ -133,9 +133,8 @@ def _check_inversion(method, tol, max_iterations, chunk_size) -> None:
         raise ValueError(f"method must be one of {INVERSION_METHODS}, got {method!r}")
     if not tol >= 0:
         raise ValueError(f"tol must be a non-negative number, got {tol!r}")
-    for name, value in (("max_iterations", max_iterations), ("chunk_size", chunk_size)):
-        if value is not None and (isinstance(value, bool) or int(value) != value or value < 1):
-            raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
+    check_int("max_iterations", max_iterations, optional=True)
+    check_int("chunk_size", chunk_size, optional=True)
 
 
 class TarFlowBlock(Transform):
@@ -192,9 +191,8 @@ class TarFlowBlock(Transform):
         **options,
     ):
         super().__init__()
-        for name, value in (("features", features), ("token_size", token_size)):
-            if isinstance(value, bool) or int(value) != value or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        check_int("features", features)
+        check_int("token_size", token_size)
         if features % token_size:
             raise ValueError(
                 f"features={features} must be a multiple of token_size={token_size} "
