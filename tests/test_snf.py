@@ -203,6 +203,9 @@ def test_target_module_is_not_registered():
         (lambda: MCMCLayer(1.5), ValueError, "position"),
         (lambda: LangevinLayer(0.5, step_size=0.0), ValueError, "step_size"),
         (lambda: LangevinLayer(0.5, steps=1.5), ValueError, "steps"),
+        # Old code: int("two") raised ValueError without naming the argument.
+        (lambda: LangevinLayer(0.5, steps="two"), ValueError, "steps must be a positive integer"),
+        (lambda: MCMCLayer(num_leapfrog=None), ValueError, "num_leapfrog must be a positive"),
         (lambda: MCMCLayer(kernel="nuts"), ValueError, "kernel"),
         (lambda: MCMCLayer(kernel="hmc", num_leapfrog=0), ValueError, "num_leapfrog"),
         (

@@ -44,7 +44,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from normflows_sci.checks import check_num_samples
+from normflows_sci.checks import check_int, check_num_samples
 from normflows_sci.samplers._mh import accept, finite, log_prob_and_grad, select, sum_event, value
 from normflows_sci.samplers.importance import ImportanceResult, importance_weights
 from normflows_sci.samplers.kernels import HMC, MALA, kernel_factory
@@ -104,9 +104,8 @@ class StochasticLayer(nn.Module, abc.ABC):
             or step_size <= 0
         ):
             raise ValueError(f"step_size must be a positive finite number, got {step_size!r}")
-        if isinstance(steps, bool) or int(steps) != steps or steps < 1:
-            raise ValueError(f"steps must be a positive integer, got {steps!r}")
-        self.position, self.step_size, self.steps = float(position), float(step_size), int(steps)
+        steps = check_int("steps", steps)
+        self.position, self.step_size, self.steps = float(position), float(step_size), steps
 
     @property
     def beta(self) -> float:
@@ -243,9 +242,7 @@ class MCMCLayer(StochasticLayer):
         beta: float | None = None,
     ):
         super().__init__(position, step_size=step_size, steps=steps, beta=beta)
-        if isinstance(num_leapfrog, bool) or int(num_leapfrog) != num_leapfrog or num_leapfrog < 1:
-            raise ValueError(f"num_leapfrog must be a positive integer, got {num_leapfrog!r}")
-        self.num_leapfrog = int(num_leapfrog)
+        self.num_leapfrog = check_int("num_leapfrog", num_leapfrog)
         defaults = dict(step_size=self.step_size, num_leapfrog=self.num_leapfrog)
         self.kernel = kernel_factory(kernel, defaults=defaults)
         self.step_size = float(self.kernel.options.get("step_size", self.step_size))
@@ -429,12 +426,11 @@ class StochasticNormalizingFlow(nn.Module):
         num_samples = check_num_samples(num_samples)
         if num_samples < 1:
             raise ValueError("num_samples must be at least 1")
-        if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        batch_size = check_int("batch_size", batch_size)
         samples, log_p, log_q = [], [], []
         with torch.no_grad():
-            for start in range(0, num_samples, int(batch_size)):
-                y, lp, lq = self._run(min(int(batch_size), num_samples - start), generator)
+            for start in range(0, num_samples, batch_size):
+                y, lp, lq = self._run(min(batch_size, num_samples - start), generator)
                 samples.append(y)
                 log_p.append(lp)
                 log_q.append(lq)
