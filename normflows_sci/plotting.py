@@ -169,9 +169,10 @@ def plot_training_curves(history, path, *, title: str | None = None, ax: Axes | 
     the rest, the y-axis is cut so the end of training stays readable.
 
     Args:
-        history: dict of equal-length lists with ``"train_loss"`` and optionally ``"epoch"``,
-            ``"val_loss"`` (NaN/None entries are skipped) and ``"learning_rate"``; or a fitted
-            estimator with a ``history_`` attribute.
+        history: a mapping of equal-length lists (the
+            :class:`~normflows_sci.training.TrainingHistory` of ``fit_flow``, or a dict) with
+            ``"train_loss"`` and optionally ``"epoch"``, ``"val_loss"`` (NaN/None entries are
+            skipped) and ``"learning_rate"``; or a fitted estimator with a ``history_`` attribute.
         path: output file (``.png``; ``.pdf``/``.svg`` also work), or ``None`` with ``ax``.
         title: figure title.
         ax: draw into this axes instead of a new figure.
@@ -215,7 +216,7 @@ def _history_columns(history) -> tuple[np.ndarray, ...]:
     if hasattr(history, "history_"):
         history = history.history_
     if not isinstance(history, Mapping):
-        raise TypeError(f"history must be a dict of lists, got {type(history).__name__}")
+        raise TypeError(f"history must be a mapping of lists, got {type(history).__name__}")
     if "train_loss" not in history:
         raise ValueError(f"history must have a 'train_loss' list, got keys {sorted(history)}")
     lengths = {k: len(v) for k, v in history.items() if k in _HISTORY_KEYS}

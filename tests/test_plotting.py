@@ -57,6 +57,17 @@ def test_training_curves(tmp_path, history):
     assert_only(tmp_path, "curves.png")
 
 
+def test_training_curves_of_a_training_history_draw_the_same_figure(tmp_path, history):
+    """fit_flow and train return a TrainingHistory (a Mapping, no longer a dict): plotting it
+    gives the same picture as plotting the plain dict."""
+    from normflows_sci.training import TrainingHistory
+
+    as_history = TrainingHistory.from_dict(history)
+    plot_training_curves(history, tmp_path / "dict.png")
+    plot_training_curves(as_history, tmp_path / "history.png")
+    assert (tmp_path / "dict.png").read_bytes() == (tmp_path / "history.png").read_bytes()
+
+
 def test_training_curves_without_validation_or_learning_rate(tmp_path, history):
     history = {
         "train_loss": history["train_loss"][:3],
