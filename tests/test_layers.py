@@ -264,4 +264,6 @@ def test_spline_layers_build_their_map_from_shorthands_or_take_one():
     circle = spline.circular()
     assert isinstance(circle, T.CircularSplineMap)
     assert T.make_map("circular", bins=5, tail_bound=2.0, min_derivative=1e-2).bins == 5
+    with pytest.raises(TypeError, match="circular counterpart"):
+        T.SplineCouplingTransform(T.alternating_mask(2), T.AffineMap(), circular=[True, True])
     assert (circle.bins, circle.options["min_derivative"]) == (5, 1e-2)

@@ -21,6 +21,7 @@ from normflows_sci.transforms import (
     SplitMap,
     Transform,
     alternating_mask,
+    circular_counterpart,
     make_map,
     pop_map_options,
 )
@@ -109,7 +110,7 @@ def _step(features, i, map, stack, circular, net, coupling) -> list[Transform]:
     else:
         # Angles keep their positions (no permutation layers), so masks vary instead.
         mask = _angle_mask(features, i, permutation, seed)
-        layer_map = SplitMap(circular[mask], map.circular(), map)
+        layer_map = SplitMap(circular[mask], circular_counterpart(map), map)
     return [*steps, CouplingTransform(mask, layer_map, **net)]
 
 
@@ -228,8 +229,8 @@ def NSF(
         >>> flow = NSF(3, map=RQSplineMap(bins=4, tail_bound=3.0), transforms=2, coupling=True)
     """
     map = make_map(map, **pop_map_options(options))
-    if circular is not None and not hasattr(map, "circular"):
-        raise TypeError(f"circular features need a map with a circular counterpart, got {map!r}")
+    if circular is not None:
+        circular_counterpart(map)  # a clear error before any layer is built
     stack = _Stack.of("NSF", options)
     return _build(
         features,

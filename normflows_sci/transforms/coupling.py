@@ -19,6 +19,7 @@ from normflows_sci.transforms.elementwise import (
     AffineMap,
     ElementwiseMap,
     SplitMap,
+    circular_counterpart,
     make_map,
     map_alias,
     pop_map_options,
@@ -242,5 +243,5 @@ class SplineCouplingTransform(CouplingTransform):
         if circular is not None:
             moving = _circular_flags(circular, len(mask))[torch.as_tensor(mask).bool()]
             if moving.any():
-                spline = SplitMap(moving, spline.circular(), spline)
+                spline = SplitMap(moving, circular_counterpart(spline), spline)
         super().__init__(mask, spline, **kwargs)

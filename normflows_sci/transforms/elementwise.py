@@ -41,6 +41,7 @@ __all__ = [
     "RQSplineMap",
     "CircularSplineMap",
     "SplitMap",
+    "circular_counterpart",
     "make_map",
     "map_alias",
     "pop_map_options",
@@ -424,3 +425,19 @@ map_alias = property(
     _set_layer_map,
     doc="A layer's ``map`` under its former attribute name (``layer.elementwise``).",
 )
+
+
+def circular_counterpart(map: ElementwiseMap) -> ElementwiseMap:
+    """The circle map that goes with ``map`` on angle features (``map.circular()``, e.g. the
+    :class:`CircularSplineMap` of an :class:`RQSplineMap`, same bins and minimums).
+
+    Raises:
+        TypeError: ``map`` has no circular counterpart (e.g. an :class:`AffineMap`).
+    """
+    make = getattr(map, "circular", None)
+    if make is None:
+        raise TypeError(
+            f"circular features need a map with a circular counterpart (e.g. RQSplineMap), "
+            f"got {map!r}"
+        )
+    return make()
