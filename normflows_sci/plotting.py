@@ -216,7 +216,9 @@ def _history_columns(history) -> tuple[np.ndarray, ...]:
     if hasattr(history, "history_"):
         history = history.history_
     if not isinstance(history, Mapping):
-        raise TypeError(f"history must be a mapping of lists, got {type(history).__name__}")
+        raise TypeError(
+            f"history must be a dict (or mapping) of lists, got {type(history).__name__}"
+        )
     if "train_loss" not in history:
         raise ValueError(f"history must have a 'train_loss' list, got keys {sorted(history)}")
     lengths = {k: len(v) for k, v in history.items() if k in _HISTORY_KEYS}
