@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from normflows_sci.checks import check_int
+
 __all__ = ["MLP", "MADE", "MADESequence", "MaskedLinear", "bounded_inputs"]
 
 
@@ -249,8 +251,7 @@ class MADE(nn.Module):
         dropout: float = 0.0,
     ):
         super().__init__()
-        if features < 1:
-            raise ValueError(f"features must be >= 1, got {features}")
+        check_int("features", features)
         self.features = features
         self.params_per_feature = params_per_feature
         self.register_buffer("in_degrees", made_degrees(features, order))

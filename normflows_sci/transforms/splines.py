@@ -16,6 +16,14 @@ their softplus. Spline layers whose conditioner is the package's own MLP or MADE
 layout straight from the network's last matrix product (:func:`rq_spline_param_major`); the
 other entry points transpose once. Everything is plain autograd, so higher derivatives are exact.
 
+The public family: :func:`rational_quadratic_spline` (on an interval, the circular splines'
+engine) and :func:`unconstrained_rational_quadratic_spline` (identity tails) take nflows'
+arguments; :func:`rq_spline_param_major` is the same tailed spline in the layout it computes in
+and :func:`rq_spline_from_params` its entry with packed ``(..., 3K - 1)`` parameters. Layers do
+not call these with spline options of their own: they hold an
+:class:`~normflows_sci.transforms.RQSplineMap` (or its
+:class:`~normflows_sci.transforms.CircularSplineMap`), where the options are declared.
+
 References:
     Durkan, Bekasov, Murray, Papamakarios (2019), "Neural Spline Flows".
 """
