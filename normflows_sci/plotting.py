@@ -534,20 +534,12 @@ def plot_marginals(
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     handles = {}
     for j in range(features):
-        low, high = _limits(data[:, j])
-        grid = np.linspace(low, high, 400)
-        handles["data"] = _marginal_histogram(
-            axes[j], data[:, j], _edges(data[:, j], low, high, bins)
+        model = (
+            None if samples is None else samples[:, j],
+            None if log_density is None else log_density[j],
         )
-        if samples is not None:
-            curve = _kde_curve(samples[:, j], grid)
-            if curve is not None:
-                (handles["kde"],) = axes[j].plot(
-                    grid, curve, color=MODEL_COLOR, lw=1.6, label="model (KDE of samples)"
-                )
-        if log_density is not None:
-            handles["exact"] = _plot_exact_marginal(axes[j], log_density[j], grid, j)
-        _style_marginal_panel(axes[j], (low, high), names[j])
+        handles.update(_marginal_panel(axes[j], data[:, j], model, bins, j))
+        axes[j].set_title(names[j], fontsize=10)
     for ax in axes[features:]:
         ax.set_visible(False)
     axes[0].set_ylabel("density", fontsize=9)
@@ -561,6 +553,28 @@ def plot_marginals(
         frameon=False,
     )
     return _save(fig, path)
+
+
+def _marginal_panel(ax: Axes, column: np.ndarray, model: tuple, bins: int, index: int) -> dict:
+    """Panel of column ``index``: its histogram against the model's ``(samples or None,
+    log_density or None)`` marginal; the legend handles by kind."""
+    sample_column, log_density = model
+    low, high = _limits(column)
+    grid = np.linspace(low, high, 400)
+    handles = {"data": _marginal_histogram(ax, column, _edges(column, low, high, bins))}
+    if sample_column is not None:
+        curve = _kde_curve(sample_column, grid)
+        if curve is not None:
+            (handles["kde"],) = ax.plot(
+                grid, curve, color=MODEL_COLOR, lw=1.6, label="model (KDE of samples)"
+            )
+    if log_density is not None:
+        handles["exact"] = _plot_exact_marginal(ax, log_density, grid, index)
+    ax.set_xlim(low, high)
+    ax.xaxis.set_major_locator(MaxNLocator(5))
+    ax.tick_params(labelsize=8)
+    ax.set_yticks([])
+    return handles
 
 
 def _check_log_densities(log_density, features: int) -> list | None:
@@ -606,14 +620,6 @@ def _plot_exact_marginal(ax: Axes, log_density: Callable, grid: np.ndarray, inde
         grid, np.exp(values), color="black", lw=1.2, ls="--", label="model (marginal density)"
     )
     return line
-
-
-def _style_marginal_panel(ax: Axes, limits: tuple[float, float], name: str) -> None:
-    ax.set_xlim(*limits)
-    ax.set_title(name, fontsize=10)
-    ax.xaxis.set_major_locator(MaxNLocator(5))
-    ax.tick_params(labelsize=8)
-    ax.set_yticks([])
 
 
 def plot_ramachandran(
