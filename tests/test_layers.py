@@ -267,3 +267,15 @@ def test_spline_layers_build_their_map_from_shorthands_or_take_one():
     with pytest.raises(TypeError, match="circular counterpart"):
         T.SplineCouplingTransform(T.alternating_mask(2), T.AffineMap(), circular=[True, True])
     assert (circle.bins, circle.options["min_derivative"]) == (5, 1e-2)
+
+
+def test_affine_layers_take_a_map_or_its_max_log_scale_shorthand():
+    x = torch.randn(5, 4)
+    for layer in (T.AffineCouplingTransform, T.MaskedAffineAutoregressiveTransform):
+        first = T.alternating_mask(4) if layer is T.AffineCouplingTransform else 4
+        torch.manual_seed(0)
+        given = perturb(layer(first, T.AffineMap(2.0), hidden_features=(8,)))
+        torch.manual_seed(0)
+        shorthand = perturb(layer(first, max_log_scale=2.0, hidden_features=(8,)))
+        assert given.map.max_log_scale == 2.0
+        torch.testing.assert_close(given(x), shorthand(x), rtol=0, atol=0)

@@ -19,7 +19,6 @@ from normflows_sci.checks import check_context, check_features
 from normflows_sci.nn import MADE
 from normflows_sci.transforms.base import Transform
 from normflows_sci.transforms.elementwise import (
-    AffineMap,
     ElementwiseMap,
     make_map,
     map_alias,
@@ -141,14 +140,27 @@ class MaskedAutoregressiveTransform(Transform):
 class MaskedAffineAutoregressiveTransform(MaskedAutoregressiveTransform):
     """MAF layer: ``z_i = x_i * exp(s_i(x_<i)) + t_i(x_<i)``.
 
+    Args:
+        map: the elementwise map (default :class:`AffineMap`); ``max_log_scale`` (3) is the
+            shorthand that builds the affine map instead.
+        **kwargs: options of the parent layer.
+
     Example:
         >>> t = MaskedAffineAutoregressiveTransform(3, hidden_features=(16,))
         >>> t.inverse(torch.randn(4, 3))[0].shape
         torch.Size([4, 3])
     """
 
-    def __init__(self, features: int, *, max_log_scale: float = 3.0, **kwargs):
-        super().__init__(features, AffineMap(max_log_scale), **kwargs)
+    def __init__(
+        self,
+        features: int,
+        map: ElementwiseMap | None = None,
+        *,
+        max_log_scale: float | None = None,
+        **kwargs,
+    ):
+        map = make_map(map, default="affine", max_log_scale=max_log_scale)
+        super().__init__(features, map, **kwargs)
 
 
 class MaskedSplineAutoregressiveTransform(MaskedAutoregressiveTransform):

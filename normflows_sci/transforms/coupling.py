@@ -16,7 +16,6 @@ from normflows_sci.checks import check_context, check_features
 from normflows_sci.nn import MLP
 from normflows_sci.transforms.base import Transform
 from normflows_sci.transforms.elementwise import (
-    AffineMap,
     ElementwiseMap,
     SplitMap,
     circular_counterpart,
@@ -206,6 +205,11 @@ class CouplingTransform(Transform):
 class AffineCouplingTransform(CouplingTransform):
     """Affine coupling (RealNVP): ``y = x * exp(s(x_id)) + t(x_id)`` on the masked features.
 
+    Args:
+        map: the elementwise map (default :class:`AffineMap`); ``max_log_scale`` (3) is the
+            shorthand that builds the affine map instead.
+        **kwargs: options of the parent layer.
+
     Example:
         >>> t = AffineCouplingTransform(alternating_mask(4), hidden_features=(16,))
         >>> z, logabsdet = t(torch.randn(8, 4))
@@ -213,8 +217,16 @@ class AffineCouplingTransform(CouplingTransform):
         (torch.Size([8, 4]), torch.Size([8]))
     """
 
-    def __init__(self, mask, *, max_log_scale: float = 3.0, **kwargs):
-        super().__init__(mask, AffineMap(max_log_scale), **kwargs)
+    def __init__(
+        self,
+        mask,
+        map: ElementwiseMap | None = None,
+        *,
+        max_log_scale: float | None = None,
+        **kwargs,
+    ):
+        map = make_map(map, default="affine", max_log_scale=max_log_scale)
+        super().__init__(mask, map, **kwargs)
 
 
 class SplineCouplingTransform(CouplingTransform):
