@@ -58,7 +58,7 @@ def test_training_curves(tmp_path, history):
 
 
 def test_training_curves_of_a_training_history_draw_the_same_figure(tmp_path, history):
-    """fit_flow and train return a TrainingHistory (a Mapping, no longer a dict): plotting it
+    """fit_flow and train return a TrainingHistory (a dict with attributes): plotting it
     gives the same picture as plotting the plain dict."""
     from normflows_sci.training import TrainingHistory
 

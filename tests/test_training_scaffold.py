@@ -240,8 +240,12 @@ def test_training_imports_no_private_names_from_other_modules():
 
 def test_every_fit_returns_a_training_history_read_like_the_old_dict(tmp_path):
     """Old code returned a plain dict of lists from train and the four fit_* functions. The
-    history is now a TrainingHistory dataclass (``.learning_rate``, ``.time``, ``.columns``) that
-    still reads by column name; its checkpoint still stores a plain dict."""
+    history is now a TrainingHistory (``.learning_rate``, ``.time``, ``.columns``) that is still a
+    dict, so pandas and json read it as before (a Mapping that is not a dict made
+    ``pandas.DataFrame(history)`` a frame of column names); its checkpoint stores a plain dict."""
+    import json
+
+    pandas = pytest.importorskip("pandas")
     from normflows_sci.flows.cnf import CNF
     from normflows_sci.training import TrainingHistory
     from normflows_sci.training.checkpoint import read_checkpoint
@@ -291,5 +295,8 @@ def test_every_fit_returns_a_training_history_read_like_the_old_dict(tmp_path):
         assert len({len(v) for v in plain.values()}) == 1
         with pytest.raises(KeyError):
             history["nonsense"]
+        frame = pandas.DataFrame(history)
+        assert list(frame.columns) == list(history) and len(frame) == len(history.time)
+        assert json.loads(json.dumps(history)) == json.loads(json.dumps(plain))
     stored = read_checkpoint(path)["history"]
     assert type(stored) is dict and stored == runs["epoch", "train_loss", "val_loss"]

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -257,14 +257,13 @@ class TrainingLoss:
         return {}, {}
 
 
-@dataclass(eq=False)
-class TrainingHistory(Mapping):
-    """The per-epoch record of a :func:`train` run: one row per epoch, read by column name.
+class TrainingHistory(dict):
+    """The per-epoch record of a :func:`train` run: ``{column: list}``, one entry per epoch.
 
-    It is a read-only :class:`~collections.abc.Mapping` of equal-length lists, so
-    ``history["val_loss"]``, ``"val_loss" in history``, ``history.keys()``, ``dict(history)`` and
-    comparison with a dict work as for the plain dict it replaces. (``pandas.DataFrame`` and
-    ``json`` accept only real dicts: pass them :meth:`to_dict`.)
+    A plain dict underneath, so ``history["val_loss"]``, ``pandas.DataFrame(history)`` and
+    ``json.dumps(history)`` work as they always did; the columns every run records are also
+    attributes. (A dict on purpose: a mapping that is not a dict makes pandas build a frame of
+    the column names without a word.)
 
     Attributes:
         columns: the loss's own columns (:attr:`TrainingLoss.history_keys`, e.g. ``"epoch"``,
@@ -278,21 +277,21 @@ class TrainingHistory(Mapping):
         ([0.5, 0.25], [0.1, 0.2], ['epoch', 'loss', 'learning_rate', 'time'])
     """
 
-    columns: dict[str, list]
-    learning_rate: list[float]
-    time: list[float]
+    def __init__(self, columns: Mapping[str, list], learning_rate: list, time: list):
+        super().__init__(columns)
+        self["learning_rate"], self["time"] = learning_rate, time
 
-    def __getitem__(self, key: str) -> list:
-        if key in ("learning_rate", "time"):
-            return getattr(self, key)
-        return self.columns[key]
+    @property
+    def columns(self) -> dict[str, list]:
+        return {k: v for k, v in self.items() if k not in ("learning_rate", "time")}
 
-    def __iter__(self) -> Iterator[str]:
-        yield from self.columns
-        yield from ("learning_rate", "time")
+    @property
+    def learning_rate(self) -> list[float]:
+        return self["learning_rate"]
 
-    def __len__(self) -> int:
-        return len(self.columns) + 2
+    @property
+    def time(self) -> list[float]:
+        return self["time"]
 
     def to_dict(self) -> dict[str, list]:
         """A plain ``{column: list}`` dict (the form checkpoints and model files store)."""
