@@ -1,6 +1,6 @@
 """Samplers: importance sampling, batched MCMC kernels, flow-assisted kernels and the run loop.
 
-Kernel contract (DESIGN.md): ``state = kernel.init(x)`` with chains on the leading dimension,
+Kernel contract (see the hybrid MCMC guide): ``state = kernel.init(x)`` with chains on the leading dimension,
 ``state, info = kernel.step(state, generator)``; :func:`run` handles warm-up, thinning, progress
 and checkpoints and returns a :class:`Trace`. Step-size adaptation is its own object
 (:class:`StepSizeAdaptation`, with a NamedTuple state); kernels only expose their acceptance signal.

@@ -1,6 +1,6 @@
 """Batched MCMC kernels: random-walk Metropolis, MALA and HMC, many chains at once.
 
-Contract (DESIGN.md): kernels hold the target and hyperparameters, never chain state.
+Contract (see the hybrid MCMC guide): kernels hold the target and hyperparameters, never chain state.
 ``state = kernel.init(x)`` with chains on the leading dimension; ``state, info = kernel.step(state,
 generator)``. States and infos are NamedTuples of tensors; accept/reject is ``torch.where`` per
 chain. Step sizes live in the state, one per chain, so that warm-up can adapt them chain by chain
