@@ -252,3 +252,37 @@ def test_annealing_positions_are_a_schedule_and_betas_is_a_deprecated_alias():
         anneal(x, base, _mixture, kernel=MALA)
     with pytest.raises(TypeError, match="betta"):  # a misspelt keyword is not swallowed
         anneal(x, base, _mixture, torch.tensor(schedule), kernel=MALA, betta=0.5)
+
+
+def test_anneal_returns_an_anneal_result_read_like_the_old_dict():
+    """Old code returned a plain dict; the result is now an AnnealResult dataclass whose fields
+    also read by key (``out["log_weights"]``, ``in``, ``keys()``, ``dict(out)``) as the dict did,
+    through the one Mapping base it shares with FAB's AISResult."""
+    from normflows_sci.samplers import AnnealResult
+    from normflows_sci.training import AISResult
+
+    x = torch.randn(64, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    base = lambda y: -0.5 * y.square().sum(-1) - math.log(2 * math.pi)  # noqa: E731
+    out = anneal(
+        x,
+        base,
+        _mixture,
+        torch.linspace(0, 1, 4, dtype=torch.float64),
+        kernel=MALA,
+        replicas=2,
+        resample_threshold=0.5,
+        generator=torch.Generator().manual_seed(1),
+    )
+    assert isinstance(out, AnnealResult)
+    names = ["samples", "log_weights", "log_z_groups", "acceptance", "resamples"]
+    assert list(out) == list(out.keys()) == names and len(out) == 5
+    assert all(out[name] is getattr(out, name) for name in names)
+    assert dict(out).keys() == set(names) and "log_z" not in out and out.get("log_z") is None
+    assert out.samples.shape == (64, 2) and out.log_z_groups.shape == (2,)
+    assert out.acceptance.shape == (3,) and isinstance(out.resamples, int)
+    with pytest.raises(KeyError):
+        out["log_z"]
+    with pytest.raises(TypeError):
+        out["samples"] = x  # read-only, as a result should be
+    # One base class carries the Mapping code of both results (not written twice).
+    assert AnnealResult.__getitem__ is AISResult.__getitem__

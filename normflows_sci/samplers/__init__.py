@@ -53,7 +53,7 @@ from normflows_sci.samplers.kernels import (
     StepInfo,
 )
 from normflows_sci.samplers.run import Trace, run
-from normflows_sci.samplers.sequential import AIS, SMC, SequentialResult, anneal
+from normflows_sci.samplers.sequential import AIS, SMC, AnnealResult, SequentialResult, anneal
 from normflows_sci.samplers.snf import (
     LangevinLayer,
     MCMCLayer,
@@ -100,6 +100,7 @@ __all__ = [
     "AIS",
     "SMC",
     "SequentialResult",
+    "AnnealResult",
     "anneal",
     "autocorrelation",
     "integrated_autocorrelation_time",

@@ -32,11 +32,12 @@ from torch import Tensor
 
 from normflows_sci.checks import check_int, check_num_samples
 from normflows_sci.samplers._mh import finite, log_prob_and_grad
+from normflows_sci.samplers._results import FieldMapping
 from normflows_sci.samplers.adaptation import StepSizeAdaptation
 from normflows_sci.samplers.kernels import HMC, kernel_factory
 from normflows_sci.samplers.targets import as_log_prob, check_log_prob, describe_target
 
-__all__ = ["SequentialResult", "AIS", "SMC", "anneal"]
+__all__ = ["SequentialResult", "AnnealResult", "AIS", "SMC", "anneal"]
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,27 @@ class SequentialResult:
     ess_fraction: float
     log_z: float
     log_z_stderr: float
+    acceptance: Tensor
+    resamples: int
+
+
+@dataclass(frozen=True, eq=False)
+class AnnealResult(FieldMapping):
+    """Output of :func:`anneal`. A read-only :class:`~collections.abc.Mapping` of its fields too,
+    so ``out["log_weights"]``, ``"samples" in out`` and ``out.keys()`` work as for the dict it
+    replaces (not a ``dict``: ``pandas.DataFrame(out)`` is not a table of it).
+
+    Attributes:
+        samples: ``(N, *event)`` final particles.
+        log_weights: ``(N,)`` final log weights, relative within each replica group.
+        log_z_groups: ``(replicas,)`` float64 log-normaliser estimate of each group.
+        acceptance: ``(K,)`` mean MCMC acceptance per stage (on the CPU).
+        resamples: number of resampling events (0 without ``resample_threshold``).
+    """
+
+    samples: Tensor
+    log_weights: Tensor
+    log_z_groups: Tensor
     acceptance: Tensor
     resamples: int
 
@@ -160,9 +182,9 @@ class _Annealing:
         offsets = m * torch.arange(self.replicas, device=log_w.device)[:, None]
         return (index + offsets).reshape(-1)
 
-    def anneal(self, x: Tensor, levels: list, mcmc_steps: int, resample_threshold) -> dict:
+    def anneal(self, x: Tensor, levels: list, mcmc_steps: int, resample_threshold) -> AnnealResult:
         """Reweight, resample (SMC) and move ``x: (N, *event)`` through the positions
-        ``levels`` after 0; the dict :func:`anneal` returns."""
+        ``levels`` after 0; the result :func:`anneal` returns."""
         base_log_prob, target_log_prob, make = self.base_log_prob, self.target_log_prob, self.make
         particles = _endpoints(base_log_prob, target_log_prob, x, make.uses_gradient, check=True)
         adapted = self.adaptation.init(make(target_log_prob).initial_step_size(x))
@@ -184,7 +206,7 @@ class _Annealing:
             acceptance.append(rate)
             if index < len(levels):  # the endpoint densities for the next level's increment
                 particles = _endpoints(base_log_prob, target_log_prob, x, make.uses_gradient)
-        return dict(
+        return AnnealResult(
             samples=x,
             log_weights=log_w,
             log_z_groups=log_z,
@@ -230,7 +252,7 @@ def anneal(
     resample_threshold: float | None = None,
     generator: torch.Generator | None = None,
     **renamed,
-) -> dict:
+) -> AnnealResult:
     """The annealing engine behind AIS, SMC and FAB: moves ``x: (N, *event)`` from the base to
     the target along the geometric path and returns particles, log weights and log Z per group.
 
@@ -252,8 +274,9 @@ def anneal(
             (``DeprecationWarning``).
 
     Returns:
-        dict with ``samples (N, *event)``, ``log_weights (N,)`` (relative within each group),
-        ``log_z_groups (replicas,)`` (float64), ``acceptance (K,)`` and ``resamples``.
+        :class:`AnnealResult`: ``samples (N, *event)``, ``log_weights (N,)`` (relative within
+        each group), ``log_z_groups (replicas,)`` (float64), ``acceptance (K,)`` and
+        ``resamples``; it also reads by key (``out["log_weights"]``) as the dict it replaces.
 
     Example:
         >>> from normflows_sci.distributions import StandardNormal
@@ -263,7 +286,7 @@ def anneal(
         >>> target = lambda x: -0.5 * ((x - 1.0) ** 2).sum(-1)  # log Z = log(2 pi)
         >>> out = anneal(base.sample(1024, generator=generator), base.log_prob, target,
         ...              torch.linspace(0, 1, 11), kernel=MALA, generator=generator)
-        >>> abs(out["log_z_groups"][0].item() - math.log(2 * math.pi)) < 0.1
+        >>> abs(out.log_z_groups[0].item() - math.log(2 * math.pi)) < 0.1
         True
     """
     schedule = _renamed_schedule(schedule, renamed.pop("betas", None), stacklevel=3)
@@ -365,7 +388,7 @@ class _Annealer:
             resample_threshold=self.resample_threshold,
             generator=generator,
         )
-        log_w, groups = out["log_weights"], out["log_z_groups"]
+        log_w, groups = out.log_weights, out.log_z_groups
         if not bool(torch.isfinite(log_w).any()):
             raise ValueError(
                 f"every particle has weight zero: target {describe_target(self.log_prob_fn)} "
@@ -386,15 +409,15 @@ class _Annealer:
         else:
             log_z, stderr = float(groups[0]), math.nan
         return SequentialResult(
-            samples=out["samples"],
+            samples=out.samples,
             log_weights=log_w,
             weights=weights,
             ess=ess,
             ess_fraction=ess / num_particles,
             log_z=log_z,
             log_z_stderr=stderr,
-            acceptance=out["acceptance"],
-            resamples=out["resamples"],
+            acceptance=out.acceptance,
+            resamples=out.resamples,
         )
 
 

@@ -32,16 +32,16 @@ References:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from normflows_sci.checks import check_int
+from normflows_sci.samplers._results import FieldMapping
 from normflows_sci.samplers.importance import importance_weights
 from normflows_sci.samplers.kernels import HMC, kernel_factory
-from normflows_sci.samplers.sequential import anneal
+from normflows_sci.samplers.sequential import AnnealResult, anneal
 from normflows_sci.samplers.targets import as_log_prob, check_log_prob
 from normflows_sci.training.boltzmann import STEP_TRAINING_DEFAULTS
 from normflows_sci.training.scaffold import (
@@ -305,20 +305,20 @@ def _ais_target(target_fn, log_q_fn, box):
     return ais_target
 
 
-def _absolute_log_weights(out: dict, num_samples: int) -> Tensor:
+def _absolute_log_weights(out: AnnealResult, num_samples: int) -> Tensor:
     """anneal's weights are relative (renormalised at each stage); with one group its log Z
     restores the absolute AIS weights: ``log w = log w_rel - logsumexp(log w_rel) + log Z +
     log N``."""
-    relative = out["log_weights"].double()
-    log_w = relative - torch.logsumexp(relative, 0) + out["log_z_groups"][0]
+    relative = out.log_weights.double()
+    log_w = relative - torch.logsumexp(relative, 0) + out.log_z_groups[0]
     return log_w + math.log(num_samples)
 
 
 @dataclass(frozen=True, eq=False)
-class AISResult(Mapping):
+class AISResult(FieldMapping):
     """One :func:`fab_ais` run. A read-only :class:`~collections.abc.Mapping` of its fields too,
     so ``result["samples"]``, ``"log_q" in result`` and ``result.keys()`` work as for the dict it
-    replaces.
+    replaces (not a ``dict``: ``pandas.DataFrame(result)`` is not a table of it).
 
     Attributes:
         samples: ``(N, *event)`` annealed particles (detached).
@@ -333,20 +333,6 @@ class AISResult(Mapping):
     log_q: Tensor
     proposal_log_weights: Tensor
     acceptance: float
-
-    def __getitem__(self, key: str):
-        if key not in _AIS_FIELDS:
-            raise KeyError(key)
-        return getattr(self, key)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(_AIS_FIELDS)
-
-    def __len__(self) -> int:
-        return len(_AIS_FIELDS)
-
-
-_AIS_FIELDS = tuple(f.name for f in fields(AISResult))
 
 
 def _ais_kernel(kernel, step_size: float, kernel_options: dict | None):
@@ -427,7 +413,7 @@ def fab_ais(
             mcmc_steps=mcmc_steps,
             generator=generator,
         )
-        samples = out["samples"].detach()
+        samples = out.samples.detach()
         with torch.no_grad():
             log_q = flow.log_prob(samples)
     return AISResult(
@@ -435,7 +421,7 @@ def fab_ais(
         log_weights=_absolute_log_weights(out, num_samples),
         log_q=log_q,
         proposal_log_weights=(log_p0 - log_q0).detach(),
-        acceptance=float(out["acceptance"].mean()),
+        acceptance=float(out.acceptance.mean()),
     )
 
 
@@ -589,18 +575,18 @@ class FABLoss(TrainingLoss):
             generator=self.generator,
             **self.ais,
         )
-        proposal = out["proposal_log_weights"]
+        proposal = out.proposal_log_weights
         stats = dict(ess_fraction=0.0, log_z=math.nan, log_z_stderr=math.nan)
         if bool(torch.isfinite(proposal).any()):
             full = importance_weights(proposal, torch.zeros_like(proposal))
             stats = {key: full[key] for key in stats}
         self.diagnostics.update(
             stats,
-            ais_ess_fraction=_kish_fraction(out["log_weights"]),
-            acceptance=out["acceptance"],
+            ais_ess_fraction=_kish_fraction(out.log_weights),
+            acceptance=out.acceptance,
         )
-        self.step_size *= math.exp(out["acceptance"] - self.target_accept)
-        return out["samples"], out["log_weights"], out["log_q"]
+        self.step_size *= math.exp(out.acceptance - self.target_accept)
+        return out.samples, out.log_weights, out.log_q
 
     def prepare(self, flow, out_of_time) -> None:
         """Fill the buffer to ``buffer_min_size`` (or, out of time, to one batch)."""
