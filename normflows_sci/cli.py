@@ -43,7 +43,8 @@ from normflows_sci.estimator import FLOWS as FLOW_FAMILIES
 from normflows_sci.estimator import MIN_ROWS_FOR_VALIDATION, DensityEstimator, validation_split
 from normflows_sci.io import table_format
 
-__all__ = ["main", "read_table", "CLIError"]
+# read_table stays importable as a deprecated alias of normflows_sci.io.read_table.
+__all__ = ["main", "CLIError"]
 
 PROG = "normflows-sci"
 FLOWS = tuple(FLOW_FAMILIES)  # DensityEstimator(flow=...)

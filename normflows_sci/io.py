@@ -58,7 +58,6 @@ __all__ = [
     "data_fingerprint",
     "read_table",
     "write_table",
-    "table_format",
     "TableFileError",
 ]
 

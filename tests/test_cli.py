@@ -385,6 +385,18 @@ def test_table_reading_lives_in_io_and_the_cli_name_is_a_deprecated_alias(tmp_pa
     assert names == ["a", "b"] and values.tolist() == [[1.0, 2.0]]
 
 
+def test_namespaces_do_not_advertise_the_deprecated_alias_or_the_format_router():
+    """``cli.__all__`` listed the deprecated ``read_table`` next to ``main`` and ``io.__all__`` the
+    CLI's suffix router ``table_format``: ``from ... import *`` and the API page offered them as
+    API. Both stay importable for code that used them."""
+    from normflows_sci import cli
+    from normflows_sci import io as nio
+
+    assert "read_table" not in cli.__all__ and "read_table" in nio.__all__
+    assert "table_format" not in nio.__all__
+    assert nio.table_format("a.CSV.gz") == (".csv", True) and callable(cli.read_table)
+
+
 def test_flow_choices_come_from_the_estimator_registry(monkeypatch):
     from normflows_sci import estimator
     from normflows_sci.cli import build_parser
