@@ -25,6 +25,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy.linalg import solve_triangular
 
+from normflows_sci.checks import check_int
 from normflows_sci.quadrature import combine_cell_estimates, unit_cell_rule, warn_imprecise_cells
 
 __all__ = [
@@ -364,10 +365,7 @@ class GaussianMixtureBaseline(_Baseline):
         random_state=None,
     ):
         super().__init__(discrete=discrete)
-        if components is not None and (
-            isinstance(components, bool) or int(components) != components or components < 1
-        ):
-            raise ValueError(f"components must be a positive integer or None, got {components!r}")
+        components = check_int("components", components, optional=True)
         candidates = tuple(candidates)
         if not candidates or any(isinstance(k, bool) or int(k) != k or k < 1 for k in candidates):
             raise ValueError(
@@ -375,12 +373,10 @@ class GaussianMixtureBaseline(_Baseline):
             )
         if covariance not in _COVARIANCES:
             raise ValueError(f"covariance must be one of {_COVARIANCES}, got {covariance!r}")
-        if int(max_iter) != max_iter or max_iter < 1:
-            raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
+        max_iter = check_int("max_iter", max_iter)
         if not isinstance(tol, (int, float)) or not tol >= 0:
             raise ValueError(f"tol must be non-negative, got {tol!r}")
-        if int(n_init) != n_init or n_init < 1:
-            raise ValueError(f"n_init must be a positive integer, got {n_init!r}")
+        n_init = check_int("n_init", n_init)
         if not 0 < validation_fraction < 1:
             raise ValueError(f"validation_fraction must be in (0, 1), got {validation_fraction!r}")
         self.components = None if components is None else int(components)

@@ -42,6 +42,7 @@ from normflows_sci._tabular import (
     plan_table,
 )
 from normflows_sci._version import __version__
+from normflows_sci.checks import check_int
 from normflows_sci.flows import Flow
 from normflows_sci.io import load_model, save_model
 from normflows_sci.quadrature import combine_cell_estimates, unit_cell_rule, warn_imprecise_cells
@@ -557,10 +558,9 @@ class DensityEstimator:
         else:
             if context is not None:
                 raise ValueError("context given, but the model has no context columns")
-            if n is None or int(n) != n or n < 1:
-                raise ValueError(f"n must be a positive integer, got {n!r}")
+            n = check_int("n", n)
             with torch.no_grad():
-                draws = self.flow_.sample(int(n), generator=generator, chunk_size=chunk)
+                draws = self.flow_.sample(n, generator=generator, chunk_size=chunk)
         samples = self._onto_support(draws.double().cpu().numpy())
         if spec.frame:
             import pandas as pd

@@ -263,3 +263,14 @@ def test_baseline_scores_fit_both_baselines_on_the_same_rows():
     mixture = GaussianMixtureBaseline(random_state=0).fit(X[:600])
     assert rows[1][1] == mixture.score(X[600:]) and rows[1][1] > rows[0][1] + 0.3
     assert all(seconds >= 0 for _, _, seconds in rows)
+
+
+@pytest.mark.parametrize("name", ["components", "max_iter", "n_init"])
+def test_mixture_counts_are_checked_by_the_one_integer_check(name):
+    """Old code ran ``int(value)`` by hand: ``"three"`` died in ``int()`` with an error naming no
+    argument (and ``max_iter=None`` with a TypeError)."""
+    from normflows_sci.baselines import GaussianMixtureBaseline
+
+    for bad in ("three", 0, 1.5):
+        with pytest.raises(ValueError, match=rf"^{name} must be a positive integer"):
+            GaussianMixtureBaseline(**{name: bad})

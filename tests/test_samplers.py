@@ -297,3 +297,25 @@ def test_a_differentiable_proposal_keeps_the_graph_to_the_start(make):
     start = kernel.init(x.detach())._replace(step_size=step)  # the same state, detached
     detached, _ = kernel.propose(start, torch.Generator().manual_seed(0))
     assert not detached.x.requires_grad and torch.allclose(detached.x, proposal.x.detach())
+
+
+@pytest.mark.parametrize(
+    "build, name",
+    [
+        (lambda bad: HMC(correlated_gaussian, num_leapfrog=bad), "num_leapfrog"),
+        (
+            lambda bad: AdaptiveFlowMCMC(correlated_gaussian, RealNVP(2), local_steps=bad),
+            "local_steps",
+        ),
+        (
+            lambda bad: AdaptiveFlowMCMC(correlated_gaussian, RealNVP(2), train_steps=bad),
+            "train_steps",
+        ),
+    ],
+)
+def test_integer_hyperparameters_are_checked_by_the_one_integer_check(build, name):
+    """Old code ran ``int(value)`` by hand: ``None`` died in ``int()`` with a TypeError naming no
+    argument, and ``2.5`` for a count was only refused by a second, differently worded check."""
+    for bad in (None, 2.5, "many"):
+        with pytest.raises(ValueError, match=rf"^{name} must be a (positive|non-negative) integer"):
+            build(bad)

@@ -35,6 +35,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from normflows_sci.checks import check_int
+
 __all__ = [
     "ModeOccupancy",
     "autocorrelation",
@@ -575,8 +577,7 @@ def mode_occupancy(labels: Tensor, num_modes: int) -> ModeOccupancy:
         >>> occupancy.overall
         tensor([0.3750, 0.6250])
     """
-    if isinstance(num_modes, bool) or not isinstance(num_modes, int) or num_modes < 1:
-        raise ValueError(f"num_modes must be a positive integer, got {num_modes!r}")
+    num_modes = check_int("num_modes", num_modes)
     labels = _check_labels(labels)
     if int(labels.max()) >= num_modes:
         raise ValueError(

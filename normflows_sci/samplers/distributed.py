@@ -230,8 +230,7 @@ def _prepare(kernel, x0, split: bool, rank: int, world: int, seed, generator):
 
     Returns ``(state, facts)``; ``state`` is the rank's initial kernel state."""
     facts: dict = {"kernel": type(kernel).__qualname__}
-    if seed is not None and (isinstance(seed, bool) or int(seed) != seed or seed < 0):
-        raise ValueError(f"seed must be a non-negative integer or None, got {seed!r}")
+    seed = check_int("seed", seed, minimum=0, optional=True)
     if isinstance(x0, Tensor):
         if split:
             if x0.ndim < 1 or x0.shape[0] < world:

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from normflows_sci._optim import adamw
+from normflows_sci.checks import check_int
 from normflows_sci.samplers._mh import (
     accept,
     check_chains,
@@ -212,10 +213,8 @@ class AdaptiveFlowMCMC(Kernel):
     ):
         super().__init__(target)
         _check_flow(flow)
-        if int(local_steps) != local_steps or local_steps < 0:
-            raise ValueError(f"local_steps must be a non-negative integer, got {local_steps!r}")
-        if int(train_steps) != train_steps or train_steps < 0:
-            raise ValueError(f"train_steps must be a non-negative integer, got {train_steps!r}")
+        local_steps = check_int("local_steps", local_steps, minimum=0)
+        train_steps = check_int("train_steps", train_steps, minimum=0)
         self.flow = flow
         self.local = MALA(target) if local_kernel is None else local_kernel
         self.local_steps = int(local_steps)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from normflows_sci.checks import check_num_samples
+from normflows_sci.checks import check_int, check_num_samples
 from normflows_sci.samplers.targets import as_log_prob, check_log_prob
 
 __all__ = ["ImportanceResult", "importance_sample", "importance_weights"]
@@ -209,8 +209,7 @@ def importance_sample(
     num_samples = check_num_samples(num_samples)
     if num_samples < 1:
         raise ValueError("num_samples must be at least 1")
-    if int(batch_size) != batch_size or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    batch_size = check_int("batch_size", batch_size)
     if not callable(getattr(proposal, "sample_and_log_prob", None)):
         raise TypeError(
             f"proposal must have sample_and_log_prob (a Flow), got {type(proposal).__name__}"

@@ -36,6 +36,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from normflows_sci.checks import check_int
 from normflows_sci.samplers._mh import (
     StepInfo,
     accept,
@@ -326,9 +327,7 @@ class HMC(MetropolisKernel):
         adapt_mass: bool = True,
     ):
         super().__init__(target, step_size=step_size, target_accept=target_accept)
-        if int(num_leapfrog) != num_leapfrog or num_leapfrog < 1:
-            raise ValueError(f"num_leapfrog must be a positive integer, got {num_leapfrog!r}")
-        self.num_leapfrog = int(num_leapfrog)
+        self.num_leapfrog = check_int("num_leapfrog", num_leapfrog)
         self.adapt_mass = adapt_mass
         self.mass_adaptation = DiagonalMassAdaptation()
 
