@@ -22,6 +22,7 @@ __all__ = [
     "check_context_width",
     "check_num_samples",
     "check_int",
+    "check_positive",
 ]
 
 
@@ -174,6 +175,38 @@ def check_int(name: str, value, *, minimum: int = 1, optional: bool = False) -> 
             f"{name} must be {expected}{' or None' if optional else ''}, got {value!r}"
         )
     return int(value)
+
+
+def check_positive(
+    name: str, value, *, allow_zero: bool = False, optional: bool = False
+) -> float | None:
+    """``value`` as a ``float`` if it is a positive (with ``allow_zero``, non-negative) finite
+    real number (not a bool or a string), else a ``ValueError`` naming ``name``; with
+    ``optional=True`` ``None`` passes through.
+
+    Example:
+        >>> check_positive("step_size", 1)
+        1.0
+        >>> check_positive("clip_grad", None, optional=True) is None
+        True
+        >>> check_positive("learning_rate", float("nan"))
+        Traceback (most recent call last):
+            ...
+        ValueError: learning_rate must be a positive finite number, got nan
+    """
+    if optional and value is None:
+        return None
+    try:
+        number = math.nan if isinstance(value, (bool, str, bytes)) else float(value)
+    except (TypeError, ValueError, RuntimeError):  # None, containers, multi-element tensors
+        number = math.nan
+    if not (math.isfinite(number) and (number > 0 or (allow_zero and number == 0))):
+        expected = "non-negative" if allow_zero else "positive"
+        raise ValueError(
+            f"{name} must be a {expected} finite number{' or None' if optional else ''}, "
+            f"got {value!r}"
+        )
+    return number
 
 
 def check_num_samples(num_samples) -> int:

@@ -319,3 +319,26 @@ def test_integer_hyperparameters_are_checked_by_the_one_integer_check(build, nam
     for bad in (None, 2.5, "many"):
         with pytest.raises(ValueError, match=rf"^{name} must be a (positive|non-negative) integer"):
             build(bad)
+
+
+def test_positive_numbers_are_checked_by_one_function_everywhere():
+    """Samplers, diagnostics and training each had their own positive-number check: MALA refused
+    a ``numpy.float32`` step size that TrainingOptions took as a learning rate, while
+    TrainingOptions took the string ``"0.1"`` that MALA refused. One check now answers alike."""
+    import numpy as np
+
+    from normflows_sci.samplers import ess_per_second
+    from normflows_sci.training import TrainingOptions
+
+    assert MALA(correlated_gaussian, step_size=np.float32(0.5)).step_size == 0.5
+    assert TrainingOptions(learning_rate=np.float32(0.5), max_steps=1).learning_rate == np.float32(
+        0.5
+    )
+    for build in (
+        lambda bad: MALA(correlated_gaussian, step_size=bad),
+        lambda bad: TrainingOptions(learning_rate=bad, max_steps=1),
+        lambda bad: ess_per_second(torch.zeros(10, 2), bad),
+    ):
+        for bad in ("0.1", True, float("nan"), -1.0):
+            with pytest.raises(ValueError, match=r"must be a positive finite number, got"):
+                build(bad)

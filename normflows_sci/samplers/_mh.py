@@ -29,7 +29,6 @@ __all__ = [
     "select",
     "relocate",
     "check_chains",
-    "check_positive",
 ]
 
 
@@ -143,12 +142,3 @@ def check_chains(x) -> Tensor:
     if not torch.isfinite(x).all():
         raise ValueError("x0 (initial chain positions) contains NaN or inf")
     return x.detach()
-
-
-def check_positive(name: str, value: float) -> float:
-    """``value`` as a float, or a ``ValueError`` naming ``name`` unless positive and finite."""
-    if isinstance(value, bool) or not (
-        isinstance(value, (int, float)) and math.isfinite(value) and value > 0
-    ):
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-    return float(value)

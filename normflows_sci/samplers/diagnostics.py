@@ -35,7 +35,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from normflows_sci.checks import check_int
+from normflows_sci.checks import check_int, check_positive
 
 __all__ = [
     "ModeOccupancy",
@@ -91,17 +91,6 @@ def _check_trace(x, name: str = "x", min_draws: int = 2) -> Tensor:
         bad = int((~finite).sum())
         raise ValueError(f"{name} contains NaN or inf values ({bad} of {x.numel()} entries)")
     return x
-
-
-def _check_positive(name: str, value) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-    return float(value)
 
 
 def _check_bool(name: str, value) -> bool:
@@ -403,7 +392,7 @@ def integrated_autocorrelation_time(
     x = _check_trace(x, min_draws=4)
     if method not in ("geyer", "sokal"):
         raise ValueError(f"method must be 'geyer' or 'sokal', got {method!r}")
-    c = _check_positive("c", c)
+    c = check_positive("c", c)
     pooled = _check_bool("pooled", pooled)
     draws = x.shape[0]
     if pooled:
@@ -483,7 +472,7 @@ def ess_per_second(x: Tensor, seconds: float, **options) -> Tensor:
         >>> bool(torch.isclose(ess_per_second(x, 2.0), effective_sample_size(x) / 2))
         True
     """
-    seconds = _check_positive("seconds", seconds)
+    seconds = check_positive("seconds", seconds)
     return effective_sample_size(x, **options) / seconds
 
 

@@ -18,11 +18,10 @@ import torch
 from torch import Tensor
 
 from normflows_sci._optim import adamw
-from normflows_sci.checks import check_int
+from normflows_sci.checks import check_int, check_positive
 from normflows_sci.samplers._mh import (
     accept,
     check_chains,
-    check_positive,
     finite,
     relocate,
     select,

@@ -36,12 +36,11 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from normflows_sci.checks import check_int
+from normflows_sci.checks import check_int, check_positive
 from normflows_sci.samplers._mh import (
     StepInfo,
     accept,
     check_chains,
-    check_positive,
     expand,
     finite,
     log_prob_and_grad,

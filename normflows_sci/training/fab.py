@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from normflows_sci.checks import check_int
+from normflows_sci.checks import check_int, check_positive
 from normflows_sci.samplers._results import FieldMapping
 from normflows_sci.samplers.importance import importance_weights
 from normflows_sci.samplers.kernels import HMC, kernel_factory
@@ -48,7 +48,6 @@ from normflows_sci.training.scaffold import (
     TrainingHistory,
     TrainingLoss,
     TrainingOptions,
-    positive_number,
     route_keywords,
     train,
 )
@@ -521,8 +520,8 @@ class FABLoss(TrainingLoss):
         if self.batch_size < 2:
             raise ValueError(f"batch_size must be at least 2, got {self.batch_size}")
         self.buffer_updates = check_int("buffer_updates", buffer_updates)
-        self.step_size = positive_number("step_size", step_size, allow_none=False)
-        self.clip = positive_number("weight_adjust_clip", weight_adjust_clip)
+        self.step_size = check_positive("step_size", step_size)
+        self.clip = check_positive("weight_adjust_clip", weight_adjust_clip, optional=True)
         self.ais = self._ais_options(ais_options)
         self.target_accept = self.ais["kernel"].target_accept
         self.sizes = _buffer_sizes(replay_buffer, buffer_min_size, self.batch_size)

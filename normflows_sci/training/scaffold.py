@@ -33,7 +33,7 @@ from normflows_sci._distributed import (
     rank_and_world,
 )
 from normflows_sci._optim import adamw
-from normflows_sci.checks import check_int
+from normflows_sci.checks import check_int, check_positive
 from normflows_sci.training.checkpoint import (
     caller_fingerprint,
     compare_runs,
@@ -49,29 +49,11 @@ __all__ = [
     "TrainingLoss",
     "TrainingHistory",
     "train",
-    "positive_number",
     "route_keywords",
     "option_defaults",
 ]
 
 SCHEDULES = ("cosine", "plateau", "constant")
-
-
-def positive_number(name: str, value, *, allow_none: bool = True, allow_zero: bool = False):
-    """``value`` as a ``float`` if it is a positive (or, with ``allow_zero``, non-negative)
-    finite number, or None when ``allow_none``; else ``ValueError`` naming ``name``."""
-    if value is None and allow_none:
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = math.nan
-    valid = not isinstance(value, bool) and math.isfinite(number)
-    if not valid or number < 0 or (number == 0 and not allow_zero):
-        expected = "non-negative" if allow_zero else "positive"
-        suffix = " or None" if allow_none else ""
-        raise ValueError(f"{name} must be a {expected} finite number{suffix}, got {value!r}")
-    return number
 
 
 def route_keywords(caller: str, keywords: dict, **groups: dict) -> dict[str, dict]:
@@ -152,10 +134,10 @@ class TrainingOptions:
     def __post_init__(self):
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        positive_number("learning_rate", self.learning_rate, allow_none=False)
-        positive_number("weight_decay", self.weight_decay, allow_none=False, allow_zero=True)
-        positive_number("clip_grad", self.clip_grad)
-        positive_number("max_time", self.max_time)
+        check_positive("learning_rate", self.learning_rate)
+        check_positive("weight_decay", self.weight_decay, allow_zero=True)
+        check_positive("clip_grad", self.clip_grad, optional=True)
+        check_positive("max_time", self.max_time, optional=True)
         for name in ("max_epochs", "max_steps", "patience", "log_every"):
             if getattr(self, name) is not None:
                 check_int(name, getattr(self, name))
