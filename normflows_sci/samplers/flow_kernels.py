@@ -112,8 +112,13 @@ class NeuTraHMC(HMC):
         ...                  StandardNormal(2))
         >>> options = dict(step_size=0.5, num_leapfrog=4)
         >>> neutra = run(NeuTraHMC(target, whitening, **options), torch.zeros(128, 2), 20, seed=0)
-        >>> plain = run(HMC(target, **options), torch.zeros(128, 2), 20, seed=0)
+        >>> import warnings
+        >>> with warnings.catch_warnings(record=True) as caught:  # plain HMC is stuck, and says so
+        ...     warnings.simplefilter("always")
+        ...     plain = run(HMC(target, **options), torch.zeros(128, 2), 20, seed=0)
         >>> neutra.acceptance["local"].mean().item() > 0.9 > plain.acceptance["local"].mean().item()
+        True
+        >>> "accepted no 'local' move" in str(caught[0].message)
         True
     """
 
