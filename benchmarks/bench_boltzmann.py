@@ -39,9 +39,9 @@ sys.path.insert(0, os.path.dirname(__file__))
 from _common import version
 from alanine_reference import run_reference
 
-from normflows_sci.energies.molecular.generator import internal_coordinate_flow
 from normflows_sci.energies.molecular.internal import alanine_dipeptide_z_matrix
 from normflows_sci.energies.molecular.systems import alanine_dipeptide, dihedral
+from normflows_sci.flows import internal_coordinate_flow
 from normflows_sci.plotting import plot_ramachandran
 from normflows_sci.samplers import importance_sample
 from normflows_sci.training import fit_boltzmann

@@ -166,7 +166,7 @@ register("spline_coupling_circular", context_features=3, input_scale=0.8)(
 
 
 def _internal_coordinates_keep():
-    from normflows_sci.energies.molecular.internal import InternalCoordinates
+    from normflows_sci.transforms import InternalCoordinates
 
     # 6 atoms, branched (two NeRF generations); i.i.d. Gaussian positions are generic geometries.
     z_matrix = [

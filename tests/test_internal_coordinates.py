@@ -8,16 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from normflows_sci.energies.molecular.generator import internal_coordinate_flow
 from normflows_sci.energies.molecular.internal import (
     ALANINE_DIPEPTIDE_PHI,
     ALANINE_DIPEPTIDE_PHI_ATOMS,
     ALANINE_DIPEPTIDE_PSI,
     ALANINE_DIPEPTIDE_PSI_ATOMS,
-    InternalCoordinates,
     alanine_dipeptide_z_matrix,
 )
-from normflows_sci.transforms import CircularShift, wrap_angle
+from normflows_sci.flows import internal_coordinate_flow
+from normflows_sci.transforms import CircularShift, InternalCoordinates, wrap_angle
 
 # Third atom bonded to atom 1 (axis -u) and, in the second, to the root (axis +u); branched trees.
 SMALL_Z_MATRICES = {
@@ -493,3 +492,27 @@ def test_alanine_flow_keeps_only_rotatable_torsions_circular(alanine):
     expected[transform.torsion_indices] = True
     expected[spread] = False
     assert torch.equal(centred, expected)
+
+
+def test_flows_never_come_from_energies_and_the_old_paths_still_work():
+    """internal_coordinate_flow builds a flow, so it lives in normflows_sci.flows and the energies
+    package imports no flow module; the former import paths still work, with a warning naming
+    the new one."""
+    import ast
+    import pathlib
+
+    import normflows_sci.energies as energies
+    from normflows_sci.energies import molecular
+    from normflows_sci.energies.molecular import generator
+
+    for path in pathlib.Path(energies.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                at_import_time = node.col_offset == 0
+                assert not (at_import_time and node.module.startswith("normflows_sci.flows")), path
+    for module in (molecular, generator):
+        with pytest.warns(DeprecationWarning, match="import it from normflows_sci.flows"):
+            assert module.internal_coordinate_flow is internal_coordinate_flow
+    assert molecular.InternalCoordinates is InternalCoordinates
+    with pytest.raises(AttributeError):
+        molecular.no_such_name  # noqa: B018

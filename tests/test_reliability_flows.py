@@ -20,11 +20,10 @@ from normflows_sci.distributions import (
     TailAdaptiveBase,
 )
 from normflows_sci.energies import DoubleWell, Energy, TemperedEnergy
-from normflows_sci.energies.molecular.internal import InternalCoordinates
 from normflows_sci.flows import CNF, MAF, NSF, Flow, RealNVP, TarFlow, sample_tarflow
 from normflows_sci.manifolds import RadialSplineTransform, Sphere, Torus
 from normflows_sci.nn import bounded_inputs
-from normflows_sci.transforms import ReversePermutation, Transform
+from normflows_sci.transforms import InternalCoordinates, ReversePermutation, Transform
 
 SMALL = dict(transforms=2, hidden_features=(16,))
 TAR = dict(blocks=2, layers_per_block=1, width=16, heads=2)

@@ -2,7 +2,9 @@
 
 from normflows_sci.energies.base import Energy, TemperedEnergy
 from normflows_sci.energies.molecular import (
-    InternalCoordinates,
+    InternalCoordinates as InternalCoordinates,  # the older import path
+)
+from normflows_sci.energies.molecular import (
     OpenMMBridgeEnergy,
     OpenMMEnergy,
     alanine_dipeptide,
@@ -35,5 +37,4 @@ __all__ = [
     "OpenMMEnergy",
     "OpenMMBridgeEnergy",
     "alanine_dipeptide",
-    "InternalCoordinates",
 ]

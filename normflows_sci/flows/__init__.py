@@ -4,10 +4,12 @@ from normflows_sci.flows.base import Flow
 from normflows_sci.flows.cnf import CNF, ContinuousFlow, ODETransform, VelocityMLP
 from normflows_sci.flows.factories import MAF, NSF, RealNVP
 from normflows_sci.flows.manifold import ManifoldFlow, ProductFlow, SO3Flow, SphereFlow, TorusFlow
+from normflows_sci.flows.molecular import internal_coordinate_flow
 from normflows_sci.flows.tarflow import TarFlow, gaussian_noise, sample_tarflow, score_denoise
 
 __all__ = [
     "Flow",
+    "internal_coordinate_flow",
     "NSF",
     "MAF",
     "RealNVP",

@@ -34,6 +34,7 @@ from normflows_sci.transforms.elementwise import (
     renamed_map_argument,
     wrap_angle,
 )
+from normflows_sci.transforms.internal import InternalCoordinates
 from normflows_sci.transforms.linear import (
     LULinear,
     Permutation,
@@ -63,6 +64,7 @@ __all__ = [
     "ActNorm",
     "CircularShift",
     "BoundaryTransform",
+    "InternalCoordinates",
     "ElementwiseMap",
     "AffineMap",
     "RQSplineMap",
