@@ -80,6 +80,24 @@ def internal_coordinate_flow(
     coordinates = (
         z_matrix if isinstance(z_matrix, InternalCoordinates) else InternalCoordinates(z_matrix)
     )
+    preprocess, circular = _standardized_internal(coordinates, data, concentrated)
+    return NSF(
+        coordinates.features_out,
+        coupling=True,
+        circular=circular,
+        transforms=transforms,
+        map=make_map(map, bins=bins, tail_bound=tail_bound),
+        hidden_features=hidden_features,
+        permutation="random",
+        seed=seed,
+        preprocess=preprocess,
+    )
+
+
+def _standardized_internal(coordinates: InternalCoordinates, data: Tensor, concentrated):
+    """``(preprocess, circular)``: Cartesian -> internal coordinates -> concentrated torsions
+    shifted to their circular mean -> every non-circular feature standardised on ``data``;
+    ``circular: (features_out,)`` marks the torsions that stay on the circle."""
     if not isinstance(data, Tensor) or data.ndim != 2 or data.shape[1] != coordinates.features_in:
         shape = getattr(data, "shape", type(data).__name__)
         raise ValueError(f"data must have shape (n, {coordinates.features_in}), got {shape}")
@@ -107,14 +125,4 @@ def internal_coordinate_flow(
     )
     preprocess = CompositeTransform([coordinates, shift, standardize])
     preprocess.features_in = coordinates.features_in
-    return NSF(
-        coordinates.features_out,
-        coupling=True,
-        circular=circular,
-        transforms=transforms,
-        map=make_map(map, bins=bins, tail_bound=tail_bound),
-        hidden_features=hidden_features,
-        permutation="random",
-        seed=seed,
-        preprocess=preprocess,
-    )
+    return preprocess, circular
