@@ -402,3 +402,17 @@ def test_cnf_names_its_solver_settings_for_a_misspelt_keyword():
     with pytest.raises(TypeError, match=r"CNF\(\) got unexpected keyword arguments \['solvr'\]"):
         CNF(2, solvr="rk4")
     assert CNF(2, hidden_features=(8,), solver="rk4", steps=3).transform.steps == 3
+
+
+def test_flow_matching_on_a_product_takes_the_geometry_of_each_factor():
+    from normflows_sci.manifolds import Euclidean, Product, Torus
+
+    manifold = Product(Euclidean(1), Torus(1))
+    flow = CNF(manifold=manifold, hidden_features=(8,), solver="rk4", steps=4, seed=0)
+    x1 = manifold.proj(torch.randn(32, 2, generator=torch.Generator().manual_seed(0)) * 3)
+    loss = flow_matching_loss(flow, x1, ot=True, generator=torch.Generator().manual_seed(1))
+    assert loss.ndim == 0 and bool(torch.isfinite(loss))
+    # OT cost: squared line distance plus squared wrapped angle (3 and -3 are 0.28 apart).
+    x1 = torch.tensor([[0.0, 3.0], [0.0, 0.0]])
+    x0 = torch.tensor([[0.0, -3.0], [0.0, 0.5]])
+    assert ot_pairing(x0, x1, manifold).tolist() == [0, 1]

@@ -30,7 +30,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 from normflows_sci.checks import check_int
-from normflows_sci.manifolds import Sphere, Torus
+from normflows_sci.manifolds import as_manifold
 from normflows_sci.training.scaffold import (
     TrainingHistory,
     TrainingLoss,
@@ -39,38 +39,18 @@ from normflows_sci.training.scaffold import (
     route_keywords,
     train,
 )
-from normflows_sci.transforms import wrap_angle
 
 __all__ = ["fit_flow_matching", "FlowMatchingLoss", "flow_matching_loss", "ot_pairing"]
 
 
 def _geodesic_cost(a: Tensor, b: Tensor, manifold) -> Tensor:
-    """``(len(b), len(a))`` squared distances (geodesic on a torus or sphere)."""
-    if manifold is None:
-        return torch.cdist(b, a).square()
-    if isinstance(manifold, Torus):
-        return wrap_angle(b[:, None, :] - a[None, :, :]).square().sum(-1)
-    if isinstance(manifold, Sphere):
-        return torch.arccos((b @ a.T).clamp(-1.0, 1.0)).square()
-    raise ValueError(f"flow matching supports R^n, Torus and Sphere, got manifold {manifold!r}")
+    """``(len(b), len(a))`` squared geodesic distances on ``manifold`` (``None``: ``R^n``)."""
+    return as_manifold(manifold, a.shape[1]).squared_distance_matrix(b, a)
 
 
 def _interpolant(x0: Tensor, x1: Tensor, t: Tensor, manifold) -> tuple[Tensor, Tensor]:
-    """``(x_t, u_t)``: straight line in ``R^n``, geodesic on a torus or sphere."""
-    if manifold is None:
-        return t * x1 + (1 - t) * x0, x1 - x0
-    if isinstance(manifold, Torus):
-        delta = wrap_angle(x1 - x0)
-        return wrap_angle(x0 + t * delta), delta
-    if isinstance(manifold, Sphere):
-        eps = 1e-6 if x0.dtype == torch.float64 else 1e-4
-        cos = (x0 * x1).sum(1, keepdim=True).clamp(-1.0 + eps, 1.0 - eps)
-        theta = torch.arccos(cos)
-        sin = torch.sin(theta)
-        xt = (torch.sin((1 - t) * theta) * x0 + torch.sin(t * theta) * x1) / sin
-        ut = theta * (torch.cos(t * theta) * x1 - torch.cos((1 - t) * theta) * x0) / sin
-        return xt, ut
-    raise ValueError(f"flow matching supports R^n, Torus and Sphere, got manifold {manifold!r}")
+    """``(x_t, u_t)``: the manifold's geodesic and its velocity (``None``: the straight line)."""
+    return as_manifold(manifold, x0.shape[1]).interpolant(x0, x1, t)
 
 
 def ot_pairing(x0: Tensor, x1: Tensor, manifold=None) -> Tensor:
