@@ -110,8 +110,9 @@ class AffineMap(ElementwiseMap):
         self.max_log_scale = float(max_log_scale)
 
     def _map(self, inputs: Tensor, shift: Tensor, raw: Tensor, inverse: bool):
-        bound, limit = self.max_log_scale, _saturation(raw.dtype)
+        bound = self.max_log_scale
         if torch.is_grad_enabled() and any(t.requires_grad for t in (inputs, shift, raw)):
+            limit = _saturation(raw.dtype)
             # Clamped where the sigmoid still differs from 1: a saturated sigmoid's backward is
             # upstream * 1 * (1 - 1), NaN for an overflowing upstream gradient (float32 inputs
             # ~1e15); beyond the clamp the gradient is exactly 0.
@@ -122,8 +123,9 @@ class AffineMap(ElementwiseMap):
                 return (inputs - shift) * log_scale.exp(), log_scale
             return inputs * log_scale.exp() + shift, log_scale
         # No gradient (sampling, evaluation): the same arithmetic, with the intermediate
-        # results overwritten in place, so fewer batch-sized temporaries are alive at once.
-        log_scale = (raw * (2.0 / bound)).clamp_(-limit, limit).sigmoid_()
+        # results overwritten in place, so fewer batch-sized temporaries are alive at once (no
+        # clamp: it only guards the backward pass, and values differ by at most one rounding).
+        log_scale = (raw * (2.0 / bound)).sigmoid_()
         log_scale = log_scale.mul_(2.0 * bound).sub_(bound)
         if inverse:
             log_scale = log_scale.neg_()
