@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from normflows_sci import _tabular
 from normflows_sci._modelfile import build_with_weights, check_config, check_sizes, fit_fingerprint
 from normflows_sci._tabular import (
-    FLOWS,
     HEAVY_TAIL_THRESHOLD,  # noqa: F401 - the heavy_tails="auto" rule, importable from here
     MIN_ROWS_FOR_TAILS,  # noqa: F401
     ContextStandardizer,
@@ -50,8 +50,10 @@ from normflows_sci.training import fit_flow
 
 __all__ = ["DensityEstimator", "FLOWS", "TableSpec", "hill_tail_index", "validation_split"]
 
+#: The flow families ``DensityEstimator(flow=...)`` accepts, by name (the one registry; the CLI
+#: reads its choices from it).
+FLOWS = _tabular.FLOWS
 # Names of earlier versions (pickled estimators refer to the model's classes by them).
-_FLOWS = FLOWS
 _TableFlow, _Standardize, _Standardizer = TableFlow, Standardize, ContextStandardizer
 # Fewest training rows a density can be fitted to (a spread needs two).
 MIN_ROWS = 2
@@ -144,12 +146,11 @@ class DensityEstimator:
         verbose: progress bar and a summary line.
         device: torch device to train on (default CPU).
 
-    Attributes:
-        ``flow_``: the fitted model (float64 preprocessing, float32 flow network); ``spec_``: its
-        frozen :class:`TableSpec` (columns, bounds, lattices, tails, network size: what a model
-        file stores); ``history_``, ``fit_time_``; ``last_score_error_``: ``(n,)`` standard errors
-        (nats) of the last :meth:`score_samples` call (non-zero only for more than three integer
-        columns).
+    After fitting, ``flow_`` is the model (float64 preprocessing, float32 flow network),
+    ``spec_`` its frozen :class:`TableSpec` (columns, bounds, lattices, tails, network size: what
+    a model file stores), ``history_`` and ``fit_time_`` the training record, and
+    ``last_score_error_`` the ``(n,)`` standard errors (nats) of the last :meth:`score_samples`
+    call (non-zero only for more than three integer columns).
 
     The constructor takes every setting as its own keyword argument, stored unchanged under the
     same name (the scikit-learn convention that ``get_params``, ``clone`` and grid searches rely
@@ -192,8 +193,8 @@ class DensityEstimator:
         verbose: bool = True,
         device: str | torch.device | None = None,
     ):
-        if flow not in _FLOWS:
-            raise ValueError(f"flow must be one of {sorted(_FLOWS)}, got {flow!r}")
+        if flow not in FLOWS:
+            raise ValueError(f"flow must be one of {sorted(FLOWS)}, got {flow!r}")
         if heavy_tails not in ("auto", True, False):
             raise ValueError(f"heavy_tails must be 'auto', True or False, got {heavy_tails!r}")
         if not 0.0 <= validation_fraction < 1.0:

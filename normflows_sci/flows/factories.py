@@ -166,7 +166,7 @@ def _mask(features: int, i: int, permutation: str):
 
 
 _COMMON_ARGS = """
-    Common keyword args (``**options``):
+    Common args:
         transforms: number of layers (default 5).
         hidden_features: hidden widths of each conditioner (default ``(128, 128)``).
         permutation: ``"alternate"`` (default: reverse the order / swap the mask between layers)
