@@ -1,0 +1,169 @@
+"""Pareto-k diagnostic and Pareto smoothing of importance weights (PSIS).
+
+Vehtari, Simpson, Gelman, Yao and Gabry, "Pareto smoothed importance sampling" (JMLR 2024): fit a
+generalised Pareto distribution (GPD) to the ``M = ceil(min(S / 5, 3 sqrt(S)))`` largest of ``S``
+importance weights with the empirical-Bayes estimator of Zhang and Stephens (2009), including the
+weakly informative prior that shrinks the shape towards 0.5 (the same numerics as arviz's
+``psislw``). The shape estimate ``k_hat`` says how many moments the weights have: with ``k_hat``
+below ``min(1 - 1 / log10(S), 0.7)`` importance-sampling estimates converge at a practical rate and
+their error bars can be trusted; above it, estimates such as log Z or expectations can be far off
+while reporting small standard errors.
+
+Everything runs in float64 on the device of the input, in log space.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+from torch import Tensor
+
+__all__ = ["khat_threshold", "pareto_khat", "psis_smooth"]
+
+# Tail fits need at least this many weights strictly above the cut-off (as in arviz).
+_MIN_TAIL = 5
+# Zhang-Stephens prior: b scaled by the first quartile, and k shrunk to 0.5 with 10 pseudo-samples.
+_PRIOR_BS = 3.0
+_PRIOR_K = 10.0
+
+
+def khat_threshold(num_samples: int) -> float:
+    """Sample-size-dependent k-hat threshold ``min(1 - 1 / log10(S), 0.7)``.
+
+    >>> round(khat_threshold(1000), 6), khat_threshold(10**8)
+    (0.666667, 0.7)
+    """
+    if num_samples < 2:
+        raise ValueError(f"num_samples must be at least 2, got {num_samples}")
+    return min(1.0 - 1.0 / math.log10(num_samples), 0.7)
+
+
+def _tail_size(num_samples: int) -> int:
+    return math.ceil(min(num_samples / 5.0, 3.0 * math.sqrt(num_samples)))
+
+
+def _check_log_weights(log_weights) -> Tensor:
+    if not isinstance(log_weights, Tensor):
+        raise TypeError(f"log_weights must be a torch.Tensor, got {type(log_weights).__name__}")
+    if log_weights.ndim != 1 or len(log_weights) < 2:
+        raise ValueError(
+            f"log_weights must be 1-D with at least 2 entries, got shape {tuple(log_weights.shape)}"
+        )
+    if torch.isnan(log_weights).any() or (log_weights == math.inf).any():
+        raise ValueError("log_weights contain NaN or +inf")
+    if not torch.isfinite(log_weights).any():
+        raise ValueError("log_weights are all -inf (every weight is zero)")
+    return log_weights.detach().double()
+
+
+def _gpd_fit(y: Tensor) -> tuple[Tensor, Tensor]:
+    """Zhang-Stephens posterior-mean GPD fit to sorted positive excesses ``y``: ``(k, sigma)``."""
+    n = len(y)
+    m = 30 + int(n**0.5)
+    grid = torch.arange(1, m + 1, dtype=y.dtype, device=y.device)
+    b = 1.0 - torch.sqrt(m / (grid - 0.5))
+    b = b / (_PRIOR_BS * y[int(n / 4 + 0.5) - 1]) + 1.0 / y[-1]
+    k = torch.log1p(-b[:, None] * y).mean(1)
+    profile = n * (torch.log(-(b / k)) - k - 1.0)
+    weights = 1.0 / torch.exp(profile[None, :] - profile[:, None]).sum(1)
+    keep = weights >= 10 * torch.finfo(y.dtype).eps  # drop negligible grid points
+    weights, b = weights[keep], b[keep]
+    b_post = (b * weights).sum() / weights.sum()
+    k_post = torch.log1p(-b_post * y).mean()
+    sigma = -k_post / b_post
+    return (n * k_post + 0.5 * _PRIOR_K) / (n + _PRIOR_K), sigma
+
+
+def _gpd_quantiles(probs: Tensor, k: Tensor, sigma: Tensor) -> Tensor:
+    """Inverse GPD CDF at ``probs`` in (0, 1)."""
+    if abs(float(k)) < torch.finfo(probs.dtype).eps:
+        return -torch.log1p(-probs) * sigma
+    return torch.expm1(-k * torch.log1p(-probs)) / k * sigma
+
+
+def _fit_tail(lw: Tensor) -> tuple[float, Tensor | None, str]:
+    """k-hat of ``lw`` (float64, max subtracted) and the smoothed log weights, with a reason.
+
+    Returns ``(k_hat, smoothed or None, reason)``; ``reason`` is empty when the fit ran.
+    """
+    num = len(lw)
+    tail = _tail_size(num)
+    if tail < _MIN_TAIL:
+        return (
+            math.nan,
+            None,
+            (f"k-hat needs at least 21 weights to fit a tail of {_MIN_TAIL}, got {num}"),
+        )
+    order = torch.argsort(lw)
+    cutoff = torch.clamp(lw[order[-tail - 1]], min=math.log(torch.finfo(lw.dtype).tiny))
+    in_tail = lw > cutoff
+    if int(in_tail.sum()) < _MIN_TAIL:
+        # Tied weights at the cut-off. A flat top (largest weight within a factor 2 of the
+        # (M+1)-th largest) has no tail at all; a few weights far above the ties dominate.
+        if float(lw.max() - cutoff) <= math.log(2.0):
+            return -math.inf, None, ""
+        return math.inf, None, "fewer than 5 distinct weights above the tied bulk dominate"
+    tail_index = torch.nonzero(in_tail).squeeze(1)
+    tail_index = tail_index[torch.argsort(lw[tail_index])]
+    excess = torch.exp(lw[tail_index]) - torch.exp(cutoff)
+    k, sigma = _gpd_fit(excess)
+    if not (torch.isfinite(k) and torch.isfinite(sigma) and sigma > 0):
+        return float(k), None, "the generalised Pareto fit failed"
+    probs = (torch.arange(len(excess), dtype=lw.dtype, device=lw.device) + 0.5) / len(excess)
+    smoothed = lw.clone()
+    smoothed[tail_index] = torch.log(_gpd_quantiles(probs, k, sigma) + torch.exp(cutoff))
+    return float(k), smoothed.clamp(max=0.0), ""
+
+
+def pareto_khat(log_weights: Tensor) -> tuple[float, float]:
+    """Pareto shape estimate k-hat of importance weights and its reliability threshold.
+
+    Args:
+        log_weights: ``(S,)`` log importance weights, ``S >= 2`` (unnormalised; ``-inf`` allowed
+            for zero weights).
+
+    Returns:
+        ``(k_hat, threshold)``. Estimates from these weights are reliable when
+        ``k_hat < threshold``. ``k_hat`` is NaN (with a RuntimeWarning) when ``S < 21`` (too few
+        weights for a tail fit), ``+inf`` when a handful of weights dominate a tied bulk, and
+        ``-inf`` when the largest weights are tied (no tail: perfectly bounded weights).
+
+    >>> lw = torch.distributions.Normal(0.0, 0.3).sample((4000,))  # near-uniform weights
+    >>> k, threshold = pareto_khat(lw)
+    >>> k < threshold
+    True
+    """
+    k, _, reason = _fit_tail(_shifted(log_weights))
+    if math.isnan(k):
+        warnings.warn(f"pareto_khat: {reason}; k-hat is NaN", RuntimeWarning, stacklevel=2)
+    return k, khat_threshold(len(log_weights))
+
+
+def _shifted(log_weights: Tensor) -> Tensor:
+    lw = _check_log_weights(log_weights)
+    return lw - lw.max()
+
+
+def psis_smooth(log_weights: Tensor) -> tuple[Tensor, float]:
+    """Pareto-smoothed, normalised log weights and k-hat.
+
+    The ``M`` largest weights are replaced by the expected order statistics of the fitted
+    generalised Pareto distribution and capped at the largest raw weight; the others are kept.
+    When no tail can be fitted (see :func:`pareto_khat`) the weights are only normalised.
+    Smoothing reduces the variance of estimates but cannot rescue a k-hat above the threshold.
+
+    Args:
+        log_weights: ``(S,)`` log importance weights, ``S >= 2``.
+
+    Returns:
+        ``(smoothed, k_hat)``: ``(S,)`` float64 log weights with ``logsumexp == 0`` on the input's
+        device, and k-hat as in :func:`pareto_khat`.
+    """
+    lw = _shifted(log_weights)
+    k, smoothed, reason = _fit_tail(lw)
+    if math.isnan(k):
+        warnings.warn(f"psis_smooth: {reason}; k-hat is NaN", RuntimeWarning, stacklevel=2)
+    out = lw if smoothed is None else smoothed
+    return out - torch.logsumexp(out, 0), k
