@@ -52,6 +52,7 @@ from normflows_sci.samplers.kernels import (
     RWState,
     StepInfo,
 )
+from normflows_sci.samplers.psis import khat_threshold, pareto_khat, psis_smooth
 from normflows_sci.samplers.run import Trace, run
 from normflows_sci.samplers.sequential import AIS, SMC, AnnealResult, SequentialResult, anneal
 from normflows_sci.samplers.snf import (
@@ -67,6 +68,9 @@ __all__ = [
     "ImportanceResult",
     "importance_sample",
     "importance_weights",
+    "pareto_khat",
+    "psis_smooth",
+    "khat_threshold",
     "as_log_prob",
     "compile_target",
     "Kernel",

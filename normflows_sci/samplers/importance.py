@@ -2,13 +2,16 @@
 
 For samples ``x ~ q`` and an unnormalised target ``p~(x) = exp(-u(x))`` the log importance weight is
 ``log w = log p~(x) - log q(x)``. Everything is computed in log space. Error bars use the delta
-method for self-normalised estimators, which is accurate when the ESS is not tiny; with an ESS of a
-few samples no error bar is trustworthy (the estimators say so through a large ``1 / ess``).
+method for self-normalised estimators, which is accurate only when the weights have a light enough
+tail. Every :class:`ImportanceResult` therefore carries the Pareto-k diagnostic of its weights
+(:func:`~normflows_sci.samplers.psis.pareto_khat`) and warns once when k-hat is not below its
+sample-size-dependent threshold; with an ESS below 2 the standard errors are NaN, never 0.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -16,6 +19,7 @@ import torch
 from torch import Tensor
 
 from normflows_sci.checks import check_int, check_num_samples
+from normflows_sci.samplers.psis import _fit_tail, _shifted, khat_threshold, psis_smooth
 from normflows_sci.samplers.targets import as_log_prob, check_log_prob
 
 __all__ = ["ImportanceResult", "importance_sample", "importance_weights"]
@@ -35,7 +39,14 @@ class ImportanceResult:
         ess_fraction: ``ess / N``.
         log_z: ``logsumexp(log w) - log N``, estimating the target's log normaliser (relative to
             the proposal's, which is 1 for a flow).
-        log_z_stderr: delta-method standard error of ``log_z``: ``sqrt(1/ess - 1/N)``.
+        log_z_stderr: delta-method standard error of ``log_z``: ``sqrt(1/ess - 1/N)`` (``inf``
+            when ``ess < 2``: one weight carries everything and no error bar exists).
+        pareto_k: Pareto shape estimate k-hat of the weights (computed from ``log_weights`` when
+            not given); NaN below 21 samples, ``-inf`` when the largest weights agree to round-off.
+        khat_threshold: ``min(1 - 1 / log10(N), 0.7)``; see :attr:`reliable`.
+
+    Construction warns (RuntimeWarning, once per result) when the result is not :attr:`reliable`
+    or ``ess < 2``; the estimators then still return numbers, which may be far off.
     """
 
     samples: Tensor
@@ -47,6 +58,37 @@ class ImportanceResult:
     ess_fraction: float
     log_z: float
     log_z_stderr: float
+    pareto_k: float | None = None
+    khat_threshold: float | None = None
+
+    def __post_init__(self) -> None:
+        reason = ""
+        if self.pareto_k is None:
+            k, reason = math.nan, "one sample has no tail to fit"
+            if self.num_samples >= 2:
+                k, _, reason = _fit_tail(*_shifted(self.log_weights))
+            object.__setattr__(self, "pareto_k", k)  # frozen: filled in once, here
+        if self.khat_threshold is None:
+            object.__setattr__(self, "khat_threshold", _threshold(self.num_samples))
+        if not self.reliable or self.ess < 2:
+            self._warn(reason)
+
+    @property
+    def reliable(self) -> bool:
+        """Whether k-hat is below its threshold (NaN k-hat, too few samples, is unreliable)."""
+        return not math.isnan(self.pareto_k) and self.pareto_k < self.khat_threshold
+
+    def _warn(self, reason: str) -> None:
+        cause = f" ({reason})" if reason else ""
+        warnings.warn(
+            f"unreliable importance weights: Pareto k-hat = {self.pareto_k:.3g}{cause}, "
+            f"threshold {self.khat_threshold:.3g} for {self.num_samples} samples, "
+            f"ESS = {self.ess:.3g}. log Z, expectations and their standard errors may be far "
+            "off: draw more samples, improve (train) the proposal, or use a wider / tempered "
+            "proposal",
+            RuntimeWarning,
+            stacklevel=5,  # importance_sample -> __init__ -> __post_init__ -> _warn
+        )
 
     @property
     def num_samples(self) -> int:
@@ -62,19 +104,32 @@ class ImportanceResult:
             )
         return values
 
-    def expectation(self, f: Callable[[Tensor], Tensor] | Tensor) -> tuple[Tensor, Tensor]:
+    def expectation(
+        self, f: Callable[[Tensor], Tensor] | Tensor, *, smooth: bool = False
+    ) -> tuple[Tensor, Tensor]:
         """Self-normalised estimate of ``E_p[f(x)]`` and its standard error.
+
+        The error bar is trustworthy only when :attr:`reliable`; with ``ess < 2`` it is NaN.
 
         Args:
             f: a function of the samples returning ``(N, ...)``, or those values directly.
+            smooth: weight with the Pareto-smoothed weights
+                (:func:`~normflows_sci.samplers.psis.psis_smooth`): lower variance, same k-hat.
 
         Returns:
             ``(mean, stderr)`` with the trailing shape of ``f``'s values.
         """
         values = self._values(f)
-        w = self.weights.reshape(-1, *([1] * (values.ndim - 1)))
+        weights = self.weights
+        if smooth:
+            with warnings.catch_warnings():  # the result already warned about a NaN k-hat
+                warnings.simplefilter("ignore", RuntimeWarning)
+                weights = psis_smooth(self.log_weights)[0].exp().to(self.weights)
+        w = weights.reshape(-1, *([1] * (values.ndim - 1)))
         mean = (w * values).sum(0)
         stderr = ((w * (values - mean)) ** 2).sum(0).sqrt()
+        if self.ess < 2:
+            stderr = torch.full_like(stderr, math.nan)
         return mean, stderr
 
     def probability(self, region: Callable[[Tensor], Tensor] | Tensor) -> tuple[float, float]:
@@ -105,7 +160,8 @@ class ImportanceResult:
                 "draw more samples or improve the proposal"
             )
         influence = self.weights * (b / p_b - a / p_a)
-        return -math.log(p_b / p_a), float(influence.pow(2).sum().sqrt())
+        stderr = float(influence.pow(2).sum().sqrt()) if self.ess >= 2 else math.nan
+        return -math.log(p_b / p_a), stderr
 
     def histogram(
         self,
@@ -173,8 +229,13 @@ def importance_weights(log_p: Tensor, log_q: Tensor) -> dict:
         ess=ess,
         ess_fraction=ess / num,
         log_z=float(log_sum) - math.log(num),
-        log_z_stderr=math.sqrt(max(1.0 / ess - 1.0 / num, 0.0)),
+        log_z_stderr=math.sqrt(max(1.0 / ess - 1.0 / num, 0.0)) if ess >= 2 else math.inf,
     )
+
+
+def _threshold(num_samples: int) -> float:
+    # One sample has no threshold; NaN makes it unreliable.
+    return khat_threshold(num_samples) if num_samples >= 2 else math.nan
 
 
 def importance_sample(
@@ -195,7 +256,14 @@ def importance_sample(
         generator: seeds the proposal's draws.
 
     Returns:
-        An :class:`ImportanceResult`.
+        An :class:`ImportanceResult`; it warns (RuntimeWarning) when its weights are unreliable.
+
+    The delta-method standard error ``log_z_stderr`` (and those of the estimators) can be trusted
+    only when the result is :attr:`~ImportanceResult.reliable`, i.e. the Pareto k-hat of the
+    weights is below ``min(1 - 1 / log10(N), 0.7)``. Above it the weights' variance is infinite or
+    so large that a finite sample misses the mass of the target: log Z can be wrong by many
+    standard errors (a proposal far from the target gives a precise-looking, badly biased log Z).
+    ``ess_fraction`` alone cannot tell: it is computed from the same weights.
 
     Example:
         >>> from normflows_sci.flows import NSF

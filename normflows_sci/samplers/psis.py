@@ -83,27 +83,25 @@ def _gpd_quantiles(probs: Tensor, k: Tensor, sigma: Tensor) -> Tensor:
     return torch.expm1(-k * torch.log1p(-probs)) / k * sigma
 
 
-def _fit_tail(lw: Tensor) -> tuple[float, Tensor | None, str]:
+def _fit_tail(lw: Tensor, flat: float) -> tuple[float, Tensor | None, str]:
     """k-hat of ``lw`` (float64, max subtracted) and the smoothed log weights, with a reason.
 
+    ``flat`` is the log-weight spread below which weights count as equal (see :func:`_shifted`).
     Returns ``(k_hat, smoothed or None, reason)``; ``reason`` is empty when the fit ran.
     """
     num = len(lw)
     tail = _tail_size(num)
     if tail < _MIN_TAIL:
-        return (
-            math.nan,
-            None,
-            (f"k-hat needs at least 21 weights to fit a tail of {_MIN_TAIL}, got {num}"),
-        )
+        reason = f"k-hat needs at least 21 weights to fit a tail of {_MIN_TAIL}, got {num}"
+        return math.nan, None, reason
     order = torch.argsort(lw)
     cutoff = torch.clamp(lw[order[-tail - 1]], min=math.log(torch.finfo(lw.dtype).tiny))
+    if float(lw.max() - cutoff) <= flat:
+        # The M + 1 largest weights agree to working precision (e.g. an exact proposal up to
+        # round-off): there is no tail, and fitting one to round-off noise would be meaningless.
+        return -math.inf, None, ""
     in_tail = lw > cutoff
-    if int(in_tail.sum()) < _MIN_TAIL:
-        # Tied weights at the cut-off. A flat top (largest weight within a factor 2 of the
-        # (M+1)-th largest) has no tail at all; a few weights far above the ties dominate.
-        if float(lw.max() - cutoff) <= math.log(2.0):
-            return -math.inf, None, ""
+    if int(in_tail.sum()) < _MIN_TAIL:  # ties at the cut-off: a few weights dominate the rest
         return math.inf, None, "fewer than 5 distinct weights above the tied bulk dominate"
     tail_index = torch.nonzero(in_tail).squeeze(1)
     tail_index = tail_index[torch.argsort(lw[tail_index])]
@@ -128,22 +126,25 @@ def pareto_khat(log_weights: Tensor) -> tuple[float, float]:
         ``(k_hat, threshold)``. Estimates from these weights are reliable when
         ``k_hat < threshold``. ``k_hat`` is NaN (with a RuntimeWarning) when ``S < 21`` (too few
         weights for a tail fit), ``+inf`` when a handful of weights dominate a tied bulk, and
-        ``-inf`` when the largest weights are tied (no tail: perfectly bounded weights).
+        ``-inf`` when the ``M + 1`` largest weights agree to ``sqrt(eps)`` of the input dtype in
+        log space (no tail: e.g. an exact proposal up to round-off).
 
     >>> lw = torch.distributions.Normal(0.0, 0.3).sample((4000,))  # near-uniform weights
     >>> k, threshold = pareto_khat(lw)
     >>> k < threshold
     True
     """
-    k, _, reason = _fit_tail(_shifted(log_weights))
+    k, _, reason = _fit_tail(*_shifted(log_weights))
     if math.isnan(k):
         warnings.warn(f"pareto_khat: {reason}; k-hat is NaN", RuntimeWarning, stacklevel=2)
     return k, khat_threshold(len(log_weights))
 
 
-def _shifted(log_weights: Tensor) -> Tensor:
+def _shifted(log_weights: Tensor) -> tuple[Tensor, float]:
+    """float64 log weights with the maximum at 0, and the spread that counts as round-off."""
     lw = _check_log_weights(log_weights)
-    return lw - lw.max()
+    flat = math.sqrt(torch.finfo(log_weights.dtype).eps) if log_weights.is_floating_point() else 0.0
+    return lw - lw.max(), flat
 
 
 def psis_smooth(log_weights: Tensor) -> tuple[Tensor, float]:
@@ -161,8 +162,8 @@ def psis_smooth(log_weights: Tensor) -> tuple[Tensor, float]:
         ``(smoothed, k_hat)``: ``(S,)`` float64 log weights with ``logsumexp == 0`` on the input's
         device, and k-hat as in :func:`pareto_khat`.
     """
-    lw = _shifted(log_weights)
-    k, smoothed, reason = _fit_tail(lw)
+    lw, flat = _shifted(log_weights)
+    k, smoothed, reason = _fit_tail(lw, flat)
     if math.isnan(k):
         warnings.warn(f"psis_smooth: {reason}; k-hat is NaN", RuntimeWarning, stacklevel=2)
     out = lw if smoothed is None else smoothed
