@@ -203,6 +203,7 @@ def main() -> None:
     rows = [
         ("importance samples", f"{args.samples} ({sample_seconds:.0f} s incl. energies)"),
         ("ESS fraction (Kish)", f"{result.ess_fraction:.4f} (ESS {result.ess:.0f})"),
+        ("Pareto k-hat (threshold)", f"{result.pareto_k:.2f} ({result.khat_threshold:.2f})"),
         ("log Z (flow IS)", f"{result.log_z:.3f} +- {result.log_z_stderr:.3f}"),
         ("dF(phi>0 - phi<0) reference REMD", f"{ref_df:.3f} +- {ref_df_err:.3f} kT"),
         ("dF flow samples, unweighted", f"{raw_df:.3f} kT"),

@@ -76,6 +76,7 @@ def test_boltzmann_tutorial_recovers_exact_answers(empty_cwd, capsys):
         steps=150, dim=4, num_samples=20_000, num_data=10_000, transforms=4, progress=False
     )
     assert result["ess_fraction"] > 0.3
+    assert result["reliable"] and result["pareto_k"] < 0.7  # the weights say they can be trusted
     assert abs(result["log_z"] - result["exact_log_z"]) < 4 * result["log_z_stderr"]
     assert (
         abs(result["free_energy"] - result["exact_free_energy"]) < 4 * result["free_energy_stderr"]

@@ -42,7 +42,8 @@ def main(
     """Train, reweight and compare with the exact answers; ``progress`` shows progress bars.
 
     Returns:
-        ``ess_fraction``, ``log_z`` and ``log_z_stderr`` with ``exact_log_z``, ``free_energy``
+        ``ess_fraction``, ``pareto_k`` and ``reliable`` (the Pareto-k diagnostic of the
+        weights), ``log_z`` and ``log_z_stderr`` with ``exact_log_z``, ``free_energy``
         and ``free_energy_stderr`` with ``exact_free_energy`` (kT).
     """
     torch.manual_seed(seed)
@@ -81,12 +82,16 @@ def main(
     p_right = target.well_probability
     exact_df = -math.log(p_right / (1 - p_right))
     print(f"ESS: {result.ess:.0f} of {num_samples} ({100 * result.ess_fraction:.1f}%)")
+    trust = "reliable" if result.reliable else "NOT reliable: more samples or a better flow"
+    print(f"Pareto k-hat: {result.pareto_k:.2f} (threshold {result.khat_threshold:.2f}; {trust})")
     print(f"log Z: {result.log_z:.4f} +- {result.log_z_stderr:.4f}   exact {target.log_z:.4f}")
     print(f"F(x1 > 0) - F(x1 < 0): {df:.4f} +- {df_err:.4f} kT   exact {exact_df:.4f}")
     raw = float((result.samples[:, 0] > 0).double().mean())
     print(f"  (unweighted flow samples would say {-math.log(raw / (1 - raw)):.4f})")
     return dict(
         ess_fraction=result.ess_fraction,
+        pareto_k=result.pareto_k,
+        reliable=result.reliable,
         log_z=result.log_z,
         log_z_stderr=result.log_z_stderr,
         exact_log_z=target.log_z,
