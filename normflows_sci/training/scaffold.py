@@ -16,6 +16,7 @@ gets one row per epoch.
 
 from __future__ import annotations
 
+import abc
 import math
 import os
 import time
@@ -160,7 +161,7 @@ def option_defaults(*names: str, **overrides) -> dict:
     return {**{name: fields[name].default for name in names}, **overrides}
 
 
-class TrainingLoss:
+class TrainingLoss(abc.ABC):
     """What :func:`train` trains on: draws batches, turns a batch into a scalar loss.
 
     Subclasses implement :meth:`start` (seeded generators), :meth:`next_batch`,
@@ -198,33 +199,33 @@ class TrainingLoss:
     progress_keys: tuple[str, ...] = ("loss",)
     description: str = "training"
 
-    def check(self, flow) -> None:
+    def check(self, flow) -> None:  # noqa: B027 (an optional hook: no-op by default)
         """Raise ``TypeError`` if ``flow`` is not a model this loss can train."""
 
+    @abc.abstractmethod
     def start(self, flow, seed: int, rank: int, world: int) -> None:
         """Seed the loss's generators (``rank`` of ``world`` for data-parallel losses)."""
-        raise NotImplementedError(f"{type(self).__name__} must implement start")
 
-    def prepare(self, flow, out_of_time) -> None:
+    def prepare(self, flow, out_of_time) -> None:  # noqa: B027 (an optional hook: no-op by default)
         """Work before the first step (``out_of_time()`` tells whether the budget is spent)."""
 
-    def start_epoch(self) -> None:
+    def start_epoch(self) -> None:  # noqa: B027 (an optional hook: no-op by default)
         """Called before every epoch."""
 
+    @abc.abstractmethod
     def next_batch(self):
         """The next step's batch, or None to skip the step."""
-        raise NotImplementedError(f"{type(self).__name__} must implement next_batch")
 
+    @abc.abstractmethod
     def __call__(self, flow, batch) -> Tensor:
         """The scalar loss of ``flow`` on ``batch`` (differentiable in the parameters)."""
-        raise NotImplementedError(f"{type(self).__name__} must implement __call__")
 
-    def after_step(self, flow, batch, loss: Tensor) -> None:
+    def after_step(self, flow, batch, loss: Tensor) -> None:  # noqa: B027 (an optional hook: no-op by default)
         """Called after the optimiser step with the step's detached loss."""
 
+    @abc.abstractmethod
     def end_epoch(self, flow, epoch: int, step: int) -> dict:
         """The history row (``history_keys``) of the epoch that just ended."""
-        raise NotImplementedError(f"{type(self).__name__} must implement end_epoch")
 
     def nonfinite_message(self, step: int) -> str:
         """The error message for a non-finite loss at ``step``."""
