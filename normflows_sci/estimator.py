@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from normflows_sci import _tabular
 from normflows_sci._modelfile import build_with_weights, check_config, check_sizes, fit_fingerprint
+from normflows_sci._tabular import FLOWS as TABLE_FLOWS
 from normflows_sci._tabular import (
     HEAVY_TAIL_THRESHOLD,  # noqa: F401 - the heavy_tails="auto" rule, importable from here
     MIN_ROWS_FOR_TAILS,  # noqa: F401
@@ -52,7 +52,7 @@ __all__ = ["DensityEstimator", "FLOWS", "TableSpec", "hill_tail_index", "validat
 
 #: The flow families ``DensityEstimator(flow=...)`` accepts, by name (the one registry; the CLI
 #: reads its choices from it).
-FLOWS = _tabular.FLOWS
+FLOWS = TABLE_FLOWS
 # Names of earlier versions (pickled estimators refer to the model's classes by them).
 _TableFlow, _Standardize, _Standardizer = TableFlow, Standardize, ContextStandardizer
 # Fewest training rows a density can be fitted to (a spread needs two).

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from normflows_sci.checks import check_int, check_num_samples
-from normflows_sci.samplers.psis import _fit_tail, _shifted, khat_threshold, psis_smooth
+from normflows_sci.samplers.psis import khat_threshold, psis_smooth, tail_khat
 from normflows_sci.samplers.targets import as_log_prob, check_log_prob
 
 __all__ = ["ImportanceResult", "importance_sample", "importance_weights"]
@@ -66,7 +66,7 @@ class ImportanceResult:
         if self.pareto_k is None:
             k, reason = math.nan, "one sample has no tail to fit"
             if self.num_samples >= 2:
-                k, _, reason = _fit_tail(*_shifted(self.log_weights))
+                k, reason = tail_khat(self.log_weights)
             object.__setattr__(self, "pareto_k", k)  # frozen: filled in once, here
         if self.khat_threshold is None:
             object.__setattr__(self, "khat_threshold", _threshold(self.num_samples))

@@ -134,10 +134,17 @@ def pareto_khat(log_weights: Tensor) -> tuple[float, float]:
     >>> k < threshold
     True
     """
-    k, _, reason = _fit_tail(*_shifted(log_weights))
+    k, reason = tail_khat(log_weights)
     if math.isnan(k):
         warnings.warn(f"pareto_khat: {reason}; k-hat is NaN", RuntimeWarning, stacklevel=2)
     return k, khat_threshold(len(log_weights))
+
+
+def tail_khat(log_weights: Tensor) -> tuple[float, str]:
+    """``(k_hat, reason)`` as :func:`pareto_khat` computes it, without warning: ``reason`` says
+    why k-hat is NaN (empty otherwise), for callers that report it themselves."""
+    k, _, reason = _fit_tail(*_shifted(log_weights))
+    return k, reason
 
 
 def _shifted(log_weights: Tensor) -> tuple[Tensor, float]:
