@@ -74,7 +74,9 @@ def test_resume_never_runs_code_from_a_crafted_checkpoint(tmp_path, where):
     assert not marker.exists()
 
 
-def test_run_distributed_resume_never_runs_code(tmp_path):
+def _resume_distributed_from_a_crafted_checkpoint(tmp_path):
+    """Write rank 0's checkpoint as a pickle that would create a marker file, resume from it
+    (which must raise naming the file) and return the marker's path."""
     marker = tmp_path / "pwned"
     torch.save({"payload": _Exploit(marker)}, tmp_path / "chains-0.pt")
     with pytest.raises(ValueError, match=r"chains-0\.pt"):
@@ -82,6 +84,11 @@ def test_run_distributed_resume_never_runs_code(tmp_path):
             MALA(gaussian), torch.zeros(4, 2), 5, seed=0,
             checkpoint=tmp_path / "chains-{rank}.pt", resume=True,
         )  # fmt: skip
+    return marker
+
+
+def test_run_distributed_resume_never_runs_code(tmp_path):
+    marker = _resume_distributed_from_a_crafted_checkpoint(tmp_path)
     assert not marker.exists()
 
 
@@ -92,8 +99,6 @@ def test_run_distributed_rejects_a_bad_checkpoint_on_every_rank_before_sampling(
     their inputs, so every rank raises instead of the others waiting in a later collective."""
     from normflows_sci.samplers import distributed
 
-    marker = tmp_path / "pwned"
-    torch.save({"payload": _Exploit(marker)}, tmp_path / "chains-0.pt")
     exchanged = []
 
     def all_gather_object(out, obj):
@@ -106,11 +111,7 @@ def test_run_distributed_rejects_a_bad_checkpoint_on_every_rank_before_sampling(
     monkeypatch.setattr(distributed, "rank_and_world", lambda: (0, 2))
     monkeypatch.setattr(torch.distributed, "all_gather_object", all_gather_object)
     monkeypatch.setattr(torch.distributed, "all_gather", collective)
-    with pytest.raises(ValueError, match=r"chains-0\.pt"):
-        run_distributed(
-            MALA(gaussian), torch.zeros(4, 2), 5, seed=0,
-            checkpoint=tmp_path / "chains-{rank}.pt", resume=True,
-        )  # fmt: skip
+    marker = _resume_distributed_from_a_crafted_checkpoint(tmp_path)
     assert not marker.exists()
     kind, message = exchanged[0]["error"]
     assert kind == "ValueError" and "chains-0.pt" in message
