@@ -6,6 +6,7 @@ The shape, dtype and context checks compare metadata only (no device synchronisa
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -23,6 +24,7 @@ __all__ = [
     "check_num_samples",
     "check_int",
     "check_positive",
+    "guard_override",
 ]
 
 
@@ -218,3 +220,27 @@ def check_batch(name: str, value: Tensor, batch: int) -> None:
     """Check the leading dimension of ``value`` equals ``batch``."""
     if value.shape[0] != batch:
         raise ValueError(f"{name} must have {batch} rows to match the inputs, got {value.shape[0]}")
+
+
+def guard_override(cls: type, public: str, private: str, check: str) -> None:
+    """Keep the input check of ``public`` when a subclass overrides it instead of ``private``.
+
+    Call from ``__init_subclass__`` of a base class whose ``public`` method checks its input and
+    then calls ``private`` (the documented extension point). If ``cls`` defines ``public`` itself,
+    it is wrapped to run ``getattr(self, check)(inputs)`` first, and its body also serves as
+    ``private`` when no class above implements that (a concrete inherited ``private`` is kept,
+    so ``super().public`` calls in the body reach it instead of recursing).
+    """
+    own = cls.__dict__.get(public)
+    if own is None or getattr(own, "_checks_inputs", False):
+        return
+
+    @functools.wraps(own)
+    def checked(self, inputs, *args, **kwargs):
+        getattr(self, check)(inputs)
+        return own(self, inputs, *args, **kwargs)
+
+    checked._checks_inputs = True
+    setattr(cls, public, checked)
+    if getattr(getattr(cls, private), "__isabstractmethod__", False):
+        setattr(cls, private, own)

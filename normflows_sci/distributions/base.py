@@ -13,7 +13,6 @@ square gives ``-inf`` with a zero (not NaN) gradient.
 from __future__ import annotations
 
 import abc
-import functools
 import math
 from collections.abc import Sequence
 
@@ -21,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from normflows_sci.checks import check_num_samples, check_shape
+from normflows_sci.checks import check_num_samples, check_shape, guard_override
 
 __all__ = [
     "Distribution",
@@ -111,23 +110,8 @@ class Distribution(nn.Module, abc.ABC):
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        own = cls.__dict__.get("log_prob")
-        if own is None or getattr(own, "_checks_inputs", False):
-            return
-
-        # A subclass overriding log_prob directly: run the shape check before its body. When no
-        # class above implements _log_prob, its body also serves as that (the abstract method is
-        # then satisfied; a concrete inherited one is kept, so super().log_prob calls in the body
-        # reach it instead of recursing).
-        @functools.wraps(own)
-        def log_prob(self, inputs, context=None, *args, **kwargs):
-            self._check_inputs(inputs)
-            return own(self, inputs, context, *args, **kwargs)
-
-        log_prob._checks_inputs = True
-        cls.log_prob = log_prob
-        if getattr(cls._log_prob, "__isabstractmethod__", False):
-            cls._log_prob = own
+        # A subclass overriding log_prob directly still gets the shape check.
+        guard_override(cls, "log_prob", "_log_prob", "_check_inputs")
 
     def _check_inputs(self, inputs: Tensor) -> None:
         """Raise unless ``inputs`` is a floating-point tensor of shape ``(batch, *event_shape)``

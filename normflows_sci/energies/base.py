@@ -8,14 +8,13 @@ unnormalised log-density of the Boltzmann distribution ``p(x) ∝ exp(-u(x))`` a
 from __future__ import annotations
 
 import abc
-import functools
 import math
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
-from normflows_sci.checks import check_tensor
+from normflows_sci.checks import check_tensor, guard_override
 
 __all__ = ["Energy", "TemperedEnergy"]
 
@@ -59,22 +58,8 @@ class Energy(nn.Module, abc.ABC):
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        own = cls.__dict__.get("energy")
-        if own is None or getattr(own, "_checks_inputs", False):
-            return
-        # A subclass overriding energy itself: check its inputs first, and let its body serve as
-        # _energy when nothing above implements that (a concrete inherited _energy is kept, so a
-        # body calling super().energy reaches it instead of recursing).
-
-        @functools.wraps(own)
-        def energy(self, x, *args, **kwargs):
-            self._check(x)
-            return own(self, x, *args, **kwargs)
-
-        energy._checks_inputs = True
-        cls.energy = energy
-        if getattr(cls._energy, "__isabstractmethod__", False):
-            cls._energy = own
+        # A subclass overriding energy itself still gets the input checks.
+        guard_override(cls, "energy", "_energy", "_check")
 
     @property
     def dim(self) -> int:
