@@ -594,12 +594,7 @@ class TableFlow(Flow):
     to the network's dtype, as well as the network's own dtype.
     """
 
-    def _check_dtype(self, name: str, value: Tensor) -> None:
-        if value.dtype == torch.float64:
-            return
-        check = getattr(super(), "_check_dtype", None)
-        if check is not None:
-            check(name, value)
+    extra_input_dtypes = (torch.float64,)
 
 
 def _network_options(spec: TableSpec, base) -> dict:

@@ -83,14 +83,21 @@ class Flow(nn.Module):
                 raise ValueError(f"event_shape must be positive integers, got {event_shape!r}")
             self.event_shape = torch.Size(int(s) for s in shape)
 
+    #: Floating dtypes the inputs may have besides the parameters' (a subclass whose first layer
+    #: preprocesses in float64 in front of a float32 network lists ``torch.float64``).
+    extra_input_dtypes: tuple[torch.dtype, ...] = ()
+
     @property
     def features(self) -> int:
         return self.event_shape.numel()
 
     def _check_dtype(self, name: str, value: Tensor) -> None:
-        """Check ``value`` matches the dtype and device of the flow's parameters."""
+        """Check ``value`` matches the dtype (or one of :attr:`extra_input_dtypes`) and the device
+        of the flow's parameters."""
         anchor = self._anchor
-        if value.dtype == anchor.dtype and value.device == anchor.device:
+        if value.device == anchor.device and (
+            value.dtype == anchor.dtype or value.dtype in self.extra_input_dtypes
+        ):
             return
         if not value.is_floating_point():
             check_dtype(name, value, anchor.dtype)  # raises: integer or boolean tensor
