@@ -12,6 +12,9 @@ Datasets (see ``README.md`` in this folder for provenance, license statements an
 ``penguins``
     342 adult Adelie, Chinstrap and Gentoo penguins (Palmer Station LTER), 4 columns:
     ``bill_length_mm``, ``bill_depth_mm``, ``flipper_length_mm``, ``body_mass_g``. CC0.
+    ``load_dataset("penguins", categorical=True)``: the mixed table of the 333 penguins with every
+    value recorded, the four measurements plus the categorical columns ``species``, ``island``
+    and ``sex`` (a DataFrame with pandas categorical columns).
 
 Column metadata for preprocessing: ``bounds`` names the physically bounded columns (every shipped
 value lies strictly inside its bounds, so logit and inverse-softplus maps of them are finite), and
@@ -22,6 +25,7 @@ value lies strictly inside its bounds, so logit and inverse-softplus maps of the
 from __future__ import annotations
 
 import csv
+import dataclasses
 import functools
 import gzip
 from dataclasses import dataclass, field
@@ -57,6 +61,7 @@ class Dataset:
             open side. Every value lies strictly inside.
         discrete: the integer-valued columns.
         units: ``column -> unit`` (free text), for axis labels.
+        categorical: the categorical columns (text labels; empty for a numeric table).
     """
 
     name: str
@@ -68,6 +73,7 @@ class Dataset:
     bounds: dict[str, tuple[float | None, float | None]] = field(repr=False)
     discrete: list[str] = field(repr=False)
     units: dict[str, str] = field(repr=False)
+    categorical: list[str] = field(default_factory=list, repr=False)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -106,6 +112,7 @@ class _Spec:
     bounds: dict[str, tuple[float | None, float | None]]
     discrete: tuple[str, ...]
     units: dict[str, str]
+    categorical: tuple[str, ...] = ()
 
 
 _REGISTRY: dict[str, _Spec] = {
@@ -193,6 +200,42 @@ _REGISTRY: dict[str, _Spec] = {
     ),
 }
 
+# Tables with categorical columns, by the name of their numeric edition: load_dataset(name,
+# categorical=True). Kept apart from _REGISTRY so list_datasets() names each dataset once.
+_MIXED: dict[str, _Spec] = {
+    "penguins": dataclasses.replace(
+        _REGISTRY["penguins"],
+        filename="penguins_mixed.csv.gz",
+        sha256="3a238cc0686663810b0b44ce0b11babdf308240119482711178484c90ccb9a30",
+        rows=333,
+        columns=(
+            "species",
+            "island",
+            "sex",
+            "bill_length_mm",
+            "bill_depth_mm",
+            "flipper_length_mm",
+            "body_mass_g",
+        ),
+        description=(
+            "The 333 penguins of the penguins table whose species, island, sex and four size "
+            "measurements are all recorded (Adelie, Chinstrap and Gentoo from Biscoe, Dream and "
+            "Torgersen islands of the Palmer Archipelago, Antarctica, 2007-2009). A mixed table: "
+            "three categorical columns and four numeric ones. Chinstrap penguins were only "
+            "sampled on Dream and Gentoo only on Biscoe, so most species-island combinations are "
+            "empty; males are heavier, with deeper and longer bills. Flipper length is in whole "
+            "millimetres and body mass in 25 g steps."
+        ),
+        units={
+            "species": "label (Adelie, Chinstrap, Gentoo)",
+            "island": "label (Biscoe, Dream, Torgersen)",
+            "sex": "label (female, male)",
+            **_REGISTRY["penguins"].units,
+        },
+        categorical=("species", "island", "sex"),
+    ),
+}
+
 
 def list_datasets() -> list[str]:
     """Names of the shipped datasets, sorted.
@@ -223,8 +266,8 @@ def _data_file(filename: str) -> Any:
 
 
 @functools.cache
-def _read_table(filename: str, columns: tuple[str, ...]) -> np.ndarray:
-    """Parse a packaged ``.csv.gz`` (header line, then numbers) into a read-only float64 array."""
+def _read_rows(filename: str, columns: tuple[str, ...]) -> tuple[tuple[str, ...], ...]:
+    """The text cells of a packaged ``.csv.gz`` (header line checked against ``columns``)."""
     with _data_file(filename).open("rb") as raw, gzip.open(raw, "rt", encoding="ascii") as text:
         reader = csv.reader(text)
         header = tuple(next(reader))
@@ -233,21 +276,56 @@ def _read_table(filename: str, columns: tuple[str, ...]) -> np.ndarray:
                 f"packaged file {filename} has columns {list(header)}, expected {list(columns)}: "
                 "the installed package is damaged"
             )
-        rows = list(reader)
+        return tuple(tuple(row) for row in reader)
+
+
+@functools.cache
+def _read_table(
+    filename: str, columns: tuple[str, ...], labels: tuple[str, ...] = ()
+) -> np.ndarray:
+    """The numeric columns (all but ``labels``) of a packaged ``.csv.gz`` as a read-only float64
+    array."""
+    rows = _read_rows(filename, columns)
+    keep = [j for j, c in enumerate(columns) if c not in labels]
     try:
-        values = np.array(rows, dtype=np.float64)
-    except ValueError:
+        values = np.array([[row[j] for j in keep] for row in rows], dtype=np.float64)
+    except (ValueError, IndexError):
         values = None
-    if values is None or values.shape != (len(rows), len(columns)):
+    if values is None or values.shape != (len(rows), len(keep)):
         raise RuntimeError(
-            f"packaged file {filename} is not a numeric table with {len(columns)} columns: "
+            f"packaged file {filename} is not a numeric table with {len(keep)} numeric columns: "
             "the installed package is damaged"
         )
     values.setflags(write=False)
     return values
 
 
-def load_dataset(name: str = DEFAULT_DATASET, *, as_frame: bool = False) -> Dataset:
+def _mixed_frame(spec: _Spec) -> pandas.DataFrame:
+    """A table with label columns as a DataFrame: pandas categoricals (levels sorted) for the
+    ``spec.categorical`` columns, float64 for the rest, in the file's column order."""
+    try:
+        import pandas
+    except ImportError:
+        raise ImportError(
+            "load_dataset(..., categorical=True) needs pandas, which is not installed: "
+            "`pip install pandas`"
+        ) from None
+    rows = _read_rows(spec.filename, spec.columns)
+    values = _read_table(spec.filename, spec.columns, spec.categorical)
+    numeric = iter(values.T)
+    data = {}
+    for j, name in enumerate(spec.columns):
+        if name in spec.categorical:
+            labels = [row[j] for row in rows]
+            data[name] = pandas.Categorical(labels, categories=sorted(set(labels)))
+        else:
+            data[name] = next(numeric).copy()
+    return pandas.DataFrame(data)
+
+
+def load_dataset(
+    name: str = DEFAULT_DATASET, *, as_frame: bool = False, categorical: bool = False
+) -> Dataset:
     """Load a shipped dataset.
 
     Each call returns fresh, writable copies of the values and metadata.
@@ -256,13 +334,18 @@ def load_dataset(name: str = DEFAULT_DATASET, *, as_frame: bool = False) -> Data
         name: one of :func:`list_datasets`; defaults to :data:`DEFAULT_DATASET`.
         as_frame: return ``data`` as a ``pandas.DataFrame`` (float64 columns) instead of a numpy
             array. Needs pandas.
+        categorical: the edition of the table with its categorical columns (only ``"penguins"``
+            has one: ``species``, ``island``, ``sex``, and only the rows where every value is
+            recorded). ``data`` is then always a ``pandas.DataFrame`` (a float array cannot hold
+            the labels), with pandas categorical columns; ``as_frame`` is implied. Needs pandas.
 
     Returns:
         A :class:`Dataset` with the values, column names, provenance and column metadata.
 
     Raises:
-        ValueError: ``name`` is not a shipped dataset (the message lists the available ones).
-        ImportError: ``as_frame=True`` and pandas is not installed.
+        ValueError: ``name`` is not a shipped dataset (the message lists the available ones),
+            or has no categorical edition.
+        ImportError: ``as_frame=True`` or ``categorical=True`` and pandas is not installed.
 
     Example:
         >>> ds = load_dataset()
@@ -274,8 +357,18 @@ def load_dataset(name: str = DEFAULT_DATASET, *, as_frame: bool = False) -> Data
         ((0.0, None), ['wind', 'pressure', 'day_of_year'])
         >>> ds.data[0].tolist()  # Amy, 27 June 1975, 00 UTC
         [27.5, -79.0, 25.0, 1013.0, 178.0]
+        >>> mixed = load_dataset("penguins", categorical=True)  # needs pandas
+        >>> mixed.shape, mixed.categorical
+        ((333, 7), ['species', 'island', 'sex'])
     """
     spec = _spec(name)
+    if categorical:
+        if name not in _MIXED:
+            raise ValueError(
+                f"dataset {name!r} has no categorical edition; datasets with one: "
+                f"{', '.join(repr(n) for n in sorted(_MIXED))}"
+            )
+        return _dataset(name, _MIXED[name], _mixed_frame(_MIXED[name]))
     frame_class = None
     if as_frame:
         try:
@@ -289,14 +382,20 @@ def load_dataset(name: str = DEFAULT_DATASET, *, as_frame: bool = False) -> Data
     values = _read_table(spec.filename, spec.columns).copy()
     columns = list(spec.columns)
     data = values if frame_class is None else frame_class(values, columns=columns)
+    return _dataset(name, spec, data)
+
+
+def _dataset(name: str, spec: _Spec, data) -> Dataset:
+    """A :class:`Dataset` holding ``data`` with fresh copies of the metadata of ``spec``."""
     return Dataset(
         name=name,
         data=data,
-        columns=columns,
+        columns=list(spec.columns),
         description=spec.description,
         source=spec.source,
         license=spec.license,
         bounds=dict(spec.bounds),
         discrete=list(spec.discrete),
         units=dict(spec.units),
+        categorical=list(spec.categorical),
     )
