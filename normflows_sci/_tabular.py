@@ -40,10 +40,15 @@ __all__ = [
     "HEAVY_TAIL_THRESHOLD",
     "MIN_ROWS_FOR_TAILS",
     "BOUND_MARGIN",
+    "AUTO_PILE_SPREAD",
+    "AUTO_SKEWNESS",
+    "AUTO_SKEW_SPREADS",
     "as_table",
     "robust_moments",
     "float64_bounds",
     "hill_tail_index",
+    "tail_indices",
+    "positive_column",
     "column_layout",
     "plan_table",
     "spec_keys",
@@ -51,12 +56,20 @@ __all__ = [
 
 # The flow families a table model can use, by the name DensityEstimator(flow=...) takes.
 FLOWS = {"nsf": NSF, "maf": MAF, "realnvp": RealNVP, "tarflow": TarFlow, "cnf": CNF}
-# Columns whose estimated tail index falls below this get a Student-t base marginal.
+# Columns whose tail index falls below this on BOTH sides get a Student-t base marginal (the base
+# is symmetric: one heavy tail, as in a log-normal column, would give the light side outliers).
 HEAVY_TAIL_THRESHOLD = 4.0
 # Below this many rows the tail index rests on too few points to act on it automatically.
 MIN_ROWS_FOR_TAILS = 1000
-# Bounds are widened by this share of a column's spread, so points on a bound stay finite.
+# Bounds that the data touch are widened by this share of a column's spread, so points on a bound
+# stay finite; bounds the data lie strictly inside are used exactly, so samples respect them.
 BOUND_MARGIN = 1e-6
+# bounds="auto" bounds a non-negative column at 0 when its minimum lies within AUTO_PILE_SPREAD
+# standard deviations of 0 (values piled near 0), or within AUTO_SKEW_SPREADS of 0 when the column
+# is right-skewed (sample skewness above AUTO_SKEWNESS): the shape of positive quantities.
+AUTO_PILE_SPREAD = 0.1
+AUTO_SKEWNESS = 0.5
+AUTO_SKEW_SPREADS = 3.0
 _FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
 
@@ -86,9 +99,15 @@ class ColumnLayout:
         return values[:, [self.columns.index(c) for c in self.context_columns]]
 
     def effective_bounds(self, targets: np.ndarray) -> tuple[list, list]:
-        """Bounds of the (dequantised) variables, widened by a hair so points on a bound are
-        finite; checks that ``targets`` respect the declared bounds (``ValueError`` naming the
-        column)."""
+        """Bounds of the (dequantised) variables; checks that ``targets`` respect the declared
+        bounds (``ValueError`` naming the column).
+
+        A bound the rows touch (a value on it, or an integer cell starting on it) is widened by a
+        hair (``BOUND_MARGIN`` of the column's spread) so those points stay finite; a bound the
+        rows lie strictly inside is kept exactly, so the model's samples respect it exactly (the
+        float64 inverse map ``low + softplus(y)`` never goes below ``low``). An integer column's
+        upper bound is that of its last cell, ``high + step``.
+        """
         lower, upper = [], []
         for i, name in enumerate(self.target_columns):
             low, high, step = self.lower[i], self.upper[i], self.step[i]
@@ -101,8 +120,12 @@ class ColumnLayout:
             spread = float(robust_moments(torch.as_tensor(column[:, None]))[1][0])
             scale = max(spread, 1.0) if step else (spread if spread > 0 else 1.0)
             margin = BOUND_MARGIN * scale
-            lower.append(None if low is None else float(low) - margin)
-            upper.append(None if high is None else float(high) + step + margin)
+            touch_low = low is not None and column.min() <= low
+            touch_high = high is not None and not step and column.max() >= high
+            lower.append(None if low is None else float(low) - (margin if touch_low else 0.0))
+            upper.append(
+                None if high is None else float(high) + step + (margin if touch_high else 0.0)
+            )
         return lower, upper
 
 
@@ -295,12 +318,16 @@ def hill_tail_index(values: np.ndarray, *, fraction: float = 0.02) -> float:
         >>> 1.5 < heavy < 3.0 < light
         True
     """
-    magnitudes = np.sort(np.abs(np.asarray(values, dtype=np.float64)))[::-1]
-    k = max(10, int(fraction * len(magnitudes)))
+    magnitudes = np.abs(np.asarray(values, dtype=np.float64))
+    return _hill(magnitudes, max(10, int(fraction * len(magnitudes))))
+
+
+def _hill(magnitudes: np.ndarray, k: int) -> float:
+    """Hill estimate from the ``k`` largest of non-negative ``magnitudes`` (``inf`` if undefined)."""
+    magnitudes = np.sort(magnitudes)[::-1]
     if len(magnitudes) <= k + 1 or magnitudes[k] <= 0:
         return math.inf
-    logs = np.log(magnitudes[:k]) - np.log(magnitudes[k])
-    mean = logs.mean()
+    mean = (np.log(magnitudes[:k]) - np.log(magnitudes[k])).mean()
     return math.inf if mean <= 0 else float(1.0 / mean)
 
 
@@ -330,11 +357,41 @@ def _standardization(
     return mean, std, ((points[2] - mean) / std).numpy()
 
 
+def tail_indices(values: np.ndarray, *, fraction: float = 0.02) -> tuple[float, float]:
+    """Hill tail indices ``(lower, upper)`` of the two sides of a sample, about its median.
+
+    Each side's index is :func:`hill_tail_index` of the distances from the median of the values
+    on that side, from the top ``fraction`` of all ``n`` values (at least 10 points). A symmetric
+    heavy tail (Student-t, Cauchy) gives small indices on both sides; a skewed light-tailed column
+    (log-normal, a squared Gaussian) a small one only on its long side, which the pooled
+    :func:`hill_tail_index` cannot tell apart.
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> low, high = tail_indices(rng.lognormal(size=10_000))
+        >>> bool(high < 4.0 < low)
+        True
+        >>> bool(max(tail_indices(rng.standard_t(2, size=10_000))) < 4.0)
+        True
+    """
+    values = np.asarray(values, dtype=np.float64)
+    deviations = values - np.median(values)
+    k = max(10, int(fraction * len(values)))
+    sides = (-deviations[deviations < 0], deviations[deviations > 0])
+    return tuple(_hill(side, k) for side in sides)
+
+
 def _tail_df(standardized: np.ndarray, heavy_tails: str | bool) -> list:
-    """Student-t degrees of freedom per column (None for a Gaussian base marginal)."""
+    """Student-t degrees of freedom per column (None for a Gaussian base marginal).
+
+    The Student-t base is symmetric, so with ``"auto"`` a column gets one only when BOTH of its
+    tails are heavy (:func:`tail_indices` below ``HEAVY_TAIL_THRESHOLD``), and its degrees of
+    freedom are those of the lighter tail: a column heavy on one side only (log-normal, banana)
+    keeps a Gaussian base rather than gain outliers on its light side.
+    """
     tail_df = []
     for column in standardized.T:
-        index = hill_tail_index(column)
+        index = max(tail_indices(column))
         heavy = heavy_tails is True or (
             heavy_tails == "auto"
             and len(column) >= MIN_ROWS_FOR_TAILS
@@ -392,14 +449,40 @@ def _declared_bounds(
             lower[target_idx.index(j)], upper[target_idx.index(j)] = pair
     elif bounds == "auto":
         for i, column in enumerate(targets.T):
-            low, high, spread = column.min(), column.max(), column.std() + 1e-12
-            if low >= 0 and high <= 1 and not discrete[i]:
+            if column.min() >= 0 and column.max() <= 1 and not discrete[i]:
                 lower[i], upper[i] = 0.0, 1.0
-            elif low >= 0 and low < 0.1 * spread:
+            elif positive_column(column):
                 lower[i] = 0.0
     elif bounds is not None:
         raise ValueError(f"bounds must be a dict, 'auto' or None, got {bounds!r}")
     return lower, upper
+
+
+def positive_column(column: np.ndarray) -> bool:
+    """Whether ``bounds="auto"`` bounds a column at 0: all values are non-negative and either
+    piled near 0 (the minimum within ``AUTO_PILE_SPREAD`` standard deviations of 0) or skewed to
+    the right (sample skewness above ``AUTO_SKEWNESS``) with the minimum within
+    ``AUTO_SKEW_SPREADS`` standard deviations of 0 (log-normal, gamma, counts).
+
+    A symmetric column that merely happens to be positive, such as ``N(10, 1)`` (minimum about 6
+    standard deviations above 0, skewness near 0), is left unbounded.
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> positive_column(rng.lognormal(0.0, 0.5, 5000)), positive_column(rng.normal(10, 1, 5000))
+        (True, False)
+    """
+    column = np.asarray(column, dtype=np.float64)
+    low = float(column.min())
+    if low < 0:
+        return False
+    mean, std = (float(v[0]) for v in robust_moments(torch.as_tensor(column[:, None])))
+    if not std > 0:
+        return False
+    if low < AUTO_PILE_SPREAD * std:
+        return True
+    skewness = float(np.mean(((column - mean) / std) ** 3))
+    return skewness > AUTO_SKEWNESS and low < AUTO_SKEW_SPREADS * std
 
 
 def _lattices(targets: np.ndarray, discrete: list[bool]) -> tuple[list, list]:
@@ -514,9 +597,9 @@ def plan_table(
             a column without a finite spread.
     """
     targets = layout.targets(train)
-    lower, upper = layout.effective_bounds(targets)
-    if validation is not None:
-        layout.effective_bounds(layout.targets(validation))
+    # A bound that validation rows touch is widened too (their held-out loss stays finite).
+    seen = targets if validation is None else np.vstack([targets, layout.targets(validation)])
+    lower, upper = layout.effective_bounds(seen)
     context = layout.context(train)
     context_std = _check_spread(layout, targets, context)
     bounded = any(v is not None for v in lower + upper)
