@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from functools import partial
 
 import pytest
@@ -286,3 +287,69 @@ def test_anneal_returns_an_anneal_result_read_like_the_old_dict():
         out["samples"] = x  # read-only, as a result should be
     # One base class carries the Mapping code of both results (not written twice).
     assert AnnealResult.__getitem__ is AISResult.__getitem__
+
+
+def _unit_gaussian_at(centre: float):
+    """Normalised 2-D unit Gaussian at ``(centre, centre)``: log Z = 0."""
+
+    def log_prob(x):
+        return -0.5 * (x - centre).square().sum(-1) - math.log(2 * math.pi)
+
+    return log_prob
+
+
+def _identity_flow():
+    torch.manual_seed(0)
+    return RealNVP(2, transforms=2, hidden_features=(8,)).to(torch.float64)  # N(0, I) at init
+
+
+@pytest.mark.parametrize("method", [AIS, SMC])
+def test_a_target_80_sigma_away_is_unreliable_and_warns(method):
+    """Issue 20: log Z = 0 came out as -1947 +- 0.999 (AIS) and -1766 (SMC, ESS 500 of 500, NaN
+    error bar) without a word. The result now says it is unreliable, with the k-hat and ESS."""
+    sampler = method(_unit_gaussian_at(80.0), _identity_flow(), num_temperatures=8, kernel=MALA)
+    with pytest.warns(RuntimeWarning, match=r"unreliable importance weights: Pareto k-hat") as rec:
+        out = sampler.sample(256, generator=torch.Generator().manual_seed(0))
+    assert len([w for w in rec if issubclass(w.category, RuntimeWarning)]) == 1
+    assert "ESS =" in str(rec[0].message) and "num_temperatures" in str(rec[0].message)
+    assert abs(out.log_z) > 100  # the estimate is far off ...
+    assert not out.reliable  # ... and says so
+    assert out.pareto_k > out.khat_threshold
+    assert out.ess < 0.5 * 256  # the final weights' ESS, not N after a last resampling
+    assert out.log_z_replicas.shape == (4,)  # an error bar out of the box
+
+
+@pytest.mark.parametrize("method", [AIS, SMC])
+def test_a_target_close_to_the_flow_is_reliable_without_a_warning(method):
+    sampler = method(_unit_gaussian_at(0.3), _identity_flow(), num_temperatures=8, kernel=MALA)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        out = sampler.sample(512, generator=torch.Generator().manual_seed(0))
+    assert out.reliable and out.pareto_k < out.khat_threshold
+    assert out.log_z_stderr is not None and 0 < out.log_z_stderr < 0.05
+    assert abs(out.log_z) < 1.96 * out.log_z_stderr
+    assert out.replica_spread < 0.1 and out.stage_pareto_k.shape == (out.resamples + 1,)
+
+
+def test_smc_with_one_replica_has_no_error_bar_and_says_so():
+    """One SMC replica reported a NaN error bar: now None, with a warning saying what to do."""
+    sampler = SMC(_unit_gaussian_at(0.3), _identity_flow(), num_temperatures=8, kernel=MALA)
+    with pytest.warns(RuntimeWarning, match=r"one replica: no error bar.*replicas >= 2"):
+        out = sampler.sample(512, replicas=1, generator=torch.Generator().manual_seed(0))
+    assert out.log_z_stderr is None and out.reliable
+    ais = AIS(_unit_gaussian_at(0.3), _identity_flow(), num_temperatures=8, kernel=MALA)
+    one = ais.sample(512, replicas=1, generator=torch.Generator().manual_seed(0))
+    assert one.log_z_stderr == pytest.approx(math.sqrt(1 / one.ess - 1 / 512))
+
+
+def test_smc_reports_the_ess_of_its_final_weights_not_n_after_resampling():
+    """SMC resampled after the last stage and reported ESS = N. It no longer resamples there:
+    ``ess`` and ``weights`` are those of the final weights."""
+    sampler = SMC(_unit_gaussian_at(1.5), _identity_flow(), num_temperatures=2, kernel=MALA)
+    out = sampler.sample(512, generator=torch.Generator().manual_seed(0))
+    assert out.reliable and out.resamples == 1  # after the first stage only
+    assert out.ess < 0.9 * 512
+    assert out.ess == pytest.approx(float(1 / out.weights.square().sum()))
+    assert float(torch.logsumexp(out.log_weights.double(), 0)) - math.log(512) == pytest.approx(
+        out.log_z
+    )

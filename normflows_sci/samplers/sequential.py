@@ -35,23 +35,108 @@ from normflows_sci.samplers._mh import finite, log_prob_and_grad
 from normflows_sci.samplers._results import FieldMapping
 from normflows_sci.samplers.adaptation import StepSizeAdaptation
 from normflows_sci.samplers.kernels import HMC, kernel_factory
+from normflows_sci.samplers.psis import khat_threshold, tail_khat
 from normflows_sci.samplers.targets import as_log_prob, check_log_prob, describe_target
 
-__all__ = ["SequentialResult", "AnnealResult", "AIS", "SMC", "anneal"]
+__all__ = [
+    "SequentialResult",
+    "AnnealResult",
+    "AIS",
+    "SMC",
+    "anneal",
+    "MAX_REPLICA_SPREAD",
+    "warn_unreliable",
+]
+
+
+# Replicas whose log Z estimates differ by more than this (standard deviation) make a result
+# unreliable: the mean of their Z is dominated by the largest and its error bar means little.
+MAX_REPLICA_SPREAD = 1.0
+
+# The warnings point at the caller of sample(): _warn -> __post_init__ -> __init__ ->
+# _sequential_result -> sample -> caller.
+_STACKLEVEL = 6
+
+_ADVICE = (
+    "use more temperatures (num_temperatures), more MCMC steps per stage, more particles, or a "
+    "flow closer to the target (train it)"
+)
+
+
+def warn_unreliable(
+    pareto_k: float,
+    threshold: float,
+    num_samples: int,
+    ess: float,
+    *,
+    cause: str = "",
+    advice: str,
+    stacklevel: int = 2,
+) -> None:
+    """Warn (RuntimeWarning) that a result's importance weights are unreliable, naming the
+    k-hat, its threshold, the sample size, the ESS, the ``cause`` (optional) and the ``advice``;
+    ``stacklevel`` counts from the caller of this function (2: the caller's caller)."""
+    cause = f" ({cause})" if cause else ""
+    warnings.warn(
+        f"unreliable importance weights: Pareto k-hat = {pareto_k:.3g}{cause}, threshold "
+        f"{threshold:.3g} for {num_samples} samples, ESS = {ess:.3g}. log Z, expectations and "
+        f"their standard errors may be far off: {advice}",
+        RuntimeWarning,
+        stacklevel=stacklevel + 1,
+    )
 
 
 @dataclass(frozen=True)
 class SequentialResult:
     """Output of :class:`AIS` / :class:`SMC`.
 
+    The particles run in ``R`` independent replica groups (``replicas``). Each group's estimate
+    ``Z_g`` of the normaliser is unbiased; ``log_z`` is the log of their mean.
+
+    Reliability: the final AIS weights are importance weights on the extended space of the whole
+    annealing path, so their Pareto k-hat (:func:`~normflows_sci.samplers.psis.pareto_khat`) says
+    whether log Z and its error bar can be trusted, as for :class:`ImportanceResult`. SMC
+    resamples; each segment between two resamplings (and the last one, up to the end) is one
+    importance-sampling step from the resampled, moved particles to the distribution of the
+    segment's end, with weights ``exp(sum of the segment's increments)``. ``stage_pareto_k`` holds
+    the k-hat of each segment's weights (over all ``N`` particles) and ``pareto_k`` their maximum
+    (NaN if any is NaN): one failed step (the weights collapsing onto a handful of particles) is
+    enough to bias log Z, even when the later segments look healthy because every particle then
+    descends from the same few. The replicas add a second check: independent groups whose log Z
+    estimates spread by more than :data:`MAX_REPLICA_SPREAD` (standard deviation) disagree by
+    factors of ``e`` or more, which no error bar from four or so of them describes.
+
+    Construction warns (RuntimeWarning, once per result) when the result is not
+    :attr:`reliable`, when ``ess < 2``, or when there is no error bar (SMC with one replica).
+
     Attributes:
         samples: ``(N, *event)`` final particles.
-        log_weights: ``(N,)`` final log weights (relative within each replica group).
-        weights: ``(N,)`` self-normalised over all particles.
-        ess, ess_fraction: Kish ESS of the final weights (count and fraction of N).
-        log_z, log_z_stderr: the log-normaliser estimate and its standard error.
+        log_weights: ``(N,)`` final log weights, absolute: ``logsumexp(log_weights) - log N`` is
+            ``log_z``. Across groups they are combined by each group's ``Z_g`` (the weights of
+            independent SMC runs are pooled in proportion to their normaliser estimates).
+        weights: ``(N,)`` ``log_weights`` self-normalised over all particles.
+        ess, ess_fraction: Kish ESS of the final weights (count and fraction of N). SMC never
+            resamples after the last stage, so these are the weights every estimate uses, not
+            ``N`` equal weights of a resampled population. Particles that share an ancestor from
+            an earlier resampling still count as distinct: the degeneracy of earlier stages shows
+            in ``stage_pareto_k``, not in the ESS.
+        log_z: ``log(mean_g Z_g)``, the log-normaliser estimate.
+        log_z_stderr: standard error of ``log_z``, or ``None`` when there is none. With ``R >= 2``
+            replicas: the standard error of the mean of the ``Z_g`` (mapped to log scale by the
+            delta method), widened by ``t_{R-1}(0.975) / 1.96`` (Student's t quantile) so that
+            ``log_z +- 1.96 log_z_stderr`` is a 95% interval despite the few degrees of freedom
+            of an ``R``-group spread. With one replica: AIS gives the importance-sampling delta
+            method ``sqrt(1 / ess - 1 / N)`` of its final weights (``inf`` when ``ess < 2``);
+            SMC gives ``None`` (resampled particles are not independent, so only the spread of
+            independent replicas measures its error; pass ``replicas >= 2``).
         acceptance: mean MCMC acceptance per stage, ``(K,)``.
         resamples: number of resampling events (SMC; 0 for AIS).
+        pareto_k: k-hat of the final weights (AIS) or the maximum over the segments (SMC);
+            computed from ``log_weights`` when not given.
+        khat_threshold: ``min(1 - 1 / log10(N), 0.7)``; see :attr:`reliable`.
+        log_z_replicas: ``(R,)`` float64 log-normaliser estimate of each replica group.
+        stage_pareto_k: ``(segments,)`` k-hat of the weights of each segment between resamplings
+            (one entry for AIS).
     """
 
     samples: Tensor
@@ -60,9 +145,89 @@ class SequentialResult:
     ess: float
     ess_fraction: float
     log_z: float
-    log_z_stderr: float
+    log_z_stderr: float | None
     acceptance: Tensor
     resamples: int
+    pareto_k: float | None = None
+    khat_threshold: float | None = None
+    log_z_replicas: Tensor | None = None
+    stage_pareto_k: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        # Frozen: the defaults of a hand-built result are filled in once, here.
+        if self.pareto_k is None:
+            object.__setattr__(self, "pareto_k", _segment_khat(self.log_weights))
+        if self.khat_threshold is None:
+            object.__setattr__(self, "khat_threshold", _threshold(len(self.log_weights)))
+        if self.log_z_replicas is None:
+            object.__setattr__(self, "log_z_replicas", torch.tensor([self.log_z]).double())
+        if self.stage_pareto_k is None:
+            object.__setattr__(self, "stage_pareto_k", torch.tensor([self.pareto_k]).double())
+        if not self.reliable or self.ess < 2 or self.log_z_stderr is None:
+            self._warn()
+
+    @property
+    def replica_spread(self) -> float:
+        """Standard deviation of the replicas' log Z estimates (NaN with one replica)."""
+        if len(self.log_z_replicas) < 2:
+            return math.nan
+        if not bool(torch.isfinite(self.log_z_replicas).all()):
+            return math.inf
+        return float(self.log_z_replicas.std())
+
+    @property
+    def reliable(self) -> bool:
+        """Whether k-hat is below its threshold (a NaN k-hat, from fewer than 21 particles, is
+        not) and, with ``R >= 2`` replicas, their log Z estimates agree (spread at most
+        :data:`MAX_REPLICA_SPREAD`)."""
+        khat_ok = not math.isnan(self.pareto_k) and self.pareto_k < self.khat_threshold
+        return khat_ok and not self.replica_spread > MAX_REPLICA_SPREAD
+
+    def _warn(self) -> None:
+        causes = []
+        if math.isnan(self.pareto_k):
+            causes.append("k-hat is NaN: fewer than 21 particles, or the tail fit failed")
+        elif len(self.stage_pareto_k) > 1:
+            causes.append(f"maximum over {len(self.stage_pareto_k)} resampling segments")
+        if self.replica_spread > MAX_REPLICA_SPREAD:
+            causes.append(
+                f"the {len(self.log_z_replicas)} replicas' log Z estimates spread by "
+                f"{self.replica_spread:.3g} (standard deviation) > {MAX_REPLICA_SPREAD}"
+            )
+        no_error_bar = (
+            "one replica: no error bar (log_z_stderr is None); pass replicas >= 2"
+            if self.log_z_stderr is None
+            else ""
+        )
+        if self.reliable and self.ess >= 2:
+            warnings.warn(f"SMC with {no_error_bar}", RuntimeWarning, stacklevel=_STACKLEVEL)
+            return
+        advice = _ADVICE + (f"; {no_error_bar}" if no_error_bar else "")
+        warn_unreliable(
+            self.pareto_k,
+            self.khat_threshold,
+            len(self.log_weights),
+            self.ess,
+            cause="; ".join(causes),
+            advice=advice,
+            stacklevel=_STACKLEVEL,
+        )
+
+
+def _threshold(num_samples: int) -> float:
+    # One sample has no threshold; NaN makes it unreliable.
+    return khat_threshold(num_samples) if num_samples >= 2 else math.nan
+
+
+def _segment_khat(log_weights: Tensor) -> float:
+    """k-hat of one segment's log weights (no warning): ``inf`` when every weight is zero (an
+    importance step that lost the whole population), NaN with fewer than 2 weights."""
+    if len(log_weights) < 2:
+        return math.nan
+    log_weights = torch.where(torch.isnan(log_weights), -math.inf, log_weights)
+    if not bool(torch.isfinite(log_weights).any()):
+        return math.inf
+    return tail_khat(log_weights)[0]
 
 
 @dataclass(frozen=True, eq=False)
@@ -160,15 +325,16 @@ class _Annealing:
         self.adaptation = StepSizeAdaptation(make.target_accept, pooled=True)
 
     def reweight(self, log_w: Tensor, particles: _Particles, delta: float):
-        """``(log_w, log_z_increment)`` after advancing the position by ``delta``; the weights are
-        renormalised within each group, whose log Z gains the increment ``(replicas,)``."""
+        """``(log_w, log_z_increment, increment)`` after advancing the position by ``delta``: the
+        weights are renormalised within each group, whose log Z gains ``log_z_increment``
+        ``(replicas,)``; ``increment (N,)`` is each particle's log-weight increment."""
         increment = delta * (particles.log_p - particles.log_q)
         increment = torch.where(torch.isnan(increment), -math.inf, increment)
         grouped = log_w.reshape(self.replicas, -1)
         norm = torch.logsumexp(grouped, 1, keepdim=True)
         shifted = grouped - norm + increment.reshape(self.replicas, -1)
         log_z = torch.logsumexp(shifted, 1).double()
-        return (grouped - norm).reshape(-1) + increment, log_z
+        return (grouped - norm).reshape(-1) + increment, log_z, increment
 
     def resample_index(self, log_w: Tensor, threshold: float) -> Tensor | None:
         """Systematic resampling indices ``(N,)`` when some group's ESS falls below
@@ -185,27 +351,42 @@ class _Annealing:
     def anneal(self, x: Tensor, levels: list, mcmc_steps: int, resample_threshold) -> AnnealResult:
         """Reweight, resample (SMC) and move ``x: (N, *event)`` through the positions
         ``levels`` after 0; the result :func:`anneal` returns."""
+        if x.shape[0] % self.replicas:
+            raise ValueError(
+                f"the number of particles ({x.shape[0]}) must be divisible by "
+                f"replicas={self.replicas}"
+            )
         base_log_prob, target_log_prob, make = self.base_log_prob, self.target_log_prob, self.make
         particles = _endpoints(base_log_prob, target_log_prob, x, make.uses_gradient, check=True)
         adapted = self.adaptation.init(make(target_log_prob).initial_step_size(x))
         log_w = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
         log_z = torch.zeros(self.replicas, dtype=torch.float64, device=x.device)
+        # Unnormalised log weights since the last resampling: each segment between resamplings
+        # is one importance-sampling step, diagnosed by the k-hat of these (see SequentialResult).
+        since = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
+        self.segments = []
         acceptance, resamples, previous = [], 0, 0.0
         for index, position in enumerate(levels, start=1):
-            log_w, increment = self.reweight(log_w, particles, position - previous)
-            log_z += increment
+            log_w, log_z_increment, increment = self.reweight(log_w, particles, position - previous)
+            log_z += log_z_increment
+            since = since + increment.double()
             previous = position
             flat = None
-            if resample_threshold is not None:
+            # Never after the last level: the final weights are returned as they are (resampling
+            # them would only add noise and hide their ESS behind N equal weights).
+            if resample_threshold is not None and index < len(levels):
                 flat = self.resample_index(log_w, resample_threshold)
             if flat is not None:
                 particles = particles.take(flat)
                 adapted = adapted._replace(step_size=adapted.step_size[flat])
                 log_w, resamples = torch.zeros_like(log_w), resamples + 1
+                self.segments.append(since.to(x.dtype))
+                since = torch.zeros_like(since)
             x, adapted, rate = self.move(particles, position, adapted, mcmc_steps)
             acceptance.append(rate)
             if index < len(levels):  # the endpoint densities for the next level's increment
                 particles = _endpoints(base_log_prob, target_log_prob, x, make.uses_gradient)
+        self.segments.append(since.to(x.dtype))
         return AnnealResult(
             samples=x,
             log_weights=log_w,
@@ -295,10 +476,6 @@ def anneal(
     if schedule is None:
         raise TypeError("anneal() missing required argument 'schedule' (positions from 0 to 1)")
     make = kernel_factory(kernel, defaults=dict(step_size=step_size), options=kernel_options)
-    if x.shape[0] % replicas:
-        raise ValueError(
-            f"the number of particles ({x.shape[0]}) must be divisible by replicas={replicas}"
-        )
     run = _Annealing(base_log_prob, target_log_prob, make, replicas, generator)
     return run.anneal(x, torch.as_tensor(schedule)[1:].tolist(), mcmc_steps, resample_threshold)
 
@@ -366,10 +543,31 @@ class _Annealer:
         return self.flow.log_prob(x)
 
     def sample(
-        self, num_particles: int, *, replicas: int = 1, generator: torch.Generator | None = None
+        self,
+        num_particles: int,
+        *,
+        replicas: int | None = None,
+        generator: torch.Generator | None = None,
     ) -> SequentialResult:
-        """Run with ``num_particles`` particles in ``replicas`` independent groups."""
+        """Run with ``num_particles`` particles in ``replicas`` independent groups.
+
+        Args:
+            num_particles: ``N``, divisible by ``replicas``.
+            replicas: independent groups, each with its own log Z; their spread gives the error
+                bar (see :class:`SequentialResult`). Default: 4, so that every result has an
+                error bar and a replica cross-check out of the box (4 groups keep most of the
+                particles per group while giving the spread 3 degrees of freedom); when 4 does
+                not divide ``N`` (or leaves fewer than 2 particles per group), the largest of 3
+                and 2 that does, else 1.
+            generator: seeds the flow draws, the moves and the resampling.
+
+        Returns:
+            :class:`SequentialResult`; it warns (RuntimeWarning) when unreliable or without an
+            error bar.
+        """
         num_particles = check_num_samples(num_particles)
+        if replicas is None:
+            replicas = _default_replicas(num_particles)
         if int(replicas) != replicas or replicas < 1 or num_particles < 2 * replicas:
             raise ValueError(
                 f"replicas must be a positive integer with at least 2 particles each, got "
@@ -377,48 +575,77 @@ class _Annealer:
             )
         with torch.no_grad():
             x, _ = self.flow.sample_and_log_prob(num_particles, generator=generator)
-        out = anneal(
-            x,
-            self._flow_log_prob,
-            self.log_prob_fn,
-            self.schedule,
-            kernel=self.kernel,
-            mcmc_steps=self.mcmc_steps,
-            replicas=int(replicas),
-            resample_threshold=self.resample_threshold,
-            generator=generator,
+        run = _Annealing(
+            self._flow_log_prob, self.log_prob_fn, self.kernel, int(replicas), generator
         )
-        log_w, groups = out.log_weights, out.log_z_groups
-        if not bool(torch.isfinite(log_w).any()):
+        out = run.anneal(x, self.schedule[1:].tolist(), self.mcmc_steps, self.resample_threshold)
+        if not bool(torch.isfinite(out.log_weights).any()):
             raise ValueError(
                 f"every particle has weight zero: target {describe_target(self.log_prob_fn)} "
                 f"has zero density (log-density -inf or NaN) at all {num_particles} particles "
                 "(drawn from the flow and annealed); the flow does not reach the target's support"
             )
-        weights = torch.softmax(log_w, 0)
-        ess = float(1.0 / weights.square().sum())
-        if replicas > 1:
-            # Mean of the per-group Z estimates (unbiased), its standard error, then log scale.
-            shift = float(groups.max())
-            z = (groups - shift).exp()
-            log_z = shift + math.log(float(z.mean()))
-            stderr = float(z.std() / math.sqrt(replicas) / z.mean())
-        elif self.resample_threshold is None:
-            log_z = float(groups[0])
-            stderr = math.sqrt(max(1.0 / ess - 1.0 / num_particles, 0.0))
-        else:
-            log_z, stderr = float(groups[0]), math.nan
-        return SequentialResult(
-            samples=out.samples,
-            log_weights=log_w,
-            weights=weights,
-            ess=ess,
-            ess_fraction=ess / num_particles,
-            log_z=log_z,
-            log_z_stderr=stderr,
-            acceptance=out.acceptance,
-            resamples=out.resamples,
-        )
+        return _sequential_result(out, run.segments, delta=self.resample_threshold is None)
+
+
+def _default_replicas(num_particles: int) -> int:
+    """4 groups, else the largest of 3 and 2 that divides ``num_particles`` (2 particles each)."""
+    for replicas in (4, 3, 2):
+        if num_particles % replicas == 0 and num_particles >= 2 * replicas:
+            return replicas
+    return 1
+
+
+def _absolute_log_weights(out: AnnealResult) -> Tensor:
+    """anneal's relative weights made absolute (float64): within group ``g`` of ``m`` particles,
+    ``log w = log w_rel - logsumexp_g(log w_rel) + log Z_g + log m``, so that
+    ``logsumexp(log w) - log N = log mean_g Z_g`` (groups with no weight stay at ``-inf``)."""
+    groups = out.log_z_groups
+    relative = out.log_weights.double().reshape(len(groups), -1)
+    norm = torch.logsumexp(relative, 1, keepdim=True)
+    scaled = relative - norm + groups[:, None] + math.log(relative.shape[1])
+    return torch.where(torch.isfinite(norm), scaled, -math.inf).reshape(-1)
+
+
+def _log_z_stderr(groups: Tensor, ess: float, num: int, delta: bool) -> float | None:
+    """Standard error of ``log mean_g Z_g`` (see :class:`SequentialResult`): from the groups'
+    spread, t-widened, with ``R >= 2``; else the delta method (``delta``, AIS) or ``None``."""
+    replicas = len(groups)
+    if replicas == 1:
+        if not delta:
+            return None
+        return math.sqrt(max(1.0 / ess - 1.0 / num, 0.0)) if ess >= 2 else math.inf
+    from scipy.stats import t as student_t  # only here: scipy's import is slow
+
+    z = (groups - groups.max()).exp()
+    stderr = float(z.std() / z.mean()) / math.sqrt(replicas)
+    return stderr * float(student_t.ppf(0.975, replicas - 1)) / 1.959963984540054
+
+
+def _sequential_result(out: AnnealResult, segments: list, delta: bool) -> SequentialResult:
+    """The :class:`SequentialResult` of an annealing run and its segments' log weights."""
+    log_w = _absolute_log_weights(out)
+    num = len(log_w)
+    weights = torch.softmax(log_w, 0)
+    ess = float(1.0 / weights.square().sum())
+    stage = torch.tensor([_segment_khat(segment) for segment in segments], dtype=torch.float64)
+    pareto_k = math.nan if bool(stage.isnan().any()) else float(stage.max())
+    dtype = out.log_weights.dtype
+    return SequentialResult(
+        samples=out.samples,
+        log_weights=log_w.to(dtype),
+        weights=weights.to(dtype),
+        ess=ess,
+        ess_fraction=ess / num,
+        log_z=float(torch.logsumexp(log_w, 0)) - math.log(num),
+        log_z_stderr=_log_z_stderr(out.log_z_groups, ess, num, delta),
+        acceptance=out.acceptance,
+        resamples=out.resamples,
+        pareto_k=pareto_k,
+        khat_threshold=_threshold(num),
+        log_z_replicas=out.log_z_groups.cpu(),
+        stage_pareto_k=stage,
+    )
 
 
 class AIS(_Annealer):
