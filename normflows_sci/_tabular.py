@@ -323,7 +323,7 @@ def hill_tail_index(values: np.ndarray, *, fraction: float = 0.02) -> float:
 
 
 def _hill(magnitudes: np.ndarray, k: int) -> float:
-    """Hill estimate from the ``k`` largest of non-negative ``magnitudes`` (``inf`` if undefined)."""
+    """Hill estimate from the ``k`` largest of ``magnitudes`` >= 0 (``inf`` if undefined)."""
     magnitudes = np.sort(magnitudes)[::-1]
     if len(magnitudes) <= k + 1 or magnitudes[k] <= 0:
         return math.inf
