@@ -5,6 +5,7 @@ from normflows_sci.flows.cnf import CNF, ContinuousFlow, ODETransform, VelocityM
 from normflows_sci.flows.factories import MAF, NSF, RealNVP
 from normflows_sci.flows.manifold import ManifoldFlow, ProductFlow, SO3Flow, SphereFlow, TorusFlow
 from normflows_sci.flows.molecular import internal_coordinate_flow
+from normflows_sci.flows.particles import particle_flow
 from normflows_sci.flows.tarflow import TarFlow, gaussian_noise, sample_tarflow, score_denoise
 
 __all__ = [
@@ -26,4 +27,5 @@ __all__ = [
     "ContinuousFlow",
     "ODETransform",
     "VelocityMLP",
+    "particle_flow",
 ]

@@ -5,7 +5,8 @@ Each manifold owns its geometry (geodesic interpolant, squared distances, defaul
 layers of a flow on it); ``R^n`` is :class:`Euclidean` and :func:`as_manifold` maps ``None`` to it.
 Ready-made flows: :func:`normflows_sci.flows.TorusFlow`, ``SphereFlow``, ``SO3Flow`` and
 ``ProductFlow``; angles (alone or with Euclidean coordinates) are modelled on ``Torus`` /
-``Product(Euclidean(k), Torus(m))``.
+``Product(Euclidean(k), Torus(m))``; particle systems on :class:`MeanFree` (zero centre of mass)
+with :func:`normflows_sci.flows.particle_flow`.
 """
 
 from normflows_sci.manifolds.base import (
@@ -15,6 +16,7 @@ from normflows_sci.manifolds.base import (
     UniformManifold,
     as_manifold,
 )
+from normflows_sci.manifolds.meanfree import MeanFree, MeanFreeNormal, kabsch_rotation
 from normflows_sci.manifolds.product import (
     PartTransform,
     Product,
@@ -56,7 +58,9 @@ __all__ = [
     "Sphere",
     "SO3",
     "Product",
+    "MeanFree",
     "UniformManifold",
+    "MeanFreeNormal",
     "VonMises",
     "VonMisesFisher",
     "HaarSO3",
@@ -80,4 +84,5 @@ __all__ = [
     "canonical_quaternion",
     "as_manifold",
     "circular_manifold",
+    "kabsch_rotation",
 ]

@@ -1,5 +1,6 @@
-"""Conditioner networks."""
+"""Conditioner networks and velocity fields."""
 
+from normflows_sci.nn.egnn import EGNNVelocity
 from normflows_sci.nn.networks import MADE, MLP, MADESequence, MaskedLinear, bounded_inputs
 from normflows_sci.nn.transformer import (
     CausalSelfAttention,
@@ -18,4 +19,5 @@ __all__ = [
     "KVCache",
     "CausalSelfAttention",
     "TransformerLayer",
+    "EGNNVelocity",
 ]
