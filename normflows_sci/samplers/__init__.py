@@ -37,6 +37,7 @@ from normflows_sci.samplers.flow_kernels import (
     NeuTraHMC,
 )
 from normflows_sci.samplers.importance import (
+    Estimate,
     ImportanceResult,
     importance_sample,
     importance_weights,
@@ -52,7 +53,7 @@ from normflows_sci.samplers.kernels import (
     RWState,
     StepInfo,
 )
-from normflows_sci.samplers.psis import khat_threshold, pareto_khat, psis_smooth
+from normflows_sci.samplers.psis import function_khat, khat_threshold, pareto_khat, psis_smooth
 from normflows_sci.samplers.run import Trace, run
 from normflows_sci.samplers.sequential import AIS, SMC, AnnealResult, SequentialResult, anneal
 from normflows_sci.samplers.snf import (
@@ -66,9 +67,11 @@ from normflows_sci.samplers.tempering import ParallelTempering, PTInfo, PTState
 
 __all__ = [
     "ImportanceResult",
+    "Estimate",
     "importance_sample",
     "importance_weights",
     "pareto_khat",
+    "function_khat",
     "psis_smooth",
     "khat_threshold",
     "as_log_prob",

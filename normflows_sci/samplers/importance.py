@@ -6,11 +6,17 @@ method for self-normalised estimators, which is accurate only when the weights h
 tail. Every :class:`ImportanceResult` therefore carries the Pareto-k diagnostic of its weights
 (:func:`~normflows_sci.samplers.psis.pareto_khat`) and warns once when k-hat is not below its
 sample-size-dependent threshold; with an ESS below 2 the standard errors are NaN, never 0.
+
+Each estimator returns an :class:`Estimate`, which unpacks as ``(value, stderr)`` and carries the
+k-hat of that estimate (:func:`~normflows_sci.samplers.psis.function_khat`: an unbounded observable
+can have a heavier tail than the weights); it warns when that k-hat alone is above the threshold.
+:meth:`ImportanceResult.samples_needed` turns a wanted standard error into a number of samples.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,11 +24,51 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from normflows_sci.checks import check_int, check_num_samples
-from normflows_sci.samplers.psis import khat_threshold, psis_smooth, tail_khat
+from normflows_sci.checks import check_int, check_num_samples, check_positive
+from normflows_sci.samplers.psis import khat_threshold, psis_smooth, signed_tail_khat, tail_khat
 from normflows_sci.samplers.targets import as_log_prob, check_log_prob
 
-__all__ = ["ImportanceResult", "importance_sample", "importance_weights"]
+__all__ = ["Estimate", "ImportanceResult", "importance_sample", "importance_weights"]
+
+
+class Estimate(tuple):
+    """An estimate that unpacks, prints and compares as the tuple ``(value, stderr)``.
+
+    It also carries the Pareto k-hat that governs it: the larger of the weights' k-hat and that of
+    the tails of ``h(x) w(x)`` for the observable ``h`` (see
+    :func:`~normflows_sci.samplers.psis.function_khat`), and the threshold it is compared with.
+
+    Attributes:
+        value: the estimate (a float, or a tensor for a vector observable).
+        stderr: its delta-method standard error (same type; NaN when ``ess < 2``).
+        pareto_k: k-hat of this estimate (the largest over an observable's components).
+        khat_threshold: ``min(1 - 1 / log10(N), 0.7)`` for the ``N`` samples used.
+
+    >>> mean, stderr = Estimate(1.5, 0.1, pareto_k=0.2, khat_threshold=0.7)
+    >>> Estimate(1.5, 0.1, pareto_k=0.9, khat_threshold=0.7).reliable
+    False
+    """
+
+    def __new__(cls, value, stderr, pareto_k: float = math.nan, khat_threshold: float = math.nan):
+        self = super().__new__(cls, (value, stderr))
+        self.pareto_k, self.khat_threshold = float(pareto_k), float(khat_threshold)
+        return self
+
+    def __reduce__(self):
+        return (Estimate, (self[0], self[1], self.pareto_k, self.khat_threshold))
+
+    @property
+    def value(self):
+        return self[0]
+
+    @property
+    def stderr(self):
+        return self[1]
+
+    @property
+    def reliable(self) -> bool:
+        """Whether ``pareto_k < khat_threshold`` (NaN k-hat is unreliable)."""
+        return self.pareto_k < self.khat_threshold
 
 
 @dataclass(frozen=True)
@@ -106,10 +152,13 @@ class ImportanceResult:
 
     def expectation(
         self, f: Callable[[Tensor], Tensor] | Tensor, *, smooth: bool = False
-    ) -> tuple[Tensor, Tensor]:
+    ) -> Estimate:
         """Self-normalised estimate of ``E_p[f(x)]`` and its standard error.
 
-        The error bar is trustworthy only when :attr:`reliable`; with ``ess < 2`` it is NaN.
+        The error bar is trustworthy only when the estimate is reliable: the weights' k-hat and
+        that of ``f(x) w(x)`` below the threshold. When the weights are reliable but an unbounded
+        ``f`` makes ``f(x) w(x)`` heavy-tailed, this warns (RuntimeWarning); unreliable weights
+        already warned when the result was made. With ``ess < 2`` the error is NaN.
 
         Args:
             f: a function of the samples returning ``(N, ...)``, or those values directly.
@@ -117,9 +166,53 @@ class ImportanceResult:
                 (:func:`~normflows_sci.samplers.psis.psis_smooth`): lower variance, same k-hat.
 
         Returns:
-            ``(mean, stderr)`` with the trailing shape of ``f``'s values.
+            An :class:`Estimate` unpacking as ``(mean, stderr)``, tensors with the trailing shape
+            of ``f``'s values; its ``pareto_k`` is the largest over the components.
         """
-        values = self._values(f)
+        estimate, reason = self._mean_estimate(self._values(f), smooth)
+        return self._report(estimate, "expectation", reason)
+
+    def probability(self, region: Callable[[Tensor], Tensor] | Tensor) -> Estimate:
+        """Probability of a region (boolean per sample, or a function giving it) with its error.
+
+        Returns:
+            An :class:`Estimate` unpacking as ``(probability, stderr)`` (floats); it warns like
+            :meth:`expectation` (e.g. when fewer than 5 weighted samples fall in the region).
+        """
+        estimate, reason = self._mean_estimate(self._region(region), False)
+        value, stderr = float(estimate.value), float(estimate.stderr)
+        estimate = Estimate(value, stderr, estimate.pareto_k, estimate.khat_threshold)
+        return self._report(estimate, "probability", reason)
+
+    def _region(self, region) -> Tensor:
+        mask = self._values(region)
+        if mask.ndim != 1:
+            raise ValueError(f"a region must give one boolean per sample, got {tuple(mask.shape)}")
+        return mask.to(self.weights.dtype)
+
+    def free_energy_difference(self, region_a, region_b) -> Estimate:
+        """``F_b - F_a = -log(P(b) / P(a))`` in units of kT, with a delta-method standard error.
+
+        Args:
+            region_a, region_b: boolean per sample, or functions of the samples returning it.
+
+        Returns:
+            An :class:`Estimate` unpacking as ``(delta_f, stderr)`` (floats); its k-hat covers the
+            weights inside each region, and it warns like :meth:`expectation`.
+
+        Raises:
+            ValueError: a region holds no weight (the estimate would be infinite).
+        """
+        estimate, reason = self._free_energy_estimate(region_a, region_b)
+        return self._report(estimate, "free-energy difference", reason)
+
+    def _mean_estimate(self, values: Tensor, smooth: bool) -> tuple[Estimate, str]:
+        """Weighted mean and delta-method error of ``values`` ``(N, ...)``, with k-hat and why."""
+        mean, stderr = self._weighted_mean(values, smooth)
+        k, reason = self._function_khat(values)
+        return Estimate(mean, stderr, k, self.khat_threshold), reason
+
+    def _weighted_mean(self, values: Tensor, smooth: bool) -> tuple[Tensor, Tensor]:
         weights = self.weights
         if smooth:
             with warnings.catch_warnings():  # the result already warned about a NaN k-hat
@@ -132,26 +225,84 @@ class ImportanceResult:
             stderr = torch.full_like(stderr, math.nan)
         return mean, stderr
 
-    def probability(self, region: Callable[[Tensor], Tensor] | Tensor) -> tuple[float, float]:
-        """Probability of a region (boolean per sample, or a function giving it) with its error."""
-        mean, stderr = self.expectation(self._region(region))
-        return float(mean), float(stderr)
+    def samples_needed(self, stderr: float, *, quantity="log_z") -> int | float:
+        """Number of proposal samples that gives an estimate the standard error ``stderr``.
 
-    def _region(self, region) -> Tensor:
-        mask = self._values(region)
-        if mask.ndim != 1:
-            raise ValueError(f"a region must give one boolean per sample, got {tuple(mask.shape)}")
-        return mask.to(self.weights.dtype)
-
-    def free_energy_difference(self, region_a, region_b) -> tuple[float, float]:
-        """``F_b - F_a = -log(P(b) / P(a))`` in units of kT, with a delta-method standard error.
+        The plan extrapolates the current estimate's variance: with k-hat below 0.5 the weights
+        have a finite variance and the error shrinks as ``1 / sqrt(N)``, so
+        ``N = N_now * (stderr_now / stderr)^2``; for ``0.5 <= k-hat <`` threshold the variance is
+        infinite and the error shrinks only as ``N^-(1 - k)`` (generalised central limit theorem),
+        which the plan uses instead. The answer is at least the sample size whose threshold
+        exceeds k-hat (``10^(1 / (1 - k))``, from the PSIS paper) and 21 (the smallest sample
+        with a k-hat). It is an estimate from the current samples: plan from a pilot run of a
+        few thousand samples, not a few dozen.
 
         Args:
-            region_a, region_b: boolean per sample, or functions of the samples returning it.
+            stderr: the wanted standard error, in the estimate's units: nats for log Z, units of
+                ``f`` for an expectation, kT for a free-energy difference.
+            quantity: ``"log_z"``; a function of the samples (or its values ``(N, ...)``) for
+                :meth:`expectation` (the largest need over its components); or a pair
+                ``(region_a, region_b)`` for :meth:`free_energy_difference`.
+
+        Returns:
+            The number of samples (``int``), or ``math.inf`` with a RuntimeWarning naming k-hat
+            when the current estimate is not reliable (k-hat not below its threshold, or
+            ``ess < 2``): its error does not shrink predictably, and no number would be honest.
+            Also ``math.inf`` (without a warning) when the plan exceeds the floating-point range.
 
         Raises:
-            ValueError: a region holds no weight (the estimate would be infinite).
+            ValueError: ``stderr`` not a positive finite number, an unknown quantity name, or a
+                region without weight.
+            TypeError: ``quantity`` of another type.
+
+        Example:
+            >>> from normflows_sci.distributions import StandardNormal
+            >>> from normflows_sci.flows import Flow
+            >>> from normflows_sci.transforms import ElementwiseAffine
+            >>> wide = Flow(ElementwiseAffine(1, scale=1 / 1.5, learnable=False), StandardNormal(1))
+            >>> seed = torch.Generator().manual_seed(0)
+            >>> pilot = importance_sample(wide, StandardNormal(1), 2000, generator=seed)
+            >>> needed = pilot.samples_needed(0.005)  # log Z to +-0.005: (N/ESS - 1) / 0.005^2
+            >>> 7000 < needed < 10_000  # exact variance of the weights: 0.2030 / 0.005^2 = 8120
+            True
         """
+        wanted = check_positive("stderr", stderr)
+        estimate, reason = self._current_estimate(quantity)
+        current = float(torch.as_tensor(estimate.stderr, dtype=torch.float64).max())
+        k, threshold = estimate.pareto_k, estimate.khat_threshold
+        if not (estimate.reliable and self.ess >= 2 and math.isfinite(current)):
+            cause = f" ({reason})" if reason else ""
+            warnings.warn(
+                f"cannot plan the sample size: the current estimate is not reliable (Pareto "
+                f"k-hat = {k:.3g}{cause}, threshold {threshold:.3g} for {self.num_samples} "
+                f"samples, ESS = {self.ess:.3g}), so its error does not shrink predictably with "
+                "more samples from this proposal; returning inf. Improve (train) or widen the "
+                "proposal, then plan again",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return math.inf
+        return _planned_samples(self.num_samples, current, wanted, k)
+
+    def _current_estimate(self, quantity) -> tuple[Estimate, str]:
+        """The estimate ``samples_needed`` plans for, without the estimators' warnings."""
+        if isinstance(quantity, str):
+            if quantity != "log_z":
+                raise ValueError(
+                    f"quantity must be 'log_z', a function of the samples or a pair of regions, "
+                    f"got {quantity!r}"
+                )
+            return Estimate(self.log_z, self.log_z_stderr, self.pareto_k, self.khat_threshold), ""
+        if isinstance(quantity, (tuple, list)) and len(quantity) == 2:
+            return self._free_energy_estimate(*quantity)
+        if callable(quantity) or isinstance(quantity, Tensor):
+            return self._mean_estimate(self._values(quantity), False)
+        raise TypeError(
+            "quantity must be 'log_z', a function of the samples (or its values) or a pair "
+            f"(region_a, region_b), got {type(quantity).__name__}"
+        )
+
+    def _free_energy_estimate(self, region_a, region_b) -> tuple[Estimate, str]:
         a, b = self._region(region_a), self._region(region_b)
         p_a, p_b = float((self.weights * a).sum()), float((self.weights * b).sum())
         if p_a <= 0 or p_b <= 0:
@@ -161,7 +312,39 @@ class ImportanceResult:
             )
         influence = self.weights * (b / p_b - a / p_a)
         stderr = float(influence.pow(2).sum().sqrt()) if self.ess >= 2 else math.nan
-        return -math.log(p_b / p_a), stderr
+        k, reason = self._function_khat(torch.stack([a, b], 1))
+        return Estimate(-math.log(p_b / p_a), stderr, k, self.khat_threshold), reason
+
+    def _function_khat(self, values: Tensor) -> tuple[float, str]:
+        """The larger of the weights' k-hat and that of both tails of ``values * w``, with why."""
+        if math.isnan(self.pareto_k) or self.num_samples < 2:
+            return math.nan, ""
+        lw = self.log_weights.double()
+        w = (lw - lw.max()).exp().reshape(-1, *([1] * (values.ndim - 1)))
+        flat = math.sqrt(torch.finfo(self.log_weights.dtype).eps)
+        hw = (values.detach().double() * w).reshape(self.num_samples, -1)
+        k, reason = signed_tail_khat(hw, flat=flat)
+        if math.isnan(k) or k > self.pareto_k:
+            return k, reason
+        return self.pareto_k, ""
+
+    def _report(self, estimate: Estimate, what: str, reason: str) -> Estimate:
+        """Warn when ``estimate`` is unreliable for a cause the construction did not report."""
+        # Unreliable weights (or ESS < 2) warned once when the result was made: the same cause
+        # is not repeated for every estimate drawn from it.
+        if self.reliable and self.ess >= 2 and not estimate.reliable:
+            cause = f" ({reason})" if reason else ""
+            warnings.warn(
+                f"unreliable {what}: Pareto k-hat of h(x) w(x) = {estimate.pareto_k:.3g}{cause}, "
+                f"threshold {estimate.khat_threshold:.3g} for {self.num_samples} samples, while "
+                f"the weights alone are reliable (k-hat {self.pareto_k:.3g}): the observable h "
+                "has a heavier tail (or fewer samples) than the proposal covers, so the estimate "
+                "and its standard error may be far off. Put more proposal mass where |h(x)| w(x) "
+                "is large, draw more samples, or use a bounded observable",
+                RuntimeWarning,
+                stacklevel=3,  # caller -> estimator -> _report
+            )
+        return estimate
 
     def histogram(
         self,
@@ -187,7 +370,9 @@ class ImportanceResult:
         width = (hi - lo) / bins
         onehot = torch.zeros(len(values), bins, dtype=self.weights.dtype)
         onehot[torch.arange(len(values))[inside], index[inside]] = 1.0
-        mean, stderr = self.expectation(onehot)
+        # Bin indicators are bounded: their tails are no heavier than the weights', which the
+        # construction checked, and a per-bin fit would flag every sparsely filled bin.
+        mean, stderr = self._weighted_mean(onehot, False)
         return mean / width, stderr / width, edges
 
     def resample(self, num_samples: int, *, generator: torch.Generator | None = None) -> Tensor:
@@ -195,6 +380,22 @@ class ImportanceResult:
         num_samples = check_num_samples(num_samples)
         index = torch.multinomial(self.weights, num_samples, replacement=True, generator=generator)
         return self.samples[index]
+
+
+_LOG_FLOAT_MAX = math.log(sys.float_info.max)
+
+
+def _planned_samples(num_samples: int, current: float, wanted: float, k: float) -> int | float:
+    """Samples for the error ``wanted`` from ``current`` at ``num_samples``, given k-hat ``k``."""
+    # Below this size the threshold min(1 - 1/log10 S, 0.7) would not exceed k (S > 10^(1/(1-k))).
+    minimum = max(21, math.floor(10.0 ** (1.0 / (1.0 - k))) + 1)
+    if current == 0.0:  # e.g. an exact proposal: any sample with a diagnosable tail will do
+        return minimum
+    rate = 0.5 if k < 0.5 else 1.0 - k  # the error shrinks as N^-rate
+    log_planned = math.log(num_samples) + math.log(current / wanted) / rate
+    if log_planned > _LOG_FLOAT_MAX:
+        return math.inf
+    return max(math.ceil(math.exp(log_planned)), minimum)
 
 
 def importance_weights(log_p: Tensor, log_q: Tensor) -> dict:

@@ -7,7 +7,9 @@ weakly informative prior that shrinks the shape towards 0.5 (the same numerics a
 ``psislw``). The shape estimate ``k_hat`` says how many moments the weights have: with ``k_hat``
 below ``min(1 - 1 / log10(S), 0.7)`` importance-sampling estimates converge at a practical rate and
 their error bars can be trusted; above it, estimates such as log Z or expectations can be far off
-while reporting small standard errors.
+while reporting small standard errors. An estimate of ``E[h]`` also depends on the tail of
+``h(x) w(x)``: :func:`function_khat` fits both tails of it (as the ``loo`` package's ``E_loo``
+does), because an unbounded ``h`` can make that tail heavier than the weights' own.
 
 Everything runs in float64 on the device of the input, in log space.
 """
@@ -20,7 +22,7 @@ import warnings
 import torch
 from torch import Tensor
 
-__all__ = ["khat_threshold", "pareto_khat", "psis_smooth"]
+__all__ = ["function_khat", "khat_threshold", "pareto_khat", "psis_smooth"]
 
 # Tail fits need at least this many weights strictly above the cut-off (as in arviz).
 _MIN_TAIL = 5
@@ -175,3 +177,95 @@ def psis_smooth(log_weights: Tensor) -> tuple[Tensor, float]:
         warnings.warn(f"psis_smooth: {reason}; k-hat is NaN", RuntimeWarning, stacklevel=2)
     out = lw if smoothed is None else smoothed
     return out - torch.logsumexp(out, 0), k
+
+
+def signed_tail_khat(values: Tensor, *, flat: float = 0.0) -> tuple[float, str]:
+    """k-hat of the heavier tail of signed values, without warning: ``(k_hat, reason)``.
+
+    Both tails of each column are fitted like the weights' tail in :func:`pareto_khat` (the
+    ``M = ceil(min(S / 5, 3 sqrt(S)))`` largest values of ``values`` and of ``-values``, excesses
+    over the next one) and the largest k-hat is returned. A tail whose ``M + 1`` values agree to
+    ``flat`` relative to its largest magnitude (e.g. the zeros of an indicator) has no tail
+    (``-inf``); fewer than 5 values above a tied cut-off give ``+inf`` (a handful dominates).
+
+    Args:
+        values: ``(S,)`` or ``(S, C)`` finite values, typically ``h(x) w(x)``; ``S >= 2``.
+        flat: relative spread that counts as round-off.
+
+    Returns:
+        ``(k_hat, reason)``; ``reason`` says why k-hat is NaN or ``+inf`` (empty otherwise).
+    """
+    if not isinstance(values, Tensor) or values.ndim not in (1, 2) or len(values) < 2:
+        got = tuple(values.shape) if isinstance(values, Tensor) else type(values).__name__
+        raise ValueError(f"values must be a (S,) or (S, C) tensor with S >= 2, got {got}")
+    if not torch.isfinite(values).all():
+        return math.nan, "h(x) w(x) is not finite on some samples"
+    columns = values.detach().double().reshape(len(values), -1)
+    tail = _tail_size(len(values))
+    if tail < _MIN_TAIL:
+        return math.nan, f"k-hat needs at least 21 values to fit a tail of {_MIN_TAIL}"
+    # The M + 1 largest of each column and of its negative: (M + 1, 2C), ascending.
+    top = torch.cat([columns, -columns], 1).topk(tail + 1, dim=0).values.flip(0)
+    worst, why = -math.inf, ""
+    for column in top.unbind(1):  # a few columns (the components of h), never the samples
+        k, reason = _signed_tail(column, flat)
+        if not k <= worst:  # NaN or larger
+            worst, why = k, reason
+    return worst, why
+
+
+def _signed_tail(top: Tensor, flat: float) -> tuple[float, str]:
+    """k-hat of one tail: ``top`` holds its ``M + 1`` largest values in ascending order."""
+    cutoff, largest = top[0], top[-1]
+    if float(largest - cutoff) <= flat * float(top.abs().max()):
+        return -math.inf, ""
+    excess = top[1:][top[1:] > cutoff] - cutoff
+    if len(excess) < _MIN_TAIL:
+        return math.inf, "fewer than 5 values of h(x) w(x) above a tied bulk dominate the estimate"
+    k, sigma = _gpd_fit(excess)
+    if not (torch.isfinite(k) and torch.isfinite(sigma) and sigma > 0):
+        return math.nan, "the generalised Pareto fit to h(x) w(x) failed"
+    return float(k), ""
+
+
+def function_khat(values: Tensor, log_weights: Tensor) -> tuple[float, float]:
+    """k-hat of an importance-sampling estimate of ``E[h]`` and its reliability threshold.
+
+    The estimate converges like the heavier of the weights' tail and the tails of ``h(x) w(x)``
+    (Vehtari et al. 2024, section 2.2): k-hat is the largest of :func:`pareto_khat` of the weights
+    and :func:`signed_tail_khat` of ``h(x) w(x)`` (both of its tails, for each component of ``h``).
+    A bounded ``h`` cannot make the tail heavier; an unbounded one can, under a fine proposal.
+
+    Args:
+        values: ``(S,)`` or ``(S, C)`` values ``h(x)`` of the samples.
+        log_weights: ``(S,)`` log importance weights (unnormalised; ``-inf`` for zero weights).
+
+    Returns:
+        ``(k_hat, threshold)``: the estimate is reliable when ``k_hat < threshold``; k-hat is NaN
+        (with a RuntimeWarning) when it cannot be fitted (fewer than 21 samples, non-finite
+        ``h(x) w(x)``).
+
+    >>> x = 1.5 * torch.randn(4000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    >>> lw = -0.5 * x**2 + 0.5 * (x / 1.5) ** 2  # N(0, 1) target, N(0, 1.5^2) proposal
+    >>> k_bounded, threshold = function_khat(torch.tanh(x), lw)
+    >>> k_heavy, _ = function_khat(x.abs() ** -0.9, lw)  # E_p finite, variance infinite
+    >>> bool(k_bounded < threshold < k_heavy)
+    True
+    """
+    lw, flat = _shifted(log_weights)
+    if not isinstance(values, Tensor) or values.shape[:1] != lw.shape:
+        raise ValueError(
+            f"values must be a tensor with one row per weight ({len(lw)}), got "
+            f"{tuple(values.shape) if isinstance(values, Tensor) else type(values).__name__}"
+        )
+    k_w, _, reason = _fit_tail(lw, flat)
+    w = lw.exp().reshape(-1, *([1] * (values.ndim - 1)))
+    k_hw, reason_hw = signed_tail_khat(
+        (values.detach().double() * w).reshape(len(lw), -1), flat=flat
+    )
+    k, why = (k_w, reason) if math.isnan(k_w) or k_w >= k_hw else (k_hw, reason_hw)
+    if math.isnan(k_hw):
+        k, why = k_hw, reason_hw
+    if math.isnan(k):
+        warnings.warn(f"function_khat: {why}; k-hat is NaN", RuntimeWarning, stacklevel=2)
+    return k, khat_threshold(len(lw))
