@@ -11,7 +11,10 @@ a network of 10^9 hidden units or 10^7 layers, so loading checks, in this order:
    implies (a lower bound on the parameters of each flow family), and that the column counts match
    the stored standardisation and context statistics -- all without building anything, so a
    model is only built when its size is within a small factor of what the file holds;
-3. :func:`build_with_weights`: build, then compare every tensor name and shape with the file
+3. :func:`check_categorical`: the categorical part of a mixed table's model (levels, kinds,
+   counts, smoothing) is JSON data, checked field by field and against the spec's columns (the
+   numeric columns then the dummies the levels imply);
+4. :func:`build_with_weights`: build, then compare every tensor name and shape with the file
    before copying a single weight.
 """
 
@@ -24,12 +27,14 @@ from collections.abc import Callable, Collection, Sequence
 import numpy as np
 import torch
 
+from normflows_sci._categorical import CategoricalSpec, categorical_from_config
 from normflows_sci._tabular import spec_keys
 from normflows_sci.io import data_fingerprint
 
 __all__ = [
     "check_config",
     "check_sizes",
+    "check_categorical",
     "parameter_floor",
     "build_with_weights",
     "fit_fingerprint",
@@ -178,6 +183,10 @@ _PARAM_TYPES: dict[str, tuple[str, Callable]] = {
         '"auto", a list of columns or null',
         lambda v: v in (None, "auto") or _column_keys(v),
     ),
+    "categorical": (
+        '"auto", a list of columns or null',
+        lambda v: v in (None, "auto") or _column_keys(v),
+    ),
     "heavy_tails": ('"auto", true or false', lambda v: v == "auto" or isinstance(v, bool)),
     "context": ("a list of columns or null", lambda v: v is None or _column_keys(v)),
     "batch_size": ("a positive integer or null", lambda v: v is None or (_is_int(v) and v > 0)),
@@ -260,6 +269,28 @@ def check_config(config: dict, path, *, flows: Collection[str], params: Sequence
     if not _is_number(fit_time):
         raise _fail(f"{where} fit_time", "a number", fit_time)
     return checked, spec, history, float(fit_time)
+
+
+def check_categorical(config: dict, path, spec: dict) -> CategoricalSpec | None:
+    """The categorical part of a checked config (None for a numeric table's model).
+
+    Args:
+        config: the config, its ``spec`` already checked by :func:`check_config`.
+        path: the file, for messages.
+        spec: the checked spec.
+
+    Raises:
+        ValueError: a malformed field, or levels that do not imply the spec's columns (naming
+            the file and the field).
+    """
+    if "categorical" not in config:
+        return None
+    return categorical_from_config(
+        config["categorical"],
+        f"{path}: config field categorical",
+        spec["columns"],
+        spec["context_columns"],
+    )
 
 
 # ------------------------------------------------------------------------------------ sizes

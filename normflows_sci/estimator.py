@@ -19,12 +19,27 @@ import os
 import time
 import warnings
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from normflows_sci._modelfile import build_with_weights, check_config, check_sizes, fit_fingerprint
+from normflows_sci._categorical import (
+    CategoricalSpec,
+    column_names,
+    declared_categorical,
+    first_unseen,
+    read_columns,
+    split_mixed,
+)
+from normflows_sci._modelfile import (
+    build_with_weights,
+    check_categorical,
+    check_config,
+    check_sizes,
+    fit_fingerprint,
+)
 from normflows_sci._tabular import FLOWS as TABLE_FLOWS
 from normflows_sci._tabular import (
     HEAVY_TAIL_THRESHOLD,  # noqa: F401 - the heavy_tails="auto" rule, importable from here
@@ -48,7 +63,14 @@ from normflows_sci.io import load_model, save_model
 from normflows_sci.quadrature import combine_cell_estimates, unit_cell_rule, warn_imprecise_cells
 from normflows_sci.training import fit_flow
 
-__all__ = ["DensityEstimator", "FLOWS", "TableSpec", "hill_tail_index", "validation_split"]
+__all__ = [
+    "DensityEstimator",
+    "FLOWS",
+    "ScoreEstimate",
+    "TableSpec",
+    "hill_tail_index",
+    "validation_split",
+]
 
 #: The flow families ``DensityEstimator(flow=...)`` accepts, by name (the one registry; the CLI
 #: reads its choices from it).
@@ -91,6 +113,72 @@ def validation_split(rows: int, fraction: float, seed: int) -> tuple[np.ndarray,
         return order, order[:0]
     cut = max(1, round(fraction * rows))
     return order[cut:], order[:cut]
+
+
+class ScoreEstimate(NamedTuple):
+    """A mean log-likelihood (nats per row) and its standard error over the rows.
+
+    Returned by :meth:`DensityEstimator.score` with ``return_stderr=True`` and by
+    :meth:`DensityEstimator.compare` (there ``mean`` is the paired difference of two models).
+    ``stderr`` is ``sd / sqrt(rows)`` (sample standard deviation of the per-row values) combined
+    in quadrature with the quadrature error of the integer cells, if any; it is NaN with fewer
+    than two rows or when a row's value is not finite. Unpacks as ``mean, stderr, rows``.
+    """
+
+    mean: float
+    stderr: float
+    rows: int
+
+    def __str__(self) -> str:
+        return f"{self.mean:.4f} +- {self.stderr:.4f} nats/row ({self.rows} rows)"
+
+
+def _mean_with_stderr(values: np.ndarray, row_errors: np.ndarray) -> ScoreEstimate:
+    """The mean of ``values`` (n,) and its standard error, with the per-row errors
+    ``row_errors`` (n,) (independent, of the values themselves) added in quadrature."""
+    rows = len(values)
+    mean = float(np.mean(values))
+    if rows < 2 or not np.isfinite(values).all():
+        return ScoreEstimate(mean, math.nan, rows)
+    spread = float(np.var(values, ddof=1)) / rows
+    quadrature = float(np.sum(np.square(row_errors))) / rows**2
+    return ScoreEstimate(mean, math.sqrt(spread + quadrature), rows)
+
+
+def _support_violations(spec: TableSpec, targets: np.ndarray) -> tuple[np.ndarray, tuple | None]:
+    """Rows ``(n,)`` with a target value outside the model's support (below or above a declared
+    bound, or off an integer column's lattice), and ``(row, reason)`` of the first one."""
+    low = np.array([-np.inf if v is None else v for v in spec.lower], dtype=np.float64)
+    high = np.array([np.inf if v is None else v for v in spec.upper], dtype=np.float64)
+    discrete = np.asarray(spec.discrete, dtype=bool)
+    step = np.where(discrete, np.asarray(spec.step, dtype=np.float64), 1.0)
+    origin = np.asarray(spec.origin, dtype=np.float64)
+    below, above = targets < low, targets > high
+    off = discrete & (np.mod(targets - origin, step) != 0)
+    bad = below | above | off
+    rows = bad.any(axis=1)
+    if not rows.any():
+        return rows, None
+    row = int(np.flatnonzero(rows)[0])
+    col = int(np.flatnonzero(bad[row])[0])
+    value = f"column {spec.target_columns[col]!r} holds {targets[row, col]:.6g}"
+    if below[row, col]:
+        reason = f"{value}, below its lower bound {low[col]:g}"
+    elif above[row, col]:
+        reason = f"{value}, above its upper bound {high[col]:g}"
+    else:
+        reason = f"{value}, off its lattice {origin[col]:g} + {step[col]:g} k"
+    return rows, (row, reason)
+
+
+def _positions(names: list[str], chosen: list[str]) -> list[int]:
+    return [names.index(c) for c in chosen]
+
+
+def _cell_kind(step: float, origin: float) -> str:
+    if not step:
+        return "a density"
+    return f"the log-probability of its lattice cells {origin:g} + {step:g} k (width {step:g})"
 
 
 def _check_trained(model: Flow, history: dict, *, validated: bool) -> None:
@@ -178,6 +266,7 @@ class DensityEstimator:
         bins: int = 8,
         bounds: dict | str | None = None,
         discrete: Sequence | str | None = None,
+        categorical: Sequence | str | None = "auto",
         heavy_tails: str | bool = "auto",
         context: Sequence | None = None,
         batch_size: int | None = None,
@@ -195,6 +284,10 @@ class DensityEstimator:
     ):
         if flow not in FLOWS:
             raise ValueError(f"flow must be one of {sorted(FLOWS)}, got {flow!r}")
+        if isinstance(categorical, str) and categorical != "auto":
+            raise ValueError(
+                f"categorical must be 'auto', None or a list of columns, got {categorical!r}"
+            )
         if heavy_tails not in ("auto", True, False):
             raise ValueError(f"heavy_tails must be 'auto', True or False, got {heavy_tails!r}")
         if not 0.0 <= validation_fraction < 1.0:
@@ -205,6 +298,7 @@ class DensityEstimator:
         self.bins = bins
         self.bounds = bounds
         self.discrete = discrete
+        self.categorical = categorical
         self.heavy_tails = heavy_tails
         self.context = context
         self.batch_size = batch_size
@@ -266,12 +360,13 @@ class DensityEstimator:
                 (named by column, in ``X`` or ``X_val``); a fit whose weights or held-out (or,
                 without validation rows, final training) loss are not finite.
         """
-        values, names, is_frame = self._training_table(X, columns)
-        layout = column_layout(
-            values, names, context=self.context, discrete=self.discrete, bounds=self.bounds
-        )
+        values, names, is_frame, roles, categories = self._training_table(X, columns)
+        layout = column_layout(values, names, **roles)
         seed = self._seed()
-        train, val = self._validation_rows(values, names, X_val, seed)
+        train, val = self._validation_rows(values, names, X_val, seed, categories)
+        if categories is not None:  # the table of the categories counts the training rows only
+            dummies = train[:, len(categories.numeric_columns) :]
+            categories = categories.with_counts(categories.codes_from_dummies(dummies))
         spec, statistics = plan_table(
             layout,
             train,
@@ -294,33 +389,75 @@ class DensityEstimator:
         )  # fmt: skip
         _check_trained(model, history, validated=val is not None)
         self.flow_, self.spec_, self.history_ = model, spec, history
+        self.categories_ = categories
         self.fit_time_ = time.perf_counter() - started
         self._report(validated=val is not None)
         return self
 
-    @staticmethod
-    def _training_table(X, columns) -> tuple[np.ndarray, list[str], bool]:
-        """``(values, names, was_dataframe)`` of the training table, at least ``MIN_ROWS`` rows."""
-        values, names, is_frame = as_table(X, "X")
-        if columns is not None:
-            if is_frame:
-                raise ValueError(
-                    "columns is only for numpy input: a DataFrame brings its own names"
-                )
-            if len(columns) != values.shape[1]:
-                raise ValueError(f"columns must name {values.shape[1]} columns, got {len(columns)}")
-            names = [str(c) for c in columns]
+    def _training_table(self, X, columns) -> tuple:
+        """``(values, names, was_dataframe, roles, categories)`` of the training table.
+
+        ``values`` ``(n, d)`` float64 is the numeric table the flow is fitted to and ``roles`` the
+        ``context``/``discrete``/``bounds`` of :func:`column_layout` for it. Without categorical
+        columns these are the table and the constructor's arguments, and ``categories`` is None;
+        with them, ``values`` holds the numeric columns then the dummy coding of the categories
+        (all in the flow's context), the roles name columns (positions refer to the user's
+        table), and ``categories`` is their :class:`CategoricalSpec` (counts not yet set).
+        """
+        if columns is not None and hasattr(X, "columns") and hasattr(X, "to_numpy"):
+            raise ValueError("columns is only for numpy input: a DataFrame brings its own names")
+        table, names, is_frame = read_columns(X, "X", columns)
+        categorical = declared_categorical(table, names, self.categorical)
+        roles = dict(context=self.context, discrete=self.discrete, bounds=self.bounds)
+        categories = None
+        if not categorical:
+            values = as_table(table, "X")[0] if is_frame else table
+        else:
+            context = column_names(self.context, names, "context")
+            categories = CategoricalSpec.from_table(table, names, categorical, context)
+            numeric, codes = split_mixed(table, "X", categories)
+            values = np.hstack([numeric, categories.dummies(codes)])
+            roles = self._numeric_roles(names, categorical, context, categories)
+            names = categories.inner_columns()
         if len(values) < MIN_ROWS:
             raise ValueError(
                 f"X has {len(values)} row: fitting a density needs at least {MIN_ROWS} rows"
             )
-        return values, names, is_frame
+        return values, names, is_frame, roles, categories
 
-    def _validation_rows(self, values, names, X_val, seed: int):
+    def _numeric_roles(self, names, categorical, context, categories: CategoricalSpec) -> dict:
+        """``context``/``discrete``/``bounds`` by name for the flow's table of a mixed table
+        (``ValueError`` for a categorical column declared discrete or bounded)."""
+        discrete, bounds = self.discrete, self.bounds
+        if discrete not in (None, "auto"):
+            discrete = column_names(discrete, names, "discrete")
+        if isinstance(bounds, dict):
+            bounds = {column_names([k], names, "bounds")[0]: v for k, v in bounds.items()}
+        for what, chosen in (("discrete", discrete), ("bounds", bounds)):
+            clash = [c for c in categorical if isinstance(chosen, (list, dict)) and c in chosen]
+            if clash:
+                raise ValueError(
+                    f"{what} names the categorical columns {clash}: only numeric columns can be "
+                    f"{'integer lattices' if what == 'discrete' else 'bounded'}"
+                )
+        return dict(context=categories.inner_context(context), discrete=discrete, bounds=bounds)
+
+    def _validation_rows(self, values, names, X_val, seed: int, categories=None):
         """``(training rows, validation rows or None)``: ``X_val`` when given, else the held-out
         share of :func:`validation_split` (None when it holds out nothing)."""
         if X_val is not None:
-            return values, as_table(X_val, "X_val", names)[0]
+            if categories is None:
+                return values, as_table(X_val, "X_val", names)[0]
+            numeric, codes = split_mixed(X_val, "X_val", categories)
+            unseen = np.argwhere(codes < 0)
+            if len(unseen):
+                row, col = unseen[0]
+                raise ValueError(
+                    f"X_val has levels not in X ({int((codes < 0).any(axis=1).sum())} rows; "
+                    f"first: row {row}, column {categories.categorical[col]!r}): validation rows "
+                    "must use the levels of the training table"
+                )
+            return values, np.hstack([numeric, categories.dummies(codes)])
         train, held_out = validation_split(len(values), self.validation_fraction, seed)
         if not len(held_out):
             return values, None
@@ -399,19 +536,34 @@ class DensityEstimator:
             raise RuntimeError("this DensityEstimator is not fitted yet: call fit(X) first")
 
     @property
+    def _categories(self) -> CategoricalSpec | None:
+        # Estimators pickled by earlier versions have no categorical part.
+        return getattr(self, "categories_", None)
+
+    @property
     def columns_(self) -> list[str]:
+        """The columns of the training table, in order."""
         self._check_fitted()
-        return list(self.spec_.columns)
+        categories = self._categories
+        return list(self.spec_.columns if categories is None else categories.columns)
 
     @property
     def target_columns_(self) -> list[str]:
+        """The modelled columns (categorical and numeric), in table order."""
         self._check_fitted()
-        return list(self.spec_.target_columns)
+        categories = self._categories
+        if categories is None:
+            return list(self.spec_.target_columns)
+        return categories.target_columns(self.spec_.context_columns)
 
     @property
     def context_columns_(self) -> list[str]:
+        """The columns the model is conditional on, in table order."""
         self._check_fitted()
-        return list(self.spec_.context_columns)
+        categories = self._categories
+        if categories is None:
+            return list(self.spec_.context_columns)
+        return categories.context_columns(self.spec_.context_columns)
 
     def _device(self) -> torch.device:
         return next(iter(self.flow_.buffers())).device
@@ -446,9 +598,10 @@ class DensityEstimator:
             log_p = self.flow_.log_prob(shifted.reshape(-1, rows.shape[-1]), ctx)
         return log_p.reshape(len(offsets), -1).double().cpu().numpy()
 
-    def score_samples(self, X, *, batch_size: int = 8192) -> np.ndarray:
-        """Log-density of each row in the original units (log-probability for integer columns,
-        log-density for the rest; conditional on the context columns if any).
+    def score_samples(self, X, *, batch_size: int = 8192, strict: bool = False) -> np.ndarray:
+        """Log-density of each row in the original units (log-probability for integer and
+        categorical columns, log-density for the rest; conditional on the context columns if
+        any): ``log P(categories) + log p(numbers | categories)`` for a mixed table.
 
         The probability of a row's integer cell is the integral of the dequantised density over
         it (:mod:`normflows_sci.quadrature`): exact Gauss-Legendre quadrature for up to
@@ -460,50 +613,246 @@ class DensityEstimator:
         ``QMC_STDERR_TOLERANCE`` (0.05 nats). Rows so far from the data that the float32 network
         overflows score ``-inf`` (a NaN score comes with a warning).
 
+        Rows outside the model's support, where its probability is zero, score ``-inf``, with a
+        warning counting them: a value below or above a column's declared bound, an integer off
+        its column's lattice (``origin + step * k``), or a level of a categorical column not seen
+        in training. With ``strict=True`` they raise instead.
+
         Args:
             X: ``(n, columns)`` rows with the columns of the training table.
             batch_size: density evaluations per pass through the flow (bounds the memory).
+            strict: raise on rows outside the support instead of scoring them ``-inf``.
 
         Returns:
             ``(n,)`` float64, in nats.
 
         Raises:
-            ValueError: wrong columns, values outside the bounds, non-integers in discrete
-                columns, or values that lie beyond float32's range once standardised.
+            ValueError: wrong columns, non-integers in discrete columns, values that lie beyond
+                float32's range once standardised, a level of a categorical context column not
+                seen in training, or (``strict=True``) a row outside the support, naming the
+                first such row and column.
         """
+        return self._score_rows(X, batch_size=batch_size, strict=strict, stacklevel=3)
+
+    def _scoring_table(self, X) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple | None]:
+        """``(values, log_p, unseen, first)``: the flow's numeric table of ``X``
+        ``(n, columns)``, the log-probabilities of its categories ``(n,)`` (0 without), the rows
+        with a categorical level not seen in training ``(n,)`` and ``(row, reason)`` of the
+        first of them (None if there is none)."""
+        categories = self._categories
+        if categories is None:
+            values = as_table(X, "X", list(self.spec_.columns))[0]
+            return values, np.zeros(len(values)), np.zeros(len(values), dtype=bool), None
+        numeric, codes = split_mixed(X, "X", categories)
+        given = np.asarray(categories.context, dtype=bool)
+        first = first_unseen(X, categories, np.where(given, codes, 0))
+        if first is not None:
+            raise ValueError(
+                f"row {first[0]} of X: {first[1]} (a context column: the model has no "
+                "conditional density given it)"
+            )
+        values = np.hstack([numeric, categories.dummies(codes)])
+        unseen = (codes < 0).any(axis=1)
+        return values, categories.log_prob(codes), unseen, first_unseen(X, categories, codes)
+
+    def _outside_support(self, targets, unseen, *, strict: bool, stacklevel: int) -> np.ndarray:
+        """Rows outside the model's support ``(n,)``: ``unseen`` = ``(rows (n,), first)`` of
+        :meth:`_scoring_table` plus those of :func:`_support_violations`. Warns with their count
+        (or, ``strict``, raises naming the first row and column)."""
+        outside, first = _support_violations(self.spec_, targets)
+        rows, level = unseen
+        firsts = [f for f in (first, level) if f is not None]
+        if not firsts:
+            return outside
+        outside = outside | rows
+        first = min(firsts)
+        row, reason = first
+        if strict:
+            raise ValueError(f"row {row} of X lies outside the model's support: {reason}")
+        warnings.warn(
+            f"{int(outside.sum())} of {len(outside)} rows of X lie outside the model's support "
+            f"and score -inf (first: row {row}: {reason}); pass strict=True to raise instead",
+            stacklevel=stacklevel + 1,
+        )
+        return outside
+
+    def _score_rows(self, X, *, batch_size: int, strict: bool, stacklevel: int) -> np.ndarray:
+        """:meth:`score_samples`; ``stacklevel`` of its warnings counts from this frame."""
         self._check_fitted()
         spec = self.spec_
-        values, _, _ = as_table(X, "X", list(spec.columns))
-        targets, context = spec.targets(values), spec.context(values)
-        spec.effective_bounds(targets)  # raises on values outside the bounds
+        values, log_categories, *unseen = self._scoring_table(X)
+        targets = spec.targets(values)
         discrete = np.asarray(spec.discrete, dtype=bool)
         if discrete.any() and not np.all(targets[:, discrete] == np.round(targets[:, discrete])):
             raise ValueError("discrete columns of X must hold integers")
-        check_flow_range(self.flow_, spec, values, "X")
+        outside = self._outside_support(targets, unseen, strict=strict, stacklevel=stacklevel)
+        inside = np.flatnonzero(~outside)
+        if inside.size:
+            # Outside rows are replaced by an inside one for the range check, so that the row
+            # numbers in its message stay those of X.
+            checked = values.copy()
+            checked[outside] = values[inside[0]]
+            check_flow_range(self.flow_, spec, checked, "X")
         nodes, log_w = self._cell_rule()
         rows_per_pass = max(1, batch_size // log_w.size)
-        out, error = np.empty(len(values)), np.empty(len(values))
+        out, error = np.full(len(values), -np.inf), np.zeros(len(values))
+        context = spec.context(values)
         self.flow_.eval()
-        for start in range(0, len(values), rows_per_pass):
-            part = slice(start, start + rows_per_pass)
+        for start in range(0, inside.size, rows_per_pass):
+            part = inside[start : start + rows_per_pass]
             log_p = self._log_prob_at(targets[part], context[part], nodes)
             terms = log_p.reshape(*log_w.shape, -1) + log_w[..., None]
             out[part], error[part] = combine_cell_estimates(terms)
         self.last_score_error_ = error
-        warn_imprecise_cells(error, stacklevel=3)
+        warn_imprecise_cells(error, stacklevel=stacklevel)
         failed = np.flatnonzero(np.isnan(out))
         if failed.size:
             warnings.warn(
                 f"{failed.size} of {len(out)} rows of X score NaN (first: row {failed[0]}): the "
                 "flow network's float32 arithmetic overflowed on values far outside the training "
                 "data",
+                stacklevel=stacklevel,
+            )
+        return out + log_categories
+
+    def score(self, X, *, return_stderr: bool = False, strict: bool = False):
+        """Mean log-likelihood per row, in nats (higher is better).
+
+        Args:
+            X: rows with the columns of the training table.
+            return_stderr: also give the standard error of the mean over the rows.
+            strict: as in :meth:`score_samples`.
+
+        Returns:
+            ``float`` (the mean of :meth:`score_samples`, the scikit-learn contract), or with
+            ``return_stderr=True`` a :class:`ScoreEstimate` ``(mean, stderr, rows)``.
+        """
+        scores = self._score_rows(X, batch_size=8192, strict=strict, stacklevel=3)
+        if not return_stderr:
+            return float(np.mean(scores))
+        return _mean_with_stderr(scores, self.last_score_error_)
+
+    def compare(self, other, X, *, strict: bool = False) -> ScoreEstimate:
+        """The paired difference of log-likelihoods ``self - other`` on the rows of ``X``.
+
+        ``mean`` is in nats per row (positive: this model is better) and ``stderr`` its
+        standard error from the spread of the per-row differences (paired, so the variation
+        between rows that both models share cancels). A difference of more than two or three
+        standard errors is a difference of the models, not of the rows.
+
+        Both models must score the same cells: a continuous column as a density, an integer
+        column as the log-probability of its lattice cells of the same width, a categorical
+        column as a probability. This is checked for another :class:`DensityEstimator` and for
+        the baselines of :mod:`normflows_sci.baselines` (``ValueError`` naming the first column
+        that differs); for any other object with ``score_samples`` it cannot be, and a warning
+        says so when the table has integer columns.
+
+        Args:
+            other: a fitted :class:`DensityEstimator`, or any object whose ``score_samples(X)``
+                returns ``(n,)`` log-likelihoods.
+            X: ``(n, columns)`` held-out rows.
+            strict: as in :meth:`score_samples`, for this model.
+
+        Returns:
+            :class:`ScoreEstimate` ``(mean, stderr, rows)`` of the differences. Rows that one
+            model scores ``-inf`` make the difference infinite (a warning counts them).
+
+        Raises:
+            TypeError: ``other`` has no ``score_samples``.
+            ValueError: the models score different cells, or ``other`` returns another shape.
+        """
+        self._check_fitted()
+        if not callable(getattr(other, "score_samples", None)):
+            raise TypeError(
+                f"other must be a fitted model with score_samples, got {type(other).__name__}"
+            )
+        self._check_same_cells(other)
+        mine = self._score_rows(X, batch_size=8192, strict=strict, stacklevel=3)
+        my_error = self.last_score_error_
+        theirs = np.asarray(other.score_samples(X), dtype=np.float64)
+        if theirs.shape != mine.shape:
+            raise ValueError(
+                f"other.score_samples(X) returned shape {theirs.shape}, expected {mine.shape}"
+            )
+        their_error = np.asarray(getattr(other, "last_score_error_", np.zeros(1)), dtype=float)
+        if their_error.shape != mine.shape:
+            their_error = np.zeros_like(mine)
+        with np.errstate(invalid="ignore"):
+            difference = mine - theirs
+        bad = ~np.isfinite(difference)
+        if bad.any():
+            warnings.warn(
+                f"{int(bad.sum())} of {len(bad)} rows of X have a non-finite score under one of "
+                f"the models (first: row {int(np.flatnonzero(bad)[0])}): the difference is not "
+                "a finite number",
                 stacklevel=2,
             )
-        return out
+        return _mean_with_stderr(difference, np.hypot(my_error, their_error))
 
-    def score(self, X) -> float:
-        """Mean log-density per row (higher is better)."""
-        return float(np.mean(self.score_samples(X)))
+    def _cells(self) -> dict[str, tuple[float, float]]:
+        """``{column: (step, origin)}`` of the numeric target columns (step 0: continuous)."""
+        spec = self.spec_
+        return {
+            c: (step if discrete else 0.0, origin if discrete else 0.0)
+            for c, step, origin, discrete in zip(
+                spec.target_columns, spec.step, spec.origin, spec.discrete
+            )
+        }
+
+    def _check_same_cells(self, other) -> None:
+        """Refuse (``ValueError``) an ``other`` that scores another column set or other cells;
+        warn when the cells of an unknown model cannot be checked."""
+        mine = self._cells()
+        if isinstance(other, DensityEstimator):
+            other._check_fitted()
+            if (other.columns_, other.context_columns_) != (self.columns_, self.context_columns_):
+                raise ValueError(
+                    f"other models {other.target_columns_} given {other.context_columns_}, this "
+                    f"model {self.target_columns_} given {self.context_columns_}: the scores are "
+                    "not of the same table"
+                )
+            theirs = other._cells()
+            for column in self.target_columns_:
+                if (column in mine) != (column in theirs):
+                    kinds = ("a number", "a category")
+                    raise ValueError(
+                        f"column {column!r} is scored as {kinds[column not in mine]} by this "
+                        f"model but as {kinds[column not in theirs]} by other"
+                    )
+        elif hasattr(other, "discrete_mask_"):
+            mask = np.asarray(other.discrete_mask_, dtype=bool)
+            if (
+                self._categories is not None
+                or self.spec_.context_columns
+                or mask.shape != (len(mine),)
+            ):
+                raise ValueError(
+                    f"other models {mask.shape[0]} numeric columns jointly; this model models "
+                    f"{self.target_columns_} given {self.context_columns_}: the scores are not "
+                    "of the same table"
+                )
+            theirs = {c: (1.0 if m else 0.0, 0.0) for c, m in zip(mine, mask)}
+        else:
+            lattice = [c for c, (step, _) in mine.items() if step]
+            if lattice:
+                warnings.warn(
+                    f"cannot check how {type(other).__name__} scores the integer columns "
+                    f"{lattice}: the difference is only meaningful if it scores them as "
+                    "log-probabilities of the same lattice cells (steps "
+                    f"{[mine[c][0] for c in lattice]})",
+                    stacklevel=3,
+                )
+            return
+        for column, (step, origin) in mine.items():
+            their_step, their_origin = theirs[column]
+            same = step == their_step and (not step or (origin - their_origin) % step == 0)
+            if not same:
+                raise ValueError(
+                    f"column {column!r} is scored as {_cell_kind(step, origin)} by this model but "
+                    f"as {_cell_kind(their_step, their_origin)} by other: a density and a "
+                    "probability, or probabilities of cells of different widths, differ by the "
+                    "log of the cell width, so the difference would be meaningless"
+                )
 
     def _onto_support(self, samples: np.ndarray) -> np.ndarray:
         """Integer columns onto their lattice; every column into its declared bounds.
@@ -534,44 +883,92 @@ class DensityEstimator:
                 context columns); one sample is drawn per row.
 
         Returns:
-            ``(n, d)`` float64 array of the target columns (a DataFrame if fitted on one). The
+            ``(n, d)`` rows of the target columns: a float64 array, or a DataFrame if fitted on
+            one, whose categorical columns hold levels seen in training with the type they had
+            (pandas categoricals with the same categories, strings, numbers or booleans). The
             rows go through the flow ``SAMPLE_CHUNK_ROWS`` at a time; the result does not depend
             on the chunk size.
         """
         self._check_fitted()
-        spec = self.spec_
-        device = self._device()
+        spec, categories = self.spec_, self._categories
         seed = random_state if random_state is not None else self.random_state
-        generator = torch.Generator(device)
+        generator = torch.Generator(self._device())
         generator.manual_seed(int(seed) if seed is not None else torch.seed() % 2**62)
-        # The latent draws are made at once (so chunking does not change them) and pushed through
-        # the flow SAMPLE_CHUNK_ROWS rows at a time: memory bounded by the chunk, not by n.
-        chunk = SAMPLE_CHUNK_ROWS
-        if spec.context_columns:
+        if self.context_columns_:
             if context is None:
                 raise ValueError(
-                    f"context is required: the model is conditional on {list(spec.context_columns)}"
+                    f"context is required: the model is conditional on {self.context_columns_}"
                 )
-            ctx_values, _, _ = as_table(context, "context", list(spec.context_columns))
-            ctx = torch.as_tensor(ctx_values, dtype=torch.float64, device=device)
-            with torch.no_grad():
-                draws = self.flow_.sample(1, ctx, generator=generator, chunk_size=chunk)[0]
+            numeric, codes = self._sample_context(context)
         else:
             if context is not None:
                 raise ValueError("context given, but the model has no context columns")
             n = check_int("n", n)
-            with torch.no_grad():
-                draws = self.flow_.sample(n, generator=generator, chunk_size=chunk)
-        samples = self._onto_support(draws.double().cpu().numpy())
-        if spec.frame:
+            numeric = np.zeros((n, 0))
+            codes = None if categories is None else np.full((n, len(categories.levels)), -1)
+        if categories is not None:
+            codes = categories.sample(codes, generator)
+            numeric = np.hstack([numeric, categories.dummies(codes)])
+        draws = self._draw(len(numeric), numeric if spec.context_columns else None, generator)
+        return self._sample_table(self._onto_support(draws), codes)
+
+    def _sample_context(self, context) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(numeric context (m, c) float64, categorical codes (m, k) or None)`` of the context
+        rows given to :meth:`sample` (codes -1 in the modelled categorical columns)."""
+        categories = self._categories
+        columns = self.context_columns_
+        if categories is None:
+            return as_table(context, "context", columns)[0], None
+        table, names, _ = read_columns(context, "context")
+        names = columns if len(names) == len(columns) and not hasattr(context, "columns") else names
+        if names != columns:
+            raise ValueError(f"context must have the columns {columns}, got {names}")
+        numeric = [c for c in columns if c not in categories.categorical]
+        picked = (
+            table[numeric] if hasattr(table, "columns") else table[:, _positions(names, numeric)]
+        )
+        values = as_table(picked, "context", numeric)[0] if numeric else np.zeros((len(table), 0))
+        return values, categories.context_codes(table, names)
+
+    def _draw(self, rows: int, context: np.ndarray | None, generator) -> np.ndarray:
+        """``(rows, targets)`` float64 draws of the flow (one per context row, if any)."""
+        # The latent draws are made at once (so chunking does not change them) and pushed through
+        # the flow SAMPLE_CHUNK_ROWS rows at a time: memory bounded by the chunk, not by n.
+        chunk = SAMPLE_CHUNK_ROWS
+        with torch.no_grad():
+            if context is None:
+                draws = self.flow_.sample(rows, generator=generator, chunk_size=chunk)
+            else:
+                ctx = torch.as_tensor(context, dtype=torch.float64, device=self._device())
+                draws = self.flow_.sample(1, ctx, generator=generator, chunk_size=chunk)[0]
+        return draws.double().cpu().numpy()
+
+    def _sample_table(self, numeric: np.ndarray, codes: np.ndarray | None):
+        """The drawn target columns in table order, as an array or a DataFrame."""
+        spec, categories = self.spec_, self._categories
+        if categories is None:
+            if not spec.frame:
+                return numeric
             import pandas as pd
 
-            return pd.DataFrame(samples, columns=list(spec.target_columns))
-        return samples
+            return pd.DataFrame(numeric, columns=list(spec.target_columns))
+        columns = self.target_columns_
+        data = {
+            c: categories.decode(codes, c)
+            if c in categories.categorical
+            else numeric[:, spec.target_columns.index(c)]
+            for c in columns
+        }
+        if categories.frame:
+            import pandas as pd
+
+            return pd.DataFrame(data, columns=columns)
+        return np.column_stack([np.asarray(data[c], dtype=np.float64) for c in columns])
 
     # ----------------------------------------------------------------------------- files
     _PARAMS = (
-        "flow", "transforms", "hidden_features", "bins", "bounds", "discrete", "heavy_tails",
+        "flow", "transforms", "hidden_features", "bins", "bounds", "discrete", "categorical",
+        "heavy_tails",
         "context", "batch_size", "learning_rate", "weight_decay", "clip_grad", "schedule",
         "max_epochs", "max_time", "patience", "validation_fraction", "random_state",
     )  # fmt: skip
@@ -585,24 +982,37 @@ class DensityEstimator:
 
     def save(self, path: str | os.PathLike):
         """Write the fitted model to ``path`` (JSON config + weights, atomically); refuses
-        (``ValueError``) weights with NaN or infinite entries."""
+        (``ValueError``) weights with NaN or infinite entries.
+
+        The categorical part of a mixed table (columns, levels, kinds, counts, smoothing) is
+        stored as JSON data in the config field ``categorical``. The ``categorical`` argument is
+        written only when it is not its default, so files of numeric tables stay readable by
+        earlier versions.
+        """
         self._check_fitted()
+        params = self.get_params()
+        if params["categorical"] == "auto":
+            del params["categorical"]
         config = {
             "kind": "DensityEstimator",
-            "params": self.get_params(),
+            "params": params,
             "spec": self.spec_.to_dict(),
             "history": {k: [float(v) for v in vs] for k, vs in self.history_.items()},
             "fit_time": self.fit_time_,
         }
+        if self._categories is not None:
+            config["categorical"] = self._categories.to_dict()
         return save_model(path, config, self.flow_.state_dict())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> DensityEstimator:
         """Read a model written by :meth:`save`.
 
-        Nothing is built before the file is checked: member sizes, every config field, and that
-        the config agrees with the stored tensors (column counts, layers, sizes); then every
-        tensor name and shape is compared with the built model before any weight is copied.
+        Nothing is built before the file is checked: member sizes, every config field (the
+        categorical part too: levels, counts, and that they imply the stored flow's columns),
+        and that the config agrees with the stored tensors (column counts, layers, sizes); then
+        every tensor name and shape is compared with the built model before any weight is
+        copied.
 
         Raises:
             FileNotFoundError: no such file.
@@ -614,12 +1024,14 @@ class DensityEstimator:
             config, path, flows=FLOWS, params=cls._PARAMS
         )
         check_sizes(spec, tensors, path)
+        categories = check_categorical(config, path, spec)
         spec = TableSpec.from_dict(spec)
         try:
             estimator = cls(**params, verbose=False)
         except (TypeError, ValueError) as error:
             raise ValueError(f"{path}: config field params is invalid: {error}") from error
         estimator.spec_ = spec
+        estimator.categories_ = categories
         estimator.flow_ = build_with_weights(estimator._build, spec, tensors, path)
         estimator.history_ = history
         estimator.fit_time_ = fit_time
@@ -632,12 +1044,14 @@ class DensityEstimator:
         targets = spec.target_columns
         history = self.history_
         val = [v for v in history["val_loss"] if not math.isnan(v)]
+        categories = self._categories
         return {
             "package_version": __version__,
             "flow": spec.flow,
-            "columns": list(spec.columns),
-            "target_columns": list(targets),
-            "context_columns": list(spec.context_columns),
+            "columns": self.columns_,
+            "target_columns": self.target_columns_,
+            "context_columns": self.context_columns_,
+            "categorical_columns": {} if categories is None else categories.info(),
             "discrete_columns": [c for c, d in zip(targets, spec.discrete) if d],
             "bounds": {
                 c: [lo, hi]

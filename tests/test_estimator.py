@@ -26,8 +26,15 @@ def test_bounded_column_density_integrates_to_one():
     grid, step = _midpoint(0.0, 1.0, 20000)
     total = np.exp(est.score_samples(grid[:, None])).sum() * step
     assert abs(total - 1.0) < 1e-2
-    with pytest.raises(ValueError, match="above its upper bound"):
-        est.score_samples(np.array([[1.5]]))
+    # Outside the declared bounds the probability is zero: -inf with a warning counting the rows
+    # (issue 21; this used to abort the whole call), or an error naming the row with strict=True.
+    rows = np.array([[0.5], [1.5], [-0.25], [0.25]])
+    with pytest.warns(UserWarning, match=r"2 of 4 rows of X lie outside .* row 1: column 'x0'"):
+        scores = est.score_samples(rows)
+    assert np.isneginf(scores[[1, 2]]).all() and np.isfinite(scores[[0, 3]]).all()
+    np.testing.assert_array_equal(scores[[0, 3]], est.score_samples(rows[[0, 3]]))
+    with pytest.raises(ValueError, match="row 1 of X .* above its upper bound"):
+        est.score_samples(rows, strict=True)
 
 
 def test_discrete_and_half_bounded_columns_sum_and_integrate_to_one():
