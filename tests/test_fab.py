@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ import torch
 from normflows_sci.energies import Energy
 from normflows_sci.flows import NSF, RealNVP
 from normflows_sci.samplers import HMC, MALA, RandomWalkMH, importance_sample
+from normflows_sci.samplers.psis import khat_threshold
 from normflows_sci.training.fab import (
     PrioritizedReplayBuffer,
     fab_ais,
@@ -54,8 +56,11 @@ def assert_learned_the_target(flow, target, min_ess):
 
 def test_fit_fab_with_the_buffer_learns_both_modes_without_samples():
     target, flow = TwoModes(), spline_flow()
-    untrained = importance_sample(flow, target, 10_000, generator=torch.Generator().manual_seed(1))
-    assert untrained.ess_fraction < 0.05
+    with pytest.warns(RuntimeWarning, match="unreliable importance weights"):  # untrained
+        untrained = importance_sample(
+            flow, target, 10_000, generator=torch.Generator().manual_seed(1)
+        )
+    assert untrained.ess_fraction < 0.05 and not untrained.reliable
     history = fit_fab(
         flow,
         target,
@@ -280,3 +285,32 @@ def test_fit_fab_bad_flow_or_target_raise():
         fit_fab(RealNVP(2, transforms=1, hidden_features=(4,)), 1.0, progress=False)
     with pytest.raises(ValueError, match="num_samples"):
         fab_ais(RealNVP(2, transforms=1, hidden_features=(4,)), TwoModes(), 0)
+
+
+@pytest.mark.parametrize("shift, reliable", [(0.0, True), (6.0, False)])
+def test_the_history_reports_the_pareto_k_of_the_flow_weights_without_warning(shift, reliable):
+    """The history's ess_fraction / log_z / log_z_stderr came with nothing telling whether they
+    can be trusted: the Pareto k-hat of the same importance weights now comes with them (a
+    training log: no warning per step)."""
+    torch.manual_seed(0)
+    flow = NSF(2, transforms=1, hidden_features=(8,), coupling=True)  # N(0, I) at init
+
+    def target(x):
+        return -0.5 * (x - shift).square().sum(-1)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        history = fit_fab(
+            flow,
+            target,
+            steps=2,
+            batch_size=256,
+            replay_buffer=False,
+            learning_rate=1e-5,
+            seed=0,
+            progress=False,
+            log_every=1,
+        )
+    threshold = khat_threshold(256)
+    assert len(history["pareto_k"]) == 2
+    assert all((k < threshold) is reliable for k in history["pareto_k"])

@@ -41,6 +41,7 @@ from normflows_sci.checks import check_int, check_positive
 from normflows_sci.samplers._results import FieldMapping
 from normflows_sci.samplers.importance import importance_weights
 from normflows_sci.samplers.kernels import HMC, kernel_factory
+from normflows_sci.samplers.psis import tail_khat
 from normflows_sci.samplers.sequential import AnnealResult, anneal
 from normflows_sci.samplers.targets import as_log_prob, check_log_prob
 from normflows_sci.training.boltzmann import STEP_TRAINING_DEFAULTS
@@ -498,8 +499,8 @@ class FABLoss(TrainingLoss):
     """
 
     history_keys = (
-        "step loss ess_fraction log_z log_z_stderr ais_ess_fraction acceptance step_size "
-        "buffer_size target_evaluations".split()
+        "step loss ess_fraction log_z log_z_stderr pareto_k ais_ess_fraction acceptance "
+        "step_size buffer_size target_evaluations".split()
     )
     description = "fit_fab"
 
@@ -555,7 +556,8 @@ class FABLoss(TrainingLoss):
         self.buffer = None if self.sizes is None else PrioritizedReplayBuffer(self.sizes[0])
         self.evaluations, self.steps = 0, 0
         self.diagnostics = dict.fromkeys(
-            ("ess_fraction", "log_z", "log_z_stderr", "ais_ess_fraction", "acceptance"), math.nan
+            ("ess_fraction", "log_z", "log_z_stderr", "pareto_k", "ais_ess_fraction", "acceptance"),
+            math.nan,
         )
 
         def counted_target(x: Tensor) -> Tensor:
@@ -575,10 +577,13 @@ class FABLoss(TrainingLoss):
             **self.ais,
         )
         proposal = out.proposal_log_weights
-        stats = dict(ess_fraction=0.0, log_z=math.nan, log_z_stderr=math.nan)
+        # Every weight zero: no estimate, and k-hat +inf (as unreliable as it gets).
+        stats = dict(ess_fraction=0.0, log_z=math.nan, log_z_stderr=math.nan, pareto_k=math.inf)
         if bool(torch.isfinite(proposal).any()):
             full = importance_weights(proposal, torch.zeros_like(proposal))
-            stats = {key: full[key] for key in stats}
+            stats = {key: full[key] for key in ("ess_fraction", "log_z", "log_z_stderr")}
+            # A training log: k-hat without a warning (NaN below 21 draws).
+            stats["pareto_k"] = tail_khat(proposal)[0] if len(proposal) >= 2 else math.nan
         self.diagnostics.update(
             stats,
             ais_ess_fraction=_kish_fraction(out.log_weights),
@@ -681,11 +686,19 @@ def fit_fab(
         :class:`~normflows_sci.training.TrainingHistory` of equal-length lists: ``step``,
         ``loss``, ``ess_fraction`` (Kish ESS of the
         flow's importance weights on the latest AIS run's initial draws), ``log_z`` and
-        ``log_z_stderr`` (the flow's importance-sampling estimate on those draws),
+        ``log_z_stderr`` (the flow's importance-sampling estimate on those draws), ``pareto_k``
+        (Pareto k-hat of those importance weights, :func:`~normflows_sci.samplers.psis.pareto_khat`:
+        the numbers before it are trustworthy only when it is below
+        :func:`~normflows_sci.samplers.psis.khat_threshold` of ``batch_size``; NaN below 21 draws;
+        no warning during training),
         ``ais_ess_fraction`` (of the AIS weights towards ``p²/q``), ``acceptance`` (mean MCMC
         acceptance of that run), ``step_size``, ``buffer_size``, ``target_evaluations``
         (cumulative rows passed to the target's log-density, gradient evaluations and the
         diagnostics included), ``learning_rate``, ``time``.
+
+    Evaluate the trained flow with
+    :func:`~normflows_sci.samplers.importance_sample` ``(flow, target, n)``: its result carries
+    the k-hat of its weights and warns (RuntimeWarning) when they are unreliable.
 
     Example:
         >>> from normflows_sci.flows import NSF
