@@ -103,14 +103,17 @@ def _gaussian_log_prob(X: np.ndarray, mean: np.ndarray, cholesky: np.ndarray) ->
     return -0.5 * (np.einsum("ij,ij->j", whitened, whitened) + X.shape[1] * _LOG_2PI + log_det)
 
 
-def _cell_log_prob(log_density, X: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``log P(k) = log integral over [k, k+1) of p`` in the ``mask`` columns, and its standard
-    error, by the shared rule of :func:`~normflows_sci.quadrature.unit_cell_rule`.
+def _cell_log_prob(
+    log_density, X: np.ndarray, mask: np.ndarray, step: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """``log P(k) = log integral over [k, k + step) of p`` in the ``mask`` columns, and its
+    standard error, by the shared rule of :func:`~normflows_sci.quadrature.unit_cell_rule`.
 
     Args:
         log_density: maps ``(rows, features)`` to ``(rows,)`` continuous log-densities.
         X: ``(rows, features)`` with integers in the ``mask`` columns.
         mask: ``(features,)`` boolean.
+        step: ``(features,)`` cell widths (used in the ``mask`` columns).
 
     Returns:
         ``(log_p, stderr)``, both ``(rows,)``: log-probability for the integer columns and
@@ -120,6 +123,7 @@ def _cell_log_prob(log_density, X: np.ndarray, mask: np.ndarray) -> tuple[np.nda
         log_p = log_density(X)
         return log_p, np.zeros_like(log_p)
     nodes, log_w = unit_cell_rule(int(mask.sum()))
+    nodes, log_w = nodes * step[mask], log_w + np.log(step[mask]).sum()
     # One running log-sum per replicate: memory O(replicates * rows), not O(nodes * rows).
     per_replicate = np.full((log_w.shape[0], X.shape[0]), -np.inf)
     shifted = X.copy()
@@ -137,8 +141,9 @@ class _Baseline(abc.ABC):
     and ``_draw(num_samples, rng)``.
     """
 
-    def __init__(self, *, discrete=None):
+    def __init__(self, *, discrete=None, step=None):
         self.discrete = discrete
+        self.step = step
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "n_features_"):
@@ -171,6 +176,23 @@ class _Baseline(abc.ABC):
         self._check_integers("X", X, mask)
         return mask
 
+    def _cells(self, X: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Cell widths and lattice origins ``(features,)`` of the ``mask`` columns (1 and the
+        column's minimum by default; 0 elsewhere) from ``step`` and the training rows ``X``."""
+        step = np.zeros(X.shape[1])
+        count = int(mask.sum())
+        widths = np.ones(count) if self.step is None else np.asarray(self.step, dtype=np.float64)
+        if widths.ndim == 0:
+            widths = np.full(count, float(widths))
+        if widths.shape != (count,) or not (np.isfinite(widths) & (widths > 0)).all():
+            raise ValueError(
+                f"step must be a positive number or one per discrete column ({count}), "
+                f"got {self.step!r}"
+            )
+        step[mask] = widths
+        origin = np.where(mask, X.min(axis=0), 0.0)
+        return step, origin
+
     @staticmethod
     def _check_integers(name: str, X: np.ndarray, mask: np.ndarray) -> None:
         values = X[:, mask]
@@ -188,7 +210,8 @@ class _Baseline(abc.ABC):
         """``(num_samples, features)`` draws of the continuous model."""
 
     def score_samples(self, X) -> np.ndarray:
-        """Log-density of each row (log-probability of the integer cell for discrete columns).
+        """Log-density of each row (log-probability of the cell ``[v, v + step)`` of the value
+        ``v`` for discrete columns).
 
         Cells are integrated by the rule shared with :class:`~normflows_sci.DensityEstimator`
         (:func:`~normflows_sci.quadrature.unit_cell_rule`): exact quadrature for up to three
@@ -205,7 +228,9 @@ class _Baseline(abc.ABC):
         self._check_fitted()
         X = _check_data("X", X, features=self.n_features_, min_rows=0)
         self._check_integers("X", X, self.discrete_mask_)
-        log_p, self.last_score_error_ = _cell_log_prob(self._log_density, X, self.discrete_mask_)
+        log_p, self.last_score_error_ = _cell_log_prob(
+            self._log_density, X, self.discrete_mask_, self.step_
+        )
         warn_imprecise_cells(self.last_score_error_, stacklevel=3)
         return log_p
 
@@ -221,7 +246,7 @@ class _Baseline(abc.ABC):
         return float(np.mean(self.score_samples(X)))
 
     def sample(self, num_samples: int, *, random_state=None) -> np.ndarray:
-        """Draw ``num_samples`` rows (discrete columns rounded down to their integer cell).
+        """Draw ``num_samples`` rows (discrete columns rounded down onto their lattice).
 
         Args:
             num_samples: number of rows.
@@ -233,7 +258,10 @@ class _Baseline(abc.ABC):
         self._check_fitted()
         num_samples = _check_num_samples(num_samples)
         draws = self._draw(num_samples, np.random.default_rng(random_state))
-        draws[:, self.discrete_mask_] = np.floor(draws[:, self.discrete_mask_])
+        mask, step, origin = self.discrete_mask_, self.step_, self.origin_
+        draws[:, mask] = origin[mask] + step[mask] * np.floor(
+            (draws[:, mask] - origin[mask]) / step[mask]
+        )
         return draws
 
 
@@ -242,19 +270,24 @@ class GaussianBaseline(_Baseline):
 
     A ridge of ``1e-6`` times the mean per-feature variance is added to the covariance (raised
     further only if it is still singular), so constant or collinear columns give a finite density.
-    Integer-valued columns named in ``discrete`` are modelled as dequantised (``k + u`` with
-    ``u ~ U[0, 1)``: the fit uses the exact moments of the dequantised data) and scored as the
-    probability of their integer cell, the same convention as
-    :class:`~normflows_sci.DensityEstimator`.
+    Integer-valued columns named in ``discrete`` are modelled as dequantised (``k + step * u``
+    with ``u ~ U[0, 1)``: the fit uses the exact moments of the dequantised data) and scored as
+    the probability of their cell ``[k, k + step)``, the same convention as
+    :class:`~normflows_sci.DensityEstimator`, whose detected lattice spacing (``spec_.step``) is
+    the ``step`` to compare with it on the same cells.
 
     Args:
         discrete: column indices (or a boolean mask) of integer-valued columns.
+        step: cell width of the discrete columns: one number, or one per discrete column in
+            column order (default 1).
 
     Attributes:
         ``mean_``: ``(features,)``.
         ``covariance_``: ``(features, features)``, regularised.
         ``n_features_``: number of columns seen in :meth:`fit`.
         ``discrete_mask_``: ``(features,)`` boolean.
+        ``step_``, ``origin_``: ``(features,)`` cell widths and lattice origins (0 for
+            continuous columns).
 
     Example:
         >>> import numpy as np
@@ -263,8 +296,8 @@ class GaussianBaseline(_Baseline):
         -4.3
     """
 
-    def __init__(self, *, discrete=None):
-        super().__init__(discrete=discrete)
+    def __init__(self, *, discrete=None, step=None):
+        super().__init__(discrete=discrete, step=step)
 
     def fit(self, X, X_val=None) -> GaussianBaseline:
         """Fit the mean and covariance of ``X``.
@@ -278,19 +311,20 @@ class GaussianBaseline(_Baseline):
         """
         X = _check_data("X", X)
         mask = self._discrete_mask(X)
+        step, self.origin_ = self._cells(X, mask)
         mean = X.mean(axis=0)
         centred = X - mean
         covariance = centred.T @ centred / X.shape[0]
-        # Uniform dequantisation noise, independent of everything: shifts the mean by 1/2 and adds
-        # its variance 1/12 to the diagonal.
-        mean = mean + 0.5 * mask
-        covariance[np.diag_indices_from(covariance)] += mask / 12.0
+        # Uniform dequantisation noise, independent of everything: shifts the mean by step / 2
+        # and adds its variance step^2 / 12 to the diagonal.
+        mean = mean + 0.5 * step
+        covariance[np.diag_indices_from(covariance)] += step**2 / 12.0
         scale = float(np.trace(covariance)) / X.shape[1]
         ridge = _REG * (scale if scale > 0 else 1.0)
         self.cholesky_ = _robust_cholesky(covariance, ridge)
         self.covariance_ = self.cholesky_ @ self.cholesky_.T
         self.mean_ = mean
-        self.discrete_mask_ = mask
+        self.discrete_mask_, self.step_ = mask, step
         self.n_features_ = X.shape[1]
         return self
 
@@ -322,8 +356,10 @@ class GaussianMixtureBaseline(_Baseline):
         n_init: independent initialisations; the one with the best training likelihood is kept.
         validation_fraction: share of ``X`` held out to choose ``components`` when no ``X_val``.
         discrete: column indices (or a boolean mask) of integer-valued columns: fitted on
-            dequantised values ``k + u``, ``u ~ U[0, 1)``, and scored as the probability of the
-            integer cell (as :class:`~normflows_sci.DensityEstimator` does).
+            dequantised values ``k + step * u``, ``u ~ U[0, 1)``, and scored as the probability
+            of the cell ``[k, k + step)`` (as :class:`~normflows_sci.DensityEstimator` does).
+        step: cell width of the discrete columns: one number, or one per discrete column in
+            column order (default 1).
         random_state: seed or ``numpy.random.Generator`` for the initialisation and the split.
 
     Attributes:
@@ -337,6 +373,8 @@ class GaussianMixtureBaseline(_Baseline):
         ``converged_``: whether EM met ``tol`` before ``max_iter``.
         ``n_iter_``: EM iterations run.
         ``discrete_mask_``: ``(features,)`` boolean.
+        ``step_``, ``origin_``: ``(features,)`` cell widths and lattice origins (0 for
+            continuous columns).
 
     References:
         Dempster, Laird & Rubin, "Maximum likelihood from incomplete data via the EM algorithm",
@@ -362,9 +400,10 @@ class GaussianMixtureBaseline(_Baseline):
         n_init: int = 1,
         validation_fraction: float = 0.2,
         discrete=None,
+        step=None,
         random_state=None,
     ):
-        super().__init__(discrete=discrete)
+        super().__init__(discrete=discrete, step=step)
         components = check_int("components", components, optional=True)
         candidates = tuple(candidates)
         if not candidates or any(isinstance(k, bool) or int(k) != k or k < 1 for k in candidates):
@@ -403,6 +442,7 @@ class GaussianMixtureBaseline(_Baseline):
         """
         X = _check_data("X", X)
         mask = self._discrete_mask(X)
+        step, origin = self._cells(X, mask)
         rng = np.random.default_rng(self.random_state)
         if self.components is not None and self.components > X.shape[0]:
             raise ValueError(f"X has {X.shape[0]} rows, fewer than components={self.components}")
@@ -419,8 +459,8 @@ class GaussianMixtureBaseline(_Baseline):
                 order = rng.permutation(X.shape[0])
                 n_val = min(max(1, round(self.validation_fraction * X.shape[0])), X.shape[0] - 1)
                 X_val, X_train = X[order[:n_val]], X[order[n_val:]]
-        # Integer columns are fitted dequantised (k + u, u ~ U[0, 1)) and scored per integer cell.
-        X = X + rng.random(X.shape) * mask
+        # Integer columns are fitted dequantised (k + step * u, u ~ U[0, 1)) and scored per cell.
+        X = X + rng.random(X.shape) * step
         # Work in coordinates centred on the data mean: exact moments, no cancellation.
         offset = X.mean(axis=0)
         X = X - offset
@@ -430,21 +470,22 @@ class GaussianMixtureBaseline(_Baseline):
         if self.components is not None:
             count = self.components
         else:
-            X_train = X_train + rng.random(X_train.shape) * mask - offset
-            count = self._choose_count(X_train, X_val, offset, mask, rng)
+            X_train = X_train + rng.random(X_train.shape) * step - offset
+            count = self._choose_count(X_train, X_val, offset, (mask, step), rng)
         params, self.converged_, self.n_iter_ = self._fit_count(X, count, rng)
         self.weights_, self._means, self._choleskys = params
         self._offset = offset
         self.means_ = self._means + offset
         self.covariances_ = self._choleskys @ np.swapaxes(self._choleskys, 1, 2)
         self.components_ = count
-        self.discrete_mask_ = mask
+        self.discrete_mask_, self.step_, self.origin_ = mask, step, origin
         self.n_features_ = X.shape[1]
         return self
 
-    def _choose_count(self, X_train, X_val, offset, mask, rng: np.random.Generator) -> int:
+    def _choose_count(self, X_train, X_val, offset, cells, rng: np.random.Generator) -> int:
         """The candidate count whose fit to the centred, dequantised ``X_train`` scores best on
-        ``X_val`` (per integer cell); each candidate's score goes to ``validation_scores_``."""
+        ``X_val`` (per cell; ``cells = (mask, step)``); each candidate's score goes to
+        ``validation_scores_``."""
         for k in self.candidates:
             if k > X_train.shape[0]:
                 continue
@@ -453,7 +494,7 @@ class GaussianMixtureBaseline(_Baseline):
             def log_density(Z, params=params):
                 return self._log_prob(Z - offset, params)
 
-            scores = _cell_log_prob(log_density, X_val, mask)[0]
+            scores = _cell_log_prob(log_density, X_val, *cells)[0]
             self.validation_scores_[k] = float(np.mean(scores))
         return max(self.validation_scores_, key=self.validation_scores_.get)
 
@@ -543,7 +584,7 @@ class GaussianMixtureBaseline(_Baseline):
     def predict_proba(self, X) -> np.ndarray:
         """Posterior component probabilities (responsibilities) of each row.
 
-        Discrete columns are evaluated at the centre of their integer cell.
+        Discrete columns are evaluated at the centre of their cell.
 
         Args:
             X: ``(rows, features)``.
@@ -553,7 +594,7 @@ class GaussianMixtureBaseline(_Baseline):
         """
         self._check_fitted()
         X = _check_data("X", X, features=self.n_features_, min_rows=0)
-        X = X + 0.5 * self.discrete_mask_ - self._offset
+        X = X + 0.5 * self.step_ - self._offset
         joint = self._joint_log_prob(X, (self.weights_, self._means, self._choleskys))
         return np.exp(joint - _logsumexp_rows(joint)[:, None])
 
@@ -598,18 +639,22 @@ def gaussian_held_out_score(
     held_out: np.ndarray,
     *,
     discrete: Sequence[int] = (),
+    step: float | Sequence[float] | None = None,
     context: Sequence[int] = (),
 ) -> float:
     """Mean held-out log-likelihood (nats per row) of a full-covariance Gaussian fitted to
     ``train``, on the footing of a :class:`~normflows_sci.DensityEstimator`: the ``discrete``
-    columns are scored per integer cell, and with ``context`` columns the score is the
-    conditional ``log p(others | context) = log p(all) - log p(context)`` (exact for a joint
-    Gaussian), like a conditional flow's.
+    columns are scored per cell ``[v, v + step)`` (pass the estimator's detected spacing, so
+    both score the same cells), and with ``context`` columns the score is the conditional
+    ``log p(others | context) = log p(all) - log p(context)`` (exact for a joint Gaussian), like
+    a conditional flow's.
 
     Args:
         train: ``(n, d)`` training rows.
         held_out: ``(m, d)`` rows to score.
         discrete: indices of integer-valued columns.
+        step: their cell widths (one number, or one per discrete column in column order;
+            default 1).
         context: indices of the columns conditioned on.
 
     Example:
@@ -621,7 +666,7 @@ def gaussian_held_out_score(
         >>> round(joint - given_x, 1)  # the marginal log-density of x
         -1.4
     """
-    joint = GaussianBaseline(discrete=list(discrete)).fit(train)
+    joint = GaussianBaseline(discrete=list(discrete), step=step).fit(train)
     scores = joint.score_samples(held_out)
     context = list(context)
     if context:
@@ -635,6 +680,7 @@ def baseline_scores(
     test: np.ndarray,
     *,
     discrete: Sequence[int] = (),
+    step: float | Sequence[float] | None = None,
     random_state: int | None = None,
 ) -> list[tuple[str, float, float]]:
     """Fit the Gaussian and the Gaussian mixture (size chosen by validation) to ``train`` and
@@ -643,7 +689,12 @@ def baseline_scores(
     Args:
         train: ``(n, d)`` training rows.
         test: ``(m, d)`` rows to score.
-        discrete: indices of integer-valued columns (scored per integer cell).
+        discrete: indices of integer-valued columns, scored per cell ``[v, v + step)``.
+        step: their cell widths (one number, or one per discrete column in column order;
+            default 1). To compare with a :class:`~normflows_sci.DensityEstimator`, pass the
+            lattice spacing it detected (its ``spec_.step``): scores of different cells differ
+            by the log of the ratio of their widths (``log 5`` nats per row for winds in 5-knot
+            steps).
         random_state: seed of the mixture's fit.
 
     Returns:
@@ -651,10 +702,10 @@ def baseline_scores(
     """
     results = []
     started = time.perf_counter()
-    gauss = GaussianBaseline(discrete=list(discrete)).fit(train)
+    gauss = GaussianBaseline(discrete=list(discrete), step=step).fit(train)
     results.append(("Gaussian (full covariance)", gauss.score(test), time.perf_counter() - started))
     started = time.perf_counter()
-    mixture = GaussianMixtureBaseline(discrete=list(discrete), random_state=random_state)
+    mixture = GaussianMixtureBaseline(discrete=list(discrete), step=step, random_state=random_state)
     mixture.fit(train)
     label = f"Gaussian mixture ({mixture.components_} components)"
     results.append((label, mixture.score(test), time.perf_counter() - started))

@@ -274,3 +274,27 @@ def test_mixture_counts_are_checked_by_the_one_integer_check(name):
     for bad in ("three", 0, 1.5):
         with pytest.raises(ValueError, match=rf"^{name} must be a positive integer"):
             GaussianMixtureBaseline(**{name: bad})
+
+
+# ------------------------------------------------------------- cells of a detected lattice (issue 21)
+
+
+@pytest.mark.parametrize("model", ["gaussian", "mixture"])
+def test_cells_of_width_step_are_normalised_and_samples_stay_on_the_lattice(model):
+    """Winds in 5-knot steps scored on cells [v, v+5): the probabilities of the lattice points
+    sum to 1 (on unit cells, the old only choice, they summed to about 1/5)."""
+    from normflows_sci.baselines import GaussianBaseline, GaussianMixtureBaseline
+
+    rng = np.random.default_rng(7)
+    winds = 10.0 + 5.0 * rng.poisson(8.0, size=(3000, 1))
+    make = {
+        "gaussian": lambda: GaussianBaseline(discrete=[0], step=5),
+        "mixture": lambda: GaussianMixtureBaseline(2, discrete=[0], step=[5.0], random_state=0),
+    }[model]
+    fitted = make().fit(winds)
+    lattice = np.arange(-200.0, 300.0, 5.0)[:, None]
+    assert np.exp(fitted.score_samples(lattice)).sum() == pytest.approx(1.0, abs=1e-6)
+    draws = fitted.sample(500, random_state=0)
+    assert np.all((draws - 10.0) % 5.0 == 0.0)
+    with pytest.raises(ValueError, match=r"step must be a positive number or one per discrete"):
+        GaussianBaseline(discrete=[0], step=[5.0, 1.0]).fit(winds)

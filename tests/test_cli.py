@@ -355,12 +355,55 @@ def test_version_and_python_dash_m(capsys):
 
 
 def test_demo_defaults():
-    from normflows_sci.cli import DEMO_MAX_TIME, build_parser
+    """An epoch budget, not a wall-clock one (issue 21: 3 or 5 epochs for the same seed)."""
+    from normflows_sci.cli import DEMO_MAX_EPOCHS, build_parser
     from normflows_sci.datasets import DEFAULT_DATASET
 
     args = build_parser().parse_args(["demo"])
     assert args.dataset == DEFAULT_DATASET
-    assert args.max_time == DEMO_MAX_TIME and args.max_epochs is None and args.seed == 0
+    assert args.max_epochs == DEMO_MAX_EPOCHS and args.max_time is None and args.seed == 0
+
+
+# ------------------------------------------------------------- fair, reproducible demo (issue 21)
+
+
+def _demo_numbers(out: str) -> list[str]:
+    """The printed scores of the demo table (fit times left out: they are not reproducible)."""
+    rows = [line for line in out.splitlines() if line.startswith(("normalizing", "Gaussian"))]
+    return [" ".join(line.split()[:-1]) for line in rows]
+
+
+def test_demo_with_the_same_seed_gives_the_same_numbers_and_says_why_training_stopped(capsys):
+    argv = ["demo", "--dataset", "penguins", "--max-epochs", 2, "--quiet", "--seed", 3]
+    first, second = run(capsys, *argv), run(capsys, *argv)
+    assert first[0] == second[0] == 0, first[2]
+    assert len(_demo_numbers(first[1])) == 3
+    assert _demo_numbers(first[1]) == _demo_numbers(second[1])
+    assert "flow training stopped by the epoch budget (2 epochs)" in first[1]
+    # The body masses are recorded in 25 g steps: every model scores them per 25 g cell.
+    assert "every model scores integer columns as log-probabilities of the cells " in first[1]
+    assert "body_mass_g [v, v+25)" in first[1]
+
+
+def test_demo_scores_the_baselines_on_the_lattice_the_flow_detected():
+    """A column in steps of 5: the flow scores cells [v, v+5), so must the baselines. Scored on
+    unit cells (the old demo), the Gaussian lost log 5 nats per row to the flow for nothing."""
+    from normflows_sci import DensityEstimator
+    from normflows_sci.baselines import baseline_scores
+    from normflows_sci.cli import _demo_comparison
+
+    rng = np.random.default_rng(0)
+    table = np.column_stack([rng.normal(size=1200), 5.0 * rng.poisson(30.0, size=1200)])
+    names = ["x", "wind"]
+    train, test = table[:1000], table[1000:]
+    est = DensityEstimator(discrete=["wind"], max_epochs=1, verbose=False, random_state=0)
+    est.fit(train, columns=names)
+    assert est.spec_.step == (0.0, 5.0)
+    rows, cells = _demo_comparison(est, train, test, names, seed=0)
+    assert cells == "integer columns as log-probabilities of the cells wind [v, v+5)"
+    assert rows[0][1] == est.score(test)
+    naive = baseline_scores(train, test, discrete=[1], random_state=0)
+    assert rows[1][1] - naive[0][1] == pytest.approx(np.log(5.0), abs=0.01)
 
 
 # ------------------------------------------------------------- one place per concept (issue 19)
