@@ -314,12 +314,14 @@ class CategoricalSpec:
         for j, column in enumerate(self.categorical):
             if not self.context[j]:
                 continue
-            out[:, j] = _encode(_column(X, names, column), self.levels[j], self.kinds[j], column)
+            values = _column(X, names, column)
+            out[:, j] = _encode(values, self.levels[j], self.kinds[j], column)
             unseen = np.flatnonzero(out[:, j] < 0)
             if unseen.size:
+                level = np.asarray(values, dtype=object)[unseen[0]]
                 raise ValueError(
-                    f"row {unseen[0]} of context has a level of column {column!r} not seen in "
-                    "training: the model has no conditional density given it"
+                    f"row {unseen[0]} of context: column {column!r} holds the level {level!r}, "
+                    "not seen in training (the model has no conditional density given it)"
                 )
         return out
 
