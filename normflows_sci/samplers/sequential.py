@@ -9,10 +9,15 @@ resamples; SMC resamples (systematic) whenever the ESS of the current weights dr
 ``resample_threshold * N``. Both return an estimate of ``log Z`` of the target's unnormalised
 density.
 
-Error bars: particles run in ``replicas`` independent groups (one batch); ``log_z_stderr`` is the
-standard error of the mean over groups of the per-group estimates (of ``Z``, mapped to log scale by
-the delta method), which is valid for AIS and SMC alike. With one group, AIS reports the
-importance-sampling delta-method error and SMC reports NaN.
+Error bars: particles run in ``replicas`` independent groups (one batch, 4 groups by default);
+``log_z_stderr`` is the standard error of the mean over groups of the per-group estimates (of ``Z``,
+mapped to log scale by the delta method, widened for the few degrees of freedom), which is valid for
+AIS and SMC alike. With one group, AIS reports the importance-sampling delta-method error and SMC
+has no error bar (``None``, with a warning).
+
+Trust: every :class:`SequentialResult` carries the Pareto k-hat of its importance weights (for SMC,
+the worst over the segments between resamplings) and the agreement of its replicas, and warns
+(RuntimeWarning) when they say that log Z and its error bar cannot be trusted.
 
 References:
     Neal (2001), "Annealed importance sampling". Del Moral, Doucet, Jasra (2006), "Sequential
@@ -108,6 +113,11 @@ class SequentialResult:
 
     Construction warns (RuntimeWarning, once per result) when the result is not
     :attr:`reliable`, when ``ess < 2``, or when there is no error bar (SMC with one replica).
+
+    ``reliable`` is necessary, not sufficient: a flow much narrower than the target can give
+    weights whose tail is not yet visible in ``N`` draws, so k-hat passes while log Z is biased
+    low (the region the flow misses is never sampled). Annealing with more temperatures and
+    moves, or a wider flow, is the remedy; the replicas' agreement does not reveal it either.
 
     Attributes:
         samples: ``(N, *event)`` final particles.
@@ -449,7 +459,8 @@ def anneal(
         kernel, mcmc_steps, step_size, kernel_options: the MCMC moves (as for :class:`AIS`).
         replicas: independent groups (``N`` divisible by it), each with its own log Z.
         resample_threshold: resample a group (systematic) when its ESS falls below this fraction
-            of its particles (``None``: never, as AIS).
+            of its particles (``None``: never, as AIS); never after the last position, so that
+            the final weights are returned as they are (their ESS, not ``N`` equal weights).
         generator: seeds the moves and the resampling.
         **renamed: ``betas=``, the deprecated former name of ``schedule``
             (``DeprecationWarning``).
@@ -672,15 +683,18 @@ class AIS(_Annealer):
         >>> target = lambda x: -0.5 * ((x - 1) ** 2).sum(-1)  # Z = 2 pi
         >>> from normflows_sci.samplers import MALA
         >>> ais = AIS(target, flow, num_temperatures=8, kernel=MALA)
-        >>> out = ais.sample(1000, replicas=4, generator=torch.Generator().manual_seed(0))
-        >>> abs(out.log_z - math.log(2 * math.pi)) < 4 * out.log_z_stderr
-        True
+        >>> out = ais.sample(1000, generator=torch.Generator().manual_seed(0))  # 4 replicas
+        >>> out.reliable, abs(out.log_z - math.log(2 * math.pi)) < 4 * out.log_z_stderr
+        (True, True)
     """
 
 
 class SMC(_Annealer):
     """Sequential Monte Carlo sampler from a flow: AIS plus systematic resampling whenever the
-    ESS falls below ``resample_threshold`` (fraction of the particles per replica group).
+    ESS falls below ``resample_threshold`` (fraction of the particles per replica group), except
+    after the last stage: the result's weights and ESS are those of the final weights. Its
+    ``pareto_k`` is the worst over the segments between resamplings and its error bar comes from
+    the spread of independent replicas (see :class:`SequentialResult`).
 
     Args:
         resample_threshold: in ``(0, 1]``; the other arguments as for :class:`AIS`.
@@ -691,9 +705,11 @@ class SMC(_Annealer):
         >>> target = lambda x: -0.5 * ((x - 2.0) ** 2).sum(-1)  # N(2, I) with Z = 2 pi
         >>> from normflows_sci.samplers import MALA
         >>> smc = SMC(target, flow, num_temperatures=10, kernel=MALA)
-        >>> out = smc.sample(1000, replicas=4, generator=torch.Generator().manual_seed(0))
-        >>> out.resamples > 0, abs(out.log_z - math.log(2 * math.pi)) < 4 * out.log_z_stderr
-        (True, True)
+        >>> out = smc.sample(1000, generator=torch.Generator().manual_seed(0))  # 4 replicas
+        >>> out.resamples > 0, out.reliable, out.log_z_replicas.shape
+        (True, True, torch.Size([4]))
+        >>> abs(out.log_z - math.log(2 * math.pi)) < 4 * out.log_z_stderr
+        True
         >>> mean = (out.weights[:, None] * out.samples).sum(0)
         >>> torch.allclose(mean, torch.tensor([2.0, 2.0]), atol=0.2)
         True
