@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -181,3 +182,119 @@ def test_log_z_of_the_many_well_within_its_error_bar():
     assert result.ess_fraction > 0.2
     assert abs(result.log_z - target.log_z) < 4 * result.log_z_stderr
     assert result.log_z_stderr < 0.01
+
+
+def _repeat(proposal, target, num_samples: int, estimate, seeds=range(1, 121)) -> float:
+    """Standard deviation of ``estimate(result)`` over independent runs of ``num_samples``."""
+    values = []
+    for seed in seeds:
+        result = importance_sample(
+            proposal, target, num_samples, generator=torch.Generator().manual_seed(seed)
+        )
+        values.append(float(estimate(result)))
+    return float(torch.tensor(values, dtype=torch.float64).std())
+
+
+@pytest.mark.parametrize(
+    "quantity, wanted, estimate",
+    [
+        ("log_z", 0.01, lambda r: r.log_z),
+        (lambda x: x[:, 0], 0.01, lambda r: r.expectation(lambda x: x[:, 0])[0]),
+        (
+            (lambda x: x[:, 0] < 0, lambda x: x[:, 0] > 0),
+            0.02,
+            lambda r: r.free_energy_difference(lambda x: x[:, 0] < 0, lambda x: x[:, 0] > 0)[0],
+        ),
+    ],
+    ids=["log_z", "expectation", "free_energy"],
+)
+def test_planned_sample_size_delivers_the_requested_standard_error(quantity, wanted, estimate):
+    """A pilot of 2000 plans N; 120 independent runs at that N scatter by the requested error."""
+    target, proposal = ShiftedGaussian(), gaussian_proposal(1, 1.5)
+    pilot = importance_sample(proposal, target, 2000, generator=torch.Generator().manual_seed(0))
+    planned = pilot.samples_needed(wanted, quantity=quantity)
+    assert isinstance(planned, int) and planned > 2000  # a smaller error than the pilot's
+    measured = _repeat(proposal, target, planned, estimate)
+    assert measured == pytest.approx(wanted, rel=0.25)
+
+
+def test_exact_proposal_plans_the_smallest_diagnosable_sample():
+    """Zero variance: any N gives a zero error, but below 21 samples there is no k-hat."""
+    flow = gaussian_proposal(2, 0.7)
+    result = importance_sample(flow, flow, 500, generator=torch.Generator().manual_seed(0))
+    assert result.samples_needed(1e-6) == 21
+    assert result.samples_needed(1e-6, quantity=lambda x: torch.ones(len(x))) == 21
+
+
+def test_heavier_than_sqrt_n_tail_is_planned_at_the_slower_rate():
+    """k-hat in [0.5, threshold): the error shrinks as N^-(1-k), so the plan needs more than the
+    1/sqrt(N) extrapolation, and at least the 10^(1/(1-k)) samples whose threshold exceeds k."""
+    # Target N(0, 2.5), proposal N(0, 1): log w = 0.3 x^2 + const, k = 1 - 1 / 2.5 = 0.6.
+    proposal = gaussian_proposal(1, 1.0)
+
+    def target(x):
+        return -0.5 * x[:, 0] ** 2 / 2.5
+
+    result = importance_sample(
+        proposal, target, 100_000, generator=torch.Generator().manual_seed(1)
+    )
+    assert 0.5 <= result.pareto_k < result.khat_threshold
+    k, current = result.pareto_k, result.log_z_stderr
+    planned = result.samples_needed(current / 2)
+    assert planned == pytest.approx(100_000 * 2 ** (1 / (1 - k)), rel=1e-6)
+    assert planned > 4 * 100_000
+    assert result.samples_needed(1.0) == math.floor(10 ** (1 / (1 - k))) + 1
+
+
+def test_planning_from_unreliable_weights_warns_and_returns_inf():
+    """The 80-sigma target: log Z is off by thousands of nats; no sample size may be promised."""
+    proposal = gaussian_proposal(1, 1.0)
+    target = ShiftedGaussian(mean=80.0, offset=0.0)
+    with pytest.warns(RuntimeWarning, match="unreliable importance weights"):
+        result = importance_sample(
+            proposal, target, 2000, generator=torch.Generator().manual_seed(0)
+        )
+    for quantity in ("log_z", lambda x: x[:, 0], (lambda x: x[:, 0] < 80, lambda x: x[:, 0] > 3)):
+        with pytest.warns(RuntimeWarning, match=r"cannot plan the sample size.*k-hat = ") as record:
+            planned = result.samples_needed(0.01, quantity=quantity)
+        assert planned == math.inf and len(record) == 1
+        named = re.search(r"k-hat = ([^ ,]+)", str(record[0].message)).group(1)
+        assert float(named) >= result.pareto_k * 0.99 > result.khat_threshold
+
+
+def test_planning_an_observable_heavier_than_the_weights_returns_inf():
+    """A fine proposal (reliable weights) but E[|x|^-0.9], whose variance is infinite."""
+    proposal, target = gaussian_proposal(1, 1.5), ShiftedGaussian(mean=0.0)
+    result = importance_sample(proposal, target, 4000, generator=torch.Generator().manual_seed(0))
+    assert result.reliable
+    assert math.isfinite(result.samples_needed(0.01))
+    with pytest.warns(RuntimeWarning, match="cannot plan the sample size"):
+        planned = result.samples_needed(0.01, quantity=lambda x: x[:, 0].abs() ** -0.9)
+    assert planned == math.inf
+
+
+@pytest.mark.parametrize("stderr", [0, -0.1, math.nan, math.inf, "0.1", True, None])
+def test_samples_needed_rejects_a_bad_standard_error(stderr):
+    result = importance_sample(
+        gaussian_proposal(1, 1.5),
+        ShiftedGaussian(),
+        100,
+        generator=torch.Generator().manual_seed(0),
+    )
+    with pytest.raises(ValueError, match="stderr must be a positive finite number"):
+        result.samples_needed(stderr)
+
+
+def test_samples_needed_rejects_an_unknown_quantity():
+    result = importance_sample(
+        gaussian_proposal(1, 1.5),
+        ShiftedGaussian(),
+        100,
+        generator=torch.Generator().manual_seed(0),
+    )
+    with pytest.raises(ValueError, match=r"quantity must be 'log_z'.*got 'logz'"):
+        result.samples_needed(0.1, quantity="logz")
+    with pytest.raises(TypeError, match=r"quantity must be .*got int"):
+        result.samples_needed(0.1, quantity=3)
+    with pytest.raises(ValueError, match="no importance weight"):
+        result.samples_needed(0.1, quantity=(lambda x: x[:, 0] > 100, lambda x: x[:, 0] < 0))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import pickle
 import warnings
 
 import pytest
@@ -12,6 +13,7 @@ from normflows_sci.distributions import StandardNormal
 from normflows_sci.flows import Flow
 from normflows_sci.samplers import (
     ImportanceResult,
+    function_khat,
     importance_sample,
     importance_weights,
     khat_threshold,
@@ -155,3 +157,98 @@ def test_smoothing_changes_a_heavy_tailed_estimate():
     mean, _ = result.expectation(values, smooth=True)
     assert float(mean) == pytest.approx(float((smoothed * values).sum()), rel=1e-12)
     assert float(mean) != pytest.approx(float(result.expectation(values)[0]), rel=1e-6)
+
+
+def _fine_result(seed: int, num_samples: int = 4000) -> ImportanceResult:
+    """Target N(0, 1), proposal N(0, 1.5^2): bounded weights, k-hat far below the threshold."""
+    proposal = Flow(ElementwiseAffine(1, scale=1 / 1.5, learnable=False), StandardNormal(1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        return importance_sample(
+            proposal.double(),
+            StandardNormal(1).double(),
+            num_samples,
+            generator=torch.Generator().manual_seed(seed),
+        )
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_heavy_tailed_observable_warns_under_a_fine_proposal(seed):
+    """E[|x|^-0.9] is finite but |x|^-0.9 w(x) has infinite variance (k = 0.9) although the
+    weights alone are bounded: the expectation warns, once, naming its own k-hat."""
+    result = _fine_result(seed)
+    assert result.reliable and result.pareto_k < 0
+    with pytest.warns(
+        RuntimeWarning, match=r"unreliable expectation: Pareto k-hat of h\(x\) w\(x\)"
+    ):
+        estimate = result.expectation(lambda x: x[:, 0].abs() ** -0.9)
+    assert not estimate.reliable
+    assert estimate.pareto_k > estimate.khat_threshold == result.khat_threshold
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_bounded_and_light_observables_do_not_warn_under_a_fine_proposal(seed):
+    result = _fine_result(seed)
+    left, right = (lambda x: x[:, 0] < 0), (lambda x: x[:, 0] > 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        estimates = [
+            result.expectation(lambda x: torch.tanh(x[:, 0])),
+            result.expectation(lambda x: torch.cat([x, x**2], 1)),  # unbounded, light tails
+            result.expectation(lambda x: x[:, 0].abs() ** -0.4),  # finite variance: k = 0.4
+            result.probability(right),
+            result.free_energy_difference(left, right),
+        ]
+    assert all(estimate.reliable for estimate in estimates)
+
+
+def test_rare_region_warns_even_under_a_fine_proposal():
+    """P(x > 4.5) from 4000 samples rests on a handful of them: its error bar is not to be trusted."""
+    result = _fine_result(0)
+    inside = int((result.samples[:, 0] > 4.5).sum())
+    assert 0 < inside < 5
+    with pytest.warns(RuntimeWarning, match="fewer than 5 values"):
+        prob, stderr = result.probability(lambda x: x[:, 0] > 4.5)
+    assert prob > 0 and stderr > 0
+    with pytest.warns(RuntimeWarning, match="unreliable free-energy difference"):
+        result.free_energy_difference(lambda x: x[:, 0] < 0, lambda x: x[:, 0] > 4.5)
+
+
+def test_unreliable_weights_warn_once_not_again_per_estimate():
+    """The 80-sigma result warned at construction; its estimators do not repeat the cause."""
+    y = _normal(2000, 1)
+    with pytest.warns(RuntimeWarning, match="unreliable importance weights"):
+        result = _result(80.0 * y - 3200.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        estimate = result.expectation(lambda x: x[:, 0] ** 2)
+        probability = result.probability(lambda x: x[:, 0] > 1000)
+    assert not estimate.reliable and not probability.reliable
+    assert estimate.pareto_k >= result.pareto_k
+
+
+def test_estimates_unpack_print_and_pickle_like_the_old_tuples():
+    result = _fine_result(0)
+    left, right = (lambda x: x[:, 0] < 0), (lambda x: x[:, 0] > 0)
+    delta = result.free_energy_difference(left, right)
+    value, stderr = delta
+    assert (value, stderr) == delta and str(delta) == str((value, stderr))
+    assert (delta.value, delta.stderr) == (value, stderr)
+    copy = pickle.loads(pickle.dumps(delta))
+    assert copy == delta and copy.pareto_k == delta.pareto_k and copy.reliable
+    mean, err = result.expectation(lambda x: x)
+    assert mean.shape == err.shape == (1,)
+
+
+def test_function_khat_of_a_constant_is_the_weights_khat():
+    log_weights = _panel()["student_t_target"]
+    k_w, threshold = pareto_khat(log_weights)
+    k_constant, same_threshold = function_khat(torch.full((4000,), 3.0), log_weights)
+    assert k_constant == pytest.approx(k_w, rel=1e-9) and same_threshold == threshold
+    k_heavy, _ = function_khat(torch.arange(4000.0) ** 3, log_weights)
+    assert k_heavy >= k_w
+    with pytest.raises(ValueError, match="one row per weight"):
+        function_khat(torch.zeros(10), log_weights)
+    with pytest.warns(RuntimeWarning, match="not finite"):
+        k, _ = function_khat(torch.full((4000,), math.inf), log_weights)
+    assert math.isnan(k)
