@@ -355,3 +355,22 @@ def test_smc_reports_the_ess_of_its_final_weights_not_n_after_resampling():
     assert float(torch.logsumexp(out.log_weights.double(), 0)) - math.log(512) == pytest.approx(
         out.log_z
     )
+
+
+def test_smc_k_hat_is_the_worst_segment_not_only_the_last():
+    """One big step collapses the population onto a few particles; after resampling, the last
+    segment's weights look healthy (k-hat and ESS fine, replicas agreeing) while log Z is off by
+    many error bars. The collapse in the first segment makes the result unreliable."""
+    sampler = SMC(
+        _unit_gaussian_at(4.0),
+        _identity_flow(),
+        schedule=[0.0, 0.9, 0.95, 1.0],
+        kernel=MALA,
+        mcmc_steps=5,
+    )
+    with pytest.warns(RuntimeWarning, match=r"maximum over 2 resampling segments"):
+        out = sampler.sample(256, generator=torch.Generator().manual_seed(0))
+    assert out.stage_pareto_k[-1] < out.khat_threshold < out.stage_pareto_k[0] == out.pareto_k
+    assert out.ess > 0.5 * 256 and out.replica_spread < 1.0  # the end looks fine ...
+    assert abs(out.log_z) > 4 * out.log_z_stderr  # ... but log Z (exactly 0) is far off
+    assert not out.reliable
