@@ -33,6 +33,8 @@ __all__ = [
     "GaussianMixtureBaseline",
     "gaussian_held_out_score",
     "baseline_scores",
+    "lattice_cells",
+    "describe_cells",
 ]
 
 _LOG_2PI = math.log(2.0 * math.pi)
@@ -710,3 +712,43 @@ def baseline_scores(
     label = f"Gaussian mixture ({mixture.components_} components)"
     results.append((label, mixture.score(test), time.perf_counter() - started))
     return results
+
+
+def lattice_cells(estimator, columns: Sequence[str]) -> tuple[list[int], list[float]]:
+    """The cells a fitted :class:`~normflows_sci.DensityEstimator` scores its integer columns on,
+    as the ``discrete`` and ``step`` arguments of the baselines: positions in ``columns``
+    (ascending) and the lattice spacing the estimator detected for each (5 for winds in 5-knot
+    steps). Baselines given these score the same cells as the estimator, so their held-out
+    log-likelihoods compare with its own.
+
+    Args:
+        estimator: a fitted ``DensityEstimator`` (its ``spec_`` is read).
+        columns: the names of the columns of the table the baselines see.
+
+    Raises:
+        ValueError: an integer column of the estimator is not among ``columns``.
+    """
+    spec = estimator.spec_
+    columns = list(columns)
+    cells = []
+    for name, discrete, step in zip(spec.target_columns, spec.discrete, spec.step):
+        if not discrete:
+            continue
+        if name not in columns:
+            raise ValueError(f"columns must include the estimator's integer column {name!r}")
+        cells.append((columns.index(name), float(step)))
+    cells.sort()
+    return [j for j, _ in cells], [step for _, step in cells]
+
+
+def describe_cells(columns: Sequence[str], discrete: Sequence[int], step: Sequence[float]) -> str:
+    """A phrase naming the cells of a comparison, for printed output.
+
+    Example:
+        >>> describe_cells(["lat", "wind"], [1], [5.0])
+        'integer columns as log-probabilities of the cells wind [v, v+5)'
+    """
+    if not len(discrete):
+        return "continuous columns only (log-densities)"
+    cells = ", ".join(f"{columns[j]} [v, v+{s:g})" for j, s in zip(discrete, step))
+    return f"integer columns as log-probabilities of the cells {cells}"

@@ -37,7 +37,12 @@ import numpy as np
 
 from normflows_sci import io as files
 from normflows_sci._version import __version__
-from normflows_sci.baselines import baseline_scores, gaussian_held_out_score
+from normflows_sci.baselines import (
+    baseline_scores,
+    describe_cells,
+    gaussian_held_out_score,
+    lattice_cells,
+)
 from normflows_sci.estimator import FLOWS as FLOW_FAMILIES
 from normflows_sci.estimator import MIN_ROWS_FOR_VALIDATION, DensityEstimator, validation_split
 from normflows_sci.io import table_format
@@ -168,10 +173,13 @@ def _parse_bound(text: str) -> float | None:
 
 
 def _parse_bounds(items: Sequence[str] | None, names: list[str]):
-    if not items:
-        return None
-    if list(items) == ["auto"]:
+    """DensityEstimator's ``bounds`` from ``--bounds``: ``"auto"`` when it is not given (a
+    positive, right-skewed column is then bounded at 0, so no sample comes out negative), None
+    for ``--bounds none``, else ``{column: (low, high)}``."""
+    if not items or list(items) == ["auto"]:
         return "auto"
+    if list(items) == ["none"]:
+        return None
     bounds = {}
     for item in items:
         parts = item.rsplit(":", 2)
@@ -273,7 +281,7 @@ def _cmd_fit(args) -> int:
     )
     if held:
         flow_score = est.score(held_out)
-        discrete, step = _estimator_cells(est, names)
+        discrete, step = lattice_cells(est, names)
         gauss_score = gaussian_held_out_score(
             train,
             held_out,
@@ -284,7 +292,7 @@ def _cmd_fit(args) -> int:
         kind = "conditional " if est.context_columns_ else ""
         print(f"  held-out mean {kind}log-likelihood (nats per row, higher is better):")
         if discrete:
-            print(f"  (both score {_describe_cells(names, discrete, step)})")
+            print(f"  (both score {describe_cells(names, discrete, step)})")
         print(f"    flow      {flow_score:12.4f}")
         print(
             f"    Gaussian  {gauss_score:12.4f}   (flow - Gaussian: {flow_score - gauss_score:+.4f})"
@@ -376,24 +384,6 @@ def _cmd_info(args) -> int:
     return 0
 
 
-def _estimator_cells(est, names: list[str]) -> tuple[list[int], list[float]]:
-    """Positions in ``names`` (ascending) of the estimator's integer columns and the widths of
-    the cells it scores them on: the lattice spacing it detected (5 for winds in 5-knot steps)."""
-    spec = est.spec_
-    cells = sorted(
-        (names.index(c), step)
-        for c, discrete, step in zip(spec.target_columns, spec.discrete, spec.step)
-        if discrete
-    )
-    return [j for j, _ in cells], [step for _, step in cells]
-
-
-def _describe_cells(names: list[str], discrete: list[int], step: list[float]) -> str:
-    """``integer columns as log-probabilities of the cells wind [v, v+5), ...``."""
-    cells = ", ".join(f"{names[j]} [v, v+{s:g})" for j, s in zip(discrete, step))
-    return f"integer columns as log-probabilities of the cells {cells}"
-
-
 def _demo_comparison(est, train, test, names: list[str], seed) -> tuple[list[tuple], str]:
     """The demo's rows ``(label, held-out mean log-likelihood, fit seconds)``, flow first, and
     the cells they are all scored on.
@@ -402,11 +392,11 @@ def _demo_comparison(est, train, test, names: list[str], seed) -> tuple[list[tup
     (``est.spec_.step``), as the flow does: scoring them on unit cells instead would hand them a
     handicap of ``log(step)`` nats per row (``log 5`` for winds in 5-knot steps).
     """
-    discrete, step = _estimator_cells(est, names)
+    discrete, step = lattice_cells(est, names)
     epochs = len(est.history_["epoch"])
     flow = (f"normalizing flow ({est.spec_.flow}, {epochs} epochs)", est.score(test), est.fit_time_)
     baselines = baseline_scores(train, test, discrete=discrete, step=step, random_state=seed)
-    cells = _describe_cells(names, discrete, step) if discrete else "continuous columns only"
+    cells = describe_cells(names, discrete, step)
     return [flow, *baselines], cells
 
 
@@ -569,7 +559,9 @@ def _add_fit(commands) -> None:
         action="extend",
         metavar="COL:LOW:HIGH",
         help="physical bounds of columns; leave LOW or HIGH empty for an open side (mass:0: "
-        "or frac:0:1); 'auto' to detect them",
+        "or frac:0:1); default 'auto': columns within [0, 1], and non-negative columns that "
+        "pile up near 0 or are right-skewed (log-normal, counts), are bounded; 'none' for no "
+        "bounds",
     )
     fit.add_argument(
         "--discrete",
