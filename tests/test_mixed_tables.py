@@ -78,11 +78,17 @@ def _grid_rows(levels: dict, y_grid: np.ndarray, ks: np.ndarray):
     return pd.concat(parts, ignore_index=True)
 
 
-def test_mixed_density_sums_and_integrates_to_one_over_categories_and_numbers():
+@pytest.fixture(scope="module")
+def mixed():
+    """``(estimator, frame)``: a quick model of :func:`_mixed_frame` (fitted once)."""
     from normflows_sci import DensityEstimator
 
     frame = _mixed_frame(1500)
-    est = DensityEstimator(discrete=["k"], bounds={"k": (0, 4)}, **QUICK).fit(frame)
+    return DensityEstimator(discrete=["k"], bounds={"k": (0, 4)}, **QUICK).fit(frame), frame
+
+
+def test_mixed_density_sums_and_integrates_to_one_over_categories_and_numbers(mixed):
+    est, frame = mixed
     assert est.info()["categorical_columns"] == {"colour": 3, "size": 2}
     assert est.target_columns_ == ["colour", "y", "size", "k"]
     low, high, points = -12.0, 14.0, 800
@@ -123,3 +129,135 @@ def test_categorical_context_gives_a_conditional_density_over_the_other_columns(
         est.sample(context=pd.DataFrame({"colour": ["red", "purple"]}))
     with pytest.raises(ValueError, match="context column"):
         est.score_samples(frame.head(3).assign(colour=["red", "purple", "red"]))
+
+
+def test_samples_hold_valid_levels_with_the_input_types(mixed):
+    est, frame = mixed
+    draws = est.sample(3000, random_state=0)
+    assert list(draws.columns) == list(frame.columns)
+    assert draws["colour"].dtype == frame["colour"].dtype  # text, as pandas holds it
+    assert set(draws["colour"]) <= {"red", "green", "blue"}
+    assert draws["size"].dtype == frame["size"].dtype  # same categories, same order
+    assert draws["colour"].value_counts(normalize=True)["red"] == pytest.approx(0.5, abs=0.04)
+    assert ((draws["colour"] == "blue") & (draws["size"] == "L")).mean() < 0.01
+    assert set(np.unique(draws["k"])) <= {0.0, 1.0, 2.0, 3.0, 4.0}
+    pd.testing.assert_frame_equal(est.sample(50, random_state=1), est.sample(50, random_state=1))
+
+
+def test_numeric_array_with_declared_categorical_columns():
+    from normflows_sci import DensityEstimator
+
+    rng = np.random.default_rng(3)
+    group = rng.choice([10.0, 20.0, 30.0], size=600)
+    X = np.column_stack([group, group / 10 + rng.normal(0.0, 0.5, 600)])
+    est = DensityEstimator(categorical=[0], **QUICK).fit(X)
+    assert est.info()["categorical_columns"] == {"x0": 3}
+    draws = est.sample(200, random_state=0)
+    assert isinstance(draws, np.ndarray) and set(np.unique(draws[:, 0])) <= {10.0, 20.0, 30.0}
+    # 15 is no level of x0: probability zero, not the density of a number between levels.
+    with pytest.warns(UserWarning, match="level 15.0, not seen in training"):
+        assert np.isneginf(est.score_samples(np.array([[15.0, 1.5]])))[0]
+    with pytest.raises(ValueError, match="discrete names the categorical columns"):
+        DensityEstimator(categorical=[0], discrete=[0], **QUICK).fit(X)
+
+
+def test_save_load_round_trip_stores_levels_as_data(mixed, tmp_path):
+    import json
+    import zipfile
+
+    from normflows_sci import DensityEstimator
+
+    est, frame = mixed
+    path = est.save(tmp_path / "mixed.nfs")
+    loaded = DensityEstimator.load(path)
+    np.testing.assert_array_equal(loaded.score_samples(frame), est.score_samples(frame))
+    pd.testing.assert_frame_equal(loaded.sample(40, random_state=2), est.sample(40, random_state=2))
+    assert loaded.info() == est.info()
+    config = json.loads(zipfile.ZipFile(path).read("config.json"))
+    assert config["categorical"]["levels"] == [["blue", "green", "red"], ["S", "L"]]
+    assert sum(config["categorical"]["counts"]) == len(frame) - 150  # the training rows
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda c: c["categorical"]["levels"][0].append({"x": 1}), r"levels'\]\[0\] must be"),
+        (lambda c: c["categorical"]["counts"].pop(), "must be a list of 6 counts"),
+        (lambda c: c["categorical"]["counts"].__setitem__(0, -1), "non-negative integers"),
+        (lambda c: c["categorical"]["levels"][1].__setitem__(1, "XL"), "implies the flow columns"),
+        (lambda c: c["categorical"]["levels"][0].extend(map(str, range(70000))), "more than 65536"),
+        (lambda c: c["categorical"].__setitem__("alpha", 0), r"alpha'\] must be a positive"),
+        (lambda c: c["categorical"]["kinds"].__setitem__(1, "integer"), "levels of kind"),
+    ],
+)
+def test_damaged_categorical_part_of_a_model_file_is_refused_before_building(
+    mixed, tmp_path, damage, message
+):
+    import json
+    import zipfile
+
+    from normflows_sci import DensityEstimator
+
+    path = mixed[0].save(tmp_path / "mixed.nfs")
+    with zipfile.ZipFile(path) as archive:
+        config = json.loads(archive.read("config.json"))
+        weights = archive.read("weights.pt")
+    damage(config)
+    bad = tmp_path / "bad.nfs"
+    with zipfile.ZipFile(bad, "w") as archive:
+        archive.writestr("config.json", json.dumps(config))
+        archive.writestr("weights.pt", weights)
+    with pytest.raises(ValueError, match=message) as error:
+        DensityEstimator.load(bad)
+    assert "config field categorical" in str(error.value)
+
+
+def test_unseen_levels_and_out_of_bounds_rows_score_minus_inf_or_raise_when_strict(mixed):
+    est, frame = mixed
+    rows = frame.head(6).copy()
+    rows["colour"] = rows["colour"].astype(object)
+    rows.loc[4, "colour"] = "purple"
+    rows.loc[2, "k"] = 7.0  # above the declared bound 4
+    reference = est.score_samples(frame.head(6))
+    with pytest.warns(UserWarning, match=r"2 of 6 rows .* row 2: column 'k' holds 7, above"):
+        scores = est.score_samples(rows)
+    assert np.isneginf(scores[[2, 4]]).all()
+    np.testing.assert_array_equal(scores[[0, 1, 3, 5]], reference[[0, 1, 3, 5]])
+    with pytest.raises(ValueError, match="row 2 of X lies outside the model's support"):
+        est.score_samples(rows, strict=True)
+    with pytest.raises(ValueError, match="row 3 .* 'colour' holds the level 'purple'"):
+        est.score(rows.drop(index=2), strict=True)
+
+
+def test_lattice_values_off_the_lattice_are_outside_the_support():
+    from normflows_sci import DensityEstimator
+
+    rng = np.random.default_rng(4)
+    X = (5 * rng.poisson(4.0, size=(500, 1)) + 10).astype(float)
+    est = DensityEstimator(discrete="auto", **QUICK).fit(X)
+    # 12 is an integer but not on 10 + 5 k: before, it silently scored the cell [12, 17).
+    with pytest.warns(UserWarning, match=r"holds 12, off its lattice 10 \+ 5 k"):
+        scores = est.score_samples(np.array([[12.0], [15.0]]))
+    assert np.isneginf(scores[0]) and np.isfinite(scores[1])
+
+
+def test_mixed_table_refusals():
+    from normflows_sci import DensityEstimator
+
+    frame = _mixed_frame(200, seed=5)
+    with pytest.raises(ValueError, match="numeric context columns \\['y'\\]"):
+        DensityEstimator(context=["y"], **QUICK).fit(frame)
+    with pytest.raises(ValueError, match="bounds names the categorical columns \\['size'\\]"):
+        DensityEstimator(bounds={"size": (0, 1)}, **QUICK).fit(frame)
+    with pytest.raises(ValueError, match="X_val has levels not in X .* 'colour'"):
+        DensityEstimator(**QUICK).fit(frame, X_val=frame.assign(colour="purple").head(20))
+    wide = pd.DataFrame({f"c{i}": np.arange(200) % 50 for i in range(3)}).astype(str)
+    wide["y"] = np.random.default_rng(0).normal(size=200)
+    with pytest.raises(ValueError, match="more than 65536 level combinations"):
+        DensityEstimator(**QUICK).fit(wide)
+    with pytest.raises(ValueError, match="every column is categorical"):
+        DensityEstimator(**QUICK).fit(frame[["colour", "size"]])
+    with pytest.raises(ValueError, match="categorical must be 'auto', None or a list"):
+        DensityEstimator(categorical="all")
+    with pytest.raises(TypeError, match="numeric"):  # categorical=None: strings are an error
+        DensityEstimator(categorical=None, **QUICK).fit(frame)
