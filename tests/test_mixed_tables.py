@@ -225,7 +225,7 @@ def test_unseen_levels_and_out_of_bounds_rows_score_minus_inf_or_raise_when_stri
     np.testing.assert_array_equal(scores[[0, 1, 3, 5]], reference[[0, 1, 3, 5]])
     with pytest.raises(ValueError, match="row 2 of X lies outside the model's support"):
         est.score_samples(rows, strict=True)
-    with pytest.raises(ValueError, match="row 3 .* 'colour' holds the level 'purple'"):
+    with pytest.raises(ValueError, match=r"row 3 .* 'colour' holds the level 'purple'"):
         est.score(rows.drop(index=2), strict=True)
 
 
@@ -249,7 +249,7 @@ def test_mixed_table_refusals():
         DensityEstimator(context=["y"], **QUICK).fit(frame)
     with pytest.raises(ValueError, match="bounds names the categorical columns \\['size'\\]"):
         DensityEstimator(bounds={"size": (0, 1)}, **QUICK).fit(frame)
-    with pytest.raises(ValueError, match="X_val has levels not in X .* 'colour'"):
+    with pytest.raises(ValueError, match=r"X_val has levels not in X .* 'colour'"):
         DensityEstimator(**QUICK).fit(frame, X_val=frame.assign(colour="purple").head(20))
     wide = pd.DataFrame({f"c{i}": np.arange(200) % 50 for i in range(3)}).astype(str)
     wide["y"] = np.random.default_rng(0).normal(size=200)
