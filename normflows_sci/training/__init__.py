@@ -19,6 +19,7 @@ from normflows_sci.training.fab import (
     fit_fab,
 )
 from normflows_sci.training.flow_matching import (
+    EquivariantOT,
     FlowMatchingLoss,
     fit_flow_matching,
     flow_matching_loss,
@@ -57,4 +58,5 @@ __all__ = [
     "FlowMatchingLoss",
     "flow_matching_loss",
     "ot_pairing",
+    "EquivariantOT",
 ]

@@ -21,9 +21,20 @@ log_{x0}(x1))`` with target ``u_t = d x_t / dt``:
   / sin theta``;
 
 and OT pairing uses the squared geodesic distance.
+
+Equivariant OT flow matching (Klein, Krämer & Noé 2023) for particle systems (a flow on
+:class:`~normflows_sci.manifolds.MeanFree`, e.g. :func:`~normflows_sci.flows.particle_flow`):
+every noise sample is first aligned to every data sample of the minibatch over permutations of the
+identical particles and rotations (:meth:`~normflows_sci.manifolds.MeanFree.align`), the batch
+assignment then minimises the aligned squared distances and each data point is paired with its
+aligned noise sample (:class:`EquivariantOT`). The pairing is a value: ``ot=False`` (independent
+pairs), ``ot=True`` (plain minibatch OT), ``ot="equivariant"`` (an :class:`EquivariantOT` of the
+flow's particle space) or any callable ``pairing(x0, x1, manifold) -> paired x0``.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from scipy.optimize import linear_sum_assignment
@@ -40,7 +51,13 @@ from normflows_sci.training.scaffold import (
     train,
 )
 
-__all__ = ["fit_flow_matching", "FlowMatchingLoss", "flow_matching_loss", "ot_pairing"]
+__all__ = [
+    "fit_flow_matching",
+    "FlowMatchingLoss",
+    "flow_matching_loss",
+    "ot_pairing",
+    "EquivariantOT",
+]
 
 
 def _geodesic_cost(a: Tensor, b: Tensor, manifold) -> Tensor:
@@ -82,18 +99,113 @@ def ot_pairing(x0: Tensor, x1: Tensor, manifold=None) -> Tensor:
     return perm.to(x1.device)
 
 
+class EquivariantOT:
+    """Equivariant minibatch OT pairing of noise and data for particle systems (Klein, Krämer &
+    Noé 2023): a pairing value for ``ot=`` of :func:`fit_flow_matching`, :class:`FlowMatchingLoss`
+    and :func:`flow_matching_loss`.
+
+    Every noise sample ``x0[i]`` is aligned to every data sample ``x1[j]`` over permutations of
+    the particles and proper rotations (:meth:`~normflows_sci.manifolds.MeanFree.align`: Hungarian
+    assignment, then Kabsch, ``iterations`` rounds; the aligned cost is never above the unaligned
+    one), the exact assignment then minimises the total aligned squared distance, and each data
+    point is paired with its aligned noise sample, an equivalent configuration of the noise (the
+    base density is invariant, so it is still a base sample's orbit point). Cost: ``batch^2``
+    scipy assignments of ``n x n`` particles per minibatch (fine for ``n <= 13`` and batches of a
+    few hundred on the CPU) and ``O(batch^2 n d)`` memory.
+
+    Args:
+        space: the :class:`~normflows_sci.manifolds.MeanFree` particle space; ``None`` takes the
+            flow's manifold (a :func:`~normflows_sci.flows.particle_flow` has one).
+        iterations: permutation-then-rotation rounds of each alignment.
+
+    Example:
+        >>> from normflows_sci.manifolds import MeanFree
+        >>> x1 = torch.tensor([[-1.0, 0.0, 1.0, 0.0]])  # 2 particles in 2-D
+        >>> x0 = torch.tensor([[0.0, 1.0, 0.0, -1.0]])  # the same pair turned by 90 degrees
+        >>> EquivariantOT(MeanFree(2, 2))(x0, x1).round(decimals=6).abs().tolist()
+        [[1.0, 0.0, 1.0, 0.0]]
+    """
+
+    def __init__(self, space=None, *, iterations: int = 1):
+        if space is not None and not callable(getattr(space, "align", None)):
+            raise TypeError(
+                f"space must be a particle space with align() (normflows_sci.manifolds.MeanFree), "
+                f"got {type(space).__name__}"
+            )
+        self.space = space
+        self.iterations = check_int("iterations", iterations)
+
+    def __repr__(self) -> str:
+        return f"EquivariantOT(space={self.space!r}, iterations={self.iterations})"
+
+    def space_for(self, manifold):
+        """The particle space the pairing aligns in: ``space``, else the flow's ``manifold``."""
+        space = self.space if self.space is not None else manifold
+        if not callable(getattr(space, "align", None)):
+            raise ValueError(
+                "ot='equivariant' needs a particle space: train a flow on MeanFree (e.g. "
+                "particle_flow) or pass EquivariantOT(MeanFree(n_particles, spatial_dim)); got "
+                f"manifold {space!r}"
+            )
+        return space
+
+    def __call__(self, x0: Tensor, x1: Tensor, manifold=None) -> Tensor:
+        """``(batch, n d)`` noise paired with ``x1``: row ``j`` is the aligned noise sample
+        assigned to data point ``j``."""
+        space = self.space_for(manifold)
+        if x0.shape != x1.shape or x0.ndim != 2:
+            raise ValueError(
+                f"x0 and x1 must have the same shape (batch, features), got {tuple(x0.shape)} "
+                f"and {tuple(x1.shape)}"
+            )
+        n, width = x1.shape
+        noise = x0.detach()[:, None, :].expand(n, n, width).reshape(n * n, width)
+        data = x1.detach()[None, :, :].expand(n, n, width).reshape(n * n, width)
+        aligned, cost = space.align(noise, data, iterations=self.iterations)
+        # cost[i, j]: noise i aligned to data j; rows of the transposed problem are data points.
+        _, choice = linear_sum_assignment(cost.view(n, n).T.double().cpu().numpy())
+        choice = torch.as_tensor(choice, dtype=torch.long, device=x1.device)
+        columns = torch.arange(n, device=x1.device)
+        return aligned.view(n, n, width)[choice, columns].to(x1)
+
+
+def _plain_ot(x0: Tensor, x1: Tensor, manifold=None) -> Tensor:
+    return x0[ot_pairing(x0, x1, manifold)]
+
+
+def _pairing(ot) -> Callable | None:
+    """The pairing function ``ot`` stands for (``None``: independent pairs)."""
+    if ot is None or ot is False:
+        return None
+    if ot is True:
+        return _plain_ot
+    if isinstance(ot, str):
+        if ot == "equivariant":
+            return EquivariantOT()
+        raise ValueError(
+            f"ot must be False, True, 'equivariant' or a pairing callable, got the string {ot!r}"
+        )
+    if callable(ot):
+        return ot
+    raise TypeError(
+        f"ot must be False, True, 'equivariant' or a pairing callable (x0, x1, manifold) -> x0, "
+        f"got {type(ot).__name__}"
+    )
+
+
 def flow_matching_loss(
     flow,
     x1: Tensor,
     context: Tensor | None = None,
     *,
-    ot: bool = False,
+    ot: bool | str | Callable = False,
     sigma: float = 0.0,
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """Conditional flow-matching loss of ``flow`` (a :class:`~normflows_sci.flows.ContinuousFlow`)
     on a data minibatch ``x1: (batch, D)``: ``mean_i ||v(x_t, t) - (x1 - x0)||^2`` (summed over
-    features), with ``x0`` drawn from ``flow.base`` and optionally OT-paired to ``x1``.
+    features), with ``x0`` drawn from ``flow.base`` and optionally paired to ``x1`` (``ot``: see
+    the module docstring).
 
     Example:
         >>> from normflows_sci.flows.cnf import CNF
@@ -106,14 +218,15 @@ def flow_matching_loss(
     if not isinstance(x1, Tensor) or x1.ndim != 2 or x1.shape[1] != flow.features:
         shape = getattr(x1, "shape", type(x1).__name__)
         raise ValueError(f"x1 must have shape (batch, {flow.features}), got {shape}")
-    _check_sigma(sigma, ot, context)
+    pairing = _pairing(ot)
+    _check_sigma(sigma, pairing, context)
     manifold = getattr(flow.transform, "manifold", None)
     if manifold is not None and sigma > 0:
         raise ValueError("sigma > 0 is only supported in R^n (manifold flows use sigma=0)")
     n = x1.shape[0]
     x0 = flow.base.sample(n, generator=generator).to(x1)
-    if ot:
-        x0 = x0[ot_pairing(x0, x1, manifold)]
+    if pairing is not None:
+        x0 = pairing(x0, x1, manifold)
     t = torch.rand(n, 1, generator=generator, dtype=x1.dtype, device=x1.device)
     xt, target = _interpolant(x0, x1, t, manifold)
     if sigma > 0:
@@ -132,10 +245,10 @@ def _check_continuous_flow(flow) -> None:
         )
 
 
-def _check_sigma(sigma, ot: bool, context) -> None:
-    if ot and context is not None:
+def _check_sigma(sigma, pairing, context) -> None:
+    if pairing is not None and context is not None:
         raise ValueError(
-            "ot=True pairs noise and data across the minibatch, which is not valid for a "
+            "ot pairs noise and data across the minibatch, which is not valid for a "
             "conditional flow (context given); use ot=False"
         )
     if isinstance(sigma, bool) or not float(sigma) >= 0:
@@ -152,7 +265,9 @@ class FlowMatchingLoss(TrainingLoss):
     Args:
         data: ``(n, D)`` training points; ``context``: ``(n, c)`` matching conditions.
         batch_size: minibatch size (at most ``n``).
-        ot: pair noise and data by exact minibatch optimal transport (unconditional only).
+        ot: how noise and data are paired (unconditional only): ``False`` independently,
+            ``True`` by exact minibatch optimal transport, ``"equivariant"`` by equivariant OT
+            (:class:`EquivariantOT`) or a pairing callable ``(x0, x1, manifold) -> paired x0``.
         sigma: width of the Gaussian probability path around the interpolant.
 
     Example:
@@ -173,7 +288,7 @@ class FlowMatchingLoss(TrainingLoss):
         context: Tensor | None = None,
         *,
         batch_size: int = 256,
-        ot: bool = False,
+        ot: bool | str | Callable = False,
         sigma: float = 0.0,
     ):
         if not isinstance(data, Tensor) or data.ndim != 2:
@@ -185,8 +300,9 @@ class FlowMatchingLoss(TrainingLoss):
             raise ValueError("data contains NaN or inf values")
         if context is not None and (not isinstance(context, Tensor) or len(context) != len(data)):
             raise ValueError("context must be a tensor with one row per data point")
-        _check_sigma(sigma, ot, context)
-        self.data, self.context, self.ot, self.sigma = data, context, ot, sigma
+        _check_sigma(sigma, _pairing(ot), context)
+        # The resolved pairing (an EquivariantOT built once, not per batch).
+        self.data, self.context, self.ot, self.sigma = data, context, _pairing(ot), sigma
         self.batch_size = min(check_int("batch_size", batch_size), len(data))
 
     def check(self, flow) -> None:
@@ -195,6 +311,8 @@ class FlowMatchingLoss(TrainingLoss):
             raise ValueError(
                 f"data must be a tensor of shape (n, {flow.features}), got {self.data.shape}"
             )
+        if isinstance(self.ot, EquivariantOT):  # before training, not at the first batch
+            self.ot.space_for(getattr(flow.transform, "manifold", None))
 
     def start(self, flow, seed: int, rank: int, world: int) -> None:
         self.shuffle_gen = torch.Generator().manual_seed(seed)
@@ -232,7 +350,7 @@ def fit_flow_matching(
     context: Tensor | None = None,
     steps: int = 2000,
     batch_size: int = 256,
-    ot: bool = False,
+    ot: bool | str | Callable = False,
     sigma: float = 0.0,
     **training,
 ) -> TrainingHistory:
@@ -247,8 +365,14 @@ def fit_flow_matching(
             :func:`~normflows_sci.flows.CNF`), trained in place.
         data: ``(n, D)`` training points; ``context``: ``(n, c)`` matching conditions.
         steps: optimiser steps.
-        batch_size: minibatch size (the OT assignment costs ``O(batch_size^3)`` on the CPU).
-        ot: pair noise and data by exact minibatch optimal transport (unconditional only).
+        batch_size: minibatch size (the OT assignment costs ``O(batch_size^3)`` on the CPU,
+            equivariant OT also ``batch_size^2`` particle assignments).
+        ot: how noise and data are paired (unconditional only): ``False`` independently,
+            ``True`` by exact minibatch optimal transport, ``"equivariant"`` by equivariant OT
+            for particle systems (:class:`EquivariantOT`; a flow on
+            :class:`~normflows_sci.manifolds.MeanFree` such as
+            :func:`~normflows_sci.flows.particle_flow`), or a pairing callable
+            ``(x0, x1, manifold) -> paired x0``.
         sigma: width of the Gaussian probability path around the interpolant (0: deterministic).
         **training: the :class:`TrainingOptions` fields ``learning_rate`` (1e-3),
             ``weight_decay`` (0), ``schedule`` (``"cosine"``, to zero over ``steps``, or
