@@ -333,6 +333,8 @@ class _Annealing:
         # particle rule would make each move depend on the particle's own last move and break
         # the invariance the weights rely on. Kept on the device (no sync per step).
         self.adaptation = StepSizeAdaptation(make.target_accept, pooled=True)
+        # The last run's unnormalised log weights of each segment between resamplings (N,).
+        self.segments: list[Tensor] = []
 
     def reweight(self, log_w: Tensor, particles: _Particles, delta: float):
         """``(log_w, log_z_increment, increment)`` after advancing the position by ``delta``: the
