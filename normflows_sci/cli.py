@@ -58,7 +58,7 @@ VALIDATION_FRACTION = 0.1
 TEST_FRACTION = 0.2
 # The demo's flow budget, in epochs so the same seed gives the same numbers on any machine (a
 # wall-clock budget would stop after a load-dependent number of epochs).
-DEMO_MAX_EPOCHS = 15
+DEMO_MAX_EPOCHS = 30
 # Rows of model samples drawn for the corner and marginal plots.
 PLOT_SAMPLES = 5000
 
