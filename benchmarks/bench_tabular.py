@@ -226,7 +226,8 @@ def describe_table(table: Table) -> str:
     deq = ", ".join(lattice) if lattice else "none"
     if fine:
         deq += f" (+{fine} columns at spacing < 0.001)"
-    parts.append(f"dequantised: {deq}")
+    # Every method sees these same dequantised rows, so all score the same cells [v, v+spacing).
+    parts.append(f"all methods score log-densities of the same rows, dequantised on cells: {deq}")
     if table.bounds:
         parts.append(
             "bounds (ours): " + ", ".join(f"{c} {lo, hi}" for c, (lo, hi) in table.bounds.items())
