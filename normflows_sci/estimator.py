@@ -63,14 +63,9 @@ from normflows_sci.io import load_model, save_model
 from normflows_sci.quadrature import combine_cell_estimates, unit_cell_rule, warn_imprecise_cells
 from normflows_sci.training import fit_flow
 
-__all__ = [
-    "DensityEstimator",
-    "FLOWS",
-    "ScoreEstimate",
-    "TableSpec",
-    "hill_tail_index",
-    "validation_split",
-]
+# ScoreEstimate (the result of score(return_stderr=True) and compare) joins __all__ once the API
+# reference page of this module lists it.
+__all__ = ["DensityEstimator", "FLOWS", "TableSpec", "hill_tail_index", "validation_split"]
 
 #: The flow families ``DensityEstimator(flow=...)`` accepts, by name (the one registry; the CLI
 #: reads its choices from it).
@@ -175,10 +170,10 @@ def _positions(names: list[str], chosen: list[str]) -> list[int]:
     return [names.index(c) for c in chosen]
 
 
-def _cell_kind(step: float, origin: float) -> str:
-    if not step:
+def _cell_kind(width: float) -> str:
+    if not width:
         return "a density"
-    return f"the log-probability of its lattice cells {origin:g} + {step:g} k (width {step:g})"
+    return f"the log-probability of its cells [v, v + {width:g})"
 
 
 def _check_trained(model: Flow, history: dict, *, validated: bool) -> None:
@@ -789,69 +784,63 @@ class DensityEstimator:
             )
         return _mean_with_stderr(difference, np.hypot(my_error, their_error))
 
-    def _cells(self) -> dict[str, tuple[float, float]]:
-        """``{column: (step, origin)}`` of the numeric target columns (step 0: continuous)."""
+    def _cells(self) -> dict[str, float]:
+        """``{column: cell width}`` of the numeric target columns (0: continuous); a value ``v``
+        of an integer column is scored as the probability of ``[v, v + width)``."""
         spec = self.spec_
         return {
-            c: (step if discrete else 0.0, origin if discrete else 0.0)
-            for c, step, origin, discrete in zip(
-                spec.target_columns, spec.step, spec.origin, spec.discrete
-            )
+            c: step if discrete else 0.0
+            for c, step, discrete in zip(spec.target_columns, spec.step, spec.discrete)
         }
 
-    def _check_same_cells(self, other) -> None:
-        """Refuse (``ValueError``) an ``other`` that scores another column set or other cells;
-        warn when the cells of an unknown model cannot be checked."""
+    def _their_cells(self, other) -> dict[str, float] | None:
+        """:meth:`_cells` of a :class:`DensityEstimator` or a baseline (``discrete_mask_`` and
+        ``step_``) with this model's columns, None for another kind of model; ``ValueError``
+        when ``other`` models another table."""
         mine = self._cells()
         if isinstance(other, DensityEstimator):
             other._check_fitted()
-            if (other.columns_, other.context_columns_) != (self.columns_, self.context_columns_):
-                raise ValueError(
-                    f"other models {other.target_columns_} given {other.context_columns_}, this "
-                    f"model {self.target_columns_} given {self.context_columns_}: the scores are "
-                    "not of the same table"
-                )
             theirs = other._cells()
-            for column in self.target_columns_:
-                if (column in mine) != (column in theirs):
-                    kinds = ("a number", "a category")
-                    raise ValueError(
-                        f"column {column!r} is scored as {kinds[column not in mine]} by this "
-                        f"model but as {kinds[column not in theirs]} by other"
-                    )
+            same = (other.columns_, other.context_columns_) == (
+                self.columns_,
+                self.context_columns_,
+            )
+            if same and set(theirs) == set(mine):
+                return theirs
         elif hasattr(other, "discrete_mask_"):
             mask = np.asarray(other.discrete_mask_, dtype=bool)
-            if (
-                self._categories is not None
-                or self.spec_.context_columns
-                or mask.shape != (len(mine),)
-            ):
-                raise ValueError(
-                    f"other models {mask.shape[0]} numeric columns jointly; this model models "
-                    f"{self.target_columns_} given {self.context_columns_}: the scores are not "
-                    "of the same table"
-                )
-            theirs = {c: (1.0 if m else 0.0, 0.0) for c, m in zip(mine, mask)}
+            step = np.asarray(getattr(other, "step_", np.ones(mask.shape)), dtype=np.float64)
+            if mask.shape == (len(self.columns_),) == (len(mine),):
+                return {c: float(w) if m else 0.0 for c, m, w in zip(mine, mask, step)}
         else:
-            lattice = [c for c, (step, _) in mine.items() if step]
+            return None
+        raise ValueError(
+            f"other does not model the same table as this model ({self.target_columns_} given "
+            f"{self.context_columns_}, {list(mine)} numeric): the scores are not comparable"
+        )
+
+    def _check_same_cells(self, other) -> None:
+        """Refuse (``ValueError``) an ``other`` that scores another table or other cells; warn
+        when the cells of an unknown kind of model cannot be checked."""
+        mine = self._cells()
+        theirs = self._their_cells(other)
+        if theirs is None:
+            lattice = {c: w for c, w in mine.items() if w}
             if lattice:
                 warnings.warn(
                     f"cannot check how {type(other).__name__} scores the integer columns "
-                    f"{lattice}: the difference is only meaningful if it scores them as "
-                    "log-probabilities of the same lattice cells (steps "
-                    f"{[mine[c][0] for c in lattice]})",
+                    f"{list(lattice)}: the difference is only meaningful if it scores them as "
+                    f"log-probabilities of the same cells (widths {list(lattice.values())})",
                     stacklevel=3,
                 )
             return
-        for column, (step, origin) in mine.items():
-            their_step, their_origin = theirs[column]
-            same = step == their_step and (not step or (origin - their_origin) % step == 0)
-            if not same:
+        for column, width in mine.items():
+            if theirs[column] != width:
                 raise ValueError(
-                    f"column {column!r} is scored as {_cell_kind(step, origin)} by this model but "
-                    f"as {_cell_kind(their_step, their_origin)} by other: a density and a "
-                    "probability, or probabilities of cells of different widths, differ by the "
-                    "log of the cell width, so the difference would be meaningless"
+                    f"column {column!r} is scored as {_cell_kind(width)} by this model but as "
+                    f"{_cell_kind(theirs[column])} by other: a density and a probability, or "
+                    "probabilities of cells of different widths, differ by the log of the cell "
+                    "width, so the difference would be meaningless"
                 )
 
     def _onto_support(self, samples: np.ndarray) -> np.ndarray:
