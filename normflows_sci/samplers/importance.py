@@ -59,10 +59,12 @@ class Estimate(tuple):
 
     @property
     def value(self):
+        """The estimate, ``self[0]``."""
         return self[0]
 
     @property
     def stderr(self):
+        """Its standard error, ``self[1]``."""
         return self[1]
 
     @property
@@ -92,7 +94,10 @@ class ImportanceResult:
         khat_threshold: ``min(1 - 1 / log10(N), 0.7)``; see :attr:`reliable`.
 
     Construction warns (RuntimeWarning, once per result) when the result is not :attr:`reliable`
-    or ``ess < 2``; the estimators then still return numbers, which may be far off.
+    or ``ess < 2``; the estimators then still return numbers, which may be far off. The
+    estimators return an :class:`Estimate` (unpacking as ``(value, stderr)``) with its own k-hat
+    and warn when only the observable makes it unreliable; :meth:`samples_needed` plans the
+    number of samples for a wanted standard error.
     """
 
     samples: Tensor
@@ -459,12 +464,22 @@ def importance_sample(
     Returns:
         An :class:`ImportanceResult`; it warns (RuntimeWarning) when its weights are unreliable.
 
-    The delta-method standard error ``log_z_stderr`` (and those of the estimators) can be trusted
-    only when the result is :attr:`~ImportanceResult.reliable`, i.e. the Pareto k-hat of the
-    weights is below ``min(1 - 1 / log10(N), 0.7)``. Above it the weights' variance is infinite or
-    so large that a finite sample misses the mass of the target: log Z can be wrong by many
-    standard errors (a proposal far from the target gives a precise-looking, badly biased log Z).
-    ``ess_fraction`` alone cannot tell: it is computed from the same weights.
+    When to trust the delta-method standard error ``log_z_stderr = sqrt(1/ess - 1/N)`` (and those
+    of the estimators): it is computed from the same weights as the estimate, so it can only be as
+    good as they are. The Pareto k-hat of the weights says how good:
+
+    - ``k-hat < 0.5``: finite variance; ``log_z +- 1.96 log_z_stderr`` is a 95% interval.
+    - ``0.5 <= k-hat <`` threshold ``min(1 - 1 / log10(N), 0.7)``: the weights' variance is
+      infinite; the estimate still converges (more slowly) but the error bar is indicative only.
+    - ``k-hat >=`` threshold (the result is not :attr:`~ImportanceResult.reliable` and warns), or
+      ``ess < 2`` (the error is ``inf``): the error bar means nothing. The weights miss the mass of
+      the target, and log Z can be wrong by many standard errors: a proposal far from the target
+      gives a precise-looking, badly biased log Z. ``ess_fraction`` alone cannot tell: it is
+      computed from the same weights.
+
+    Reliable is necessary, not sufficient: a proposal much narrower than the target can have a
+    tail that ``N`` draws do not reveal. :meth:`~ImportanceResult.samples_needed` plans ``N`` for a
+    wanted standard error.
 
     Example:
         >>> from normflows_sci.flows import NSF

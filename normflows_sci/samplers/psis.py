@@ -8,10 +8,11 @@ weakly informative prior that shrinks the shape towards 0.5 (the same numerics a
 below ``min(1 - 1 / log10(S), 0.7)`` importance-sampling estimates converge at a practical rate and
 their error bars can be trusted; above it, estimates such as log Z or expectations can be far off
 while reporting small standard errors. An estimate of ``E[h]`` also depends on the tail of
-``h(x) w(x)``: :func:`function_khat` fits both tails of it (as the ``loo`` package's ``E_loo``
-does), because an unbounded ``h`` can make that tail heavier than the weights' own.
+``h(x) w(x)``: :func:`function_khat` fits both tails of it (as the paper recommends and the ``loo``
+package's ``E_loo`` does), because an unbounded ``h`` can make that tail heavier than the
+weights' own.
 
-Everything runs in float64 on the device of the input, in log space.
+Everything runs in float64 on the device of the input; weights are handled in log space.
 """
 
 from __future__ import annotations
@@ -232,7 +233,7 @@ def function_khat(values: Tensor, log_weights: Tensor) -> tuple[float, float]:
     """k-hat of an importance-sampling estimate of ``E[h]`` and its reliability threshold.
 
     The estimate converges like the heavier of the weights' tail and the tails of ``h(x) w(x)``
-    (Vehtari et al. 2024, section 2.2): k-hat is the largest of :func:`pareto_khat` of the weights
+    (Vehtari et al. 2024): k-hat is the largest of :func:`pareto_khat` of the weights
     and :func:`signed_tail_khat` of ``h(x) w(x)`` (both of its tails, for each component of ``h``).
     A bounded ``h`` cannot make the tail heavier; an unbounded one can, under a fine proposal.
 
