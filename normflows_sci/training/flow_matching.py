@@ -218,8 +218,8 @@ def flow_matching_loss(
     if not isinstance(x1, Tensor) or x1.ndim != 2 or x1.shape[1] != flow.features:
         shape = getattr(x1, "shape", type(x1).__name__)
         raise ValueError(f"x1 must have shape (batch, {flow.features}), got {shape}")
+    _check_sigma(sigma, ot, context)
     pairing = _pairing(ot)
-    _check_sigma(sigma, pairing, context)
     manifold = getattr(flow.transform, "manifold", None)
     if manifold is not None and sigma > 0:
         raise ValueError("sigma > 0 is only supported in R^n (manifold flows use sigma=0)")
@@ -245,10 +245,10 @@ def _check_continuous_flow(flow) -> None:
         )
 
 
-def _check_sigma(sigma, pairing, context) -> None:
-    if pairing is not None and context is not None:
+def _check_sigma(sigma, ot, context) -> None:
+    if _pairing(ot) is not None and context is not None:
         raise ValueError(
-            "ot pairs noise and data across the minibatch, which is not valid for a "
+            f"ot={ot!r} pairs noise and data across the minibatch, which is not valid for a "
             "conditional flow (context given); use ot=False"
         )
     if isinstance(sigma, bool) or not float(sigma) >= 0:
@@ -300,7 +300,7 @@ class FlowMatchingLoss(TrainingLoss):
             raise ValueError("data contains NaN or inf values")
         if context is not None and (not isinstance(context, Tensor) or len(context) != len(data)):
             raise ValueError("context must be a tensor with one row per data point")
-        _check_sigma(sigma, _pairing(ot), context)
+        _check_sigma(sigma, ot, context)
         # The resolved pairing (an EquivariantOT built once, not per batch).
         self.data, self.context, self.ot, self.sigma = data, context, _pairing(ot), sigma
         self.batch_size = min(check_int("batch_size", batch_size), len(data))

@@ -1,0 +1,305 @@
+"""Equivariant continuous flows for particle systems: the zero-centre-of-mass space and its base,
+the EGNN velocity, particle_flow, equivariant OT flow matching and the energy (reverse-KL) path."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from tests_helpers import grid_integral
+
+from normflows_sci.energies import DW4
+from normflows_sci.flows import CNF, particle_flow
+from normflows_sci.manifolds import MeanFree, MeanFreeNormal, kabsch_rotation
+from normflows_sci.nn import EGNNVelocity
+from normflows_sci.samplers import importance_sample
+from normflows_sci.training import (
+    EquivariantOT,
+    FlowMatchingLoss,
+    fit_boltzmann,
+    fit_flow_matching,
+    flow_matching_loss,
+    ot_pairing,
+)
+
+F64 = torch.float64
+
+
+def _generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _orthogonal(d: int, seed: int, *, reflect: bool) -> torch.Tensor:
+    """A random orthogonal matrix with determinant -1 (``reflect``) or +1."""
+    q, r = torch.linalg.qr(torch.randn(d, d, generator=_generator(seed), dtype=F64))
+    q = q * torch.sign(torch.diagonal(r))
+    if (torch.linalg.det(q) < 0) != reflect:
+        q[:, 0] = -q[:, 0]
+    return q
+
+
+def _act(x: torch.Tensor, n: int, d: int, rotation=None, perm=None, shift=None) -> torch.Tensor:
+    """Rotate, permute and translate flat configurations ``(batch, n d)``."""
+    points = x.unflatten(1, (n, d))
+    if rotation is not None:
+        points = points @ rotation.T
+    if perm is not None:
+        points = points[:, perm]
+    if shift is not None:
+        points = points + shift
+    return points.flatten(1)
+
+
+def _sorted_distances(x: torch.Tensor, n: int, d: int) -> torch.Tensor:
+    points = x.unflatten(1, (n, d))
+    return torch.cdist(points, points).flatten(1).sort(dim=1).values
+
+
+def _dw4_like(count: int, seed: int) -> torch.Tensor:
+    """DW4-sized configurations: noisy squares of side 4 (DW4's preferred pair distance), randomly
+    rotated and with their particles shuffled, centre of mass removed."""
+    generator = _generator(seed)
+    square = torch.tensor([[0.0, 0.0], [4.0, 0.0], [4.0, 4.0], [0.0, 4.0]], dtype=F64)
+    angles = 2 * math.pi * torch.rand(count, generator=generator, dtype=F64)
+    cos, sin = angles.cos(), angles.sin()
+    rotations = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)
+    points = square @ rotations.mT + 0.3 * torch.randn(count, 4, 2, generator=generator, dtype=F64)
+    order = torch.argsort(torch.rand(count, 4, generator=generator), dim=1)
+    points = torch.take_along_dim(points, order[..., None], dim=1)
+    return MeanFree(4, 2).proj(points.flatten(1))
+
+
+# ---------------------------------------------------------------- the mean-free space and base
+
+
+def test_mean_free_normal_integrates_to_one_on_its_subspace():
+    """Two particles in 2-D: the subspace is 2-dimensional. A standard normal of R^(n d) restricted
+    to it (normalising constant of n d = 4 dimensions) integrates to 1 / (2 pi), not 1."""
+    space, base = MeanFree(2, 2), MeanFreeNormal(2, 2).double()
+
+    def density(u):
+        return base.log_prob(space.from_chart(u)).exp()
+
+    assert abs(grid_integral(density, bound=9.0, points=400) - 1.0) < 1e-6
+    x = space.from_chart(torch.tensor([[1.0, -2.0]], dtype=F64))
+    expected = -math.log(2 * math.pi) - 0.5 * 5.0  # -(n-1)d/2 log(2 pi) - |x|^2 / 2
+    torch.testing.assert_close(base.log_prob(x), torch.tensor([expected], dtype=F64))
+    # The centre of mass is ignored (evaluated at the projection), like the energies do.
+    moved = x + torch.tensor([3.0, -1.0, 3.0, -1.0], dtype=F64)
+    torch.testing.assert_close(base.log_prob(moved), base.log_prob(x))
+
+
+def test_mean_free_space_basis_chart_and_samples():
+    space = MeanFree(4, 3)
+    basis = space.basis(torch.zeros((), dtype=F64))
+    assert basis.shape == (12, 9) and space.dim == 9
+    torch.testing.assert_close(basis.T @ basis, torch.eye(9, dtype=F64))
+    # Every basis vector has zero centre of mass: the tangent space is the subspace.
+    assert space.center_of_mass(basis.T).abs().max() < 1e-12
+    x = MeanFreeNormal(4, 3).double().sample(500, generator=_generator(0))
+    assert space.center_of_mass(x).abs().max() < 1e-12
+    torch.testing.assert_close(space.from_chart(space.to_chart(x)), x)
+    # The subspace's standard normal: E|x|^2 = (n - 1) d = 9.
+    assert abs(x.square().sum(1).mean().item() - 9.0) < 0.6
+    assert space.contains(x).all() and not space.contains(x + 1.0).any()
+    with pytest.raises(ValueError, match="n_particles must be an integer >= 2, got 1"):
+        MeanFree(1, 3)
+
+
+# ---------------------------------------------------------------- the EGNN velocity
+
+
+def test_egnn_velocity_is_rotation_reflection_translation_and_permutation_equivariant():
+    torch.manual_seed(0)
+    field = EGNNVelocity(5, 3, hidden_features=16, layers=3).double()
+    x = torch.randn(6, 15, generator=_generator(1), dtype=F64)
+    t = torch.rand(6, 1, generator=_generator(2), dtype=F64)
+    v = field(x, t)
+    assert v.abs().max() > 1e-4  # guards the comparisons below
+    assert MeanFree(5, 3).center_of_mass(v).abs().max() < 1e-12
+    for reflect in (False, True):
+        rotation = _orthogonal(3, seed=3, reflect=reflect)
+        perm = torch.tensor([3, 0, 4, 1, 2])
+        shift = torch.tensor([1.5, -2.0, 0.5], dtype=F64)
+        moved = field(_act(x, 5, 3, rotation, perm, shift), t)
+        torch.testing.assert_close(moved, _act(v, 5, 3, rotation, perm), atol=1e-12, rtol=1e-10)
+
+
+def test_egnn_velocity_is_smooth_for_coincident_particles():
+    """Two particles at the same place: the distance's sqrt has an infinite slope at 0, and the
+    diagonal pairs i = i always sit there; gradients must stay finite."""
+    torch.manual_seed(0)
+    field = EGNNVelocity(3, 2, hidden_features=8, layers=2).double()
+    x = torch.tensor([[0.0, 0.0, 0.0, 0.0, 1.0, 1.0]], dtype=F64, requires_grad=True)
+    v = field(x, torch.full((1, 1), 0.3, dtype=F64))
+    v.square().sum().backward()
+    assert torch.isfinite(v).all() and torch.isfinite(x.grad).all()
+    assert all(torch.isfinite(p.grad).all() for p in field.parameters())
+
+
+# ---------------------------------------------------------------- particle_flow
+
+
+def _flow(n: int, d: int, **options):
+    options = dict(hidden_features=8, layers=2, solver="rk4", steps=6, seed=0, **options)
+    return particle_flow(n, d, **options).double()
+
+
+@pytest.mark.parametrize("n, d", [(4, 2), (3, 3)], ids=["dw4", "3d"])
+def test_particle_flow_log_prob_is_invariant(n, d):
+    flow = _flow(n, d)
+    with torch.no_grad():
+        for parameter in flow.parameters():  # away from the near-zero initial field
+            parameter.add_(0.3 * torch.randn(parameter.shape, generator=_generator(9), dtype=F64))
+    x = MeanFree(n, d).proj(1.5 * torch.randn(5, n * d, generator=_generator(1), dtype=F64))
+    with torch.no_grad():
+        log_prob = flow.log_prob(x)
+        # A non-invariant flow (plain CNF on R^(n d)) would fail these checks.
+        z, _ = flow.transform(x)
+        assert (z - x).abs().max() > 1e-2
+        perm = torch.randperm(n, generator=_generator(4))
+        shift = torch.arange(1.0, d + 1.0, dtype=F64)
+        for reflect in (False, True):
+            rotation = _orthogonal(d, seed=5, reflect=reflect)
+            moved = _act(x, n, d, rotation, perm, shift)
+            torch.testing.assert_close(flow.log_prob(moved), log_prob, atol=1e-5, rtol=0)
+
+
+def test_particle_flow_sample_and_log_prob_agree_and_samples_are_mean_free():
+    flow = _flow(4, 2)
+    with torch.no_grad():
+        samples, log_prob = flow.sample_and_log_prob(16, generator=_generator(0))
+        torch.testing.assert_close(flow.log_prob(samples), log_prob, atol=1e-6, rtol=1e-6)
+        plain = flow.sample(16, generator=_generator(0))
+    torch.testing.assert_close(plain, samples, atol=1e-10, rtol=0)
+    assert MeanFree(4, 2).center_of_mass(samples).abs().max() < 1e-12
+    assert isinstance(flow.base, MeanFreeNormal)
+
+
+def test_hutchinson_divergence_is_unbiased_for_the_log_density():
+    """One probe per row: the average over many rows at the same point is the exact value."""
+    exact = _flow(3, 2)
+    hutchinson = _flow(3, 2, divergence="hutchinson")
+    with torch.no_grad():
+        for parameter in exact.parameters():
+            parameter.add_(0.3 * torch.randn(parameter.shape, generator=_generator(9), dtype=F64))
+        hutchinson.load_state_dict(exact.state_dict())
+        x = MeanFree(3, 2).proj(torch.randn(1, 6, generator=_generator(1), dtype=F64))
+        reference = exact.log_prob(x)
+        torch.manual_seed(0)
+        estimates = hutchinson.log_prob(x.expand(2000, 6))
+    assert estimates.std() > 1e-4  # the probes matter
+    error = (estimates.mean() - reference[0]).abs()
+    assert error < 4 * estimates.std() / math.sqrt(2000)
+
+
+def test_particle_flow_rejects_bad_sizes():
+    with pytest.raises(ValueError, match="spatial_dim must be a positive integer, got 0"):
+        particle_flow(4, 0)
+    with pytest.raises(TypeError, match="unexpected keyword arguments"):
+        particle_flow(4, 2, hidden=3)
+
+
+# ---------------------------------------------------------------- equivariant OT
+
+
+def test_alignment_recovers_a_turned_permuted_copy_exactly():
+    """A copy of the reference with its particles relabelled and turned by 20 degrees: the
+    alignment undoes both (a local method: for large turns the first assignment can be wrong)."""
+    space = MeanFree(6, 3)
+    reference = space.proj(torch.randn(4, 18, generator=_generator(0), dtype=F64))
+    angle = torch.tensor(math.radians(20.0), dtype=F64)
+    rotation = torch.eye(3, dtype=F64)
+    rotation[:2, :2] = torch.stack(
+        [torch.stack([angle.cos(), -angle.sin()]), torch.stack([angle.sin(), angle.cos()])]
+    )
+    copy = _act(reference, 6, 3, rotation, torch.tensor([5, 2, 0, 4, 1, 3]))
+    assert (copy - reference).square().sum(1).min() > 1.0
+    aligned, cost = space.align(copy, reference, iterations=2)
+    torch.testing.assert_close(aligned, reference, atol=1e-10, rtol=0)
+    assert cost.max() < 1e-18
+
+
+def test_alignment_never_increases_the_cost_and_keeps_the_configuration():
+    space = MeanFree(5, 3)
+    x = space.proj(torch.randn(64, 15, generator=_generator(0), dtype=F64))
+    reference = space.proj(2.0 * torch.randn(64, 15, generator=_generator(1), dtype=F64))
+    before = (x - reference).square().sum(1)
+    aligned, cost = space.align(x, reference)
+    assert (cost <= before + 1e-12).all() and (cost < before).float().mean() > 0.9
+    torch.testing.assert_close(cost, (aligned - reference).square().sum(1))
+    # Equivalent configurations: the same pairwise distances, centre of mass zero, det +1 only.
+    torch.testing.assert_close(_sorted_distances(aligned, 5, 3), _sorted_distances(x, 5, 3))
+    assert space.center_of_mass(aligned).abs().max() < 1e-12
+    _, more = space.align(x, reference, iterations=3)
+    assert (more <= cost + 1e-12).all()
+
+
+def test_kabsch_excludes_reflections():
+    """A mirrored copy in 3-D cannot be matched by a proper rotation; the uncorrected Kabsch
+    solution would be the reflection (det -1) with zero residual."""
+    points = torch.randn(2, 5, 3, generator=_generator(0), dtype=F64)
+    points = points - points.mean(1, keepdim=True)
+    mirrored = points * torch.tensor([1.0, 1.0, -1.0], dtype=F64)
+    rotation = kabsch_rotation(points, mirrored)
+    torch.testing.assert_close(torch.linalg.det(rotation), torch.ones(2, dtype=F64))
+    torch.testing.assert_close(rotation @ rotation.mT, torch.eye(3, dtype=F64).expand(2, 3, 3))
+    assert ((points @ rotation.mT - mirrored).square().sum((1, 2)) > 1e-3).all()
+
+
+def test_equivariant_ot_pairs_equivalent_noise_at_no_more_cost_than_plain_ot():
+    space = MeanFree(4, 2)
+    x0 = MeanFreeNormal(4, 2).double().sample(24, generator=_generator(0))
+    x1 = _dw4_like(24, seed=1)
+    paired = EquivariantOT(space)(x0, x1)
+    plain = x0[ot_pairing(x0, x1)]
+    assert (paired - x1).square().sum() < (plain - x1).square().sum()
+    # Each paired row is an equivalent configuration of a distinct noise sample.
+    distances = torch.cdist(_sorted_distances(paired, 4, 2), _sorted_distances(x0, 4, 2))
+    match = distances.argmin(1)
+    assert distances.min(1).values.max() < 1e-10 and len(set(match.tolist())) == 24
+    # None of them is worse off than its unaligned partner.
+    assert ((paired - x1).square().sum(1) <= (x0[match] - x1).square().sum(1) + 1e-12).all()
+
+
+def test_ot_values_are_checked():
+    flow = CNF(8, hidden_features=(8,))
+    data = _dw4_like(32, seed=0).float()
+    with pytest.raises(ValueError, match=r"ot must be False, True, 'equivariant' .* 'exact'"):
+        FlowMatchingLoss(data, ot="exact")
+    with pytest.raises(TypeError, match=r"ot must be .* got int"):
+        flow_matching_loss(flow, data, ot=3)
+    with pytest.raises(ValueError, match="ot='equivariant' needs a particle space"):
+        fit_flow_matching(flow, data, steps=1, ot="equivariant", progress=False)
+    with pytest.raises(ValueError, match="not valid for a conditional flow"):
+        FlowMatchingLoss(data, torch.zeros(32, 1), ot="equivariant")
+    # An explicit space makes it usable with any continuous flow on flat coordinates.
+    loss = flow_matching_loss(flow, data, ot=EquivariantOT(MeanFree(4, 2)), generator=_generator(0))
+    assert torch.isfinite(loss)
+
+
+@pytest.mark.parametrize("ot", [False, True, "equivariant"])
+def test_flow_matching_on_dw4_configurations_reduces_the_loss(ot):
+    data = _dw4_like(256, seed=0).float()
+    flow = particle_flow(4, 2, hidden_features=16, layers=2, seed=0)
+    options = dict(batch_size=32, learning_rate=5e-3, seed=0, progress=False)
+    history = fit_flow_matching(flow, data, steps=200, ot=ot, **options)
+    losses = torch.tensor(history["loss"])
+    assert torch.isfinite(losses).all()
+    assert losses[-40:].mean() < 0.8 * losses[:20].mean()
+
+
+# ---------------------------------------------------------------- the energy path
+
+
+def test_reverse_kl_training_and_importance_sampling_on_dw4():
+    flow = particle_flow(4, 2, hidden_features=8, layers=1, solver="rk4", steps=3, seed=0)
+    target = DW4()
+    history = fit_boltzmann(flow, target, steps=3, batch_size=16, seed=0, progress=False)
+    assert history["loss"] and all(math.isfinite(v) for v in history["loss"])
+    with pytest.warns(RuntimeWarning):  # an untrained proposal: the weights are unreliable
+        result = importance_sample(flow, target, 256, generator=_generator(0))
+    assert torch.isfinite(result.log_weights).all() and 1.0 <= result.ess <= 256
+    assert math.isfinite(result.pareto_k)
+    assert MeanFree(4, 2).center_of_mass(result.samples).abs().max() < 1e-5
