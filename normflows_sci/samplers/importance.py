@@ -233,14 +233,11 @@ class ImportanceResult:
     def samples_needed(self, stderr: float, *, quantity="log_z") -> int | float:
         """Number of proposal samples that gives an estimate the standard error ``stderr``.
 
-        The plan extrapolates the current estimate's variance: with k-hat below 0.5 the weights
-        have a finite variance and the error shrinks as ``1 / sqrt(N)``, so
-        ``N = N_now * (stderr_now / stderr)^2``; for ``0.5 <= k-hat <`` threshold the variance is
-        infinite and the error shrinks only as ``N^-(1 - k)`` (generalised central limit theorem),
-        which the plan uses instead. The answer is at least the sample size whose threshold
-        exceeds k-hat (``10^(1 / (1 - k))``, from the PSIS paper) and 21 (the smallest sample
-        with a k-hat). It is an estimate from the current samples: plan from a pilot run of a
-        few thousand samples, not a few dozen.
+        Extrapolates the current error: below k-hat 0.5 it shrinks as ``1 / sqrt(N)``, so
+        ``N = N_now (stderr_now / stderr)^2``; for ``0.5 <= k-hat <`` threshold (infinite
+        variance) only as ``N^-(1 - k)``, which is used instead. At least ``10^(1 / (1 - k))``
+        (where the threshold exceeds k-hat) and 21 (a k-hat exists). Plan from a pilot of a few
+        thousand samples.
 
         Args:
             stderr: the wanted standard error, in the estimate's units: nats for log Z, units of
@@ -464,22 +461,15 @@ def importance_sample(
     Returns:
         An :class:`ImportanceResult`; it warns (RuntimeWarning) when its weights are unreliable.
 
-    When to trust the delta-method standard error ``log_z_stderr = sqrt(1/ess - 1/N)`` (and those
-    of the estimators): it is computed from the same weights as the estimate, so it can only be as
-    good as they are. The Pareto k-hat of the weights says how good:
-
-    - ``k-hat < 0.5``: finite variance; ``log_z +- 1.96 log_z_stderr`` is a 95% interval.
-    - ``0.5 <= k-hat <`` threshold ``min(1 - 1 / log10(N), 0.7)``: the weights' variance is
-      infinite; the estimate still converges (more slowly) but the error bar is indicative only.
-    - ``k-hat >=`` threshold (the result is not :attr:`~ImportanceResult.reliable` and warns), or
-      ``ess < 2`` (the error is ``inf``): the error bar means nothing. The weights miss the mass of
-      the target, and log Z can be wrong by many standard errors: a proposal far from the target
-      gives a precise-looking, badly biased log Z. ``ess_fraction`` alone cannot tell: it is
-      computed from the same weights.
-
-    Reliable is necessary, not sufficient: a proposal much narrower than the target can have a
-    tail that ``N`` draws do not reveal. :meth:`~ImportanceResult.samples_needed` plans ``N`` for a
-    wanted standard error.
+    When to trust the delta-method error ``log_z_stderr = sqrt(1/ess - 1/N)`` (and the
+    estimators'): it comes from the same weights, so the Pareto k-hat of the weights decides.
+    Below 0.5 (finite variance) ``log_z +- 1.96 log_z_stderr`` is a 95% interval; from 0.5 to the
+    threshold ``min(1 - 1 / log10(N), 0.7)`` the variance is infinite and the error bar only
+    indicative; at or above it (not :attr:`~ImportanceResult.reliable`: a warning), or with
+    ``ess < 2`` (error ``inf``), it means nothing: a proposal far from the target gives a
+    precise-looking, badly biased log Z, which ``ess_fraction`` (from the same weights) cannot
+    reveal. Reliable is necessary, not sufficient: a proposal much narrower than the target can
+    have a tail that ``N`` draws do not show. :meth:`~ImportanceResult.samples_needed` plans ``N``.
 
     Example:
         >>> from normflows_sci.flows import NSF
