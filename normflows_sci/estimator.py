@@ -10,6 +10,12 @@ Integer columns are dequantised (uniform noise in training; the probability of e
 integrated by quadrature when scoring), heavy-tailed columns get Student-t base marginals with
 tail indices estimated from the data, and ``context`` columns make the model conditional,
 ``p(targets | context)``.
+
+Categorical columns (text labels, pandas categoricals, or numeric columns declared
+``categorical``) enter the joint density exactly: ``P(categories)`` from a smoothed contingency
+table times the flow of the numeric columns conditioned on the categories' dummy coding
+(``normflows_sci._categorical``). ``score(X, return_stderr=True)`` and ``compare(other, X)``
+give held-out log-likelihoods with their standard errors.
 """
 
 from __future__ import annotations
@@ -215,6 +221,13 @@ class DensityEstimator:
         discrete: integer-valued columns to dequantise: a list, ``"auto"`` (every integer-valued
             column) or None. Each one's lattice spacing is detected (e.g. 5 for values in steps of
             5); its score is the log-probability of the value, its samples lie on the lattice.
+        categorical: label columns: ``"auto"`` (the DataFrame columns of object, string or
+            pandas categorical dtype), None (none: every column must be numeric) or a list of
+            columns (names or positions; numeric columns become labels too). Their levels are
+            those of the training table (all declared categories of a pandas categorical); the
+            score of a row is ``log P(levels) + log p(numeric columns | levels)``. A categorical
+            column in ``context`` is conditioned on; modelled categorical columns cannot go with
+            numeric context columns. At most ``MAX_LEVEL_COMBINATIONS`` (65536) combinations.
         heavy_tails: ``"auto"`` (Student-t base marginals where the Hill tail index is below 4,
             with at least 1000 training rows), True (every column) or False.
         context: columns to condition on; the model is then ``p(other columns | context)``.
@@ -233,7 +246,11 @@ class DensityEstimator:
     ``spec_`` its frozen :class:`TableSpec` (columns, bounds, lattices, tails, network size: what
     a model file stores), ``history_`` and ``fit_time_`` the training record, and
     ``last_score_error_`` the ``(n,)`` standard errors (nats) of the last :meth:`score_samples`
-    call (non-zero only for more than three integer columns).
+    call (non-zero only for more than three integer columns). With categorical columns,
+    ``categories_`` is their ``CategoricalSpec`` (levels,
+    counts, smoothing; None for a numeric table) and ``spec_`` describes the flow's table: the
+    numeric columns followed by the dummy columns ``"column=level"``, all of those in context.
+    ``columns_``, ``target_columns_`` and ``context_columns_`` name the user's columns.
 
     The constructor takes every setting as its own keyword argument, stored unchanged under the
     same name (the scikit-learn convention that ``get_params``, ``clone`` and grid searches rely
@@ -339,7 +356,7 @@ class DensityEstimator:
         """Fit the model to the rows of ``X`` (numpy array or pandas DataFrame).
 
         Args:
-            X: ``(n, d)`` training table.
+            X: ``(n, d)`` training table (numbers, and labels in categorical columns).
             X_val: optional validation table for early stopping (default: a random
                 ``validation_fraction`` of ``X``, see :func:`validation_split`).
             columns: names for the columns of a numpy ``X`` (a DataFrame brings its own).
@@ -1027,7 +1044,8 @@ class DensityEstimator:
         return estimator
 
     def info(self) -> dict:
-        """A JSON-serialisable summary of the fitted model."""
+        """A JSON-serialisable summary of the fitted model (``categorical_columns``: the number
+        of levels of each categorical column)."""
         self._check_fitted()
         spec = self.spec_
         targets = spec.target_columns
