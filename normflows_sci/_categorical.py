@@ -135,6 +135,7 @@ def _python_level(value, column: str):
 
 def _levels_of(column, name: str) -> tuple[tuple, str, bool]:
     """``(levels, kind, ordered)`` of a training column (pandas Series or numpy array)."""
+    _check_missing(column, name)
     dtype = getattr(column, "dtype", None)
     if type(dtype).__name__ == "CategoricalDtype":
         levels = tuple(_python_level(v, name) for v in dtype.categories)
@@ -147,12 +148,13 @@ def _levels_of(column, name: str) -> tuple[tuple, str, bool]:
     elif values.dtype.kind == "f":
         kind = "float"
     else:
-        types = {type(v) for v in values}
-        if types - {str}:
-            shown = sorted(t.__name__ for t in types)
+        import pandas as pd
+
+        inferred = pd.api.types.infer_dtype(values, skipna=False)
+        if inferred != "string":
             raise TypeError(
-                f"categorical column {name!r} holds values of types {shown}: a label column "
-                "must hold strings only (or be numeric, or a pandas categorical)"
+                f"categorical column {name!r} holds {inferred!r} values: a label column must "
+                "hold strings only (or be numeric, or a pandas categorical)"
             )
         kind = "string"
     unique = np.unique(values) if kind != "string" else sorted(set(values.tolist()))
@@ -484,8 +486,8 @@ def _column(X, names: list[str], column: str):
     return np.asarray(X)[:, names.index(column)]
 
 
-def _encode(values, levels: tuple, kind: str, column: str) -> np.ndarray:
-    """Codes ``(n,)`` of a column's values in ``levels`` (-1 for an unseen value)."""
+def _check_missing(values, column: str) -> None:
+    """``ValueError`` counting the missing values (None, NaN) of a categorical column."""
     if hasattr(values, "isna"):
         missing = values.isna().to_numpy()
     else:
@@ -496,6 +498,11 @@ def _encode(values, levels: tuple, kind: str, column: str) -> np.ndarray:
             f"categorical column {column!r} has {int(missing.sum())} missing values (first at row "
             f"{int(np.flatnonzero(missing)[0])}): impute or drop them first"
         )
+
+
+def _encode(values, levels: tuple, kind: str, column: str) -> np.ndarray:
+    """Codes ``(n,)`` of a column's values in ``levels`` (-1 for an unseen value)."""
+    _check_missing(values, column)
     if kind in ("category", "string"):
         import pandas as pd
 

@@ -261,6 +261,11 @@ def test_mixed_table_refusals():
         DensityEstimator(categorical="all")
     with pytest.raises(TypeError, match="numeric"):  # categorical=None: strings are an error
         DensityEstimator(categorical=None, **QUICK).fit(frame)
+    holes = frame.assign(colour=frame["colour"].where(frame.index != 7, None))
+    with pytest.raises(ValueError, match="'colour' has 1 missing values \\(first at row 7\\)"):
+        DensityEstimator(**QUICK).fit(holes)
+    with pytest.raises(TypeError, match="'colour' holds 'mixed-integer' values"):
+        DensityEstimator(**QUICK).fit(frame.assign(colour=["red", 3] * 100))
 
 
 # ----------------------------------------------------------------------------- uncertainty
