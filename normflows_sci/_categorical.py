@@ -644,15 +644,20 @@ def categorical_from_config(value, where: str, inner_columns: list, inner_contex
         raise _fail(f"{where}['counts']", f"a list of {size} counts", counts)
     if not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts):
         raise _fail(f"{where}['counts']", "a list of non-negative integers", counts)
-    if spec.inner_columns() != list(inner_columns):
-        raise ValueError(
-            f"{where} implies the flow columns {spec.inner_columns()}, but the spec has "
-            f"{list(inner_columns)}"
-        )
-    context = {c for c in spec.numeric_columns if c in set(inner_context)}
-    if spec.inner_context(context) != list(inner_context):
-        raise ValueError(
-            f"{where} implies the flow context {spec.inner_context(context)}, but the spec has "
-            f"{list(inner_context)}"
-        )
+    _check_flow_columns(spec, where, list(inner_columns), list(inner_context))
     return replace(spec, counts=tuple(counts))
+
+
+def _check_flow_columns(spec: CategoricalSpec, where: str, columns: list, context: list) -> None:
+    """The stored flow's columns and context must be the numeric columns and dummies ``spec``
+    implies (``ValueError`` naming ``where``)."""
+    if spec.inner_columns() != columns:
+        raise ValueError(
+            f"{where} implies the flow columns {spec.inner_columns()}, but the spec has {columns}"
+        )
+    numeric_context = {c for c in spec.numeric_columns if c in set(context)}
+    if spec.inner_context(numeric_context) != context:
+        raise ValueError(
+            f"{where} implies the flow context {spec.inner_context(numeric_context)}, but the "
+            f"spec has {context}"
+        )
