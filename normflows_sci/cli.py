@@ -277,7 +277,7 @@ def _cmd_fit(args) -> int:
     print(
         f"  {info.get('epochs', len(est.history_['epoch']))} epochs in "
         f"{float(info.get('fit_time_seconds', math.nan)):.1f} s, "
-        f"{info.get('parameters', '?')} parameters"
+        f"{info.get('parameters', '?')} parameters; training stopped by {_stop_reason(est)}"
     )
     if held:
         flow_score = est.score(held_out)
@@ -405,7 +405,7 @@ def _stop_reason(est) -> str:
     history = est.history_
     epochs, val = len(history["epoch"]), history["val_loss"]
     if est.max_epochs is not None and epochs >= est.max_epochs:
-        return f"the epoch budget ({est.max_epochs} epochs)"
+        return f"the epoch budget ({est.max_epochs} epoch{'s' if est.max_epochs > 1 else ''})"
     finite = [v for v in val if math.isfinite(v)]
     if finite and est.patience is not None:
         since_best = epochs - 1 - max(i for i, v in enumerate(val) if v == min(finite))

@@ -82,6 +82,7 @@ def test_fit_prints_a_held_out_summary(tmp_path, capsys):
     )
     assert code == 0, err
     assert "200 rows x 3 columns (180 for training, 20 held out" in out
+    assert "parameters; training stopped by the epoch budget (1 epoch)" in out
     flow, gauss = (float(line.split()[1]) for line in out.splitlines() if line.startswith("    "))
     assert np.isfinite(flow) and np.isfinite(gauss)
     assert "model saved to" in out
