@@ -495,3 +495,15 @@ def test_fit_bounds_a_positive_column_by_default_and_its_samples_stay_positive(t
     code, _, err = run(capsys, "fit", data, "--max-epochs", 1, "--quiet", "--bounds", "none")
     assert code == 0, err
     assert json.loads(run(capsys, "info", model)[1])["bounds"] == {}
+
+
+def test_stop_reason_names_patience_and_a_time_budget_as_not_reproducible():
+    from types import SimpleNamespace
+
+    from normflows_sci.cli import _stop_reason
+
+    history = {"epoch": [1, 2, 3, 4, 5], "val_loss": [3.0, 2.0, 2.5, 2.4, 2.2]}
+    early = SimpleNamespace(history_=history, max_epochs=50, patience=3, max_time=None)
+    assert _stop_reason(early) == "early stopping (no validation improvement for 3 epochs)"
+    timed = SimpleNamespace(history_=history, max_epochs=None, patience=20, max_time=60.0)
+    assert _stop_reason(timed).startswith("the time budget (60 s, after 5 epochs; the number")
