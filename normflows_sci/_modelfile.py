@@ -38,6 +38,7 @@ __all__ = [
     "parameter_floor",
     "build_with_weights",
     "fit_fingerprint",
+    "stored_params",
 ]
 
 # The fields of a stored spec: those of TableSpec (format version 1).
@@ -45,6 +46,10 @@ _SPEC_KEYS = spec_keys()
 _HISTORY_KEYS = ("epoch", "train_loss", "val_loss", "learning_rate", "time")
 # Constructor arguments that only limit the training budget: a resumed run may change them.
 _BUDGET_PARAMS = ("max_epochs", "max_time", "patience")
+# Constructor arguments added after format version 1, with their defaults: left out of files and
+# checkpoint fingerprints at their default, so files and checkpoints of earlier versions (and
+# earlier versions reading new files of numeric tables) still match.
+_LATER_PARAMS = {"categorical": "auto"}
 
 
 def _show(value) -> str:
@@ -439,5 +444,16 @@ def fit_fingerprint(params: dict, values: np.ndarray, names: Sequence[str], val_
         "table": data_fingerprint(np.asarray(values)),
         "columns": list(names),
         "validation_table": None if val_values is None else data_fingerprint(val_values),
-        "params": {k: v for k, v in params.items() if k not in _BUDGET_PARAMS},
+        "params": {k: v for k, v in stored_params(params).items() if k not in _BUDGET_PARAMS},
     }
+
+
+def stored_params(params: dict) -> dict:
+    """The constructor arguments a model file or checkpoint records: all but those added after
+    format version 1 that are at their default.
+
+    Example:
+        >>> stored_params({"flow": "nsf", "categorical": "auto"})
+        {'flow': 'nsf'}
+    """
+    return {k: v for k, v in params.items() if _LATER_PARAMS.get(k, object()) != v}

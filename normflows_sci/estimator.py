@@ -45,6 +45,7 @@ from normflows_sci._modelfile import (
     check_config,
     check_sizes,
     fit_fingerprint,
+    stored_params,
 )
 from normflows_sci._tabular import FLOWS as TABLE_FLOWS
 from normflows_sci._tabular import (
@@ -992,16 +993,13 @@ class DensityEstimator:
 
         The categorical part of a mixed table (columns, levels, kinds, counts, smoothing) is
         stored as JSON data in the config field ``categorical``. The ``categorical`` argument is
-        written only when it is not its default, so files of numeric tables stay readable by
-        earlier versions.
+        written only when it is not its default (``stored_params``),
+        so files of numeric tables stay readable by earlier versions.
         """
         self._check_fitted()
-        params = self.get_params()
-        if params["categorical"] == "auto":
-            del params["categorical"]
         config = {
             "kind": "DensityEstimator",
-            "params": params,
+            "params": stored_params(self.get_params()),
             "spec": self.spec_.to_dict(),
             "history": {k: [float(v) for v in vs] for k, vs in self.history_.items()},
             "fit_time": self.fit_time_,

@@ -144,7 +144,10 @@ def test_samples_hold_valid_levels_with_the_input_types(mixed):
     pd.testing.assert_frame_equal(est.sample(50, random_state=1), est.sample(50, random_state=1))
 
 
-def test_numeric_array_with_declared_categorical_columns():
+def test_numeric_array_with_declared_categorical_columns(tmp_path):
+    import json
+    import zipfile
+
     from normflows_sci import DensityEstimator
 
     rng = np.random.default_rng(3)
@@ -159,6 +162,11 @@ def test_numeric_array_with_declared_categorical_columns():
         assert np.isneginf(est.score_samples(np.array([[15.0, 1.5]])))[0]
     with pytest.raises(ValueError, match="discrete names the categorical columns"):
         DensityEstimator(categorical=[0], discrete=[0], **QUICK).fit(X)
+    loaded = DensityEstimator.load(est.save(tmp_path / "declared.nfs"))
+    assert loaded.categorical == [0] and loaded.info() == est.info()
+    # At its default the new argument is not written: earlier versions still read the file.
+    numeric = DensityEstimator(**QUICK).fit(X).save(tmp_path / "numeric.nfs")
+    assert "categorical" not in json.loads(zipfile.ZipFile(numeric).read("config.json"))["params"]
 
 
 def test_save_load_round_trip_stores_levels_as_data(mixed, tmp_path):
