@@ -346,3 +346,17 @@ def test_mixed_penguins_fitted_end_to_end():
     numeric = DensityEstimator(**QUICK).fit(train[ds.columns[3:]])
     with pytest.raises(ValueError, match="not model the same table"):
         est.compare(numeric, test)
+
+
+def test_score_standard_error_includes_the_quadrature_error_of_integer_cells():
+    from normflows_sci import DensityEstimator
+
+    rng = np.random.default_rng(8)
+    X = rng.poisson(3.0, size=(340, 4)).astype(float)
+    est = DensityEstimator(discrete="auto", **{**QUICK, "max_epochs": 2}).fit(X[:300])
+    result = est.score(X[300:], return_stderr=True)
+    scores, row_error = est.score_samples(X[300:]), est.last_score_error_
+    assert row_error.max() > 0  # four integer columns: randomised quasi-Monte Carlo cells
+    spread = scores.var(ddof=1) / 40
+    assert result.stderr == pytest.approx(np.sqrt(spread + (row_error**2).sum() / 40**2))
+    assert result.stderr > np.sqrt(spread)
