@@ -396,9 +396,9 @@ class CategoricalSpec:
             index = [slice(None)] * len(self.levels)
             for j, level in zip(given, group):
                 index[j] = int(level)
-            table = torch.as_tensor(probs[tuple(index)].reshape(-1))
+            table = torch.as_tensor(probs[tuple(index)].reshape(-1), device=generator.device)
             flat = torch.multinomial(table, len(rows), replacement=True, generator=generator)
-            picked = np.unravel_index(flat.numpy(), [self.shape[j] for j in axes])
+            picked = np.unravel_index(flat.cpu().numpy(), [self.shape[j] for j in axes])
             for j, levels in zip(axes, picked):
                 out[rows, j] = levels
         return out
