@@ -46,6 +46,7 @@ __all__ = [
     "as_table",
     "robust_moments",
     "float64_bounds",
+    "TableBounds",
     "hill_tail_index",
     "tail_indices",
     "positive_column",
@@ -286,10 +287,28 @@ def robust_moments(points: Tensor) -> tuple[Tensor, Tensor]:
     return unit.mean(0) * scale, unit.std(0, correction=0) * scale
 
 
-def float64_bounds(lower: Sequence, upper: Sequence) -> BoundaryTransform:
-    """A :class:`BoundaryTransform` whose float64 buffers hold the bounds exactly (its constructor
+class TableBounds(BoundaryTransform):
+    """The table model's :class:`BoundaryTransform`: a value ON a bound maps as the nearest float
+    inside it.
+
+    The model's bounds are the declared ones exactly where the training rows lie strictly inside
+    (so samples respect them), and a point on such a bound has no finite image. A row there (a
+    flux of exactly 0 that training never saw) then scores as that nearest inside point: finite,
+    and as low as the model's density there, rather than an infinity that the float32 network
+    cannot take. Interior points, the inverse map and the Jacobians are those of the parent.
+    """
+
+    def forward(self, inputs: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        low = torch.where(self.both | self.lower_only, self.low.to(inputs.dtype), -math.inf)
+        high = torch.where(self.both | self.upper_only, self.high.to(inputs.dtype), math.inf)
+        inside = inputs.clamp(torch.nextafter(low, high), torch.nextafter(high, low))
+        return super().forward(inside, context)
+
+
+def float64_bounds(lower: Sequence, upper: Sequence) -> TableBounds:
+    """A :class:`TableBounds` whose float64 buffers hold the bounds exactly (its constructor
     rounds them to the default dtype: a bound of 0.1 would move by 1.5e-9, past a tight margin)."""
-    bounds = BoundaryTransform(list(lower), list(upper)).double()
+    bounds = TableBounds(list(lower), list(upper)).double()
     stand_ins = {"low": (lower, 0.0), "high": (upper, 1.0)}  # open sides, as the constructor has
     with torch.no_grad():
         for name, (values, open_value) in stand_ins.items():

@@ -60,6 +60,19 @@ def test_bounds_the_data_touch_keep_their_margin():
     assert est.sample(2000, random_state=0).min() >= 0.0
 
 
+def test_rows_on_an_exact_bound_score_finitely_and_low():
+    """Training rows strictly inside (0, 30): the model's bounds are exact, so a later row ON a
+    bound is a point of (almost) zero density, scored finitely rather than as an infinity that
+    the float32 network refuses ("beyond float32's range" for the upper side)."""
+    X = np.random.default_rng(5).lognormal(0.0, 1.0, size=(2000, 2))
+    est = DensityEstimator(bounds={"x0": (0.0, None), "x1": (0.0, 30.0)}, **QUICK).fit(X)
+    assert est.spec_.lower_effective == (0.0, 0.0) and est.spec_.upper_effective == (None, 30.0)
+    rows = np.array([[0.0, 1.0], [1.0, 0.0], [1.0, 30.0], [1.0, 1.0]])
+    scores = est.score_samples(rows)
+    assert np.isfinite(scores).all() and (scores[:3] < scores[3] - 100).all()
+    assert np.all(est.sample(20000, random_state=2)[:, 1] <= 30.0)
+
+
 # ---------------------------------------------------------------------------- heavy tails
 
 
