@@ -34,7 +34,7 @@ import sys
 import tempfile
 import time
 import warnings
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +61,7 @@ __all__ = [
     "make_energy",
     "subspace_basis",
     "observables",
+    "summarize",
     "diagnostics",
     "known_facts",
     "run_reference",
@@ -86,8 +87,8 @@ class Settings:
         chains: independent chains (each carries one replica per temperature).
         step_size: initial MALA step size (adapted per replica during warm-up).
         warmup: adaptation steps (nothing kept).
-        thin: keep at least every ``thin``-th production step (more when the budget is long).
-        max_draws: draws kept per chain at most.
+        thin: the diagnostics' observables are recorded every ``thin`` production steps.
+        max_draws: configurations kept per chain: between ``max_draws`` and twice as many.
         start_spacing: lattice spacing of the starting configurations.
     """
 
@@ -162,9 +163,10 @@ def observables(energy: ParticleEnergy, x: Tensor) -> tuple[Tensor, list[str]]:
     return torch.stack(columns, -1), ["energy", "short-pair fraction", *pairs]
 
 
-def diagnostics(energy: ParticleEnergy, samples: Tensor, thin: int) -> dict:
-    """R-hat, IAT (in steps) and ESS of the :func:`observables` of ``samples: (draws, chains, n d)``."""
-    values, names = observables(energy, samples.double())
+def summarize(values: Tensor, names: list[str], thin: int) -> dict:
+    """R-hat (split, rank-normalised), pooled IAT (in steps) and ESS of observables
+    ``values: (draws, chains, k)`` recorded every ``thin`` steps (energy first)."""
+    values = values.double()
     rhat = split_rhat(values, rank_normalized=True)
     iat = integrated_autocorrelation_time(values, pooled=True) * thin
     ess = effective_sample_size(values)
@@ -177,6 +179,11 @@ def diagnostics(energy: ParticleEnergy, samples: Tensor, thin: int) -> dict:
         "mean_energy": float(values[..., 0].mean()),
         "mean_energy_stderr": float(values[..., 0].std() / ess[0].clamp_min(1).sqrt()),
     }
+
+
+def diagnostics(energy: ParticleEnergy, samples: Tensor, thin: int) -> dict:
+    """:func:`summarize` of the :func:`observables` of ``samples: (draws, chains, n d)``."""
+    return summarize(*observables(energy, samples.double()), thin)
 
 
 def _histogram_peaks(distances: np.ndarray, split: float, bins: int = 120) -> dict:
@@ -238,21 +245,47 @@ def _kernel(energy: ParticleEnergy, settings: Settings) -> tuple[ParallelTemperi
     return kernel, basis
 
 
-def _production(kernel, state, generator, settings: Settings, steps, deadline) -> tuple:
-    """Production in chunks of ``CHUNK_DRAWS`` kept draws until ``steps`` are done or the
-    ``deadline`` passes (after at least two chunks): the kept subspace coordinates
-    ``(draws, chains, (n - 1) d)``, mean local and swap acceptance, steps done."""
-    kept, local, swap, done = [], [], [], 0
+class _Thinned:
+    """Configurations kept at an even spacing that doubles whenever ``2 * max_draws`` are held,
+    so memory stays bounded however long the run (the spacing is in recorded draws)."""
+
+    def __init__(self, max_draws: int):
+        self.max_draws, self.stride, self.seen, self.kept = max_draws, 1, 0, []
+
+    def add(self, draws: Tensor) -> None:
+        for draw in draws:
+            if self.seen % self.stride == 0:
+                self.kept.append(draw)
+            self.seen += 1
+            if len(self.kept) >= 2 * self.max_draws:
+                self.kept, self.stride = self.kept[::2], 2 * self.stride
+
+
+def _production(kernel, state, generator, energy, basis, settings: Settings, steps, deadline):
+    """Production in chunks of ``CHUNK_DRAWS`` recorded draws until ``steps`` are done or the
+    ``deadline`` passes (after at least two chunks). Observables are recorded every
+    ``settings.thin`` steps; configurations are kept by :class:`_Thinned`."""
+    values, local, swap, done = [], [], [], 0
+    configurations = _Thinned(settings.max_draws)
     chunk = settings.thin * CHUNK_DRAWS
     while done < steps and (time.perf_counter() < deadline or done < 2 * chunk):
         length = min(chunk, steps - done)
         trace = run(kernel, state, length, thin=settings.thin, generator=generator)
-        state = trace.state
-        kept.append(trace.samples)
+        state, x = trace.state, trace.samples @ basis.T
+        values.append(observables(energy, x)[0])
+        configurations.add(x.float())
         local.append(float(trace.acceptance["local"].mean()) * length)
         swap.append(float(trace.acceptance["swap"].mean()) * length)
         done += length
-    return torch.cat(kept), sum(local) / done, sum(swap) / done, done
+    samples = torch.stack(configurations.kept)
+    return (
+        samples,
+        torch.cat(values),
+        configurations.stride,
+        sum(local) / done,
+        sum(swap) / done,
+        done,
+    )
 
 
 def run_reference(
@@ -265,12 +298,13 @@ def run_reference(
 ) -> dict:
     """Sample ``system`` by parallel tempering for ``minutes`` (wall time) or ``steps`` production steps.
 
-    At most ``settings.max_draws`` draws per chain are kept: the thinning grows with the budget
-    (estimated from the warm-up's speed when a time budget is given).
+    The diagnostics use observables recorded every ``settings.thin`` steps; between
+    ``settings.max_draws`` and twice as many configurations per chain are kept, evenly spaced
+    (every ``sample_thin`` steps).
 
     Returns a dict: ``samples`` ``(draws, chains, n d)`` float32 with zero centre of mass, the
-    :func:`diagnostics`, ``local_acceptance``, ``swap_acceptance``, ``converged``, the settings
-    (with the thinning used), ``seconds`` and ``steps``. Warns (``RuntimeWarning``) when the
+    :func:`summarize` diagnostics, ``local_acceptance``, ``swap_acceptance``, ``converged``, the
+    settings, ``sample_thin``, ``seconds`` and ``steps``. Warns (``RuntimeWarning``) when the
     largest R-hat exceeds ``RHAT_LIMIT``: the samples then do not represent the target.
     """
     if (minutes is None) == (steps is None):
@@ -282,24 +316,26 @@ def run_reference(
     start = _start(energy, settings.chains, settings.start_spacing, generator) @ basis
     clock = time.perf_counter()
     trace = run(kernel, start, 0, num_warmup=settings.warmup, generator=generator)
-    deadline = math.inf
-    if minutes is not None:
-        deadline = clock + 60 * minutes
-        rate = settings.warmup / max(trace.warmup_seconds, 1e-9)  # steps per second
-        steps = max(int(rate * (deadline - time.perf_counter())), 1)
-    thin = max(settings.thin, math.ceil(steps / settings.max_draws))
-    settings = replace(settings, thin=thin)
+    deadline = math.inf if minutes is None else clock + 60 * minutes
     # Whole thinning intervals, and at least two chunks: R-hat and the IAT need the draws.
-    steps = max(thin * (steps // thin), 2 * thin * CHUNK_DRAWS)
-    kept, local, swap, done = _production(kernel, trace.state, generator, settings, steps, deadline)
-    samples = kept @ basis.T
+    if steps is not None:
+        steps = max(
+            settings.thin * math.ceil(steps / settings.thin), 2 * settings.thin * CHUNK_DRAWS
+        )
+    else:
+        steps = math.inf
+    samples, values, stride, local, swap, done = _production(
+        kernel, trace.state, generator, energy, basis, settings, steps, deadline
+    )
+    names = observables(energy, samples[:1, :1])[1]
     result = dict(
         system=system,
-        samples=samples.float(),
-        diagnostics=diagnostics(energy, samples, thin),
+        samples=samples,
+        diagnostics=summarize(values, names, settings.thin),
         local_acceptance=local,
         swap_acceptance=swap,
         settings=asdict(settings),
+        sample_thin=stride * settings.thin,
         seconds=time.perf_counter() - clock,
         steps=done,
         seed=seed,
@@ -370,8 +406,9 @@ def report(result: dict) -> str:
     diag, settings = result["diagnostics"], result["settings"]
     samples = result["samples"]
     lines = [
-        f"{result['system']}: {samples.shape[0]} draws x {samples.shape[1]} chains "
-        f"(thin {settings['thin']}, {result['steps']} production steps after "
+        f"{result['system']}: {samples.shape[0]} draws x {samples.shape[1]} chains kept "
+        f"(every {result['sample_thin']} steps; observables every {settings['thin']}) "
+        f"from {result['steps']} production steps after "
         f"{settings['warmup']} warm-up) in {result['seconds']:.0f} s; "
         f"ladder {settings['temperatures']}",
         f"acceptance: local (MALA) {result['local_acceptance']:.3f}, "
