@@ -172,16 +172,18 @@ def _fine_result(seed: int, num_samples: int = 4000) -> ImportanceResult:
         )
 
 
+@pytest.mark.parametrize("sign", [1.0, -1.0], ids=["right_tail", "left_tail"])
 @pytest.mark.parametrize("seed", range(5))
-def test_heavy_tailed_observable_warns_under_a_fine_proposal(seed):
+def test_heavy_tailed_observable_warns_under_a_fine_proposal(seed, sign):
     """E[|x|^-0.9] is finite but |x|^-0.9 w(x) has infinite variance (k = 0.9) although the
-    weights alone are bounded: the expectation warns, once, naming its own k-hat."""
+    weights alone are bounded: the expectation warns, once, naming its own k-hat (either sign)."""
     result = _fine_result(seed)
     assert result.reliable and result.pareto_k < 0
     with pytest.warns(
         RuntimeWarning, match=r"unreliable expectation: Pareto k-hat of h\(x\) w\(x\)"
-    ):
-        estimate = result.expectation(lambda x: x[:, 0].abs() ** -0.9)
+    ) as record:
+        estimate = result.expectation(lambda x: sign * x[:, 0].abs() ** -0.9)
+    assert len(record) == 1 and f"{estimate.pareto_k:.3g}" in str(record[0].message)
     assert not estimate.reliable
     assert estimate.pareto_k > estimate.khat_threshold == result.khat_threshold
 
