@@ -295,14 +295,35 @@ class TableBounds(BoundaryTransform):
     (so samples respect them), and a point on such a bound has no finite image. A row there (a
     flux of exactly 0 that training never saw) then scores as that nearest inside point: finite,
     and as low as the model's density there, rather than an infinity that the float32 network
-    cannot take. Interior points, the inverse map and the Jacobians are those of the parent.
+    cannot take. Interior points and the Jacobians are those of the parent; see :meth:`inverse`
+    for draws that round onto a bound.
     """
 
+    def _inside(self, values: Tensor) -> Tensor:
+        """``values`` with those on (or past) a bound moved to the nearest float inside."""
+        low = torch.where(self.both | self.lower_only, self.low.to(values.dtype), -math.inf)
+        high = torch.where(self.both | self.upper_only, self.high.to(values.dtype), math.inf)
+        return values.clamp(torch.nextafter(low, high), torch.nextafter(high, low))
+
     def forward(self, inputs: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        low = torch.where(self.both | self.lower_only, self.low.to(inputs.dtype), -math.inf)
-        high = torch.where(self.both | self.upper_only, self.high.to(inputs.dtype), math.inf)
-        inside = inputs.clamp(torch.nextafter(low, high), torch.nextafter(high, low))
-        return super().forward(inside, context)
+        return super().forward(self._inside(inputs), context)
+
+    def inverse(self, inputs: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """The parent's float64 map, whose values lie within the bounds by construction; a value
+        that rounds onto a bound (a latent beyond about +-37, where the logistic saturates) is
+        moved to the nearest float inside, with a warning counting them: the last resort."""
+        outputs, logabsdet = super().inverse(inputs, context)
+        inside = self._inside(outputs)
+        moved = int(((inside != outputs) & ~outputs.isnan()).sum())
+        if moved:
+            warnings.warn(
+                f"{moved} of {outputs.numel()} values mapped onto a bound of the model (the "
+                "float64 bound map saturated far in a tail) and were moved to the nearest value "
+                "inside",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        return inside, logabsdet
 
 
 def float64_bounds(lower: Sequence, upper: Sequence) -> TableBounds:

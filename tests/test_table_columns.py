@@ -8,7 +8,13 @@ import pytest
 import torch
 
 from normflows_sci import DensityEstimator
-from normflows_sci._tabular import NetworkSize, column_layout, plan_table, positive_column
+from normflows_sci._tabular import (
+    NetworkSize,
+    column_layout,
+    float64_bounds,
+    plan_table,
+    positive_column,
+)
 
 QUICK = dict(max_epochs=3, hidden_features=(32, 32), transforms=3, verbose=False, random_state=0)
 NETWORK = NetworkSize(flow="nsf", transforms=3, hidden_features=(32, 32), bins=8)
@@ -71,6 +77,16 @@ def test_rows_on_an_exact_bound_score_finitely_and_low():
     scores = est.score_samples(rows)
     assert np.isfinite(scores).all() and (scores[:3] < scores[3] - 100).all()
     assert np.all(est.sample(20000, random_state=2)[:, 1] <= 30.0)
+
+
+def test_draws_that_round_onto_a_bound_are_moved_inside_with_a_count():
+    """The last resort: a latent far in a tail saturates the float64 map onto the bound."""
+    bounds = float64_bounds([0.0, 0.0], [1.0, None])
+    latent = torch.tensor([[50.0, -800.0], [0.1, 0.2]], dtype=torch.float64)
+    with pytest.warns(RuntimeWarning, match=r"^2 of 4 values mapped onto a bound of the model"):
+        values, _ = bounds.inverse(latent)
+    assert 0.0 < values[0, 0] < 1.0 and values[0, 1] > 0.0
+    assert torch.isfinite(bounds(values)[0]).all()
 
 
 # ---------------------------------------------------------------------------- heavy tails
