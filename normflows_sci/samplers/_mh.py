@@ -6,6 +6,11 @@ evaluating a move is written once.
 
 Conventions: chains (or particles) are on the leading dimension; per-chain values are ``(chains,)``;
 a non-finite target value counts as zero density (``-inf``), so a move there is always rejected.
+
+Nothing here reads a tensor back to the host: under :func:`torch.compile` (``fullgraph=True``) a
+step built from these helpers is one graph, and on a GPU it never waits for the device.
+:func:`log_prob_and_grad` takes the gradient with :func:`torch.func.vjp` while being compiled
+(dynamo does not trace ``torch.autograd.grad``), with ``torch.autograd.grad`` in eager mode.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ __all__ = [
     "expand",
     "sum_event",
     "accept",
+    "metropolis",
+    "uniforms",
     "select",
     "relocate",
     "check_chains",
@@ -60,6 +67,11 @@ def log_prob_and_grad(
     if differentiable and x.requires_grad:
         log_prob = log_prob_fn(x)
         (grad,) = torch.autograd.grad(log_prob.sum(), x, create_graph=True, allow_unused=True)
+    elif torch.compiler.is_compiling() and target is None:
+        # Traced as part of a compiled step: the functional gradient, which dynamo supports.
+        log_prob, pullback = torch.func.vjp(log_prob_fn, x.detach())
+        (grad,) = pullback(torch.ones_like(log_prob))
+        log_prob, grad = log_prob.detach(), grad.detach()
     else:
         with torch.enable_grad():
             leaf = x.detach().requires_grad_(True)
@@ -94,14 +106,25 @@ def sum_event(values: Tensor) -> Tensor:
     return values.flatten(1).sum(1)
 
 
-def accept(log_ratio: Tensor, generator) -> StepInfo:
-    """The Metropolis test of every chain at once (a NaN ratio rejects)."""
+def uniforms(x: Tensor, generator) -> Tensor:
+    """The uniform draws ``(chains,)`` of the Metropolis test of chains ``x: (chains, *event)``,
+    in ``x``'s dtype and device."""
+    return torch.rand(x.shape[:1], generator=generator, dtype=x.dtype, device=x.device)
+
+
+def metropolis(log_ratio: Tensor, uniform: Tensor) -> StepInfo:
+    """The Metropolis test of every chain at once with given uniform draws (a NaN ratio
+    rejects): accepted where ``log u < log_ratio``."""
     log_ratio = torch.where(torch.isnan(log_ratio), -math.inf, log_ratio)
+    return StepInfo(log_ratio.clamp(max=0.0).exp(), uniform.log() < log_ratio)
+
+
+def accept(log_ratio: Tensor, generator) -> StepInfo:
+    """The Metropolis test of every chain at once, its uniforms drawn from ``generator``."""
     uniform = torch.rand(
         log_ratio.shape, generator=generator, dtype=log_ratio.dtype, device=log_ratio.device
     )
-    accepted = uniform.log() < log_ratio
-    return StepInfo(log_ratio.clamp(max=0.0).exp(), accepted)
+    return metropolis(log_ratio, uniform)
 
 
 def select(accepted: Tensor, new, old):

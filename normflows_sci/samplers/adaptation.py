@@ -5,6 +5,12 @@ the adaptation objects here turn that signal into new step sizes. Their state is
 tensors, advanced by ``update``; :func:`~normflows_sci.samplers.run` uses them during warm-up
 (through ``kernel.adapt``) and :func:`~normflows_sci.samplers.anneal` (AIS, SMC, FAB) between the
 moves of the population.
+
+The updates are tensor code without host synchronisation (no ``.item()``/``float()`` of a tensor):
+they compile with ``torch.compile(..., fullgraph=True)`` and never wait for a GPU. The schedule
+position (``count``, the warm-up iteration) is a Python int, or for
+:class:`StepSizeAdaptation` also a 0-d tensor, so that a compiled update is not recompiled for
+every new count.
 """
 
 from __future__ import annotations
@@ -22,11 +28,12 @@ class AdaptationState(NamedTuple):
 
     Attributes:
         step_size: the current step sizes, ``(chains,)``.
-        count: number of updates since the adaptation (re)started (the step of the schedule).
+        count: number of updates since the adaptation (re)started (the step of the schedule):
+            an int, or a 0-d tensor (then the update stays a single compiled graph).
     """
 
     step_size: Tensor
-    count: int
+    count: int | Tensor
 
 
 class StepSizeAdaptation:
@@ -57,9 +64,10 @@ class StepSizeAdaptation:
         self.target_accept = float(target_accept)
         self.pooled, self.gain, self.decay = bool(pooled), float(gain), float(decay)
 
-    def init(self, step_size: Tensor, count: int = 0) -> AdaptationState:
-        """The adaptation state starting from ``step_size`` at schedule step ``count``."""
-        return AdaptationState(step_size, int(count))
+    def init(self, step_size: Tensor, count: int | Tensor = 0) -> AdaptationState:
+        """The adaptation state starting from ``step_size`` at schedule step ``count`` (an int,
+        or a 0-d tensor kept as is)."""
+        return AdaptationState(step_size, count if isinstance(count, Tensor) else int(count))
 
     def update(self, state: AdaptationState, accept_prob: Tensor) -> AdaptationState:
         """One Robbins-Monro step from this iteration's acceptance probabilities ``(chains,)``.
@@ -105,5 +113,5 @@ class DiagonalMassAdaptation:
         memory["restart"] = iteration + 1
         new = var.to(state.x.dtype).reshape(state.x.shape[1:])
         # Keep the typical displacement eps * sqrt(inverse mass) when the scales change.
-        factor = float((state.inverse_mass / new).sqrt().mean())
+        factor = (state.inverse_mass / new).sqrt().mean()  # stays a tensor: no device sync
         return state._replace(inverse_mass=new, step_size=state.step_size * factor)

@@ -19,12 +19,14 @@ from torch import Tensor
 
 from normflows_sci._optim import adamw
 from normflows_sci.checks import check_int, check_positive
+from normflows_sci.flows.base import Flow
 from normflows_sci.samplers._mh import (
-    accept,
     check_chains,
     finite,
+    metropolis,
     relocate,
     select,
+    uniforms,
 )
 from normflows_sci.samplers.kernels import HMC, MALA, Kernel
 from normflows_sci.samplers.targets import check_log_prob, check_start
@@ -46,6 +48,46 @@ def _check_flow(flow) -> None:
     for method in ("sample_and_log_prob", "log_prob"):
         if not callable(getattr(flow, method, None)):
             raise TypeError(f"flow must be a Flow (needs {method}), got {type(flow).__name__}")
+
+
+def _uses_flow_method(flow, name: str) -> bool:
+    """Whether ``flow.<name>`` is :class:`~normflows_sci.flows.Flow`'s own method (not overridden
+    by a subclass or replaced on the instance), so that its private steps can be called apart."""
+    return (
+        isinstance(flow, Flow)
+        and name not in vars(flow)
+        and getattr(type(flow), name) is getattr(Flow, name)
+    )
+
+
+def _flow_draw(flow, num: int, generator):
+    """The random part of ``flow.sample_and_log_prob(num, generator=generator)``: the latent
+    draws of a :class:`~normflows_sci.flows.Flow` (mapped by :func:`_flow_proposal`, so that the
+    flow's transform runs in the compiled transition), or, for another object with that method,
+    its samples and log-densities (eager)."""
+    if _uses_flow_method(flow, "sample_and_log_prob"):
+        return flow._draw(num, None, generator)[0]
+    with torch.no_grad():
+        return tuple(flow.sample_and_log_prob(num, generator=generator))
+
+
+def _flow_proposal(flow, latent) -> tuple[Tensor, Tensor]:
+    """``(x, log_q)`` of the flow's samples from the draws of :func:`_flow_draw` (no graph)."""
+    if isinstance(latent, tuple):
+        return latent
+    with torch.no_grad():
+        x, log_q = flow._samples_and_log_prob(latent, None)
+        return x.reshape(len(latent), *flow.event_shape), log_q.reshape(len(latent))
+
+
+def _flow_log_prob(flow, x: Tensor) -> Tensor:
+    """``flow.log_prob(x)`` (no graph) at chain positions, which are finite by construction: a
+    :class:`~normflows_sci.flows.Flow`'s input checks are skipped (they would read the tensor
+    back to the host in every step)."""
+    with torch.no_grad():
+        if _uses_flow_method(flow, "log_prob") and not flow.context_features:
+            return flow._log_prob(x, None)
+        return flow.log_prob(x)
 
 
 class IMHState(NamedTuple):
@@ -81,14 +123,23 @@ class IndependentMH(Kernel):
             return IMHState(x, log_prob, self.flow.log_prob(x))
 
     def propose(self, num: int, generator) -> IMHState:
+        """``num`` proposals from the flow with their target and flow log-densities."""
+        return self._proposal(_flow_draw(self.flow, num, generator))
+
+    def _proposal(self, latent) -> IMHState:
+        x, log_q = _flow_proposal(self.flow, latent)
         with torch.no_grad():
-            x, log_q = self.flow.sample_and_log_prob(num, generator=generator)
             return IMHState(x, finite(self.log_prob_fn(x)), log_q)
 
-    def step(self, state: IMHState, generator=None):
-        proposal = self.propose(state.x.shape[0], generator)
+    def draw(self, state: IMHState, generator=None) -> tuple:
+        """``(latent, uniform)``: the flow's latent draws, then the Metropolis test's."""
+        latent = _flow_draw(self.flow, state.x.shape[0], generator)
+        return latent, uniforms(state.x, generator)
+
+    def transition(self, state: IMHState, noise: tuple):
+        proposal = self._proposal(noise[0])
         log_ratio = (proposal.log_prob - proposal.log_q) - (state.log_prob - state.log_q)
-        info = accept(log_ratio, generator)
+        info = metropolis(log_ratio, noise[1])
         return select(info.accepted, proposal, state), info
 
     def adapt(self, state, info, iteration, num_warmup, memory):
@@ -238,23 +289,43 @@ class AdaptiveFlowMCMC(Kernel):
         return self.local.position_log_prob(state.local)
 
     def step(self, state: HybridState, generator=None):
+        if type(self.local).draw is Kernel.draw:  # a local kernel drawing inside its step
+            return self._transition(state, None, None, generator)
+        return self.transition(state, self.draw(state, generator))
+
+    def draw(self, state: HybridState, generator=None) -> tuple:
+        """``(local draws, flow latent, uniform)``: the draws of each local step (they depend on
+        the chains' shapes only), the flow's latent draws and the flow move's uniforms."""
+        x = state.local.x
+        local = tuple(self.local.draw(state.local, generator) for _ in range(self.local_steps))
+        latent = _flow_draw(self.flow, x.shape[0], generator)
+        return local, latent, uniforms(x, generator)
+
+    def transition(self, state: HybridState, noise: tuple):
+        return self._transition(state, *noise)
+
+    def _transition(self, state: HybridState, local_noise, latent, uniform, generator=None):
+        """The step from given draws, or (``local_noise`` None) drawing from ``generator``."""
         local = state.local
         x = local.x
         accepted_local = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
         info = None
-        for _ in range(self.local_steps):
-            local, info = self.local.step(local, generator)
+        for i in range(self.local_steps):
+            if local_noise is None:
+                local, info = self.local.step(local, generator)
+            else:
+                local, info = self.local.transition(local, local_noise[i])
             accepted_local = accepted_local + info.accepted.to(x.dtype)
-        with torch.no_grad():
-            log_q = self.flow.log_prob(local.x) if self.local_steps else state.log_q
-            proposed, proposed_log_q = self.flow.sample_and_log_prob(
-                x.shape[0], generator=generator
-            )
+        if latent is None:
+            latent = _flow_draw(self.flow, x.shape[0], generator)
+            uniform = uniforms(x, generator)
+        log_q = _flow_log_prob(self.flow, local.x) if self.local_steps else state.log_q
+        proposed, proposed_log_q = _flow_proposal(self.flow, latent)
         # The local kernel's state at the proposals: one target evaluation (with the gradient
         # when the local kernel needs one), each chain's step size and mass kept.
         moved = relocate(self.local, local, proposed)
         log_ratio = (moved.log_prob - proposed_log_q) - (local.log_prob - log_q)
-        move = accept(log_ratio, generator)
+        move = metropolis(log_ratio, uniform)
         local = select(move.accepted, moved, local)
         log_q = torch.where(move.accepted, proposed_log_q, log_q)
         rate = accepted_local / max(self.local_steps, 1)

@@ -18,6 +18,20 @@ mapped to the classes in :data:`KERNEL_NAMES` only.
 A target is an Energy, a Flow, or any callable returning log-densities ``(chains,)``. Non-finite
 target values count as zero density: a proposal there is always rejected.
 
+Randomness and compilation: a step is ``transition(state, draw(state, generator))``. ``draw`` makes
+every random draw of the step (a tuple of tensors, from ``generator``, or torch's global generator
+when it is None, always in the same order, so a seed gives the same chains either way it is run);
+``transition`` is pure tensor code: no random draws, no host synchronisation (no ``.item()``,
+``float()`` or ``bool()`` of a tensor, no branch on tensor values), so it compiles with
+``torch.compile(kernel.transition, fullgraph=True)`` and on a GPU a step never waits for the device.
+``torch.compile(kernel.step, fullgraph=True)`` works too, with ``generator=None`` (dynamo cannot
+take a ``torch.Generator`` argument; the compiled step then draws from the global generator, and
+inductor's random numbers differ from eager ones unless
+``torch._inductor.config.fallback_random`` is set). :meth:`Kernel.compiled_step` is the way to
+compile with a generator: it draws eagerly from the generator and runs the compiled transition,
+so its chains are those of ``step`` up to floating-point reassociation, and it falls back to the
+eager transition for a target dynamo cannot compile.
+
 ``init`` validates once what the sampling relies on (then steps do no checking): the chains
 (a floating tensor ``(chains, *event)`` with at least one chain, all finite), the step size (finite
 and positive in the chains' dtype), the target's output (a floating tensor of shape
@@ -39,13 +53,14 @@ from torch import Tensor
 from normflows_sci.checks import check_int, check_positive
 from normflows_sci.samplers._mh import (
     StepInfo,
-    accept,
     check_chains,
     expand,
     finite,
     log_prob_and_grad,
+    metropolis,
     select,
     sum_event,
+    uniforms,
     value,
 )
 from normflows_sci.samplers.adaptation import DiagonalMassAdaptation, StepSizeAdaptation
@@ -65,6 +80,7 @@ __all__ = [
     "KERNEL_NAMES",
     "KernelFactory",
     "kernel_factory",
+    "CompiledStep",
 ]
 
 
@@ -124,9 +140,26 @@ class Kernel(abc.ABC):
     def init(self, x: Tensor):
         """The state of chains starting at ``x: (chains, *event)``."""
 
-    @abc.abstractmethod
     def step(self, state, generator: torch.Generator | None = None):
-        """One transition of every chain: ``(state, info)``."""
+        """One transition of every chain: ``(state, info)``, i.e.
+        ``transition(state, draw(state, generator))``."""
+        return self.transition(state, self.draw(state, generator))
+
+    def draw(self, state, generator: torch.Generator | None = None) -> tuple:
+        """Every random draw of one :meth:`step` from the chains at ``state``: a tuple of tensors
+        (nested tuples for a kernel made of others), from ``generator`` (torch's global
+        generator when None)."""
+        raise NotImplementedError(f"{type(self).__name__} does not separate its random draws")
+
+    def transition(self, state, noise: tuple):
+        """One step given the draws of :meth:`draw`: ``(state, info)``. No random draws and no
+        host synchronisation: compiles with ``torch.compile(..., fullgraph=True)``."""
+        raise NotImplementedError(f"{type(self).__name__} does not separate its random draws")
+
+    def compiled_step(self, **options) -> CompiledStep:
+        """:meth:`step` with the transition compiled (``options`` for :func:`torch.compile`; the
+        randomness is drawn eagerly, so ``generator`` is supported); see :class:`CompiledStep`."""
+        return CompiledStep(self, **options)
 
     kind: str = "local"
 
@@ -200,15 +233,30 @@ class MetropolisKernel(Kernel):
         """A state at ``x`` whose log-density (and gradient, if :attr:`uses_gradient`) are
         already known (no target evaluation)."""
 
-    @abc.abstractmethod
     def propose(self, state, generator=None, *, differentiable: bool = False):
         """``(proposal, log_ratio)``: the proposed state and the Metropolis-Hastings log
         acceptance ratio ``(chains,)``. With ``differentiable`` the proposal keeps the graph to
         ``state.x`` (reparameterised: the target's gradients are taken with ``create_graph``)."""
+        noise = self.proposal_noise(state, generator)
+        return self.move(state, noise, differentiable=differentiable)
 
-    def step(self, state, generator=None):
-        proposal, log_ratio = self.propose(state, generator)
-        info = accept(log_ratio, generator)
+    def proposal_noise(self, state, generator=None) -> Tensor:
+        """The standard normal draws ``(chains, *event)`` a proposal is built from."""
+        x = state.x
+        return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+
+    @abc.abstractmethod
+    def move(self, state, noise: Tensor, *, differentiable: bool = False):
+        """:meth:`propose` with its standard normal draws ``noise`` given."""
+
+    def draw(self, state, generator=None) -> tuple[Tensor, Tensor]:
+        """``(noise, uniform)``: the proposal's normal draws, then the Metropolis test's."""
+        noise = self.proposal_noise(state, generator)
+        return noise, uniforms(state.x, generator)
+
+    def transition(self, state, noise: tuple[Tensor, Tensor]):
+        proposal, log_ratio = self.move(state, noise[0])
+        info = metropolis(log_ratio, noise[1])
         return select(info.accepted, proposal, state), info
 
 
@@ -229,10 +277,7 @@ class RandomWalkMH(MetropolisKernel):
     def state_at(self, x, log_prob, grad, step_size) -> RWState:
         return RWState(x, log_prob, step_size)
 
-    def propose(self, state: RWState, generator=None, *, differentiable: bool = False):
-        noise = torch.randn(
-            state.x.shape, generator=generator, dtype=state.x.dtype, device=state.x.device
-        )
+    def move(self, state: RWState, noise: Tensor, *, differentiable: bool = False):
         proposal = state.x + expand(state.step_size, state.x) * noise
         log_prob = value(self.log_prob_fn, proposal, differentiable=differentiable)
         return RWState(proposal, log_prob, state.step_size), log_prob - state.log_prob
@@ -267,9 +312,8 @@ class MALA(MetropolisKernel):
         diff = to - frm - expand(h, to) * grad
         return -sum_event(diff.square()) / (4 * h)
 
-    def propose(self, state: MALAState, generator=None, *, differentiable: bool = False):
+    def move(self, state: MALAState, noise: Tensor, *, differentiable: bool = False):
         x, h = state.x, state.step_size
-        noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
         proposal = x + expand(h, x) * state.grad + expand((2 * h).sqrt(), x) * noise
         log_prob, grad = log_prob_and_grad(
             self.log_prob_fn, proposal, differentiable=differentiable
@@ -333,10 +377,9 @@ class HMC(MetropolisKernel):
     def state_at(self, x, log_prob, grad, step_size) -> HMCState:
         return HMCState(x, log_prob, grad, step_size, torch.ones_like(x[0]))
 
-    def propose(self, state: HMCState, generator=None, *, differentiable: bool = False):
+    def move(self, state: HMCState, noise: Tensor, *, differentiable: bool = False):
         x, eps, inv_mass = state.x, expand(state.step_size, state.x), state.inverse_mass
-        momentum = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-        momentum = momentum / inv_mass.sqrt()
+        momentum = noise / inv_mass.sqrt()
         kinetic0 = 0.5 * sum_event(momentum.square() * inv_mass)
         position, grad, log_prob = x, state.grad, state.log_prob
         momentum = momentum + 0.5 * eps * grad
@@ -450,3 +493,51 @@ def kernel_factory(
 def _no_target(x: Tensor) -> Tensor:
     """A stand-in target for checking a kernel's hyperparameters (never evaluated)."""
     raise AssertionError("a kernel built to check its hyperparameters evaluated its target")
+
+
+class CompiledStep:
+    """A kernel's :meth:`~Kernel.step` with its transition compiled by :func:`torch.compile`
+    (``fullgraph=True``): ``compiled(state, generator)`` draws the step's randomness eagerly
+    from ``generator`` (:meth:`~Kernel.draw`) and runs the compiled :meth:`~Kernel.transition`,
+    so it gives the chains of ``kernel.step`` with the same generator up to floating-point
+    reassociation.
+
+    The first call compiles (per input shape and dtype). If compiling or running the compiled
+    transition fails (a target dynamo cannot trace, a missing C++ compiler, ...), that call and
+    every later one run the eager transition with the same draws, so the chains are unchanged;
+    :attr:`fallback` holds the error. A kernel that does not separate its draws (no
+    :meth:`~Kernel.draw`) runs its eager step.
+
+    Args:
+        kernel: the kernel.
+        **options: for :func:`torch.compile` (``backend``, ``mode``, ``dynamic``, ...).
+
+    Example:
+        >>> from normflows_sci.distributions import StandardNormal
+        >>> kernel = MALA(StandardNormal(2), step_size=0.5)
+        >>> state = kernel.init(torch.zeros(4, 2))
+        >>> compiled = kernel.compiled_step(backend="eager")
+        >>> a, _ = compiled(state, torch.Generator().manual_seed(0))
+        >>> b, _ = kernel.step(state, torch.Generator().manual_seed(0))
+        >>> torch.allclose(a.x, b.x), compiled.fallback is None
+        (True, True)
+    """
+
+    def __init__(self, kernel: Kernel, **options):
+        self.kernel = kernel
+        self.separable = type(kernel).draw is not Kernel.draw
+        self.transition = (
+            torch.compile(kernel.transition, fullgraph=True, **options) if self.separable else None
+        )
+        self.fallback: Exception | None = None
+
+    def __call__(self, state, generator: torch.Generator | None = None):
+        if not self.separable:
+            return self.kernel.step(state, generator)
+        noise = self.kernel.draw(state, generator)
+        if self.fallback is None:
+            try:
+                return self.transition(state, noise)
+            except Exception as error:  # any compiler failure: the eager transition
+                self.fallback = error
+        return self.kernel.transition(state, noise)

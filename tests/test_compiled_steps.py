@@ -1,0 +1,194 @@
+"""Compiled kernel steps: every step compiles as one graph (``fullgraph=True``: no ``.item()``,
+``float()``/``bool()`` of a tensor, data-dependent branch or generator argument inside) and gives
+the chains of the eager step.
+
+On CPU, ``fullgraph=True`` is the proof that a step never synchronises with the device: any read
+of a tensor back to the host is a graph break, which ``fullgraph`` turns into an error (the CUDA
+check, ``torch.cuda.set_sync_debug_mode``, needs a GPU). The graph-break checks use the "eager"
+and "aot_eager" backends (tracing without code generation: fast); ``aot_eager`` also traces the
+gradients, as inductor does.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from normflows_sci.distributions import StandardNormal
+from normflows_sci.flows import NSF, Flow
+from normflows_sci.samplers import (
+    HMC,
+    MALA,
+    AdaptiveFlowMCMC,
+    IndependentMH,
+    NeuTraHMC,
+    RandomWalkMH,
+    StepSizeAdaptation,
+)
+from normflows_sci.transforms import ElementwiseAffine
+
+
+def banana(x):
+    """A 4-D banana (Rosenbrock-like) log-density: curved, so a wrong gradient shows."""
+    return -0.5 * (x[:, 0].square() + 4 * (x[:, 1] - x[:, 0].square()).square()) - 0.5 * x[
+        :, 2:
+    ].square().sum(-1)
+
+
+def start(chains: int = 32, dim: int = 4, seed: int = 1):
+    return torch.randn(chains, dim, generator=torch.Generator().manual_seed(seed))
+
+
+def close(a, b, atol: float = 1e-5) -> bool:
+    """Every tensor of two (nested) states or infos agrees."""
+    if isinstance(a, tuple):
+        return len(a) == len(b) and all(close(x, y, atol) for x, y in zip(a, b))
+    if isinstance(a, torch.Tensor):
+        if a.dtype == torch.bool:
+            return bool((a == b).all())
+        return torch.allclose(a, b, atol=atol, rtol=1e-5)
+    return a == b
+
+
+def same_chains(kernel, state, steps: int = 4, backend: str = "aot_eager"):
+    """The compiled step (eager draws from a seeded generator, compiled transition) reproduces
+    the eager step's chains, and did not fall back to the eager transition."""
+    compiled = kernel.compiled_step(backend=backend)
+    eager_generator = torch.Generator().manual_seed(7)
+    compiled_generator = torch.Generator().manual_seed(7)
+    eager = state
+    accepted = 0
+    for _ in range(steps):
+        eager, eager_info = kernel.step(eager, eager_generator)
+        state, info = compiled(state, compiled_generator)
+        assert close(state, eager), "compiled chains left the eager ones"
+        assert close(info, eager_info)
+        accepted += int(torch.as_tensor(kernel.acceptance(info)[kernel.kind]).sum())
+    assert compiled.fallback is None, f"fell back to eager: {compiled.fallback!r}"
+    assert accepted > 0  # the chains moved: the comparison is not between frozen states
+    return state
+
+
+def global_rng_step_matches(kernel, state, backend: str = "eager") -> None:
+    """``torch.compile(kernel.step, fullgraph=True)`` (global generator) gives the eager step."""
+    step = torch.compile(kernel.step, fullgraph=True, backend=backend)
+    torch.manual_seed(3)
+    compiled, _ = step(state)
+    torch.manual_seed(3)
+    eager, _ = kernel.step(state)
+    assert close(compiled, eager)
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def test_random_walk_step_compiles_with_a_generator():
+    kernel = RandomWalkMH(banana, step_size=0.5)
+    state = kernel.init(start())
+    same_chains(kernel, state)
+    global_rng_step_matches(kernel, state)
+
+
+def test_mala_step_compiles_fullgraph_gradient_included():
+    # The gradient of the eager step is torch.autograd.grad, which dynamo does not trace.
+    kernel = MALA(banana, step_size=0.2)
+    state = kernel.init(start())
+    same_chains(kernel, state)
+    global_rng_step_matches(kernel, state)
+
+
+def test_hmc_step_and_mass_adaptation_compile_fullgraph():
+    kernel = HMC(banana, step_size=0.2, num_leapfrog=3)
+    state = kernel.init(start(64))
+    state = same_chains(kernel, state)
+    global_rng_step_matches(kernel, state)
+    # The warm-up update at the end of the first mass window: it rescaled the step sizes by a
+    # factor read back to the host (float()), a synchronisation in a warm-up step.
+    num_warmup = 16
+    memory_eager, memory_compiled = {}, {}
+    _, info = kernel.step(state, torch.Generator().manual_seed(0))
+    adapt = torch.compile(kernel.adapt, fullgraph=True, backend="eager")
+    for iteration in range(num_warmup // 8, num_warmup // 4 + 1):
+        eager = kernel.adapt(state, info, iteration, num_warmup, memory_eager)
+        compiled = adapt(state, info, iteration, num_warmup, memory_compiled)
+    assert memory_eager["restart"] == memory_compiled["restart"] == num_warmup // 4 + 1
+    assert not torch.equal(eager.inverse_mass, torch.ones(4))  # the mass was estimated
+    assert close(compiled, eager)
+
+
+def test_step_size_adaptation_with_a_tensor_count_is_one_graph():
+    adaptation = StepSizeAdaptation(0.6)
+    count = torch.tensor(4)
+
+    def update(step_size, accept_prob, count):
+        return adaptation.update(adaptation.init(step_size, count), accept_prob)
+
+    step_size, accept_prob = torch.full((3,), 0.1), torch.tensor([0.0, 0.6, 1.0])
+    compiled = torch.compile(update, fullgraph=True, backend="eager")(step_size, accept_prob, count)
+    eager = adaptation.update(adaptation.init(step_size, 4), accept_prob)
+    assert torch.allclose(compiled.step_size, eager.step_size)
+    assert int(compiled.count) == eager.count == 5
+
+
+def whitening_flow():
+    scales = torch.tensor([2.0, 0.5, 1.0, 1.0])
+    return Flow(ElementwiseAffine(4, scale=1 / scales, learnable=False), StandardNormal(4))
+
+
+def spline_flow():
+    torch.manual_seed(0)
+    return NSF(4, coupling=True, transforms=2, hidden_features=(16,), tail_bound=6.0)
+
+
+def test_independent_mh_step_with_a_spline_flow_compiles():
+    flow = spline_flow()
+    kernel = IndependentMH(banana, flow)
+    state = kernel.init(start())
+    same_chains(kernel, state)
+    global_rng_step_matches(kernel, state)
+
+
+def test_neutra_hmc_step_compiles_through_the_flow():
+    kernel = NeuTraHMC(banana, whitening_flow(), step_size=0.3, num_leapfrog=3)
+    state = kernel.init(start())
+    same_chains(kernel, state)
+    global_rng_step_matches(kernel, state)
+
+
+def test_adaptive_flow_mcmc_step_compiles_local_and_flow_moves():
+    kernel = AdaptiveFlowMCMC(
+        banana, spline_flow(), local_kernel=MALA(banana, step_size=0.2), local_steps=2
+    )
+    state = kernel.init(start())
+    # same_chains compares the infos too: local acceptance rate, flow move and the local info.
+    state = same_chains(kernel, state, steps=3)
+    global_rng_step_matches(kernel, state)
+
+
+def test_a_target_dynamo_cannot_compile_falls_back_to_the_same_chains():
+    def branching(x):
+        # A branch on tensor values: fullgraph refuses it, the compiled step must not.
+        if bool((x.abs() > 100).any()):
+            return torch.full_like(x[:, 0], -torch.inf)
+        return banana(x)
+
+    kernel = MALA(branching, step_size=0.2)
+    state = kernel.init(start())
+    compiled = kernel.compiled_step(backend="eager")
+    a, _ = compiled(state, torch.Generator().manual_seed(0))
+    b, _ = kernel.step(state, torch.Generator().manual_seed(0))
+    assert compiled.fallback is not None
+    assert close(a, b)
+    a, _ = compiled(a, torch.Generator().manual_seed(1))  # later calls: eager, no retry
+    b, _ = kernel.step(b, torch.Generator().manual_seed(1))
+    assert close(a, b)
+
+
+@pytest.mark.slow  # inductor generates and builds C++ code: seconds, not milliseconds
+def test_mala_compiled_by_inductor_gives_the_eager_chains():
+    kernel = MALA(lambda x: -0.5 * x.square().sum(-1), step_size=0.5)
+    same_chains(kernel, kernel.init(start(16, 2)), steps=3, backend="inductor")
