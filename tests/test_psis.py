@@ -254,3 +254,13 @@ def test_function_khat_of_a_constant_is_the_weights_khat():
     with pytest.warns(RuntimeWarning, match="not finite"):
         k, _ = function_khat(torch.full((4000,), math.inf), log_weights)
     assert math.isnan(k)
+
+
+def test_an_observable_that_is_not_finite_on_a_weighted_sample_warns():
+    """A NaN or inf f(x) on one sample makes the mean NaN or inf: that must not pass silently."""
+    result = _fine_result(0)
+    values = result.samples[:, 0].clone()
+    values[17] = math.inf
+    with pytest.warns(RuntimeWarning, match="not finite on some samples"):
+        estimate = result.expectation(values)
+    assert not estimate.reliable and math.isnan(estimate.pareto_k)

@@ -335,14 +335,13 @@ class ImportanceResult:
         # Unreliable weights (or ESS < 2) warned once when the result was made: the same cause
         # is not repeated for every estimate drawn from it.
         if self.reliable and self.ess >= 2 and not estimate.reliable:
-            cause = f" ({reason})" if reason else ""
+            cause = reason or "h(x) w(x) has a heavier tail than the weights alone"
             warnings.warn(
-                f"unreliable {what}: Pareto k-hat of h(x) w(x) = {estimate.pareto_k:.3g}{cause}, "
-                f"threshold {estimate.khat_threshold:.3g} for {self.num_samples} samples, while "
-                f"the weights alone are reliable (k-hat {self.pareto_k:.3g}): the observable h "
-                "has a heavier tail (or fewer samples) than the proposal covers, so the estimate "
-                "and its standard error may be far off. Put more proposal mass where |h(x)| w(x) "
-                "is large, draw more samples, or use a bounded observable",
+                f"unreliable {what}: Pareto k-hat of h(x) w(x) = {estimate.pareto_k:.3g} "
+                f"({cause}), threshold {estimate.khat_threshold:.3g} for {self.num_samples} "
+                f"samples, while the weights alone are reliable (k-hat {self.pareto_k:.3g}): the "
+                "estimate and its standard error may be far off. Put more proposal mass where "
+                "|h(x)| w(x) is large, draw more samples, or use a bounded observable",
                 RuntimeWarning,
                 stacklevel=3,  # caller -> estimator -> _report
             )
