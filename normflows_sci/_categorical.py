@@ -16,13 +16,22 @@ with ``L`` the number of level combinations of the modelled columns and ``g`` th
 the categorical context columns (none: a single group). ``alpha`` maximises the closed-form
 leave-one-out likelihood of the training rows over :data:`ALPHA_GRID`, so combinations that are
 structurally empty (a species never seen on an island) get little mass and unseen but plausible
-ones are not ruled out. The table is exact and cheap for up to :data:`MAX_LEVEL_COMBINATIONS`
-combinations; more are refused (fewer or coarser categorical columns, or a numeric coding, are the
-way out). The second factor is the table flow of the numeric columns, conditioned on the
+ones are not ruled out. The table is used up to :data:`MAX_LEVEL_COMBINATIONS` combinations.
+Above, the factor is autoregressive, a product of softmax conditionals over the columns (context
+columns first, then the modelled ones in table order),
+
+    P(c_1, ..., c_K | g) = prod_k softmax(W_k [1, dummies(g, c_1, ..., c_{k-1})])[c_k],
+
+each a multinomial logistic regression on the dummy coding of the columns before it, fitted by
+L-BFGS to the posterior mode under a standard normal prior on the weights (``alpha`` then holds
+that prior's precision, 1). It is exactly normalised whatever the weights; it captures the
+dependence of a column on each earlier column (not higher-order interactions). At most
+:data:`MAX_SOFTMAX_WEIGHTS` weights are accepted (a column of thousands of labels before others
+is refused). The second factor is the table flow of the numeric columns, conditioned on the
 categories through their dummy coding (one column per level but the first, ``"column=level"``).
 
-Levels are data (JSON strings, integers, finite floats or booleans), stored with their counts in
-a model file's config and validated by :func:`categorical_from_config` before anything is built.
+Levels are data (JSON strings, integers, finite floats or booleans), stored with their counts
+(or the softmax weights) in a model file's config and validated by :func:`categorical_from_config` before anything is built.
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from normflows_sci._tabular import as_table
 
@@ -40,6 +50,7 @@ __all__ = [
     "ALPHA_GRID",
     "KINDS",
     "MAX_LEVEL_COMBINATIONS",
+    "MAX_SOFTMAX_WEIGHTS",
     "CategoricalSpec",
     "categorical_from_config",
     "choose_alpha",
@@ -50,8 +61,13 @@ __all__ = [
     "split_mixed",
 ]
 
-# Most level combinations of all categorical columns a table model holds (one count each).
+# Most level combinations of all categorical columns a contingency table holds (one count each);
+# above, the categories get the autoregressive softmax factor.
 MAX_LEVEL_COMBINATIONS = 2**16
+# Most weights of the autoregressive factor (JSON numbers in a model file's config).
+MAX_SOFTMAX_WEIGHTS = 200_000
+# Precision of the standard normal prior on the softmax weights (the factor's ``alpha``).
+SOFTMAX_PRIOR_PRECISION = 1.0
 # The additive smoothing values the leave-one-out likelihood chooses from.
 ALPHA_GRID = np.logspace(-4.0, 2.0, 61)
 # How a column's levels come back: pandas categorical, text, or numbers/booleans.
@@ -172,10 +188,15 @@ class CategoricalSpec:
         kinds: per categorical column, one of :data:`KINDS` (how samples come back).
         ordered: per categorical column, whether a pandas categorical was ordered.
         context: per categorical column, whether it is conditioned on (not modelled).
-        counts: training counts of every level combination, flattened in C order over
-            ``levels`` (``prod(len(levels))`` entries).
-        alpha: the additive smoothing of the counts (see the module docstring).
+        counts: for the ``"table"`` factor, the training counts of every level combination,
+            flattened in C order over ``levels`` (``prod(len(levels))`` entries); else empty.
+        alpha: the additive smoothing of the counts, or the prior precision of the softmax
+            weights (see the module docstring).
         frame: whether the training table was a DataFrame.
+        factor: ``"table"`` or ``"autoregressive"`` (see the module docstring).
+        weights: for the ``"autoregressive"`` factor, the softmax weights of each modelled
+            column in chain order, each ``(levels, 1 + dummies before it)`` flattened in C order;
+            else empty.
     """
 
     columns: tuple[str, ...]
@@ -187,6 +208,8 @@ class CategoricalSpec:
     counts: tuple[int, ...]
     alpha: float
     frame: bool
+    factor: str = "table"
+    weights: tuple[float, ...] = ()
 
     # ------------------------------------------------------------------------- structure
     @classmethod
@@ -229,7 +252,7 @@ class CategoricalSpec:
             alpha=1.0,
             frame=_is_frame(X),
         )
-        spec.check_size("X")
+        spec = replace(spec, factor=spec.check_size("X"))
         dummies = spec.dummy_columns()
         clash = sorted(set(dummies) & set(names)) or sorted(
             {d for d in dummies if dummies.count(d) > 1}
@@ -241,20 +264,45 @@ class CategoricalSpec:
             )
         return spec
 
-    def check_size(self, where: str) -> None:
-        """Refuse more than :data:`MAX_LEVEL_COMBINATIONS` level combinations, without
-        multiplying beyond the limit."""
+    def check_size(self, where: str) -> str:
+        """The factor the levels call for: ``"table"`` up to :data:`MAX_LEVEL_COMBINATIONS`
+        combinations (counted without multiplying beyond the limit), else ``"autoregressive"``;
+        ``ValueError`` when that needs more than :data:`MAX_SOFTMAX_WEIGHTS` weights."""
         total = 1
-        for column, levels in zip(self.categorical, self.levels):
+        for levels in self.levels:
             total *= len(levels)
             if total > MAX_LEVEL_COMBINATIONS:
-                sizes = {c: len(v) for c, v in zip(self.categorical, self.levels)}
-                raise ValueError(
-                    f"{where}: the categorical columns {sizes} have more than "
-                    f"{MAX_LEVEL_COMBINATIONS} level combinations (reached at {column!r}), more "
-                    "than the contingency table of a table model holds: use fewer or coarser "
-                    "categorical columns"
-                )
+                break
+        else:
+            return "table"
+        count = sum(rows * cols for _, _, rows, cols, _ in self._softmax_layout())
+        if count > MAX_SOFTMAX_WEIGHTS:
+            sizes = {c: len(v) for c, v in zip(self.categorical, self.levels)}
+            raise ValueError(
+                f"{where}: the categorical columns {sizes} have more than "
+                f"{MAX_LEVEL_COMBINATIONS} level combinations, and their autoregressive factor "
+                f"would need {count} weights, more than {MAX_SOFTMAX_WEIGHTS}: use fewer or "
+                "coarser categorical columns (or put the one with most levels last)"
+            )
+        return "autoregressive"
+
+    def _chain(self) -> list[int]:
+        """The categorical columns in the autoregressive order: context first, then modelled."""
+        order = range(len(self.categorical))
+        return [j for j in order if self.context[j]] + [j for j in order if not self.context[j]]
+
+    def _softmax_layout(self) -> list[tuple[int, list[int], int, int, int]]:
+        """``(column, columns before it, levels, 1 + dummies before it, offset in weights)`` of
+        each modelled column's softmax block, in chain order."""
+        layout, before, offset = [], [], 0
+        for j in self._chain():
+            if not self.context[j]:
+                rows = len(self.levels[j])
+                cols = 1 + sum(len(self.levels[i]) - 1 for i in before)
+                layout.append((j, list(before), rows, cols, offset))
+                offset += rows * cols
+            before.append(j)
+        return layout
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -349,8 +397,12 @@ class CategoricalSpec:
             out.append(np.where(block.any(axis=1), block.argmax(axis=1) + 1, 0))
         return np.stack(out, axis=1).astype(np.int64)
 
-    def with_counts(self, codes: np.ndarray) -> CategoricalSpec:
-        """This spec with the counts of the training ``codes`` and the smoothing chosen on them."""
+    def fitted(self, codes: np.ndarray) -> CategoricalSpec:
+        """This spec with its factor fitted to the training ``codes`` ``(n, k)``: the counts and
+        the smoothing chosen on them, or the softmax weights."""
+        if self.factor == "autoregressive":
+            weights = _fit_softmax(self, torch.as_tensor(codes, dtype=torch.long))
+            return replace(self, weights=weights, alpha=SOFTMAX_PRIOR_PRECISION)
         flat = np.ravel_multi_index(tuple(codes.T), self.shape)
         counts = np.bincount(flat, minlength=math.prod(self.shape))
         alpha = choose_alpha(counts.reshape(self.shape), self._target_axes())
@@ -373,7 +425,11 @@ class CategoricalSpec:
         if not axes:
             return np.zeros(len(codes))
         safe = np.where(codes < 0, 0, codes)
-        log_p = self.log_table()[tuple(safe.T)]
+        if self.factor == "autoregressive":
+            with torch.no_grad():
+                log_p = _softmax_log_prob(self, torch.as_tensor(safe)).numpy()
+        else:
+            log_p = self.log_table()[tuple(safe.T)]
         return np.where((codes[:, list(axes)] < 0).any(axis=1), -np.inf, log_p)
 
     def sample(self, context_codes: np.ndarray, generator: torch.Generator) -> np.ndarray:
@@ -384,6 +440,8 @@ class CategoricalSpec:
         out = context_codes.copy()
         if not axes:
             return out
+        if self.factor == "autoregressive":
+            return _softmax_sample(self, out, generator)
         probs = np.exp(self.log_table())
         given = [j for j in range(len(self.levels)) if j not in axes]
         if given:
@@ -466,6 +524,76 @@ def split_mixed(X, what: str, spec: CategoricalSpec) -> tuple[np.ndarray, np.nda
     else:
         numeric = table[:, positions]
     return numeric, spec.codes(table, names)
+
+
+def _softmax_logits(weights: Tensor, codes: Tensor, before: list[int], levels) -> Tensor:
+    """``(n, levels)`` logits ``W [1, dummies of the columns before]`` of one softmax block
+    ``weights`` ``(levels, 1 + dummies)``, by gathering the weight columns of the rows' levels
+    (no one-hot matrix)."""
+    logits = weights[:, 0].expand(len(codes), -1)
+    start = 1
+    for i in before:
+        code = codes[:, i]
+        picked = weights[:, start + (code - 1).clamp(min=0)].T  # (n, levels)
+        logits = logits + torch.where((code > 0)[:, None], picked, torch.zeros_like(picked))
+        start += len(levels[i]) - 1
+    return logits
+
+
+def _softmax_blocks(spec: CategoricalSpec, weights: Tensor):
+    """``(column, columns before, weights (levels, 1 + dummies))`` in chain order."""
+    for j, before, rows, cols, offset in spec._softmax_layout():
+        yield j, before, weights[offset : offset + rows * cols].reshape(rows, cols)
+
+
+def _softmax_log_prob(spec: CategoricalSpec, codes: Tensor) -> Tensor:
+    """``(n,)`` float64 log-probabilities of the modelled levels under the softmax factor."""
+    weights = torch.as_tensor(spec.weights, dtype=torch.float64)
+    total = torch.zeros(len(codes), dtype=torch.float64)
+    for j, before, block in _softmax_blocks(spec, weights):
+        logits = _softmax_logits(block, codes, before, spec.levels)
+        total = total + logits.log_softmax(dim=1).gather(1, codes[:, j, None])[:, 0]
+    return total
+
+
+def _softmax_sample(spec: CategoricalSpec, codes: np.ndarray, generator) -> np.ndarray:
+    """Modelled levels drawn column by column in chain order, given the rows' context levels."""
+    out = torch.as_tensor(codes, dtype=torch.long).clamp(min=0)
+    weights = torch.as_tensor(spec.weights, dtype=torch.float64)
+    for j, before, block in _softmax_blocks(spec, weights):
+        probs = _softmax_logits(block, out, before, spec.levels).softmax(dim=1)
+        probs = probs.to(generator.device)
+        out[:, j] = torch.multinomial(probs, 1, generator=generator)[:, 0].cpu()
+    return out.numpy()
+
+
+def _fit_softmax(spec: CategoricalSpec, codes: Tensor) -> tuple[float, ...]:
+    """Posterior-mode softmax weights (standard normal prior) of every modelled column given
+    the columns before it, by full-batch L-BFGS in float64; deterministic."""
+    blocks = [
+        _fit_block(codes, j, before, (rows, cols), spec.levels)
+        for j, before, rows, cols, _ in spec._softmax_layout()
+    ]
+    return tuple(torch.cat(blocks).tolist())
+
+
+def _fit_block(codes: Tensor, j: int, before: list[int], shape: tuple, levels) -> Tensor:
+    """The flattened weights ``shape`` of column ``j``'s softmax on the columns ``before``."""
+    block = torch.zeros(shape, dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS(
+        [block], max_iter=200, tolerance_grad=1e-9, line_search_fn="strong_wolfe"
+    )
+
+    def loss():
+        optimizer.zero_grad()
+        logits = _softmax_logits(block, codes, before, levels)
+        value = torch.nn.functional.cross_entropy(logits, codes[:, j], reduction="sum")
+        value = value + 0.5 * SOFTMAX_PRIOR_PRECISION * block.square().sum()
+        value.backward()
+        return value
+
+    optimizer.step(loss)
+    return block.detach().reshape(-1)
 
 
 def first_unseen(X, spec: CategoricalSpec, codes: np.ndarray) -> tuple[int, str] | None:
@@ -555,6 +683,10 @@ def _fail(where: str, expected: str, value) -> ValueError:
     return ValueError(f"{where} must be {expected}, got {text}")
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _is_level(value) -> bool:
     return isinstance(value, (str, bool, int)) or (
         isinstance(value, float) and math.isfinite(value)
@@ -596,10 +728,11 @@ def _check_lists(value: dict, where: str, size: int) -> None:
 def categorical_from_config(value, where: str, inner_columns: list, inner_context: list):
     """The :class:`CategoricalSpec` of a stored config field, checked before anything is built.
 
-    Every field's type and size, at most :data:`MAX_LEVEL_COMBINATIONS` combinations (checked
-    before the counts are read), non-negative integer counts, a positive finite ``alpha``, and
-    that the stored flow spec's columns and context are exactly the numeric columns and dummies
-    this part implies.
+    Every field's type and size, the factor the levels call for (a table for at most
+    :data:`MAX_LEVEL_COMBINATIONS` combinations, checked before the counts are read; else at
+    most :data:`MAX_SOFTMAX_WEIGHTS` finite softmax weights), non-negative integer counts, a
+    positive finite ``alpha``, and that the stored flow spec's columns and context are exactly
+    the numeric columns and dummies this part implies.
 
     Raises:
         ValueError: naming ``where`` and the field at fault.
@@ -637,15 +770,32 @@ def categorical_from_config(value, where: str, inner_columns: list, inner_contex
         alpha=float(alpha),
         frame=value["frame"],
     )
-    spec.check_size(where)
+    factor = spec.check_size(where)
+    if value["factor"] != factor:
+        raise _fail(f"{where}['factor']", f"{factor!r} for these levels", value["factor"])
+    spec = replace(spec, factor=factor)
+    counts, weights = _stored_numbers(spec, value, where)
+    _check_flow_columns(spec, where, list(inner_columns), list(inner_context))
+    return replace(spec, counts=counts, weights=weights)
+
+
+def _stored_numbers(spec: CategoricalSpec, value: dict, where: str) -> tuple[tuple, tuple]:
+    """The ``counts`` and ``weights`` fields, checked against the factor and the levels."""
+    table = spec.factor == "table"
+    size = math.prod(spec.shape) if table else 0
     counts = value["counts"]
-    size = math.prod(spec.shape)
     if not isinstance(counts, list) or len(counts) != size:
         raise _fail(f"{where}['counts']", f"a list of {size} counts", counts)
     if not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts):
         raise _fail(f"{where}['counts']", "a list of non-negative integers", counts)
-    _check_flow_columns(spec, where, list(inner_columns), list(inner_context))
-    return replace(spec, counts=tuple(counts))
+    size = 0 if table else sum(r * c for _, _, r, c, _ in spec._softmax_layout())
+    weights = value["weights"]
+    if not isinstance(weights, list) or len(weights) != size:
+        raise _fail(f"{where}['weights']", f"a list of {size} weights", weights)
+    finite = (_is_number(w) and math.isfinite(w) for w in weights)
+    if not all(finite):
+        raise _fail(f"{where}['weights']", "a list of finite numbers", weights)
+    return tuple(counts), tuple(float(w) for w in weights)
 
 
 def _check_flow_columns(spec: CategoricalSpec, where: str, columns: list, context: list) -> None:

@@ -228,7 +228,8 @@ class DensityEstimator:
             those of the training table (all declared categories of a pandas categorical); the
             score of a row is ``log P(levels) + log p(numeric columns | levels)``. A categorical
             column in ``context`` is conditioned on; modelled categorical columns cannot go with
-            numeric context columns. At most ``MAX_LEVEL_COMBINATIONS`` (65536) combinations.
+            numeric context columns. ``P(levels)`` is a smoothed contingency table up to 65536
+            level combinations, above a product of softmax conditionals (autoregressive).
         heavy_tails: ``"auto"`` (Student-t base marginals where the Hill tail index is below 4,
             with at least 1000 training rows), True (every column) or False.
         context: columns to condition on; the model is then ``p(other columns | context)``.
@@ -377,9 +378,9 @@ class DensityEstimator:
         layout = column_layout(values, names, **roles)
         seed = self._seed()
         train, val = self._validation_rows(values, names, X_val, seed, categories)
-        if categories is not None:  # the table of the categories counts the training rows only
+        if categories is not None:  # the categories' factor is fitted to the training rows only
             dummies = train[:, len(categories.numeric_columns) :]
-            categories = categories.with_counts(categories.codes_from_dummies(dummies))
+            categories = categories.fitted(categories.codes_from_dummies(dummies))
         spec, statistics = plan_table(
             layout,
             train,

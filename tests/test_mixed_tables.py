@@ -193,7 +193,11 @@ def test_save_load_round_trip_stores_levels_as_data(mixed, tmp_path):
         (lambda c: c["categorical"]["counts"].pop(), "must be a list of 6 counts"),
         (lambda c: c["categorical"]["counts"].__setitem__(0, -1), "non-negative integers"),
         (lambda c: c["categorical"]["levels"][1].__setitem__(1, "XL"), "implies the flow columns"),
-        (lambda c: c["categorical"]["levels"][0].extend(map(str, range(70000))), "more than 65536"),
+        (
+            lambda c: c["categorical"]["levels"][0].extend(map(str, range(40000))),
+            "'autoregressive'",
+        ),
+        (lambda c: c["categorical"].__setitem__("weights", [0.5]), "a list of 0 weights"),
         (lambda c: c["categorical"].__setitem__("alpha", 0), r"alpha'\] must be a positive"),
         (lambda c: c["categorical"]["kinds"].__setitem__(1, "integer"), "levels of kind"),
     ],
@@ -259,9 +263,9 @@ def test_mixed_table_refusals():
         DensityEstimator(bounds={"size": (0, 1)}, **QUICK).fit(frame)
     with pytest.raises(ValueError, match=r"X_val has levels not in X .* 'colour'"):
         DensityEstimator(**QUICK).fit(frame, X_val=frame.assign(colour="purple").head(20))
-    wide = pd.DataFrame({f"c{i}": np.arange(200) % 50 for i in range(3)}).astype(str)
-    wide["y"] = np.random.default_rng(0).normal(size=200)
-    with pytest.raises(ValueError, match="more than 65536 level combinations"):
+    wide = pd.DataFrame({f"c{i}": np.arange(600) % 500 for i in range(2)}).astype(str)
+    wide["y"] = np.random.default_rng(0).normal(size=600)
+    with pytest.raises(ValueError, match="would need 250500 weights, more than 200000"):
         DensityEstimator(**QUICK).fit(wide)
     with pytest.raises(ValueError, match="every column is categorical"):
         DensityEstimator(**QUICK).fit(frame[["colour", "size"]])
@@ -360,3 +364,63 @@ def test_score_standard_error_includes_the_quadrature_error_of_integer_cells():
     spread = scores.var(ddof=1) / 40
     assert result.stderr == pytest.approx(np.sqrt(spread + (row_error**2).sum() / 40**2))
     assert result.stderr > np.sqrt(spread)
+
+
+# ----------------------------------------------------------------------------- many levels
+
+
+def _many_levels(rows: int, seed: int = 9):
+    """a (40 levels), b (= a for 80% of rows, else random; 40 levels), c (50 levels): 80000
+    combinations, more than a contingency table holds; y depends on a."""
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, 40, rows)
+    b = np.where(rng.random(rows) < 0.8, a, rng.integers(0, 40, rows))
+    c = rng.integers(0, 50, rows)
+    return pd.DataFrame(
+        {
+            "a": [f"a{i:02d}" for i in a],
+            "y": a / 10 + rng.normal(size=rows),
+            "b": [f"b{i:02d}" for i in b],
+            "c": [f"c{i:02d}" for i in c],
+        }
+    )
+
+
+def test_many_level_combinations_get_a_normalised_autoregressive_factor(tmp_path):
+    from scipy.special import logsumexp
+
+    from normflows_sci import DensityEstimator
+
+    frame = _many_levels(1500)
+    est = DensityEstimator(**QUICK).fit(frame)
+    categories = est.categories_
+    assert categories.factor == "autoregressive" and categories.counts == ()
+    grid = np.meshgrid(*[np.arange(len(v)) for v in categories.levels], indexing="ij")
+    every = np.stack(grid, axis=-1).reshape(-1, 3)
+    assert len(every) == 80000
+    assert logsumexp(categories.log_prob(every)) == pytest.approx(0.0, abs=1e-9)
+    draws = est.sample(2000, random_state=0)
+    # b follows a (independent columns would agree 1 time in 40).
+    assert (draws["a"].str[1:] == draws["b"].str[1:]).mean() > 0.5
+    assert set(draws["c"]) <= set(frame["c"])
+    loaded = DensityEstimator.load(est.save(tmp_path / "many.nfs"))
+    np.testing.assert_array_equal(loaded.score_samples(frame), est.score_samples(frame))
+    with pytest.warns(UserWarning, match="'b' holds the level 'b99'"):
+        assert np.isneginf(est.score_samples(frame.head(2).assign(b="b99"))).all()
+
+
+def test_autoregressive_factor_is_conditional_on_categorical_context():
+    from scipy.special import logsumexp
+
+    from normflows_sci import DensityEstimator
+
+    frame = _many_levels(1200, seed=10)
+    est = DensityEstimator(context=["a"], **QUICK).fit(frame)
+    categories = est.categories_
+    assert categories.factor == "autoregressive" and est.context_columns_ == ["a"]
+    for level in (0, 17):
+        grid = np.meshgrid(np.arange(40), np.arange(50), indexing="ij")
+        rows = np.stack([np.full(2000, level), grid[0].ravel(), grid[1].ravel()], axis=1)
+        assert logsumexp(categories.log_prob(rows)) == pytest.approx(0.0, abs=1e-9)
+    given = pd.DataFrame({"a": ["a03"] * 500})
+    assert (est.sample(context=given, random_state=0)["b"] == "b03").mean() > 0.5
