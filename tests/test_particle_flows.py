@@ -236,6 +236,23 @@ def test_alignment_never_increases_the_cost_and_keeps_the_configuration():
     assert (more <= cost + 1e-12).all()
 
 
+@pytest.mark.parametrize("n", [5, 7], ids=["every_permutation", "hungarian"])
+def test_alignment_permutation_is_the_optimal_assignment(n):
+    """In 1-D the only proper rotation is the identity, so the alignment is the particle
+    assignment alone: its cost is scipy's optimum (up to 5 particles every permutation is tried
+    in one batched operation instead of a scipy call per pair)."""
+    from scipy.optimize import linear_sum_assignment
+
+    space = MeanFree(n, 1)
+    x = space.proj(torch.randn(40, n, generator=_generator(0), dtype=F64))
+    reference = space.proj(torch.randn(40, n, generator=_generator(1), dtype=F64))
+    _, cost = space.align(x, reference)
+    for row in range(40):
+        matrix = (reference[row][:, None] - x[row][None, :]).square().numpy()
+        rows, columns = linear_sum_assignment(matrix)
+        assert abs(cost[row].item() - matrix[rows, columns].sum()) < 1e-10
+
+
 def test_kabsch_excludes_reflections():
     """A mirrored copy in 3-D cannot be matched by a proper rotation; the uncorrected Kabsch
     solution would be the reflection (det -1) with zero residual."""

@@ -20,6 +20,7 @@ identical particles and rotations, :meth:`MeanFree.align`), which equivariant OT
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -74,14 +75,25 @@ def kabsch_rotation(points: Tensor, reference: Tensor) -> Tensor:
     return (v * flip[..., None, :]) @ u.mT
 
 
+# Up to this many particles the optimal assignment is found by trying every permutation at once
+# (5! = 120 per pair: one batched tensor operation instead of a scipy call per pair).
+_EXHAUSTIVE_PARTICLES = 5
+
+
 def _assignments(cost: Tensor) -> Tensor:
-    """``(batch, n)``: per row of ``cost: (batch, n, n)`` the column each row is matched to
-    (Hungarian/Jonker-Volgenant in scipy; one call per configuration pair)."""
+    """``(batch, n)``: for each ``cost: (batch, n, n)`` the column matched to each row, minimising
+    the summed cost (an exact linear assignment: every permutation for ``n <= 5``, else the
+    Hungarian/Jonker-Volgenant algorithm of scipy, one call per configuration pair)."""
+    n = cost.shape[-1]
+    if n <= _EXHAUSTIVE_PARTICLES:
+        perms = torch.tensor(list(itertools.permutations(range(n))), device=cost.device)
+        totals = cost[:, torch.arange(n, device=cost.device), perms].sum(-1)  # (batch, n!)
+        return perms[totals.argmin(-1)]
     matrices = cost.detach().double().cpu().numpy()
-    columns = np.stack([linear_sum_assignment(m)[1] for m in matrices]) if len(matrices) else None
-    if columns is None:
-        return torch.zeros(0, cost.shape[-1], dtype=torch.long, device=cost.device)
-    return torch.as_tensor(columns, dtype=torch.long, device=cost.device)
+    columns = [linear_sum_assignment(m)[1] for m in matrices]
+    if not columns:
+        return torch.zeros(0, n, dtype=torch.long, device=cost.device)
+    return torch.as_tensor(np.stack(columns), dtype=torch.long, device=cost.device)
 
 
 class MeanFree(Manifold):
@@ -177,7 +189,8 @@ class MeanFree(Manifold):
         the particles and a proper rotation (Klein, Krämer & Noé 2023, equivariant OT).
 
         Each iteration first permutes (the optimal assignment of particles under the squared
-        distance, Hungarian algorithm per row) and then rotates (:func:`kabsch_rotation`); each
+        distance: every permutation at once for up to 5 particles, else scipy's Hungarian
+        algorithm per row) and then rotates (:func:`kabsch_rotation`); each
         step minimises the squared distance over its group given the other, and the identity is
         a candidate, so the distance never increases (a local optimum of the joint problem, not
         necessarily the global one). Both are projected onto the subspace first. The result is

@@ -108,8 +108,8 @@ class EquivariantOT:
     the particles and proper rotations (:meth:`~normflows_sci.manifolds.MeanFree.align`: Hungarian
     assignment, then Kabsch, ``iterations`` rounds; the aligned cost is never above the unaligned
     one), the exact assignment then minimises the total aligned squared distance, and each data
-    point is paired with its aligned noise sample, an equivalent configuration of the noise (the
-    base density is invariant, so it is still a base sample's orbit point). Cost: ``batch^2``
+    point is paired with its aligned noise sample: a rotated, relabelled copy of a base draw,
+    which has the same base density (the base is invariant). Cost: ``batch^2``
     scipy assignments of ``n x n`` particles per minibatch (fine for ``n <= 13`` and batches of a
     few hundred on the CPU) and ``O(batch^2 n d)`` memory.
 
