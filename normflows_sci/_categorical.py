@@ -435,7 +435,8 @@ class CategoricalSpec:
     def sample(self, context_codes: np.ndarray, generator: torch.Generator) -> np.ndarray:
         """``(m, k)`` codes: the given context levels of each of the ``m`` rows of
         ``context_codes`` (``(m, k)``, -1 in the modelled columns) and modelled levels drawn
-        from the table given them. Rows sharing context levels are drawn together."""
+        from the factor given them (from the table, rows sharing context levels together; from
+        the softmax conditionals, column by column in chain order)."""
         axes = list(self._target_axes())
         out = context_codes.copy()
         if not axes:

@@ -381,13 +381,9 @@ class DensityEstimator:
         if categories is not None:  # the categories' factor is fitted to the training rows only
             dummies = train[:, len(categories.numeric_columns) :]
             categories = categories.fitted(categories.codes_from_dummies(dummies))
+        network = self._network_size(len(train))
         spec, statistics = plan_table(
-            layout,
-            train,
-            val,
-            network=self._network_size(len(train)),
-            heavy_tails=self.heavy_tails,
-            frame=is_frame,
+            layout, train, val, network=network, heavy_tails=self.heavy_tails, frame=is_frame
         )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
