@@ -350,6 +350,11 @@ def test_mixed_penguins_fitted_end_to_end():
     numeric = DensityEstimator(**QUICK).fit(train[ds.columns[3:]])
     with pytest.raises(ValueError, match="not model the same table"):
         est.compare(numeric, test)
+    longer = DensityEstimator(bounds=ds.bounds, discrete=ds.discrete, **{**QUICK, "max_epochs": 8})
+    paired = est.compare(longer.fit(train), test)
+    difference = est.score_samples(test) - longer.score_samples(test)
+    assert paired.mean == pytest.approx(difference.mean(), rel=1e-12)
+    assert paired.stderr < held_out.stderr  # the categories' share cancels in the pairs
 
 
 def test_score_standard_error_includes_the_quadrature_error_of_integer_cells():
