@@ -6,6 +6,7 @@ Run from the repository root::
     python benchmarks/bench_samplers.py             # full run (about 10 min on 2 cores)
     python benchmarks/bench_samplers.py --quick     # smoke run (about 1.5 min)
     python benchmarks/bench_samplers.py --problems mixture-50d --chains 1024 --threads 2
+    python benchmarks/bench_samplers.py --throughput  # MALA/HMC chain-steps/s vs blackjax (~5 min)
 
 Targets (all with exactly known mode weights):
 
@@ -57,13 +58,31 @@ of warm-up including flow training (for the two-stage methods: MALA's warm-up + 
 NeuTra's adaptation), ``prod s`` production time. Ratios are ``method / MALA``. Ends with chain throughput (chain-steps per second and target
 evaluations per second) of MALA and the frozen hybrid on the 10-D mixture.
 
+Kernel throughput (``--throughput``, nothing else runs): chain-steps per second of ``MALA`` and
+``HMC`` (``--kernel-leapfrog`` 10 leapfrog steps, fixed step size, identity mass, no adaptation) at
+``--kernel-chains`` (64, 1024, 16384) chains on a 10-D standard Gaussian and the 10-D Rosenbrock
+density ``log p = -sum_i [100 (x_{i+1} - x_i^2)^2 + (1 - x_i)^2] / 20``, float32, side by side with
+blackjax on JAX's CPU backend (benchmark-only dependency: ``pip install blackjax``; the columns are
+left empty without it). Ours: ``run`` (production only, one kept sample, acceptance summed per
+step, as ``run`` always does), with the eager step (``compile=False``; ``run``'s default,
+``compile="auto"``, stays eager for runs this short) and with the compiled step (``compile=True``:
+eager draws, inductor-compiled transition; ``compile s`` is its first call, excluded from the
+rates, as blackjax's ``jit s``). blackjax: its kernel ``vmap``-ed over chains, ``lax.fori_loop`` over the steps
+(one jitted call, acceptance summed in the loop). Every configuration is warmed up (compilation
+excluded), then ours and blackjax alternate ``--kernel-repeats`` times over ``--kernel-steps``
+steps and the best time of each is kept; ``/bj`` columns are ours / blackjax (above 1: ours is
+faster). Both use ``--threads`` threads (JAX through ``XLA_FLAGS``). ``acc`` is the mean acceptance
+of each, which must agree (same algorithm, step size and target).
+
 Timings need an otherwise idle machine; the script reports how much CPU other processes used.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import math
+import os
 import re
 import sys
 import time
@@ -498,6 +517,160 @@ def throughput(args) -> None:
             )
 
 
+# ------------------------------------------------------------------ kernel throughput vs blackjax
+
+KERNEL_DIM = 10
+KERNEL_STEP_SIZES = {
+    ("MALA", "gaussian"): 0.5,
+    ("MALA", "rosenbrock"): 0.002,
+    ("HMC", "gaussian"): 0.2,
+    ("HMC", "rosenbrock"): 0.01,
+}
+
+
+def torch_log_density(name: str):
+    """The benchmark targets in torch, batched over chains: ``(chains, 10) -> (chains,)``."""
+    if name == "gaussian":
+        return lambda x: -0.5 * x.square().sum(-1)
+
+    def rosenbrock(x):
+        head, tail = x[:, :-1], x[:, 1:]
+        return -(100 * (tail - head.square()).square() + (1 - head).square()).sum(-1) / 20
+
+    return rosenbrock
+
+
+def jax_log_density(name: str):
+    """The same targets in JAX, for one chain: ``(10,) -> ()``."""
+    import jax.numpy as jnp
+
+    if name == "gaussian":
+        return lambda x: -0.5 * jnp.sum(x**2)
+    return lambda x: -jnp.sum(100 * (x[1:] - x[:-1] ** 2) ** 2 + (1 - x[:-1]) ** 2) / 20
+
+
+def torch_kernel(kind: str, target: str, leapfrog: int):
+    log_prob, step_size = torch_log_density(target), KERNEL_STEP_SIZES[kind, target]
+    if kind == "MALA":
+        return MALA(log_prob, step_size=step_size)
+    return HMC(log_prob, step_size=step_size, num_leapfrog=leapfrog, adapt_mass=False)
+
+
+def torch_runner(kind: str, target: str, x0: torch.Tensor, leapfrog: int, compile: bool):
+    """``steps -> (seconds, mean acceptance)``: production-only ``run`` keeping one sample."""
+    kernel = torch_kernel(kind, target, leapfrog)
+    # A checkout whose run has no compile option (the eager step only) runs without it.
+    has_option = "compile" in inspect.signature(run).parameters
+    options = {"compile": compile} if has_option else {}
+
+    def timed(steps: int, seed: int = 0):
+        trace = run(kernel, x0, steps, thin=steps, seed=seed, **options)
+        return trace.seconds, float(trace.acceptance["local"].mean())
+
+    return timed
+
+
+def blackjax_runner(kind: str, target: str, x0: torch.Tensor, leapfrog: int):
+    """``steps -> (seconds, mean acceptance)``: blackjax's kernel ``vmap``-ed over the chains and
+    ``lax.fori_loop`` over the steps, one jitted call (compiled on first use per ``steps``)."""
+    import blackjax
+    import jax
+    import jax.numpy as jnp
+
+    log_density, step_size = jax_log_density(target), KERNEL_STEP_SIZES[kind, target]
+    if kind == "MALA":
+        algorithm = blackjax.mala(log_density, step_size)
+    else:
+        algorithm = blackjax.hmc(log_density, step_size, jnp.ones(KERNEL_DIM), leapfrog)
+    chains = x0.shape[0]
+    state0 = jax.jit(jax.vmap(algorithm.init))(jnp.asarray(x0.numpy()))
+    step = jax.vmap(algorithm.step)
+
+    def body(_, carry):
+        state, key, accepted = carry
+        key, sub = jax.random.split(key)
+        state, info = step(jax.random.split(sub, chains), state)
+        return state, key, accepted + info.is_accepted
+
+    compiled = {}
+
+    def timed(steps: int, seed: int = 0):
+        if steps not in compiled:
+            compiled[steps] = jax.jit(
+                lambda state, key: jax.lax.fori_loop(
+                    0, steps, body, (state, key, jnp.zeros(chains, jnp.int32))
+                )
+            )
+        start = time.perf_counter()
+        state, _, accepted = compiled[steps](state0, jax.random.key(seed))
+        jax.block_until_ready((state, accepted))
+        return time.perf_counter() - start, float(accepted.mean()) / steps
+
+    return timed
+
+
+def kernel_throughput(args) -> None:
+    """MALA and HMC chain-steps per second, ours (eager and default ``run``) against blackjax."""
+    try:
+        import blackjax
+        import jax
+    except ImportError as error:
+        print(f"blackjax columns left empty ({error}; pip install blackjax)")
+        blackjax = None
+    if blackjax is not None:
+        print(f"blackjax {version('blackjax')}, jax {jax.__version__} ({jax.default_backend()})")
+    print(
+        f"\n== Kernel throughput: chain-steps/s over {args.kernel_steps} steps (best of "
+        f"{args.kernel_repeats}, alternating), 10-D targets, float32, HMC {args.kernel_leapfrog} "
+        "leapfrog steps; /bj = ours / blackjax"
+    )
+    header = (
+        f"{'target':<11}{'kernel':<6}{'chains':>7}{'eager':>12}{'compiled':>12}"
+        f"{'blackjax':>12}{'eager/bj':>9}{'comp/bj':>8}{'compile s':>10}{'jit s':>7}"
+        f"{'acc ours':>9}{'acc bj':>8}"
+    )
+    print(header)
+    print("-" * len(header))
+    for target in ("gaussian", "rosenbrock"):
+        for kind in ("MALA", "HMC"):
+            for chains in args.kernel_chains:
+                kernel_row(args, target, kind, chains, blackjax is not None)
+
+
+def kernel_row(args, target: str, kind: str, chains: int, with_blackjax: bool) -> None:
+    x0 = torch.randn(chains, KERNEL_DIM, generator=torch.Generator().manual_seed(args.seed))
+    if target == "rosenbrock":
+        x0 = 1 + 0.1 * x0  # near the ridge, where a fixed small step size accepts
+    leapfrog, steps = args.kernel_leapfrog, args.kernel_steps
+    runners = {
+        "eager": torch_runner(kind, target, x0, leapfrog, compile=False),
+        "compiled": torch_runner(kind, target, x0, leapfrog, compile=True),
+    }
+    if with_blackjax:
+        runners["blackjax"] = blackjax_runner(kind, target, x0, leapfrog)
+    best, acceptance, first = {}, {}, {}
+    for name, timed in runners.items():  # warm-up: compilation and first-call costs
+        start = time.perf_counter()
+        timed(steps if name == "blackjax" else 2)
+        first[name] = time.perf_counter() - start
+    for repeat in range(args.kernel_repeats):
+        for name, timed in runners.items():
+            seconds, acceptance[name] = timed(steps, seed=repeat)
+            best[name] = min(best.get(name, math.inf), seconds)
+    rate = {name: chains * steps / seconds for name, seconds in best.items()}
+    bj = rate.get("blackjax")
+    print(
+        f"{target:<11}{kind:<6}{chains:>7}{rate['eager']:>12,.0f}{rate['compiled']:>12,.0f}"
+        + (f"{bj:>12,.0f}" if bj else f"{'-':>12}")
+        + _ratio(rate["eager"], bj, 9)
+        + _ratio(rate["compiled"], bj, 8)
+        + f"{first['compiled']:>10.1f}"
+        + (f"{first['blackjax']:>7.1f}" if bj else f"{'-':>7}")
+        + f"{acceptance['compiled']:>9.3f}"
+        + (f"{acceptance['blackjax']:>8.3f}" if bj else f"{'-':>8}")
+    )
+
+
 def print_summary(all_results: dict[str, list[Result]], threshold: float = 0.03) -> None:
     print(
         f"\n== Summary at equal target evaluations (recovered: mode-weight error < {threshold:g})"
@@ -548,6 +721,15 @@ def parse_args() -> argparse.Namespace:
         default=None,
         help="chain-steps per throughput measurement (steps = work / chains, in [2, 200])",
     )
+    parser.add_argument(
+        "--throughput",
+        action="store_true",
+        help="only the MALA/HMC kernel throughput table against blackjax",
+    )
+    parser.add_argument("--kernel-chains", type=int, nargs="+", default=[64, 1024, 16384])
+    parser.add_argument("--kernel-steps", type=int, default=300, help="timed steps per run")
+    parser.add_argument("--kernel-repeats", type=int, default=3, help="best of this many")
+    parser.add_argument("--kernel-leapfrog", type=int, default=10, help="HMC leapfrog steps")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--verbose", action="store_true", help="tracebacks of failing methods")
@@ -602,6 +784,22 @@ def make_problem(name: str, args) -> Problem:
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
+    if args.throughput:
+        # Before JAX is imported: XLA's CPU thread pools follow --threads, as torch's do.
+        os.environ.setdefault(
+            "XLA_FLAGS",
+            f"--xla_cpu_multi_thread_eigen={'true' if args.threads > 1 else 'false'} "
+            f"intra_op_parallelism_threads={args.threads}",
+        )
+        print(
+            f"normflows_sci kernel throughput | "
+            f"{', '.join(f'{p} {version(p)}' for p in ('torch', 'normflows_sci'))} | "
+            f"threads={torch.get_num_threads()} seed={args.seed}"
+        )
+        monitor = OtherLoad()
+        kernel_throughput(args)
+        report_load(monitor)
+        return
     versions = ", ".join(f"{pkg} {version(pkg)}" for pkg in ("torch", "normflows_sci"))
     print(
         f"normflows_sci sampler benchmark | {versions} | threads={torch.get_num_threads()} "
@@ -627,9 +825,13 @@ def main() -> None:
         throughput(args)
     if all_results:
         print_summary(all_results)
-    elapsed = time.perf_counter() - start
+    print(f"\ntotal {time.perf_counter() - start:.0f} s")
+    report_load(monitor)
+
+
+def report_load(monitor: OtherLoad) -> None:
+    """How much CPU other processes took while this script ran (and a warning when too much)."""
     others = monitor.cores()
-    print(f"\ntotal {elapsed:.0f} s")
     if others is not None:
         print(f"(other processes used {others:.2f} CPU cores on average during the run)")
         if others > BUSY_LIMIT:

@@ -48,7 +48,7 @@ class StepInfo(NamedTuple):
 
 def finite(log_prob: Tensor) -> Tensor:
     """``log_prob`` with NaN and ``+inf`` mapped to ``-inf`` (zero density)."""
-    return torch.where(torch.isnan(log_prob) | (log_prob == math.inf), -math.inf, log_prob)
+    return log_prob.nan_to_num(nan=-math.inf, posinf=-math.inf, neginf=-math.inf)
 
 
 def log_prob_and_grad(
@@ -85,7 +85,7 @@ def log_prob_and_grad(
     log_prob = finite(log_prob)
     if grad is None:
         return log_prob, torch.zeros_like(x)
-    return log_prob, torch.where(torch.isfinite(grad), grad, torch.zeros_like(grad))
+    return log_prob, grad.nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)
 
 
 def value(log_prob_fn, x: Tensor, *, differentiable: bool = False) -> Tensor:
@@ -115,7 +115,7 @@ def uniforms(x: Tensor, generator) -> Tensor:
 def metropolis(log_ratio: Tensor, uniform: Tensor) -> StepInfo:
     """The Metropolis test of every chain at once with given uniform draws (a NaN ratio
     rejects): accepted where ``log u < log_ratio``."""
-    log_ratio = torch.where(torch.isnan(log_ratio), -math.inf, log_ratio)
+    log_ratio = log_ratio.nan_to_num(nan=-math.inf, posinf=math.inf, neginf=-math.inf)
     return StepInfo(log_ratio.clamp(max=0.0).exp(), uniform.log() < log_ratio)
 
 

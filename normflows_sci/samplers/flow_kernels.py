@@ -28,7 +28,7 @@ from normflows_sci.samplers._mh import (
     select,
     uniforms,
 )
-from normflows_sci.samplers.kernels import HMC, MALA, Kernel
+from normflows_sci.samplers.kernels import HMC, MALA, CompiledStep, Kernel
 from normflows_sci.samplers.targets import check_log_prob, check_start
 
 # Old import path of the tempering kernel (it is not a flow kernel and now has its own module).
@@ -289,7 +289,7 @@ class AdaptiveFlowMCMC(Kernel):
         return self.local.position_log_prob(state.local)
 
     def step(self, state: HybridState, generator=None):
-        if type(self.local).draw is Kernel.draw:  # a local kernel drawing inside its step
+        if not CompiledStep.separates(self.local):  # a local kernel drawing inside its step
             return self._transition(state, None, None, generator)
         return self.transition(state, self.draw(state, generator))
 

@@ -318,12 +318,10 @@ class MALA(MetropolisKernel):
         log_prob, grad = log_prob_and_grad(
             self.log_prob_fn, proposal, differentiable=differentiable
         )
-        log_ratio = (
-            log_prob
-            - state.log_prob
-            + self._log_q(x, proposal, grad, h)
-            - self._log_q(proposal, x, state.grad, h)
-        )
+        # The forward proposal density: proposal - x - h grad = sqrt(2h) noise exactly, so
+        # log q(proposal | x) = -|noise|^2 / 2 (one reduction instead of five operations).
+        forward = -0.5 * sum_event(noise.square())
+        log_ratio = log_prob - state.log_prob + self._log_q(x, proposal, grad, h) - forward
         return MALAState(proposal, log_prob, grad, h), log_ratio
 
 
@@ -382,14 +380,14 @@ class HMC(MetropolisKernel):
         momentum = noise / inv_mass.sqrt()
         kinetic0 = 0.5 * sum_event(momentum.square() * inv_mass)
         position, grad, log_prob = x, state.grad, state.log_prob
-        momentum = momentum + 0.5 * eps * grad
+        drift, half_eps = eps * inv_mass, 0.5 * eps
+        momentum = momentum + half_eps * grad
         for i in range(self.num_leapfrog):
-            position = position + eps * inv_mass * momentum
+            position = position + drift * momentum
             log_prob, grad = log_prob_and_grad(
                 self.log_prob_fn, position, differentiable=differentiable
             )
-            scale = 1.0 if i < self.num_leapfrog - 1 else 0.5
-            momentum = momentum + scale * eps * grad
+            momentum = momentum + (eps if i < self.num_leapfrog - 1 else half_eps) * grad
         kinetic1 = 0.5 * sum_event(momentum.square() * inv_mass)
         log_ratio = (log_prob - kinetic1) - (state.log_prob - kinetic0)
         return HMCState(position, log_prob, grad, state.step_size, inv_mass), log_ratio
@@ -525,11 +523,17 @@ class CompiledStep:
 
     def __init__(self, kernel: Kernel, **options):
         self.kernel = kernel
-        self.separable = type(kernel).draw is not Kernel.draw
+        self.separable = self.separates(kernel)
         self.transition = (
             torch.compile(kernel.transition, fullgraph=True, **options) if self.separable else None
         )
         self.fallback: Exception | None = None
+
+    @staticmethod
+    def separates(kernel) -> bool:
+        """Whether ``kernel`` (any object with a ``step``) separates its draws from its
+        transition (defines :meth:`~Kernel.draw`)."""
+        return getattr(type(kernel), "draw", Kernel.draw) is not Kernel.draw
 
     def __call__(self, state, generator: torch.Generator | None = None):
         if not self.separable:

@@ -13,6 +13,7 @@ from torch import Tensor
 
 from normflows_sci.checks import check_int
 from normflows_sci.samplers._checkpoint import load_checkpoint, save_checkpoint
+from normflows_sci.samplers.kernels import CompiledStep
 
 __all__ = ["Trace", "run"]
 
@@ -58,6 +59,7 @@ class _Plan(NamedTuple):
     checkpoint: str | os.PathLike | None
     checkpoint_every: int
     trace_device: torch.device | str | None
+    compile: bool | str | dict = "auto"
 
     @property
     def total(self) -> int:
@@ -76,6 +78,50 @@ _STUCK_ADVICE = {
     "global": "a better proposal flow (train it longer, or on samples covering the target)",
     "swap": "closer temperatures (more rungs on the ladder)",
 }
+
+
+# "auto" compiles the step when the eager steps' pace projects the rest of the run to take longer
+# than this: compiling a step takes seconds to a few minutes on a CPU (HMC unrolls its leapfrog).
+_COMPILE_PAYS_SECONDS = 180.0
+_PACE_STEPS = 5  # eager steps timed (after the first) to project the run's length
+
+
+def _check_compile(compile) -> bool | str | dict:
+    if compile is True or compile is False or compile == "auto" or isinstance(compile, dict):
+        return compile
+    raise ValueError(
+        "compile must be True, False, 'auto' or a dict of torch.compile options, got "
+        f"{compile!r}"
+    )
+
+
+class _Stepper:
+    """The step function of a run: ``kernel.step``, or its :class:`CompiledStep` (same draws,
+    same chains up to floating-point reassociation). ``compile="auto"`` starts eagerly and
+    switches to the compiled step when ``_PACE_STEPS`` eager steps project the remaining steps
+    to take over ``_COMPILE_PAYS_SECONDS`` (on an asynchronous device the eager pace is
+    underestimated, so it compiles later or not at all)."""
+
+    def __init__(self, kernel, compile, steps: int):
+        self.kernel, self.remaining = kernel, steps
+        self.step = kernel.step
+        if compile is True or isinstance(compile, dict):
+            self.step = CompiledStep(kernel, **(compile if isinstance(compile, dict) else {}))
+        self.pacing = compile == "auto" and CompiledStep.separates(kernel)
+        self.count, self.clock = 0, 0.0
+
+    def __call__(self, state, generator):
+        if not self.pacing:
+            return self.step(state, generator)
+        self.count += 1
+        if self.count == 2:
+            self.clock = time.perf_counter()
+        elif self.count == _PACE_STEPS + 2:
+            pace = (time.perf_counter() - self.clock) / _PACE_STEPS
+            self.pacing = False
+            if pace * (self.remaining - self.count) > _COMPILE_PAYS_SECONDS:
+                self.step = CompiledStep(self.kernel)
+        return self.step(state, generator)
 
 
 def _warn_stuck(rates: dict[str, Tensor], num_steps: int) -> None:
@@ -222,6 +268,7 @@ def run(
     checkpoint_every: int = 1000,
     resume: bool = False,
     trace_device: torch.device | str | None = None,
+    compile: bool | str | dict = "auto",
 ):
     """Run ``kernel`` for ``num_warmup`` adaptation steps, then ``num_steps`` production steps.
 
@@ -243,6 +290,14 @@ def run(
             damaged, foreign, of an older format, or written by another kernel, number of chains,
             event shape, dtype, ``num_warmup`` or ``thin`` is refused.
         trace_device: where kept samples are stored (default: the chains' device).
+        compile: run the kernel's step with its transition compiled by :func:`torch.compile`
+            (:meth:`~normflows_sci.samplers.Kernel.compiled_step`: the same random draws from
+            the same generator, so the same chains up to floating-point reassociation; a target
+            the compiler cannot handle runs eagerly). ``"auto"`` (default): eager, switching to
+            the compiled step when the pace of the first eager steps projects the rest of the
+            run to take more than a few minutes (compiling takes seconds to minutes on a CPU);
+            ``True``: compiled from the first step; a dict: compiled with these
+            :func:`torch.compile` options; ``False``: eager.
 
     Returns:
         A :class:`Trace`.
@@ -275,6 +330,7 @@ def run(
         checkpoint=checkpoint,
         checkpoint_every=check_int("checkpoint_every", checkpoint_every),
         trace_device=trace_device,
+        compile=_check_compile(compile),
     )
     state = kernel.init(x0) if isinstance(x0, Tensor) else x0
     if generator is None:
@@ -311,10 +367,11 @@ def _sample(kernel, state, generator, record: dict, plan: _Plan, start_step: int
         from tqdm.auto import tqdm
 
         bar = tqdm(total=total, initial=start_step, desc="sampling", leave=False)
+    stepper = _Stepper(kernel, plan.compile, total - start_step)
     clock = time.perf_counter()
     for step in range(start_step, total):
         phase = "warmup" if step < num_warmup else "production"
-        state, info = kernel.step(state, generator)
+        state, info = stepper(state, generator)
         for kind, accepted in kernel.acceptance(info).items():
             previous = sums[phase].get(kind, 0.0)
             sums[phase][kind] = previous + accepted.to(torch.float64)
