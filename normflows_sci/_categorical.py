@@ -37,6 +37,7 @@ Levels are data (JSON strings, integers, finite floats or booleans), stored with
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 
@@ -72,6 +73,8 @@ SOFTMAX_PRIOR_PRECISION = 1.0
 ALPHA_GRID = np.logspace(-4.0, 2.0, 61)
 # How a column's levels come back: pandas categorical, text, or numbers/booleans.
 KINDS = ("category", "string", "integer", "float", "boolean")
+# The pandas dtypes a DataFrame's categorical column is given back in (samples).
+_DTYPE = re.compile(r"(object|str|string|category|bool|u?int(8|16|32|64)|float(32|64))?")
 
 
 def _is_frame(X) -> bool:
@@ -149,6 +152,20 @@ def _python_level(value, column: str):
     )
 
 
+def _dtype_name(column, name: str) -> str:
+    """The pandas dtype name of a DataFrame column ("" for an array column); ``TypeError`` for
+    a dtype samples could not be given back in."""
+    if not hasattr(column, "dtype") or not hasattr(column, "isna"):
+        return ""
+    dtype = str(column.dtype)
+    if not _DTYPE.fullmatch(dtype):
+        raise TypeError(
+            f"categorical column {name!r} has the dtype {dtype}: label columns must be text "
+            "(object, str, string), pandas categoricals, booleans or plain numbers"
+        )
+    return dtype
+
+
 def _levels_of(column, name: str) -> tuple[tuple, str, bool]:
     """``(levels, kind, ordered)`` of a training column (pandas Series or numpy array)."""
     _check_missing(column, name)
@@ -193,6 +210,8 @@ class CategoricalSpec:
         alpha: the additive smoothing of the counts, or the prior precision of the softmax
             weights (see the module docstring).
         frame: whether the training table was a DataFrame.
+        dtypes: per categorical column, the pandas dtype of the training column (samples come
+            back in it; empty for an array).
         factor: ``"table"`` or ``"autoregressive"`` (see the module docstring).
         weights: for the ``"autoregressive"`` factor, the softmax weights of each modelled
             column in chain order, each ``(levels, 1 + dummies before it)`` flattened in C order;
@@ -208,6 +227,7 @@ class CategoricalSpec:
     counts: tuple[int, ...]
     alpha: float
     frame: bool
+    dtypes: tuple[str, ...] = ()
     factor: str = "table"
     weights: tuple[float, ...] = ()
 
@@ -251,6 +271,7 @@ class CategoricalSpec:
             counts=(),
             alpha=1.0,
             frame=_is_frame(X),
+            dtypes=tuple(_dtype_name(_column(X, names, c), c) for c in categorical),
         )
         spec = replace(spec, factor=spec.check_size("X"))
         dummies = spec.dummy_columns()
@@ -704,6 +725,10 @@ def _check_lists(value: dict, where: str, size: int) -> None:
             lambda v: isinstance(v, list) and v and all(map(_is_level, v)),
             "a non-empty list of strings, integers, finite floats or booleans",
         ),
+        "dtypes": (
+            lambda v: isinstance(v, str) and _DTYPE.fullmatch(v) is not None,
+            "a pandas dtype name of a label column, or empty",
+        ),
     }
     for key, (check, expected) in checks.items():
         items = value[key]
@@ -770,6 +795,7 @@ def categorical_from_config(value, where: str, inner_columns: list, inner_contex
         counts=(),
         alpha=float(alpha),
         frame=value["frame"],
+        dtypes=tuple(value["dtypes"]),
     )
     factor = spec.check_size(where)
     if value["factor"] != factor:

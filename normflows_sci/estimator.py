@@ -966,7 +966,9 @@ class DensityEstimator:
         if categories.frame:
             import pandas as pd
 
-            return pd.DataFrame(data, columns=columns)
+            dtypes = dict(zip(categories.categorical, categories.dtypes))
+            kept = {c: dtypes[c] for c in columns if dtypes.get(c, "category") != "category"}
+            return pd.DataFrame(data, columns=columns).astype(kept)
         return np.column_stack([np.asarray(data[c], dtype=np.float64) for c in columns])
 
     # ----------------------------------------------------------------------------- files

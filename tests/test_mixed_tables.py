@@ -144,6 +144,20 @@ def test_samples_hold_valid_levels_with_the_input_types(mixed):
     pd.testing.assert_frame_equal(est.sample(50, random_state=1), est.sample(50, random_state=1))
 
 
+def test_samples_come_back_in_the_dtypes_of_the_training_columns(tmp_path):
+    from normflows_sci import DensityEstimator
+
+    frame = _mixed_frame(300, seed=11)
+    frame["colour"] = frame["colour"].astype(object)  # not pandas' default text dtype
+    frame["grade"] = np.arange(300, dtype=np.int32) % 3
+    est = DensityEstimator(categorical=["colour", "size", "grade"], **QUICK).fit(frame)
+    loaded = DensityEstimator.load(est.save(tmp_path / "dtypes.nfs"))
+    for model in (est, loaded):
+        draws = model.sample(50, random_state=0)
+        assert (draws.dtypes == frame.dtypes).all(), draws.dtypes
+        assert set(draws["grade"]) <= {0, 1, 2}
+
+
 def test_numeric_array_with_declared_categorical_columns(tmp_path):
     import json
     import zipfile
