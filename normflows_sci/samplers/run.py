@@ -90,8 +90,7 @@ def _check_compile(compile) -> bool | str | dict:
     if compile is True or compile is False or compile == "auto" or isinstance(compile, dict):
         return compile
     raise ValueError(
-        "compile must be True, False, 'auto' or a dict of torch.compile options, got "
-        f"{compile!r}"
+        f"compile must be True, False, 'auto' or a dict of torch.compile options, got {compile!r}"
     )
 
 
