@@ -253,16 +253,21 @@ def test_alignment_permutation_is_the_optimal_assignment(n):
         assert abs(cost[row].item() - matrix[rows, columns].sum()) < 1e-10
 
 
-def test_kabsch_excludes_reflections():
-    """A mirrored copy in 3-D cannot be matched by a proper rotation; the uncorrected Kabsch
-    solution would be the reflection (det -1) with zero residual."""
-    points = torch.randn(2, 5, 3, generator=_generator(0), dtype=F64)
+@pytest.mark.parametrize("d", [2, 3])
+def test_kabsch_excludes_reflections_and_finds_the_optimal_rotation(d):
+    """A mirrored copy cannot be matched by a proper rotation; the uncorrected Kabsch solution
+    would be the reflection (det -1) with zero residual. A turned copy is matched exactly (2-D has
+    its own closed form)."""
+    points = torch.randn(2, 5, d, generator=_generator(0), dtype=F64)
     points = points - points.mean(1, keepdim=True)
-    mirrored = points * torch.tensor([1.0, 1.0, -1.0], dtype=F64)
-    rotation = kabsch_rotation(points, mirrored)
+    mirror = torch.ones(d, dtype=F64)
+    mirror[-1] = -1.0
+    rotation = kabsch_rotation(points, points * mirror)
     torch.testing.assert_close(torch.linalg.det(rotation), torch.ones(2, dtype=F64))
-    torch.testing.assert_close(rotation @ rotation.mT, torch.eye(3, dtype=F64).expand(2, 3, 3))
-    assert ((points @ rotation.mT - mirrored).square().sum((1, 2)) > 1e-3).all()
+    torch.testing.assert_close(rotation @ rotation.mT, torch.eye(d, dtype=F64).expand(2, d, d))
+    assert ((points @ rotation.mT - points * mirror).square().sum((1, 2)) > 1e-3).all()
+    turn = _orthogonal(d, seed=3, reflect=False)
+    torch.testing.assert_close(kabsch_rotation(points, points @ turn.T), turn.expand(2, d, d))
 
 
 def test_equivariant_ot_pairs_equivalent_noise_at_no_more_cost_than_plain_ot():

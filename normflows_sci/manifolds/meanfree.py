@@ -49,7 +49,8 @@ def kabsch_rotation(points: Tensor, reference: Tensor) -> Tensor:
     """The proper rotation ``R`` (``det R = +1``) minimising ``sum_i |R p_i - q_i|^2``.
 
     Kabsch's algorithm, batched: ``H = P^T Q = U S V^T``, ``R = V diag(1, ..., 1, s) U^T`` with
-    ``s = sign det(V U^T)`` (the determinant correction that excludes reflections).
+    ``s = sign det(V U^T)`` (the determinant correction that excludes reflections). In 2-D the
+    same optimum in closed form: the angle ``atan2(H_01 - H_10, H_00 + H_11)``.
 
     Args:
         points, reference: ``(..., n, d)`` point sets ``P`` and ``Q`` (centred by the caller).
@@ -63,7 +64,15 @@ def kabsch_rotation(points: Tensor, reference: Tensor) -> Tensor:
         >>> (p @ kabsch_rotation(p, q).mT).round(decimals=6).abs().tolist()
         [[1.0, 0.0], [1.0, 0.0]]
     """
-    u, _, vh = torch.linalg.svd(points.mT @ reference)
+    covariance = points.mT @ reference
+    if points.shape[-1] == 2:  # closed form: maximise tr(R H) over the angle of R
+        angle = torch.atan2(
+            covariance[..., 0, 1] - covariance[..., 1, 0],
+            covariance[..., 0, 0] + covariance[..., 1, 1],
+        )
+        cos, sin = angle.cos(), angle.sin()
+        return torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)
+    u, _, vh = torch.linalg.svd(covariance)
     v = vh.mT
     sign = torch.linalg.det(v @ u.mT).sign()
     # det = 0 only for degenerate sets (all points on a hyperplane): any sign is optimal there.
@@ -87,7 +96,10 @@ def _assignments(cost: Tensor) -> Tensor:
     n = cost.shape[-1]
     if n <= _EXHAUSTIVE_PARTICLES:
         perms = torch.tensor(list(itertools.permutations(range(n))), device=cost.device)
-        totals = cost[:, torch.arange(n, device=cost.device), perms].sum(-1)  # (batch, n!)
+        # One-hot (n * n, n!) selector: the summed cost of every permutation is one matmul.
+        selector = torch.zeros(n, n, len(perms), dtype=cost.dtype, device=cost.device)
+        selector[torch.arange(n)[None, :], perms, torch.arange(len(perms))[:, None]] = 1.0
+        totals = cost.flatten(1) @ selector.flatten(0, 1)  # (batch, n!)
         return perms[totals.argmin(-1)]
     matrices = cost.detach().double().cpu().numpy()
     columns = [linear_sum_assignment(m)[1] for m in matrices]
