@@ -194,6 +194,21 @@ def test_hutchinson_divergence_is_unbiased_for_the_log_density():
     assert error < 4 * estimates.std() / math.sqrt(2000)
 
 
+def test_conditional_particle_flow_depends_on_the_context_and_stays_invariant():
+    flow = _flow(3, 2, context_features=2)
+    with torch.no_grad():
+        for parameter in flow.parameters():
+            parameter.add_(0.3 * torch.randn(parameter.shape, generator=_generator(9), dtype=F64))
+        x = MeanFree(3, 2).proj(torch.randn(4, 6, generator=_generator(1), dtype=F64))
+        context = torch.randn(4, 2, generator=_generator(2), dtype=F64)
+        log_prob = flow.log_prob(x, context)
+        assert (flow.log_prob(x, context + 1.0) - log_prob).abs().max() > 1e-3
+        moved = _act(x, 3, 2, _orthogonal(2, seed=5, reflect=True), torch.tensor([2, 0, 1]))
+        torch.testing.assert_close(flow.log_prob(moved, context), log_prob, atol=1e-5, rtol=0)
+        with pytest.raises(ValueError, match="context"):
+            flow.log_prob(x)
+
+
 def test_particle_flow_rejects_bad_sizes():
     with pytest.raises(ValueError, match="spatial_dim must be a positive integer, got 0"):
         particle_flow(4, 0)
