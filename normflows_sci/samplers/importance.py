@@ -25,7 +25,13 @@ import torch
 from torch import Tensor
 
 from normflows_sci.checks import check_int, check_num_samples, check_positive
-from normflows_sci.samplers.psis import khat_threshold, psis_smooth, signed_tail_khat, tail_khat
+from normflows_sci.samplers.psis import (
+    psis_smooth,
+    result_threshold,
+    signed_tail_khat,
+    tail_khat,
+    warn_unreliable,
+)
 from normflows_sci.samplers.targets import as_log_prob, check_log_prob
 
 __all__ = ["Estimate", "ImportanceResult", "importance_sample", "importance_weights"]
@@ -120,7 +126,7 @@ class ImportanceResult:
                 k, reason = tail_khat(self.log_weights)
             object.__setattr__(self, "pareto_k", k)  # frozen: filled in once, here
         if self.khat_threshold is None:
-            object.__setattr__(self, "khat_threshold", _threshold(self.num_samples))
+            object.__setattr__(self, "khat_threshold", result_threshold(self.num_samples))
         if not self.reliable or self.ess < 2:
             self._warn(reason)
 
@@ -130,15 +136,15 @@ class ImportanceResult:
         return not math.isnan(self.pareto_k) and self.pareto_k < self.khat_threshold
 
     def _warn(self, reason: str) -> None:
-        cause = f" ({reason})" if reason else ""
-        warnings.warn(
-            f"unreliable importance weights: Pareto k-hat = {self.pareto_k:.3g}{cause}, "
-            f"threshold {self.khat_threshold:.3g} for {self.num_samples} samples, "
-            f"ESS = {self.ess:.3g}. log Z, expectations and their standard errors may be far "
-            "off: draw more samples, improve (train) the proposal, or use a wider / tempered "
+        warn_unreliable(
+            self.pareto_k,
+            self.khat_threshold,
+            self.num_samples,
+            self.ess,
+            cause=reason,
+            advice="draw more samples, improve (train) the proposal, or use a wider / tempered "
             "proposal",
-            RuntimeWarning,
-            stacklevel=5,  # importance_sample -> __init__ -> __post_init__ -> _warn
+            stacklevel=4,  # importance_sample -> __init__ -> __post_init__ -> _warn
         )
 
     @property
@@ -433,11 +439,6 @@ def importance_weights(log_p: Tensor, log_q: Tensor) -> dict:
         log_z=float(log_sum) - math.log(num),
         log_z_stderr=math.sqrt(max(1.0 / ess - 1.0 / num, 0.0)) if ess >= 2 else math.inf,
     )
-
-
-def _threshold(num_samples: int) -> float:
-    # One sample has no threshold; NaN makes it unreliable.
-    return khat_threshold(num_samples) if num_samples >= 2 else math.nan
 
 
 def importance_sample(

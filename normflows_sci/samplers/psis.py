@@ -43,6 +43,35 @@ def khat_threshold(num_samples: int) -> float:
     return min(1.0 - 1.0 / math.log10(num_samples), 0.7)
 
 
+def result_threshold(num_samples: int) -> float:
+    """:func:`khat_threshold`, or NaN for a single sample (no tail, hence never reliable)."""
+    return khat_threshold(num_samples) if num_samples >= 2 else math.nan
+
+
+def warn_unreliable(
+    pareto_k: float,
+    threshold: float,
+    num_samples: int,
+    ess: float,
+    *,
+    cause: str = "",
+    advice: str,
+    stacklevel: int = 2,
+) -> None:
+    """Warn (RuntimeWarning) that a result's importance weights are unreliable, naming the
+    k-hat, its threshold, the sample size, the ESS, the ``cause`` (optional) and the ``advice``;
+    ``stacklevel`` counts from the caller of this function (2: the caller's caller). The one
+    message shared by every weighted result."""
+    cause = f" ({cause})" if cause else ""
+    warnings.warn(
+        f"unreliable importance weights: Pareto k-hat = {pareto_k:.3g}{cause}, threshold "
+        f"{threshold:.3g} for {num_samples} samples, ESS = {ess:.3g}. log Z, expectations and "
+        f"their standard errors may be far off: {advice}",
+        RuntimeWarning,
+        stacklevel=stacklevel + 1,
+    )
+
+
 def _tail_size(num_samples: int) -> int:
     return math.ceil(min(num_samples / 5.0, 3.0 * math.sqrt(num_samples)))
 

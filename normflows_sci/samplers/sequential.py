@@ -40,7 +40,7 @@ from normflows_sci.samplers._mh import finite, log_prob_and_grad
 from normflows_sci.samplers._results import FieldMapping
 from normflows_sci.samplers.adaptation import StepSizeAdaptation
 from normflows_sci.samplers.kernels import HMC, kernel_factory
-from normflows_sci.samplers.psis import khat_threshold, tail_khat
+from normflows_sci.samplers.psis import result_threshold, tail_khat, warn_unreliable
 from normflows_sci.samplers.targets import as_log_prob, check_log_prob, describe_target
 
 __all__ = [
@@ -50,7 +50,6 @@ __all__ = [
     "SMC",
     "anneal",
     "MAX_REPLICA_SPREAD",
-    "warn_unreliable",
 ]
 
 
@@ -66,29 +65,6 @@ _ADVICE = (
     "use more temperatures (num_temperatures), more MCMC steps per stage, more particles, or a "
     "flow closer to the target (train it)"
 )
-
-
-def warn_unreliable(
-    pareto_k: float,
-    threshold: float,
-    num_samples: int,
-    ess: float,
-    *,
-    cause: str = "",
-    advice: str,
-    stacklevel: int = 2,
-) -> None:
-    """Warn (RuntimeWarning) that a result's importance weights are unreliable, naming the
-    k-hat, its threshold, the sample size, the ESS, the ``cause`` (optional) and the ``advice``;
-    ``stacklevel`` counts from the caller of this function (2: the caller's caller)."""
-    cause = f" ({cause})" if cause else ""
-    warnings.warn(
-        f"unreliable importance weights: Pareto k-hat = {pareto_k:.3g}{cause}, threshold "
-        f"{threshold:.3g} for {num_samples} samples, ESS = {ess:.3g}. log Z, expectations and "
-        f"their standard errors may be far off: {advice}",
-        RuntimeWarning,
-        stacklevel=stacklevel + 1,
-    )
 
 
 @dataclass(frozen=True)
@@ -168,7 +144,7 @@ class SequentialResult:
         if self.pareto_k is None:
             object.__setattr__(self, "pareto_k", _segment_khat(self.log_weights))
         if self.khat_threshold is None:
-            object.__setattr__(self, "khat_threshold", _threshold(len(self.log_weights)))
+            object.__setattr__(self, "khat_threshold", result_threshold(len(self.log_weights)))
         if self.log_z_replicas is None:
             object.__setattr__(self, "log_z_replicas", torch.tensor([self.log_z]).double())
         if self.stage_pareto_k is None:
@@ -222,11 +198,6 @@ class SequentialResult:
             advice=advice,
             stacklevel=_STACKLEVEL,
         )
-
-
-def _threshold(num_samples: int) -> float:
-    # One sample has no threshold; NaN makes it unreliable.
-    return khat_threshold(num_samples) if num_samples >= 2 else math.nan
 
 
 def _segment_khat(log_weights: Tensor) -> float:
@@ -655,7 +626,7 @@ def _sequential_result(out: AnnealResult, segments: list, delta: bool) -> Sequen
         acceptance=out.acceptance,
         resamples=out.resamples,
         pareto_k=pareto_k,
-        khat_threshold=_threshold(num),
+        khat_threshold=result_threshold(num),
         log_z_replicas=out.log_z_groups.cpu(),
         stage_pareto_k=stage,
     )
