@@ -70,9 +70,14 @@ from normflows_sci.io import load_model, save_model
 from normflows_sci.quadrature import combine_cell_estimates, unit_cell_rule, warn_imprecise_cells
 from normflows_sci.training import fit_flow
 
-# ScoreEstimate (the result of score(return_stderr=True) and compare) joins __all__ once the API
-# reference page of this module lists it.
-__all__ = ["DensityEstimator", "FLOWS", "TableSpec", "hill_tail_index", "validation_split"]
+__all__ = [
+    "DensityEstimator",
+    "FLOWS",
+    "ScoreEstimate",
+    "TableSpec",
+    "hill_tail_index",
+    "validation_split",
+]
 
 #: The flow families ``DensityEstimator(flow=...)`` accepts, by name (the one registry; the CLI
 #: reads its choices from it).
