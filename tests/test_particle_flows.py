@@ -56,6 +56,14 @@ def _sorted_distances(x: torch.Tensor, n: int, d: int) -> torch.Tensor:
     return torch.cdist(points, points).flatten(1).sort(dim=1).values
 
 
+def _perturb(module: torch.nn.Module, scale: float = 0.3) -> None:
+    """Move every parameter off its initialisation (one generator: independent noise each)."""
+    generator = _generator(9)
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.add_(scale * torch.randn(parameter.shape, generator=generator, dtype=F64))
+
+
 def _dw4_like(count: int, seed: int) -> torch.Tensor:
     """DW4-sized configurations: noisy squares of side 4 (DW4's preferred pair distance), randomly
     rotated and with their particles shuffled, centre of mass removed."""
@@ -142,16 +150,14 @@ def test_egnn_velocity_is_smooth_for_coincident_particles():
 
 
 def _flow(n: int, d: int, **options):
-    options = dict(hidden_features=8, layers=2, solver="rk4", steps=6, seed=0, **options)
+    options = {**dict(hidden_features=8, layers=2, solver="rk4", steps=6, seed=0), **options}
     return particle_flow(n, d, **options).double()
 
 
 @pytest.mark.parametrize("n, d", [(4, 2), (3, 3)], ids=["dw4", "3d"])
 def test_particle_flow_log_prob_is_invariant(n, d):
     flow = _flow(n, d)
-    with torch.no_grad():
-        for parameter in flow.parameters():  # away from the near-zero initial field
-            parameter.add_(0.3 * torch.randn(parameter.shape, generator=_generator(9), dtype=F64))
+    _perturb(flow)  # away from the near-zero initial field
     x = MeanFree(n, d).proj(1.5 * torch.randn(5, n * d, generator=_generator(1), dtype=F64))
     with torch.no_grad():
         log_prob = flow.log_prob(x)
@@ -164,6 +170,28 @@ def test_particle_flow_log_prob_is_invariant(n, d):
             rotation = _orthogonal(d, seed=5, reflect=reflect)
             moved = _act(x, n, d, rotation, perm, shift)
             torch.testing.assert_close(flow.log_prob(moved), log_prob, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("n, d", [(2, 2), (3, 1)])
+def test_particle_flow_density_integrates_to_one_on_the_subspace(n, d):
+    """A flow far from the identity keeps its density normalised on the subspace: the divergence
+    in the subspace's frame and the (n - 1) d-dimensional base (one normalised in R^(n d) would
+    integrate to (2 pi)^(-d / 2))."""
+    flow = _flow(n, d, steps=4, layers=1)
+    _perturb(flow)
+    with torch.no_grad():
+        last = flow.transform.velocity.layers[-1].coordinate[-1]  # a stronger field
+        last.weight.mul_(10.0)
+        last.bias.mul_(10.0)
+        x = MeanFree(n, d).from_chart(torch.randn(3, 2, generator=_generator(1), dtype=F64))
+        assert (flow.transform(x)[0] - x).abs().max() > 0.2  # far from the identity
+    space = MeanFree(n, d)
+
+    def density(chart_points):
+        return flow.log_prob(space.from_chart(chart_points)).exp()
+
+    # The residual is RK4's: the integrated divergence vs the Jacobian of four discrete steps.
+    assert abs(grid_integral(density, bound=7.0, points=70) - 1.0) < 3e-3
 
 
 def test_particle_flow_sample_and_log_prob_agree_and_samples_are_mean_free():
@@ -182,8 +210,7 @@ def test_hutchinson_divergence_is_unbiased_for_the_log_density():
     exact = _flow(3, 2)
     hutchinson = _flow(3, 2, divergence="hutchinson")
     with torch.no_grad():
-        for parameter in exact.parameters():
-            parameter.add_(0.3 * torch.randn(parameter.shape, generator=_generator(9), dtype=F64))
+        _perturb(exact)
         hutchinson.load_state_dict(exact.state_dict())
         x = MeanFree(3, 2).proj(torch.randn(1, 6, generator=_generator(1), dtype=F64))
         reference = exact.log_prob(x)
@@ -197,8 +224,7 @@ def test_hutchinson_divergence_is_unbiased_for_the_log_density():
 def test_conditional_particle_flow_depends_on_the_context_and_stays_invariant():
     flow = _flow(3, 2, context_features=2)
     with torch.no_grad():
-        for parameter in flow.parameters():
-            parameter.add_(0.3 * torch.randn(parameter.shape, generator=_generator(9), dtype=F64))
+        _perturb(flow)
         x = MeanFree(3, 2).proj(torch.randn(4, 6, generator=_generator(1), dtype=F64))
         context = torch.randn(4, 2, generator=_generator(2), dtype=F64)
         log_prob = flow.log_prob(x, context)
