@@ -65,7 +65,7 @@ def _perturb(module: torch.nn.Module, scale: float = 0.3) -> None:
 
 
 def _dw4_like(count: int, seed: int) -> torch.Tensor:
-    """DW4-sized configurations: noisy squares of side 4 (DW4's preferred pair distance), randomly
+    """DW4-sized configurations: noisy squares of side 4 (DW4's length scale d0), randomly
     rotated and with their particles shuffled, centre of mass removed."""
     generator = _generator(seed)
     square = torch.tensor([[0.0, 0.0], [4.0, 0.0], [4.0, 4.0], [0.0, 4.0]], dtype=F64)
