@@ -49,6 +49,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from _common import OtherLoad, versions, warn_if_busy
 from torch import Tensor
@@ -236,8 +237,13 @@ def split_chains(samples: Tensor, held_fraction: float) -> tuple[Tensor, Tensor]
 
 
 def _histograms(ax, values: dict, bins, xlabel: str) -> None:
+    """Step histograms normalised over ALL of each sample: off-scale mass is missing from the
+    plot instead of inflating the bins in range (as ``density=True`` would)."""
+    width = bins[1] - bins[0]
     for label, (data, weights) in values.items():
-        ax.hist(data, bins=bins, weights=weights, density=True, histtype="step", label=label)
+        weights = np.ones(len(data)) if weights is None else np.asarray(weights, dtype=float)
+        weights = weights / (weights.sum() * width)
+        ax.hist(data, bins=bins, weights=weights, histtype="step", label=label)
     ax.set_xlabel(xlabel)
     ax.legend(fontsize=7)
 
