@@ -56,6 +56,13 @@ def particle_flow(
     the ESS and ``log Z`` computed from them are biased (a nonlinear function of a noisy
     ``log q``); use the exact divergence for those.
 
+    Cost: evaluate densities under ``torch.no_grad()`` (as
+    :func:`~normflows_sci.samplers.importance_sample` does) unless gradients are needed. With
+    gradients (maximum likelihood, reverse KL) every divergence product of every solver stage
+    keeps its double-backward graph, so memory grows with batch x field evaluations x
+    ``(n - 1) d``: fine for DW4-sized systems, prohibitive for LJ13 with the adaptive solver,
+    where flow matching (simulation-free) is the training route.
+
     Args:
         n_particles: number of identical particles (>= 2).
         spatial_dim: dimension of space (>= 1).
