@@ -24,6 +24,7 @@ from normflows_sci.samplers import (
     NeuTraHMC,
     RandomWalkMH,
     StepSizeAdaptation,
+    run,
 )
 from normflows_sci.transforms import ElementwiseAffine
 
@@ -161,7 +162,11 @@ def test_neutra_hmc_step_compiles_through_the_flow():
 
 def test_adaptive_flow_mcmc_step_compiles_local_and_flow_moves():
     kernel = AdaptiveFlowMCMC(
-        banana, spline_flow(), local_kernel=MALA(banana, step_size=0.2), local_steps=2
+        banana,
+        whitening_flow(),
+        local_kernel=MALA(banana, step_size=0.2),
+        local_steps=2,
+        train_steps=0,
     )
     state = kernel.init(start())
     # same_chains compares the infos too: local acceptance rate, flow move and the local info.
@@ -169,13 +174,14 @@ def test_adaptive_flow_mcmc_step_compiles_local_and_flow_moves():
     global_rng_step_matches(kernel, state)
 
 
-def test_a_target_dynamo_cannot_compile_falls_back_to_the_same_chains():
-    def branching(x):
-        # A branch on tensor values: fullgraph refuses it, the compiled step must not.
-        if bool((x.abs() > 100).any()):
-            return torch.full_like(x[:, 0], -torch.inf)
-        return banana(x)
+def branching(x):
+    # A branch on tensor values: fullgraph refuses it, the compiled step must not.
+    if bool((x.abs() > 100).any()):
+        return torch.full_like(x[:, 0], -torch.inf)
+    return banana(x)
 
+
+def test_a_target_dynamo_cannot_compile_falls_back_to_the_same_chains():
     kernel = MALA(branching, step_size=0.2)
     state = kernel.init(start())
     compiled = kernel.compiled_step(backend="eager")
@@ -192,3 +198,21 @@ def test_a_target_dynamo_cannot_compile_falls_back_to_the_same_chains():
 def test_mala_compiled_by_inductor_gives_the_eager_chains():
     kernel = MALA(lambda x: -0.5 * x.square().sum(-1), step_size=0.5)
     same_chains(kernel, kernel.init(start(16, 2)), steps=3, backend="inductor")
+
+
+@pytest.mark.parametrize("target", [banana, branching], ids=["compilable", "graph-break"])
+def test_run_with_the_compiled_step_gives_the_eager_trace(target):
+    kernel = HMC(target, step_size=0.2, num_leapfrog=3)
+    options = dict(num_warmup=8, seed=0)
+    eager = run(kernel, start(), 6, compile=False, **options)
+    compiled = run(kernel, start(), 6, compile={"backend": "aot_eager"}, **options)
+    assert torch.allclose(compiled.samples, eager.samples, atol=1e-5)
+    assert torch.allclose(compiled.log_prob, eager.log_prob, atol=1e-5)
+    assert torch.equal(compiled.acceptance["local"], eager.acceptance["local"])
+    assert torch.allclose(compiled.state.inverse_mass, eager.state.inverse_mass)
+
+
+@pytest.mark.parametrize("value", ["yes", 1, None])
+def test_run_refuses_an_unknown_compile_value(value):
+    with pytest.raises(ValueError, match="compile must be True, False, 'auto' or a dict"):
+        run(MALA(banana), start(), 2, compile=value)

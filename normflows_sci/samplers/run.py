@@ -81,8 +81,9 @@ _STUCK_ADVICE = {
 
 
 # "auto" compiles the step when the eager steps' pace projects the rest of the run to take longer
-# than this: compiling a step takes seconds to a few minutes on a CPU (HMC unrolls its leapfrog).
-_COMPILE_PAYS_SECONDS = 180.0
+# than this: compiling a step takes seconds to a minute on a CPU, and the compiled step is several
+# times faster than the eager one.
+_COMPILE_PAYS_SECONDS = 120.0
 _PACE_STEPS = 5  # eager steps timed (after the first) to project the run's length
 
 
@@ -98,8 +99,8 @@ class _Stepper:
     """The step function of a run: ``kernel.step``, or its :class:`CompiledStep` (same draws,
     same chains up to floating-point reassociation). ``compile="auto"`` starts eagerly and
     switches to the compiled step when ``_PACE_STEPS`` eager steps project the remaining steps
-    to take over ``_COMPILE_PAYS_SECONDS`` (on an asynchronous device the eager pace is
-    underestimated, so it compiles later or not at all)."""
+    to take over ``_COMPILE_PAYS_SECONDS``. On an accelerator the device is synchronised at the
+    start and end of that timing (twice per run, not per step), so the pace is the device's."""
 
     def __init__(self, kernel, compile, steps: int):
         self.kernel, self.remaining = kernel, steps
@@ -114,13 +115,33 @@ class _Stepper:
             return self.step(state, generator)
         self.count += 1
         if self.count == 2:
+            _synchronize(state)
             self.clock = time.perf_counter()
         elif self.count == _PACE_STEPS + 2:
+            _synchronize(state)
             pace = (time.perf_counter() - self.clock) / _PACE_STEPS
             self.pacing = False
             if pace * (self.remaining - self.count) > _COMPILE_PAYS_SECONDS:
                 self.step = CompiledStep(self.kernel)
         return self.step(state, generator)
+
+
+def _synchronize(state) -> None:
+    """Wait for the accelerator holding the chains of ``state`` (nothing on a CPU)."""
+    device = _state_device(state)
+    if device is not None and device.type != "cpu" and hasattr(torch, "accelerator"):
+        torch.accelerator.synchronize(device)
+
+
+def _state_device(state) -> torch.device | None:
+    """The device of the first tensor of a (nested) kernel state, None without one."""
+    for item in state if isinstance(state, tuple) else (state,):
+        found = item.device if isinstance(item, Tensor) else None
+        if found is None and isinstance(item, tuple):
+            found = _state_device(item)
+        if found is not None:
+            return found
+    return None
 
 
 def _warn_stuck(rates: dict[str, Tensor], num_steps: int) -> None:
