@@ -363,6 +363,7 @@ def test_demo_defaults():
     args = build_parser().parse_args(["demo"])
     assert args.dataset == DEFAULT_DATASET
     assert args.max_epochs == DEMO_MAX_EPOCHS and args.max_time is None and args.seed == 0
+    assert args.threads == 1
 
 
 # ------------------------------------------------------------- fair, reproducible demo (issue 21)
@@ -375,8 +376,16 @@ def _demo_numbers(out: str) -> list[str]:
 
 
 def test_demo_with_the_same_seed_gives_the_same_numbers_and_says_why_training_stopped(capsys):
+    import torch
+
+    threads = torch.get_num_threads()
     argv = ["demo", "--dataset", "penguins", "--max-epochs", 2, "--quiet", "--seed", 3]
-    first, second = run(capsys, *argv), run(capsys, *argv)
+    torch.set_num_threads(2)
+    try:
+        first, second = run(capsys, *argv), run(capsys, *argv)
+        assert torch.get_num_threads() == 2  # the demo's one thread does not leak
+    finally:
+        torch.set_num_threads(threads)
     assert first[0] == second[0] == 0, first[2]
     assert len(_demo_numbers(first[1])) == 3
     assert _demo_numbers(first[1]) == _demo_numbers(second[1])
