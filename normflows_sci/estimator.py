@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import math
 import os
-import time
 import warnings
 from collections.abc import Sequence
+from dataclasses import asdict, replace
 from typing import NamedTuple
 
 import numpy as np
@@ -47,6 +47,7 @@ from normflows_sci._modelfile import (
     fit_fingerprint,
     stored_params,
 )
+from normflows_sci._selection import Budget, Candidate, candidates_for, check_selection, select
 from normflows_sci._tabular import FLOWS as TABLE_FLOWS
 from normflows_sci._tabular import (
     HEAVY_TAIL_THRESHOLD,  # noqa: F401 - the heavy_tails="auto" rule, importable from here
@@ -90,16 +91,8 @@ MIN_ROWS = 2
 MIN_ROWS_FOR_VALIDATION = 20
 # Rows pushed through the flow at once by ``sample`` (bounds the memory of large draws).
 SAMPLE_CHUNK_ROWS = 65536
-
-
-def _default_hidden(rows: int) -> tuple[int, int]:
-    """Conditioner widths scaled to the table: small tables overfit wide networks in a few epochs
-    (measured on 100-400-row tables, where (128, 128) lost to a 2-4 component Gaussian mixture)."""
-    if rows >= 5000:
-        return (128, 128)
-    if rows >= 1000:
-        return (64, 64)
-    return (32, 32)
+# Total seconds of a fit given neither ``max_epochs`` nor ``max_time`` (the whole selection).
+DEFAULT_MAX_TIME = 100.0
 
 
 def validation_split(rows: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -209,6 +202,23 @@ def _check_trained(model: Flow, history: dict, *, validated: bool) -> None:
         )
 
 
+def _stored_selection(config: dict, path, spec: TableSpec) -> list[dict] | None:
+    """The ``selection`` records of a model file (None in files without them); ``ValueError``
+    naming the file when they are malformed or their chosen size is not the stored model's."""
+    if "selection" not in config:
+        return None
+    where = f"{path}: config field selection"
+    records = check_selection(config["selection"], where)
+    chosen = next(r for r in records if r["status"] == "chosen")
+    size = (chosen["transforms"], tuple(chosen["hidden_features"]))
+    if size != (spec.transforms, tuple(spec.hidden_features)):
+        raise ValueError(
+            f"{where} marks the size {size} chosen, but spec describes "
+            f"{(spec.transforms, tuple(spec.hidden_features))}"
+        )
+    return records
+
+
 class DensityEstimator:
     """Fit a normalizing flow to a table and get exact log-densities in the original units.
 
@@ -218,9 +228,14 @@ class DensityEstimator:
             ``len(hidden_features)`` layers, width ``max(hidden_features)``, spline maps) or
             ``"cnf"`` (continuous flow with exact divergence, trained by maximum likelihood
             through the ODE solver: exact but slow; ``transforms`` and ``bins`` are unused).
-        transforms: number of flow layers (default 5; 3 below 1000 training rows).
-        hidden_features: conditioner hidden widths (default (128, 128) from 5000 training rows,
-            (64, 64) from 1000, (32, 32) below).
+        transforms: number of flow layers. Default (with ``hidden_features`` also None): chosen
+            by ``fit`` on the validation rows among three sizes around the row-count rule
+            (5 layers of (128, 128) from 5000 training rows, 5 of (64, 64) from 1000, 3 of
+            (32, 32) below), all trained within ``max_time`` (``normflows_sci._selection``);
+            ``info()["selection"]`` lists the candidates' validation scores and the choice.
+            Setting ``transforms`` or ``hidden_features`` fixes the size (no selection); the
+            other one then follows the rule.
+        hidden_features: conditioner hidden widths (see ``transforms``).
         bins: spline bins (NSF).
         bounds: ``{column: (low, high)}`` with ``None`` for an open side, ``"auto"`` (columns within
             [0, 1] or non-negative and piled near 0 are bounded) or None (no bounds).
@@ -240,9 +255,13 @@ class DensityEstimator:
         context: columns to condition on; the model is then ``p(other columns | context)``.
         batch_size: minibatch size (default: 256, smaller for small tables).
         learning_rate, weight_decay, clip_grad, schedule: optimiser settings (see ``fit_flow``).
-        max_epochs: epoch budget (default 200 when neither budget is given).
-        max_time: wall-clock budget in seconds. With ``max_time`` alone (no ``max_epochs``) the
-            cosine schedule, which needs a known length, becomes the plateau schedule.
+        max_epochs: epoch budget of each candidate's training (default 200 when neither
+            budget is given).
+        max_time: wall-clock budget in seconds of the WHOLE fit, selection included: each
+            candidate gets an equal share of what is left when it starts. Default: None, or
+            ``DEFAULT_MAX_TIME`` (100 s) when ``max_epochs`` is not given either. With
+            ``max_time`` alone (no ``max_epochs``) the cosine schedule, which needs a known
+            length, becomes the plateau schedule.
         patience: epochs without validation improvement before stopping.
         validation_fraction: share of rows held out for early stopping when ``X_val`` is not given.
         random_state: seed for the split, the initialisation, training and sampling.
@@ -252,6 +271,8 @@ class DensityEstimator:
     After fitting, ``flow_`` is the model (float64 preprocessing, float32 flow network),
     ``spec_`` its frozen :class:`TableSpec` (columns, bounds, lattices, tails, network size: what
     a model file stores), ``history_`` and ``fit_time_`` the training record, and
+    ``selection_`` the candidates ``fit`` tried (name, size, best validation NLL, epochs,
+    status: ``"chosen"``, ``"trained"``, ``"failed"`` or skipped when the budget was spent), and
     ``last_score_error_`` the ``(n,)`` standard errors (nats) of the last :meth:`score_samples`
     call (non-zero only for more than three integer columns). With categorical columns,
     ``categories_`` is their ``CategoricalSpec`` (levels,
@@ -334,15 +355,12 @@ class DensityEstimator:
         self.device = device
 
     # ----------------------------------------------------------------------------- structure
-    def _network_size(self, rows: int) -> NetworkSize:
-        """The flow family and size for ``rows`` training rows (defaults scale with the table)."""
-        hidden = self.hidden_features
-        if isinstance(hidden, int):
-            hidden = (hidden,)
+    def _network_size(self, candidate: Candidate) -> NetworkSize:
+        """The flow family and size of one selection candidate."""
         return NetworkSize(
             flow=self.flow,
-            transforms=self.transforms or (5 if rows >= 1000 else 3),
-            hidden_features=tuple(hidden or _default_hidden(rows)),
+            transforms=candidate.transforms,
+            hidden_features=tuple(candidate.hidden_features),
             bins=self.bins,
         )
 
@@ -361,6 +379,10 @@ class DensityEstimator:
         resume: bool = False,
     ):
         """Fit the model to the rows of ``X`` (numpy array or pandas DataFrame).
+
+        At the default size (``transforms`` and ``hidden_features`` None) three network sizes
+        are trained within the one ``max_time`` budget and the best on the validation rows is
+        kept (``selection_``; see ``transforms``). A checkpointed run trains one size.
 
         Args:
             X: ``(n, d)`` training table (numbers, and labels in categorical columns).
@@ -382,32 +404,59 @@ class DensityEstimator:
         values, names, is_frame, roles, categories = self._training_table(X, columns)
         layout = column_layout(values, names, **roles)
         seed = self._seed()
+        budget = Budget(self._total_time())
         train, val = self._validation_rows(values, names, X_val, seed, categories)
         if categories is not None:  # the categories' factor is fitted to the training rows only
             dummies = train[:, len(categories.numeric_columns) :]
             categories = categories.fitted(categories.codes_from_dummies(dummies))
-        network = self._network_size(len(train))
+        candidates = self._candidates(len(train), select=val is not None and checkpoint is None)
+        network = self._network_size(candidates[0])
         spec, statistics = plan_table(
             layout, train, val, network=network, heavy_tails=self.heavy_tails, frame=is_frame
         )
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = build_table_flow(spec, statistics)
-        check_flow_range(model, spec, train, "X")
-        if val is not None:
-            check_flow_range(model, spec, val, "X_val")
         fingerprint = fit_fingerprint(self.get_params(), values, names, val)
-        started = time.perf_counter()
-        history = self._train(
-            model, spec, (train, val), seed,
-            dict(checkpoint=checkpoint, resume=resume, fingerprint=fingerprint),
-        )  # fmt: skip
-        _check_trained(model, history, validated=val is not None)
+        run = dict(checkpoint=checkpoint, resume=resume, fingerprint=fingerprint)
+        problem = (spec, statistics, train, val, seed, run)
+        (model, spec), history, records = select(
+            candidates, lambda size, share: self._fit_candidate(size, share, problem), budget
+        )
         self.flow_, self.spec_, self.history_ = model, spec, history
         self.categories_ = categories
-        self.fit_time_ = time.perf_counter() - started
+        self.selection_ = records
+        self.fit_time_ = budget.clock() - budget.start
         self._report(validated=val is not None)
         return self
+
+    def _fit_candidate(self, candidate: Candidate, max_time: float | None, problem: tuple):
+        """``((model, spec), history)`` of one selection candidate trained for at most
+        ``max_time`` seconds; ``problem`` is ``(spec, statistics, train, val, seed, run)``."""
+        spec, statistics, train, val, seed, run = problem
+        sized = replace(spec, **asdict(self._network_size(candidate)))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = build_table_flow(sized, statistics)
+        check_flow_range(model, sized, train, "X")
+        if val is not None:
+            check_flow_range(model, sized, val, "X_val")
+        history = self._train(model, sized, (train, val), seed, dict(run, max_time=max_time))
+        _check_trained(model, history, validated=val is not None)
+        return (model, sized), history
+
+    def _total_time(self) -> float | None:
+        """The wall-clock budget of the whole fit: ``max_time``, or ``DEFAULT_MAX_TIME`` when
+        neither budget is given."""
+        if self.max_time is None and self.max_epochs is None:
+            return DEFAULT_MAX_TIME
+        return self.max_time
+
+    def _candidates(self, rows: int, *, select: bool) -> list[Candidate]:
+        """The network sizes ``fit`` tries (see ``normflows_sci._selection``)."""
+        hidden = self.hidden_features
+        if isinstance(hidden, int):
+            hidden = (hidden,)
+        return candidates_for(
+            rows, flow=self.flow, transforms=self.transforms, hidden_features=hidden, select=select
+        )
 
     def _training_table(self, X, columns) -> tuple:
         """``(values, names, was_dataframe, roles, categories)`` of the training table.
@@ -480,7 +529,8 @@ class DensityEstimator:
 
     def _train(self, model: Flow, spec: TableSpec, rows: tuple, seed: int, run: dict) -> dict:
         """Train ``model`` on ``rows = (train, validation or None)`` by maximum likelihood
-        (dequantising the integer columns); ``run`` holds fit_flow's checkpoint options."""
+        (dequantising the integer columns); ``run`` holds fit_flow's checkpoint options and this
+        run's ``max_time`` (its share of the selection's budget)."""
         train, val = rows
         device = torch.device(self.device) if self.device is not None else torch.device("cpu")
         model.to(device)
@@ -502,7 +552,7 @@ class DensityEstimator:
         conditional = bool(spec.context_columns)
         max_epochs = self.max_epochs
         if max_epochs is None and self.max_time is None:
-            max_epochs = 200
+            max_epochs = 200  # per candidate; DEFAULT_MAX_TIME bounds the whole fit
         return fit_flow(
             model,
             tensor(spec.targets(train)),
@@ -513,7 +563,6 @@ class DensityEstimator:
             learning_rate=self.learning_rate,
             weight_decay=self.weight_decay,
             max_epochs=max_epochs,
-            max_time=self.max_time,
             patience=self.patience if val is not None else None,
             schedule=self.schedule,
             clip_grad=self.clip_grad,
@@ -1010,6 +1059,8 @@ class DensityEstimator:
         }
         if self._categories is not None:
             config["categorical"] = self._categories.to_dict()
+        if getattr(self, "selection_", None) is not None:
+            config["selection"] = self.selection_
         return save_model(path, config, self.flow_.state_dict())
 
     @classmethod
@@ -1043,6 +1094,7 @@ class DensityEstimator:
         estimator.flow_ = build_with_weights(estimator._build, spec, tensors, path)
         estimator.history_ = history
         estimator.fit_time_ = fit_time
+        estimator.selection_ = _stored_selection(config, path, spec)
         return estimator
 
     def info(self) -> dict:
@@ -1074,4 +1126,5 @@ class DensityEstimator:
             "epochs": int(history["epoch"][-1]) if history["epoch"] else 0,
             "best_validation_nll": float(min(val)) if val else None,
             "fit_time_seconds": float(self.fit_time_),
+            "selection": getattr(self, "selection_", None),
         }

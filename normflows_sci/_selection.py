@@ -1,0 +1,217 @@
+"""Model selection inside :meth:`DensityEstimator.fit`: a few flow sizes, one total time budget.
+
+At its defaults the estimator does not bet on one network size. Small tables (a few hundred
+rows) overfit a network that suits ten thousand rows within a few epochs, and a network sized
+for small tables underfits large ones; the held-out score of real tables moved by tenths of a
+nat per row between neighbouring sizes. So ``fit`` trains the neighbours of the size its
+row-count rule picks (one step smaller, the rule's own, one step larger) on the same training
+rows, each with early stopping on the same validation rows, and keeps the one with the best
+validation log-likelihood (its best epoch). Every candidate is a plain flow of the user's
+family, so the chosen one is stored by the usual model file (the spec records its size).
+
+``max_time`` bounds the WHOLE selection: each candidate gets an equal share of what is left
+when it starts, so the shares never add up to more than the budget (each training run may
+overrun its share by at most one optimiser step, as a single run may).
+
+Selection is skipped (one candidate, the rule's size) when the user fixed the size
+(``transforms`` or ``hidden_features``), for the slow families (``tarflow``, ``cnf``), when there
+are no validation rows to choose on, and when training is checkpointed (a resumable run is one
+model).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+__all__ = [
+    "Candidate",
+    "Budget",
+    "SIZE_LADDER",
+    "SELECTABLE_FLOWS",
+    "default_rung",
+    "candidates_for",
+    "select",
+    "check_selection",
+]
+
+#: Network sizes ``(transforms, hidden_features)`` from small to large; the row-count rule picks
+#: one rung and selection tries it and its two neighbours.
+SIZE_LADDER: tuple[tuple[int, tuple[int, ...]], ...] = (
+    (2, (16,)),
+    (3, (32, 32)),
+    (5, (64, 64)),
+    (5, (128, 128)),
+)
+#: Flow families whose sizes are selected (the others train too slowly to try several).
+SELECTABLE_FLOWS = ("nsf", "maf", "realnvp")
+# Fields of one candidate's record in ``info()["selection"]`` and in model files.
+_RECORD_FIELDS = ("name", "transforms", "hidden_features", "validation_nll", "epochs", "status")
+_STATUSES = ("chosen", "trained", "skipped: time budget spent", "failed")
+
+
+def default_rung(rows: int) -> int:
+    """The rung of :data:`SIZE_LADDER` the row-count rule picks for ``rows`` training rows:
+    (3, (32, 32)) below 1000 rows, (5, (64, 64)) below 5000, (5, (128, 128)) from 5000."""
+    if rows >= 5000:
+        return 3
+    if rows >= 1000:
+        return 2
+    return 1
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One network size tried by the selection (``name``: ``"smaller"``, ``"default"`` or
+    ``"larger"``; ``"fixed"`` when the user chose the size)."""
+
+    name: str
+    transforms: int
+    hidden_features: tuple[int, ...]
+
+
+def candidates_for(
+    rows: int,
+    *,
+    flow: str,
+    transforms: int | None,
+    hidden_features: Sequence[int] | None,
+    select: bool,
+) -> list[Candidate]:
+    """The candidates for ``rows`` training rows: the rule's size first (it is trained even when
+    the budget is tight), then the smaller and the larger neighbour. One candidate only when
+    ``select`` is False, the user fixed ``transforms`` or ``hidden_features`` (the other one
+    then follows the rule), or the family is not in :data:`SELECTABLE_FLOWS`.
+
+    Example:
+        >>> [c.name for c in candidates_for(300, flow="nsf", transforms=None,
+        ...                                  hidden_features=None, select=True)]
+        ['default', 'smaller', 'larger']
+        >>> candidates_for(300, flow="nsf", transforms=4, hidden_features=None, select=True)
+        [Candidate(name='fixed', transforms=4, hidden_features=(32, 32))]
+    """
+    rung = default_rung(rows)
+    rule_transforms, rule_hidden = SIZE_LADDER[rung]
+    fixed = transforms is not None or hidden_features is not None
+    if fixed or not select or flow not in SELECTABLE_FLOWS:
+        name = "fixed" if fixed else "default"
+        size = (transforms or rule_transforms, tuple(hidden_features or rule_hidden))
+        return [Candidate(name, *size)]
+    chosen = [Candidate("default", rule_transforms, rule_hidden)]
+    if rung > 0:
+        chosen.append(Candidate("smaller", *SIZE_LADDER[rung - 1]))
+    if rung + 1 < len(SIZE_LADDER):
+        chosen.append(Candidate("larger", *SIZE_LADDER[rung + 1]))
+    return chosen
+
+
+class Budget:
+    """The total wall-clock budget of a selection, shared out between the candidates.
+
+    Args:
+        max_time: seconds for the whole selection, or None (no time limit).
+        clock: the clock (seconds; default ``time.perf_counter``).
+    """
+
+    def __init__(self, max_time: float | None, clock: Callable[[], float] | None = None):
+        self.max_time = max_time
+        self.clock = clock or time.perf_counter
+        self.start = self.clock()
+
+    def share(self, left: int) -> float | None:
+        """The seconds for the next of ``left`` candidates still to train: an equal share of
+        what remains (None without a limit; 0 when nothing remains)."""
+        if self.max_time is None:
+            return None
+        remaining = self.max_time - (self.clock() - self.start)
+        return max(remaining, 0.0) / left
+
+
+def _best_validation(history: dict) -> float:
+    finite = [v for v in history.get("val_loss", []) if math.isfinite(v)]
+    return min(finite) if finite else math.inf
+
+
+def select(candidates: Sequence[Candidate], train: Callable, budget: Budget) -> tuple:
+    """Train the candidates in turn within ``budget`` and keep the best on validation.
+
+    Args:
+        candidates: from :func:`candidates_for` (the first is always trained).
+        train: ``train(candidate, max_time) -> (result, history)``; ``max_time`` is the
+            candidate's share (None: no limit). ``history["val_loss"]`` (nats per row) ranks
+            them. A ``ValueError`` marks the candidate failed.
+        budget: the total budget.
+
+    Returns:
+        ``(result of the chosen candidate, its history, records)``: ``records`` lists every
+        candidate (``name``, ``transforms``, ``hidden_features``, ``validation_nll``,
+        ``epochs``, ``status``) in the order tried.
+
+    Raises:
+        ValueError: every trained candidate failed (the first candidate's error).
+    """
+    records, best, first_error = [], None, None
+    for index, candidate in enumerate(candidates):
+        share = budget.share(len(candidates) - index)
+        record = dict(
+            name=candidate.name,
+            transforms=candidate.transforms,
+            hidden_features=list(candidate.hidden_features),
+            validation_nll=None,
+            epochs=0,
+            status="skipped: time budget spent",
+        )
+        records.append(record)
+        if index and share is not None and share <= 0:
+            continue
+        try:
+            result, history = train(candidate, share)
+        except ValueError as error:
+            first_error = first_error or error
+            record["status"] = "failed"
+            continue
+        score = _best_validation(history)
+        record.update(status="trained", epochs=len(history["epoch"]))
+        record["validation_nll"] = score if math.isfinite(score) else None
+        if best is None or score < best[0]:
+            best = (score, result, history, record)
+    if best is None:
+        raise first_error
+    best[3]["status"] = "chosen"
+    return best[1], best[2], records
+
+
+def check_selection(value, where: str) -> list[dict]:
+    """Validate the ``selection`` records of a model file (JSON data only).
+
+    Raises:
+        ValueError: not a list of records with exactly the fields of :func:`select`'s, of the
+            right types, exactly one of them chosen (naming ``where``).
+    """
+    if not isinstance(value, list) or not 1 <= len(value) <= len(SIZE_LADDER):
+        raise ValueError(f"{where} must be a list of 1 to {len(SIZE_LADDER)} records")
+    for i, record in enumerate(value):
+        if not isinstance(record, dict) or sorted(record) != sorted(_RECORD_FIELDS):
+            raise ValueError(f"{where}[{i}] must be an object with the fields {_RECORD_FIELDS}")
+        hidden, nll = record["hidden_features"], record["validation_nll"]
+        ok = (
+            isinstance(record["name"], str)
+            and record["status"] in _STATUSES
+            and _positive_int(record["transforms"])
+            and isinstance(hidden, list)
+            and len(hidden) > 0
+            and all(_positive_int(h) for h in hidden)
+            and (nll is None or (isinstance(nll, (int, float)) and math.isfinite(nll)))
+            and (_positive_int(record["epochs"]) or record["epochs"] == 0)
+        )
+        if not ok:
+            raise ValueError(f"{where}[{i}] holds a field of the wrong type or range: {record}")
+    if sum(r["status"] == "chosen" for r in value) != 1:
+        raise ValueError(f"{where} must mark exactly one record 'chosen'")
+    return value
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0

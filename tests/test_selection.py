@@ -1,0 +1,158 @@
+"""Model selection inside DensityEstimator.fit: candidates, the total budget, files (issue 21)."""
+
+from __future__ import annotations
+
+import json
+import math
+import zipfile
+
+import numpy as np
+import pytest
+
+from normflows_sci import DensityEstimator, estimator
+from normflows_sci._selection import Budget, Candidate, candidates_for, select
+
+FAST = dict(max_epochs=3, verbose=False, random_state=0)
+
+
+class FakeClock:
+    """A clock that advances only when told to (or by ``tick`` at every reading)."""
+
+    def __init__(self, tick: float = 0.0):
+        self.now, self.tick = 0.0, tick
+
+    def __call__(self) -> float:
+        self.now += self.tick
+        return self.now
+
+
+def _table(rows=240, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=rows)
+    return np.column_stack([x, np.sin(2.0 * x) + 0.3 * rng.normal(size=rows)])
+
+
+def test_max_time_bounds_the_whole_selection_not_each_candidate():
+    # Each candidate may use up its whole share: every share must still end by the deadline
+    # (a one-second overrun is absorbed by the later shares), and candidates left when the
+    # budget is spent are skipped; the first always trains (a fit always returns a model).
+    sizes = candidates_for(300, flow="nsf", transforms=None, hidden_features=None, select=True)
+    for overrun, statuses in [
+        (1.0, ["trained", "trained", "chosen"]),
+        (15.0, ["trained", "chosen", "skipped: time budget spent"]),
+        (None, ["chosen", "skipped: time budget spent", "skipped: time budget spent"]),
+    ]:
+        clock, ends = FakeClock(), []
+
+        def train(candidate, max_time, clock=clock, ends=ends, overrun=overrun):
+            ends.append(clock.now + max_time)
+            clock.now += max_time + (overrun if candidate.name == "smaller" else 0.0)
+            return candidate.name, {"epoch": [1], "val_loss": [-len(ends)]}
+
+        budget = Budget(0.0 if overrun is None else 30.0, clock)
+        records = select(sizes, train, budget)[2]
+        assert [r["status"] for r in records] == statuses
+        assert len(sizes) == 3 and all(end <= budget.max_time for end in ends)
+
+
+def test_fit_charges_the_selection_to_one_budget(monkeypatch):
+    # A clock that reads 10 s later at every look: after the first candidate's start, the 15 s
+    # budget is spent, so the others are skipped instead of each getting 15 s of its own.
+    monkeypatch.setattr(estimator, "Budget", lambda t: Budget(t, FakeClock(tick=10.0)))
+    shares = []
+    train = DensityEstimator._train
+
+    def spy(self, model, spec, rows, seed, run):
+        shares.append(run["max_time"])
+        return train(self, model, spec, rows, seed, run)
+
+    monkeypatch.setattr(DensityEstimator, "_train", spy)
+    est = DensityEstimator(max_time=15.0, **FAST).fit(_table())
+    assert len(shares) == 1 and shares[0] <= 15.0
+    statuses = [r["status"] for r in est.info()["selection"]]
+    assert statuses == ["chosen", "skipped: time budget spent", "skipped: time budget spent"]
+
+
+def test_defaults_select_a_size_on_validation_and_files_keep_the_choice(tmp_path):
+    est = DensityEstimator(**FAST).fit(_table())
+    records = est.info()["selection"]
+    trained = [r for r in records if r["validation_nll"] is not None]
+    assert [r["name"] for r in records] == ["default", "smaller", "larger"] and len(trained) == 3
+    best = min(trained, key=lambda r: r["validation_nll"])
+    assert best["status"] == "chosen"
+    assert (est.spec_.transforms, list(est.spec_.hidden_features)) == (
+        best["transforms"],
+        best["hidden_features"],
+    )
+    assert math.isclose(est.info()["best_validation_nll"], best["validation_nll"])
+    loaded = DensityEstimator.load(est.save(tmp_path / "model.nfs"))
+    assert loaded.info() == est.info()
+    np.testing.assert_array_equal(
+        loaded.score_samples(_table()[:5]), est.score_samples(_table()[:5])
+    )
+
+
+@pytest.mark.parametrize(
+    "setting", [dict(transforms=4), dict(hidden_features=(8,)), dict(flow="tarflow")]
+)
+def test_explicit_size_or_slow_family_means_no_selection(setting):
+    est = DensityEstimator(**setting, **{**FAST, "max_epochs": 1}).fit(_table(rows=60))
+    records = est.info()["selection"]
+    assert len(records) == 1 and records[0]["status"] == "chosen"
+    if "transforms" in setting:
+        assert records[0]["name"] == "fixed" and est.spec_.transforms == 4
+    if "hidden_features" in setting:
+        assert est.spec_.hidden_features == (8,) and est.spec_.transforms == 3
+
+
+def test_no_validation_rows_means_nothing_to_select_on():
+    est = DensityEstimator(validation_fraction=0.0, **FAST).fit(_table(rows=60))
+    assert [r["name"] for r in est.info()["selection"]] == ["default"]
+
+
+def test_a_failing_candidate_is_reported_and_the_others_still_compete():
+    def train(candidate, max_time):
+        if candidate.name == "default":
+            raise ValueError("training diverged")
+        return candidate.name, {
+            "epoch": [1, 2],
+            "val_loss": [3.0, 2.0 if candidate.name == "larger" else 2.5],
+        }
+
+    sizes = [
+        Candidate("default", 3, (32,)),
+        Candidate("smaller", 2, (16,)),
+        Candidate("larger", 5, (64,)),
+    ]
+    chosen, _, records = select(sizes, train, Budget(None))
+    assert chosen == "larger" and [r["status"] for r in records] == ["failed", "trained", "chosen"]
+    with pytest.raises(ValueError, match="diverged"):
+        select(sizes[:1], train, Budget(None))
+
+
+def _rewrite(path, change):
+    with zipfile.ZipFile(path) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    config = json.loads(members["config.json"])
+    change(config)
+    members["config.json"] = json.dumps(config).encode()
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda c: c["selection"][0].update(transforms=7), "marks the size"),
+        (lambda c: c["selection"][0].update(code="__import__('os')"), "fields"),
+        (lambda c: c["selection"][0].update(status="trained"), "exactly one"),
+        (lambda c: c.update(selection="default"), "list"),
+    ],
+)
+def test_a_tampered_selection_record_is_refused_on_load(tmp_path, change, message):
+    est = DensityEstimator(transforms=3, **{**FAST, "max_epochs": 1}).fit(_table(rows=60))
+    path = est.save(tmp_path / "model.nfs")
+    _rewrite(path, change)
+    with pytest.raises(ValueError, match=f"config field selection.*{message}|{message}"):
+        DensityEstimator.load(path)
