@@ -631,8 +631,8 @@ def kernel_throughput(args) -> None:
     )
     print(header)
     print("-" * len(header))
-    for target in ("gaussian", "rosenbrock"):
-        for kind in ("MALA", "HMC"):
+    for target in args.kernel_targets:
+        for kind in args.kernel_kinds:
             for chains in args.kernel_chains:
                 kernel_row(args, target, kind, chains, blackjax is not None)
 
@@ -727,6 +727,15 @@ def parse_args() -> argparse.Namespace:
         help="only the MALA/HMC kernel throughput table against blackjax",
     )
     parser.add_argument("--kernel-chains", type=int, nargs="+", default=[64, 1024, 16384])
+    parser.add_argument(
+        "--kernel-targets",
+        nargs="+",
+        default=["gaussian", "rosenbrock"],
+        choices=["gaussian", "rosenbrock"],
+    )
+    parser.add_argument(
+        "--kernel-kinds", nargs="+", default=["MALA", "HMC"], choices=["MALA", "HMC"]
+    )
     parser.add_argument("--kernel-steps", type=int, default=300, help="timed steps per run")
     parser.add_argument("--kernel-repeats", type=int, default=3, help="best of this many")
     parser.add_argument("--kernel-leapfrog", type=int, default=10, help="HMC leapfrog steps")

@@ -216,3 +216,23 @@ def test_run_with_the_compiled_step_gives_the_eager_trace(target):
 def test_run_refuses_an_unknown_compile_value(value):
     with pytest.raises(ValueError, match="compile must be True, False, 'auto' or a dict"):
         run(MALA(banana), start(), 2, compile=value)
+
+
+def test_run_switching_to_the_compiled_step_mid_run_keeps_the_trace(monkeypatch):
+    # "auto" compiles once the eager pace projects a long run: forced here for any run length
+    # (the switch and the pace comparison after it must not change the chains).
+    import importlib
+
+    run_module = importlib.import_module("normflows_sci.samplers.run")  # not the function
+    monkeypatch.setattr(run_module, "_COMPILE_PAYS_SECONDS", -1.0)
+
+    class TracedOnly(run_module.CompiledStep):  # no code generation: fast
+        def __init__(self, kernel):
+            super().__init__(kernel, backend="aot_eager")
+
+    monkeypatch.setattr(run_module, "CompiledStep", TracedOnly)
+    kernel = MALA(banana, step_size=0.2)
+    switched = run(kernel, start(), 12, num_warmup=4, seed=0)
+    eager = run(kernel, start(), 12, num_warmup=4, seed=0, compile=False)
+    assert torch.allclose(switched.samples, eager.samples, atol=1e-5)
+    assert torch.equal(switched.acceptance["local"], eager.acceptance["local"])

@@ -508,6 +508,11 @@ def _no_target(x: Tensor) -> Tensor:
     raise AssertionError("a kernel built to check its hyperparameters evaluated its target")
 
 
+# Inductor re-checks the shape and strides of its own buffers at every call of the compiled code;
+# for small batches those checks are most of a step's time.
+_INDUCTOR_OPTIONS = {"size_asserts": False, "alignment_asserts": False}
+
+
 class CompiledStep:
     """A kernel's :meth:`~Kernel.step` with its transition compiled by :func:`torch.compile`
     (``fullgraph=True``): ``compiled(state, generator)`` draws the step's randomness eagerly
@@ -523,7 +528,10 @@ class CompiledStep:
 
     Args:
         kernel: the kernel.
-        **options: for :func:`torch.compile` (``backend``, ``mode``, ``dynamic``, ...).
+        **options: for :func:`torch.compile` (``backend``, ``mode``, ``dynamic``, ...). With
+            inductor (the default backend) and neither ``mode`` nor ``options`` given, inductor
+            skips its per-call checks of its own buffers' shapes; ``dynamic`` defaults to False
+            (code specialised to the chains' shape, recompiled for another one).
 
     Example:
         >>> from normflows_sci.distributions import StandardNormal
@@ -539,6 +547,9 @@ class CompiledStep:
     def __init__(self, kernel: Kernel, **options):
         self.kernel = kernel
         self.separable = self.separates(kernel)
+        options.setdefault("dynamic", False)  # a run keeps its shapes: specialised code
+        if options.get("backend", "inductor") == "inductor" and "mode" not in options:
+            options.setdefault("options", dict(_INDUCTOR_OPTIONS))
         self.transition = (
             torch.compile(kernel.transition, fullgraph=True, **options) if self.separable else None
         )

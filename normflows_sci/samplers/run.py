@@ -99,8 +99,11 @@ class _Stepper:
     """The step function of a run: ``kernel.step``, or its :class:`CompiledStep` (same draws,
     same chains up to floating-point reassociation). ``compile="auto"`` starts eagerly and
     switches to the compiled step when ``_PACE_STEPS`` eager steps project the remaining steps
-    to take over ``_COMPILE_PAYS_SECONDS``. On an accelerator the device is synchronised at the
-    start and end of that timing (twice per run, not per step), so the pace is the device's."""
+    to take over ``_COMPILE_PAYS_SECONDS``; the compiled step's pace is then timed the same way
+    (after its first, compiling call) and the eager step comes back if it was faster (e.g. a
+    cheap target on many chains, where the eager operations are already large). On an
+    accelerator the device is synchronised at the start and end of each timing (four times per
+    run, not per step), so the pace is the device's."""
 
     def __init__(self, kernel, compile, steps: int):
         self.kernel, self.remaining = kernel, steps
@@ -108,21 +111,29 @@ class _Stepper:
         if compile is True or isinstance(compile, dict):
             self.step = CompiledStep(kernel, **(compile if isinstance(compile, dict) else {}))
         self.pacing = compile == "auto" and CompiledStep.separates(kernel)
-        self.count, self.clock = 0, 0.0
+        self.count, self.clock, self.eager_pace = 0, 0.0, None
 
     def __call__(self, state, generator):
         if not self.pacing:
             return self.step(state, generator)
         self.count += 1
-        if self.count == 2:
+        # Steps 2 to 6 time the eager step, 8 to 12 the compiled one (7 compiles).
+        if self.count in (2, _PACE_STEPS + 3):
             _synchronize(state)
             self.clock = time.perf_counter()
-        elif self.count == _PACE_STEPS + 2:
+        elif self.count in (_PACE_STEPS + 2, 2 * _PACE_STEPS + 3):
             _synchronize(state)
             pace = (time.perf_counter() - self.clock) / _PACE_STEPS
-            self.pacing = False
-            if pace * (self.remaining - self.count) > _COMPILE_PAYS_SECONDS:
-                self.step = CompiledStep(self.kernel)
+            if self.eager_pace is None:
+                self.eager_pace = pace
+                if pace * (self.remaining - self.count) > _COMPILE_PAYS_SECONDS:
+                    self.step = CompiledStep(self.kernel)
+                else:
+                    self.pacing = False
+            else:
+                self.pacing = False
+                if pace >= self.eager_pace:
+                    self.step = self.kernel.step
         return self.step(state, generator)
 
 

@@ -42,6 +42,11 @@ def compile_target(target, **options) -> Callable[[Tensor], Tensor]:
     :meth:`Flow.compile <normflows_sci.flows.Flow.compile>`. The chains are the same as with the
     eager target up to floating-point reassociation; the first step compiles.
 
+    This compiles the target alone; :func:`~normflows_sci.samplers.run` compiles the whole step
+    (proposal, gradient, accept/reject: ``compile=True``, or automatically for long runs), and
+    :meth:`Kernel.compiled_step <normflows_sci.samplers.Kernel.compiled_step>` gives that step
+    for a loop of one's own.
+
     Args:
         target: as for :func:`as_log_prob`.
         **options: passed to :func:`torch.compile`.
