@@ -9,6 +9,14 @@ rows, each with early stopping on the same validation rows, and keeps the one wi
 validation log-likelihood (its best epoch). Every candidate is a plain flow of the user's
 family, so the chosen one is stored by the usual model file (the spec records its size).
 
+On a few hundred rows a Gaussian mixture fitted by EM beats any flow trained by stochastic
+gradients, so unconditional tables of continuous columns under ``MIXTURE_MAX_ROWS`` training rows
+get a fourth candidate: the smallest flow on a :class:`GaussianMixtureBase`, whose full-covariance
+components are fitted by EM to the preprocessed training rows (their number chosen on the
+validation rows) and then frozen. The flows start at the identity, so this candidate starts as
+the validated mixture and training only moves it where the validation rows agree. Its record
+carries ``components``, from which a model file rebuilds the base (weights stored as tensors).
+
 ``max_time`` bounds the WHOLE selection: each candidate gets an equal share of what is left
 when it starts, so the shares never add up to more than the budget (each training run may
 overrun its share by at most one optimiser step, as a single run may).
@@ -26,6 +34,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+import torch
+from torch import Tensor
+
+from normflows_sci.baselines import GaussianMixtureBaseline
+from normflows_sci.distributions import Distribution
+
 __all__ = [
     "Candidate",
     "Budget",
@@ -35,6 +50,9 @@ __all__ = [
     "candidates_for",
     "select",
     "check_selection",
+    "GaussianMixtureBase",
+    "fit_mixture_base",
+    "MIXTURE_MAX_ROWS",
 ]
 
 #: Network sizes ``(transforms, hidden_features)`` from small to large; the row-count rule picks
@@ -47,8 +65,17 @@ SIZE_LADDER: tuple[tuple[int, tuple[int, ...]], ...] = (
 )
 #: Flow families whose sizes are selected (the others train too slowly to try several).
 SELECTABLE_FLOWS = ("nsf", "maf", "realnvp")
+#: Training rows below which the mixture-base candidate is tried (above, flows win and EM on
+#: every component count gets slow).
+MIXTURE_MAX_ROWS = 5000
+# Component counts the mixture base chooses from (each kept only with 5 training rows per
+# component), and the most a model file may hold.
+MIXTURE_COMPONENTS = (1, 2, 4, 8, 16)
+_ROWS_PER_COMPONENT = 5
 # Fields of one candidate's record in ``info()["selection"]`` and in model files.
-_RECORD_FIELDS = ("name", "transforms", "hidden_features", "validation_nll", "epochs", "status")
+_RECORD_FIELDS = (
+    "name", "transforms", "hidden_features", "components", "validation_nll", "epochs", "status",
+)  # fmt: skip
 _STATUSES = ("chosen", "trained", "skipped: time budget spent", "failed")
 
 
@@ -64,8 +91,9 @@ def default_rung(rows: int) -> int:
 
 @dataclass(frozen=True)
 class Candidate:
-    """One network size tried by the selection (``name``: ``"smaller"``, ``"default"`` or
-    ``"larger"``; ``"fixed"`` when the user chose the size)."""
+    """One network size tried by the selection (``name``: ``"default"``, ``"mixture"`` (the
+    size on a Gaussian-mixture base), ``"smaller"`` or ``"larger"``; ``"fixed"`` when the user
+    chose the size)."""
 
     name: str
     transforms: int
@@ -79,9 +107,12 @@ def candidates_for(
     transforms: int | None,
     hidden_features: Sequence[int] | None,
     select: bool,
+    mixture: bool = False,
 ) -> list[Candidate]:
     """The candidates for ``rows`` training rows: the rule's size first (it is trained even when
-    the budget is tight), then the smaller and the larger neighbour. One candidate only when
+    the budget is tight), then, with ``mixture`` and under ``MIXTURE_MAX_ROWS`` rows, the
+    smallest size on a Gaussian-mixture base, then the smaller and the larger neighbour. One
+    candidate only when
     ``select`` is False, the user fixed ``transforms`` or ``hidden_features`` (the other one
     then follows the rule), or the family is not in :data:`SELECTABLE_FLOWS`.
 
@@ -100,6 +131,8 @@ def candidates_for(
         size = (transforms or rule_transforms, tuple(hidden_features or rule_hidden))
         return [Candidate(name, *size)]
     chosen = [Candidate("default", rule_transforms, rule_hidden)]
+    if mixture and rows < MIXTURE_MAX_ROWS:
+        chosen.append(Candidate("mixture", *SIZE_LADDER[0]))
     if rung > 0:
         chosen.append(Candidate("smaller", *SIZE_LADDER[rung - 1]))
     if rung + 1 < len(SIZE_LADDER):
@@ -141,7 +174,8 @@ def select(candidates: Sequence[Candidate], train: Callable, budget: Budget) -> 
         candidates: from :func:`candidates_for` (the first is always trained).
         train: ``train(candidate, max_time) -> (result, history)``; ``max_time`` is the
             candidate's share (None: no limit). ``history["val_loss"]`` (nats per row) ranks
-            them. A ``ValueError`` marks the candidate failed.
+            them; ``history["components"]``, if present, goes to the record. A ``ValueError``
+            marks the candidate failed.
         budget: the total budget.
 
     Returns:
@@ -159,6 +193,7 @@ def select(candidates: Sequence[Candidate], train: Callable, budget: Budget) -> 
             name=candidate.name,
             transforms=candidate.transforms,
             hidden_features=list(candidate.hidden_features),
+            components=None,
             validation_nll=None,
             epochs=0,
             status="skipped: time budget spent",
@@ -174,6 +209,7 @@ def select(candidates: Sequence[Candidate], train: Callable, budget: Budget) -> 
             continue
         score = _best_validation(history)
         record.update(status="trained", epochs=len(history["epoch"]))
+        record["components"] = history.pop("components", None)
         record["validation_nll"] = score if math.isfinite(score) else None
         if best is None or score < best[0]:
             best = (score, result, history, record)
@@ -190,8 +226,8 @@ def check_selection(value, where: str) -> list[dict]:
         ValueError: not a list of records with exactly the fields of :func:`select`'s, of the
             right types, exactly one of them chosen (naming ``where``).
     """
-    if not isinstance(value, list) or not 1 <= len(value) <= len(SIZE_LADDER):
-        raise ValueError(f"{where} must be a list of 1 to {len(SIZE_LADDER)} records")
+    if not isinstance(value, list) or not 1 <= len(value) <= len(SIZE_LADDER) + 1:
+        raise ValueError(f"{where} must be a list of 1 to {len(SIZE_LADDER) + 1} records")
     for i, record in enumerate(value):
         if not isinstance(record, dict) or sorted(record) != sorted(_RECORD_FIELDS):
             raise ValueError(f"{where}[{i}] must be an object with the fields {_RECORD_FIELDS}")
@@ -205,6 +241,7 @@ def check_selection(value, where: str) -> list[dict]:
             and all(_positive_int(h) for h in hidden)
             and (nll is None or (isinstance(nll, (int, float)) and math.isfinite(nll)))
             and (_positive_int(record["epochs"]) or record["epochs"] == 0)
+            and _components_ok(record)
         )
         if not ok:
             raise ValueError(f"{where}[{i}] holds a field of the wrong type or range: {record}")
@@ -213,5 +250,70 @@ def check_selection(value, where: str) -> list[dict]:
     return value
 
 
+def _components_ok(record: dict) -> bool:
+    """A trained mixture record names its component count (at most the largest one tried);
+    every other record has none."""
+    count = record["components"]
+    if record["name"] != "mixture" or record["status"] not in ("chosen", "trained"):
+        return count is None
+    return _positive_int(count) and count <= max(MIXTURE_COMPONENTS)
+
+
 def _positive_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+class GaussianMixtureBase(Distribution):
+    """A fixed mixture of full-covariance Gaussians: the base of the mixture candidate.
+
+    Buffers (stored with the model's weights, not trained): ``log_weights`` ``(k,)``, ``means``
+    ``(k, d)`` and ``scale_tril`` ``(k, d, d)`` (lower-triangular Cholesky factors, positive
+    diagonal), so ``log_prob`` is ``logsumexp_j [log w_j + log N(z | mu_j, L_j L_j^T)]``.
+
+    Example:
+        >>> base = GaussianMixtureBase(2, components=3)
+        >>> base.log_prob(torch.zeros(1, 2))  # three standard normals
+        tensor([-1.8379])
+    """
+
+    def __init__(self, features: int, components: int):
+        super().__init__(features)
+        self.register_buffer("log_weights", torch.full((components,), -math.log(components)))
+        self.register_buffer("means", torch.zeros(components, features))
+        self.register_buffer("scale_tril", torch.eye(features).repeat(components, 1, 1))
+
+    def _log_prob(self, inputs: Tensor, context: Tensor | None = None) -> Tensor:
+        features = self.event_shape[0]
+        centred = (inputs[:, None, :] - self.means).unsqueeze(-1)  # (n, k, d, 1)
+        whitened = torch.linalg.solve_triangular(self.scale_tril, centred, upper=False)
+        log_det = torch.diagonal(self.scale_tril, dim1=-2, dim2=-1).log().sum(-1)
+        joint = (
+            -0.5 * whitened.squeeze(-1).square().sum(-1)
+            - log_det
+            - 0.5 * features * math.log(2.0 * math.pi)
+            + self.log_weights
+        )
+        return torch.logsumexp(joint, dim=-1)
+
+    def _sample(self, num_samples: int, generator) -> Tensor:
+        which = torch.multinomial(
+            self.log_weights.exp(), num_samples, replacement=True, generator=generator
+        )
+        noise = self._randn(num_samples, self.event_shape[0], 1, generator=generator)
+        return self.means[which] + (self.scale_tril[which] @ noise).squeeze(-1)
+
+
+def fit_mixture_base(latent_train: np.ndarray, latent_val: np.ndarray, seed: int):
+    """A :class:`GaussianMixtureBase` fitted by EM to ``latent_train`` ``(n, d)`` (float64,
+    preprocessed rows), its component count the best of ``MIXTURE_COMPONENTS`` (with at least 5
+    rows each) on ``latent_val`` ``(m, d)``."""
+    counts = [k for k in MIXTURE_COMPONENTS if k * _ROWS_PER_COMPONENT <= len(latent_train)]
+    mixture = GaussianMixtureBaseline(
+        candidates=counts or (1,), covariance="full", max_iter=100, random_state=seed
+    ).fit(latent_train, latent_val)
+    base = GaussianMixtureBase(latent_train.shape[1], mixture.components_)
+    with torch.no_grad():
+        base.log_weights.copy_(torch.as_tensor(np.log(mixture.weights_)))
+        base.means.copy_(torch.as_tensor(mixture.means_))
+        base.scale_tril.copy_(torch.as_tensor(np.linalg.cholesky(mixture.covariances_)))
+    return base

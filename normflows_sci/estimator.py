@@ -47,7 +47,15 @@ from normflows_sci._modelfile import (
     fit_fingerprint,
     stored_params,
 )
-from normflows_sci._selection import Budget, Candidate, candidates_for, check_selection, select
+from normflows_sci._selection import (
+    Budget,
+    Candidate,
+    GaussianMixtureBase,
+    candidates_for,
+    check_selection,
+    fit_mixture_base,
+    select,
+)
 from normflows_sci._tabular import FLOWS as TABLE_FLOWS
 from normflows_sci._tabular import (
     HEAVY_TAIL_THRESHOLD,  # noqa: F401 - the heavy_tails="auto" rule, importable from here
@@ -200,6 +208,17 @@ def _check_trained(model: Flow, history: dict, *, validated: bool) -> None:
             f"training failed: the {kind} negative log-likelihood is not finite ({losses[-1]}); "
             "try a smaller learning_rate or clip_grad"
         )
+
+
+def _preprocessed(model: Flow, targets: np.ndarray) -> np.ndarray:
+    """The target rows ``(n, d)`` after the model's float64 preprocessing (bounds, then
+    standardisation): the flow network's inputs, where the mixture base is fitted."""
+    *bounds, standardize = list(model.transform)[:-1]
+    with torch.no_grad():
+        points = torch.as_tensor(targets, dtype=torch.float64, device=standardize.shift.device)
+        for step in bounds:
+            points = step(points)[0]
+        return standardize.standardize(points).cpu().numpy()
 
 
 def _stored_selection(config: dict, path, spec: TableSpec) -> list[dict] | None:
@@ -365,8 +384,13 @@ class DensityEstimator:
         )
 
     def _build(self, spec: TableSpec) -> Flow:
-        """The full model (preprocessing + flow) of a spec, at identity standardisation."""
-        return build_table_flow(spec)
+        """The full model (preprocessing + flow) of a spec, at identity standardisation, on the
+        Gaussian-mixture base of the chosen selection candidate if it had one."""
+        model = build_table_flow(spec)
+        chosen = [r for r in getattr(self, "selection_", None) or () if r["status"] == "chosen"]
+        if chosen and chosen[0]["components"] is not None:
+            model.base = GaussianMixtureBase(len(spec.target_columns), chosen[0]["components"])
+        return model
 
     # ----------------------------------------------------------------------------- fitting
     def fit(
@@ -409,7 +433,11 @@ class DensityEstimator:
         if categories is not None:  # the categories' factor is fitted to the training rows only
             dummies = train[:, len(categories.numeric_columns) :]
             categories = categories.fitted(categories.codes_from_dummies(dummies))
-        candidates = self._candidates(len(train), select=val is not None and checkpoint is None)
+        candidates = self._candidates(
+            len(train),
+            select=val is not None and checkpoint is None,
+            mixture=not layout.context_columns and not any(layout.discrete),
+        )
         network = self._network_size(candidates[0])
         spec, statistics = plan_table(
             layout, train, val, network=network, heavy_tails=self.heavy_tails, frame=is_frame
@@ -438,8 +466,13 @@ class DensityEstimator:
         check_flow_range(model, sized, train, "X")
         if val is not None:
             check_flow_range(model, sized, val, "X_val")
+        if candidate.name == "mixture":  # the flow starts at the identity: at the EM mixture
+            latent = [_preprocessed(model, sized.targets(rows)) for rows in (train, val)]
+            model.base = fit_mixture_base(*latent, seed)
         history = self._train(model, sized, (train, val), seed, dict(run, max_time=max_time))
         _check_trained(model, history, validated=val is not None)
+        if candidate.name == "mixture":
+            history["components"] = len(model.base.log_weights)
         return (model, sized), history
 
     def _total_time(self) -> float | None:
@@ -449,13 +482,19 @@ class DensityEstimator:
             return DEFAULT_MAX_TIME
         return self.max_time
 
-    def _candidates(self, rows: int, *, select: bool) -> list[Candidate]:
-        """The network sizes ``fit`` tries (see ``normflows_sci._selection``)."""
+    def _candidates(self, rows: int, *, select: bool, mixture: bool) -> list[Candidate]:
+        """The network sizes ``fit`` tries (see ``normflows_sci._selection``); ``mixture``: the
+        table allows the mixture-base candidate (no context, no integer columns)."""
         hidden = self.hidden_features
         if isinstance(hidden, int):
             hidden = (hidden,)
         return candidates_for(
-            rows, flow=self.flow, transforms=self.transforms, hidden_features=hidden, select=select
+            rows,
+            flow=self.flow,
+            transforms=self.transforms,
+            hidden_features=hidden,
+            select=select,
+            mixture=mixture,
         )
 
     def _training_table(self, X, columns) -> tuple:
@@ -1091,10 +1130,10 @@ class DensityEstimator:
             raise ValueError(f"{path}: config field params is invalid: {error}") from error
         estimator.spec_ = spec
         estimator.categories_ = categories
+        estimator.selection_ = _stored_selection(config, path, spec)  # before the base is built
         estimator.flow_ = build_with_weights(estimator._build, spec, tensors, path)
         estimator.history_ = history
         estimator.fit_time_ = fit_time
-        estimator.selection_ = _stored_selection(config, path, spec)
         return estimator
 
     def info(self) -> dict:

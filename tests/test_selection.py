@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 
 from normflows_sci import DensityEstimator, estimator
-from normflows_sci._selection import Budget, Candidate, candidates_for, select
+from normflows_sci._selection import (
+    Budget,
+    Candidate,
+    GaussianMixtureBase,
+    candidates_for,
+    select,
+)
 
 FAST = dict(max_epochs=3, verbose=False, random_state=0)
 
@@ -70,14 +76,15 @@ def test_fit_charges_the_selection_to_one_budget(monkeypatch):
     est = DensityEstimator(max_time=15.0, **FAST).fit(_table())
     assert len(shares) == 1 and shares[0] <= 15.0
     statuses = [r["status"] for r in est.info()["selection"]]
-    assert statuses == ["chosen", "skipped: time budget spent", "skipped: time budget spent"]
+    assert statuses == ["chosen"] + ["skipped: time budget spent"] * 3
 
 
 def test_defaults_select_a_size_on_validation_and_files_keep_the_choice(tmp_path):
     est = DensityEstimator(**FAST).fit(_table())
     records = est.info()["selection"]
     trained = [r for r in records if r["validation_nll"] is not None]
-    assert [r["name"] for r in records] == ["default", "smaller", "larger"] and len(trained) == 3
+    names = ["default", "mixture", "smaller", "larger"]
+    assert [r["name"] for r in records] == names and len(trained) == 4
     best = min(trained, key=lambda r: r["validation_nll"])
     assert best["status"] == "chosen"
     assert (est.spec_.transforms, list(est.spec_.hidden_features)) == (
@@ -156,3 +163,68 @@ def test_a_tampered_selection_record_is_refused_on_load(tmp_path, change, messag
     _rewrite(path, change)
     with pytest.raises(ValueError, match=f"config field selection.*{message}|{message}"):
         DensityEstimator.load(path)
+
+
+def _two_clusters(rows=300, seed=1):
+    # Two tilted, well separated Gaussian clusters: what a 2-component mixture fits exactly.
+    rng = np.random.default_rng(seed)
+    z = rng.normal(size=(rows, 2)) @ np.array([[1.0, 0.9], [0.0, 0.3]])
+    return z + np.where(rng.random(rows) < 0.4, -4.0, 4.0)[:, None]
+
+
+def test_small_table_gets_a_mixture_base_candidate_that_files_rebuild(tmp_path):
+    X = _two_clusters()
+    est = DensityEstimator(**{**FAST, "max_epochs": 2}).fit(X)
+    chosen = next(r for r in est.info()["selection"] if r["status"] == "chosen")
+    # Two epochs cannot take a flow on a standard normal base to two clusters; the EM mixture
+    # is there from the start.
+    assert chosen["name"] == "mixture" and chosen["components"] >= 2
+    assert isinstance(est.flow_.base, GaussianMixtureBase)
+    path = est.save(tmp_path / "model.nfs")
+    loaded = DensityEstimator.load(path)
+    assert isinstance(loaded.flow_.base, GaussianMixtureBase)
+    np.testing.assert_allclose(loaded.score_samples(X[:20]), est.score_samples(X[:20]))
+    draws = loaded.sample(400, random_state=0)
+    assert abs(np.mean(draws[:, 0] > 0) - np.mean(X[:, 0] > 0)) < 0.1  # both clusters drawn
+    # A file whose record claims another component count does not match its weights.
+    _rewrite(
+        path,
+        lambda c: next(r for r in c["selection"] if r["status"] == "chosen").update(
+            components=chosen["components"] + 1
+        ),
+    )
+    with pytest.raises(ValueError, match="log_weights"):
+        DensityEstimator.load(path)
+
+
+@pytest.mark.parametrize("setting", [dict(context=[1]), dict(discrete=[1])])
+def test_no_mixture_candidate_for_conditional_or_integer_tables(setting):
+    X = _two_clusters(rows=200)
+    X[:, 1] = np.round(X[:, 1])
+    est = DensityEstimator(**setting, **{**FAST, "max_epochs": 1}).fit(X)
+    assert "mixture" not in [r["name"] for r in est.info()["selection"]]
+
+
+def test_mixture_base_is_the_normalised_full_covariance_mixture():
+    import torch
+    from scipy.stats import multivariate_normal
+
+    base = GaussianMixtureBase(2, components=2)
+    means = np.array([[0.0, 1.0], [2.0, -1.0]])
+    trils = np.array([[[1.0, 0.0], [0.5, 0.8]], [[0.6, 0.0], [-0.3, 1.2]]])
+    weights = np.array([0.3, 0.7])
+    with torch.no_grad():
+        base.log_weights.copy_(torch.as_tensor(np.log(weights)))
+        base.means.copy_(torch.as_tensor(means))
+        base.scale_tril.copy_(torch.as_tensor(trils))
+    points = np.random.default_rng(2).normal(size=(50, 2))
+    expected = np.log(
+        sum(
+            w * multivariate_normal(m, t @ t.T).pdf(points)
+            for w, m, t in zip(weights, means, trils)
+        )
+    )
+    got = base.log_prob(torch.as_tensor(points, dtype=torch.float32)).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    draws = base.sample(20000, generator=torch.Generator().manual_seed(0)).numpy()
+    np.testing.assert_allclose(draws.mean(0), weights @ means, atol=0.05)
