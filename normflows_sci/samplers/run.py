@@ -81,9 +81,9 @@ _STUCK_ADVICE = {
 
 
 # "auto" compiles the step when the eager steps' pace projects the rest of the run to take longer
-# than this: compiling a step takes seconds to a minute on a CPU, and the compiled step is several
-# times faster than the eager one.
-_COMPILE_PAYS_SECONDS = 120.0
+# than this: compiling a step takes seconds (up to about twenty on a busy CPU), and the compiled
+# step is typically several times faster than the eager one.
+_COMPILE_PAYS_SECONDS = 60.0
 _PACE_STEPS = 5  # eager steps timed (after the first) to project the run's length
 
 
@@ -326,7 +326,10 @@ def run(
             the same generator, so the same chains up to floating-point reassociation; a target
             the compiler cannot handle runs eagerly). ``"auto"`` (default): eager, switching to
             the compiled step when the pace of the first eager steps projects the rest of the
-            run to take more than a few minutes (compiling takes seconds to minutes on a CPU);
+            run to take more than a minute (compiling takes seconds), and back to the eager
+            step if the compiled one turns out slower (a choice that depends on the machine's
+            speed: pass True or False for long runs that must repeat bit for bit, since an
+            accept decision at a rounding-level tie can go the other way once compiled);
             ``True``: compiled from the first step; a dict: compiled with these
             :func:`torch.compile` options; ``False``: eager.
 
