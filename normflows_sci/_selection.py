@@ -76,7 +76,15 @@ _ROWS_PER_COMPONENT = 5
 _RECORD_FIELDS = (
     "name", "transforms", "hidden_features", "components", "validation_nll", "epochs", "status",
 )  # fmt: skip
-_STATUSES = ("chosen", "trained", "skipped: time budget spent", "failed")
+_STATUSES = (
+    "chosen",
+    "trained",
+    "skipped: time budget spent",
+    "failed",
+    "skipped: budget went to a size that needed it",
+)
+# A run whose last epoch ended after this share of its time was stopped by the clock.
+USED_UP = 0.9
 
 
 def default_rung(rows: int) -> int:
@@ -167,8 +175,17 @@ def _best_validation(history: dict) -> float:
     return min(finite) if finite else math.inf
 
 
-def select(candidates: Sequence[Candidate], train: Callable, budget: Budget) -> tuple:
+def select(
+    candidates: Sequence[Candidate],
+    train: Callable,
+    budget: Budget,
+    extend: Callable | None = None,
+) -> tuple:
     """Train the candidates in turn within ``budget`` and keep the best on validation.
+
+    A candidate that trains until its share runs out (instead of stopping early) shows that the
+    budget is too small for the table to try sizes: the remaining candidates are skipped and, with
+    ``extend``, the rest of the budget trains the best one further.
 
     Args:
         candidates: from :func:`candidates_for` (the first is always trained).
@@ -177,29 +194,23 @@ def select(candidates: Sequence[Candidate], train: Callable, budget: Budget) -> 
             them; ``history["components"]``, if present, goes to the record. A ``ValueError``
             marks the candidate failed.
         budget: the total budget.
+        extend: ``extend(result, history, max_time) -> history``: more training of a result
+            (its history continued), or None.
 
     Returns:
         ``(result of the chosen candidate, its history, records)``: ``records`` lists every
-        candidate (``name``, ``transforms``, ``hidden_features``, ``validation_nll``,
-        ``epochs``, ``status``) in the order tried.
+        candidate (``name``, ``transforms``, ``hidden_features``, ``components``,
+        ``validation_nll``, ``epochs``, ``status``) in the order tried.
 
     Raises:
         ValueError: every trained candidate failed (the first candidate's error).
     """
-    records, best, first_error = [], None, None
+    records, best, first_error, ran_out = [], None, None, False
     for index, candidate in enumerate(candidates):
         share = budget.share(len(candidates) - index)
-        record = dict(
-            name=candidate.name,
-            transforms=candidate.transforms,
-            hidden_features=list(candidate.hidden_features),
-            components=None,
-            validation_nll=None,
-            epochs=0,
-            status="skipped: time budget spent",
-        )
+        record = _record(candidate, ran_out)
         records.append(record)
-        if index and share is not None and share <= 0:
+        if ran_out or (index and share is not None and share <= 0):
             continue
         try:
             result, history = train(candidate, share)
@@ -207,16 +218,46 @@ def select(candidates: Sequence[Candidate], train: Callable, budget: Budget) -> 
             first_error = first_error or error
             record["status"] = "failed"
             continue
-        score = _best_validation(history)
-        record.update(status="trained", epochs=len(history["epoch"]))
         record["components"] = history.pop("components", None)
-        record["validation_nll"] = score if math.isfinite(score) else None
-        if best is None or score < best[0]:
-            best = (score, result, history, record)
+        best = _ranked(best, result, history, record)
+        ran_out = share is not None and _used_up(history, share)
     if best is None:
         raise first_error
+    remaining = budget.share(1)
+    skipped = any(r["status"] == _STATUSES[4] for r in records)
+    if skipped and extend is not None and remaining:
+        history = extend(best[1], best[2], remaining)
+        best = _ranked(None, best[1], history, best[3])
     best[3]["status"] = "chosen"
     return best[1], best[2], records
+
+
+def _record(candidate: Candidate, ran_out: bool) -> dict:
+    status = "skipped: budget went to a size that needed it" if ran_out else _STATUSES[2]
+    return dict(
+        name=candidate.name,
+        transforms=candidate.transforms,
+        hidden_features=list(candidate.hidden_features),
+        components=None,
+        validation_nll=None,
+        epochs=0,
+        status=status,
+    )
+
+
+def _ranked(best: tuple | None, result, history: dict, record: dict) -> tuple:
+    """``(score, result, history, record)`` of the better of ``best`` and this candidate, whose
+    record gets its score and epochs."""
+    score = _best_validation(history)
+    record.update(status="trained", epochs=len(history["epoch"]))
+    record["validation_nll"] = score if math.isfinite(score) else None
+    return (score, result, history, record) if best is None or score < best[0] else best
+
+
+def _used_up(history: dict, share: float) -> bool:
+    """Whether a run trained until its time share ran out (rather than stopping early)."""
+    times = history.get("time") or [0.0]
+    return share > 0 and times[-1] >= USED_UP * share
 
 
 def check_selection(value, where: str) -> list[dict]:

@@ -446,7 +446,10 @@ class DensityEstimator:
         run = dict(checkpoint=checkpoint, resume=resume, fingerprint=fingerprint)
         problem = (spec, statistics, train, val, seed, run)
         (model, spec), history, records = select(
-            candidates, lambda size, share: self._fit_candidate(size, share, problem), budget
+            candidates,
+            lambda size, share: self._fit_candidate(size, share, problem),
+            budget,
+            extend=lambda result, history, share: self._train_more(result, history, share, problem),
         )
         self.flow_, self.spec_, self.history_ = model, spec, history
         self.categories_ = categories
@@ -474,6 +477,23 @@ class DensityEstimator:
         if candidate.name == "mixture":
             history["components"] = len(model.base.log_weights)
         return (model, sized), history
+
+    def _train_more(self, result: tuple, history: dict, max_time: float, problem: tuple) -> dict:
+        """Train the chosen candidate ``result = (model, spec)`` for up to ``max_time`` more
+        seconds (from its best epoch); its history continued (epochs and times run on)."""
+        model, spec = result
+        _, _, train, val, seed, run = problem
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        more = self._train(model, spec, (train, val), seed, dict(run, max_time=max_time))
+        _check_trained(model, more, validated=val is not None)
+        if not min(more["val_loss"], default=math.inf) < min(history["val_loss"]):
+            model.load_state_dict(before)  # the restart found nothing better: keep the best
+        last_epoch = history["epoch"][-1] if history["epoch"] else 0
+        last_time = history["time"][-1] if history["time"] else 0.0
+        for key in history:
+            shift = last_epoch if key == "epoch" else last_time if key == "time" else 0
+            history[key] = list(history[key]) + [v + shift for v in more[key]]
+        return history
 
     def _total_time(self) -> float | None:
         """The wall-clock budget of the whole fit: ``max_time``, or ``DEFAULT_MAX_TIME`` when

@@ -62,9 +62,10 @@ def test_max_time_bounds_the_whole_selection_not_each_candidate():
 
 
 def test_fit_charges_the_selection_to_one_budget(monkeypatch):
-    # A clock that reads 10 s later at every look: after the first candidate's start, the 15 s
-    # budget is spent, so the others are skipped instead of each getting 15 s of its own.
-    monkeypatch.setattr(estimator, "Budget", lambda t: Budget(t, FakeClock(tick=10.0)))
+    # A clock that reads 0 until the first candidate has its share, then much later: the budget
+    # is spent, so the others are skipped instead of each getting the budget of its own.
+    readings = iter([0.0, 0.0])
+    monkeypatch.setattr(estimator, "Budget", lambda t: Budget(t, lambda: next(readings, 1e9)))
     shares = []
     train = DensityEstimator._train
 
@@ -73,8 +74,8 @@ def test_fit_charges_the_selection_to_one_budget(monkeypatch):
         return train(self, model, spec, rows, seed, run)
 
     monkeypatch.setattr(DensityEstimator, "_train", spy)
-    est = DensityEstimator(max_time=15.0, **FAST).fit(_table())
-    assert len(shares) == 1 and shares[0] <= 15.0
+    est = DensityEstimator(max_time=4000.0, **FAST).fit(_table())
+    assert shares == [1000.0]  # a quarter of the budget: four candidates
     statuses = [r["status"] for r in est.info()["selection"]]
     assert statuses == ["chosen"] + ["skipped: time budget spent"] * 3
 
@@ -228,3 +229,29 @@ def test_mixture_base_is_the_normalised_full_covariance_mixture():
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
     draws = base.sample(20000, generator=torch.Generator().manual_seed(0)).numpy()
     np.testing.assert_allclose(draws.mean(0), weights @ means, atol=0.05)
+
+
+def test_a_size_that_needs_the_whole_budget_gets_it_instead_of_the_others():
+    # The first size trains until its share runs out: trying other sizes would leave every one
+    # under-trained, so they are skipped and the rest of the budget trains the first further.
+    clock, calls = FakeClock(), []
+
+    def train(candidate, max_time):
+        calls.append((candidate.name, max_time))
+        clock.now += max_time
+        return candidate.name, {
+            "epoch": [1, 2],
+            "time": [max_time / 2, max_time],
+            "val_loss": [3.0, 2.0],
+        }
+
+    def extend(result, history, max_time):
+        calls.append(("more " + result, max_time))
+        clock.now += max_time
+        return {"epoch": [1, 2, 3], "time": [1.0, 2.0, 3.0], "val_loss": [3.0, 2.0, 1.5]}
+
+    sizes = candidates_for(9000, flow="nsf", transforms=None, hidden_features=None, select=True)
+    chosen, _, records = select(sizes, train, Budget(40.0, clock), extend=extend)
+    assert calls == [("default", 20.0), ("more default", 20.0)] and clock.now == 40.0
+    assert chosen == "default" and records[0]["validation_nll"] == 1.5
+    assert records[0]["epochs"] == 3 and records[1]["status"].startswith("skipped: budget went")
