@@ -666,6 +666,22 @@ def verdict(tables: list[Table], all_results: list[dict[str, Result]]) -> None:
     print(f"  {passed}/{total} targets met")
 
 
+def point_masses(table: Table, share: float = 0.1) -> str:
+    """Columns of the training rows whose most frequent value holds at least ``share`` of them
+    (after dequantisation: values no lattice explained, e.g. log-transformed counts or a
+    continuous column with many exact zeros), as ``"column (percent)"``."""
+    found = []
+    for column, values, spacing in zip(table.columns, table.train.T, table.spacing):
+        # A lattice far finer than the column's spread leaves near-atoms: cells of that width.
+        narrow = spacing is not None and spacing < 1e-3 * values.std()
+        levels = np.floor(values / spacing) if narrow else values
+        counts = np.unique(levels, return_counts=True)[1]
+        if counts.max() >= share * len(values):
+            cells = f", cells {spacing:g} wide" if narrow else ""
+            found.append(f"{column} ({100.0 * counts.max() / len(values):.0f}%{cells})")
+    return ", ".join(found)
+
+
 def loss_reason(table: Table, ours: Result, winner: Result, name: str) -> str:
     """Why normflows_sci did not win a table, as far as the numbers tell."""
     mean, _ = ll_difference(ours, winner)
@@ -673,6 +689,13 @@ def loss_reason(table: Table, ours: Result, winner: Result, name: str) -> str:
     se = float(diff.std(ddof=1) / math.sqrt(len(diff))) if len(diff) > 1 else math.nan
     if abs(mean) < 2.0 * se:
         return f"not significant: the gap {mean:+.3f} is within 2 paired standard errors ({se:.3f})"
+    atoms = point_masses(table)
+    if atoms:
+        return (
+            f"point masses: {atoms} (that share of the rows on one value, off any lattice or on a "
+            f"lattice far finer than the spread): a density is (nearly) unbounded there, and {name}'s components "
+            f"collapse onto them ({winner.note}); the score measures the atoms, not the fit"
+        )
     rows = len(table.train)
     if rows < 1000:
         return (
