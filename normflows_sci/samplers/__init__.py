@@ -45,6 +45,7 @@ from normflows_sci.samplers.importance import (
 from normflows_sci.samplers.kernels import (
     HMC,
     MALA,
+    CompiledStep,
     HMCState,
     Kernel,
     MALAState,
@@ -78,6 +79,7 @@ __all__ = [
     "compile_target",
     "Kernel",
     "MetropolisKernel",
+    "CompiledStep",
     "StepInfo",
     "RandomWalkMH",
     "RWState",

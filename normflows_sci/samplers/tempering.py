@@ -13,7 +13,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from normflows_sci.samplers._mh import accept, check_chains
+from normflows_sci.samplers._mh import check_chains, metropolis
 from normflows_sci.samplers.kernels import MALA, Kernel, kernel_factory
 from normflows_sci.samplers.targets import check_log_prob, check_start
 
@@ -119,39 +119,52 @@ class ParallelTempering(Kernel):
     def position_log_prob(self, state) -> Tensor:
         return state.inner.log_prob[: self._chains(state)]  # beta = 1 rows
 
-    def step(self, state: PTState, generator=None):
-        inner, local_info = self.inner.step(state.inner, generator)
+    def draw(self, state: PTState, generator=None) -> tuple:
+        """The local kernel's draws, then one uniform per neighbouring pair and chain
+        ``(temperatures - 1, chains)`` for the swap tests (only the pairs of this step's parity
+        use theirs)."""
+        inner = self.inner.draw(state.inner, generator)
+        x = state.inner.x
+        pairs = (self.num_temperatures - 1, self._chains(state))
+        return inner, torch.rand(pairs, generator=generator, dtype=x.dtype, device=x.device)
+
+    def transition(self, state: PTState, noise: tuple):
+        """The local move at every temperature, then swaps of the even pairs (lower index
+        ``0, 2, ...``) on even iterations and the odd pairs on odd ones; no host synchronisation
+        (the parity is selected with tensor masks)."""
+        inner, local_info = self.inner.transition(state.inner, noise[0])
         chains, temps = self._chains(state), self.num_temperatures
-        x = inner.x.reshape(temps, chains, *inner.x.shape[1:])
         betas = self.betas.to(inner.log_prob)
         log_p = inner.log_prob.reshape(temps, chains) / betas[:, None]
-        first = int(state.iteration) % 2
-        lower = torch.arange(first, temps - 1, 2, device=x.device)
-        swap_accepted = torch.zeros(chains, dtype=inner.log_prob.dtype, device=x.device)
-        if len(lower):
-            upper = lower + 1
-            log_ratio = (betas[lower] - betas[upper])[:, None] * (log_p[upper] - log_p[lower])
-            decision = accept(log_ratio, generator).accepted  # (pairs, chains)
-            order = torch.arange(temps, device=x.device)[:, None].repeat(1, chains)
-            order[lower] = torch.where(decision, upper[:, None], lower[:, None])
-            order[upper] = torch.where(decision, lower[:, None], upper[:, None])
+        lower = torch.arange(temps - 1, device=log_p.device)
+        active = (lower % 2) == (state.iteration.to(log_p.device) % 2)  # this step's pairs
+        log_ratio = (betas[:-1] - betas[1:])[:, None] * (log_p[1:] - log_p[:-1])
+        decision = metropolis(log_ratio, noise[1]).accepted & active[:, None]  # (pairs, chains)
+        # Active pairs are disjoint: a replica moves up one rung if its pair (as the lower one)
+        # swapped, down one if the pair below it swapped.
+        step = decision.long()
+        shift = torch.nn.functional.pad(step, (0, 0, 0, 1)) - torch.nn.functional.pad(
+            step, (0, 0, 1, 0)
+        )
+        order = torch.arange(temps, device=log_p.device)[:, None] + shift  # (temps, chains)
 
-            # Swapped replicas carry their untempered log-density (and gradient) with them, so
-            # no target evaluation is needed: log p_beta(x) = beta log p(x).
-            def swap(values: Tensor, tempered: bool) -> Tensor:
-                values = values.reshape(temps, chains, *values.shape[1:])
-                scale = betas.reshape(temps, *([1] * (values.ndim - 1)))
-                if tempered:
-                    values = values / scale
-                index = order.reshape(temps, chains, *([1] * (values.ndim - 2)))
-                values = values.gather(0, index.expand_as(values))
-                return (values * scale if tempered else values).flatten(0, 1)
+        # Swapped replicas carry their untempered log-density (and gradient) with them, so
+        # no target evaluation is needed: log p_beta(x) = beta log p(x).
+        def swap(values: Tensor, tempered: bool) -> Tensor:
+            values = values.reshape(temps, chains, *values.shape[1:])
+            scale = betas.reshape(temps, *([1] * (values.ndim - 1)))
+            if tempered:
+                values = values / scale
+            index = order.reshape(temps, chains, *([1] * (values.ndim - 2)))
+            values = values.gather(0, index.expand_as(values))
+            return (values * scale if tempered else values).flatten(0, 1)
 
-            moved = {"x": swap(inner.x, False), "log_prob": swap(inner.log_prob, True)}
-            if "grad" in inner._fields:
-                moved["grad"] = swap(inner.grad, True)
-            inner = inner._replace(**moved)
-            swap_accepted = decision.to(swap_accepted.dtype).mean(0)
+        moved = {"x": swap(inner.x, False), "log_prob": swap(inner.log_prob, True)}
+        if "grad" in inner._fields:
+            moved["grad"] = swap(inner.grad, True)
+        inner = inner._replace(**moved)
+        tried = active.to(log_p.dtype).sum().clamp(min=1.0)
+        swap_accepted = decision.to(log_p.dtype).sum(0) / tried
         info = PTInfo(local_info.accepted[:chains], swap_accepted, local_info)
         return PTState(inner, state.iteration + 1), info
 
