@@ -488,6 +488,17 @@ class FABLoss(TrainingLoss):
         weight_adjust_clip: bound of the stale-weight correction in the buffer loss
             (:func:`fab_buffer_loss`).
 
+    History columns (equal-length lists): ``step``, ``loss``, ``ess_fraction`` (Kish ESS of the
+    flow's importance weights on the latest AIS run's initial draws), ``log_z`` and
+    ``log_z_stderr`` (the flow's importance-sampling estimate on those draws), ``pareto_k``
+    (Pareto k-hat of those weights, :func:`~normflows_sci.samplers.psis.pareto_khat`: the numbers
+    before it are trustworthy only when it is below
+    :func:`~normflows_sci.samplers.psis.khat_threshold` of ``batch_size``; NaN below 21 draws; no
+    warning during training), ``ais_ess_fraction`` (of the AIS weights towards ``p²/q``),
+    ``acceptance`` (mean MCMC acceptance of that run), ``step_size``, ``buffer_size``,
+    ``target_evaluations`` (cumulative rows passed to the target's log-density, gradient
+    evaluations and the diagnostics included), and the scaffold's ``learning_rate`` and ``time``.
+
     Example:
         >>> from normflows_sci.flows import NSF
         >>> from normflows_sci.training import TrainingOptions, train
@@ -683,18 +694,7 @@ def fit_fab(
             ``log_every`` (10: record the history every this many steps).
 
     Returns:
-        :class:`~normflows_sci.training.TrainingHistory` of equal-length lists: ``step``,
-        ``loss``, ``ess_fraction`` (Kish ESS of the
-        flow's importance weights on the latest AIS run's initial draws), ``log_z`` and
-        ``log_z_stderr`` (the flow's importance-sampling estimate on those draws), ``pareto_k``
-        (Pareto k-hat of those importance weights, :func:`~normflows_sci.samplers.psis.pareto_khat`:
-        the numbers before it are trustworthy only when it is below
-        :func:`~normflows_sci.samplers.psis.khat_threshold` of ``batch_size``; NaN below 21 draws;
-        no warning during training),
-        ``ais_ess_fraction`` (of the AIS weights towards ``p²/q``), ``acceptance`` (mean MCMC
-        acceptance of that run), ``step_size``, ``buffer_size``, ``target_evaluations``
-        (cumulative rows passed to the target's log-density, gradient evaluations and the
-        diagnostics included), ``learning_rate``, ``time``.
+        :class:`~normflows_sci.training.TrainingHistory`: the columns of :class:`FABLoss`.
 
     Evaluate the trained flow with
     :func:`~normflows_sci.samplers.importance_sample` ``(flow, target, n)``: its result carries
