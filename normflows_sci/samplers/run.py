@@ -321,17 +321,11 @@ def run(
             damaged, foreign, of an older format, or written by another kernel, number of chains,
             event shape, dtype, ``num_warmup`` or ``thin`` is refused.
         trace_device: where kept samples are stored (default: the chains' device).
-        compile: run the kernel's step with its transition compiled by :func:`torch.compile`
-            (:meth:`~normflows_sci.samplers.Kernel.compiled_step`: the same random draws from
-            the same generator, so the same chains up to floating-point reassociation; a target
-            the compiler cannot handle runs eagerly). ``"auto"`` (default): eager, switching to
-            the compiled step when the pace of the first eager steps projects the rest of the
-            run to take more than a minute (compiling takes seconds), and back to the eager
-            step if the compiled one turns out slower (a choice that depends on the machine's
-            speed: pass True or False for long runs that must repeat bit for bit, since an
-            accept decision at a rounding-level tie can go the other way once compiled);
-            ``True``: compiled from the first step; a dict: compiled with these
-            :func:`torch.compile` options; ``False``: eager.
+        compile: ``"auto"`` (default): eager, switching to the compiled step
+            (:meth:`~normflows_sci.samplers.Kernel.compiled_step`: same draws, same chains up to
+            floating-point reassociation) when the first steps project the run past a minute,
+            and back if it is slower; machine-dependent, so pass ``True``/``False`` (or a dict
+            of :func:`torch.compile` options) for runs that must repeat bit for bit.
 
     Returns:
         A :class:`Trace`.
@@ -343,12 +337,9 @@ def run(
             normal number (every move rejected), checked once when warm-up ends.
 
     Warns:
-        RuntimeWarning: chains that never moved. When production has at least 20 steps and, for
-            some move kind (``"local"``, ``"global"``, ``"swap"``), at least 10% of the chains
-            (and at least one) accepted no move of that kind, the warning names the kind, the
-            number of such chains and a remedy (smaller step size / longer warm-up, a better
-            flow, closer temperatures). Their samples repeat one point and do not represent the
-            target.
+        RuntimeWarning: chains that never moved: with at least 20 production steps, when at
+            least 10% of the chains accepted no move of some kind (local, global, swap); the
+            warning names the kind, the count and a remedy. Their samples repeat one point.
 
     Example:
         >>> from normflows_sci.distributions import StandardNormal
