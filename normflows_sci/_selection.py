@@ -19,11 +19,16 @@ carries ``components``, from which a model file rebuilds the base (weights store
 
 ``max_time`` bounds the WHOLE selection: each candidate gets an equal share of what is left
 when it starts, so the shares never add up to more than the budget (each training run may
-overrun its share by at most one optimiser step, as a single run may).
+overrun its share by at most one optimiser step, as a single run may). A candidate that trains
+until its share runs out, instead of stopping early, shows the budget is too small to try sizes:
+the others are skipped and the rest of the budget trains that one further (from
+``EXTEND_MIN_ROWS`` training rows; on smaller tables every candidate is tried: they are cheap,
+and a share used up there more likely means a busy machine than a large table).
 
 Selection is skipped (one candidate, the rule's size) when the user fixed the size
 (``transforms`` or ``hidden_features``), for the slow families (``tarflow``, ``cnf``), when there
-are no validation rows to choose on, and when training is checkpointed (a resumable run is one
+are no validation rows to choose on, under torch.distributed (the ranks must agree on every step,
+not on their clocks), and when training is checkpointed (a resumable run is one
 model).
 """
 
@@ -53,6 +58,7 @@ __all__ = [
     "GaussianMixtureBase",
     "fit_mixture_base",
     "MIXTURE_MAX_ROWS",
+    "EXTEND_MIN_ROWS",
 ]
 
 #: Network sizes ``(transforms, hidden_features)`` from small to large; the row-count rule picks
@@ -83,6 +89,8 @@ _STATUSES = (
     "failed",
     "skipped: budget went to a size that needed it",
 )
+#: Training rows from which a candidate that used up its share gets the rest of the budget.
+EXTEND_MIN_ROWS = 1000
 # A run whose last epoch ended after this share of its time was stopped by the clock.
 USED_UP = 0.9
 
@@ -195,7 +203,9 @@ def select(
             marks the candidate failed.
         budget: the total budget.
         extend: ``extend(result, history, max_time) -> history``: more training of a result
-            (its history continued), or None.
+            (its history continued), or None: then every candidate is tried whatever the
+            earlier ones took (for small tables, where the sizes are cheap and the choice
+            matters most).
 
     Returns:
         ``(result of the chosen candidate, its history, records)``: ``records`` lists every
@@ -220,7 +230,7 @@ def select(
             continue
         record["components"] = history.pop("components", None)
         best = _ranked(best, result, history, record)
-        ran_out = share is not None and _used_up(history, share)
+        ran_out = extend is not None and share is not None and _used_up(history, share)
     if best is None:
         raise first_error
     remaining = budget.share(1)

@@ -25,6 +25,7 @@ import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, replace
+from functools import partial
 from typing import NamedTuple
 
 import numpy as np
@@ -48,6 +49,7 @@ from normflows_sci._modelfile import (
     stored_params,
 )
 from normflows_sci._selection import (
+    EXTEND_MIN_ROWS,
     Budget,
     Candidate,
     GaussianMixtureBase,
@@ -208,6 +210,11 @@ def _check_trained(model: Flow, history: dict, *, validated: bool) -> None:
             f"training failed: the {kind} negative log-likelihood is not finite ({losses[-1]}); "
             "try a smaller learning_rate or clip_grad"
         )
+
+
+def _distributed() -> bool:
+    dist = torch.distributed
+    return dist.is_available() and dist.is_initialized()
 
 
 def _preprocessed(model: Flow, targets: np.ndarray) -> np.ndarray:
@@ -406,7 +413,8 @@ class DensityEstimator:
 
         At the default size (``transforms`` and ``hidden_features`` None) three network sizes
         are trained within the one ``max_time`` budget and the best on the validation rows is
-        kept (``selection_``; see ``transforms``). A checkpointed run trains one size.
+        kept (``selection_``; see ``transforms``). A checkpointed run, or one under
+        ``torch.distributed``, trains one size.
 
         Args:
             X: ``(n, d)`` training table (numbers, and labels in categorical columns).
@@ -435,7 +443,8 @@ class DensityEstimator:
             categories = categories.fitted(categories.codes_from_dummies(dummies))
         candidates = self._candidates(
             len(train),
-            select=val is not None and checkpoint is None,
+            # Under torch.distributed the ranks' clocks could pick different candidates.
+            select=val is not None and checkpoint is None and not _distributed(),
             mixture=not layout.context_columns and not any(layout.discrete),
         )
         network = self._network_size(candidates[0])
@@ -449,7 +458,9 @@ class DensityEstimator:
             candidates,
             lambda size, share: self._fit_candidate(size, share, problem),
             budget,
-            extend=lambda result, history, share: self._train_more(result, history, share, problem),
+            extend=None
+            if len(train) < EXTEND_MIN_ROWS
+            else partial(self._train_more, problem=problem),
         )
         self.flow_, self.spec_, self.history_ = model, spec, history
         self.categories_ = categories

@@ -255,3 +255,9 @@ def test_a_size_that_needs_the_whole_budget_gets_it_instead_of_the_others():
     assert calls == [("default", 20.0), ("more default", 20.0)] and clock.now == 40.0
     assert chosen == "default" and records[0]["validation_nll"] == 1.5
     assert records[0]["epochs"] == 3 and records[1]["status"].startswith("skipped: budget went")
+    # Without extend (small tables: cheap sizes, and a used-up share more likely means a busy
+    # machine) every candidate still gets its share.
+    clock.now, calls[:] = 0.0, []
+    records = select(sizes, train, Budget(40.0, clock))[2]
+    assert [name for name, _ in calls] == ["default", "smaller"]
+    assert [r["status"] for r in records] == ["chosen", "trained"]
