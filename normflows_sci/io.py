@@ -451,7 +451,7 @@ def load_model(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
 
 
 class TableFileError(ValueError):
-    """A data file that cannot be read as a numeric table; the message names the file (and the
+    """A data file that cannot be read as a table; the message names the file (and the
     line and column at fault where there is one)."""
 
 
@@ -482,7 +482,13 @@ def table_format(path: str | os.PathLike) -> tuple[str, bool]:
     return (suffixes[-1] if suffixes else ""), compressed
 
 
-def _read_csv(path: Path, compressed: bool, delimiter: str) -> tuple[np.ndarray, list[str] | None]:
+# Cells that mean "no value" in exported tables: a column of numbers with some of these is a
+# numeric column with missing values, not a column of labels.
+MISSING_MARKERS = frozenset({"na", "n/a", "nan", "null", "none", "?", "-", "."})
+
+
+def _csv_rows(path: Path, compressed: bool, delimiter: str) -> tuple[list[str] | None, list]:
+    """``(names or None, [(line, cells), ...])`` of a CSV file, checked for shape."""
     opener = gzip.open if compressed else open
     try:
         with opener(path, "rt", newline="", encoding="utf-8-sig") as handle:
@@ -516,13 +522,50 @@ def _read_csv(path: Path, compressed: bool, delimiter: str) -> tuple[np.ndarray,
             raise TableFileError(
                 f"{path}, line {line}: {len(row)} fields, but the header has {width}"
             )
+    return names, rows
+
+
+def _text_columns(path: Path, names: list[str], rows: list, text) -> list[int]:
+    """Positions of the columns kept as text: ``text`` ``"auto"`` (every column with a cell
+    that is not a number), or column names. A column whose non-numbers are all missing-value
+    markers (``NA``, ``nan``, ...) or empty is numeric with missing values: ``TableFileError``."""
+    if text is None:
+        return []
+    if text != "auto":
+        unknown = [c for c in text if c not in names]
+        if unknown:
+            raise TableFileError(f"{path} lacks the text columns {unknown}; it has {names}")
+        return [names.index(c) for c in text]
+    chosen = []
+    for j, column in enumerate(names):
+        words = [(line, row[j]) for line, row in rows if not _is_number(row[j])]
+        if not words:
+            continue
+        labels = [(line, w) for line, w in words if w.strip().lower() not in MISSING_MARKERS]
+        empty = [(line, w) for line, w in words if not w.strip()]
+        if empty or not labels:
+            line, cell = (empty or words)[0]
+            what = "an empty field" if not cell.strip() else f"the missing-value marker {cell!r}"
+            raise TableFileError(
+                f"{path}, line {line}, column {column!r}: {what}; impute or drop the rows with "
+                "missing values first"
+            )
+        chosen.append(j)
+    return chosen
+
+
+def _read_csv(path: Path, compressed: bool, delimiter: str, text=None) -> tuple[np.ndarray, list]:
+    names, rows = _csv_rows(path, compressed, delimiter)
+    labels = _text_columns(path, names or [], rows, text) if names is not None else []
+    numeric = [j for j in range(len(rows[0][1])) if j not in labels]
     try:
-        values = np.array([row for _, row in rows], dtype=np.float64)
+        values = np.array([[row[j] for j in numeric] for _, row in rows], dtype=np.float64)
     except ValueError:
         values = None
     if values is None:  # find the first offending cell for a precise message
         for line, row in rows:
-            for j, cell in enumerate(row):
+            for j in numeric:
+                cell = row[j]
                 if not _is_number(cell):
                     column = names[j] if names is not None else f"x{j}"
                     what = "missing value (empty field)" if not cell.strip() else f"{cell!r}"
@@ -530,7 +573,19 @@ def _read_csv(path: Path, compressed: bool, delimiter: str) -> tuple[np.ndarray,
                         f"{path}, line {line}, column {column!r}: {what} is not a number"
                     )
         raise TableFileError(f"{path} is not a numeric table")  # pragma: no cover - defensive
-    return values, names
+    if not labels:
+        return values, names
+    for j in labels:
+        for line, row in rows:
+            if not row[j].strip():
+                raise TableFileError(
+                    f"{path}, line {line}, column {names[j]!r}: missing value (empty field); "
+                    "impute or drop the rows with missing values first"
+                )
+    table = np.empty((len(rows), len(rows[0][1])), dtype=object)
+    table[:, numeric] = values
+    table[:, labels] = np.array([[row[j].strip() for j in labels] for _, row in rows], object)
+    return table, names
 
 
 def _read_parquet(path: Path) -> tuple[np.ndarray, list[str]]:
@@ -579,23 +634,43 @@ def _read_npy(path: Path) -> np.ndarray:
     return values.astype(np.float64)
 
 
-def read_table(path: str | os.PathLike, *, what: str = "DATA") -> tuple[np.ndarray, list | None]:
-    """Read a numeric table from CSV (header row), ``.npy`` or Parquet, checked for NaN/inf.
+def read_table(
+    path: str | os.PathLike, *, what: str = "DATA", text=None
+) -> tuple[np.ndarray, list | None]:
+    """Read a table from CSV (header row), ``.npy`` or Parquet, checked for missing values.
 
     Args:
         path: the file; the format follows the extension (``.npy``, ``.parquet``/``.pq``,
             ``.tsv``, anything else is read as comma-separated text; ``.gz`` for compressed text).
         what: how the file is named in error messages.
+        text: which CSV columns hold labels (kept as stripped strings): None (none, every
+            cell must be a number), ``"auto"`` (every column with a cell that is not a number) or
+            a list of column names. Text needs a header row. ``.npy`` and Parquet files are
+            numeric only.
 
     Returns:
-        ``(values, names)``: float64 ``(rows, columns)`` and the column names (``None`` for
-        ``.npy`` files and CSV files without a header row: a first row of numbers is data).
+        ``(values, names)``: float64 ``(rows, columns)``, or, when some columns are text, an
+        object array whose text columns hold ``str`` and the others ``float``; and the column
+        names (``None`` for ``.npy`` files and CSV files without a header row: a first row of
+        numbers is data).
 
     Raises:
-        TableFileError: missing or unreadable file, non-numeric cells, ragged rows, NaN or inf
-            values (naming the file, and the line and column where there is one).
+        TableFileError: missing or unreadable file, non-numeric cells in a numeric column,
+            ragged rows, NaN or inf values, empty fields, or (``text="auto"``) a column of
+            numbers and missing-value markers such as ``NA`` (naming the file, and the line and
+            column where there is one).
+
+    Example:
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     path = Path(folder) / "t.csv"
+        ...     _ = path.write_text("species,mass\\nAdelie,3.5\\nGentoo,5\\n")
+        ...     values, names = read_table(path, text="auto")
+        >>> names, values.tolist()
+        (['species', 'mass'], [['Adelie', 3.5], ['Gentoo', 5.0]])
     """
     path = Path(path)
+    if text is not None and text != "auto" and isinstance(text, str):
+        raise TypeError(f"text must be None, 'auto' or a list of column names, got {text!r}")
     if not path.exists():
         raise TableFileError(f"{what} file not found: {path}")
     if path.is_dir():
@@ -607,27 +682,42 @@ def read_table(path: str | os.PathLike, *, what: str = "DATA") -> tuple[np.ndarr
     elif suffix in (".parquet", ".pq"):
         values, names = _read_parquet(path)
     else:
-        values, names = _read_csv(path, compressed, "\t" if suffix == ".tsv" else ",")
+        delimiter = "\t" if suffix == ".tsv" else ","
+        values, names = _read_csv(path, compressed, delimiter, text)
     if len(values) == 0:
         raise TableFileError(f"{path} has no data rows")
-    bad = ~np.isfinite(values)
-    if bad.any():
-        column = int(np.flatnonzero(bad.any(axis=0))[0])
-        rows = np.flatnonzero(bad[:, column])
-        label = names[column] if names is not None else f"x{column}"
-        kind = "missing values (NaN)" if np.isnan(values[rows[0], column]) else "infinite values"
-        raise TableFileError(
-            f"{path}: column {label!r} has {kind} in {_count(rows.size, 'row')} (first at data row "
-            f"{rows[0] + 1}); impute or drop them first"
-        )
+    _check_finite_columns(path, values, names)
     return values, names
+
+
+def _check_finite_columns(path: Path, values: np.ndarray, names: list | None) -> None:
+    """``TableFileError`` naming the first numeric column with NaN or infinite values."""
+    numeric = [j for j in range(values.shape[1]) if not isinstance(values[0, j], str)]
+    bad = ~np.isfinite(values[:, numeric].astype(np.float64))
+    if not bad.any():
+        return
+    column = numeric[int(np.flatnonzero(bad.any(axis=0))[0])]
+    rows = np.flatnonzero(bad[:, numeric.index(column)])
+    label = names[column] if names is not None else f"x{column}"
+    kind = "missing values (NaN)" if np.isnan(float(values[rows[0], column])) else "infinite values"
+    raise TableFileError(
+        f"{path}: column {label!r} has {kind} in {_count(rows.size, 'row')} (first at data row "
+        f"{rows[0] + 1}); impute or drop them first"
+    )
 
 
 def _csv_text(values: np.ndarray, names: Sequence[str]) -> str:
     buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\n").writerow(names)
-    # 9 significant digits round-trip float32 model outputs exactly.
-    np.savetxt(buffer, values, delimiter=",", fmt="%.9g")
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(names)
+    if values.dtype != object:
+        # 9 significant digits round-trip float32 model outputs exactly.
+        np.savetxt(buffer, values, delimiter=",", fmt="%.9g")
+    else:  # text columns as they are (quoted where needed), numbers as above
+        writer.writerows(
+            [cell if isinstance(cell, str) else f"{float(cell):.9g}" for cell in row]
+            for row in values
+        )
     return buffer.getvalue()
 
 
@@ -636,7 +726,8 @@ def write_table(
 ) -> Path | None:
     """Write a ``(rows, columns)`` table with its column ``names``.
 
-    To a text stream (e.g. ``sys.stdout``): CSV with a header row. To a path: ``.npy`` by
+    ``values`` is float, or an object array whose text columns hold ``str`` (as
+    :func:`read_table` returns them; CSV only). To a text stream (e.g. ``sys.stdout``): CSV with a header row. To a path: ``.npy`` by
     extension, CSV otherwise, written atomically (:func:`atomic_write`); an existing device or
     pipe such as ``/dev/null`` is written directly, since renaming over it would replace the
     device itself. CSV values have 9 significant digits (float32 model outputs round-trip).
@@ -662,6 +753,10 @@ def write_table(
     if path.is_dir():
         raise TableFileError(f"{path} is a folder; give a file name")
     if path.suffix.lower() == ".npy":
+        if values.dtype == object:
+            raise TableFileError(
+                f"{path}: a table with text columns cannot be written as .npy; give a .csv name"
+            )
         buffer = io.BytesIO()
         np.save(buffer, values)
         data = buffer.getvalue()
