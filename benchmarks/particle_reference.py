@@ -5,8 +5,8 @@ Usage::
     python benchmarks/particle_reference.py --system dw4 --minutes 5 --out DIR
     python benchmarks/particle_reference.py --system lj13 --minutes 5   # default cache directory
 
-Sampler: this package's :class:`~normflows_sci.samplers.ParallelTempering` with MALA local moves,
-many chains in one batch, run in the ``(n - 1) d`` coordinates of an orthonormal basis of the
+Sampler: this package's :class:`~normflows_sci.samplers.ParallelTempering` with MALA (DW4) or
+HMC (LJ13) local moves, many chains in one batch, run in the ``(n - 1) d`` coordinates of an orthonormal basis of the
 zero-centre-of-mass subspace. The energies ignore the centre of mass, so this samples exactly the
 Boltzmann density with respect to the subspace's volume (the measure the flows' likelihoods use);
 the stored configurations are flat, ``(draws, chains, n * d)``, with zero centre of mass.
@@ -14,13 +14,15 @@ the stored configurations are flat, ``(draws, chains, n * d)``, with zero centre
 Diagnostics (printed and stored with the samples): split rank-normalised R-hat over chains and the
 pooled integrated autocorrelation time (Geyer) of the energy, of the fraction of short pairs (DW4:
 distance below the barrier at ``d0``; LJ13: below ``1.5 r_min``) and of three pair distances;
-local (MALA) and swap acceptance. A run whose largest R-hat exceeds ``RHAT_LIMIT`` is flagged
+local and swap acceptance. The observables are recorded every ``thin`` steps (so the IAT is
+resolved); the stored configurations are evenly spaced, a few hundred per chain, after a 20%
+burn-in. A run whose largest R-hat exceeds ``RHAT_LIMIT`` is flagged
 ``converged = False`` and says so. Known facts printed next to the run: DW4's pair-distance
 bimodality (wells at ``d0 +- sqrt(-b / 2c)``); LJ13's mean energy at the temperature of the
 flow papers (``tau = 1``, harmonic centring ``0.5 |x - x_com|^2``; the papers do not state a mean
 energy, so the comparison is the icosahedral ground state as a lower bound).
 
-The samples are not committed to the repository (a useful LJ13 ensemble is larger than a few MB):
+The samples are not committed to the repository (a useful LJ13 ensemble is about 4 MB):
 they are cached as ``DIR/<system>_reference.npz``; ``DIR`` defaults to
 ``$NORMFLOWS_SCI_CACHE/particles`` or ``~/.cache/normflows_sci/particles``.
 """
