@@ -28,6 +28,7 @@ import io
 import json
 import math
 import os
+import re
 import sys
 import warnings
 from collections.abc import Sequence
@@ -44,7 +45,12 @@ from normflows_sci.baselines import (
     lattice_cells,
 )
 from normflows_sci.estimator import FLOWS as FLOW_FAMILIES
-from normflows_sci.estimator import MIN_ROWS_FOR_VALIDATION, DensityEstimator, validation_split
+from normflows_sci.estimator import (
+    MIN_ROWS_FOR_VALIDATION,
+    DensityEstimator,
+    _mean_with_stderr,
+    validation_split,
+)
 from normflows_sci.io import table_format
 
 # read_table stays importable as a deprecated alias of normflows_sci.io.read_table.
@@ -64,6 +70,12 @@ DEMO_MAX_EPOCHS = 30
 DEMO_THREADS = 1
 # Rows of model samples drawn for the corner and marginal plots.
 PLOT_SAMPLES = 5000
+# Most levels `info` lists per categorical column (the most frequent; the rest are counted).
+INFO_LEVELS = 100
+# The estimator's warning about rows outside the support: the CLI reports them in its summary.
+_OUTSIDE_SUPPORT = re.compile(
+    r"lie outside the model's support and score -inf \(first: row (\d+): (.*)\); pass strict"
+)
 
 
 class CLIError(Exception):
@@ -73,9 +85,9 @@ class CLIError(Exception):
 # ---------------------------------------------------------------------------------- reading data
 
 
-def _read(path: str | os.PathLike, what: str = "DATA") -> tuple[np.ndarray, list | None]:
+def _read(path: str | os.PathLike, what: str = "DATA", text=None) -> tuple[np.ndarray, list | None]:
     """:func:`normflows_sci.io.read_table`, with a note on stderr for a CSV without a header."""
-    values, names = files.read_table(path, what=what)
+    values, names = files.read_table(path, what=what, text=text)
     if names is None and table_format(path) != (".npy", False):
         print(
             f"{PROG}: note: {path} has no header row; columns are named x0, x1, ...",
@@ -97,6 +109,70 @@ def read_table(path: str | os.PathLike, *, what: str = "DATA") -> tuple[np.ndarr
         return files.read_table(path, what=what)
     except files.TableFileError as error:
         raise CLIError(str(error)) from None
+
+
+def _text_columns(values: np.ndarray, names: Sequence[str]) -> list[str]:
+    """The columns :func:`normflows_sci.io.read_table` kept as text (labels)."""
+    if values.dtype != object:
+        return []
+    return [name for j, name in enumerate(names) if isinstance(values[0, j], str)]
+
+
+def _model_text_columns(est, columns: Sequence[str]) -> list[str]:
+    """The model's categorical columns among ``columns`` whose levels are all strings: read as
+    text, so a file whose cells in such a column all look like numbers still matches them."""
+    categories = getattr(est, "categories_", None)
+    if categories is None:
+        return []
+    return [
+        c
+        for c, levels in zip(categories.categorical, categories.levels)
+        if c in columns and all(isinstance(level, str) for level in levels)
+    ]
+
+
+def _estimator_input(values: np.ndarray, names: Sequence[str]):
+    """The table as the estimator takes it: the float array itself, or with text columns a
+    pandas DataFrame (labels as strings, numbers as float64)."""
+    text = _text_columns(values, names)
+    if not text:
+        return values
+    try:
+        import pandas as pd
+    except ImportError:
+        raise CLIError(
+            f"the text columns {', '.join(text)} need pandas, which is not installed: "
+            "pip install pandas (or code the labels as numbers and pass --categorical)"
+        ) from None
+    return pd.DataFrame(
+        {
+            n: values[:, j] if n in text else values[:, j].astype(np.float64)
+            for j, n in enumerate(names)
+        },
+        columns=list(names),
+    )
+
+
+def _table_values(samples, columns: Sequence[str]) -> np.ndarray:
+    """Rows drawn by the estimator as :func:`normflows_sci.io.write_table` takes them: float, or
+    an object array when a column holds labels (written as text)."""
+    if not hasattr(samples, "columns"):
+        return np.asarray(samples, dtype=np.float64)
+    import pandas as pd
+
+    parts = []
+    for name in columns:
+        column = samples[name]
+        numeric = pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column)
+        parts.append(
+            column.to_numpy(np.float64) if numeric else column.astype(str).to_numpy(object)
+        )
+    if all(part.dtype != object for part in parts):
+        return np.column_stack(parts)
+    table = np.empty((len(samples), len(parts)), dtype=object)
+    for j, part in enumerate(parts):
+        table[:, j] = part
+    return table
 
 
 # ---------------------------------------------------------------------------------- writing data
@@ -209,17 +285,29 @@ def _parse_discrete(items: Sequence[str] | None, names: list[str]):
     return _column_keys(items, names, "--discrete")
 
 
+def _numeric_targets(est) -> list[str]:
+    """The modelled columns that are not categorical (those the plots show)."""
+    categories = getattr(est, "categories_", None)
+    labels = () if categories is None else categories.categorical
+    return [c for c in est.target_columns_ if c not in labels]
+
+
 def _model_samples(est, data: np.ndarray, names: list[str], seed) -> tuple[np.ndarray, np.ndarray]:
-    """``(data targets, model samples)`` for plots; conditional models sample at data contexts."""
+    """``(data, model samples)`` of the numeric target columns for plots; conditional models
+    sample at data contexts."""
     rng = np.random.default_rng(seed)
     rows = data[rng.permutation(len(data))[:PLOT_SAMPLES]]
-    targets = [names.index(c) for c in est.target_columns_]
+    shown = _numeric_targets(est)
     if est.context_columns_:
         context = rows[:, [names.index(c) for c in est.context_columns_]]
-        samples = est.sample(context=context, random_state=seed)
+        drawn = est.sample(
+            context=_estimator_input(context, est.context_columns_), random_state=seed
+        )
     else:
-        samples = est.sample(len(rows), random_state=seed)
-    return data[:, targets], np.asarray(samples, dtype=np.float64)
+        drawn = est.sample(len(rows), random_state=seed)
+    samples = _table_values(drawn, est.target_columns_)
+    picked = samples[:, [est.target_columns_.index(c) for c in shown]].astype(np.float64)
+    return data[:, [names.index(c) for c in shown]].astype(np.float64), picked
 
 
 def _write_plots(folder: str, est, data: np.ndarray, names: list[str], title: str, seed) -> None:
@@ -229,13 +317,17 @@ def _write_plots(folder: str, est, data: np.ndarray, names: list[str], title: st
     if folder.exists() and not folder.is_dir():
         raise CLIError(f"--plots: {folder} exists and is not a folder")
     targets, samples = _model_samples(est, data, names, seed)
+    shown = _numeric_targets(est)
     written = [
-        plotting.plot_training_curves(est.history_, folder / "training_curves.png", title=title),
-        plotting.plot_corner(targets, samples, folder / "corner.png", columns=est.target_columns_),
-        plotting.plot_marginals(
-            targets, folder / "marginals.png", samples=samples, columns=est.target_columns_
-        ),
+        plotting.plot_training_curves(est.history_, folder / "training_curves.png", title=title)
     ]
+    if shown:  # categorical columns have no density to draw
+        written += [
+            plotting.plot_corner(targets, samples, folder / "corner.png", columns=shown),
+            plotting.plot_marginals(
+                targets, folder / "marginals.png", samples=samples, columns=shown
+            ),
+        ]
     print(f"plots written: {', '.join(str(p) for p in written)}")
 
 
@@ -253,53 +345,68 @@ def _new_estimator(args, **options):
 # ------------------------------------------------------------------------------------- commands
 
 
+def _parse_categorical(items, values: np.ndarray, names: list[str]) -> list[str]:
+    """The categorical columns: the text columns of the file plus those ``--categorical``
+    names (comma- or space-separated; numeric columns become labels too), in table order."""
+    tokens = [token.strip() for item in items or [] for token in item.split(",")]
+    keys = _column_keys([t for t in tokens if t], names, "--categorical")
+    chosen = {names[k] if isinstance(k, int) else k for k in keys} | set(
+        _text_columns(values, names)
+    )
+    return [name for name in names if name in chosen]
+
+
+def _split_rows(values: np.ndarray, names: list[str], categorical: list[str], seed):
+    """``(training rows, held-out rows, moved)`` of ``fit``'s validation split; held-out rows with
+    a level of a categorical column absent from the training rows move to training (``moved``
+    of them): the model has no probability for a level it never saw."""
+    train_rows, held_rows = validation_split(len(values), VALIDATION_FRACTION, seed)
+    seen = np.ones(len(held_rows), dtype=bool)
+    for column in categorical:
+        j = names.index(column)
+        seen &= np.isin(values[held_rows, j], values[train_rows, j])
+    train_rows = np.concatenate([train_rows, held_rows[~seen]])
+    return train_rows, held_rows[seen], int((~seen).sum())
+
+
 def _cmd_fit(args) -> int:
-    values, file_names = _read(args.data)
+    values, file_names = _read(args.data, text="auto")
     names = file_names if file_names is not None else _default_names(values.shape[1])
+    categorical = _parse_categorical(args.categorical, values, names)
     options = dict(
         bounds=_parse_bounds(args.bounds, names),
         discrete=_parse_discrete(args.discrete, names),
         context=_column_keys(args.context, names, "--context") if args.context else None,
+        categorical=categorical or None,
     )
     output = Path(args.output) if args.output else _default_model_path(Path(args.data))
     _check_output(output, "-o")
     if _special_file(output):
         raise CLIError(f"-o {output} is not a regular file: give a path for the model file")
-    rows = len(values)
-    train_rows, held_rows = validation_split(rows, VALIDATION_FRACTION, args.seed)
-    held = len(held_rows)
+    train_rows, held_rows, moved = _split_rows(values, names, categorical, args.seed)
     held_out, train = values[held_rows], values[train_rows]
     est = _new_estimator(args, **options)
-    est.fit(train, X_val=held_out if held else None, columns=names)
+    held_input = _estimator_input(held_out, names) if len(held_rows) else None
+    table = _estimator_input(train, names)
+    est.fit(table, X_val=held_input, columns=None if hasattr(table, "columns") else names)
     saved = est.save(output)
     info = est.info()
     print(
-        f"fitted {args.flow} to {args.data}: {rows} rows x {len(names)} columns "
-        f"({len(train)} for training, {held} held out for validation and early stopping)"
+        f"fitted {args.flow} to {args.data}: {len(values)} rows x {len(names)} columns "
+        f"({len(train)} for training, {len(held_out)} held out for validation and early stopping)"
     )
+    if categorical:
+        levels = ", ".join(f"{c} ({n} levels)" for c, n in info["categorical_columns"].items())
+        print(f"  categorical columns: {levels}")
+    if moved:
+        print(f"  {moved} rows with a level not among the training rows moved to training")
     print(
         f"  {info.get('epochs', len(est.history_['epoch']))} epochs in "
         f"{float(info.get('fit_time_seconds', math.nan)):.1f} s, "
         f"{info.get('parameters', '?')} parameters; training stopped by {_stop_reason(est)}"
     )
-    if held:
-        flow_score = est.score(held_out)
-        discrete, step = lattice_cells(est, names)
-        gauss_score = gaussian_held_out_score(
-            train,
-            held_out,
-            discrete=discrete,
-            step=step,
-            context=[names.index(c) for c in est.context_columns_],
-        )
-        kind = "conditional " if est.context_columns_ else ""
-        print(f"  held-out mean {kind}log-likelihood (nats per row, higher is better):")
-        if discrete:
-            print(f"  (both score {describe_cells(names, discrete, step)})")
-        print(f"    flow      {flow_score:12.4f}")
-        print(
-            f"    Gaussian  {gauss_score:12.4f}   (flow - Gaussian: {flow_score - gauss_score:+.4f})"
-        )
+    if len(held_out):
+        _held_out_summary(est, train, held_out, held_input, names, categorical)
     else:
         print(f"  no held-out summary: fewer than {MIN_ROWS_FOR_VALIDATION} rows")
     print(f"model saved to {saved if saved is not None else output}")
@@ -308,6 +415,30 @@ def _cmd_fit(args) -> int:
             args.plots, est, values, names, f"{args.flow} on {Path(args.data).name}", args.seed
         )
     return 0
+
+
+def _held_out_summary(est, train, held_out, held_input, names, categorical) -> None:
+    """``fit``'s held-out lines: the flow's mean log-likelihood with its standard error, and a
+    Gaussian fitted to the same rows (numeric tables; it has no categorical part)."""
+    flow = est.score(held_input, return_stderr=True)
+    kind = "conditional " if est.context_columns_ else ""
+    print(f"  held-out mean {kind}log-likelihood (nats per row, higher is better):")
+    if categorical:
+        print(f"    flow      {flow.mean:12.4f} +- {flow.stderr:.4f} (standard error)")
+        print("  (no Gaussian comparison: it has no categorical part)")
+        return
+    discrete, step = lattice_cells(est, names)
+    gauss_score = gaussian_held_out_score(
+        train,
+        held_out,
+        discrete=discrete,
+        step=step,
+        context=[names.index(c) for c in est.context_columns_],
+    )
+    if discrete:
+        print(f"  (both score {describe_cells(names, discrete, step)})")
+    print(f"    flow      {flow.mean:12.4f} +- {flow.stderr:.4f} (standard error)")
+    print(f"    Gaussian  {gauss_score:12.4f}   (flow - Gaussian: {flow.mean - gauss_score:+.4f})")
 
 
 def _default_model_path(data: Path) -> Path:
@@ -322,17 +453,63 @@ def _default_model_path(data: Path) -> Path:
 
 def _cmd_score(args) -> int:
     est = _load_model(args.model)
-    values, names = _read(args.data)
-    X = _align(values, names, est.columns_, args.data)
-    log_density = est.score_samples(X)
+    values, names = _read(args.data, text=_model_text_columns(est, est.columns_) or None)
+    X = _estimator_input(_align(values, names, est.columns_, args.data), est.columns_)
+    log_density, first = _log_densities(est, X, args.data, strict=args.strict)
     _write_table(log_density[:, None], ["log_density"], args.output)
     kind = "conditional " if est.context_columns_ else ""
-    print(
-        f"mean {kind}log-density: {float(np.mean(log_density)):.6g} nats per row "
-        f"({len(log_density)} rows)",
-        file=sys.stderr,
+    outside = np.isneginf(log_density)
+    inside = ~outside
+    rows = (
+        f"{len(log_density)} rows"
+        if not outside.any()
+        else f"{int(inside.sum())} rows inside the support"
     )
+    if inside.any():
+        mean, stderr, _ = _mean_with_stderr(log_density[inside], est.last_score_error_[inside])
+        print(
+            f"mean {kind}log-density: {mean:.6g} +- {stderr:.2g} nats per row ({rows})",
+            file=sys.stderr,
+        )
+    if outside.any():
+        row, reason = first if first is not None else (int(np.flatnonzero(outside)[0]), "")
+        print(
+            f"{int(outside.sum())} of {len(log_density)} rows lie outside the model's support "
+            f"and score -inf (first: data row {row + 1}{': ' + reason if reason else ''}); "
+            "--strict makes this an error",
+            file=sys.stderr,
+        )
     return 0
+
+
+def _log_densities(est, X, path: str, *, strict: bool) -> tuple[np.ndarray, tuple | None]:
+    """``(log-densities (n,), (row, reason) of the first row outside the support or None)``.
+
+    The estimator's warning about rows outside the support is replaced by ``score``'s summary
+    line (other warnings pass); its errors name the file's data rows (1-based) instead of rows
+    of ``X`` (0-based)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            log_density = est.score_samples(X, strict=strict)
+        except ValueError as error:
+            raise CLIError(
+                re.sub(
+                    r"\brow (\d+) of X\b",
+                    lambda m: f"{path}, data row {int(m.group(1)) + 1}",
+                    _message(error),
+                )
+            ) from None
+    first = None
+    for warning in caught:
+        match = _OUTSIDE_SUPPORT.search(str(warning.message))
+        if match:
+            first = int(match.group(1)), match.group(2)
+        else:
+            warnings.showwarning(
+                warning.message, warning.category, warning.filename, warning.lineno
+            )
+    return log_density, first
 
 
 def _cmd_sample(args) -> int:
@@ -343,12 +520,17 @@ def _cmd_sample(args) -> int:
                 f"the model is conditional on {', '.join(est.context_columns_)}: give "
                 "--context FILE with those columns (one or more rows)"
             )
-        values, names = _read(args.context, what="--context")
+        text = _model_text_columns(est, est.context_columns_) or None
+        values, names = _read(args.context, what="--context", text=text)
         context = _align(values, names, est.context_columns_, args.context)
         context = np.repeat(context, args.num_samples or 1, axis=0)
-        samples = np.asarray(est.sample(context=context, random_state=args.seed), dtype=float)
+        drawn = est.sample(
+            context=_estimator_input(context, est.context_columns_), random_state=args.seed
+        )
+        samples = _table_values(drawn, est.target_columns_)
         # Rows in the model's column order, context included, as in the training table.
-        table = np.empty((len(context), len(est.columns_)))
+        kind = object if object in (samples.dtype, context.dtype) else np.float64
+        table = np.empty((len(context), len(est.columns_)), dtype=kind)
         for j, name in enumerate(est.columns_):
             if name in est.context_columns_:
                 table[:, j] = context[:, est.context_columns_.index(name)]
@@ -360,7 +542,8 @@ def _cmd_sample(args) -> int:
             raise CLIError("--context given, but the model is not conditional")
         if args.num_samples is None:
             raise CLIError("sample: -n N (number of rows to draw) is required")
-        table = np.asarray(est.sample(args.num_samples, random_state=args.seed), dtype=float)
+        drawn = est.sample(args.num_samples, random_state=args.seed)
+        table = _table_values(drawn, est.target_columns_)
         columns = est.target_columns_
     _write_table(table, columns, args.output)
     if args.output not in (None, "-"):
@@ -381,9 +564,37 @@ def _json_safe(value):
     return value
 
 
+def _level_counts(est) -> dict:
+    """``{column: {level: training rows}}`` of the categorical columns, the most frequent
+    :data:`INFO_LEVELS` levels of each (``{column: [levels]}`` when the model keeps no counts)."""
+    categories = getattr(est, "categories_", None)
+    if categories is None:
+        return {}
+    counts = np.asarray(categories.counts, dtype=np.int64)
+    shape = categories.shape
+    out = {}
+    for j, (column, levels) in enumerate(zip(categories.categorical, categories.levels)):
+        if counts.size != math.prod(shape):  # the autoregressive factor stores weights instead
+            out[column] = [str(level) for level in levels[:INFO_LEVELS]]
+            continue
+        per_level = counts.reshape(shape).sum(axis=tuple(k for k in range(len(shape)) if k != j))
+        order = np.argsort(-per_level, kind="stable")
+        shown = {str(levels[i]): int(per_level[i]) for i in order[:INFO_LEVELS]}
+        if len(levels) > INFO_LEVELS:
+            shown[f"({len(levels) - INFO_LEVELS} other levels)"] = int(
+                per_level[order[INFO_LEVELS:]].sum()
+            )
+        out[column] = shown
+    return out
+
+
 def _cmd_info(args) -> int:
     est = _load_model(args.model)
-    print(json.dumps(_json_safe(est.info()), indent=2))
+    info = est.info()
+    levels = _level_counts(est)
+    if levels:
+        info["categorical_levels"] = levels
+    print(json.dumps(_json_safe(info), indent=2))
     return 0
 
 
@@ -558,7 +769,8 @@ def _add_fit(commands) -> None:
     fit = commands.add_parser(
         "fit",
         help="fit a flow to a table and save the model",
-        description="Fit a DensityEstimator to DATA (CSV with a header row, .npy or Parquet). "
+        description="Fit a DensityEstimator to DATA (CSV with a header row, .npy or Parquet; "
+        "CSV columns with text are categorical). "
         f"{VALIDATION_FRACTION:.0%} of the rows are held out for early stopping and the "
         "held-out summary, compared with a Gaussian fitted to the same rows.",
     )
@@ -591,6 +803,15 @@ def _add_fit(commands) -> None:
         metavar="COL",
         help="columns to condition on: the model becomes p(other columns | these)",
     )
+    fit.add_argument(
+        "--categorical",
+        nargs="+",
+        action="extend",
+        metavar="COL",
+        help="label columns, modelled exactly by their level frequencies (species,island,sex "
+        "or species island sex); columns with text are categorical anyway, and numeric columns "
+        "named here become labels too",
+    )
     fit.set_defaults(handler=_cmd_fit)
 
 
@@ -600,13 +821,21 @@ def _add_score(commands) -> None:
         "score",
         help="log-density of each row of a table",
         description="Write the log-density of each row of DATA (nats, original units; "
-        "log-probability for integer columns) as a CSV column 'log_density'. Columns are matched "
-        "by name when DATA names them all, else by position. The mean goes to stderr.",
+        "log-probability for integer and categorical columns) as a CSV column 'log_density'. "
+        "Columns are matched by name when DATA names them all, else by position. The mean and "
+        "its standard error go to stderr; rows outside the model's support (a level not seen in "
+        "training, a value beyond a bound) score -inf and are counted there.",
     )
     score.add_argument("model", metavar="MODEL")
     score.add_argument("data", metavar="DATA")
     score.add_argument(
         "-o", "--output", metavar="OUT", help="output CSV (.npy by extension); default stdout"
+    )
+    score.add_argument(
+        "--strict",
+        action="store_true",
+        help="a row outside the model's support (a level not seen in training, a value beyond a "
+        "bound or off an integer lattice) is an error (exit status 2) instead of -inf",
     )
     score.set_defaults(handler=_cmd_score)
 
