@@ -72,7 +72,6 @@ __all__ = [
     "run_reference",
     "save_reference",
     "load_reference",
-    "load_or_run",
 ]
 
 RHAT_LIMIT = 1.01  # largest split rank-normalised R-hat accepted as converged (Vehtari et al.)
@@ -404,17 +403,6 @@ def load_reference(path: str | os.PathLike, system: str | None = None) -> dict:
     if samples.ndim != 3 or samples.shape[-1] != make_energy(meta["system"]).dim:
         raise ValueError(f"{path}: samples must be (draws, chains, n * d), got {samples.shape}")
     return {**meta, "samples": torch.from_numpy(samples)}
-
-
-def load_or_run(system: str, out: str | os.PathLike | None, minutes: float, seed: int = 0) -> dict:
-    """The cached reference of ``system`` in ``out`` (default :func:`default_cache_dir`), made
-    by :func:`run_reference` with ``minutes`` of sampling when it is missing."""
-    path = Path(out or default_cache_dir()) / f"{system}_reference.npz"
-    if path.exists():
-        return load_reference(path, system)
-    result = run_reference(system, minutes=minutes, seed=seed)
-    save_reference(result, path)
-    return result
 
 
 def report(result: dict) -> str:
