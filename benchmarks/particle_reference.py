@@ -416,7 +416,7 @@ def report(result: dict) -> str:
         f"{result['system']}: {samples.shape[0]} draws x {samples.shape[1]} chains kept "
         f"(every {result['sample_thin']} steps; observables every {settings['thin']}) "
         f"from {result['steps']} production steps after "
-        f"{settings['warmup']} warm-up) in {result['seconds']:.0f} s; "
+        f"{settings['warmup']} warm-up, in {result['seconds']:.0f} s; "
         f"ladder {settings['temperatures']}",
         f"acceptance: local ({local}) {result['local_acceptance']:.3f}, "
         f"swap {result['swap_acceptance']:.3f}",
