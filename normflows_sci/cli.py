@@ -399,7 +399,10 @@ def _cmd_fit(args) -> int:
         levels = ", ".join(f"{c} ({n} levels)" for c, n in info["categorical_columns"].items())
         print(f"  categorical columns: {levels}")
     if moved:
-        print(f"  {moved} rows with a level not among the training rows moved to training")
+        print(
+            f"  {moved} held-out row{'s' if moved > 1 else ''} with a level not among the "
+            "training rows moved to training"
+        )
     print(
         f"  {info.get('epochs', len(est.history_['epoch']))} epochs in "
         f"{float(info.get('fit_time_seconds', math.nan)):.1f} s, "

@@ -531,11 +531,8 @@ def _text_columns(path: Path, names: list[str], rows: list, text) -> list[int]:
     markers (``NA``, ``nan``, ...) or empty is numeric with missing values: ``TableFileError``."""
     if text is None:
         return []
-    if text != "auto":
-        unknown = [c for c in text if c not in names]
-        if unknown:
-            raise TableFileError(f"{path} lacks the text columns {unknown}; it has {names}")
-        return [names.index(c) for c in text]
+    if text != "auto":  # names the file lacks are left to the caller's column check
+        return [names.index(c) for c in text if c in names]
     chosen = []
     for j, column in enumerate(names):
         words = [(line, row[j]) for line, row in rows if not _is_number(row[j])]
@@ -545,10 +542,10 @@ def _text_columns(path: Path, names: list[str], rows: list, text) -> list[int]:
         empty = [(line, w) for line, w in words if not w.strip()]
         if empty or not labels:
             line, cell = (empty or words)[0]
-            what = "an empty field" if not cell.strip() else f"the missing-value marker {cell!r}"
+            what = "(empty field)" if not cell.strip() else f"{cell!r}"
             raise TableFileError(
-                f"{path}, line {line}, column {column!r}: {what}; impute or drop the rows with "
-                "missing values first"
+                f"{path}, line {line}, column {column!r}: missing value {what}; impute or drop "
+                "the rows with missing values first"
             )
         chosen.append(j)
     return chosen
@@ -645,7 +642,8 @@ def read_table(
         what: how the file is named in error messages.
         text: which CSV columns hold labels (kept as stripped strings): None (none, every
             cell must be a number), ``"auto"`` (every column with a cell that is not a number) or
-            a list of column names. Text needs a header row. ``.npy`` and Parquet files are
+            a list of column names (those the file has). Text needs a header row; in a text
+            column ``NA`` and the like are levels like any other. ``.npy`` and Parquet files are
             numeric only.
 
     Returns:

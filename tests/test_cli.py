@@ -516,3 +516,193 @@ def test_stop_reason_names_patience_and_a_time_budget_as_not_reproducible():
     assert _stop_reason(early) == "early stopping (no validation improvement for 3 epochs)"
     timed = SimpleNamespace(history_=history, max_epochs=None, patience=20, max_time=60.0)
     assert _stop_reason(timed).startswith("the time budget (60 s, after 5 epochs; the number")
+
+
+# ------------------------------------------------------------ mixed categorical tables (issue 21)
+
+
+def write_rows(path, header, rows) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+def read_rows(path) -> tuple[list[str], list[list[str]]]:
+    with open(path, newline="") as handle:
+        rows = list(csv.reader(handle))
+    return rows[0], rows[1:]
+
+
+MIXED_HEADER = ("species", "site", "code", "mass")
+
+
+def mixed_rows(rows: int = 48, seed: int = 0) -> list[list]:
+    """Labels next to numbers: text species, a text site whose level "7" looks like a number,
+    a numeric code declared categorical, and a mass that depends on the species."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(rows):
+        species = ("Adelie", "Gentoo")[i % 2]
+        mass = (3.5 if species == "Adelie" else 5.0) + 0.3 * rng.normal()
+        out.append([species, ("A", "7")[(i // 2) % 2], i % 3 % 2, f"{mass:.6g}"])
+    return out
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory):
+    """A small mixed CSV and a model fitted to it (1 epoch) with `--categorical code,species`."""
+    folder = tmp_path_factory.mktemp("mixed")
+    data = folder / "mixed.csv"
+    write_rows(data, MIXED_HEADER, mixed_rows())
+    argv = ["fit", data, "--categorical", "code,species", "--max-epochs", 1, "--quiet"]
+    code = main([str(a) for a in argv])
+    assert code == 0
+    return folder, data, folder / "mixed.nfs"
+
+
+def test_mixed_fit_info_lists_the_categorical_columns_and_level_counts(mixed, tmp_path, capsys):
+    _, data, model = mixed
+    code, out, err = run(capsys, "info", model)
+    assert code == 0, err
+    info = json.loads(out)
+    assert info["categorical_columns"] == {"species": 2, "site": 2, "code": 2}
+    levels = info["categorical_levels"]
+    assert set(levels["species"]) == {"Adelie", "Gentoo"} and set(levels["site"]) == {"A", "7"}
+    assert set(levels["code"]) == {"0.0", "1.0"}  # numbers declared categorical stay numbers
+    training_rows = 48 - round(0.1 * 48)
+    assert all(sum(counts.values()) == training_rows for counts in levels.values())
+    code, out, err = run(
+        capsys, "fit", data, "-o", tmp_path / "m.nfs", "--max-epochs", 1, "--quiet"
+    )
+    assert code == 0, err
+    assert "categorical columns: species (2 levels), site (2 levels)" in out
+    flow_line = next(line for line in out.splitlines() if line.startswith("    flow"))
+    mean, stderr = float(flow_line.split()[1]), float(flow_line.split()[3])
+    assert np.isfinite(mean) and stderr > 0
+
+
+def test_mixed_score_gives_minus_inf_for_an_unseen_level_and_counts_it(mixed, tmp_path, capsys):
+    _, _, model = mixed
+    rows = mixed_rows(10, seed=1)
+    rows[2][0] = "Chinstrap"  # a species the model never saw
+    scored = tmp_path / "new.csv"
+    write_rows(scored, MIXED_HEADER, rows)
+    code, out, err = run(capsys, "score", model, scored, "-o", tmp_path / "s.csv")
+    assert code == 0 and out == "", err
+    _, values = read_csv(tmp_path / "s.csv")
+    assert np.isneginf(values[2, 0]) and np.isfinite(np.delete(values[:, 0], 2)).all()
+    mean_line, count_line = err.strip().splitlines()
+    assert mean_line.startswith("mean log-density: ")
+    assert mean_line.endswith("nats per row (9 rows inside the support)")
+    assert float(mean_line.split()[2]) == pytest.approx(np.delete(values[:, 0], 2).mean(), 1e-5)
+    assert float(mean_line.split()[4]) > 0  # its standard error
+    assert count_line.startswith("1 of 10 rows lie outside the model's support and score -inf")
+    assert "data row 3: column 'species' holds the level 'Chinstrap'" in count_line
+    code, _, err = run(capsys, "score", model, scored, "--strict", "-o", tmp_path / "t.csv")
+    assert_one_line_error(code, err, "new.csv, data row 3", "column 'species'", "'Chinstrap'")
+    assert not (tmp_path / "t.csv").exists()
+
+
+def test_mixed_score_matches_text_levels_that_look_like_numbers(mixed, tmp_path, capsys):
+    """The site level "7" is text in training (the column also holds "A"); a file whose sites are
+    all "7" would be read as numbers and every row scored -inf as an unseen level."""
+    _, _, model = mixed
+    rows = [row for row in mixed_rows(12, seed=2) if row[1] == "7"]
+    scored = tmp_path / "sevens.csv"
+    write_rows(scored, MIXED_HEADER, rows)
+    code, out, err = run(capsys, "score", model, scored)
+    assert code == 0, err
+    assert np.isfinite(np.array(out.splitlines()[1:], dtype=float)).all()
+    assert "outside the model's support" not in err
+
+
+def test_mixed_sample_writes_training_levels_and_scores_finite(mixed, tmp_path, capsys):
+    _, _, model = mixed
+    out_file = tmp_path / "draws.csv"
+    code, _, err = run(capsys, "sample", model, "-n", 60, "--seed", 3, "-o", out_file)
+    assert code == 0, err
+    header, rows = read_rows(out_file)
+    assert header == list(MIXED_HEADER) and len(rows) == 60
+    assert {r[0] for r in rows} == {"Adelie", "Gentoo"} and {r[1] for r in rows} == {"A", "7"}
+    assert {float(r[2]) for r in rows} <= {0.0, 1.0}
+    code, out, err = run(capsys, "score", model, out_file)
+    assert code == 0, err
+    assert np.isfinite(np.array(out.splitlines()[1:], dtype=float)).all()
+    code, _, err = run(capsys, "sample", model, "-n", 5, "-o", tmp_path / "draws.npy")
+    assert_one_line_error(code, err, "text columns cannot be written as .npy")
+
+
+def test_mixed_csv_with_missing_values_gives_one_clear_line(tmp_path, capsys):
+    cases = {
+        "empty_label.csv": (2, 0, "", "line 4, column 'species': missing value (empty field)"),
+        "empty_number.csv": (1, 3, "", "line 3, column 'mass': missing value (empty field)"),
+        "na_number.csv": (5, 3, "NA", "line 7, column 'mass': missing value 'NA'"),
+    }
+    for name, (row, column, cell, message) in cases.items():
+        rows = mixed_rows(20)
+        rows[row][column] = cell
+        write_rows(tmp_path / name, MIXED_HEADER, rows)
+        code, _, err = run(capsys, "fit", tmp_path / name, "--max-epochs", 1, "--quiet")
+        assert_one_line_error(code, err, name, message)
+
+
+def test_fit_moves_held_out_rows_with_a_level_absent_from_training(tmp_path, capsys):
+    """A level seen in only one row that the split holds out used to make the fit refuse its own
+    validation rows (levels not in X)."""
+    from normflows_sci.estimator import validation_split
+
+    rows = mixed_rows(40)
+    _, held = validation_split(40, 0.1, 0)
+    rows[int(held[0])][1] = "B"  # the only row of site B is held out
+    write_rows(tmp_path / "rare.csv", MIXED_HEADER, rows)
+    code, out, err = run(capsys, "fit", tmp_path / "rare.csv", "--max-epochs", 1, "--quiet")
+    assert code == 0, err
+    assert "(37 for training, 3 held out" in out
+    assert "1 held-out row with a level not among the training rows moved to training" in out
+    info = json.loads(run(capsys, "info", tmp_path / "rare.nfs")[1])
+    assert info["categorical_levels"]["site"]["B"] == 1
+
+
+def test_text_tables_round_trip_through_write_and_read(tmp_path):
+    from normflows_sci import io as nio
+
+    table = np.empty((3, 3), dtype=object)
+    table[:, 0] = ["Adelie", "Gentoo, south", 'say "hi"']
+    table[:, 1] = [1.5, -2e-7, 3.0]
+    table[:, 2] = ["7", "A", "7"]
+    path = nio.write_table(table, ["species", "mass", "site"], tmp_path / "t.csv")
+    values, names = nio.read_table(path, text=["species", "site"])
+    assert names == ["species", "mass", "site"]
+    assert values.dtype == object and values.tolist() == table.tolist()
+    auto, _ = nio.read_table(path, text="auto")
+    assert (
+        auto[:, :2].tolist() == table[:, :2].tolist()
+        and auto[:, 2].tolist() == table[:, 2].tolist()
+    )
+    with pytest.raises(
+        nio.TableFileError, match=r"line 2, column 'species': 'Adelie' is not a number"
+    ):
+        nio.read_table(path)  # numeric only unless text is asked for
+
+
+def test_penguins_mixed_end_to_end(tmp_path, capsys):
+    from normflows_sci.datasets import load_dataset
+
+    frame = load_dataset("penguins", categorical=True).data
+    data = tmp_path / "penguins.csv"
+    frame.to_csv(data, index=False)
+    code, out, err = run(capsys, "fit", data, "--max-epochs", 1, "--quiet")
+    assert code == 0, err
+    assert "species (3 levels), island (3 levels), sex (2 levels)" in out
+    model = tmp_path / "penguins.nfs"
+    code, out, err = run(capsys, "score", model, data)
+    assert code == 0, err
+    assert np.isfinite(np.array(out.splitlines()[1:], dtype=float)).all()
+    assert err.rstrip().endswith(f"nats per row ({len(frame)} rows)")
+    code, out, err = run(capsys, "sample", model, "-n", 50, "--seed", 0)
+    assert code == 0, err
+    drawn = list(csv.reader(out.splitlines()))
+    assert drawn[0] == list(frame.columns)
+    for j, column in enumerate(("species", "island", "sex")):
+        assert {row[j] for row in drawn[1:]} <= set(frame[column].cat.categories)
