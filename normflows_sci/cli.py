@@ -3,15 +3,17 @@
 Usage (``normflows-sci --help`` and ``normflows-sci COMMAND --help`` for every option)::
 
     normflows-sci fit data.csv -o model.nfs --bounds mass:0: --discrete count --plots plots/
+    normflows-sci fit penguins.csv --categorical species,island,sex   # text columns: labels
     normflows-sci score model.nfs new_rows.csv -o log_density.csv
     normflows-sci sample model.nfs -n 1000 -o samples.csv
     normflows-sci info model.nfs
     normflows-sci demo
 
 Also run as ``python -m normflows_sci``. Data files are CSV with a header row (``.csv``, ``.tsv``,
-optionally gzip-compressed: ``.csv.gz``), numpy ``.npy`` (a 2-D numeric array), or Parquet
-(``.parquet``, needs pyarrow). Every output file is written atomically (a temporary file in the
-same folder, then a rename), so an interrupted run never leaves a half-written file. Errors print
+optionally gzip-compressed: ``.csv.gz``; a column with text is categorical), numpy ``.npy`` (a
+2-D numeric array), or Parquet (``.parquet``, needs pyarrow). Every output file is written
+atomically (a temporary file in the same folder, then a rename), so an interrupted run never
+leaves a half-written file. Errors print
 one line, ``normflows-sci: error: ...``, and exit with status 2 (set the environment variable
 ``NORMFLOWS_SCI_DEBUG=1`` for the full traceback instead).
 
