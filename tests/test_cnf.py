@@ -107,6 +107,47 @@ def test_sample_and_log_prob_is_consistent_and_reparameterised():
     assert plain.shape == (4, 3, 2)
 
 
+class SuppliedDivergence(LinearVelocity):
+    """``v = A x`` that supplies its divergence ``tr A`` itself (or declines with ``None``) and
+    records the calls and the manifold it was offered."""
+
+    def __init__(self, matrix, decline=False):
+        super().__init__(matrix)
+        self.decline, self.calls = decline, []
+
+    def value_and_divergence(self, x, t, context=None, manifold=None):
+        self.calls.append(manifold)
+        if self.decline:
+            return None
+        return self(x, t, context), self.matrix.trace().expand(x.shape[0])
+
+
+def test_a_field_that_supplies_its_divergence_is_used_for_the_exact_density_only():
+    x = _points(8)
+    exact = _exact_gaussian().log_prob(x)
+    for decline in (False, True):
+        field = SuppliedDivergence(A, decline=decline)
+        flow = CNF(2, velocity=field, rtol=1e-10, atol=1e-10).double()
+        with torch.no_grad():
+            torch.testing.assert_close(flow.log_prob(x), exact, atol=1e-8, rtol=0)
+        assert field.calls and all(manifold is None for manifold in field.calls)
+    # With gradients (training) the supplied divergence keeps its graph too.
+    field = SuppliedDivergence(A)
+    flow = CNF(2, velocity=field, solver="rk4", steps=4).double()
+    points = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(flow.log_prob(points).sum(), points)
+    plain = CNF(2, velocity=LinearVelocity(A), solver="rk4", steps=4).double()
+    reference = x.clone().requires_grad_(True)
+    (expected,) = torch.autograd.grad(plain.log_prob(reference).sum(), reference)
+    torch.testing.assert_close(grad, expected, atol=1e-12, rtol=0)
+    # Hutchinson's estimate never asks the field.
+    field = SuppliedDivergence(A)
+    flow = CNF(2, velocity=field, divergence="hutchinson", solver="rk4", steps=2).double()
+    with torch.no_grad():
+        flow.log_prob(x)
+    assert not field.calls
+
+
 def test_hutchinson_estimator_is_unbiased():
     torch.manual_seed(1)
     flow = CNF(2, hidden_features=(16, 16), solver="rk4", steps=6, seed=1).double()

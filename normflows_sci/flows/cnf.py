@@ -325,6 +325,29 @@ class ODETransform(Transform):
         basis = self._basis(x)
         return (basis @ (basis.transpose(1, 2) @ field[..., None]))[..., 0]
 
+    def _supplied(self, x: Tensor, t: float, context: Tensor | None, graph: bool):
+        """``(v, div)`` from the velocity's own exact divergence, or ``None``.
+
+        Opt-in hook: a velocity module with a method ``value_and_divergence(x, t, context,
+        manifold)`` (raw coordinates ``x: (batch, D)``, ``t: (batch, 1)``, the manifold or
+        ``None`` for ``R^D``) returns ``(its output at manifold.embed(x), div)`` with ``div:
+        (batch,)`` the exact divergence of the tangent field :meth:`field` on that manifold, or
+        ``None`` to fall back to autograd. Used for ``divergence="exact"`` only.
+        """
+        hook = getattr(self.velocity, "value_and_divergence", None)
+        if hook is None or self.divergence != "exact":
+            return None
+        times = torch.full((x.shape[0], 1), t, dtype=x.dtype, device=x.device)
+        with torch.set_grad_enabled(graph):
+            supplied = hook(x, times, context, self.manifold)
+        if supplied is None:
+            return None
+        v, div = supplied
+        if self.manifold is not None and not self._flat:
+            basis = self._basis(x)
+            v = (basis @ (basis.transpose(1, 2) @ v[..., None]))[..., 0]
+        return v, div
+
     def _divergence(self, v: Tensor, x: Tensor, probe: Tensor | None, graph: bool) -> Tensor:
         if not v.requires_grad:  # the field does not depend on x (nor on parameters)
             return torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
@@ -386,6 +409,10 @@ class ODETransform(Transform):
 
             def func(t: float, state: Tensor) -> Tensor:
                 x = state[:, :d]
+                supplied = self._supplied(x, t, context, graph)
+                if supplied is not None:
+                    v, div = supplied
+                    return torch.cat([v, div[:, None]], dim=1)
                 with torch.enable_grad():
                     if not (graph and x.requires_grad):
                         x = x.detach().requires_grad_(True)

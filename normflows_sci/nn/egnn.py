@@ -23,12 +23,34 @@ import math
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.func import jvp
 
 from normflows_sci.checks import check_context, check_int
 from normflows_sci.nn.networks import bounded_inputs
 
+# Elementwise activations: their Jacobian is diagonal, so a tangent passes through as ``slope *
+# tangent`` (the exact divergence below relies on it; any other activation uses autograd).
+_ELEMENTWISE = (
+    nn.SiLU,
+    nn.Tanh,
+    nn.Sigmoid,
+    nn.Softplus,
+    nn.GELU,
+    nn.ELU,
+    nn.CELU,
+    nn.SELU,
+    nn.Mish,
+    nn.ReLU,
+    nn.LeakyReLU,
+    nn.Identity,
+)
+
 __all__ = ["EGNNVelocity"]
+
+# Tangents per batch of the exact divergence: about this many edge-feature elements at once.
+_TANGENT_ELEMENTS = 1 << 21
 
 
 def _safe_sqrt(squared: Tensor) -> Tensor:
@@ -36,6 +58,16 @@ def _safe_sqrt(squared: Tensor) -> Tensor:
     positive = squared > 0
     safe = torch.where(positive, squared, torch.ones_like(squared))
     return torch.where(positive, safe.sqrt(), torch.zeros_like(squared))
+
+
+def _with_slope(activation: nn.Module, z: Tensor) -> tuple[Tensor, Tensor]:
+    """``(activation(z), activation'(z))`` of an elementwise activation (one forward-mode pass)."""
+    return jvp(activation, (z,), (torch.ones_like(z),))
+
+
+def _linear(tangent: Tensor, layer: nn.Linear) -> Tensor:
+    """The tangent of a linear layer (its weight only; the bias is constant)."""
+    return F.linear(tangent, layer.weight)
 
 
 class _EquivariantLayer(nn.Module):
@@ -78,6 +110,108 @@ class _EquivariantLayer(nn.Module):
             aggregated = messages.sum(2) / (n - 1)
             h = h + self.node(torch.cat([h, aggregated], dim=-1))
         return step, h
+
+    def primal(self, pos: Tensor, h: Tensor, globals_: Tensor, mask: Tensor):
+        """:meth:`forward` (same operations, same values) keeping what :meth:`tangent` needs:
+        distances, the activations' slopes and the gradient of each edge's coordinate weight
+        with respect to its pre-activation. Returns ``(step, h, cache)``."""
+        n = pos.shape[1]
+        diff = pos[:, :, None, :] - pos[:, None, :, :]
+        squared = diff.square().sum(-1, keepdim=True)
+        scalars = torch.cat(
+            [
+                torch.log1p(squared),
+                globals_[:, None, None, :].expand(*squared.shape[:3], globals_.shape[-1]),
+            ],
+            dim=-1,
+        )
+        pre = self.edge_i(h)[:, :, None] + self.edge_j(h)[:, None] + self.edge_scalars(scalars)
+        hidden, slope1 = _with_slope(self.edge_out[0], pre)
+        messages, slope2 = _with_slope(self.edge_out[2], self.edge_out[1](hidden))
+        messages, slope2 = messages * mask, slope2 * mask
+        coordinate, slope3 = _with_slope(self.coordinate[1], self.coordinate[0](messages))
+        weights = self.coordinate[2](coordinate) * mask
+        radius = _safe_sqrt(squared)
+        unit = diff / (radius + 1.0)
+        step = (unit * weights).sum(2) / (n - 1)
+        # d weight / d pre-activation of every edge (zero on the masked diagonal, as slope2 is).
+        gradient = slope3 * self.coordinate[2].weight[0]
+        gradient = slope1 * (
+            (slope2 * (gradient @ self.coordinate[0].weight)) @ self.edge_out[1].weight
+        )
+        cache = dict(
+            diff=diff,
+            squared=squared,
+            radius=radius,
+            unit=unit,
+            weights=weights,
+            slopes=(slope1, slope2),
+            gradient=gradient,
+            node_slope=None,
+        )
+        if self.node is not None:
+            aggregated = messages.sum(2) / (n - 1)
+            node_in = self.node[0](torch.cat([h, aggregated], dim=-1))
+            node_hidden, cache["node_slope"] = _with_slope(self.node[1], node_in)
+            h = h + self.node[2](node_hidden)
+        return step, h, cache
+
+    def _weight_tangents(self, cache: dict, dlog: Tensor, dh: Tensor | None):
+        """Tangents of the aggregated messages ``(*T, batch, n, H)`` (their sum over the
+        neighbours; ``None`` when no feature update reads them) and of the coordinate weights
+        ``(*T, batch, n, n, 1)``, from the tangent ``dlog`` of each
+        edge's ``log(1 + d^2)`` and ``dh`` of the features.
+
+        A weight is a scalar function of its edge's pre-activation, so its tangent is the dot
+        product of that pre-activation's tangent with the cached gradient (no coordinate network
+        per tangent). Without feature tangents (the first layer: the features do not depend on
+        the positions) a pre-activation moves along a fixed vector times ``dlog``, so both
+        tangents are a direction-free tensor times a scalar per edge.
+        """
+        slope1, slope2 = cache["slopes"]
+        along_log = self.edge_scalars.weight[:, 0]
+        if dh is None:
+            dweights = (cache["gradient"] @ along_log)[..., None] * dlog
+            if self.node is None:
+                return None, dweights
+            along = slope2 * _linear(slope1 * along_log, self.edge_out[1])
+            # The aggregated message tangents sum_l along_kl dlog_kl, without the edge tensor.
+            return (dlog.transpose(-1, -2) @ along)[..., 0, :], dweights
+        gradient = cache["gradient"]
+        source, target = _linear(dh, self.edge_i), _linear(dh, self.edge_j)
+        # The dot products with the gradient term by term (no edge tensor for the weights).
+        dweights = (
+            gradient @ source[..., None]
+            + (gradient.transpose(1, 2) @ target[..., None]).transpose(-2, -3)
+            + dlog * (gradient @ along_log)[..., None]
+        )
+        if self.node is None:
+            return None, dweights
+        dpre = source[..., :, None, :] + target[..., None, :, :] + dlog * along_log
+        return (slope2 * _linear(slope1 * dpre, self.edge_out[1])).sum(-2), dweights
+
+    def tangent(self, cache: dict, dpos: Tensor, dh: Tensor | None):
+        """The forward-mode derivative of the layer at the point of :meth:`primal` along
+        tangents ``dpos: (*T, batch, n, d)`` of the positions and ``dh: (*T, batch, n, H)`` of
+        the features (``None``: zero). Returns ``(dstep, dh)`` (``dh`` unchanged by the last
+        layer)."""
+        n = dpos.shape[-2]
+        diff, radius = cache["diff"], cache["radius"]
+        ddiff = dpos[..., :, None, :] - dpos[..., None, :, :]
+        dsquared = 2.0 * (diff * ddiff).sum(-1, keepdim=True)
+        dmessages, dweights = self._weight_tangents(cache, dsquared / (1.0 + cache["squared"]), dh)
+        # d sqrt(s) = ds / (2 sqrt(s)), zero where the safe square root is (coincident points).
+        positive = radius > 0
+        safe = torch.where(positive, radius, torch.ones_like(radius))
+        dradius = torch.where(positive, dsquared / (2.0 * safe), torch.zeros_like(dsquared))
+        dunit = ddiff / (radius + 1.0) - diff * dradius / (radius + 1.0).square()
+        dstep = (dunit * cache["weights"] + cache["unit"] * dweights).sum(-2) / (n - 1)
+        if self.node is None:
+            return dstep, dh
+        daggregated = dmessages / (n - 1)
+        dfeatures = torch.zeros_like(daggregated) if dh is None else dh
+        dhidden = _linear(torch.cat([dfeatures, daggregated], -1), self.node[0])
+        return dstep, dfeatures + _linear(cache["node_slope"] * dhidden, self.node[2])
 
 
 class EGNNVelocity(nn.Module):
@@ -127,6 +261,7 @@ class EGNNVelocity(nn.Module):
         self.context_features = check_int("context_features", context_features, minimum=0)
         self.frequencies = check_int("frequencies", frequencies, minimum=0)
         self.features = self.n_particles * self.spatial_dim
+        self.width = width
         globals_width = 1 + 2 * self.frequencies + self.context_features
         self.embed = nn.Sequential(nn.Linear(globals_width, width), activation())
         self.layers = nn.ModuleList(
@@ -144,7 +279,7 @@ class EGNNVelocity(nn.Module):
             parts.append(context.flatten(1).to(like.dtype))
         return torch.cat(parts, dim=1)
 
-    def forward(self, x: Tensor, t: Tensor, context: Tensor | None = None) -> Tensor:
+    def _inputs(self, x: Tensor, t: Tensor, context: Tensor | None):
         check_context(context, self.context_features, flatten=True)
         if x.ndim != 2 or x.shape[1] != self.features:
             raise ValueError(
@@ -157,8 +292,75 @@ class EGNNVelocity(nn.Module):
         h = self.embed(globals_)[:, None, :].expand(-1, self.n_particles, -1)
         n = self.n_particles
         mask = 1.0 - torch.eye(n, dtype=x.dtype, device=x.device)[None, :, :, None]
+        return pos, globals_, h, mask
+
+    def forward(self, x: Tensor, t: Tensor, context: Tensor | None = None) -> Tensor:
+        pos, globals_, h, mask = self._inputs(x, t, context)
         velocity = torch.zeros_like(pos)
         for layer in self.layers:
             step, h = layer(pos, h, globals_, mask)
             pos, velocity = pos + step, velocity + step
         return (velocity - velocity.mean(1, keepdim=True)).flatten(1)
+
+    def _divergence_supported(self, x: Tensor, manifold) -> bool:
+        from normflows_sci.manifolds import MeanFree  # the manifolds import this package
+
+        if manifold is not None and not (
+            isinstance(manifold, MeanFree)
+            and (manifold.n_particles, manifold.spatial_dim) == (self.n_particles, self.spatial_dim)
+        ):
+            return False
+        activations = [self.embed[1]]
+        for layer in self.layers:
+            activations += [layer.edge_out[0], layer.edge_out[2], layer.coordinate[1]]
+            activations += [] if layer.node is None else [layer.node[1]]
+        if any(type(module) not in _ELEMENTWISE for module in activations):
+            return False
+        # A clamped coordinate breaks translation invariance (the identity the trace relies on).
+        return torch.equal(bounded_inputs(x), x)
+
+    def value_and_divergence(
+        self, x: Tensor, t: Tensor, context: Tensor | None = None, manifold=None
+    ) -> tuple[Tensor, Tensor] | None:
+        """The velocity and its exact divergence in one pass (the hook of
+        :class:`~normflows_sci.flows.ODETransform`).
+
+        The divergence is the trace of the Jacobian of the uncentred displacement ``u`` in
+        ``R^(n d)``, by forward-mode derivatives along the ``n d`` coordinate directions, all at
+        once. It equals the divergence on the zero-centre-of-mass subspace (``manifold`` a
+        :class:`~normflows_sci.manifolds.MeanFree` of the same size) and in ``R^(n d)``
+        (``manifold=None``): ``u`` only sees differences of positions, so ``J (1 x e_a) = 0``
+        for every translation ``1 x e_a``; with ``P`` the projection removing the centre of mass
+        (``P = I - (1 x I)(1 x I)^T / n``) the centred field has Jacobian ``P J`` and
+        ``tr(P J P) = tr(J P) = tr(J)``, which is both the trace in an orthonormal basis of the
+        subspace and the ambient trace ``tr(P J)``.
+
+        Returns:
+            ``(v: (batch, n d), div: (batch,))``, ``v`` equal to :meth:`forward`; ``None`` (use
+            autograd instead) for another manifold, a non-elementwise activation, or a
+            coordinate beyond :func:`~normflows_sci.nn.bounded_inputs`'s clamp.
+        """
+        if not self._divergence_supported(x, manifold):
+            return None
+        pos, globals_, h, mask = self._inputs(x, t, context)
+        n, d, batch = self.n_particles, self.spatial_dim, x.shape[0]
+        velocity = torch.zeros_like(pos)
+        caches = []
+        for layer in self.layers:
+            step, h, cache = layer.primal(pos, h, globals_, mask)
+            pos, velocity = pos + step, velocity + step
+            caches.append(cache)
+        # Tangent k moves coordinate k of the flat configuration; a few tangents at a time keep
+        # the (tangents, batch, n, n, H) edge tensors small (no page-faulting giant buffers).
+        eye = torch.eye(n * d, dtype=pos.dtype, device=pos.device)
+        chunk = max(1, _TANGENT_ELEMENTS // (batch * n * n * self.width))
+        trace = pos.new_zeros(batch)
+        for rows in eye.split(chunk):
+            dpos, dh = rows.reshape(-1, 1, n, d).expand(-1, batch, n, d), None
+            own = torch.zeros_like(dpos)
+            for layer, cache in zip(self.layers, caches):
+                dstep, dh = layer.tangent(cache, dpos, dh)
+                dpos, own = dpos + dstep, own + dstep
+            # Each tangent's own coordinate of the displacement's derivative.
+            trace = trace + (own.flatten(2) * rows[:, None, :]).sum((0, 2))
+        return (velocity - velocity.mean(1, keepdim=True)).flatten(1), trace
