@@ -261,3 +261,24 @@ def test_a_size_that_needs_the_whole_budget_gets_it_instead_of_the_others():
     records = select(sizes, train, Budget(40.0, clock))[2]
     assert [name for name, _ in calls] == ["default", "smaller"]
     assert [r["status"] for r in records] == ["chosen", "trained"]
+
+
+def test_without_any_budget_the_whole_fit_gets_the_default_total(monkeypatch):
+    # No max_epochs and no max_time: the selection must still be bounded in total (a 20k-row
+    # table would otherwise train three sizes for 200 epochs each).
+    budgets = []
+    monkeypatch.setattr(estimator, "Budget", lambda t: budgets.append(t) or Budget(t))
+    monkeypatch.setattr(
+        DensityEstimator,
+        "_train",
+        lambda self, *a: {
+            "epoch": [],
+            "val_loss": [1.0],
+            "train_loss": [1.0],
+            "time": [],
+            "learning_rate": [],
+        },
+    )
+    DensityEstimator(verbose=False, random_state=0).fit(_table(rows=40))
+    DensityEstimator(max_epochs=3, verbose=False, random_state=0).fit(_table(rows=40))
+    assert budgets == [estimator.DEFAULT_MAX_TIME, None]
