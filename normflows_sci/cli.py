@@ -465,11 +465,9 @@ def _cmd_score(args) -> int:
     kind = "conditional " if est.context_columns_ else ""
     outside = np.isneginf(log_density)
     inside = ~outside
-    rows = (
-        f"{len(log_density)} rows"
-        if not outside.any()
-        else f"{int(inside.sum())} rows inside the support"
-    )
+    count = int(inside.sum())
+    rows = f"{count} row{'s' if count != 1 else ''}"
+    rows += " inside the support" if outside.any() else ""
     if inside.any():
         mean, stderr, _ = _mean_with_stderr(log_density[inside], est.last_score_error_[inside])
         print(
@@ -487,6 +485,16 @@ def _cmd_score(args) -> int:
     return 0
 
 
+def _in_file(error: ValueError, name: str, path: str, repeats: int = 1) -> str:
+    """The estimator's message with its rows of ``name`` (0-based, each row repeated
+    ``repeats`` times) given as the file's data rows (1-based, as other errors count them)."""
+    return re.sub(
+        rf"\brow (\d+) of {name}\b",
+        lambda m: f"{path}, data row {int(m.group(1)) // repeats + 1}",
+        _message(error),
+    )
+
+
 def _log_densities(est, X, path: str, *, strict: bool) -> tuple[np.ndarray, tuple | None]:
     """``(log-densities (n,), (row, reason) of the first row outside the support or None)``.
 
@@ -498,13 +506,7 @@ def _log_densities(est, X, path: str, *, strict: bool) -> tuple[np.ndarray, tupl
         try:
             log_density = est.score_samples(X, strict=strict)
         except ValueError as error:
-            raise CLIError(
-                re.sub(
-                    r"\brow (\d+) of X\b",
-                    lambda m: f"{path}, data row {int(m.group(1)) + 1}",
-                    _message(error),
-                )
-            ) from None
+            raise CLIError(_in_file(error, "X", path)) from None
     first = None
     for warning in caught:
         match = _OUTSIDE_SUPPORT.search(str(warning.message))
@@ -528,10 +530,14 @@ def _cmd_sample(args) -> int:
         text = _model_text_columns(est, est.context_columns_) or None
         values, names = _read(args.context, what="--context", text=text)
         context = _align(values, names, est.context_columns_, args.context)
-        context = np.repeat(context, args.num_samples or 1, axis=0)
-        drawn = est.sample(
-            context=_estimator_input(context, est.context_columns_), random_state=args.seed
-        )
+        repeats = args.num_samples or 1
+        context = np.repeat(context, repeats, axis=0)
+        try:
+            drawn = est.sample(
+                context=_estimator_input(context, est.context_columns_), random_state=args.seed
+            )
+        except ValueError as error:
+            raise CLIError(_in_file(error, "context", args.context, repeats)) from None
         samples = _table_values(drawn, est.target_columns_)
         # Rows in the model's column order, context included, as in the training table.
         kind = object if object in (samples.dtype, context.dtype) else np.float64

@@ -706,3 +706,24 @@ def test_penguins_mixed_end_to_end(tmp_path, capsys):
     assert drawn[0] == list(frame.columns)
     for j, column in enumerate(("species", "island", "sex")):
         assert {row[j] for row in drawn[1:]} <= set(frame[column].cat.categories)
+
+
+def test_mixed_conditional_model_samples_at_text_contexts(mixed, tmp_path, capsys):
+    """A text context column: its rows are read as labels, and a level the model never saw is
+    one line naming the context file's data row (the estimator counts rows from 0)."""
+    _, data, _ = mixed
+    model = tmp_path / "conditional.nfs"
+    argv = ["fit", data, "-o", model, "--context", "species", "--max-epochs", 1, "--quiet"]
+    code, out, err = run(capsys, *argv)
+    assert code == 0, err
+    assert "held-out mean conditional log-likelihood" in out
+    write_rows(tmp_path / "context.csv", ["species"], [["Gentoo"], ["Adelie"]])
+    code, out, err = run(capsys, "sample", model, "--context", tmp_path / "context.csv", "-n", 2)
+    assert code == 0, err
+    drawn = list(csv.reader(out.splitlines()))
+    assert drawn[0] == list(MIXED_HEADER)
+    assert [row[0] for row in drawn[1:]] == ["Gentoo", "Gentoo", "Adelie", "Adelie"]
+    assert {row[1] for row in drawn[1:]} <= {"A", "7"}
+    write_rows(tmp_path / "dodo.csv", ["species"], [["Adelie"], ["Dodo"]])
+    code, _, err = run(capsys, "sample", model, "--context", tmp_path / "dodo.csv", "-n", 3)
+    assert_one_line_error(code, err, "dodo.csv, data row 2: column 'species'", "'Dodo'")
