@@ -257,7 +257,9 @@ class DensityEstimator:
         transforms: number of flow layers. Default (with ``hidden_features`` also None): chosen
             by ``fit`` on the validation rows among three sizes around the row-count rule
             (5 layers of (128, 128) from 5000 training rows, 5 of (64, 64) from 1000, 3 of
-            (32, 32) below), all trained within ``max_time`` (``normflows_sci._selection``);
+            (32, 32) below) and, for an unconditional table of continuous columns under 5000
+            training rows, the smallest flow on a Gaussian-mixture base fitted by EM, all
+            trained within ``max_time`` (``normflows_sci._selection``);
             ``info()["selection"]`` lists the candidates' validation scores and the choice.
             Setting ``transforms`` or ``hidden_features`` fixes the size (no selection); the
             other one then follows the rule.
