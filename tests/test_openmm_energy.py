@@ -8,6 +8,7 @@ import math
 import pickle
 import socket
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -423,3 +424,97 @@ def test_molecular_modules_import_no_private_names_from_each_other():
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("normflows_sci"):
                 private = [a.name for a in node.names if a.name.startswith("_")]
                 assert not private, f"{path.name} imports {private} from {node.module}"
+
+
+# ------------------------------------------------------------------ fused / compiled fast path
+
+
+def _random_configs(ala, count: int, seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    noise = torch.randn(count, 66, generator=generator, dtype=torch.float64)
+    return ala.positions + 0.03 * noise
+
+
+def _eager(ala) -> OpenMMEnergy:
+    energy = copy.deepcopy(ala)
+    energy.compile = False
+    return energy
+
+
+def test_fused_path_matches_reference_path_float64(ala):
+    """The fused kernel (what gets compiled) against the per-term reference evaluators."""
+    x = _random_configs(ala, 37, seed=5)
+    energy, grad = ala._fused_block(ala._positions(x))
+    terms, reference_grad = ala._evaluate(x, True)
+    reference_energy = sum(terms.values())
+    assert torch.allclose(energy, reference_energy, rtol=1e-10, atol=0)
+    grad = grad.permute(2, 1, 0).reshape(x.shape)
+    assert relative(grad, reference_grad).max() < 1e-10
+
+
+def test_compiled_path_is_used_after_compile_after_configs(ala, monkeypatch):
+    """compile='auto' switches after compile_after rows; padded CPU blocks give the same rows."""
+    compiled = []
+
+    def fake_compile(function, **options):
+        compiled.append(options)
+
+        def kernel(positions):
+            kernel.calls += 1
+            return function(positions)
+
+        kernel.calls = 0
+        return kernel
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    energy = copy.deepcopy(ala)
+    energy.compile, energy.compile_after, energy.compile_block = "auto", 20, 16
+    x = _random_configs(ala, 21, seed=6)  # 21 rows: one full block of 16 and one padded block
+    expected_u, expected_force = _eager(ala).energy_and_force(x)
+    u, force = energy.energy_and_force(x)  # 21 rows seen, not yet 20 before this call: eager
+    assert not compiled and torch.equal(u, expected_u) and torch.equal(force, expected_force)
+    u, force = energy.energy_and_force(x)
+    assert compiled == [{"dynamic": False}]
+    kernel = energy._compiled.kernels[(x.device, x.dtype)]
+    assert kernel.calls == 2
+    assert torch.allclose(u, expected_u, rtol=1e-10, atol=0)
+    assert relative(force, expected_force).max() < 1e-10
+    # The autograd path's backward uses the same kernel.
+    leaf = x.clone().requires_grad_(True)
+    energy.energy(leaf).sum().backward()
+    assert kernel.calls == 4 and relative(-leaf.grad, expected_force).max() < 1e-10
+    # Copies and pickles drop the kernels (a compiled function is neither) and still evaluate.
+    for clone in (copy.deepcopy(energy), pickle.loads(pickle.dumps(energy))):
+        assert not clone._compiled.kernels
+        assert torch.allclose(clone.energy_and_force(x)[0], expected_u, rtol=1e-10, atol=0)
+
+
+def test_failing_compiled_path_falls_back_with_identical_numbers(ala, monkeypatch):
+    def broken_compile(function, **options):
+        def kernel(positions):
+            raise RuntimeError("no working C++ compiler")
+
+        return kernel
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    energy = copy.deepcopy(ala)
+    energy.compile = True
+    x = _random_configs(ala, 9, seed=7)
+    expected_u, expected_force = _eager(ala).energy_and_force(x)
+    with pytest.warns(RuntimeWarning, match="no working C\\+\\+ compiler.*eagerly"):
+        u, force = energy.energy_and_force(x)
+    assert torch.equal(u, expected_u) and torch.equal(force, expected_force)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once; from then on eager without trying again
+        u, force = energy.energy_and_force(x)
+        leaf = x.clone().requires_grad_(True)
+        energy.energy(leaf).sum().backward()
+    assert torch.equal(u, expected_u) and torch.equal(force, expected_force)
+    assert torch.allclose(-leaf.grad, expected_force, rtol=1e-14, atol=0)
+
+
+def test_compile_setting_is_validated(ala):
+    energy = copy.deepcopy(ala)
+    energy.compile = "yes"
+    with pytest.raises(ValueError, match=r"compile must be True, False or 'auto', got 'yes'"):
+        energy.energy_and_force(ala.positions)
