@@ -535,6 +535,11 @@ def _text_columns(path: Path, names: list[str], rows: list, text) -> list[int]:
         return [names.index(c) for c in text if c in names]
     chosen = []
     for j, column in enumerate(names):
+        try:  # numpy parses a column of numbers at once; only other columns are scanned
+            np.array([row[j] for _, row in rows], dtype=np.float64)
+            continue
+        except ValueError:
+            pass
         words = [(line, row[j]) for line, row in rows if not _is_number(row[j])]
         if not words:
             continue
