@@ -72,6 +72,9 @@ DEMO_MAX_EPOCHS = 30
 DEMO_THREADS = 1
 # Rows of model samples drawn for the corner and marginal plots.
 PLOT_SAMPLES = 5000
+# A categorical column with more distinct levels than this share of its rows (of at least
+# MIN_ROWS_FOR_VALIDATION) looks like an identifier or a date: most levels are seen once.
+IDENTIFIER_SHARE = 0.5
 # Most levels `info` lists per categorical column (the most frequent; the rest are counted).
 INFO_LEVELS = 100
 # The estimator's warning about rows outside the support: the CLI reports them in its summary.
@@ -358,6 +361,23 @@ def _parse_categorical(items, values: np.ndarray, names: list[str]) -> list[str]
     return [name for name in names if name in chosen]
 
 
+def _warn_identifiers(values: np.ndarray, names: list[str], categorical, path) -> None:
+    """A note on stderr for each categorical column whose levels are mostly seen once (an
+    identifier, a date, a free-text field): as labels, every new value scores -inf."""
+    rows = len(values)
+    if rows < MIN_ROWS_FOR_VALIDATION:
+        return
+    for column in categorical:
+        levels = len(set(values[:, names.index(column)].tolist()))
+        if levels > IDENTIFIER_SHARE * rows:
+            print(
+                f"{PROG}: warning: {path}: categorical column {column!r} has {levels} levels in "
+                f"{rows} rows, most seen once (an identifier, a date or free text?): a value not "
+                "seen in training scores -inf; drop the column or convert it to numbers",
+                file=sys.stderr,
+            )
+
+
 def _split_rows(values: np.ndarray, names: list[str], categorical: list[str], seed):
     """``(training rows, held-out rows, moved)`` of ``fit``'s validation split; held-out rows with
     a level of a categorical column absent from the training rows move to training (``moved``
@@ -375,6 +395,7 @@ def _cmd_fit(args) -> int:
     values, file_names = _read(args.data, text="auto")
     names = file_names if file_names is not None else _default_names(values.shape[1])
     categorical = _parse_categorical(args.categorical, values, names)
+    _warn_identifiers(values, names, categorical, args.data)
     options = dict(
         bounds=_parse_bounds(args.bounds, names),
         discrete=_parse_discrete(args.discrete, names),

@@ -727,3 +727,16 @@ def test_mixed_conditional_model_samples_at_text_contexts(mixed, tmp_path, capsy
     write_rows(tmp_path / "dodo.csv", ["species"], [["Adelie"], ["Dodo"]])
     code, _, err = run(capsys, "sample", model, "--context", tmp_path / "dodo.csv", "-n", 3)
     assert_one_line_error(code, err, "dodo.csv, data row 2: column 'species'", "'Dodo'")
+
+
+@pytest.mark.filterwarnings("ignore:context columns .* are constant")  # each id's dummy
+def test_fit_warns_about_a_text_column_of_identifiers(tmp_path, capsys):
+    """A column of row ids (or dates) is text, so it became a categorical column in silence:
+    every new id scores -inf. The fit says so, naming the column."""
+    rows = [[f"penguin-{i}", *row[:1], row[3]] for i, row in enumerate(mixed_rows(30))]
+    write_rows(tmp_path / "ids.csv", ["name", "species", "mass"], rows)
+    code, _, err = run(capsys, "fit", tmp_path / "ids.csv", "--max-epochs", 1, "--quiet")
+    assert code == 0, err
+    (warning,) = [line for line in err.splitlines() if "warning" in line]
+    assert "categorical column 'name' has 30 levels in 30 rows" in warning
+    assert "'species'" not in err
