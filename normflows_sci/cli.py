@@ -353,7 +353,11 @@ def _new_estimator(args, **options):
 def _parse_categorical(items, values: np.ndarray, names: list[str]) -> list[str]:
     """The categorical columns: the text columns of the file plus those ``--categorical``
     names (comma- or space-separated; numeric columns become labels too), in table order."""
-    tokens = [token.strip() for item in items or [] for token in item.split(",")]
+    tokens = [
+        token.strip()
+        for item in items or []
+        for token in ([item] if item in names else item.split(","))  # a name with a comma
+    ]
     keys = _column_keys([t for t in tokens if t], names, "--categorical")
     chosen = {names[k] if isinstance(k, int) else k for k in keys} | set(
         _text_columns(values, names)

@@ -740,3 +740,13 @@ def test_fit_warns_about_a_text_column_of_identifiers(tmp_path, capsys):
     (warning,) = [line for line in err.splitlines() if "warning" in line]
     assert "categorical column 'name' has 30 levels in 30 rows" in warning
     assert "'species'" not in err
+
+
+def test_categorical_option_splits_on_commas_but_keeps_a_name_with_one(tmp_path, capsys):
+    write_rows(tmp_path / "t.csv", ["a,b", "x"], [[i % 2, 0.5 * i] for i in range(8)])
+    argv = ["fit", tmp_path / "t.csv", "--max-epochs", 1, "--quiet", "--categorical"]
+    code, out, err = run(capsys, *argv, "a,b")
+    assert code == 0, err
+    assert "categorical columns: a,b (2 levels)" in out
+    code, _, err = run(capsys, *argv, "x,nope")
+    assert_one_line_error(code, err, "--categorical: no column 'nope'")
