@@ -265,8 +265,10 @@ class DensityEstimator:
             other one then follows the rule.
         hidden_features: conditioner hidden widths (see ``transforms``).
         bins: spline bins (NSF).
-        bounds: ``{column: (low, high)}`` with ``None`` for an open side, ``"auto"`` (columns within
-            [0, 1] or non-negative and piled near 0 are bounded) or None (no bounds).
+        bounds: ``{column: (low, high)}`` with ``None`` for an open side; ``"auto"`` (default):
+            columns within [0, 1] get both bounds, a non-negative column piled near 0 or
+            right-skewed (log-normal, gamma, counts) is bounded at 0; None: no bounds. Bounds the
+            training rows lie strictly inside are exact: samples never cross them.
         discrete: integer-valued columns to dequantise: a list, ``"auto"`` (every integer-valued
             column) or None. Each one's lattice spacing is detected (e.g. 5 for values in steps of
             5); its score is the log-probability of the value, its samples lie on the lattice.
@@ -278,8 +280,9 @@ class DensityEstimator:
             column in ``context`` is conditioned on; modelled categorical columns cannot go with
             numeric context columns. ``P(levels)`` is a smoothed contingency table up to 65536
             level combinations, above a product of softmax conditionals (autoregressive).
-        heavy_tails: ``"auto"`` (Student-t base marginals where the Hill tail index is below 4,
-            with at least 1000 training rows), True (every column) or False.
+        heavy_tails: ``"auto"`` (Student-t base marginals where the Hill tail indices of BOTH
+            sides are below 4, with at least 1000 training rows: a column heavy on one side only,
+            such as a log-normal, keeps a Gaussian base), True (every column) or False.
         context: columns to condition on; the model is then ``p(other columns | context)``.
         batch_size: minibatch size (default: 256, smaller for small tables).
         learning_rate, weight_decay, clip_grad, schedule: optimiser settings (see ``fit_flow``).
@@ -332,7 +335,7 @@ class DensityEstimator:
         transforms: int | None = None,
         hidden_features: int | Sequence[int] | None = None,
         bins: int = 8,
-        bounds: dict | str | None = None,
+        bounds: dict | str | None = "auto",
         discrete: Sequence | str | None = None,
         categorical: Sequence | str | None = "auto",
         heavy_tails: str | bool = "auto",
