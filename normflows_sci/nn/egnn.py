@@ -139,6 +139,7 @@ class _EquivariantLayer(nn.Module):
         gradient = slope1 * (
             (slope2 * (gradient @ self.coordinate[0].weight)) @ self.edge_out[1].weight
         )
+        along_log = self.edge_scalars.weight[:, 0]
         cache = dict(
             diff=diff,
             squared=squared,
@@ -147,9 +148,13 @@ class _EquivariantLayer(nn.Module):
             weights=weights,
             slopes=(slope1, slope2),
             gradient=gradient,
+            gradient_t=gradient.transpose(1, 2).contiguous(),
+            gradient_along_log=gradient @ along_log,
             node_slope=None,
         )
         if self.node is not None:
+            # Messages' derivative along the log-distance alone (the first layer's tangents).
+            cache["messages_along_log"] = slope2 * _linear(slope1 * along_log, self.edge_out[1])
             aggregated = messages.sum(2) / (n - 1)
             node_in = self.node[0](torch.cat([h, aggregated], dim=-1))
             node_hidden, cache["node_slope"] = _with_slope(self.node[1], node_in)
@@ -168,26 +173,30 @@ class _EquivariantLayer(nn.Module):
         the positions) a pre-activation moves along a fixed vector times ``dlog``, so both
         tangents are a direction-free tensor times a scalar per edge.
         """
-        slope1, slope2 = cache["slopes"]
-        along_log = self.edge_scalars.weight[:, 0]
+        dlog = dlog[..., 0]
         if dh is None:
-            dweights = (cache["gradient"] @ along_log)[..., None] * dlog
+            dweights = cache["gradient_along_log"] * dlog
             if self.node is None:
-                return None, dweights
-            along = slope2 * _linear(slope1 * along_log, self.edge_out[1])
-            # The aggregated message tangents sum_l along_kl dlog_kl, without the edge tensor.
-            return (dlog.transpose(-1, -2) @ along)[..., 0, :], dweights
-        gradient = cache["gradient"]
+                return None, dweights[..., None]
+            # sum_l along_kl dlog_kl as (batch, n) matrix products over the neighbours.
+            daggregated = dlog.permute(1, 2, 0, 3) @ cache["messages_along_log"]
+            return daggregated.permute(2, 0, 1, 3), dweights[..., None]
+        slope1, slope2 = cache["slopes"]
         source, target = _linear(dh, self.edge_i), _linear(dh, self.edge_j)
-        # The dot products with the gradient term by term (no edge tensor for the weights).
+        # The dot products with the gradient term by term, as (batch, n) matrix products with
+        # the tangents in the columns (no edge tensor per tangent for the weights).
         dweights = (
-            gradient @ source[..., None]
-            + (gradient.transpose(1, 2) @ target[..., None]).transpose(-2, -3)
-            + dlog * (gradient @ along_log)[..., None]
-        )
+            (cache["gradient"] @ source.permute(1, 2, 3, 0)).permute(3, 0, 1, 2)
+            + (cache["gradient_t"] @ target.permute(1, 2, 3, 0)).permute(3, 0, 2, 1)
+            + cache["gradient_along_log"] * dlog
+        )[..., None]
         if self.node is None:
             return None, dweights
-        dpre = source[..., :, None, :] + target[..., None, :, :] + dlog * along_log
+        dpre = torch.addcmul(
+            source[..., :, None, :] + target[..., None, :, :],
+            dlog[..., None],
+            self.edge_scalars.weight[:, 0],
+        )
         return (slope2 * _linear(slope1 * dpre, self.edge_out[1])).sum(-2), dweights
 
     def tangent(self, cache: dict, dpos: Tensor, dh: Tensor | None):
