@@ -10,8 +10,12 @@ Everything runs in one process on the same perturbed alanine-dipeptide configura
 Amber ff96, no constraints, shipped structure + 0.01 nm Gaussian noise). Rows:
 
 * ``torch <dtype> B=<batch>``: ``OpenMMEnergy.energy_and_force`` on a batch (analytic forces, one
-  call per batch).
-* ``torch autograd ...``: ``energy(x)`` + ``backward`` (what reverse-KL training and MALA run).
+  call per batch) through the compiled fused kernel, which the default ``compile="auto"``
+  switches to after ``compile_after`` configurations (compiled here before timing; the time the
+  compilation took is printed).
+* ``torch eager <dtype> B=<batch>``: the same with ``compile=False`` (the eager per-term path).
+* ``torch autograd ...``: ``energy(x)`` + ``backward`` (what reverse-KL training and MALA run;
+  compiled kernel).
 * ``OpenMM CPU loop`` / ``OpenMM Reference loop``: one configuration at a time through an OpenMM
   ``Context``: ``setPositions`` + ``getState(getEnergy=True, getForces=True)`` + conversion of the
   forces to a numpy array (the CPU platform gets ``--threads`` threads).
@@ -111,7 +115,36 @@ def autograd_step(energy, x: torch.Tensor):
     return run
 
 
-def check_rows(energy, bridge, threads: int) -> list[str]:
+def implicit_solvent_note() -> str:
+    """Whether OpenMMEnergy evaluates alanine dipeptide in implicit solvent (OBC2)."""
+    from openmm import app
+
+    from normflows_sci.energies.molecular.openmm import OpenMMEnergy
+    from normflows_sci.energies.molecular.systems import _openmmtools_file
+
+    prmtop = app.AmberPrmtopFile(_openmmtools_file("alanine-dipeptide.prmtop"))
+    system = prmtop.createSystem(
+        nonbondedMethod=app.NoCutoff, constraints=None, implicitSolvent=app.OBC2
+    )
+    try:
+        OpenMMEnergy(system)
+    except ValueError as error:
+        return f"implicit solvent (OBC2): not timed, OpenMMEnergy refuses it: {error}"
+    return "implicit solvent (OBC2): OpenMMEnergy builds it, but this script times vacuum only"
+
+
+def compile_now(energy, batch: int) -> list[str]:
+    """Compile the fused kernel for both dtypes before timing; returns how long each took."""
+    lines = []
+    for dtype in (torch.float32, torch.float64):
+        x = configurations(energy, batch).to(dtype)
+        start = time.perf_counter()
+        energy.energy_and_force(x)
+        lines.append(f"  {str(dtype).replace('torch.', '')}: {time.perf_counter() - start:.1f} s")
+    return lines
+
+
+def check_rows(energy, eager, bridge, threads: int) -> list[str]:
     """Max relative errors against OpenMM's Reference platform on 8 configurations."""
     x = configurations(energy, 8, seed=1)
     reference_energies, reference_forces = openmm_loop(
@@ -123,6 +156,8 @@ def check_rows(energy, bridge, threads: int) -> list[str]:
     candidates = {
         "torch float64": lambda: energy.energy_and_force(x),
         "torch float32": lambda: energy.energy_and_force(x.float()),
+        "torch eager float64": lambda: eager.energy_and_force(x),
+        "torch eager float32": lambda: eager.energy_and_force(x.float()),
         "bridge (Reference)": lambda: bridge.energy_and_force(x),
     }
     for name, evaluate in candidates.items():
@@ -148,20 +183,24 @@ def check_rows(energy, bridge, threads: int) -> list[str]:
     return lines
 
 
-def build_rows(args, energy, bridge) -> list[Row]:
+def build_rows(args, energy, eager, bridge) -> list[Row]:
     rows = []
-    for dtype in (torch.float32, torch.float64):
-        label = str(dtype).replace("torch.", "")
-        for batch in args.batches:
-            x = configurations(energy, batch).to(dtype)
-            rows.append(
-                Row(
-                    f"torch {label} B={batch}",
-                    batch,
-                    lambda x=x: energy.energy_and_force(x),
-                    "energy_and_force (analytic forces)",
+    for name, model, note in (
+        ("torch", energy, "energy_and_force, compiled fused kernel"),
+        ("torch eager", eager, "energy_and_force, compile=False"),
+    ):
+        for dtype in (torch.float32, torch.float64):
+            label = str(dtype).replace("torch.", "")
+            for batch in args.batches:
+                x = configurations(energy, batch).to(dtype)
+                rows.append(
+                    Row(
+                        f"{name} {label} B={batch}",
+                        batch,
+                        lambda x=x, model=model: model.energy_and_force(x),
+                        note,
+                    )
                 )
-            )
     for dtype in (torch.float32, torch.float64):
         label = str(dtype).replace("torch.", "")
         batch = max(args.batches)
@@ -255,19 +294,26 @@ def main() -> None:
     from normflows_sci.energies.molecular.systems import alanine_dipeptide
 
     energy = alanine_dipeptide(300.0, validate_args=False)
+    energy.compile = True  # what compile="auto" switches to after compile_after configurations
+    eager = alanine_dipeptide(300.0, validate_args=False)
+    eager.compile = False
     bridge = alanine_dipeptide(300.0, bridge=True, validate_args=False)
     packages = versions("torch", "openmm", "openmmtools", "numpy")
     print(
         f"normflows_sci energy benchmark | alanine dipeptide (22 atoms, vacuum) | "
         f"threads={torch.get_num_threads()} warmup={args.warmup} repeats={args.repeats} "
-        f"block_size={energy.block_size}"
+        f"block_size={energy.block_size} compile_block={energy.compile_block}"
     )
     print(packages)
+    print(implicit_solvent_note())
+    print("\nCompiling the fused kernel (once per process and dtype; cached on disk by inductor):")
+    for line in compile_now(energy, max(args.batches)):
+        print(line)
     print("\nAgreement (checked before timing):")
-    for line in check_rows(energy, bridge, args.threads):
+    for line in check_rows(energy, eager, bridge, args.threads):
         print(line)
 
-    rows = build_rows(args, energy, bridge)
+    rows = build_rows(args, energy, eager, bridge)
     monitor = OtherLoad()
     start = time.perf_counter()
     time_rows(rows, args.warmup, args.repeats)

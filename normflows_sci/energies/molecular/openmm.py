@@ -409,8 +409,15 @@ class OpenMMEnergy(Energy):
 
         # The fused path gathers every term's atoms with one index_select and assembles the
         # gradient with one index_add_ over the same slots (see _fused_block).
-        slots = [getattr(self, f"{term}_atoms").reshape(-1) for term in self._terms]
+        # Torsions there run per Fourier term (a few quadruplets twice): every term is then one
+        # elementwise pass, with no gather/scatter between quadruplets and terms.
+        slots = [self._fused_term_atoms(term).reshape(-1) for term in self._terms]
         self.register_buffer("fused_atoms", torch.cat(slots) if slots else torch.zeros(0).long())
+
+    def _fused_term_atoms(self, term: str) -> Tensor:
+        """``(width, terms)`` atom indices of a term type in the fused kernel."""
+        atoms = getattr(self, f"{term}_atoms")
+        return atoms[:, self.torsion_term_to_quad] if term == "torsion" else atoms
 
     def _add(self, term: str, atoms: np.ndarray, **parameters) -> None:
         """Register the atom indices ``(width, terms)`` and parameter columns of one term type."""
@@ -587,14 +594,9 @@ class OpenMMEnergy(Energy):
         k, periodicity, phase, k_periodicity = self._term_parameters(
             "torsion", phi, "k", "periodicity", "phase", "k_periodicity"
         )
-        argument = torch.addcmul(
-            -phase, periodicity, phi.index_select(0, self.torsion_term_to_quad)
-        )
+        argument = torch.addcmul(-phase, periodicity, phi)
         energy = (k * torch.cos(argument)).sum(0) + self.torsion_k_total.to(phi)
-        # dU/dphi per quadruplet: a sum over its Fourier terms.
-        dphi = -torch.zeros_like(phi).index_add(
-            0, self.torsion_term_to_quad, k_periodicity * torch.sin(argument)
-        )
+        dphi = -k_periodicity * torch.sin(argument)  # dU/dphi of each Fourier term
         tiny = _floor(phi)
         weighted = dphi * b2_norm
         gi = _scale(n1, -weighted / _dot(n1, n1).clamp_min(tiny))
@@ -631,7 +633,7 @@ class OpenMMEnergy(Energy):
         pieces: list[Vector] = []
         start = 0
         for term in self._terms:
-            width, terms = getattr(self, f"{term}_atoms").shape
+            width, terms = self._fused_term_atoms(term).shape
             vectors = [
                 (picked[0, rows], picked[1, rows], picked[2, rows])
                 for rows in (
@@ -644,8 +646,12 @@ class OpenMMEnergy(Energy):
             pieces.extend(term_pieces)
         if not pieces:
             return energy, torch.zeros_like(positions)
-        stacked = torch.stack([torch.cat([piece[c] for piece in pieces]) for c in range(3)])
-        return energy, positions.new_zeros(positions.shape).index_add(1, self.fused_atoms, stacked)
+        zeros = positions.new_zeros(positions.shape[1:])
+        grad = [
+            zeros.index_add(0, self.fused_atoms, torch.cat([piece[c] for piece in pieces]))
+            for c in range(3)
+        ]
+        return energy, torch.stack(grad)
 
     def _energy_and_grad(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``U(x)`` in kJ/mol ``(batch,)`` and ``dU/dx`` ``(batch, 3N)``, compiled when it pays.
