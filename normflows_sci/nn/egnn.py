@@ -271,6 +271,13 @@ class EGNNVelocity(nn.Module):
         self.frequencies = check_int("frequencies", frequencies, minimum=0)
         self.features = self.n_particles * self.spatial_dim
         self.width = width
+        from normflows_sci.manifolds import MeanFree  # the manifolds import this package
+
+        # The divergence's tangent directions, kept in float64 (cast per use): a module buffer
+        # would lose digits through .float().double().
+        self._tangent_basis = MeanFree(self.n_particles, self.spatial_dim).basis(
+            torch.empty(0, dtype=torch.float64)
+        )
         globals_width = 1 + 2 * self.frequencies + self.context_features
         self.embed = nn.Sequential(nn.Linear(globals_width, width), activation())
         self.layers = nn.ModuleList(
@@ -334,15 +341,20 @@ class EGNNVelocity(nn.Module):
         """The velocity and its exact divergence in one pass (the hook of
         :class:`~normflows_sci.flows.ODETransform`).
 
-        The divergence is the trace of the Jacobian of the uncentred displacement ``u`` in
-        ``R^(n d)``, by forward-mode derivatives along the ``n d`` coordinate directions, all at
-        once. It equals the divergence on the zero-centre-of-mass subspace (``manifold`` a
-        :class:`~normflows_sci.manifolds.MeanFree` of the same size) and in ``R^(n d)``
-        (``manifold=None``): ``u`` only sees differences of positions, so ``J (1 x e_a) = 0``
-        for every translation ``1 x e_a``; with ``P`` the projection removing the centre of mass
-        (``P = I - (1 x I)(1 x I)^T / n``) the centred field has Jacobian ``P J`` and
-        ``tr(P J P) = tr(J P) = tr(J)``, which is both the trace in an orthonormal basis of the
-        subspace and the ambient trace ``tr(P J)``.
+        The divergence is ``sum_k b_k^T J b_k`` over an orthonormal basis ``b_k`` of the
+        zero-centre-of-mass subspace, with ``J`` the Jacobian of the uncentred displacement
+        ``u``, by forward-mode derivatives along all ``(n - 1) d`` basis vectors (a few at a
+        time) through the layers: the exact Riemannian divergence on the subspace (``manifold``
+        a :class:`~normflows_sci.manifolds.MeanFree` of the same size), as the centred field has
+        Jacobian ``P J`` and ``P b_k = b_k`` (``P`` the projection removing the centre of mass).
+        In ``R^(n d)`` (``manifold=None``) it is the ambient trace too: ``u`` only sees
+        differences of positions, so ``J`` vanishes on translations, ``J = J P`` and ``tr(P J) =
+        tr(P J P)``.
+
+        Cost: the layers' coordinate weights need one product with a cached gradient per
+        tangent; the first layer's features do not depend on the positions and the last
+        layer's feed nothing, so only the layers in between propagate full message tangents
+        (``(n - 1) d`` times the work of their message networks).
 
         Returns:
             ``(v: (batch, n d), div: (batch,))``, ``v`` equal to :meth:`forward`; ``None`` (use
@@ -359,17 +371,16 @@ class EGNNVelocity(nn.Module):
             step, h, cache = layer.primal(pos, h, globals_, mask)
             pos, velocity = pos + step, velocity + step
             caches.append(cache)
-        # Tangent k moves coordinate k of the flat configuration; a few tangents at a time keep
-        # the (tangents, batch, n, n, H) edge tensors small (no page-faulting giant buffers).
-        eye = torch.eye(n * d, dtype=pos.dtype, device=pos.device)
+        # Tangents along an orthonormal basis of the zero-centre-of-mass subspace, a few at a
+        # time: the (tangents, batch, n, n, H) edge tensors stay small.
+        basis = self._tangent_basis.to(pos).T  # ((n - 1) d, n d)
         chunk = max(1, _TANGENT_ELEMENTS // (batch * n * n * self.width))
         trace = pos.new_zeros(batch)
-        for rows in eye.split(chunk):
+        for rows in basis.split(chunk):
             dpos, dh = rows.reshape(-1, 1, n, d).expand(-1, batch, n, d), None
-            own = torch.zeros_like(dpos)
+            displacement = torch.zeros_like(dpos)
             for layer, cache in zip(self.layers, caches):
                 dstep, dh = layer.tangent(cache, dpos, dh)
-                dpos, own = dpos + dstep, own + dstep
-            # Each tangent's own coordinate of the displacement's derivative.
-            trace = trace + (own.flatten(2) * rows[:, None, :]).sum((0, 2))
+                dpos, displacement = dpos + dstep, displacement + dstep
+            trace = trace + (displacement.flatten(2) * rows[:, None, :]).sum((0, 2))
         return (velocity - velocity.mean(1, keepdim=True)).flatten(1), trace
