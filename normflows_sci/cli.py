@@ -50,7 +50,7 @@ from normflows_sci.estimator import FLOWS as FLOW_FAMILIES
 from normflows_sci.estimator import (
     MIN_ROWS_FOR_VALIDATION,
     DensityEstimator,
-    _mean_with_stderr,
+    ScoreEstimate,
     validation_split,
 )
 from normflows_sci.io import table_format
@@ -494,7 +494,7 @@ def _cmd_score(args) -> int:
     rows = f"{count} row{'s' if count != 1 else ''}"
     rows += " inside the support" if outside.any() else ""
     if inside.any():
-        mean, stderr, _ = _mean_with_stderr(log_density[inside], est.last_score_error_[inside])
+        mean, stderr, _ = ScoreEstimate.of_rows(log_density[inside], est.last_score_error_[inside])
         print(
             f"mean {kind}log-density: {mean:.6g} +- {stderr:.2g} nats per row ({rows})",
             file=sys.stderr,

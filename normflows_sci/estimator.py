@@ -142,17 +142,17 @@ class ScoreEstimate(NamedTuple):
     def __str__(self) -> str:
         return f"{self.mean:.4f} +- {self.stderr:.4f} nats/row ({self.rows} rows)"
 
-
-def _mean_with_stderr(values: np.ndarray, row_errors: np.ndarray) -> ScoreEstimate:
-    """The mean of ``values`` (n,) and its standard error, with the per-row errors
-    ``row_errors`` (n,) (independent, of the values themselves) added in quadrature."""
-    rows = len(values)
-    mean = float(np.mean(values))
-    if rows < 2 or not np.isfinite(values).all():
-        return ScoreEstimate(mean, math.nan, rows)
-    spread = float(np.var(values, ddof=1)) / rows
-    quadrature = float(np.sum(np.square(row_errors))) / rows**2
-    return ScoreEstimate(mean, math.sqrt(spread + quadrature), rows)
+    @classmethod
+    def of_rows(cls, values: np.ndarray, row_errors: np.ndarray) -> ScoreEstimate:
+        """The mean of per-row ``values`` (n,) and its standard error, with the per-row errors
+        ``row_errors`` (n,) (independent, of the values themselves) added in quadrature."""
+        rows = len(values)
+        mean = float(np.mean(values))
+        if rows < 2 or not np.isfinite(values).all():
+            return cls(mean, math.nan, rows)
+        spread = float(np.var(values, ddof=1)) / rows
+        quadrature = float(np.sum(np.square(row_errors))) / rows**2
+        return cls(mean, math.sqrt(spread + quadrature), rows)
 
 
 def _support_violations(spec: TableSpec, targets: np.ndarray) -> tuple[np.ndarray, tuple | None]:
@@ -869,7 +869,7 @@ class DensityEstimator:
         scores = self._score_rows(X, batch_size=8192, strict=strict, stacklevel=3)
         if not return_stderr:
             return float(np.mean(scores))
-        return _mean_with_stderr(scores, self.last_score_error_)
+        return ScoreEstimate.of_rows(scores, self.last_score_error_)
 
     def compare(self, other, X, *, strict: bool = False) -> ScoreEstimate:
         """The paired difference of log-likelihoods ``self - other`` on the rows of ``X``.
@@ -926,7 +926,7 @@ class DensityEstimator:
                 "a finite number",
                 stacklevel=2,
             )
-        return _mean_with_stderr(difference, np.hypot(my_error, their_error))
+        return ScoreEstimate.of_rows(difference, np.hypot(my_error, their_error))
 
     def _cells(self) -> dict[str, float]:
         """``{column: cell width}`` of the numeric target columns (0: continuous); a value ``v``

@@ -217,6 +217,8 @@ def test_absurd_column_count_is_refused_before_building(model_file, tmp_path, no
 def test_config_disagreeing_with_the_tensor_shapes_names_the_tensor(model_file, tmp_path):
     def edit(config):
         config["spec"]["hidden_features"] = [6]  # stored layers are 8 wide
+        for record in config.get("selection") or []:  # a consistent edit: only the weights disagree
+            record["hidden_features"] = [6]
 
     with pytest.raises(ValueError, match=r"edited\.nfs: member weights\.pt tensor '.*' has shape"):
         DensityEstimator.load(edited(model_file, tmp_path, edit))
