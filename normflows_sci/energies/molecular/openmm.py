@@ -653,8 +653,16 @@ class OpenMMEnergy(Energy):
         ]
         return energy, torch.stack(grad)
 
-    def _energy_and_grad(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """``U(x)`` in kJ/mol ``(batch,)`` and ``dU/dx`` ``(batch, 3N)``, compiled when it pays.
+    def _fused_force(self, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """``(u, -du/dx)`` in kT and kT/nm, ``(batch,)`` and ``(batch, 3N)``, from positions laid
+        out ``(3, N, batch)``: the fused kernel with the scaling and the transpose back to the
+        input layout inside (what gets compiled)."""
+        energy, grad = self._fused_block(positions)
+        force = grad.permute(2, 1, 0).reshape(positions.shape[-1], -1) / -self.kT
+        return energy / self.kT, force
+
+    def _energy_and_force(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(u(x), -du/dx)`` in kT and kT/nm, compiled when it pays, no autograd graph.
 
         See the ``compile`` attribute for the policy; a failing compiled kernel warns and leaves
         this instance on the eager path for good.
@@ -668,24 +676,24 @@ class OpenMMEnergy(Energy):
             except Exception as error:  # any compiler or runtime failure: fall back
                 self._compiled.fail(error)
         energies, grad = self._evaluate(x, True)
-        return self._sum_terms(energies, x), grad
+        return self._total(energies, x), grad / -self.kT
 
     def _run_compiled(self, kernel, x: Tensor) -> tuple[Tensor, Tensor]:
-        """The compiled fused kernel over fixed-size blocks on CPU (one pass elsewhere)."""
+        """The compiled kernel over fixed-size blocks on CPU (one pass elsewhere)."""
         size = self.compile_block if x.device.type == "cpu" else 0
         if not size:
-            energy, grad = kernel(self._positions(x))
-            return energy, grad.permute(2, 1, 0).reshape(x.shape)
-        energies, grads = [], []
+            return kernel(self._positions(x))
+        energies, forces = [], []
         for block in x.split(size):
             rows = block.shape[0]
             if rows < size:  # pad with copies of a real row: one compiled shape for all batches
                 block = torch.cat([block, block[-1:].expand(size - rows, -1)])
-            energy, grad = kernel(self._positions(block))
+            energy, force = kernel(self._positions(block))
             energies.append(energy[:rows])
-            grads.append(grad[..., :rows])
-        grad = torch.cat(grads, dim=-1).permute(2, 1, 0).reshape(x.shape)
-        return torch.cat(energies), grad
+            forces.append(force[:rows])
+        if len(energies) == 1:
+            return energies[0], forces[0]
+        return torch.cat(energies), torch.cat(forces)
 
     @staticmethod
     def _sum_terms(energies: dict[str, Tensor], x: Tensor) -> Tensor:
@@ -740,8 +748,7 @@ class OpenMMEnergy(Energy):
         if self.validate_args:
             check_tensor("x", x, tuple(self.event_shape))
         with torch.no_grad():
-            energy, grad = self._energy_and_grad(x)
-            return energy / self.kT, grad / -self.kT
+            return self._energy_and_force(x)
 
     def energy_components(self, x: Tensor) -> dict[str, Tensor]:
         """Dimensionless energy of each term type, ``x: (batch, 3N)`` -> ``{name: (batch,)}``.
@@ -797,7 +804,7 @@ class _CompiledKernels:
             if mode == "auto" and seen < energy.compile_after:
                 return None
             dynamic = x.device.type != "cpu"  # CPU runs fixed-size blocks; elsewhere any batch
-            self.kernels[key] = torch.compile(energy._fused_block, dynamic=dynamic)
+            self.kernels[key] = torch.compile(energy._fused_force, dynamic=dynamic)
         return self.kernels[key]
 
     def fail(self, error: Exception) -> None:
@@ -820,20 +827,20 @@ class _AnalyticGradient(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, energy: OpenMMEnergy) -> Tensor:
-        total, grad = energy._energy_and_grad(x.detach())
+        u, force = energy._energy_and_force(x.detach())
         ctx.energy = energy
-        ctx.save_for_backward(x, grad)
-        return total / energy.kT
+        ctx.save_for_backward(x, force)
+        return u
 
     @staticmethod
     def backward(ctx, grad_output: Tensor):
-        x, grad = ctx.saved_tensors
+        x, force = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph=True: a differentiable gradient is needed
             with torch.enable_grad():
                 u = ctx.energy._autograd_energy(x)
                 (gradient,) = torch.autograd.grad(u, x, grad_output, create_graph=True)
             return gradient, None
-        return grad * (grad_output / ctx.energy.kT).unsqueeze(-1), None
+        return -force * grad_output.unsqueeze(-1), None
 
 
 # ------------------------------------------------------------------------- OpenMM bridge
