@@ -25,27 +25,10 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import jvp
+from torch.utils.checkpoint import checkpoint
 
 from normflows_sci.checks import check_context, check_int
 from normflows_sci.nn.networks import bounded_inputs
-
-# Elementwise activations: their Jacobian is diagonal, so a tangent passes through as ``slope *
-# tangent`` (the exact divergence below relies on it; any other activation uses autograd).
-_ELEMENTWISE = (
-    nn.SiLU,
-    nn.Tanh,
-    nn.Sigmoid,
-    nn.Softplus,
-    nn.GELU,
-    nn.ELU,
-    nn.CELU,
-    nn.SELU,
-    nn.Mish,
-    nn.ReLU,
-    nn.LeakyReLU,
-    nn.Identity,
-)
 
 __all__ = ["EGNNVelocity"]
 
@@ -60,9 +43,42 @@ def _safe_sqrt(squared: Tensor) -> Tensor:
     return torch.where(positive, safe.sqrt(), torch.zeros_like(squared))
 
 
+def _silu(z: Tensor) -> tuple[Tensor, Tensor]:
+    sigmoid = torch.sigmoid(z)
+    return torch.nn.functional.silu(z), sigmoid * (1.0 + z * (1.0 - sigmoid))
+
+
+def _tanh(z: Tensor) -> tuple[Tensor, Tensor]:
+    value = torch.tanh(z)
+    return value, 1.0 - value.square()
+
+
+def _sigmoid(z: Tensor) -> tuple[Tensor, Tensor]:
+    value = torch.sigmoid(z)
+    return value, value * (1.0 - value)
+
+
+def _softplus(activation: nn.Softplus, z: Tensor) -> tuple[Tensor, Tensor]:
+    # Above the threshold softplus is the identity (slope 1), as torch computes it.
+    scaled = z * activation.beta
+    slope = torch.where(scaled > activation.threshold, 1.0, torch.sigmoid(scaled))
+    return activation(z), slope
+
+
+# Activations with their slopes in closed form (elementwise: a tangent passes through as
+# ``slope * tangent``); any other activation makes the divergence fall back to autograd.
+_SLOPES = {
+    nn.SiLU: lambda activation, z: _silu(z),
+    nn.Tanh: lambda activation, z: _tanh(z),
+    nn.Sigmoid: lambda activation, z: _sigmoid(z),
+    nn.Softplus: _softplus,
+    nn.Identity: lambda activation, z: (z, torch.ones_like(z)),
+}
+
+
 def _with_slope(activation: nn.Module, z: Tensor) -> tuple[Tensor, Tensor]:
-    """``(activation(z), activation'(z))`` of an elementwise activation (one forward-mode pass)."""
-    return jvp(activation, (z,), (torch.ones_like(z),))
+    """``(activation(z), activation'(z))`` of an activation of :data:`_SLOPES`."""
+    return _SLOPES[type(activation)](activation, z)
 
 
 def _linear(tangent: Tensor, layer: nn.Linear) -> Tensor:
@@ -330,7 +346,7 @@ class EGNNVelocity(nn.Module):
         for layer in self.layers:
             activations += [layer.edge_out[0], layer.edge_out[2], layer.coordinate[1]]
             activations += [] if layer.node is None else [layer.node[1]]
-        if any(type(module) not in _ELEMENTWISE for module in activations):
+        if any(type(module) not in _SLOPES for module in activations):
             return False
         # A clamped coordinate breaks translation invariance (the identity the trace relies on).
         return torch.equal(bounded_inputs(x), x)
@@ -356,6 +372,11 @@ class EGNNVelocity(nn.Module):
         layer's feed nothing, so only the layers in between propagate full message tangents
         (``(n - 1) d`` times the work of their message networks).
 
+        With gradients enabled (maximum likelihood, reverse KL) each call is checkpointed: only
+        its inputs are kept and the tangents are recomputed in the backward pass, so memory
+        does not grow with the tangents of every solver stage (the backward pass costs one more
+        evaluation per stage).
+
         Returns:
             ``(v: (batch, n d), div: (batch,))``, ``v`` equal to :meth:`forward`; ``None`` (use
             autograd instead) for another manifold, a non-elementwise activation, or a
@@ -363,6 +384,13 @@ class EGNNVelocity(nn.Module):
         """
         if not self._divergence_supported(x, manifold):
             return None
+        if torch.is_grad_enabled():
+            # Keep only the inputs of each evaluation and recompute its tangents in the backward
+            # pass: the tangents' graphs of every solver stage would not fit in memory.
+            return checkpoint(self._value_and_divergence, x, t, context, use_reentrant=False)
+        return self._value_and_divergence(x, t, context)
+
+    def _value_and_divergence(self, x: Tensor, t: Tensor, context: Tensor | None):
         pos, globals_, h, mask = self._inputs(x, t, context)
         n, d, batch = self.n_particles, self.spatial_dim, x.shape[0]
         velocity = torch.zeros_like(pos)
@@ -374,7 +402,7 @@ class EGNNVelocity(nn.Module):
         # Tangents along an orthonormal basis of the zero-centre-of-mass subspace, a few at a
         # time: the (tangents, batch, n, n, H) edge tensors stay small.
         basis = self._tangent_basis.to(pos).T  # ((n - 1) d, n d)
-        chunk = max(1, _TANGENT_ELEMENTS // (batch * n * n * self.width))
+        chunk = max(1, _TANGENT_ELEMENTS // (max(batch, 1) * n * n * self.width))
         trace = pos.new_zeros(batch)
         for rows in basis.split(chunk):
             dpos, dh = rows.reshape(-1, 1, n, d).expand(-1, batch, n, d), None
