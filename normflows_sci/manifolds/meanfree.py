@@ -31,18 +31,9 @@ from torch import Tensor
 from normflows_sci.checks import check_int, check_shape
 from normflows_sci.distributions import Distribution, StandardNormal
 from normflows_sci.manifolds.base import Manifold
+from normflows_sci.nn import mean_free_basis
 
 __all__ = ["MeanFree", "MeanFreeNormal", "kabsch_rotation"]
-
-
-def _helmert(n: int) -> Tensor:
-    """``(n, n - 1)`` orthonormal columns orthogonal to the all-ones vector (Helmert's basis)."""
-    basis = torch.zeros(n, n - 1, dtype=torch.float64)
-    for k in range(1, n):  # column k - 1: k ones, then -k, normalised
-        norm = math.sqrt(k * (k + 1))
-        basis[:k, k - 1] = 1.0 / norm
-        basis[k, k - 1] = -k / norm
-    return basis
 
 
 def kabsch_rotation(points: Tensor, reference: Tensor) -> Tensor:
@@ -136,11 +127,16 @@ class MeanFree(Manifold):
         self.spatial_dim = check_int("spatial_dim", spatial_dim, minimum=1)
         self.features = self.conditioner_features = self.n_particles * self.spatial_dim
         self.dim = (self.n_particles - 1) * self.spatial_dim
-        eye = torch.eye(self.spatial_dim, dtype=torch.float64)
-        self._basis = torch.kron(_helmert(self.n_particles), eye)  # (n d, (n - 1) d)
+        self._basis = mean_free_basis(self.n_particles, self.spatial_dim)
 
     def __repr__(self) -> str:
         return f"MeanFree(n_particles={self.n_particles}, spatial_dim={self.spatial_dim})"
+
+    @property
+    def particle_shape(self) -> tuple[int, int]:
+        """``(n_particles, spatial_dim)``: how velocity fields' exact-divergence hooks (e.g.
+        :class:`~normflows_sci.nn.EGNNVelocity`) recognise this subspace."""
+        return self.n_particles, self.spatial_dim
 
     @property
     def volume(self) -> float:

@@ -1,6 +1,6 @@
 """Conditioner networks and velocity fields."""
 
-from normflows_sci.nn.egnn import EGNNVelocity
+from normflows_sci.nn.egnn import EGNNVelocity, mean_free_basis
 from normflows_sci.nn.networks import MADE, MLP, MADESequence, MaskedLinear, bounded_inputs
 from normflows_sci.nn.transformer import (
     CausalSelfAttention,
@@ -10,6 +10,7 @@ from normflows_sci.nn.transformer import (
 )
 
 __all__ = [
+    "mean_free_basis",
     "MLP",
     "MADE",
     "MADESequence",

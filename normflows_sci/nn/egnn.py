@@ -30,7 +30,7 @@ from torch.utils.checkpoint import checkpoint
 from normflows_sci.checks import check_context, check_int
 from normflows_sci.nn.networks import bounded_inputs
 
-__all__ = ["EGNNVelocity"]
+__all__ = ["EGNNVelocity", "mean_free_basis"]
 
 # Tangents per batch of the exact divergence: about this many edge-feature elements at once.
 _TANGENT_ELEMENTS = 1 << 21
@@ -41,6 +41,25 @@ def _safe_sqrt(squared: Tensor) -> Tensor:
     positive = squared > 0
     safe = torch.where(positive, squared, torch.ones_like(squared))
     return torch.where(positive, safe.sqrt(), torch.zeros_like(squared))
+
+
+def mean_free_basis(n_particles: int, spatial_dim: int) -> Tensor:
+    """The ``(n d, (n - 1) d)`` float64 orthonormal basis of the zero-centre-of-mass subspace of
+    ``n`` particles in ``d`` dimensions (flat coordinates, particle-major): Helmert's basis of the
+    sum-zero vectors of ``R^n`` (column ``k - 1``: ``k`` ones, then ``-k``, normalised) times
+    ``I_d``.
+
+    Example:
+        >>> basis = mean_free_basis(3, 2)
+        >>> tuple(basis.shape), torch.allclose(basis.T @ basis, torch.eye(4, dtype=torch.float64))
+        ((6, 4), True)
+    """
+    helmert = torch.zeros(n_particles, n_particles - 1, dtype=torch.float64)
+    for k in range(1, n_particles):
+        norm = math.sqrt(k * (k + 1))
+        helmert[:k, k - 1] = 1.0 / norm
+        helmert[k, k - 1] = -k / norm
+    return torch.kron(helmert, torch.eye(spatial_dim, dtype=torch.float64))
 
 
 def _silu(z: Tensor) -> tuple[Tensor, Tensor]:
@@ -287,13 +306,9 @@ class EGNNVelocity(nn.Module):
         self.frequencies = check_int("frequencies", frequencies, minimum=0)
         self.features = self.n_particles * self.spatial_dim
         self.width = width
-        from normflows_sci.manifolds import MeanFree  # the manifolds import this package
-
         # The divergence's tangent directions, kept in float64 (cast per use): a module buffer
         # would lose digits through .float().double().
-        self._tangent_basis = MeanFree(self.n_particles, self.spatial_dim).basis(
-            torch.empty(0, dtype=torch.float64)
-        )
+        self._tangent_basis = mean_free_basis(self.n_particles, self.spatial_dim)
         globals_width = 1 + 2 * self.frequencies + self.context_features
         self.embed = nn.Sequential(nn.Linear(globals_width, width), activation())
         self.layers = nn.ModuleList(
@@ -335,12 +350,9 @@ class EGNNVelocity(nn.Module):
         return (velocity - velocity.mean(1, keepdim=True)).flatten(1)
 
     def _divergence_supported(self, x: Tensor, manifold) -> bool:
-        from normflows_sci.manifolds import MeanFree  # the manifolds import this package
-
-        if manifold is not None and not (
-            isinstance(manifold, MeanFree)
-            and (manifold.n_particles, manifold.spatial_dim) == (self.n_particles, self.spatial_dim)
-        ):
+        # The mean-free subspace of the same size (MeanFree.particle_shape), or R^(n d).
+        shape = getattr(manifold, "particle_shape", None)
+        if manifold is not None and shape != (self.n_particles, self.spatial_dim):
             return False
         activations = [self.embed[1]]
         for layer in self.layers:
