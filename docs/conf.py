@@ -66,6 +66,7 @@ nfs_tutorials = [
     ("hybrid_sampling", "--chains 256 --warmup 120 --steps 100 --dim 4 --out {out}"),
     ("torus_angles", "--source md --md-seconds 10 --max-frames 4000 --max-epochs 10 --max-time 20"),
     ("rigid_bodies", "--steps 150 --samples 5000 --max-time 30"),
+    ("particles_lj13", "--mcmc-steps 200 --steps 100 --samples 64 --ode-steps 4 --out {out}"),
 ]
 
 # Sections used in the package's Google-style docstrings beyond napoleon's defaults.
