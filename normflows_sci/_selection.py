@@ -25,6 +25,19 @@ the others are skipped and the rest of the budget trains that one further (from
 ``EXTEND_MIN_ROWS`` training rows; on smaller tables every candidate is tried: they are cheap,
 and a share used up there more likely means a busy machine than a large table).
 
+On small tables (under ``CV_MAX_ROWS`` rows) one validation split holds a few dozen rows, too
+few to rank the candidates: held-out NLLs of the same size moved by tenths of a nat per row
+between splits. There the training and validation rows are pooled and every candidate is
+trained on each of ``CV_FOLDS`` folds (:func:`cv_folds`) with early stopping on the held-out
+part; candidates are ranked by the row-weighted mean of the folds' best held-out NLLs
+(:func:`cv_record`), the mixture base's component count is chosen on the same folds
+(:func:`cv_mixture_components`), and the chosen candidate is trained again on all rows for the
+median of its folds' best epoch counts (no rows left to stop on). Every fold and that refit take
+an equal share of what is left of the same ``max_time``. A candidate whose folds cannot all be
+trained in time is skipped (:class:`BudgetSpent`), except the first: a run whose share is spent
+still takes one optimiser step, so a fit always returns a model. Records then carry ``folds``.
+A validation table given by the user (``X_val``) is respected: no cross-validation.
+
 Selection is skipped (one candidate, the rule's size) when the user fixed the size
 (``transforms`` or ``hidden_features``), for the slow families (``tarflow``, ``cnf``), when there
 are no validation rows to choose on, under torch.distributed (the ranks must agree on every step,
@@ -59,6 +72,13 @@ __all__ = [
     "fit_mixture_base",
     "MIXTURE_MAX_ROWS",
     "EXTEND_MIN_ROWS",
+    "CV_MAX_ROWS",
+    "CV_FOLDS",
+    "cv_folds",
+    "cv_mixture_components",
+    "cv_record",
+    "fold_score",
+    "BudgetSpent",
 ]
 
 #: Network sizes ``(transforms, hidden_features)`` from small to large; the row-count rule picks
@@ -78,10 +98,18 @@ MIXTURE_MAX_ROWS = 5000
 # component), and the most a model file may hold.
 MIXTURE_COMPONENTS = (1, 2, 4, 8, 16)
 _ROWS_PER_COMPONENT = 5
-# Fields of one candidate's record in ``info()["selection"]`` and in model files.
+#: Rows (training plus validation) below which the candidates are ranked by K-fold
+#: cross-validation instead of one validation split (a few dozen validation rows rank them
+#: by noise).
+CV_MAX_ROWS = 500
+#: Folds of that cross-validation.
+CV_FOLDS = 5
+# Fields of one candidate's record in ``info()["selection"]`` and in model files; a
+# cross-validated selection adds ``folds`` (its ``validation_nll`` is then the folds' mean).
 _RECORD_FIELDS = (
     "name", "transforms", "hidden_features", "components", "validation_nll", "epochs", "status",
 )  # fmt: skip
+_CV_FIELD = "folds"
 _STATUSES = (
     "chosen",
     "trained",
@@ -178,6 +206,11 @@ class Budget:
         return max(remaining, 0.0) / left
 
 
+class BudgetSpent(Exception):
+    """Raised by a candidate's ``train`` (see :func:`select`) when the budget ran out before it
+    could finish (a cross-validated candidate with folds left): the candidate is skipped."""
+
+
 def _best_validation(history: dict) -> float:
     finite = [v for v in history.get("val_loss", []) if math.isfinite(v)]
     return min(finite) if finite else math.inf
@@ -188,6 +221,7 @@ def select(
     train: Callable,
     budget: Budget,
     extend: Callable | None = None,
+    folds: int | None = None,
 ) -> tuple:
     """Train the candidates in turn within ``budget`` and keep the best on validation.
 
@@ -200,12 +234,15 @@ def select(
         train: ``train(candidate, max_time) -> (result, history)``; ``max_time`` is the
             candidate's share (None: no limit). ``history["val_loss"]`` (nats per row) ranks
             them; ``history["components"]``, if present, goes to the record. A ``ValueError``
-            marks the candidate failed.
+            marks the candidate failed; :class:`BudgetSpent` skips it (the first candidate
+            must not raise it: a fit always returns a model).
         budget: the total budget.
         extend: ``extend(result, history, max_time) -> history``: more training of a result
             (its history continued), or None: then every candidate is tried whatever the
             earlier ones took (for small tables, where the sizes are cheap and the choice
             matters most).
+        folds: the fold count when ``train`` cross-validates (its ``history`` from
+            :func:`cv_record`): every record then carries ``folds``.
 
     Returns:
         ``(result of the chosen candidate, its history, records)``: ``records`` lists every
@@ -219,16 +256,21 @@ def select(
     for index, candidate in enumerate(candidates):
         share = budget.share(len(candidates) - index)
         record = _record(candidate, ran_out)
+        if folds is not None:
+            record[_CV_FIELD] = folds
         records.append(record)
         if ran_out or (index and share is not None and share <= 0):
             continue
         try:
             result, history = train(candidate, share)
+        except BudgetSpent:
+            continue  # its record still says "skipped: time budget spent"
         except ValueError as error:
             first_error = first_error or error
             record["status"] = "failed"
             continue
         record["components"] = history.pop("components", None)
+        history.pop(_CV_FIELD, None)
         best = _ranked(best, result, history, record)
         ran_out = extend is not None and share is not None and _used_up(history, share)
     if best is None:
@@ -280,8 +322,12 @@ def check_selection(value, where: str) -> list[dict]:
     if not isinstance(value, list) or not 1 <= len(value) <= len(SIZE_LADDER) + 1:
         raise ValueError(f"{where} must be a list of 1 to {len(SIZE_LADDER) + 1} records")
     for i, record in enumerate(value):
-        if not isinstance(record, dict) or sorted(record) != sorted(_RECORD_FIELDS):
-            raise ValueError(f"{where}[{i}] must be an object with the fields {_RECORD_FIELDS}")
+        fields = sorted(record) if isinstance(record, dict) else None
+        if fields not in (sorted(_RECORD_FIELDS), sorted((*_RECORD_FIELDS, _CV_FIELD))):
+            raise ValueError(
+                f"{where}[{i}] must be an object with the fields {_RECORD_FIELDS} "
+                f"(and {_CV_FIELD!r} when cross-validated)"
+            )
         hidden, nll = record["hidden_features"], record["validation_nll"]
         ok = (
             isinstance(record["name"], str)
@@ -293,11 +339,14 @@ def check_selection(value, where: str) -> list[dict]:
             and (nll is None or (isinstance(nll, (int, float)) and math.isfinite(nll)))
             and (_positive_int(record["epochs"]) or record["epochs"] == 0)
             and _components_ok(record)
+            and (record.get(_CV_FIELD) is None or _positive_int(record[_CV_FIELD]))
         )
         if not ok:
             raise ValueError(f"{where}[{i}] holds a field of the wrong type or range: {record}")
     if sum(r["status"] == "chosen" for r in value) != 1:
         raise ValueError(f"{where} must mark exactly one record 'chosen'")
+    if len({_CV_FIELD in r for r in value}) != 1:
+        raise ValueError(f"{where}: either every record or none has the field {_CV_FIELD!r}")
     return value
 
 
@@ -354,17 +403,93 @@ class GaussianMixtureBase(Distribution):
         return self.means[which] + (self.scale_tril[which] @ noise).squeeze(-1)
 
 
-def fit_mixture_base(latent_train: np.ndarray, latent_val: np.ndarray, seed: int):
+def _mixture_counts(rows: int) -> list[int]:
+    return [k for k in MIXTURE_COMPONENTS if k * _ROWS_PER_COMPONENT <= rows] or [1]
+
+
+def fit_mixture_base(
+    latent_train: np.ndarray,
+    latent_val: np.ndarray | None,
+    seed: int,
+    components: int | None = None,
+):
     """A :class:`GaussianMixtureBase` fitted by EM to ``latent_train`` ``(n, d)`` (float64,
-    preprocessed rows), its component count the best of ``MIXTURE_COMPONENTS`` (with at least 5
-    rows each) on ``latent_val`` ``(m, d)``."""
-    counts = [k for k in MIXTURE_COMPONENTS if k * _ROWS_PER_COMPONENT <= len(latent_train)]
+    preprocessed rows) with ``components`` components, or (None) the best count of
+    ``MIXTURE_COMPONENTS`` (with at least 5 rows each) on ``latent_val`` ``(m, d)``."""
     mixture = GaussianMixtureBaseline(
-        candidates=counts or (1,), covariance="full", max_iter=100, random_state=seed
-    ).fit(latent_train, latent_val)
+        components,
+        candidates=_mixture_counts(len(latent_train)),
+        covariance="full",
+        max_iter=100,
+        random_state=seed,
+    ).fit(latent_train, None if components is not None else latent_val)
     base = GaussianMixtureBase(latent_train.shape[1], mixture.components_)
     with torch.no_grad():
         base.log_weights.copy_(torch.as_tensor(np.log(mixture.weights_)))
         base.means.copy_(torch.as_tensor(mixture.means_))
         base.scale_tril.copy_(torch.as_tensor(np.linalg.cholesky(mixture.covariances_)))
     return base
+
+
+def cv_folds(rows: int, seed: int, folds: int = CV_FOLDS) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``folds`` pairs of row indices ``(training, held out)`` over ``rows`` rows: the seeded
+    permutation of :func:`numpy.random.default_rng` cut into ``folds`` near-equal parts, each
+    held out once (same ``seed``, same folds).
+
+    Example:
+        >>> [(len(a), len(b)) for a, b in cv_folds(12, seed=0, folds=3)]
+        [(8, 4), (8, 4), (8, 4)]
+    """
+    parts = np.array_split(np.random.default_rng(seed).permutation(rows), folds)
+    return [(np.concatenate(parts[:j] + parts[j + 1 :]), parts[j]) for j in range(folds)]
+
+
+def cv_mixture_components(latent: np.ndarray, folds: Sequence, seed: int) -> int:
+    """The component count of the mixture base with the best mean held-out log-likelihood over
+    ``folds`` (from :func:`cv_folds`) of the preprocessed rows ``latent`` ``(n, d)``; counts are
+    those :func:`fit_mixture_base` tries on the smallest fold's training rows."""
+    counts = _mixture_counts(min(len(train) for train, _ in folds))
+    total = dict.fromkeys(counts, 0.0)
+    for train, held_out in folds:
+        mixture = GaussianMixtureBaseline(
+            candidates=counts, covariance="full", max_iter=100, random_state=seed
+        ).fit(latent[train], latent[held_out])
+        for k in counts:  # a count EM could not fit on a fold scores -inf there
+            total[k] += mixture.validation_scores_.get(k, -math.inf) * len(held_out)
+    return max(counts, key=lambda k: (total[k], -k))
+
+
+def fold_score(history: dict, held_out: int) -> tuple[float, int, int]:
+    """``(best held-out NLL, held_out, its epoch)`` of one cross-validation fold from its training
+    ``history`` (``val_loss`` and ``epoch``), for :func:`cv_record` (ties: the earliest epoch).
+
+    Raises:
+        ValueError: the fold has no finite held-out loss (it trained no epoch, or diverged): the
+            candidate then fails (:func:`select`) rather than ranking on fewer folds.
+
+    Example:
+        >>> fold_score({"epoch": [1, 2, 3], "val_loss": [2.0, 1.5, float("nan")]}, held_out=40)
+        (1.5, 40, 2)
+    """
+    pairs = [(v, e) for v, e in zip(history["val_loss"], history["epoch"]) if math.isfinite(v)]
+    if not pairs:
+        raise ValueError(
+            "cross-validation: a fold has no finite held-out loss (it trained no epoch or "
+            "diverged); try a smaller learning_rate or clip_grad"
+        )
+    best, epoch = min(pairs)
+    return float(best), held_out, int(epoch)
+
+
+def cv_record(fold_scores: Sequence[tuple[float, int, int]]) -> dict:
+    """The history :func:`select` ranks a cross-validated candidate by, from each fold's
+    ``(best held-out NLL, held-out rows, best epoch)``: ``val_loss`` the row-weighted mean NLL
+    (inf when a fold has none), ``epoch`` one entry per epoch of the median best epoch (the
+    epochs the refit on all rows trains) and ``folds`` their number."""
+    nll = sum(score * rows for score, rows, _ in fold_scores) / sum(r for _, r, _ in fold_scores)
+    epochs = max(1, int(np.median([epoch for *_, epoch in fold_scores])))
+    return {
+        "val_loss": [nll if math.isfinite(nll) else math.inf],
+        "epoch": list(range(1, epochs + 1)),
+        "folds": len(fold_scores),
+    }

@@ -49,13 +49,19 @@ from normflows_sci._modelfile import (
     stored_params,
 )
 from normflows_sci._selection import (
+    CV_MAX_ROWS,
     EXTEND_MIN_ROWS,
     Budget,
+    BudgetSpent,
     Candidate,
     GaussianMixtureBase,
     candidates_for,
     check_selection,
+    cv_folds,
+    cv_mixture_components,
+    cv_record,
     fit_mixture_base,
+    fold_score,
     select,
 )
 from normflows_sci._tabular import FLOWS as TABLE_FLOWS
@@ -103,6 +109,8 @@ MIN_ROWS_FOR_VALIDATION = 20
 SAMPLE_CHUNK_ROWS = 65536
 # Total seconds of a fit given neither ``max_epochs`` nor ``max_time`` (the whole selection).
 DEFAULT_MAX_TIME = 100.0
+# The time limit (seconds) of a run whose share of the budget is spent: one optimiser step.
+_SPENT = 1e-9
 
 
 def validation_split(rows: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -443,15 +451,21 @@ class DensityEstimator:
         seed = self._seed()
         budget = Budget(self._total_time())
         train, val = self._validation_rows(values, names, X_val, seed, categories)
-        if categories is not None:  # the categories' factor is fitted to the training rows only
-            dummies = train[:, len(categories.numeric_columns) :]
-            categories = categories.fitted(categories.codes_from_dummies(dummies))
         candidates = self._candidates(
             len(train),
             # Under torch.distributed the ranks' clocks could pick different candidates.
             select=val is not None and checkpoint is None and not _distributed(),
             mixture=not layout.context_columns and not any(layout.discrete),
         )
+        folds = None
+        if X_val is None and len(candidates) > 1 and len(train) + len(val) < CV_MAX_ROWS:
+            # A few dozen validation rows rank the candidates by noise: cross-validate on all
+            # (a validation table of the user's is theirs to choose: it is kept).
+            train, val = np.vstack([train, val]), None
+            folds = cv_folds(len(train), seed)
+        if categories is not None:  # the categories' factor is fitted to the training rows only
+            dummies = train[:, len(categories.numeric_columns) :]
+            categories = categories.fitted(categories.codes_from_dummies(dummies))
         network = self._network_size(candidates[0])
         spec, statistics = plan_table(
             layout, train, val, network=network, heavy_tails=self.heavy_tails, frame=is_frame
@@ -459,24 +473,81 @@ class DensityEstimator:
         fingerprint = fit_fingerprint(self.get_params(), values, names, val)
         run = dict(checkpoint=checkpoint, resume=resume, fingerprint=fingerprint)
         problem = (spec, statistics, train, val, seed, run)
-        (model, spec), history, records = select(
-            candidates,
-            lambda size, share: self._fit_candidate(size, share, problem),
-            budget,
-            extend=None
-            if len(train) < EXTEND_MIN_ROWS
-            else partial(self._train_more, problem=problem),
-        )
+        if folds is not None:
+            (model, spec), history, records = self._select_by_folds(
+                candidates, problem, folds, budget
+            )
+        else:
+            (model, spec), history, records = select(
+                candidates,
+                lambda size, share: self._fit_candidate(size, share, problem),
+                budget,
+                extend=None
+                if len(train) < EXTEND_MIN_ROWS
+                else partial(self._train_more, problem=problem),
+            )
         self.flow_, self.spec_, self.history_ = model, spec, history
         self.categories_ = categories
         self.selection_ = records
         self.fit_time_ = budget.clock() - budget.start
-        self._report(validated=val is not None)
+        self._report(validated=val is not None or folds is not None)
         return self
 
-    def _fit_candidate(self, candidate: Candidate, max_time: float | None, problem: tuple):
+    def _select_by_folds(self, candidates, problem: tuple, folds: list, budget: Budget) -> tuple:
+        """``select`` ranking the candidates by K-fold cross-validation over all the rows of
+        ``problem`` (its validation rows None), then the chosen one refitted on all rows for the
+        median of its folds' best epochs. Every fold and the refit take an equal share of what is
+        left of ``budget``; a later candidate that runs out of time is skipped, the first trains
+        every fold (one step each when nothing is left). The mixture candidate's component count
+        is chosen on the same folds.
+
+        Returns:
+            ``((model, spec), refit history, records)`` (records with ``folds``).
+        """
+        spec, statistics, rows, _, seed, run = problem
+        with torch.random.fork_rng(devices=[]):  # only its preprocessing is used
+            model = build_table_flow(spec, statistics)
+        # The held-out rows are rows of X: range errors must name X, not a validation table.
+        check_flow_range(model, spec, rows, "X")
+        runs = len(candidates) * len(folds) + 1  # every fold of every candidate, then the refit
+
+        def cross_validate(candidate: Candidate, _share):
+            index = candidates.index(candidate)
+            components = None
+            if candidate.name == "mixture":
+                latent = _preprocessed(model, spec.targets(rows))
+                components = cv_mixture_components(latent, folds, seed)
+            scores = []
+            for j, (train, held_out) in enumerate(folds):
+                share = budget.share(runs - index * len(folds) - j)
+                if index and share is not None and share <= 0:
+                    raise BudgetSpent  # ranking it on fewer folds would not be comparable
+                fold = (spec, statistics, rows[train], rows[held_out], seed, run)
+                history = self._fit_candidate(candidate, share, fold, components)[1]
+                scores.append(fold_score(history, len(held_out)))
+            return (candidate, components), dict(cv_record(scores), components=components)
+
+        (candidate, components), history, records = select(
+            candidates, cross_validate, budget, folds=len(folds)
+        )
+        result, refit = self._fit_candidate(
+            candidate, budget.share(1), problem, components, epochs=len(history["epoch"])
+        )
+        refit.pop("components", None)
+        return result, refit, records
+
+    def _fit_candidate(
+        self,
+        candidate: Candidate,
+        max_time: float | None,
+        problem: tuple,
+        components: int | None = None,
+        epochs: int | None = None,
+    ):
         """``((model, spec), history)`` of one selection candidate trained for at most
-        ``max_time`` seconds; ``problem`` is ``(spec, statistics, train, val, seed, run)``."""
+        ``max_time`` seconds (and ``epochs`` epochs, if given); ``problem`` is
+        ``(spec, statistics, train, val, seed, run)``; ``components``: the mixture base's count
+        (None: chosen on the validation rows)."""
         spec, statistics, train, val, seed, run = problem
         sized = replace(spec, **asdict(self._network_size(candidate)))
         with torch.random.fork_rng(devices=[]):
@@ -486,9 +557,14 @@ class DensityEstimator:
         if val is not None:
             check_flow_range(model, sized, val, "X_val")
         if candidate.name == "mixture":  # the flow starts at the identity: at the EM mixture
-            latent = [_preprocessed(model, sized.targets(rows)) for rows in (train, val)]
-            model.base = fit_mixture_base(*latent, seed)
-        history = self._train(model, sized, (train, val), seed, dict(run, max_time=max_time))
+            latent = [
+                None if rows is None else _preprocessed(model, sized.targets(rows))
+                for rows in (train, val)
+            ]
+            model.base = fit_mixture_base(*latent, seed, components)
+        history = self._train(
+            model, sized, (train, val), seed, dict(run, max_time=max_time, epochs=epochs)
+        )
         _check_trained(model, history, validated=val is not None)
         if candidate.name == "mixture":
             history["components"] = len(model.base.log_weights)
@@ -607,6 +683,12 @@ class DensityEstimator:
         (dequantising the integer columns); ``run`` holds fit_flow's checkpoint options and this
         run's ``max_time`` (its share of the selection's budget)."""
         train, val = rows
+        run = dict(run)
+        epochs = run.pop("epochs", None)  # the refit after cross-validation: its folds' epochs
+        if run.get("max_time") is not None and run["max_time"] <= 0:
+            # The budget is spent but this run owes a model (the first candidate, the refit):
+            # training checks the clock after every step, so it takes exactly one.
+            run["max_time"] = _SPENT
         device = torch.device(self.device) if self.device is not None else torch.device("cpu")
         model.to(device)
 
@@ -628,6 +710,8 @@ class DensityEstimator:
         max_epochs = self.max_epochs
         if max_epochs is None and self.max_time is None:
             max_epochs = 200  # per candidate; DEFAULT_MAX_TIME bounds the whole fit
+        if epochs is not None:
+            max_epochs = epochs
         return fit_flow(
             model,
             tensor(spec.targets(train)),
@@ -652,7 +736,8 @@ class DensityEstimator:
         history = self.history_
         if not (self.verbose and history["epoch"]):
             return
-        best = np.nanmin(history["val_loss"]) if validated else math.nan
+        best = self.info()["best_validation_nll"] if validated else None
+        best = math.nan if best is None else best  # cross-validated: the chosen record's
         print(
             f"fitted {self.spec_.flow} in {self.fit_time_:.1f} s, {history['epoch'][-1]} epochs; "
             f"validation NLL {best:.4f} nats/row"
@@ -1180,6 +1265,10 @@ class DensityEstimator:
         targets = spec.target_columns
         history = self.history_
         val = [v for v in history["val_loss"] if not math.isnan(v)]
+        records = getattr(self, "selection_", None) or ()
+        chosen = [r for r in records if r["status"] == "chosen" and r.get("folds")]
+        if not val and chosen and chosen[0]["validation_nll"] is not None:
+            val = [chosen[0]["validation_nll"]]  # refitted on all rows: its cross-validated NLL
         categories = self._categories
         return {
             "package_version": __version__,

@@ -11,10 +11,13 @@ import pytest
 
 from normflows_sci import DensityEstimator, estimator
 from normflows_sci._selection import (
+    CV_FOLDS,
+    CV_MAX_ROWS,
     Budget,
     Candidate,
     GaussianMixtureBase,
     candidates_for,
+    cv_folds,
     select,
 )
 
@@ -63,7 +66,8 @@ def test_max_time_bounds_the_whole_selection_not_each_candidate():
 
 def test_fit_charges_the_selection_to_one_budget(monkeypatch):
     # A clock that reads 0 until the first candidate has its share, then much later: the budget
-    # is spent, so the others are skipped instead of each getting the budget of its own.
+    # is spent, so the others are skipped instead of each getting the budget of its own. (A
+    # table large enough for one validation split; small ones cross-validate, tested below.)
     readings = iter([0.0, 0.0])
     monkeypatch.setattr(estimator, "Budget", lambda t: Budget(t, lambda: next(readings, 1e9)))
     shares = []
@@ -74,7 +78,7 @@ def test_fit_charges_the_selection_to_one_budget(monkeypatch):
         return train(self, model, spec, rows, seed, run)
 
     monkeypatch.setattr(DensityEstimator, "_train", spy)
-    est = DensityEstimator(max_time=4000.0, **FAST).fit(_table())
+    est = DensityEstimator(max_time=4000.0, **FAST).fit(_table(rows=CV_MAX_ROWS + 100))
     assert shares == [1000.0]  # a quarter of the budget: four candidates
     statuses = [r["status"] for r in est.info()["selection"]]
     assert statuses == ["chosen"] + ["skipped: time budget spent"] * 3
@@ -93,6 +97,7 @@ def test_defaults_select_a_size_on_validation_and_files_keep_the_choice(tmp_path
         best["hidden_features"],
     )
     assert math.isclose(est.info()["best_validation_nll"], best["validation_nll"])
+    assert all(r["folds"] == CV_FOLDS for r in records)  # 240 rows: cross-validated
     loaded = DensityEstimator.load(est.save(tmp_path / "model.nfs"))
     assert loaded.info() == est.info()
     np.testing.assert_array_equal(
@@ -156,6 +161,7 @@ def _rewrite(path, change):
         (lambda c: c["selection"][0].update(code="__import__('os')"), "fields"),
         (lambda c: c["selection"][0].update(status="trained"), "exactly one"),
         (lambda c: c.update(selection="default"), "list"),
+        (lambda c: c["selection"][0].update(folds=0), "wrong type or range"),
     ],
 )
 def test_a_tampered_selection_record_is_refused_on_load(tmp_path, change, message):
@@ -272,13 +278,182 @@ def test_without_any_budget_the_whole_fit_gets_the_default_total(monkeypatch):
         DensityEstimator,
         "_train",
         lambda self, *a: {
-            "epoch": [],
+            "epoch": [1],
             "val_loss": [1.0],
             "train_loss": [1.0],
-            "time": [],
-            "learning_rate": [],
+            "time": [0.0],
+            "learning_rate": [1e-3],
         },
     )
     DensityEstimator(verbose=False, random_state=0).fit(_table(rows=40))
     DensityEstimator(max_epochs=3, verbose=False, random_state=0).fit(_table(rows=40))
     assert budgets == [estimator.DEFAULT_MAX_TIME, None]
+
+
+# ----------------------------------------------------------------------------- cross-validation
+
+
+def _history(losses, validated=True):
+    """A training history with these held-out losses, one per epoch (NaN: no validation)."""
+    n = len(losses)
+    return {
+        "epoch": list(range(1, n + 1)),
+        "val_loss": list(losses) if validated else [math.nan] * n,
+        "train_loss": [1.0] * n,
+        "time": [0.0] * n,
+        "learning_rate": [1e-3] * n,
+    }
+
+
+def _fake_train(calls, losses=lambda call: _history([1.0])):
+    """A ``DensityEstimator._train`` that records each run and returns ``losses(call)``."""
+
+    def train(self, model, spec, rows, seed, run):
+        train, val = rows
+        call = dict(
+            train=len(train),
+            val=None if val is None else len(val),
+            max_time=run["max_time"],
+            epochs=run.get("epochs"),
+        )
+        calls.append(call)
+        if val is None:  # a refit on all rows: as many epochs as asked
+            return _history([math.nan] * (run.get("epochs") or 1), validated=False)
+        return losses(len(calls) - 1)
+
+    return train
+
+
+def test_small_tables_cross_validate_unless_large_or_given_validation_rows(monkeypatch):
+    calls = []
+    monkeypatch.setattr(DensityEstimator, "_train", _fake_train(calls))
+    X = _table(rows=240)
+    records = DensityEstimator(**FAST).fit(X).info()["selection"]
+    assert len(records) == 4 and all(r["folds"] == CV_FOLDS for r in records)
+    folds = len(records) * CV_FOLDS
+    assert len(calls) == folds + 1 and all(c["train"] + c["val"] == 240 for c in calls[:folds])
+    assert calls[-1]["train"] == 240 and calls[-1]["val"] is None  # the refit on all rows
+    # The user's validation rows are theirs to choose; CV_MAX_ROWS rows hold enough of their own.
+    for fit in (lambda e: e.fit(X[:200], X[200:]), lambda e: e.fit(_table(rows=CV_MAX_ROWS))):
+        calls.clear()
+        records = fit(DensityEstimator(**FAST)).info()["selection"]
+        assert all("folds" not in r for r in records) and len(calls) == len(records) == 4
+
+
+# Per candidate (in the order tried), per fold: the best held-out NLL and its epoch. "mixture"
+# wins four folds of five, but "smaller" has the best mean.
+_FOLDS = {
+    "default": [(1.0, 3)] * 5,
+    "mixture": [(0.9, 2), (0.9, 4), (0.9, 6), (0.9, 8), (1.5, 9)],
+    "smaller": [(0.95, 5), (0.95, 7), (0.95, 2), (0.95, 4), (1.1, 3)],
+    "larger": [(1.2, 1)] * 5,
+}
+
+
+def _fold_losses(call: int) -> dict:
+    best, epoch = list(_FOLDS.values())[call // CV_FOLDS][call % CV_FOLDS]
+    return _history([best + 1.0] * (epoch - 1) + [best, best + 0.5])
+
+
+def test_cross_validation_keeps_the_best_mean_and_refits_for_the_median_best_epoch(
+    monkeypatch,
+):
+    calls = []
+    monkeypatch.setattr(DensityEstimator, "_train", _fake_train(calls, _fold_losses))
+    est = DensityEstimator(**FAST).fit(_table(rows=242))  # folds of 49, 49, 48, 48, 48 rows
+    rows = [len(held_out) for _, held_out in cv_folds(242, seed=0)]
+    means = {
+        name: sum(nll * n for (nll, _), n in zip(folds, rows)) / 242
+        for name, folds in _FOLDS.items()
+    }
+    records = est.info()["selection"]
+    assert [r["name"] for r in records] == list(_FOLDS)
+    for record in records:
+        assert math.isclose(record["validation_nll"], means[record["name"]])
+    assert [r["status"] for r in records] == ["trained", "trained", "chosen", "trained"]
+    assert (est.spec_.transforms, est.spec_.hidden_features) == (2, (16,))
+    assert not isinstance(est.flow_.base, GaussianMixtureBase)  # "smaller", not "mixture"
+    assert calls[-1] == dict(train=242, val=None, max_time=None, epochs=4)  # median(5,7,2,4,3)
+    assert math.isclose(est.info()["best_validation_nll"], means["smaller"])
+
+
+@pytest.mark.parametrize("bad", [_history([]), _history([math.inf, math.nan])])
+def test_a_fold_without_a_finite_held_out_loss_makes_its_candidate_lose(monkeypatch, bad):
+    # A fold that trained no epoch or diverged: the candidate fails (it never wins on the
+    # folds that did train), the others still compete.
+    def losses(call):
+        return bad if call == 2 * CV_FOLDS + 2 else _fold_losses(call)  # "smaller", fold 2
+
+    monkeypatch.setattr(DensityEstimator, "_train", _fake_train([], losses))
+    records = DensityEstimator(**FAST).fit(_table(rows=242)).info()["selection"]
+    assert [r["status"] for r in records] == ["chosen", "trained", "failed", "trained"]
+    # Every candidate failing is an error that says why, not a model.
+    monkeypatch.setattr(DensityEstimator, "_train", _fake_train([], lambda call: _history([])))
+    with pytest.raises(ValueError, match="no finite held-out loss"):
+        DensityEstimator(**FAST).fit(_table(rows=242))
+
+
+def test_cross_validation_shares_one_budget_between_every_fold_and_the_refit(monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setattr(estimator, "Budget", lambda t: Budget(t, clock))
+    calls = []
+    train = _fake_train(calls)
+
+    def timed(self, model, spec, rows, seed, run, overrun=None):
+        clock.now += run["max_time"] + (overrun or {}).get(len(calls), 0.0)
+        return train(self, model, spec, rows, seed, run)
+
+    monkeypatch.setattr(DensityEstimator, "_train", timed)
+    runs = 4 * CV_FOLDS + 1  # every fold of the four candidates, then the refit
+    est = DensityEstimator(max_time=100.0 * runs, **FAST).fit(_table())
+    assert [c["max_time"] for c in calls] == [100.0] * runs and clock.now == 100.0 * runs
+    assert all(r["status"] in ("chosen", "trained") for r in est.info()["selection"])
+    # The mixture's second fold overruns the whole budget: the mixture cannot finish its folds
+    # and is skipped with the others; the first candidate is refitted in what is left (none).
+    clock.now, calls[:] = 0.0, []
+    overrun = {CV_FOLDS + 1: 1e6}
+    monkeypatch.setattr(DensityEstimator, "_train", lambda *a: timed(*a, overrun=overrun))
+    records = DensityEstimator(max_time=100.0 * runs, **FAST).fit(_table()).info()["selection"]
+    assert [r["status"] for r in records] == ["chosen"] + ["skipped: time budget spent"] * 3
+    assert len(calls) == CV_FOLDS + 2 + 1 and calls[-1]["max_time"] == 0.0
+    assert records[0]["validation_nll"] == 1.0 and records[1]["validation_nll"] is None
+
+
+def test_cross_validation_with_the_budget_spent_still_fits_the_first_candidate(monkeypatch):
+    # The clock jumps past the budget as the first fold starts: no run may be given a zero time
+    # limit (training refuses it); the first candidate's folds and refit take one step each.
+    readings = iter([0.0, 0.0])
+    monkeypatch.setattr(estimator, "Budget", lambda t: Budget(t, lambda: next(readings, 1e9)))
+    shares = []
+    train = DensityEstimator._train
+
+    def spy(self, model, spec, rows, seed, run):
+        shares.append(run["max_time"])
+        return train(self, model, spec, rows, seed, run)
+
+    monkeypatch.setattr(DensityEstimator, "_train", spy)
+    est = DensityEstimator(max_time=4000.0, **FAST).fit(_table())
+    assert shares == [0.0] * (CV_FOLDS + 1)
+    statuses = [r["status"] for r in est.info()["selection"]]
+    assert statuses == ["chosen"] + ["skipped: time budget spent"] * 3
+    assert est.info()["epochs"] == 1 and np.isfinite(est.score_samples(_table()[:5])).all()
+
+
+@pytest.mark.parametrize("kind", ["categorical", "integer", "context"])
+def test_cross_validation_of_mixed_integer_and_conditional_tables(tmp_path, kind):
+    X = _two_clusters(rows=120)
+    if kind == "categorical":
+        X[:, 1] = np.where(X[:, 1] > 0, 1.0, 2.0)
+        setting = dict(categorical=[1])
+    elif kind == "integer":
+        X[:, 1] = np.round(X[:, 1])
+        setting = dict(discrete=[1])
+    else:
+        setting = dict(context=[1])
+    est = DensityEstimator(**setting, **{**FAST, "max_epochs": 1}).fit(X)
+    records = est.info()["selection"]
+    assert len(records) == 3 and all(r["folds"] == CV_FOLDS for r in records)
+    assert all(r["validation_nll"] is not None for r in records)
+    loaded = DensityEstimator.load(est.save(tmp_path / "model.nfs"))
+    assert loaded.info() == est.info()
+    np.testing.assert_array_equal(loaded.score_samples(X[:10]), est.score_samples(X[:10]))
