@@ -7,6 +7,7 @@ Run from the repository root::
     python benchmarks/bench_samplers.py --quick     # smoke run (about 1.5 min)
     python benchmarks/bench_samplers.py --problems mixture-50d --chains 1024 --threads 2
     python benchmarks/bench_samplers.py --throughput  # MALA/HMC chain-steps/s vs blackjax (~5 min)
+    python benchmarks/bench_samplers.py --slcp        # SLCP time to C2ST <= 0.52 vs flowMC (~10 min)
 
 Targets (all with exactly known mode weights):
 
@@ -74,6 +75,30 @@ steps and the best time of each is kept; ``/bj`` columns are ours / blackjax (ab
 faster). Both use ``--threads`` threads (JAX through ``XLA_FLAGS``). ``acc`` is the mean acceptance
 of each, which must agree (same algorithm, step size and target).
 
+SLCP time to accuracy (``--slcp``, nothing else runs): the SLCP posterior of sbibm (task
+``slcp``, observation 1; model, files, licences and C2ST in ``benchmarks/slcp.py``), sampled in
+its 5 parameters (log-density ``-inf`` outside the prior's box) from ``--slcp-chains`` prior draws.
+Ours: ``run(AdaptiveFlowMCMC(target, flow))`` with the kernel's defaults (one MALA step and one
+flow proposal per step, one Adam step at learning rate 1e-3 per warm-up step),
+``--slcp-warmup`` warm-up steps, then ``--slcp-production`` production steps in
+``--slcp-segments`` calls of ``run`` (a checkpoint after each); one row per flow of
+``--slcp-flows``: ``default`` is ``NSF(5)`` at its defaults (autoregressive, 5 layers of 128x128),
+``small`` a coupling NSF of flowMC's size (4 layers, 32x32, 8 bins, tail bound 3). flowMC
+(``pip install flowmc``; JAX): its ``RQSpline_MALA_Bundle`` (RQSpline 4 layers 32x32, 8 bins;
+MALA) with ``--flowmc-training-loops`` training and ``--flowmc-production-loops`` production
+loops of ``--flowmc-local-steps`` MALA and ``--flowmc-global-steps`` flow steps, the flow trained
+``--flowmc-epochs`` epochs per loop, same chains and start; it runs in a subprocess of
+``--flowmc-python`` (default: this interpreter; e.g. a venv with flowMC) with ``--threads``
+threads (JIT compilation included in its time), checkpoints after each production loop. C2ST
+(sbibm's definition, scikit-learn) of ``--c2st-samples`` draws (subsampled from the production
+samples known at a checkpoint) against as many reference samples, at the checkpoints in order
+until one reaches ``--c2st-threshold`` and at the end. Columns: ``evals/ch`` target evaluations
+per chain, ``warm s`` warm-up (flowMC: its training loops, with compilation), ``total s`` the
+whole run, ``t(<=0.52) s`` the first checkpoint at or below the threshold, ``C2ST@t`` the C2ST
+there, ``C2ST end`` at the end, ``acc loc/glob`` production acceptance, ``/fMC`` ratios of times
+against flowMC's. Before the table: the likelihood check (log-posterior of the reference samples
+against prior draws) and every method's posterior mean against the reference's.
+
 Timings need an otherwise idle machine; the script reports how much CPU other processes used.
 """
 
@@ -91,6 +116,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import slcp
 import torch
 from _common import BUSY_LIMIT, OtherLoad, version
 
@@ -739,6 +765,28 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--kernel-steps", type=int, default=300, help="timed steps per run")
     parser.add_argument("--kernel-repeats", type=int, default=3, help="best of this many")
     parser.add_argument("--kernel-leapfrog", type=int, default=10, help="HMC leapfrog steps")
+    parser.add_argument(
+        "--slcp", action="store_true", help="only the SLCP time-to-C2ST table against flowMC"
+    )
+    parser.add_argument("--slcp-chains", type=int, default=256)
+    parser.add_argument("--slcp-warmup", type=int, default=1000, help="ours: warm-up steps")
+    parser.add_argument("--slcp-production", type=int, default=200, help="ours: production steps")
+    parser.add_argument("--slcp-segments", type=int, default=5, help="ours: checkpoints")
+    parser.add_argument(
+        "--slcp-flows", nargs="+", default=["small", "default"], choices=["small", "default"]
+    )
+    parser.add_argument(
+        "--flowmc-python", default=sys.executable, help="interpreter with flowMC installed"
+    )
+    parser.add_argument("--flowmc-training-loops", type=int, default=20)
+    parser.add_argument("--flowmc-production-loops", type=int, default=10)
+    parser.add_argument("--flowmc-local-steps", type=int, default=100)
+    parser.add_argument("--flowmc-global-steps", type=int, default=100)
+    parser.add_argument("--flowmc-epochs", type=int, default=20)
+    parser.add_argument("--flowmc-learning-rate", type=float, default=1e-3)
+    parser.add_argument("--no-flowmc", action="store_true", help="ours only")
+    parser.add_argument("--c2st-samples", type=int, default=10_000)
+    parser.add_argument("--c2st-threshold", type=float, default=0.52)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--verbose", action="store_true", help="tracebacks of failing methods")
@@ -790,9 +838,94 @@ def make_problem(name: str, args) -> Problem:
     return manywell_problem(dim, args.chains, args.seed)
 
 
+def slcp_flow(kind: str, seed: int):
+    """The proposal flows of ``--slcp``: ``default`` NSF(5) at its defaults, ``small`` a
+    coupling NSF of flowMC's RQSpline size."""
+    torch.manual_seed(seed)
+    if kind == "default":
+        return NSF(slcp.DIM)
+    return NSF(
+        slcp.DIM, coupling=True, transforms=4, hidden_features=(32, 32), bins=8, tail_bound=3.0
+    )
+
+
+def slcp_benchmark(args) -> None:
+    """Time to C2ST <= threshold on SLCP: ours (one row per flow) and flowMC (when available)."""
+    try:
+        import sklearn  # noqa: F401
+    except ImportError:
+        sys.exit("--slcp computes C2ST with scikit-learn: pip install scikit-learn")
+    try:
+        data, reference = slcp.observation(1), slcp.reference_samples(1)
+    except FileNotFoundError as error:
+        sys.exit(str(error))
+    reference = slcp.subsample(reference, args.c2st_samples, args.seed)
+    x0 = slcp.prior_draws(args.slcp_chains, args.seed)
+    print(
+        f"== SLCP (sbibm observation 1), {args.slcp_chains} chains from prior draws; C2ST of "
+        f"{len(reference)} samples each, threshold {args.c2st_threshold:g}"
+    )
+    options = dict(
+        seed=args.seed,
+        warmup=args.slcp_warmup,
+        production=args.slcp_production,
+        segments=args.slcp_segments,
+    )
+    outcomes = []
+    for kind in args.slcp_flows:
+        name = f"ours NSF {kind}"
+        try:
+            flow = slcp_flow(kind, args.seed)
+            outcomes.append(slcp.run_ours(name, flow, data, x0, options))
+        except Exception as exc:  # one failing method must not stop the benchmark
+            outcomes.append(slcp.Outcome(name, 0, 0, math.nan, None, [], [], failure=repr(exc)))
+    if not args.no_flowmc:
+        outcomes.append(run_flowmc_row(args, data, x0))
+    for outcome in outcomes:
+        if outcome.failure is None:
+            start = time.perf_counter()
+            slcp.time_to_threshold(outcome, reference, args.c2st_threshold, args.seed)
+            seconds = f"C2ST computed in {time.perf_counter() - start:.0f} s"
+            outcome.notes = f"{outcome.notes}; {seconds}" if outcome.notes else seconds
+    slcp.check_posterior(data, reference, outcomes)
+    slcp.print_table(outcomes, args.c2st_threshold)
+
+
+def run_flowmc_row(args, data, x0) -> slcp.Outcome:
+    """flowMC's row, or a failed row saying why (not installed: how to run it)."""
+    missing = slcp.flowmc_available(args.flowmc_python)
+    if missing is not None:
+        reason = f"{missing}; pip install flowmc (or pass --flowmc-python of a venv with it)"
+        return slcp.Outcome("flowMC", 0, 0, math.nan, None, [], [], failure=reason)
+    options = dict(
+        chains=args.slcp_chains,
+        training_loops=args.flowmc_training_loops,
+        production_loops=args.flowmc_production_loops,
+        local_steps=args.flowmc_local_steps,
+        global_steps=args.flowmc_global_steps,
+        epochs=args.flowmc_epochs,
+        learning_rate=args.flowmc_learning_rate,
+        seed=args.seed,
+    )
+    try:
+        return slcp.run_flowmc_method(args.flowmc_python, data, x0, options, args.threads)
+    except Exception as exc:
+        return slcp.Outcome("flowMC", 0, 0, math.nan, None, [], [], failure=str(exc)[-500:])
+
+
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
+    if args.slcp:
+        print(
+            f"normflows_sci SLCP benchmark | "
+            f"{', '.join(f'{p} {version(p)}' for p in ('torch', 'normflows_sci', 'scikit-learn'))} | "
+            f"threads={torch.get_num_threads()} seed={args.seed}"
+        )
+        monitor = OtherLoad()
+        slcp_benchmark(args)
+        report_load(monitor)
+        return
     if args.throughput:
         # Before JAX is imported: XLA's CPU thread pools follow --threads, as torch's do.
         os.environ.setdefault(
