@@ -456,3 +456,48 @@ def test_reverse_kl_training_and_importance_sampling_on_dw4():
     assert torch.isfinite(result.log_weights).all() and 1.0 <= result.ess <= 256
     assert math.isfinite(result.pareto_k)
     assert MeanFree(4, 2).center_of_mass(result.samples).abs().max() < 1e-5
+
+
+# ---------------------------------------------------------------- the LJ13 tutorial
+
+
+def _load_tutorial(name: str):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "tutorials" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"tutorial_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_lj13_tutorial_says_an_undertrained_flows_weights_are_unreliable(
+    tmp_path, monkeypatch, capsys
+):
+    """Two training steps leave the weights useless: the tutorial must say so in words next to
+    k-hat (not present the reweighted energy as an answer), keep the flow's density invariant and
+    write its figure only to ``out``, never to the working directory."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    result = _load_tutorial("particles_lj13").main(
+        mcmc_steps=20,
+        chains=8,
+        steps=2,
+        batch_size=16,
+        num_samples=8,
+        hidden=8,
+        layers=1,
+        ode_steps=2,
+        out=tmp_path / "out",
+        progress=False,
+    )
+    printed = capsys.readouterr().out
+    assert not result["reliable"]
+    assert "NOT reliable" in printed and "k-hat" in printed
+    assert result["invariance_error"] < 1e-4
+    assert result["figure"] == tmp_path / "out" / "lj13_histograms.png"
+    assert result["figure"].stat().st_size > 0
+    assert list(cwd.iterdir()) == []
