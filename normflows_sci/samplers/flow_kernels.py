@@ -12,6 +12,7 @@ References:
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -80,11 +81,11 @@ def _flow_proposal(flow, latent) -> tuple[Tensor, Tensor]:
         return x.reshape(len(latent), *flow.event_shape), log_q.reshape(len(latent))
 
 
-def _flow_log_prob(flow, x: Tensor) -> Tensor:
-    """``flow.log_prob(x)`` (no graph) at chain positions, which are finite by construction: a
+def _flow_log_prob(flow, x: Tensor, *, graph: bool = False) -> Tensor:
+    """``flow.log_prob(x)`` at chain positions, which are finite by construction: a
     :class:`~normflows_sci.flows.Flow`'s input checks are skipped (they would read the tensor
-    back to the host in every step)."""
-    with torch.no_grad():
+    back to the host in every step). Without a graph unless ``graph`` (flow training)."""
+    with torch.set_grad_enabled(graph):
         if _uses_flow_method(flow, "log_prob") and not flow.context_features:
             return flow._log_prob(x, None)
         return flow.log_prob(x)
@@ -207,6 +208,11 @@ class NeuTraHMC(HMC):
 
 
 class HybridState(NamedTuple):
+    """State of :class:`AdaptiveFlowMCMC`: the local kernel's state and the flow's log-density
+    ``log_q`` ``(chains,)`` at the chains. After a warm-up update of the flow with
+    ``local_steps >= 1``, ``log_q`` is NaN (not known): the next step evaluates the flow at the
+    chains after its local moves, so evaluating it at the updated flow would be wasted work."""
+
     local: tuple
     log_q: Tensor
 
@@ -341,16 +347,17 @@ class AdaptiveFlowMCMC(Kernel):
         local = state.local
         if self.local_steps:
             local = self.local.adapt(local, info.local_info, iteration, num_warmup, memory)
-        if self.train_steps:
-            data = self.local.position(local).detach()
-            for _ in range(self.train_steps):
-                self.optimizer.zero_grad(set_to_none=True)
-                loss = -self.flow.log_prob(data).mean()
-                loss.backward()
-                self.optimizer.step()
-            with torch.no_grad():
-                return HybridState(local, self.flow.log_prob(local.x))
-        return state._replace(local=local)
+        if not self.train_steps:
+            return state._replace(local=local)
+        data = self.local.position(local).detach()
+        for _ in range(self.train_steps):
+            self.optimizer.zero_grad(set_to_none=True)
+            loss = -_flow_log_prob(self.flow, data, graph=True).mean()
+            loss.backward()
+            self.optimizer.step()
+        if self.local_steps:  # the next step evaluates the flow after its local moves
+            return HybridState(local, torch.full_like(state.log_q, math.nan))
+        return HybridState(local, _flow_log_prob(self.flow, local.x))
 
     def state_dict(self) -> dict:
         out = {"flow": self.flow.state_dict()}
