@@ -224,7 +224,7 @@ def main(
         steps=steps,
         batch_size=batch_size,
         ot="equivariant",
-        learning_rate=1e-3,
+        learning_rate=2e-3,
         seed=seed,
         progress=progress,
     )
