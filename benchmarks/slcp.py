@@ -291,20 +291,29 @@ def run_flowmc_method(python: str, data, x0: np.ndarray, options: dict, threads:
 
 
 def time_to_threshold(outcome: Outcome, reference: np.ndarray, threshold: float, seed: int):
-    """C2ST (``len(reference)`` samples each) at the checkpoints in order until one reaches
-    ``threshold``, and at the last one; sets ``outcome.c2st`` and ``outcome.hit``."""
-    last = len(outcome.clock) - 1
-    for index, draws in enumerate(outcome.draws):
-        kept = outcome.samples[:draws]
-        if kept.size < reference.size:  # fewer samples than the reference: not comparable
-            continue
-        rows = subsample(kept, len(reference), seed)
-        outcome.c2st[index] = c2st(reference, rows)
-        if outcome.c2st[index] <= threshold:
-            outcome.hit = index
-            break
-    if last not in outcome.c2st and outcome.draws:
-        outcome.c2st[last] = c2st(reference, subsample(outcome.samples, len(reference), seed))
+    """C2ST (``len(reference)`` samples each) at the last checkpoint and, when it reaches
+    ``threshold``, bisection for the earliest checkpoint that does (C2ST is taken to fall as
+    samples accumulate; its noise can hide an earlier one). Checkpoints with fewer samples than
+    the reference are skipped. Sets ``outcome.c2st`` and ``outcome.hit``."""
+
+    def score(index: int) -> float:
+        if index not in outcome.c2st:
+            rows = subsample(outcome.samples[: outcome.draws[index]], len(reference), seed)
+            outcome.c2st[index] = c2st(reference, rows)
+        return outcome.c2st[index]
+
+    chains, needed = outcome.samples.shape[1], len(reference)
+    usable = [i for i, draws in enumerate(outcome.draws) if draws * chains >= needed]
+    if not usable or score(usable[-1]) > threshold:
+        return
+    low, high = 0, len(usable) - 1  # usable[high] reaches the threshold
+    while low < high:
+        middle = (low + high) // 2
+        if score(usable[middle]) <= threshold:
+            high = middle
+        else:
+            low = middle + 1
+    outcome.hit = usable[high]
 
 
 def check_posterior(data, reference: np.ndarray, outcomes: list[Outcome]) -> None:
