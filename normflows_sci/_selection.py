@@ -35,8 +35,13 @@ part; candidates are ranked by the row-weighted mean of the folds' best held-out
 median of its folds' best epoch counts (no rows left to stop on). Every fold and that refit take
 an equal share of what is left of the same ``max_time``. A candidate whose folds cannot all be
 trained in time is skipped (:class:`BudgetSpent`), except the first: a run whose share is spent
-still takes one optimiser step, so a fit always returns a model. Records then carry ``folds``.
-A validation table given by the user (``X_val``) is respected: no cross-validation.
+still takes one optimiser step, so a fit always returns a model. A first fold that trains until
+its share runs out (instead of stopping early) shows the budget is too small for K times the
+training: the fit then falls back to the one validation split (:class:`FoldsTooSlow`; the
+preprocessing stays the one fitted to all rows). On small tables, folds cut short by the clock
+chose worse than one split of fully trained candidates. Records of a cross-validated selection
+carry ``folds``. A validation table given by the user (``X_val``) is respected: no
+cross-validation.
 
 Selection is skipped (one candidate, the rule's size) when the user fixed the size
 (``transforms`` or ``hidden_features``), for the slow families (``tarflow``, ``cnf``), when there
@@ -78,7 +83,9 @@ __all__ = [
     "cv_mixture_components",
     "cv_record",
     "fold_score",
+    "used_up",
     "BudgetSpent",
+    "FoldsTooSlow",
 ]
 
 #: Network sizes ``(transforms, hidden_features)`` from small to large; the row-count rule picks
@@ -211,6 +218,11 @@ class BudgetSpent(Exception):
     could finish (a cross-validated candidate with folds left): the candidate is skipped."""
 
 
+class FoldsTooSlow(Exception):
+    """Raised when the first cross-validation fold trained until its share of the budget ran
+    out: the budget is too small to cross-validate, the fit uses one validation split."""
+
+
 def _best_validation(history: dict) -> float:
     finite = [v for v in history.get("val_loss", []) if math.isfinite(v)]
     return min(finite) if finite else math.inf
@@ -272,7 +284,7 @@ def select(
         record["components"] = history.pop("components", None)
         history.pop(_CV_FIELD, None)
         best = _ranked(best, result, history, record)
-        ran_out = extend is not None and share is not None and _used_up(history, share)
+        ran_out = extend is not None and share is not None and used_up(history, share)
     if best is None:
         raise first_error
     remaining = budget.share(1)
@@ -306,8 +318,11 @@ def _ranked(best: tuple | None, result, history: dict, record: dict) -> tuple:
     return (score, result, history, record) if best is None or score < best[0] else best
 
 
-def _used_up(history: dict, share: float) -> bool:
-    """Whether a run trained until its time share ran out (rather than stopping early)."""
+def used_up(history: dict, share: float | None) -> bool:
+    """Whether a run trained until its time ``share`` ran out (rather than stopping early; never
+    without a share)."""
+    if share is None:
+        return False
     times = history.get("time") or [0.0]
     return share > 0 and times[-1] >= USED_UP * share
 

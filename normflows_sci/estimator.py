@@ -54,6 +54,7 @@ from normflows_sci._selection import (
     Budget,
     BudgetSpent,
     Candidate,
+    FoldsTooSlow,
     GaussianMixtureBase,
     candidates_for,
     check_selection,
@@ -63,6 +64,7 @@ from normflows_sci._selection import (
     fit_mixture_base,
     fold_score,
     select,
+    used_up,
 )
 from normflows_sci._tabular import FLOWS as TABLE_FLOWS
 from normflows_sci._tabular import (
@@ -427,7 +429,10 @@ class DensityEstimator:
         At the default size (``transforms`` and ``hidden_features`` None) three network sizes
         are trained within the one ``max_time`` budget and the best on the validation rows is
         kept (``selection_``; see ``transforms``). A checkpointed run, or one under
-        ``torch.distributed``, trains one size.
+        ``torch.distributed``, trains one size. Without ``X_val``, tables under ``CV_MAX_ROWS``
+        rows rank the sizes by K-fold cross-validation over all rows and refit the chosen one on
+        all of them (one split instead when the budget cuts the first fold short; see
+        ``normflows_sci._selection``).
 
         Args:
             X: ``(n, d)`` training table (numbers, and labels in categorical columns).
@@ -457,41 +462,50 @@ class DensityEstimator:
             select=val is not None and checkpoint is None and not _distributed(),
             mixture=not layout.context_columns and not any(layout.discrete),
         )
-        folds = None
-        if X_val is None and len(candidates) > 1 and len(train) + len(val) < CV_MAX_ROWS:
-            # A few dozen validation rows rank the candidates by noise: cross-validate on all
-            # (a validation table of the user's is theirs to choose: it is kept).
-            train, val = np.vstack([train, val]), None
-            folds = cv_folds(len(train), seed)
+        # A few dozen validation rows rank the candidates by noise: cross-validate on all rows
+        # (a validation table of the user's is theirs to choose: it is kept).
+        cross = X_val is None and len(candidates) > 1 and len(train) + len(val) < CV_MAX_ROWS
+        rows = np.vstack([train, val]) if cross else train
         if categories is not None:  # the categories' factor is fitted to the training rows only
-            dummies = train[:, len(categories.numeric_columns) :]
+            dummies = rows[:, len(categories.numeric_columns) :]
             categories = categories.fitted(categories.codes_from_dummies(dummies))
         network = self._network_size(candidates[0])
+        held_out = None if cross else val
         spec, statistics = plan_table(
-            layout, train, val, network=network, heavy_tails=self.heavy_tails, frame=is_frame
+            layout, rows, held_out, network=network, heavy_tails=self.heavy_tails, frame=is_frame
         )
         fingerprint = fit_fingerprint(self.get_params(), values, names, val)
         run = dict(checkpoint=checkpoint, resume=resume, fingerprint=fingerprint)
-        problem = (spec, statistics, train, val, seed, run)
-        if folds is not None:
-            (model, spec), history, records = self._select_by_folds(
-                candidates, problem, folds, budget
+        fitted = None
+        if cross:
+            folds, problem = cv_folds(len(rows), seed), (spec, statistics, rows, None, seed, run)
+            try:
+                fitted = self._select_by_folds(candidates, problem, folds, budget)
+            except FoldsTooSlow:
+                pass  # the budget cannot train every fold: one split (same preprocessing)
+        if fitted is None:
+            fitted = self._select_on_split(
+                candidates, (spec, statistics, train, val, seed, run), budget
             )
-        else:
-            (model, spec), history, records = select(
-                candidates,
-                lambda size, share: self._fit_candidate(size, share, problem),
-                budget,
-                extend=None
-                if len(train) < EXTEND_MIN_ROWS
-                else partial(self._train_more, problem=problem),
-            )
+        (model, spec), history, records = fitted
         self.flow_, self.spec_, self.history_ = model, spec, history
         self.categories_ = categories
         self.selection_ = records
         self.fit_time_ = budget.clock() - budget.start
-        self._report(validated=val is not None or folds is not None)
+        self._report()
         return self
+
+    def _select_on_split(self, candidates, problem: tuple, budget: Budget) -> tuple:
+        """``select`` ranking the candidates on the validation rows of ``problem``; a size that
+        needs the whole budget gets it from ``EXTEND_MIN_ROWS`` training rows."""
+        return select(
+            candidates,
+            lambda size, share: self._fit_candidate(size, share, problem),
+            budget,
+            extend=None
+            if len(problem[2]) < EXTEND_MIN_ROWS
+            else partial(self._train_more, problem=problem),
+        )
 
     def _select_by_folds(self, candidates, problem: tuple, folds: list, budget: Budget) -> tuple:
         """``select`` ranking the candidates by K-fold cross-validation over all the rows of
@@ -503,6 +517,9 @@ class DensityEstimator:
 
         Returns:
             ``((model, spec), refit history, records)`` (records with ``folds``).
+
+        Raises:
+            FoldsTooSlow: the first fold trained until its share ran out.
         """
         spec, statistics, rows, _, seed, run = problem
         with torch.random.fork_rng(devices=[]):  # only its preprocessing is used
@@ -525,6 +542,8 @@ class DensityEstimator:
                 fold = (spec, statistics, rows[train], rows[held_out], seed, run)
                 history = self._fit_candidate(candidate, share, fold, components)[1]
                 scores.append(fold_score(history, len(held_out)))
+                if not (index or j) and used_up(history, share):
+                    raise FoldsTooSlow  # every fold would be cut short by the clock
             return (candidate, components), dict(cv_record(scores), components=components)
 
         (candidate, components), history, records = select(
@@ -731,13 +750,13 @@ class DensityEstimator:
             **run,
         )
 
-    def _report(self, *, validated: bool) -> None:
+    def _report(self) -> None:
         """The summary line of a verbose fit."""
         history = self.history_
         if not (self.verbose and history["epoch"]):
             return
-        best = self.info()["best_validation_nll"] if validated else None
-        best = math.nan if best is None else best  # cross-validated: the chosen record's
+        best = self.info()["best_validation_nll"]  # cross-validated: the chosen record's
+        best = math.nan if best is None else best
         print(
             f"fitted {self.spec_.flow} in {self.fit_time_:.1f} s, {history['epoch'][-1]} epochs; "
             f"validation NLL {best:.4f} nats/row"

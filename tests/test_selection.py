@@ -457,3 +457,25 @@ def test_cross_validation_of_mixed_integer_and_conditional_tables(tmp_path, kind
     loaded = DensityEstimator.load(est.save(tmp_path / "model.nfs"))
     assert loaded.info() == est.info()
     np.testing.assert_array_equal(loaded.score_samples(X[:10]), est.score_samples(X[:10]))
+
+
+def test_folds_cut_short_by_the_clock_fall_back_to_one_validation_split(monkeypatch):
+    # The first fold trains until its share runs out: every fold would be cut short, so the fit
+    # ranks the candidates on one validation split with the rest of the same budget.
+    clock = FakeClock()
+    monkeypatch.setattr(estimator, "Budget", lambda t: Budget(t, clock))
+    calls = []
+    train = _fake_train(calls)
+
+    def clocked(self, model, spec, rows, seed, run):
+        history = train(self, model, spec, rows, seed, run)
+        clock.now += run["max_time"]
+        history["time"] = [run["max_time"]] * len(history["epoch"])  # stopped by the clock
+        return history
+
+    monkeypatch.setattr(DensityEstimator, "_train", clocked)
+    runs = 4 * CV_FOLDS + 1
+    records = DensityEstimator(max_time=100.0 * runs, **FAST).fit(_table()).info()["selection"]
+    assert len(records) == 4 and all("folds" not in r for r in records)
+    assert [(c["train"], c["val"]) for c in calls] == [(192, 48)] + [(216, 24)] * 4
+    assert calls[0]["max_time"] == 100.0 and clock.now == 100.0 * runs
