@@ -7,7 +7,7 @@ Run from the repository root::
     python benchmarks/bench_samplers.py --quick     # smoke run (about 1.5 min)
     python benchmarks/bench_samplers.py --problems mixture-50d --chains 1024 --threads 2
     python benchmarks/bench_samplers.py --throughput  # MALA/HMC chain-steps/s vs blackjax (~5 min)
-    python benchmarks/bench_samplers.py --slcp        # SLCP time to C2ST <= 0.52 vs flowMC (~10 min)
+    python benchmarks/bench_samplers.py --slcp        # SLCP time to C2ST <= 0.52 vs flowMC (~15 min, C2ST most of it)
 
 Targets (all with exactly known mode weights):
 
