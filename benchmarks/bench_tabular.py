@@ -368,7 +368,8 @@ def selection_note(records: list[dict]) -> str:
             size += f" on {r['components']}-Gaussian base"
         nll = "skipped" if r["validation_nll"] is None else f"{r['validation_nll']:.3f}"
         parts.append(f"{'*' if r['status'] == 'chosen' else ''}{size} {nll}")
-    return "sizes " + ", ".join(parts)
+    folds = records[0].get("folds")  # cross-validated: the NLLs are the folds' means
+    return f"{f'{folds}-fold CV ' if folds else ''}sizes " + ", ".join(parts)
 
 
 def heavy_note(info: dict) -> list[str]:
