@@ -324,7 +324,7 @@ def _fake_train(calls, losses=lambda call: _history([1.0])):
     return train
 
 
-def test_small_tables_cross_validate_unless_large_or_given_validation_rows(monkeypatch):
+def test_small_tables_cross_validate_unless_large_or_given_validation_rows(monkeypatch, tmp_path):
     calls = []
     monkeypatch.setattr(DensityEstimator, "_train", _fake_train(calls))
     X = _table(rows=240)
@@ -338,6 +338,14 @@ def test_small_tables_cross_validate_unless_large_or_given_validation_rows(monke
         calls.clear()
         records = fit(DensityEstimator(**FAST)).info()["selection"]
         assert all("folds" not in r for r in records) and len(calls) == len(records) == 4
+    # A fixed size or a checkpointed (resumable) run is one model: nothing to cross-validate.
+    for fit in (
+        lambda: DensityEstimator(transforms=4, **FAST).fit(X),
+        lambda: DensityEstimator(**FAST).fit(X, checkpoint=tmp_path / "run.ckpt"),
+    ):
+        calls.clear()
+        records = fit().info()["selection"]
+        assert len(records) == len(calls) == 1 and "folds" not in records[0]
 
 
 # Per candidate (in the order tried), per fold: the best held-out NLL and its epoch. "mixture"
