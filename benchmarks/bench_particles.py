@@ -3,7 +3,7 @@
 Run from the repository root::
 
     python benchmarks/bench_particles.py --quick           # smoke run (about a minute)
-    python benchmarks/bench_particles.py                    # about 30 CPU-minutes per system
+    python benchmarks/bench_particles.py                    # 10-15 CPU-minutes per system
     python benchmarks/bench_particles.py --systems dw4 --steps 3000 --out DIR
 
 Data: the parallel-tempering reference of ``benchmarks/particle_reference.py`` (loaded from its
@@ -13,8 +13,8 @@ run samples a small reference in memory when none is cached). The chains are spl
 
 Models, trained the same way (conditional flow matching on the reference samples with minibatch
 optimal-transport pairs, same steps, batch, learning rate and schedule, ``fit_flow_matching``;
-the defaults per system are in ``TRAINING``, chosen to spend about 30 CPU-minutes per system on
-training and evaluating both models):
+the defaults per system are in ``TRAINING``: 10-15 CPU-minutes per system on one thread for
+training and evaluating both models, most of it the equivariant model's):
 
 * ``equivariant``: ``normflows_sci.flows.particle_flow`` (E(n)-equivariant graph network velocity,
   mean-free base), with equivariant OT pairs (``ot="equivariant"``); skipped, with a note, when
@@ -406,9 +406,9 @@ def run_system(system: str, args, out: Path) -> list[Result]:
     return results
 
 
-# Per-system training settings (quick, full). Full: about 30 CPU-minutes per system for both
-# models, training and evaluation, on one thread. Flow matching needs no ODE solve, so its steps
-# are cheap. The peak learning rate matters most: with the cosine schedule, 1500 steps of batch
+# Per-system training settings (quick, full). Full: 10-15 CPU-minutes per system for both
+# models, training and evaluation, on one thread (a budget of 30 leaves room for more steps).
+# Flow matching needs no ODE solve, so its steps are cheap. The peak learning rate matters most: with the cosine schedule, 1500 steps of batch
 # 256 on DW4 gave ESS 2% (5e-4), 14% (1e-3), 43% (2e-3) and 46% (4e-3, k-hat higher); on LJ13
 # 600 steps of batch 128 ended at a lower flow-matching loss with 2e-3 than with 1e-3.
 # Equivariant OT costs batch^2 particle alignments per step (LJ13: 13 x 13 scipy assignments),
