@@ -518,3 +518,43 @@ def test_compile_setting_is_validated(ala):
     energy.compile = "yes"
     with pytest.raises(ValueError, match=r"compile must be True, False or 'auto', got 'yes'"):
         energy.energy_and_force(ala.positions)
+
+
+def test_fused_torsion_series_matches_openmm_and_eager_path():
+    """The fused kernel sums each quadruplet's Fourier terms into one cosine series in phi
+    (angle addition, no atan2): periodicities 1..6 (several on one quadruplet), odd phases and
+    collinear atoms (phi undefined: both paths take phi = 0) must match OpenMM and the eager path."""
+    system = openmm.System()
+    for _ in range(5):
+        system.addParticle(12.0)
+    torsion = openmm.PeriodicTorsionForce()
+    for order, phase, k in ((1, 1.0, 5.0), (3, -0.4, 2.0), (6, 2.5, 0.7), (4, 0.3, 1.1)):
+        torsion.addTorsion(0, 1, 2, 3, order, phase, k)
+    torsion.addTorsion(1, 2, 3, 4, 2, 0.9, 3.0)
+    torsion.addTorsion(1, 2, 3, 4, 5, -1.7, 0.5)
+    system.addForce(torsion)
+    energy = OpenMMEnergy(system)
+    x = torch.randn(16, 15, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    straight = torch.tensor([[0.0, 0, 0, 0.1, 0, 0, 0.2, 0, 0, 0.2, 0.1, 0, 0.3, 0.1, 0.1]])
+    x = torch.cat([x, straight.double()])
+    u, grad = energy._fused_block(energy._positions(x))
+    grad = grad.permute(2, 1, 0).reshape(x.shape)
+    energies, forces = reference(system, x[:16])
+    assert relative(u[:16], energies).max() < 1e-12
+    assert relative(-grad[:16], forces).max() < 1e-10
+    terms, eager_grad = energy._evaluate(x, True)
+    assert torch.allclose(u, terms["torsion"], rtol=1e-12, atol=0)
+    assert torch.isfinite(grad).all() and relative(grad, eager_grad).max() < 1e-10
+
+
+@pytest.mark.parametrize("order", [0, -2])
+def test_nonpositive_torsion_periodicity_is_refused(order):
+    """OpenMM's own Context refuses it; evaluating it anyway would be a System OpenMM never runs."""
+    system = openmm.System()
+    for _ in range(4):
+        system.addParticle(12.0)
+    torsion = openmm.PeriodicTorsionForce()
+    torsion.addTorsion(0, 1, 2, 3, order, 0.3, 1.0)
+    system.addForce(torsion)
+    with pytest.raises(ValueError, match=rf"term 0 \(0, 1, 2, 3\).*positive integer, got {order}"):
+        OpenMMEnergy(system)

@@ -181,6 +181,28 @@ def _indices(values, width: int) -> Tensor:
     return torch.as_tensor(np.asarray(values, dtype=np.int64).reshape(-1, width).T.copy())
 
 
+_SERIES = ("cos", "sin", "dcos", "dsin")
+
+
+def _cosine_series(
+    cosine: Tensor, sine: Tensor, a: Tensor, b: Tensor, ma: Tensor, mb: Tensor
+) -> tuple[Tensor, Tensor]:
+    """``f = sum_m a_m cos(m phi) + b_m sin(m phi)`` and ``df/dphi`` from ``cos(phi)``,
+    ``sin(phi)`` (each ``(terms, batch)``); ``a, b, ma = m a, mb = m b`` are ``(m, terms, 1)``,
+    ``m = 1..len(a)``. Multiple angles by angle addition: only multiplications and additions."""
+    value = torch.addcmul(a[0] * cosine, b[0], sine)
+    slope = torch.addcmul(mb[0] * cosine, ma[0], sine, value=-1)
+    cos_m, sin_m = cosine, sine
+    for m in range(1, a.shape[0]):
+        cos_m, sin_m = (
+            torch.addcmul(cos_m * cosine, sin_m, sine, value=-1),
+            torch.addcmul(sin_m * cosine, cos_m, sine),
+        )
+        value = value + torch.addcmul(a[m] * cos_m, b[m], sin_m)
+        slope = slope + torch.addcmul(mb[m] * cos_m, ma[m], sin_m, value=-1)
+    return value, slope
+
+
 # ------------------------------------------------------------------------- force-field parsing
 
 
@@ -217,6 +239,11 @@ def _read_torsions(forces) -> dict[str, np.ndarray]:
     for force in forces:
         for term in range(force.getNumTorsions()):
             i, j, m, n, order, delta, kt = force.getTorsionParameters(term)
+            if order < 1:  # an OpenMM Context refuses such a System too
+                raise ValueError(
+                    f"PeriodicTorsionForce term {term} ({i}, {j}, {m}, {n}): periodicity must be "
+                    f"a positive integer, got {order}"
+                )
             quads.append((i, j, m, n))
             periodicity.append(float(order))
             phase.append(_strip(delta, unit.radian))
@@ -394,6 +421,7 @@ class OpenMMEnergy(Energy):
             )
             self.register_buffer("torsion_term_to_quad", torch.as_tensor(torsions["term_to_quad"]))
             self.register_buffer("torsion_k_total", torch.tensor(k.sum(), dtype=torch.float64))
+            self._add_torsion_series(torsions, len(torsions["atoms"]))
         if by_type["NonbondedForce"]:
             parts = [_read_nonbonded(f, num_atoms, openmm) for f in by_type["NonbondedForce"]]
             fused = {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
@@ -409,15 +437,41 @@ class OpenMMEnergy(Energy):
 
         # The fused path gathers every term's atoms with one index_select and assembles the
         # gradient with one index_add_ over the same slots (see _fused_block).
-        # Torsions there run per Fourier term (a few quadruplets twice): every term is then one
-        # elementwise pass, with no gather/scatter between quadruplets and terms.
+        # Torsions there run per quadruplet, its Fourier terms summed into one cosine series
+        # (see _add_torsion_series): no transcendental functions and no gather/scatter between
+        # quadruplets and terms.
         slots = [self._fused_term_atoms(term).reshape(-1) for term in self._terms]
         self.register_buffer("fused_atoms", torch.cat(slots) if slots else torch.zeros(0).long())
 
     def _fused_term_atoms(self, term: str) -> Tensor:
         """``(width, terms)`` atom indices of a term type in the fused kernel."""
-        atoms = getattr(self, f"{term}_atoms")
-        return atoms[:, self.torsion_term_to_quad] if term == "torsion" else atoms
+        return getattr(self, f"{term}_atoms")
+
+    def _add_torsion_series(self, torsions: dict, num_quads: int) -> None:
+        """Each quadruplet's Fourier terms as one cosine series in its dihedral angle.
+
+        ``sum_t k_t (1 + cos(n_t phi - delta_t)) = c + sum_m a_m cos(m phi) + b_m sin(m phi)``
+        over ``m = 1..max n_t``, so the fused kernel needs only ``cos(phi)`` and ``sin(phi)`` of
+        each quadruplet (no atan2, cos or sin) and builds ``cos(m phi)``, ``sin(m phi)`` by angle
+        addition. Buffers (not saved in state dicts, rebuilt from the System):
+        ``torsion_series_cos``/``_sin`` ``(m, quads, 1)`` hold ``a_m``/``b_m``,
+        ``torsion_series_dcos``/``_dsin`` hold ``m a_m``/``m b_m``; ``c`` is ``torsion_k_total``.
+        """
+        order = np.asarray(torsions["periodicity"], dtype=np.int64) - 1  # >= 0, see reader
+        k = np.asarray(torsions["k"], dtype=np.float64)
+        phase = np.asarray(torsions["phase"], dtype=np.float64)
+        size = int(order.max(initial=0)) + 1
+        cosine = np.zeros((size, num_quads, 1))
+        sine = np.zeros((size, num_quads, 1))
+        # k cos(n phi - delta) = k cos(delta) cos(n phi) + k sin(delta) sin(n phi)
+        np.add.at(cosine, (order, torsions["term_to_quad"], 0), k * np.cos(phase))
+        np.add.at(sine, (order, torsions["term_to_quad"], 0), k * np.sin(phase))
+        multiple = np.arange(1, size + 1, dtype=np.float64).reshape(-1, 1, 1)
+        series = {"cos": cosine, "sin": sine, "dcos": multiple * cosine, "dsin": multiple * sine}
+        for name, values in series.items():
+            self.register_buffer(
+                f"torsion_series_{name}", torch.as_tensor(values), persistent=False
+            )
 
     def _add(self, term: str, atoms: np.ndarray, **parameters) -> None:
         """Register the atom indices ``(width, terms)`` and parameter columns of one term type."""
@@ -590,17 +644,21 @@ class OpenMMEnergy(Energy):
         n1, n2 = _cross(b1, b2), _cross(b2, b3)
         b2_squared = _dot(b2, b2)
         b2_norm = b2_squared.sqrt()
-        phi = torch.atan2(b2_norm * _dot(b1, n2), _dot(n1, n2))
-        k, periodicity, phase, k_periodicity = self._term_parameters(
-            "torsion", phi, "k", "periodicity", "phase", "k_periodicity"
-        )
-        argument = torch.addcmul(-phase, periodicity, phi)
-        energy = (k * torch.cos(argument)).sum(0) + self.torsion_k_total.to(phi)
-        dphi = -k_periodicity * torch.sin(argument)  # dU/dphi of each Fourier term
-        tiny = _floor(phi)
+        n1_squared, n2_squared = _dot(n1, n1), _dot(n2, n2)
+        # cos(phi), sin(phi) = (n1 . n2, |b2| b1 . n2) / (|n1| |n2|); phi = 0 where undefined
+        # (collinear atoms), like atan2(0, 0) on the per-term path.
+        product = n1_squared * n2_squared
+        defined = product > 0
+        inverse = torch.where(defined, product, 1.0).rsqrt()
+        cosine = torch.where(defined, _dot(n1, n2) * inverse, 1.0)
+        sine = torch.where(defined, b2_norm * _dot(b1, n2) * inverse, 0.0)
+        series = self._term_parameters("torsion", cosine, *(f"series_{n}" for n in _SERIES))
+        energy, dphi = _cosine_series(cosine, sine, *series)
+        energy = energy.sum(0) + self.torsion_k_total.to(cosine)
+        tiny = _floor(cosine)
         weighted = dphi * b2_norm
-        gi = _scale(n1, -weighted / _dot(n1, n1).clamp_min(tiny))
-        gl = _scale(n2, weighted / _dot(n2, n2).clamp_min(tiny))
+        gi = _scale(n1, -weighted / n1_squared.clamp_min(tiny))
+        gl = _scale(n2, weighted / n2_squared.clamp_min(tiny))
         inv_b2 = b2_squared.clamp_min(tiny).reciprocal()
         p, q = _dot(b1, b2) * inv_b2, _dot(b3, b2) * inv_b2
         one_p, one_q = 1 + p, 1 + q
