@@ -33,7 +33,7 @@ def test_bounded_column_density_integrates_to_one():
         scores = est.score_samples(rows)
     assert np.isneginf(scores[[1, 2]]).all() and np.isfinite(scores[[0, 3]]).all()
     np.testing.assert_array_equal(scores[[0, 3]], est.score_samples(rows[[0, 3]]))
-    with pytest.raises(ValueError, match="row 1 of X .* above its upper bound"):
+    with pytest.raises(ValueError, match=r"row 1 of X .* above its upper bound"):
         est.score_samples(rows, strict=True)
 
 
