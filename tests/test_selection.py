@@ -64,10 +64,9 @@ def test_max_time_bounds_the_whole_selection_not_each_candidate():
         assert len(sizes) == 3 and all(end <= budget.max_time for end in ends)
 
 
-def test_fit_charges_the_selection_to_one_budget(monkeypatch):
-    # A clock that reads 0 until the first candidate has its share, then much later: the budget
-    # is spent, so the others are skipped instead of each getting the budget of its own. (A
-    # table large enough for one validation split; small ones cross-validate, tested below.)
+def _late_clock_and_training_spy(monkeypatch) -> list:
+    """A fit clock that reads 0 twice, then far past any budget; returns the list every training
+    run's ``max_time`` is appended to."""
     readings = iter([0.0, 0.0])
     monkeypatch.setattr(estimator, "Budget", lambda t: Budget(t, lambda: next(readings, 1e9)))
     shares = []
@@ -78,6 +77,14 @@ def test_fit_charges_the_selection_to_one_budget(monkeypatch):
         return train(self, model, spec, rows, seed, run)
 
     monkeypatch.setattr(DensityEstimator, "_train", spy)
+    return shares
+
+
+def test_fit_charges_the_selection_to_one_budget(monkeypatch):
+    # A clock that reads 0 until the first candidate has its share, then much later: the budget
+    # is spent, so the others are skipped instead of each getting the budget of its own. (A
+    # table large enough for one validation split; small ones cross-validate, tested below.)
+    shares = _late_clock_and_training_spy(monkeypatch)
     est = DensityEstimator(max_time=4000.0, **FAST).fit(_table(rows=CV_MAX_ROWS + 100))
     assert shares == [1000.0]  # a quarter of the budget: four candidates
     statuses = [r["status"] for r in est.info()["selection"]]
@@ -430,16 +437,7 @@ def test_cross_validation_shares_one_budget_between_every_fold_and_the_refit(mon
 def test_cross_validation_with_the_budget_spent_still_fits_the_first_candidate(monkeypatch):
     # The clock jumps past the budget as the first fold starts: no run may be given a zero time
     # limit (training refuses it); the first candidate's folds and refit take one step each.
-    readings = iter([0.0, 0.0])
-    monkeypatch.setattr(estimator, "Budget", lambda t: Budget(t, lambda: next(readings, 1e9)))
-    shares = []
-    train = DensityEstimator._train
-
-    def spy(self, model, spec, rows, seed, run):
-        shares.append(run["max_time"])
-        return train(self, model, spec, rows, seed, run)
-
-    monkeypatch.setattr(DensityEstimator, "_train", spy)
+    shares = _late_clock_and_training_spy(monkeypatch)
     est = DensityEstimator(max_time=4000.0, **FAST).fit(_table())
     assert shares == [0.0] * (CV_FOLDS + 1)
     statuses = [r["status"] for r in est.info()["selection"]]
