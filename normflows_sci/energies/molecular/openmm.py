@@ -183,6 +183,14 @@ def _indices(values, width: int) -> Tensor:
 
 _SERIES = ("cos", "sin", "dcos", "dsin")
 
+# Fused kernel: per term type, the (atom slot, gradient piece, sign) of each contribution.
+_FUSED_PIECES = {
+    "bond": ((0, 0, -1.0), (1, 0, 1.0)),  # piece g = dU/dx_j
+    "angle": ((0, 0, 1.0), (1, 0, -1.0), (1, 1, -1.0), (2, 1, 1.0)),  # gi, gk
+    "torsion": ((0, 0, 1.0), (1, 1, 1.0), (2, 2, 1.0), (3, 3, 1.0)),
+    "nonbonded": ((0, 0, -1.0), (1, 0, 1.0)),  # piece g = dU/dx_j
+}
+
 
 def _cosine_series(
     cosine: Tensor, sine: Tensor, a: Tensor, b: Tensor, ma: Tensor, mb: Tensor
@@ -436,12 +444,35 @@ class OpenMMEnergy(Energy):
             )
 
         # The fused path gathers every term's atoms with one index_select and assembles the
-        # gradient with one index_add_ over the same slots (see _fused_block).
+        # gradient with one index_add_ per component over the same slots (see _fused_block).
         # Torsions there run per quadruplet, its Fourier terms summed into one cosine series
         # (see _add_torsion_series): no transcendental functions and no gather/scatter between
         # quadruplets and terms.
         slots = [self._fused_term_atoms(term).reshape(-1) for term in self._terms]
         self.register_buffer("fused_atoms", torch.cat(slots) if slots else torch.zeros(0).long())
+        self._add_fused_pieces()
+
+    def _add_fused_pieces(self) -> None:
+        """Where each gradient piece of the fused kernel goes (see ``_FUSED_PIECES``).
+
+        Buffers (rebuilt from the System, not saved in state dicts), one entry per contribution:
+        ``fused_target`` the atom, ``fused_piece`` the row of the concatenated pieces and
+        ``fused_sign`` ``(contributions, 1)`` +1 or -1.
+        """
+        targets, pieces, signs, offset = [], [], [], 0
+        for term in self._terms:
+            atoms = self._fused_term_atoms(term)
+            count = atoms.shape[1]
+            for slot, piece, sign in _FUSED_PIECES[term]:
+                targets.append(atoms[slot])
+                pieces.append(offset + piece * count + torch.arange(count))
+                signs.append(torch.full((count,), sign, dtype=torch.float64))
+            offset += (1 + max(piece for _, piece, _ in _FUSED_PIECES[term])) * count
+        empty = torch.zeros(0, dtype=torch.long)
+        self.register_buffer("fused_target", torch.cat(targets) if targets else empty, False)
+        self.register_buffer("fused_piece", torch.cat(pieces) if pieces else empty, False)
+        signs = torch.cat(signs) if signs else empty.double()
+        self.register_buffer("fused_sign", signs.reshape(-1, 1), persistent=False)
 
     def _fused_term_atoms(self, term: str) -> Tensor:
         """``(width, terms)`` atom indices of a term type in the fused kernel."""
@@ -611,10 +642,11 @@ class OpenMMEnergy(Energy):
 
     # ------------------------------------------------------------------ fused evaluation
     # The same formulas as the per-term evaluators above, arranged for speed: one gather of every
-    # term's atoms, per-slot gradient pieces (signs folded into per-term factors) and one
-    # index_add_ of all of them, with no in-place updates, so torch.compile can fuse the lot.
-    # Each _fused_<term> takes the gathered vectors of its slots and returns its energy (batch,)
-    # in kJ/mol and one gradient piece per slot, in the order of ``fused_atoms``.
+    # term's atoms, gradient pieces and one index_add_ of them per component, with no in-place
+    # updates, so torch.compile can fuse the lot. Each _fused_<term> takes the gathered vectors of
+    # its slots and returns its energy (batch,) in kJ/mol and its gradient pieces; _FUSED_PIECES
+    # says which piece, with which sign, each slot receives (a piece shared by two slots, e.g.
+    # +g and -g of a pair, is computed and stored once).
 
     def _fused_bond(self, xi: Vector, xj: Vector) -> tuple[Tensor, list[Vector]]:
         d = difference(xj, xi)
@@ -623,7 +655,7 @@ class OpenMMEnergy(Energy):
         stretch = r - r0
         force_constant = k * stretch
         factor = force_constant / r.clamp_min(_floor(r))
-        return 0.5 * (force_constant * stretch).sum(0), [_scale(d, -factor), _scale(d, factor)]
+        return 0.5 * (force_constant * stretch).sum(0), [_scale(d, factor)]
 
     def _fused_angle(self, xi: Vector, xj: Vector, xk: Vector) -> tuple[Tensor, list[Vector]]:
         u, v = difference(xi, xj), difference(xk, xj)
@@ -636,8 +668,7 @@ class OpenMMEnergy(Energy):
         scaled = _scale(normal, torque / sine.clamp_min(_floor(sine)))
         gi = _scale(_cross(u, scaled), _dot(u, u).reciprocal())
         gk = _scale(_cross(scaled, v), _dot(v, v).reciprocal())
-        gj = tuple(-(a + c) for a, c in zip(gi, gk))
-        return 0.5 * (torque * bend).sum(0), [gi, gj, gk]
+        return 0.5 * (torque * bend).sum(0), [gi, gk]  # the middle atom gets -(gi + gk)
 
     def _fused_torsion(self, xi, xj, xk, xl) -> tuple[Tensor, list[Vector]]:
         b1, b2, b3 = difference(xj, xi), difference(xk, xj), difference(xl, xk)
@@ -677,7 +708,7 @@ class OpenMMEnergy(Energy):
         energy = torch.addcmul(-dispersion, repulsion, inv_r6) * inv_r6 + electrostatic
         radial = torch.addcmul(dispersion6, repulsion12, inv_r6, value=-1)
         radial = (radial * inv_r6 - electrostatic) * inv_r2
-        return energy.sum(0), [_scale(d, -radial), _scale(d, radial)]
+        return energy.sum(0), [_scale(d, radial)]
 
     def _fused_block(self, positions: Tensor) -> tuple[Tensor, Tensor]:
         """``U`` in kJ/mol ``(batch,)`` and ``dU/dpositions`` ``(3, N, batch)`` of positions laid
@@ -705,8 +736,14 @@ class OpenMMEnergy(Energy):
         if not pieces:
             return energy, torch.zeros_like(positions)
         zeros = positions.new_zeros(positions.shape[1:])
+        sign = self.fused_sign.to(positions)
+        # The per-slot selection and sign fuse into the scatter loop (no copy of the pieces).
         grad = [
-            zeros.index_add(0, self.fused_atoms, torch.cat([piece[c] for piece in pieces]))
+            zeros.index_add(
+                0,
+                self.fused_target,
+                torch.cat([piece[c] for piece in pieces]).index_select(0, self.fused_piece) * sign,
+            )
             for c in range(3)
         ]
         return energy, torch.stack(grad)
