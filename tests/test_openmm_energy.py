@@ -483,6 +483,9 @@ def test_compiled_path_is_used_after_compile_after_configs(ala, monkeypatch):
     leaf = x.clone().requires_grad_(True)
     energy.energy(leaf).sum().backward()
     assert kernel.calls == 4 and relative(-leaf.grad, expected_force).max() < 1e-10
+    # One block (no cat): the kernel's transposed force view is returned contiguous.
+    u, force = energy.energy_and_force(x[:16])
+    assert force.is_contiguous() and relative(force, expected_force[:16]).max() < 1e-10
     # Copies and pickles drop the kernels (a compiled function is neither) and still evaluate.
     for clone in (copy.deepcopy(energy), pickle.loads(pickle.dumps(energy))):
         assert not clone._compiled.kernels
