@@ -699,12 +699,13 @@ class OpenMMEnergy(Energy):
 
     def _fused_nonbonded(self, xi: Vector, xj: Vector) -> tuple[Tensor, list[Vector]]:
         d = difference(xj, xi)
-        inv_r2 = _dot(d, d).reciprocal()
+        inv_r = _dot(d, d).rsqrt()  # one square root and one division per pair
+        inv_r2 = inv_r * inv_r
         inv_r6 = inv_r2 * inv_r2 * inv_r2
         repulsion, dispersion, coulomb, dispersion6, repulsion12 = self._term_parameters(
             "nonbonded", inv_r2, "repulsion", "dispersion", "coulomb", "dispersion6", "repulsion12"
         )
-        electrostatic = coulomb * inv_r2.sqrt()
+        electrostatic = coulomb * inv_r
         energy = torch.addcmul(-dispersion, repulsion, inv_r6) * inv_r6 + electrostatic
         radial = torch.addcmul(dispersion6, repulsion12, inv_r6, value=-1)
         radial = (radial * inv_r6 - electrostatic) * inv_r2
