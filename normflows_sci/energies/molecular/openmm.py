@@ -784,17 +784,19 @@ class OpenMMEnergy(Energy):
         if not size:
             energy, force = kernel(self._positions(x))
             return energy, force.contiguous()
-        energies, forces = [], []
-        for block in x.split(size):
+        energies, forces = x.new_empty(x.shape[0]), x.new_empty(x.shape)
+        for start in range(0, x.shape[0], size):
+            block = x[start : start + size]
             rows = block.shape[0]
             if rows < size:  # pad with copies of a real row: one compiled shape for all batches
                 block = torch.cat([block, block[-1:].expand(size - rows, -1)])
             energy, force = kernel(self._positions(block))
-            energies.append(energy[:rows])
-            forces.append(force[:rows])
-        if len(energies) == 1:
-            return energies[0], forces[0].contiguous()
-        return torch.cat(energies), torch.cat(forces)
+            if rows == x.shape[0]:
+                return energy[:rows], force[:rows].contiguous()
+            # copy_ of the transposed view takes ATen's blocked transpose (torch.cat does not)
+            energies[start : start + rows] = energy[:rows]
+            forces[start : start + rows] = force[:rows]
+        return energies, forces
 
     @staticmethod
     def _sum_terms(energies: dict[str, Tensor], x: Tensor) -> Tensor:
