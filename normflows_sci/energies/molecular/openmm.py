@@ -379,7 +379,7 @@ class OpenMMEnergy(Energy):
     block_size: int = 512
     compile: bool | str = "auto"
     compile_after: int = 1 << 20
-    compile_block: int = 256
+    compile_block: int = 512
 
     def __init__(self, system, temperature: float = 300.0, *, validate_args: bool = True):
         openmm = import_openmm()
