@@ -327,6 +327,11 @@ def main() -> None:
     if baseline is None or not torch_rows:
         print("  [n/a ] no baseline or no torch row")
     else:
+        print(
+            f"  target: <= {1e6 / (TARGET * baseline):.2f} us/config ({TARGET:g}x the OpenMM CPU "
+            f"loop's {1e6 / baseline:.1f} us/config in this run; that loop's time depends on the "
+            "machine's state, so compare us/config across runs)"
+        )
         for row in torch_rows:
             value = row.rate() / baseline
             status = "PASS" if value >= TARGET else "FAIL"
