@@ -753,9 +753,9 @@ class OpenMMEnergy(Energy):
         """``(u, -du/dx)`` in kT and kT/nm, ``(batch,)`` and ``(batch, 3N)``, from positions laid
         out ``(3, N, batch)``: the fused kernel with the scaling inside (what gets compiled).
 
-        The force is a transposed view of a ``(3N, batch)`` buffer: the caller copies it to
-        the input layout (ATen's blocked 2-D transpose, or the ``cat`` of blocks), which is
-        cheaper than the element-by-element permute a compiled kernel writes.
+        The force is a transposed view of a ``(3N, batch)`` buffer: the caller copies it into
+        a contiguous ``(batch, 3N)`` output (ATen's blocked 2-D transpose), which is cheaper
+        than the element-by-element permute a compiled kernel writes.
         """
         energy, grad = self._fused_block(positions)
         force = (grad.permute(1, 0, 2).reshape(-1, positions.shape[-1]) / -self.kT).t()
