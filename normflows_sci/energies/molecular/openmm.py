@@ -354,9 +354,9 @@ class OpenMMEnergy(Energy):
             :func:`torch.compile` fused kernel (several times faster; compiling takes tens of
             seconds once per process, device and dtype, so it pays only for long runs).
             ``True`` compiles at the first call, ``False`` never compiles. The compiled kernel
-            computes the same formulas (float64 agrees with the eager path to rounding); if
-            compiling or running it fails, a ``RuntimeWarning`` says why and this instance
-            evaluates eagerly from then on, with the eager numbers.
+            computes the same energies and forces (float64 agrees with the eager path to
+            rounding); if compiling or running it fails, a ``RuntimeWarning`` says why and this
+            instance evaluates eagerly from then on, with the eager numbers.
         compile_after: configurations evaluated eagerly before ``compile="auto"`` compiles.
         compile_block: on CPU the compiled kernel runs on blocks of this many configurations
             (the last block padded to it, so one compiled shape serves every batch size).
