@@ -474,7 +474,7 @@ def test_compiled_path_is_used_after_compile_after_configs(ala, monkeypatch):
     u, force = energy.energy_and_force(x)  # 21 rows seen, not yet 20 before this call: eager
     assert not compiled and torch.equal(u, expected_u) and torch.equal(force, expected_force)
     u, force = energy.energy_and_force(x)
-    assert compiled == [{"dynamic": False}]
+    assert compiled == [{"dynamic": False, "options": {"cpp.threads": 1}}]  # CPU: one thread
     kernel = energy._compiled.kernels[(x.device, x.dtype)]
     assert kernel.calls == 2
     assert torch.allclose(u, expected_u, rtol=1e-10, atol=0)

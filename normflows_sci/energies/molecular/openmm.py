@@ -906,8 +906,11 @@ class _CompiledKernels:
             self.evaluated[key] = seen + x.shape[0]
             if mode == "auto" and seen < energy.compile_after:
                 return None
-            dynamic = x.device.type != "cpu"  # CPU runs fixed-size blocks; elsewhere any batch
-            self.kernels[key] = torch.compile(energy._fused_force, dynamic=dynamic)
+            cpu = x.device.type == "cpu"  # CPU runs fixed-size blocks; elsewhere any batch
+            # One thread in the generated CPU code: its parallel loops over a block are far
+            # shorter than their fork/join cost (several times slower with two threads).
+            options = {"cpp.threads": 1} if cpu else None
+            self.kernels[key] = torch.compile(energy._fused_force, dynamic=not cpu, options=options)
         return self.kernels[key]
 
     def fail(self, error: Exception) -> None:
