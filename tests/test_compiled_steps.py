@@ -252,3 +252,16 @@ def test_parallel_tempering_step_compiles_and_alternates_its_swaps_without_a_syn
         state, info = kernel.step(state, torch.Generator().manual_seed(len(swaps)))
         swaps.append(float(info.swap_accepted.mean()))
     assert min(swaps[0::2]) > 0 and min(swaps[1::2]) > 0  # both parities swap
+
+
+def test_more_compiled_steps_than_dynamos_recompile_limit_all_compile(monkeypatch):
+    # Dynamo counts recompilations per code object, and every MALA's transition shares one: the
+    # ninth kernel or chain count in a process used to run eager without a word.
+    monkeypatch.setattr(torch._dynamo.config, "fail_on_recompile_limit_hit", True)
+    steps = []
+    for chains in range(2, torch._dynamo.config.recompile_limit + 5):
+        kernel = MALA(banana, step_size=0.1)
+        compiled = kernel.compiled_step(backend="eager")
+        compiled(kernel.init(start(chains)), torch.Generator().manual_seed(0))
+        steps.append(compiled)
+    assert [step.fallback for step in steps] == [None] * len(steps)

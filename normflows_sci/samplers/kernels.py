@@ -44,6 +44,7 @@ from __future__ import annotations
 import abc
 import functools
 import inspect
+import types
 import warnings
 from typing import NamedTuple
 
@@ -513,6 +514,19 @@ def _no_target(x: Tensor) -> Tensor:
 _INDUCTOR_OPTIONS = {"size_asserts": False, "alignment_asserts": False}
 
 
+def _own_code(method):
+    """A function calling ``method`` with a code object of its own. Dynamo keeps compiled code and
+    counts recompilations (at most ``torch._dynamo.config.recompile_limit``) per code object, and
+    every kernel of a class shares its ``transition``'s: past the limit further kernels or chain
+    counts would silently run eager."""
+
+    def call(state, noise):
+        return method(state, noise)
+
+    code = call.__code__.replace()  # a copy: its own cache
+    return types.FunctionType(code, call.__globals__, call.__name__, None, call.__closure__)
+
+
 class CompiledStep:
     """A kernel's :meth:`~Kernel.step` with its transition compiled by :func:`torch.compile`
     (``fullgraph=True``): ``compiled(state, generator)`` draws the step's randomness eagerly
@@ -551,7 +565,9 @@ class CompiledStep:
         if options.get("backend", "inductor") == "inductor" and "mode" not in options:
             options.setdefault("options", dict(_INDUCTOR_OPTIONS))
         self.transition = (
-            torch.compile(kernel.transition, fullgraph=True, **options) if self.separable else None
+            torch.compile(_own_code(kernel.transition), fullgraph=True, **options)
+            if self.separable
+            else None
         )
         self.fallback: Exception | None = None
 
