@@ -514,17 +514,25 @@ def _no_target(x: Tensor) -> Tensor:
 _INDUCTOR_OPTIONS = {"size_asserts": False, "alignment_asserts": False}
 
 
-def _own_code(method):
-    """A function calling ``method`` with a code object of its own. Dynamo keeps compiled code and
-    counts recompilations (at most ``torch._dynamo.config.recompile_limit``) per code object, and
-    every kernel of a class shares its ``transition``'s: past the limit further kernels or chain
-    counts would silently run eager."""
+def _own_code(kernel):
+    """``kernel.transition`` through a function with a code object of its own, kept on the kernel
+    (later runs of the same kernel reuse its compiled code). Dynamo keeps compiled code and counts
+    recompilations (at most ``torch._dynamo.config.recompile_limit``) per code object, and every
+    kernel of a class shares its ``transition``'s: past the limit further kernels or chain counts
+    would silently run eager."""
+    cached = getattr(kernel, "_own_transition", None)
+    if cached is not None:
+        return cached
+    method = kernel.transition
 
     def call(state, noise):
         return method(state, noise)
 
     code = call.__code__.replace()  # a copy: its own cache
-    return types.FunctionType(code, call.__globals__, call.__name__, None, call.__closure__)
+    own = types.FunctionType(code, call.__globals__, call.__name__, None, call.__closure__)
+    if hasattr(kernel, "__dict__"):
+        kernel._own_transition = own
+    return own
 
 
 class CompiledStep:
@@ -565,9 +573,7 @@ class CompiledStep:
         if options.get("backend", "inductor") == "inductor" and "mode" not in options:
             options.setdefault("options", dict(_INDUCTOR_OPTIONS))
         self.transition = (
-            torch.compile(_own_code(kernel.transition), fullgraph=True, **options)
-            if self.separable
-            else None
+            torch.compile(_own_code(kernel), fullgraph=True, **options) if self.separable else None
         )
         self.fallback: Exception | None = None
 
