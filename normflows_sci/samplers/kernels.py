@@ -146,16 +146,16 @@ class Kernel(abc.ABC):
         ``transition(state, draw(state, generator))``."""
         return self.transition(state, self.draw(state, generator))
 
+    @abc.abstractmethod
     def draw(self, state, generator: torch.Generator | None = None) -> tuple:
         """Every random draw of one :meth:`step` from the chains at ``state``: a tuple of tensors
         (nested tuples for a kernel made of others), from ``generator`` (torch's global
         generator when None)."""
-        raise NotImplementedError(f"{type(self).__name__} does not separate its random draws")
 
+    @abc.abstractmethod
     def transition(self, state, noise: tuple):
         """One step given the draws of :meth:`draw`: ``(state, info)``. No random draws and no
         host synchronisation: compiles with ``torch.compile(..., fullgraph=True)``."""
-        raise NotImplementedError(f"{type(self).__name__} does not separate its random draws")
 
     def compiled_step(self, **options) -> CompiledStep:
         """:meth:`step` with the transition compiled (``options`` for :func:`torch.compile`; the
@@ -579,9 +579,9 @@ class CompiledStep:
 
     @staticmethod
     def separates(kernel) -> bool:
-        """Whether ``kernel`` (any object with a ``step``) separates its draws from its
-        transition (defines :meth:`~Kernel.draw`)."""
-        return getattr(type(kernel), "draw", Kernel.draw) is not Kernel.draw
+        """Whether ``kernel`` (any object with a ``step``; every :class:`Kernel` does) separates
+        its draws from its transition (has :meth:`~Kernel.draw` and :meth:`~Kernel.transition`)."""
+        return all(callable(getattr(kernel, name, None)) for name in ("draw", "transition"))
 
     def __call__(self, state, generator: torch.Generator | None = None):
         if not self.separable:
