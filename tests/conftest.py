@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from normflows_sci import transforms as T
+from normflows_sci._tabular import TableBounds
 
 
 def pytest_addoption(parser):
@@ -133,6 +134,16 @@ register("boundary_transform")(
                 T.BoundaryTransform([-1.0, 0.0, None, None], [2.0, None, 3.0, None])
             ),
             T.BoundaryTransform([-2.0, -0.5, None, None], [2.5, None, 3.5, None]),
+        ]
+    )
+)
+register("table_bounds")(
+    # The estimator's boundary map (a value on a bound maps as the nearest float inside): away
+    # from the bounds it is the BoundaryTransform's, in both directions.
+    lambda: T.CompositeTransform(
+        [
+            T.InverseTransform(TableBounds([-1.0, 0.0, None, None], [2.0, None, 3.0, None])),
+            TableBounds([-2.0, -0.5, None, None], [2.5, None, 3.5, None]),
         ]
     )
 )
