@@ -282,7 +282,6 @@ def select(
             record["status"] = "failed"
             continue
         record["components"] = history.pop("components", None)
-        history.pop(_CV_FIELD, None)
         best = _ranked(best, result, history, record)
         ran_out = extend is not None and share is not None and used_up(history, share)
     if best is None:
@@ -498,13 +497,9 @@ def fold_score(history: dict, held_out: int) -> tuple[float, int, int]:
 
 def cv_record(fold_scores: Sequence[tuple[float, int, int]]) -> dict:
     """The history :func:`select` ranks a cross-validated candidate by, from each fold's
-    ``(best held-out NLL, held-out rows, best epoch)``: ``val_loss`` the row-weighted mean NLL
-    (inf when a fold has none), ``epoch`` one entry per epoch of the median best epoch (the
-    epochs the refit on all rows trains) and ``folds`` their number."""
+    ``(best held-out NLL, held-out rows, best epoch)`` (:func:`fold_score`): ``val_loss`` the
+    row-weighted mean NLL and ``epoch`` one entry per epoch of the median best epoch (the epochs
+    the refit on all rows trains)."""
     nll = sum(score * rows for score, rows, _ in fold_scores) / sum(r for _, r, _ in fold_scores)
     epochs = max(1, int(np.median([epoch for *_, epoch in fold_scores])))
-    return {
-        "val_loss": [nll if math.isfinite(nll) else math.inf],
-        "epoch": list(range(1, epochs + 1)),
-        "folds": len(fold_scores),
-    }
+    return {"val_loss": [nll], "epoch": list(range(1, epochs + 1))}
