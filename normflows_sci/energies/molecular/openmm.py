@@ -448,7 +448,7 @@ class OpenMMEnergy(Energy):
         # Torsions there run per quadruplet, its Fourier terms summed into one cosine series
         # (see _add_torsion_series): no transcendental functions and no gather/scatter between
         # quadruplets and terms.
-        slots = [self._fused_term_atoms(term).reshape(-1) for term in self._terms]
+        slots = [getattr(self, f"{term}_atoms").reshape(-1) for term in self._terms]
         self.register_buffer("fused_atoms", torch.cat(slots) if slots else torch.zeros(0).long())
         self._add_fused_pieces()
 
@@ -461,7 +461,7 @@ class OpenMMEnergy(Energy):
         """
         targets, pieces, signs, offset = [], [], [], 0
         for term in self._terms:
-            atoms = self._fused_term_atoms(term)
+            atoms = getattr(self, f"{term}_atoms")
             count = atoms.shape[1]
             for slot, piece, sign in _FUSED_PIECES[term]:
                 targets.append(atoms[slot])
@@ -473,10 +473,6 @@ class OpenMMEnergy(Energy):
         self.register_buffer("fused_piece", torch.cat(pieces) if pieces else empty, False)
         signs = torch.cat(signs) if signs else empty.double()
         self.register_buffer("fused_sign", signs.reshape(-1, 1), persistent=False)
-
-    def _fused_term_atoms(self, term: str) -> Tensor:
-        """``(width, terms)`` atom indices of a term type in the fused kernel."""
-        return getattr(self, f"{term}_atoms")
 
     def _add_torsion_series(self, torsions: dict, num_quads: int) -> None:
         """Each quadruplet's Fourier terms as one cosine series in its dihedral angle.
@@ -723,7 +719,7 @@ class OpenMMEnergy(Energy):
         pieces: list[Vector] = []
         start = 0
         for term in self._terms:
-            width, terms = self._fused_term_atoms(term).shape
+            width, terms = getattr(self, f"{term}_atoms").shape
             vectors = [
                 (picked[0, rows], picked[1, rows], picked[2, rows])
                 for rows in (
