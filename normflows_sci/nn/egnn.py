@@ -62,17 +62,17 @@ def mean_free_basis(n_particles: int, spatial_dim: int) -> Tensor:
     return torch.kron(helmert, torch.eye(spatial_dim, dtype=torch.float64))
 
 
-def _silu(z: Tensor) -> tuple[Tensor, Tensor]:
+def _silu(activation: nn.SiLU, z: Tensor) -> tuple[Tensor, Tensor]:
     sigmoid = torch.sigmoid(z)
-    return torch.nn.functional.silu(z), sigmoid * (1.0 + z * (1.0 - sigmoid))
+    return F.silu(z), sigmoid * (1.0 + z * (1.0 - sigmoid))
 
 
-def _tanh(z: Tensor) -> tuple[Tensor, Tensor]:
+def _tanh(activation: nn.Tanh, z: Tensor) -> tuple[Tensor, Tensor]:
     value = torch.tanh(z)
     return value, 1.0 - value.square()
 
 
-def _sigmoid(z: Tensor) -> tuple[Tensor, Tensor]:
+def _sigmoid(activation: nn.Sigmoid, z: Tensor) -> tuple[Tensor, Tensor]:
     value = torch.sigmoid(z)
     return value, value * (1.0 - value)
 
@@ -84,14 +84,18 @@ def _softplus(activation: nn.Softplus, z: Tensor) -> tuple[Tensor, Tensor]:
     return activation(z), slope
 
 
+def _identity(activation: nn.Identity, z: Tensor) -> tuple[Tensor, Tensor]:
+    return z, torch.ones_like(z)
+
+
 # Activations with their slopes in closed form (elementwise: a tangent passes through as
 # ``slope * tangent``); any other activation makes the divergence fall back to autograd.
 _SLOPES = {
-    nn.SiLU: lambda activation, z: _silu(z),
-    nn.Tanh: lambda activation, z: _tanh(z),
-    nn.Sigmoid: lambda activation, z: _sigmoid(z),
+    nn.SiLU: _silu,
+    nn.Tanh: _tanh,
+    nn.Sigmoid: _sigmoid,
     nn.Softplus: _softplus,
-    nn.Identity: lambda activation, z: (z, torch.ones_like(z)),
+    nn.Identity: _identity,
 }
 
 
