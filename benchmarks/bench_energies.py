@@ -23,9 +23,20 @@ Amber ff96, no constraints, shipped structure + 0.01 nm Gaussian noise). Rows:
   ``Energy`` interface, results as torch tensors).
 
 Columns: ``configs/s`` (energies and forces per second, median over interleaved rounds),
-``us/config`` and ``x OpenMM CPU`` (throughput divided by the OpenMM CPU loop's). The script
-first checks that every row agrees with OpenMM's Reference platform, and ends with a verdict
-against the target (torch >= 100x the OpenMM CPU loop).
+``us/config``, ``x OpenMM CPU`` and ``x OpenMM Ref`` (throughput divided by the OpenMM CPU /
+Reference loop's). The script first checks that every row agrees with OpenMM's Reference
+platform, and ends with a verdict against the target (torch >= 100x the OpenMM CPU loop) and the
+ratio to the Reference loop.
+
+Why the two OpenMM loops differ, and why the CPU loop's time moves with the machine's state: for
+one small molecule per call, the CPU platform's time is not arithmetic but hand-offs to its
+worker threads (a Context with ``Threads=1`` still starts one worker; ``strace -f -c -e futex``
+counts about 50 futex calls per configuration). Each hand-off waits for a sleeping thread to
+wake, which is slow when the other cores are idle (a virtual machine halts idle vCPUs) and fast
+when they are busy, so the same loop measures several-fold apart on an idle and on a loaded
+machine. The Reference platform runs in the calling thread: no hand-off, a stable time, and for
+alanine dipeptide the fastest per-configuration path OpenMM offers. The target is stated against
+the CPU loop (the issue's definition); the Reference ratio is the conservative one.
 
 Run it on an otherwise idle machine: when another process takes a core away, multi-threaded
 torch ops (and OpenMM's CPU threads) wait for the descheduled thread and times inflate
@@ -51,6 +62,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 TARGET = 100.0  # torch throughput / OpenMM CPU loop throughput
 BASELINE = "OpenMM CPU loop"
+REFERENCE = "OpenMM Reference loop"  # single-threaded: no hand-offs, a stable time
 NOISE_NM = 0.01
 
 
@@ -251,19 +263,27 @@ def time_rows(rows: list[Row], warmup: int, repeats: int) -> None:
                 row.times.append(time.perf_counter() - start)
 
 
-def print_table(rows: list[Row]) -> float | None:
-    baseline = next((row.rate() for row in rows if row.name == BASELINE), None)
-    header = f"{'method':<30}{'configs/s':>12}{'us/config':>11}{'x OpenMM CPU':>14}  notes"
+def row_rate(rows: list[Row], name: str) -> float | None:
+    return next((row.rate() for row in rows if row.name == name), None)
+
+
+def print_table(rows: list[Row]) -> None:
+    baselines = [row_rate(rows, name) for name in (BASELINE, REFERENCE)]
+    header = (
+        f"{'method':<30}{'configs/s':>12}{'us/config':>11}{'x OpenMM CPU':>14}"
+        f"{'x OpenMM Ref':>14}  notes"
+    )
     print(header)
     print("-" * len(header))
     for row in rows:
         rate = row.rate()
         if rate is None:
-            print(f"{row.name:<30}{'n/a':>12}{'':>11}{'':>14}  {row.error}")
+            print(f"{row.name:<30}{'n/a':>12}{'':>11}{'':>14}{'':>14}  {row.error}")
             continue
-        speedup = "n/a" if baseline is None else f"{rate / baseline:.1f}x"
-        print(f"{row.name:<30}{rate:>12,.0f}{1e6 / rate:>11.1f}{speedup:>14}  {row.note}")
-    return baseline
+        ratios = "".join(
+            f"{'n/a' if base is None else f'{rate / base:.1f}x':>14}" for base in baselines
+        )
+        print(f"{row.name:<30}{rate:>12,.0f}{1e6 / rate:>11.1f}{ratios}  {row.note}")
 
 
 def parse_args() -> argparse.Namespace:
@@ -320,7 +340,8 @@ def main() -> None:
     elapsed = time.perf_counter() - start
     others = monitor.cores()
     print(f"\nEnergies + forces per second (medians of {args.repeats} interleaved rounds):")
-    baseline = print_table(rows)
+    print_table(rows)
+    baseline, reference = row_rate(rows, BASELINE), row_rate(rows, REFERENCE)
 
     print("\n== Verdict against target ==")
     torch_rows = [row for row in rows if row.name.startswith("torch") and row.rate()]
@@ -335,8 +356,15 @@ def main() -> None:
         for row in torch_rows:
             value = row.rate() / baseline
             status = "PASS" if value >= TARGET else "FAIL"
+            versus_reference = "" if reference is None else f" ({row.rate() / reference:.1f}x Ref)"
             print(
-                f"  [{status}] {row.name:<28} >= {TARGET:g}x OpenMM CPU loop   actual {value:.1f}x"
+                f"  [{status}] {row.name:<28} >= {TARGET:g}x OpenMM CPU loop   actual "
+                f"{value:.1f}x{versus_reference}"
+            )
+        if reference is not None:
+            print(
+                f"  OpenMM Reference loop: {1e6 / reference:.1f} us/config (single-threaded; the "
+                "fastest per-configuration OpenMM path for a molecule this small: see the docstring)"
             )
     print(f"\ntotal timing {elapsed:.0f} s")
     if others is not None:
