@@ -23,7 +23,8 @@ of a row does not degrade with the batch it is in).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
@@ -35,7 +36,16 @@ from normflows_sci.manifolds import Manifold, as_manifold
 from normflows_sci.nn import MLP, bounded_inputs
 from normflows_sci.transforms import Transform
 
-__all__ = ["CNF", "ContinuousFlow", "ODETransform", "VelocityMLP", "SOLVERS", "DIVERGENCES"]
+__all__ = [
+    "CNF",
+    "ContinuousFlow",
+    "ODETransform",
+    "VelocityMLP",
+    "SOLVERS",
+    "DIVERGENCES",
+    "check_divergence",
+    "divergence_estimator",
+]
 
 SOLVERS = ("dopri5", "rk4")
 DIVERGENCES = ("exact", "hutchinson")
@@ -58,6 +68,17 @@ _DP_A = (
 _DP_B = _DP_A[6] + (0.0,)
 _DP_B4 = (5179 / 57600, 0.0, 7571 / 16695, 393 / 640, -92097 / 339200, 187 / 2100, 1 / 40)
 _DP_E = tuple(b - b4 for b, b4 in zip(_DP_B, _DP_B4))
+
+
+def check_divergence(divergence) -> str:
+    """``divergence`` if it is one of :data:`DIVERGENCES`, else a ``ValueError`` naming it.
+
+    >>> check_divergence("hutchinson")
+    'hutchinson'
+    """
+    if not isinstance(divergence, str) or divergence not in DIVERGENCES:
+        raise ValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
+    return divergence
 
 
 def _combine(y: Tensor, h: float, weights: Sequence[float], ks: Sequence[Tensor]) -> Tensor:
@@ -240,8 +261,10 @@ class ODETransform(Transform):
         solver: ``"dopri5"`` (adaptive, ``rtol``/``atol``) or ``"rk4"`` (``steps`` fixed steps).
         rtol, atol: dopri5 tolerances (the log-density is part of the controlled state).
         steps: number of RK4 steps.
-        divergence: ``"exact"`` (``D`` backward passes) or ``"hutchinson"`` (one vector-Jacobian
-            product with a fresh probe per solve, drawn from torch's global generator).
+        divergence: ``"exact"`` (``D`` backward passes, or the velocity's own exact
+            divergence) or ``"hutchinson"`` (one vector-Jacobian product, or one forward-mode
+            tangent of a velocity that supplies it, with a fresh probe per row and solve, drawn
+            from :attr:`probe_generator`); :func:`divergence_estimator` switches it for a block.
         noise: Hutchinson probe distribution, ``"rademacher"`` or ``"gaussian"``.
         max_steps: dopri5 step budget per solve.
         manifold: solve on a :class:`~normflows_sci.manifolds.Manifold` (torus, sphere, SO(3),
@@ -254,6 +277,7 @@ class ODETransform(Transform):
 
     Attributes:
         evaluations: velocity evaluations of the last solve (a cost diagnostic).
+        probe_generator: generator of the Hutchinson probes (``None``: torch's global one).
         geometry: the manifold solved on (``Euclidean(D)`` when ``manifold`` is ``None``).
 
     Gradients flow through the solver steps (discretise-then-optimise); under
@@ -287,8 +311,6 @@ class ODETransform(Transform):
         features = check_int("features", features)
         if solver not in SOLVERS:
             raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
-        if divergence not in DIVERGENCES:
-            raise ValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
         if noise not in _NOISES:
             raise ValueError(f"noise must be one of {_NOISES}, got {noise!r}")
         for name, value in (("rtol", rtol), ("atol", atol)):
@@ -305,7 +327,17 @@ class ODETransform(Transform):
         self.steps, self.max_steps = steps, max_steps
         self.divergence = divergence
         self.noise = noise
+        self.probe_generator: torch.Generator | None = None
         self.evaluations = 0
+
+    @property
+    def divergence(self) -> str:
+        """``"exact"`` or ``"hutchinson"``; assigning another value is a ``ValueError``."""
+        return self._divergence_kind
+
+    @divergence.setter
+    def divergence(self, value: str) -> None:
+        self._divergence_kind = check_divergence(value)
 
     def _basis(self, x: Tensor) -> Tensor:
         return self.geometry.tangent_basis(self.geometry.proj(x))
@@ -325,21 +357,33 @@ class ODETransform(Transform):
         basis = self._basis(x)
         return (basis @ (basis.transpose(1, 2) @ field[..., None]))[..., 0]
 
-    def _supplied(self, x: Tensor, t: float, context: Tensor | None, graph: bool):
-        """``(v, div)`` from the velocity's own exact divergence, or ``None``.
+    def _supplied(
+        self, x: Tensor, t: float, context: Tensor | None, probe: Tensor | None, graph: bool
+    ):
+        """``(v, div)`` from the velocity's own divergence, or ``None``.
 
-        Opt-in hook: a velocity module with a method ``value_and_divergence(x, t, context,
-        manifold)`` (raw coordinates ``x: (batch, D)``, ``t: (batch, 1)``, the manifold or
-        ``None`` for ``R^D``) returns ``(its output at manifold.embed(x), div)`` with ``div:
-        (batch,)`` the exact divergence of the tangent field :meth:`field` on that manifold, or
-        ``None`` to fall back to autograd. Used for ``divergence="exact"`` only.
+        Opt-in hooks of the velocity module (raw coordinates ``x: (batch, D)``, ``t: (batch,
+        1)``, ``manifold`` the manifold or ``None`` for ``R^D``), each returning ``(its output at
+        manifold.embed(x), div)`` with ``div: (batch,)``, or ``None`` to fall back to autograd:
+
+        * ``value_and_divergence(x, t, context, manifold)``, for ``divergence="exact"``: the
+          exact divergence of the tangent field :meth:`field` on that manifold;
+        * ``value_and_probed_divergence(x, t, context, manifold, probe)``, for
+          ``divergence="hutchinson"``: ``probe^T (dv/dx) probe`` for the per-row tangent
+          direction ``probe: (batch, D)`` (on a curved manifold ``B r``, ``B`` its tangent basis;
+          Hutchinson's estimate of the same divergence).
         """
-        hook = getattr(self.velocity, "value_and_divergence", None)
-        if hook is None or self.divergence != "exact":
-            return None
         times = torch.full((x.shape[0], 1), t, dtype=x.dtype, device=x.device)
+        if probe is None:
+            hook = getattr(self.velocity, "value_and_divergence", None)
+            arguments = (x, times, context, self.manifold)
+        else:
+            hook = getattr(self.velocity, "value_and_probed_divergence", None)
+            arguments = (x, times, context, self.manifold, self._direction(x, probe))
+        if hook is None:
+            return None
         with torch.set_grad_enabled(graph):
-            supplied = hook(x, times, context, self.manifold)
+            supplied = hook(*arguments)
         if supplied is None:
             return None
         v, div = supplied
@@ -347,6 +391,21 @@ class ODETransform(Transform):
             basis = self._basis(x)
             v = (basis @ (basis.transpose(1, 2) @ v[..., None]))[..., 0]
         return v, div
+
+    def _direction(self, x: Tensor, probe: Tensor) -> Tensor:
+        """The tangent direction ``(batch, D)`` of a probe drawn in the manifold's frame."""
+        if self._flat:
+            return probe
+        return (self._basis(x) @ probe[..., None])[..., 0]
+
+    def _draw_probe(self, inputs: Tensor) -> Tensor:
+        """One Hutchinson probe per row, ``(batch, dim)``, from :attr:`probe_generator` (the
+        global generator when ``None``)."""
+        shape = (inputs.shape[0], self.geometry.dim)
+        options = dict(generator=self.probe_generator, dtype=inputs.dtype, device=inputs.device)
+        if self.noise == "gaussian":
+            return torch.randn(shape, **options)
+        return torch.randint(0, 2, shape, **options) * 2 - 1
 
     def _divergence(self, v: Tensor, x: Tensor, probe: Tensor | None, graph: bool) -> Tensor:
         if not v.requires_grad:  # the field does not depend on x (nor on parameters)
@@ -399,17 +458,13 @@ class ODETransform(Transform):
         graph = torch.is_grad_enabled()
         probe = None
         if logdet and self.divergence == "hutchinson":
-            probe = inputs.new_empty(inputs.shape[0], self.geometry.dim)
-            if self.noise == "gaussian":
-                probe = torch.randn_like(probe)
-            else:
-                probe = torch.randint_like(probe, 0, 2) * 2 - 1
+            probe = self._draw_probe(inputs)
 
         if logdet:
 
             def func(t: float, state: Tensor) -> Tensor:
                 x = state[:, :d]
-                supplied = self._supplied(x, t, context, graph)
+                supplied = self._supplied(x, t, context, probe, graph)
                 if supplied is not None:
                     v, div = supplied
                     return torch.cat([v, div[:, None]], dim=1)
@@ -445,6 +500,53 @@ class ODETransform(Transform):
     def inverse(self, inputs: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Latent (``t = 0``) to data (``t = 1``); ``logabsdet = int_0^1 div v dt``."""
         return self.integrate(inputs, context, t0=0.0, t1=1.0)
+
+
+@contextmanager
+def divergence_estimator(
+    module: nn.Module, divergence: str, *, generator: torch.Generator | None = None
+) -> Iterator[list[ODETransform]]:
+    """Within the block, every :class:`ODETransform` inside ``module`` computes its divergence
+    with ``divergence`` (Hutchinson probes drawn from ``generator``, or torch's global generator
+    when ``None``); on exit, also by an exception, each gets back its own setting and probe
+    generator. Yields the transforms switched.
+
+    The use: train with ``"hutchinson"`` (one tangent per field evaluation instead of ``D``)
+    while the model keeps the exact divergence for evaluation, importance weights and ``log Z``
+    (:func:`~normflows_sci.training.fit_boltzmann` with ``divergence=``). Losses linear in ``log
+    q`` (reverse KL, negative log-likelihood) stay unbiased, and so do their gradients, since the
+    probe does not depend on the parameters; nonlinear functions of ``log q`` (importance
+    weights, the ESS) do not.
+
+    Raises:
+        ValueError: ``divergence`` is not one of :data:`DIVERGENCES`.
+        TypeError: ``module`` is not a module or contains no :class:`ODETransform`.
+
+    Example:
+        >>> flow = CNF(2, hidden_features=(8,), solver="rk4", steps=2)
+        >>> with divergence_estimator(flow, "hutchinson") as switched:
+        ...     [transform.divergence for transform in switched]
+        ['hutchinson']
+        >>> flow.transform.divergence
+        'exact'
+    """
+    divergence = check_divergence(divergence)
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
+    transforms = [m for m in module.modules() if isinstance(m, ODETransform)]
+    if not transforms:
+        raise TypeError(
+            f"module ({type(module).__name__}) contains no ODETransform: the divergence "
+            "estimator applies to continuous flows only"
+        )
+    saved = [(m, m.divergence, m.probe_generator) for m in transforms]
+    try:
+        for transform in transforms:
+            transform.divergence, transform.probe_generator = divergence, generator
+        yield transforms
+    finally:
+        for transform, kind, previous in saved:
+            transform.divergence, transform.probe_generator = kind, previous
 
 
 class ContinuousFlow(Flow):

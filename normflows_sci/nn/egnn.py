@@ -406,7 +406,39 @@ class EGNNVelocity(nn.Module):
             return checkpoint(self._value_and_divergence, x, t, context, use_reentrant=False)
         return self._value_and_divergence(x, t, context)
 
-    def _value_and_divergence(self, x: Tensor, t: Tensor, context: Tensor | None):
+    def value_and_probed_divergence(
+        self, x: Tensor, t: Tensor, context: Tensor | None, manifold, probe: Tensor
+    ) -> tuple[Tensor, Tensor] | None:
+        """The velocity and Hutchinson's estimate ``probe^T J probe`` of its divergence in one
+        pass (the hook of :class:`~normflows_sci.flows.ODETransform` for
+        ``divergence="hutchinson"``).
+
+        ``probe: (batch, n d)`` is one direction per row, in the zero-centre-of-mass subspace on
+        a :class:`~normflows_sci.manifolds.MeanFree` manifold (``B r`` with ``E[r r^T] = I``,
+        so the expectation is the exact divergence of :meth:`value_and_divergence`). It is
+        carried through the layers as a single forward-mode tangent, where the exact divergence
+        carries ``(n - 1) d`` of them; ``probe^T P J probe`` is used (``P`` removes the centre of
+        mass), the Jacobian of the centred field, so a probe off the subspace (``R^(n d)``,
+        ``manifold=None``) gives an unbiased estimate of the ambient trace too. Checkpointed
+        with gradients enabled, like :meth:`value_and_divergence`.
+
+        Returns:
+            ``(v: (batch, n d), estimate: (batch,))``, or ``None`` in the cases where
+            :meth:`value_and_divergence` returns ``None``.
+        """
+        if probe.shape != x.shape:
+            raise ValueError(
+                f"probe must have the shape of x, {tuple(x.shape)}, got {tuple(probe.shape)}"
+            )
+        if not self._divergence_supported(x, manifold):
+            return None
+        if torch.is_grad_enabled():
+            return checkpoint(self._value_and_divergence, x, t, context, probe, use_reentrant=False)
+        return self._value_and_divergence(x, t, context, probe)
+
+    def _value_and_divergence(
+        self, x: Tensor, t: Tensor, context: Tensor | None, probe: Tensor | None = None
+    ):
         pos, globals_, h, mask = self._inputs(x, t, context)
         n, d, batch = self.n_particles, self.spatial_dim, x.shape[0]
         velocity = torch.zeros_like(pos)
@@ -415,16 +447,27 @@ class EGNNVelocity(nn.Module):
             step, h, cache = layer.primal(pos, h, globals_, mask)
             pos, velocity = pos + step, velocity + step
             caches.append(cache)
+        value = (velocity - velocity.mean(1, keepdim=True)).flatten(1)
+        if probe is not None:  # one tangent per row: the probe itself
+            direction = probe.to(pos).reshape(1, batch, n, d)
+            displacement = self._tangent(caches, direction)
+            centred = displacement - displacement.mean(-2, keepdim=True)
+            return value, (centred * direction).sum((0, 2, 3))
         # Tangents along an orthonormal basis of the zero-centre-of-mass subspace, a few at a
         # time: the (tangents, batch, n, n, H) edge tensors stay small.
         basis = self._tangent_basis.to(pos).T  # ((n - 1) d, n d)
         chunk = max(1, _TANGENT_ELEMENTS // (max(batch, 1) * n * n * self.width))
         trace = pos.new_zeros(batch)
         for rows in basis.split(chunk):
-            dpos, dh = rows.reshape(-1, 1, n, d).expand(-1, batch, n, d), None
-            displacement = torch.zeros_like(dpos)
-            for layer, cache in zip(self.layers, caches):
-                dstep, dh = layer.tangent(cache, dpos, dh)
-                dpos, displacement = dpos + dstep, displacement + dstep
+            displacement = self._tangent(caches, rows.reshape(-1, 1, n, d).expand(-1, batch, n, d))
             trace = trace + (displacement.flatten(2) * rows[:, None, :]).sum((0, 2))
-        return (velocity - velocity.mean(1, keepdim=True)).flatten(1), trace
+        return value, trace
+
+    def _tangent(self, caches: list, dpos: Tensor) -> Tensor:
+        """The tangent ``(*T, batch, n, d)`` of the uncentred displacement along position
+        tangents ``dpos`` (the forward pass's :meth:`_EquivariantLayer.primal` caches)."""
+        dh, displacement = None, torch.zeros_like(dpos)
+        for layer, cache in zip(self.layers, caches):
+            dstep, dh = layer.tangent(cache, dpos, dh)
+            dpos, displacement = dpos + dstep, displacement + dstep
+        return displacement
