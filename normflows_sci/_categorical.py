@@ -32,6 +32,14 @@ categories through their dummy coding (one column per level but the first, ``"co
 
 Levels are data (JSON strings, integers, finite floats or booleans), stored with their counts
 (or the softmax weights) in a model file's config and validated by :func:`categorical_from_config` before anything is built.
+
+``categorical="auto"`` also takes the numeric columns that are recorded as a few levels rather
+than measured on a continuum (:func:`level_columns`): not integer-valued (integers keep their
+lattice), at most :data:`MAX_AUTO_LEVELS` distinct values and at least
+:data:`MIN_ROWS_PER_LEVEL` rows per value on average, such as a log co-insurance rate taking
+five values. A density has an unbounded likelihood on such values (a spike on each level
+scores without limit); as levels their probabilities are exact and ``sample`` returns exactly
+those values.
 """
 
 from __future__ import annotations
@@ -50,7 +58,9 @@ from normflows_sci._tabular import as_table
 __all__ = [
     "ALPHA_GRID",
     "KINDS",
+    "MAX_AUTO_LEVELS",
     "MAX_LEVEL_COMBINATIONS",
+    "MIN_ROWS_PER_LEVEL",
     "MAX_SOFTMAX_WEIGHTS",
     "CategoricalSpec",
     "categorical_from_config",
@@ -58,10 +68,15 @@ __all__ = [
     "column_names",
     "declared_categorical",
     "first_unseen",
+    "level_columns",
     "read_columns",
     "split_mixed",
 ]
 
+# ``categorical="auto"`` takes a numeric, not integer-valued column with at most this many
+# distinct values and at least MIN_ROWS_PER_LEVEL rows per value on average as levels.
+MAX_AUTO_LEVELS = 16
+MIN_ROWS_PER_LEVEL = 5
 # Most level combinations of all categorical columns a contingency table holds (one count each);
 # above, the categories get the autoregressive softmax factor.
 MAX_LEVEL_COMBINATIONS = 2**16
@@ -93,14 +108,18 @@ def _non_numeric(column) -> bool:
     )
 
 
-def declared_categorical(X, names: list[str], categorical) -> list[str]:
+def declared_categorical(X, names: list[str], categorical, context=()) -> list[str]:
     """The categorical columns of a training table, in table order.
 
     Args:
         X: the table (DataFrame or array).
         names: its column names.
-        categorical: ``"auto"`` (the DataFrame columns of object, string or categorical dtype),
-            None (none), or a list of column names or positions.
+        categorical: ``"auto"`` (the DataFrame columns of object, string or categorical dtype,
+            and the numeric columns of :func:`level_columns`), None (none), or a list of column
+            names or positions.
+        context: the user's context columns (names). ``"auto"`` takes no context column as
+            levels, and none at all when a numeric context column stays (modelled levels cannot
+            depend on it) or when no numeric column would be left.
 
     Raises:
         ValueError: an unknown column or position, or a malformed ``categorical``.
@@ -112,11 +131,45 @@ def declared_categorical(X, names: list[str], categorical) -> list[str]:
             raise ValueError(
                 f"categorical must be 'auto', None or a list of columns, got {categorical!r}"
             )
-        if not _is_frame(X):
-            return []
-        return [name for name, (_, col) in zip(names, X.items()) if _non_numeric(col)]
+        labels = []
+        if _is_frame(X):
+            labels = [name for name, (_, col) in zip(names, X.items()) if _non_numeric(col)]
+        numeric = [c for c in names if c not in labels]
+        if any(c in set(context) for c in numeric):
+            return labels
+        levels = set(level_columns(X, names, [c for c in numeric if c not in set(context)]))
+        if len(levels) == len(numeric):
+            return labels
+        return [name for name in names if name in set(labels) | levels]
     chosen = set(column_names(categorical, names, "categorical"))
     return [name for name in names if name in chosen]
+
+
+def level_columns(X, names: list[str], candidates: Sequence[str]) -> list[str]:
+    """The columns among ``candidates`` (numeric columns of ``X``) recorded as a few levels.
+
+    A column qualifies when its values are not all integers (an integer column keeps its
+    lattice, see ``discrete``), it has at most :data:`MAX_AUTO_LEVELS` distinct values and at
+    least :data:`MIN_ROWS_PER_LEVEL` rows per distinct value on average.
+
+    Example:
+        >>> rates = np.array([0.0, 3.26, 3.93, 4.56] * 10)
+        >>> table = np.stack([rates, np.arange(40.0) / 7], axis=1)
+        >>> level_columns(table, ["lncoins", "x"], ["lncoins", "x"])
+        ['lncoins']
+    """
+    found = []
+    for name in candidates:
+        values = np.asarray(_column(X, names, name))
+        if values.dtype.kind not in "uif" or not len(values):
+            continue
+        values = values.astype(np.float64)
+        if not np.isfinite(values).all() or np.all(values == np.round(values)):
+            continue
+        distinct = len(np.unique(values))
+        if distinct <= MAX_AUTO_LEVELS and len(values) >= MIN_ROWS_PER_LEVEL * distinct:
+            found.append(name)
+    return found
 
 
 def column_names(keys, names: list[str], what: str) -> list[str]:
@@ -508,6 +561,15 @@ class CategoricalSpec:
     def info(self) -> dict:
         """``{column: number of levels}`` of the categorical columns."""
         return {c: len(levels) for c, levels in zip(self.categorical, self.levels)}
+
+    def numeric_levels(self) -> dict[str, list]:
+        """``{column: levels}`` of the categorical columns holding numbers (declared, or taken
+        by :func:`level_columns`), in table order."""
+        return {
+            c: list(levels)
+            for c, levels, kind in zip(self.categorical, self.levels, self.kinds)
+            if kind in ("integer", "float")
+        }
 
 
 def read_columns(X, what: str, columns: Sequence[str] | None = None) -> tuple:

@@ -35,6 +35,7 @@ __all__ = [
     "check_config",
     "check_sizes",
     "check_categorical",
+    "check_atoms",
     "parameter_floor",
     "build_with_weights",
     "fit_fingerprint",
@@ -296,6 +297,29 @@ def check_categorical(config: dict, path, spec: dict) -> CategoricalSpec | None:
         spec["columns"],
         spec["context_columns"],
     )
+
+
+def check_atoms(config: dict, path, spec: dict) -> dict[str, tuple[float, float]]:
+    """The point masses of a checked config's optional field ``atoms`` (``{column: [value,
+    share]}`` of continuous target columns; ``{}`` when absent, as in earlier files).
+
+    Raises:
+        ValueError: not an object, an unknown or non-target column, a non-finite value or a
+            share outside (0, 1], naming the file and the field.
+    """
+    atoms = config.get("atoms", {})
+    where = f"{path}: config field atoms"
+    if not isinstance(atoms, dict):
+        raise _fail(where, "an object {column: [value, share]}", atoms)
+    out = {}
+    for column, pair in atoms.items():
+        if column not in spec["target_columns"]:
+            raise ValueError(f"{where} names {column!r}, not a target column of the spec")
+        ok = isinstance(pair, list) and len(pair) == 2 and all(map(_is_number, pair))
+        if not (ok and math.isfinite(pair[0]) and 0.0 < pair[1] <= 1.0):
+            raise _fail(f"{where}[{column!r}]", "[finite value, share in (0, 1]]", pair)
+        out[column] = (float(pair[0]), float(pair[1]))
+    return out
 
 
 # ------------------------------------------------------------------------------------ sizes

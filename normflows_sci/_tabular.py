@@ -52,6 +52,8 @@ __all__ = [
     "positive_column",
     "column_layout",
     "plan_table",
+    "ATOM_SHARE",
+    "point_masses",
     "spec_keys",
 ]
 
@@ -71,6 +73,9 @@ BOUND_MARGIN = 1e-6
 AUTO_PILE_SPREAD = 0.1
 AUTO_SKEWNESS = 0.5
 AUTO_SKEW_SPREADS = 3.0
+# A continuous target column whose most frequent value holds at least this share of the training
+# rows has a point mass there (see point_masses).
+ATOM_SHARE = 0.05
 _FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
 
@@ -569,6 +574,36 @@ def column_layout(
         lower=tuple(lower),
         upper=tuple(upper),
     )
+
+
+def point_masses(layout: ColumnLayout, values: np.ndarray) -> dict[str, tuple[float, float]]:
+    """``{column: (value, share of rows)}`` of the continuous target columns whose most frequent
+    value holds at least :data:`ATOM_SHARE` of the rows ``values`` ``(n, columns)``.
+
+    Such a value is an atom (a point mass: exact zeros of a zero-inflated amount, a censoring
+    limit), which a density with respect to length cannot hold: the likelihood there grows
+    without bound as the model narrows onto it, so neither training nor a comparison of scores
+    measures the fit. Integer lattices (``discrete``) are exempt: they are scored as
+    probabilities.
+
+    Example:
+        >>> x = np.random.default_rng(0).exponential(size=(100, 1))
+        >>> x[:10] = 0.0  # 10 % exact zeros
+        >>> layout = column_layout(x, ["amount"])
+        >>> {c: (v, round(s, 2)) for c, (v, s) in point_masses(layout, x).items()}
+        {'amount': (0.0, 0.1)}
+    """
+    found = {}
+    targets = layout.targets(values)
+    for name, column, discrete in zip(layout.target_columns, targets.T, layout.discrete):
+        if discrete or not len(column):
+            continue
+        levels, counts = np.unique(column, return_counts=True)
+        top = int(np.argmax(counts))
+        share = float(counts[top]) / len(column)
+        if counts[top] > 1 and share >= ATOM_SHARE:
+            found[name] = (float(levels[top]), share)
+    return found
 
 
 def _check_spread(layout: ColumnLayout, targets: np.ndarray, context: np.ndarray) -> Tensor:

@@ -34,6 +34,8 @@ __all__ = [
     "gaussian_held_out_score",
     "baseline_scores",
     "lattice_cells",
+    "level_cells",
+    "level_edges",
     "describe_cells",
 ]
 
@@ -106,46 +108,121 @@ def _gaussian_log_prob(X: np.ndarray, mean: np.ndarray, cholesky: np.ndarray) ->
 
 
 def _cell_log_prob(
-    log_density, X: np.ndarray, mask: np.ndarray, step: np.ndarray
+    log_density, left: np.ndarray, width: np.ndarray, mask: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``log P(k) = log integral over [k, k + step) of p`` in the ``mask`` columns, and its
-    standard error, by the shared rule of :func:`~normflows_sci.quadrature.unit_cell_rule`.
+    """``log P = log integral over the cells [left, left + width) of p`` in the ``mask``
+    columns, and its standard error, by the shared rule of
+    :func:`~normflows_sci.quadrature.unit_cell_rule`.
 
     Args:
         log_density: maps ``(rows, features)`` to ``(rows,)`` continuous log-densities.
-        X: ``(rows, features)`` with integers in the ``mask`` columns.
+        left: ``(rows, features)``: the cells' lower edges in the ``mask`` columns, the values
+            elsewhere.
+        width: ``(rows, features)`` cell widths (used in the ``mask`` columns).
         mask: ``(features,)`` boolean.
-        step: ``(features,)`` cell widths (used in the ``mask`` columns).
 
     Returns:
-        ``(log_p, stderr)``, both ``(rows,)``: log-probability for the integer columns and
+        ``(log_p, stderr)``, both ``(rows,)``: log-probability for the cell columns and
         log-density for the rest; the standard error of ``log_p`` (0 for an exact rule).
     """
     if not mask.any():
-        log_p = log_density(X)
+        log_p = log_density(left)
         return log_p, np.zeros_like(log_p)
     nodes, log_w = unit_cell_rule(int(mask.sum()))
-    nodes, log_w = nodes * step[mask], log_w + np.log(step[mask]).sum()
+    log_width = np.log(width[:, mask]).sum(axis=1)
     # One running log-sum per replicate: memory O(replicates * rows), not O(nodes * rows).
-    per_replicate = np.full((log_w.shape[0], X.shape[0]), -np.inf)
-    shifted = X.copy()
+    per_replicate = np.full((log_w.shape[0], left.shape[0]), -np.inf)
+    shifted = left.copy()
     for r, (replicate, weights) in enumerate(zip(nodes, log_w)):
         for node, weight in zip(replicate, weights):
-            shifted[:, mask] = X[:, mask] + node
-            per_replicate[r] = np.logaddexp(per_replicate[r], weight + log_density(shifted))
+            shifted[:, mask] = left[:, mask] + node * width[:, mask]
+            term = weight + log_width + log_density(shifted)
+            per_replicate[r] = np.logaddexp(per_replicate[r], term)
     return combine_cell_estimates(per_replicate[:, None, :])
 
 
+def level_edges(levels) -> np.ndarray:
+    """Edges ``(K + 1,)`` of the cells of a column of ``K`` numeric levels, ascending.
+
+    The cells split at the midpoints between consecutive levels; the first and last levels
+    are the centres of their cells (a single level gets the unit cell around it). A baseline
+    scores a value of a level column as its probability of the value's cell, the measure a
+    :class:`~normflows_sci.DensityEstimator` gives a column it models as levels.
+
+    Example:
+        >>> level_edges([0.0, 1.0, 4.0]).tolist()
+        [-0.5, 0.5, 2.5, 5.5]
+
+    Raises:
+        ValueError: no levels, repeated or non-finite levels.
+    """
+    values = np.asarray(levels, dtype=np.float64).reshape(-1)
+    ordered = np.unique(values)
+    if not len(values) or len(ordered) != len(values) or not np.isfinite(values).all():
+        raise ValueError(f"levels must be distinct finite numbers, got {list(values)!r}")
+    if len(ordered) == 1:
+        return ordered[0] + np.array([-0.5, 0.5])
+    middle = 0.5 * (ordered[1:] + ordered[:-1])
+    first, last = 2 * ordered[0] - middle[0], 2 * ordered[-1] - middle[-1]
+    return np.concatenate([[first], middle, [last]])
+
+
 class _Baseline(abc.ABC):
-    """Discrete-column handling, ``score``/``score_samples``/``sample`` and the fitted check.
+    """Cell columns (integer lattices, numeric levels), ``score``/``score_samples``/``sample``
+    and the fitted check.
 
     Subclasses implement ``_log_density(X)`` (continuous, ``(rows, features)`` -> ``(rows,)``)
     and ``_draw(num_samples, rng)``.
     """
 
-    def __init__(self, *, discrete=None, step=None):
+    def __init__(self, *, discrete=None, step=None, levels=None):
         self.discrete = discrete
         self.step = step
+        self.levels = levels
+
+    def _level_columns(self, features: int, mask: np.ndarray) -> dict[int, np.ndarray]:
+        """``levels`` as ``{column index: sorted levels}``, checked (``ValueError``)."""
+        if self.levels is None:
+            return {}
+        if not isinstance(self.levels, dict):
+            raise ValueError(f"levels must be a dict {{column index: levels}}, got {self.levels!r}")
+        out = {}
+        for key, levels in self.levels.items():
+            if isinstance(key, bool) or not isinstance(key, (int, np.integer)):
+                raise ValueError(f"levels keys must be column indices, got {key!r}")
+            if not -features <= key < features:
+                raise ValueError(f"levels column index {key} is out of range for {features}")
+            if mask[key]:
+                raise ValueError(f"column {key} cannot be both discrete and a level column")
+            level_edges(levels)  # distinct finite numbers
+            out[int(key) % features] = np.unique(np.asarray(levels, dtype=np.float64))
+        return out
+
+    def _row_cells(self, name: str, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(left, width)`` ``(rows, features)`` of the rows' cells: ``[v, v + step)`` in the
+        discrete columns, the level's cell of :func:`level_edges` in the level columns, the
+        values (width 0) elsewhere; ``ValueError`` for a value that is not a level."""
+        left, width = X.copy(), np.zeros_like(X)
+        mask = self.discrete_mask_
+        width[:, mask] = self.step_[mask]
+        for j, levels in getattr(self, "levels_", {}).items():
+            edges = level_edges(levels)
+            code = np.clip(np.searchsorted(levels, X[:, j]), 0, len(levels) - 1)
+            bad = np.flatnonzero(levels[code] != X[:, j])
+            if bad.size:
+                raise ValueError(
+                    f"{name} column {j} holds {float(X[bad[0], j])!r} (row {bad[0]}), not one "
+                    f"of its levels {levels.tolist()}"
+                )
+            left[:, j], width[:, j] = edges[code], np.diff(edges)[code]
+        return left, width
+
+    def _set_cells(self, X: np.ndarray, mask: np.ndarray, step: np.ndarray) -> None:
+        """Store the cell layout of the training rows ``X`` (checked) on the model."""
+        self.discrete_mask_, self.step_ = mask, step
+        self.levels_ = self._level_columns(X.shape[1], mask)
+        self.cell_mask_ = mask.copy()
+        self.cell_mask_[list(self.levels_)] = True
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "n_features_"):
@@ -213,7 +290,8 @@ class _Baseline(abc.ABC):
 
     def score_samples(self, X) -> np.ndarray:
         """Log-density of each row (log-probability of the cell ``[v, v + step)`` of the value
-        ``v`` for discrete columns).
+        ``v`` for discrete columns, of the level's cell of :func:`level_edges` for level
+        columns).
 
         Cells are integrated by the rule shared with :class:`~normflows_sci.DensityEstimator`
         (:func:`~normflows_sci.quadrature.unit_cell_rule`): exact quadrature for up to three
@@ -230,8 +308,9 @@ class _Baseline(abc.ABC):
         self._check_fitted()
         X = _check_data("X", X, features=self.n_features_, min_rows=0)
         self._check_integers("X", X, self.discrete_mask_)
+        left, width = self._row_cells("X", X)
         log_p, self.last_score_error_ = _cell_log_prob(
-            self._log_density, X, self.discrete_mask_, self.step_
+            self._log_density, left, width, getattr(self, "cell_mask_", self.discrete_mask_)
         )
         warn_imprecise_cells(self.last_score_error_, stacklevel=3)
         return log_p
@@ -248,7 +327,8 @@ class _Baseline(abc.ABC):
         return float(np.mean(self.score_samples(X)))
 
     def sample(self, num_samples: int, *, random_state=None) -> np.ndarray:
-        """Draw ``num_samples`` rows (discrete columns rounded down onto their lattice).
+        """Draw ``num_samples`` rows (discrete columns rounded down onto their lattice, level
+        columns onto the level whose cell holds the draw, the end levels taking the tails).
 
         Args:
             num_samples: number of rows.
@@ -264,6 +344,9 @@ class _Baseline(abc.ABC):
         draws[:, mask] = origin[mask] + step[mask] * np.floor(
             (draws[:, mask] - origin[mask]) / step[mask]
         )
+        for j, levels in getattr(self, "levels_", {}).items():
+            inner = level_edges(levels)[1:-1]
+            draws[:, j] = levels[np.searchsorted(inner, draws[:, j], side="right")]
         return draws
 
 
@@ -282,6 +365,9 @@ class GaussianBaseline(_Baseline):
         discrete: column indices (or a boolean mask) of integer-valued columns.
         step: cell width of the discrete columns: one number, or one per discrete column in
             column order (default 1).
+        levels: ``{column index: levels}`` of numeric columns holding a few levels (what
+            :func:`level_cells` reads off an estimator): fitted as uniform over each level's
+            cell of :func:`level_edges` and scored as the probability of that cell.
 
     Attributes:
         ``mean_``: ``(features,)``.
@@ -290,6 +376,7 @@ class GaussianBaseline(_Baseline):
         ``discrete_mask_``: ``(features,)`` boolean.
         ``step_``, ``origin_``: ``(features,)`` cell widths and lattice origins (0 for
             continuous columns).
+        ``levels_``: ``{column index: sorted levels}`` of the level columns.
 
     Example:
         >>> import numpy as np
@@ -298,8 +385,8 @@ class GaussianBaseline(_Baseline):
         -4.3
     """
 
-    def __init__(self, *, discrete=None, step=None):
-        super().__init__(discrete=discrete, step=step)
+    def __init__(self, *, discrete=None, step=None, levels=None):
+        super().__init__(discrete=discrete, step=step, levels=levels)
 
     def fit(self, X, X_val=None) -> GaussianBaseline:
         """Fit the mean and covariance of ``X``.
@@ -314,19 +401,20 @@ class GaussianBaseline(_Baseline):
         X = _check_data("X", X)
         mask = self._discrete_mask(X)
         step, self.origin_ = self._cells(X, mask)
-        mean = X.mean(axis=0)
-        centred = X - mean
+        self._set_cells(X, mask, step)
+        left, width = self._row_cells("X", X)
+        # Uniform noise over each row's cell, independent of everything: the cell centres'
+        # moments, plus the noise variance width^2 / 12 on the diagonal.
+        centres = left + 0.5 * width
+        mean = centres.mean(axis=0)
+        centred = centres - mean
         covariance = centred.T @ centred / X.shape[0]
-        # Uniform dequantisation noise, independent of everything: shifts the mean by step / 2
-        # and adds its variance step^2 / 12 to the diagonal.
-        mean = mean + 0.5 * step
-        covariance[np.diag_indices_from(covariance)] += step**2 / 12.0
+        covariance[np.diag_indices_from(covariance)] += (width**2).mean(axis=0) / 12.0
         scale = float(np.trace(covariance)) / X.shape[1]
         ridge = _REG * (scale if scale > 0 else 1.0)
         self.cholesky_ = _robust_cholesky(covariance, ridge)
         self.covariance_ = self.cholesky_ @ self.cholesky_.T
         self.mean_ = mean
-        self.discrete_mask_, self.step_ = mask, step
         self.n_features_ = X.shape[1]
         return self
 
@@ -362,6 +450,8 @@ class GaussianMixtureBaseline(_Baseline):
             of the cell ``[k, k + step)`` (as :class:`~normflows_sci.DensityEstimator` does).
         step: cell width of the discrete columns: one number, or one per discrete column in
             column order (default 1).
+        levels: ``{column index: levels}`` of numeric level columns, fitted uniform over each
+            level's cell of :func:`level_edges` and scored as the probability of that cell.
         random_state: seed or ``numpy.random.Generator`` for the initialisation and the split.
 
     Attributes:
@@ -377,6 +467,7 @@ class GaussianMixtureBaseline(_Baseline):
         ``discrete_mask_``: ``(features,)`` boolean.
         ``step_``, ``origin_``: ``(features,)`` cell widths and lattice origins (0 for
             continuous columns).
+        ``levels_``: ``{column index: sorted levels}`` of the level columns.
 
     References:
         Dempster, Laird & Rubin, "Maximum likelihood from incomplete data via the EM algorithm",
@@ -403,9 +494,10 @@ class GaussianMixtureBaseline(_Baseline):
         validation_fraction: float = 0.2,
         discrete=None,
         step=None,
+        levels=None,
         random_state=None,
     ):
-        super().__init__(discrete=discrete, step=step)
+        super().__init__(discrete=discrete, step=step, levels=levels)
         components = check_int("components", components, optional=True)
         candidates = tuple(candidates)
         if not candidates or any(isinstance(k, bool) or int(k) != k or k < 1 for k in candidates):
@@ -445,6 +537,7 @@ class GaussianMixtureBaseline(_Baseline):
         X = _check_data("X", X)
         mask = self._discrete_mask(X)
         step, origin = self._cells(X, mask)
+        self._set_cells(X, mask, step)
         rng = np.random.default_rng(self.random_state)
         if self.components is not None and self.components > X.shape[0]:
             raise ValueError(f"X has {X.shape[0]} rows, fewer than components={self.components}")
@@ -461,8 +554,10 @@ class GaussianMixtureBaseline(_Baseline):
                 order = rng.permutation(X.shape[0])
                 n_val = min(max(1, round(self.validation_fraction * X.shape[0])), X.shape[0] - 1)
                 X_val, X_train = X[order[:n_val]], X[order[n_val:]]
-        # Integer columns are fitted dequantised (k + step * u, u ~ U[0, 1)) and scored per cell.
-        X = X + rng.random(X.shape) * step
+        # Cell columns are fitted dequantised (uniform over each row's cell: k + step * u for
+        # integers) and scored per cell.
+        left, width = self._row_cells("X", X)
+        X = left + rng.random(X.shape) * width
         # Work in coordinates centred on the data mean: exact moments, no cancellation.
         offset = X.mean(axis=0)
         X = X - offset
@@ -472,22 +567,23 @@ class GaussianMixtureBaseline(_Baseline):
         if self.components is not None:
             count = self.components
         else:
-            X_train = X_train + rng.random(X_train.shape) * step - offset
-            count = self._choose_count(X_train, X_val, offset, (mask, step), rng)
+            left, width = self._row_cells("X", X_train)
+            X_train = left + rng.random(X_train.shape) * width - offset
+            count = self._choose_count(X_train, self._row_cells("X_val", X_val), offset, rng)
         params, self.converged_, self.n_iter_ = self._fit_count(X, count, rng)
         self.weights_, self._means, self._choleskys = params
         self._offset = offset
         self.means_ = self._means + offset
         self.covariances_ = self._choleskys @ np.swapaxes(self._choleskys, 1, 2)
         self.components_ = count
-        self.discrete_mask_, self.step_, self.origin_ = mask, step, origin
+        self.origin_ = origin
         self.n_features_ = X.shape[1]
         return self
 
-    def _choose_count(self, X_train, X_val, offset, cells, rng: np.random.Generator) -> int:
+    def _choose_count(self, X_train, val_cells, offset, rng: np.random.Generator) -> int:
         """The candidate count whose fit to the centred, dequantised ``X_train`` scores best on
-        ``X_val`` (per cell; ``cells = (mask, step)``); each candidate's score goes to
-        ``validation_scores_``."""
+        the validation rows (per cell; ``val_cells = (left, width)`` of :meth:`_row_cells`);
+        each candidate's score goes to ``validation_scores_``."""
         for k in self.candidates:
             if k > X_train.shape[0]:
                 continue
@@ -496,7 +592,7 @@ class GaussianMixtureBaseline(_Baseline):
             def log_density(Z, params=params):
                 return self._log_prob(Z - offset, params)
 
-            scores = _cell_log_prob(log_density, X_val, *cells)[0]
+            scores = _cell_log_prob(log_density, *val_cells, self.cell_mask_)[0]
             self.validation_scores_[k] = float(np.mean(scores))
         return max(self.validation_scores_, key=self.validation_scores_.get)
 
@@ -586,7 +682,7 @@ class GaussianMixtureBaseline(_Baseline):
     def predict_proba(self, X) -> np.ndarray:
         """Posterior component probabilities (responsibilities) of each row.
 
-        Discrete columns are evaluated at the centre of their cell.
+        Cell columns (discrete, levels) are evaluated at the centre of their cell.
 
         Args:
             X: ``(rows, features)``.
@@ -596,7 +692,8 @@ class GaussianMixtureBaseline(_Baseline):
         """
         self._check_fitted()
         X = _check_data("X", X, features=self.n_features_, min_rows=0)
-        X = X + 0.5 * self.step_ - self._offset
+        left, width = self._row_cells("X", X)
+        X = left + 0.5 * width - self._offset
         joint = self._joint_log_prob(X, (self.weights_, self._means, self._choleskys))
         return np.exp(joint - _logsumexp_rows(joint)[:, None])
 
@@ -643,6 +740,7 @@ def gaussian_held_out_score(
     discrete: Sequence[int] = (),
     step: float | Sequence[float] | None = None,
     context: Sequence[int] = (),
+    levels: dict | None = None,
 ) -> float:
     """Mean held-out log-likelihood (nats per row) of a full-covariance Gaussian fitted to
     ``train``, on the footing of a :class:`~normflows_sci.DensityEstimator`: the ``discrete``
@@ -658,6 +756,7 @@ def gaussian_held_out_score(
         step: their cell widths (one number, or one per discrete column in column order;
             default 1).
         context: indices of the columns conditioned on.
+        levels: ``{column index: levels}`` of numeric level columns (see :func:`level_cells`).
 
     Example:
         >>> rng = np.random.default_rng(0)
@@ -668,7 +767,7 @@ def gaussian_held_out_score(
         >>> round(joint - given_x, 1)  # the marginal log-density of x
         -1.4
     """
-    joint = GaussianBaseline(discrete=list(discrete), step=step).fit(train)
+    joint = GaussianBaseline(discrete=list(discrete), step=step, levels=levels).fit(train)
     scores = joint.score_samples(held_out)
     context = list(context)
     if context:
@@ -684,6 +783,7 @@ def baseline_scores(
     discrete: Sequence[int] = (),
     step: float | Sequence[float] | None = None,
     random_state: int | None = None,
+    levels: dict | None = None,
 ) -> list[tuple[str, float, float]]:
     """Fit the Gaussian and the Gaussian mixture (size chosen by validation) to ``train`` and
     score them on ``test``.
@@ -698,16 +798,20 @@ def baseline_scores(
             by the log of the ratio of their widths (``log 5`` nats per row for winds in 5-knot
             steps).
         random_state: seed of the mixture's fit.
+        levels: ``{column index: levels}`` of numeric level columns, scored per level cell
+            (pass :func:`level_cells` of the estimator compared with).
 
     Returns:
         ``[(label, mean log-likelihood in nats per row, fit seconds), ...]``, Gaussian first.
     """
     results = []
     started = time.perf_counter()
-    gauss = GaussianBaseline(discrete=list(discrete), step=step).fit(train)
+    gauss = GaussianBaseline(discrete=list(discrete), step=step, levels=levels).fit(train)
     results.append(("Gaussian (full covariance)", gauss.score(test), time.perf_counter() - started))
     started = time.perf_counter()
-    mixture = GaussianMixtureBaseline(discrete=list(discrete), step=step, random_state=random_state)
+    mixture = GaussianMixtureBaseline(
+        discrete=list(discrete), step=step, levels=levels, random_state=random_state
+    )
     mixture.fit(train)
     label = f"Gaussian mixture ({mixture.components_} components)"
     results.append((label, mixture.score(test), time.perf_counter() - started))
@@ -741,14 +845,57 @@ def lattice_cells(estimator, columns: Sequence[str]) -> tuple[list[int], list[fl
     return [j for j, _ in cells], [step for _, step in cells]
 
 
-def describe_cells(columns: Sequence[str], discrete: Sequence[int], step: Sequence[float]) -> str:
+def level_cells(estimator, columns: Sequence[str]) -> dict[int, list]:
+    """The numeric columns a fitted :class:`~normflows_sci.DensityEstimator` models as levels
+    (declared ``categorical``, or taken by ``categorical="auto"``), as the ``levels`` argument
+    of the baselines: ``{position in columns: levels}``. A baseline given these scores each
+    value as the probability of its level's cell (:func:`level_edges`), the measure of the
+    estimator's probability of the level.
+
+    Args:
+        estimator: a fitted ``DensityEstimator``.
+        columns: the names of the columns of the table the baselines see.
+
+    Raises:
+        ValueError: a level column of the estimator is not among ``columns``, or it has label
+            (text) columns, which a baseline of numbers cannot model.
+    """
+    categories = getattr(estimator, "categories_", None)
+    if categories is None:
+        return {}
+    numeric = categories.numeric_levels()
+    labels = [c for c in categories.categorical if c not in numeric]
+    if labels:
+        raise ValueError(
+            f"the estimator models the label columns {labels}: a numeric baseline has no "
+            "probability for them"
+        )
+    columns = list(columns)
+    missing = [c for c in numeric if c not in columns]
+    if missing:
+        raise ValueError(f"columns must include the estimator's level columns {missing}")
+    return {columns.index(c): levels for c, levels in numeric.items()}
+
+
+def describe_cells(
+    columns: Sequence[str],
+    discrete: Sequence[int],
+    step: Sequence[float],
+    levels: dict | None = None,
+) -> str:
     """A phrase naming the cells of a comparison, for printed output.
 
     Example:
         >>> describe_cells(["lat", "wind"], [1], [5.0])
         'integer columns as log-probabilities of the cells wind [v, v+5)'
+        >>> describe_cells(["rate", "x"], [], [], {0: [0.0, 3.3, 3.9]})
+        'level columns as log-probabilities of their level cells rate (3)'
     """
-    if not len(discrete):
-        return "continuous columns only (log-densities)"
-    cells = ", ".join(f"{columns[j]} [v, v+{s:g})" for j, s in zip(discrete, step))
-    return f"integer columns as log-probabilities of the cells {cells}"
+    parts = []
+    if len(discrete):
+        cells = ", ".join(f"{columns[j]} [v, v+{s:g})" for j, s in zip(discrete, step))
+        parts.append(f"integer columns as log-probabilities of the cells {cells}")
+    if levels:
+        named = ", ".join(f"{columns[j]} ({len(v)})" for j, v in sorted(levels.items()))
+        parts.append(f"level columns as log-probabilities of their level cells {named}")
+    return "; ".join(parts) or "continuous columns only (log-densities)"

@@ -42,6 +42,7 @@ from normflows_sci._categorical import (
 )
 from normflows_sci._modelfile import (
     build_with_weights,
+    check_atoms,
     check_categorical,
     check_config,
     check_sizes,
@@ -81,6 +82,7 @@ from normflows_sci._tabular import (
     column_layout,
     hill_tail_index,
     plan_table,
+    point_masses,
 )
 from normflows_sci._version import __version__
 from normflows_sci.checks import check_int
@@ -195,10 +197,15 @@ def _positions(names: list[str], chosen: list[str]) -> list[int]:
     return [names.index(c) for c in chosen]
 
 
-def _cell_kind(width: float) -> str:
-    if not width:
+def _cell_kind(cell) -> str:
+    """A phrase for a cell of ``DensityEstimator._cells``."""
+    if isinstance(cell, tuple):
+        if cell[0] == "labels":
+            return "the probability of its labels"
+        return f"the log-probability of its {len(cell[1])} levels (cells split at midpoints)"
+    if not cell:
         return "a density"
-    return f"the log-probability of its cells [v, v + {width:g})"
+    return f"the log-probability of its cells [v, v + {cell:g})"
 
 
 def _check_trained(model: Flow, history: dict, *, validated: bool) -> None:
@@ -255,6 +262,22 @@ def _stored_selection(config: dict, path, spec: TableSpec) -> list[dict] | None:
     return records
 
 
+def _warn_atoms(atoms: dict, *, stacklevel: int) -> None:
+    """One warning per continuous column with a point mass (see :func:`point_masses`), naming
+    the value and its share and what to do; ``stacklevel`` as ``warnings.warn`` takes it in
+    the caller."""
+    for column, (value, share) in atoms.items():
+        warnings.warn(
+            f"column {column!r} has a point mass: {share:.1%} of the training rows are exactly "
+            f"{value:g}. A density has no finite likelihood on a point mass (it grows without "
+            "bound as the model narrows onto the value), so training and scores there measure "
+            "that narrowing, not the fit. Declare the column categorical (categorical=[...]) "
+            "if it takes a few values, discrete if it holds integers, or model the atom apart "
+            "(an indicator of the value, and the column where it differs)",
+            stacklevel=stacklevel + 1,
+        )
+
+
 class DensityEstimator:
     """Fit a normalizing flow to a table and get exact log-densities in the original units.
 
@@ -283,8 +306,12 @@ class DensityEstimator:
             column) or None. Each one's lattice spacing is detected (e.g. 5 for values in steps of
             5); its score is the log-probability of the value, its samples lie on the lattice.
         categorical: label columns: ``"auto"`` (the DataFrame columns of object, string or
-            pandas categorical dtype), None (none: every column must be numeric) or a list of
-            columns (names or positions; numeric columns become labels too). Their levels are
+            pandas categorical dtype, and the numeric non-context columns recorded as a few
+            levels: not integer-valued, at most 16 distinct values and at least 5 rows per value
+            on average, e.g. a rate taking five values), None (none: every column must be
+            numeric) or a list of columns (names or positions; numeric columns become labels
+            too). A numeric column taken as levels is scored as the probability of its value
+            and sampled on exactly its values (``info()["level_columns"]``). Their levels are
             those of the training table (all declared categories of a pandas categorical); the
             score of a row is ``log P(levels) + log p(numeric columns | levels)``. A categorical
             column in ``context`` is conditioned on; modelled categorical columns cannot go with
@@ -324,6 +351,12 @@ class DensityEstimator:
     The constructor takes every setting as its own keyword argument, stored unchanged under the
     same name (the scikit-learn convention that ``get_params``, ``clone`` and grid searches rely
     on); the network and training settings are grouped where they are used.
+
+    A continuous target column whose most frequent value holds at least 5 % of the training rows
+    (``ATOM_SHARE``: exact zeros of an amount, a censoring limit) has a point mass, on which a
+    density has no finite likelihood: ``fit`` warns once per such column (naming the value and
+    its share) and ``info()["atoms"]`` records them. The model still fits a density there; a
+    column of a few values should be declared ``categorical``, an integer one ``discrete``.
 
     Degenerate tables are refused rather than fitted wrongly: fewer than two rows, or a constant
     continuous column (a point mass has no density), are errors naming the count or the column.
@@ -453,6 +486,8 @@ class DensityEstimator:
         """
         values, names, is_frame, roles, categories = self._training_table(X, columns)
         layout = column_layout(values, names, **roles)
+        atoms = point_masses(layout, values)
+        _warn_atoms(atoms, stacklevel=2)
         seed = self._seed()
         budget = Budget(self._total_time())
         train, val = self._validation_rows(values, names, X_val, seed, categories)
@@ -490,6 +525,7 @@ class DensityEstimator:
         (model, spec), history, records = fitted
         self.flow_, self.spec_, self.history_ = model, spec, history
         self.categories_ = categories
+        self.atoms_ = atoms
         self.selection_ = records
         self.fit_time_ = budget.clock() - budget.start
         self._report()
@@ -641,13 +677,13 @@ class DensityEstimator:
         if columns is not None and hasattr(X, "columns") and hasattr(X, "to_numpy"):
             raise ValueError("columns is only for numpy input: a DataFrame brings its own names")
         table, names, is_frame = read_columns(X, "X", columns)
-        categorical = declared_categorical(table, names, self.categorical)
+        context = column_names(self.context, names, "context")
+        categorical = declared_categorical(table, names, self.categorical, context)
         roles = dict(context=self.context, discrete=self.discrete, bounds=self.bounds)
         categories = None
         if not categorical:
             values = as_table(table, "X")[0] if is_frame else table
         else:
-            context = column_names(self.context, names, "context")
             categories = CategoricalSpec.from_table(table, names, categorical, context)
             numeric, codes = split_mixed(table, "X", categories)
             values = np.hstack([numeric, categories.dummies(codes)])
@@ -1032,19 +1068,29 @@ class DensityEstimator:
             )
         return ScoreEstimate.of_rows(difference, np.hypot(my_error, their_error))
 
-    def _cells(self) -> dict[str, float]:
-        """``{column: cell width}`` of the numeric target columns (0: continuous); a value ``v``
-        of an integer column is scored as the probability of ``[v, v + width)``."""
+    def _cells(self) -> dict:
+        """How each modelled column is scored: ``{column: cell}`` with a cell width (0:
+        continuous, a density; a width: a value ``v`` of an integer column is scored as the
+        probability of ``[v, v + width)``), ``("levels", levels)`` for a numeric column modelled
+        as levels, ``("labels",)`` for a label column."""
         spec = self.spec_
-        return {
+        cells = {
             c: step if discrete else 0.0
             for c, step, discrete in zip(spec.target_columns, spec.step, spec.discrete)
         }
+        categories = self._categories
+        if categories is not None:
+            numeric = categories.numeric_levels()
+            for column, context in zip(categories.categorical, categories.context):
+                if not context:
+                    kind = ("levels", tuple(numeric[column])) if column in numeric else ("labels",)
+                    cells[column] = kind
+        return {c: cells[c] for c in self.target_columns_}
 
-    def _their_cells(self, other) -> dict[str, float] | None:
-        """:meth:`_cells` of a :class:`DensityEstimator` or a baseline (``discrete_mask_`` and
-        ``step_``) with this model's columns, None for another kind of model; ``ValueError``
-        when ``other`` models another table."""
+    def _their_cells(self, other) -> dict | None:
+        """:meth:`_cells` of a :class:`DensityEstimator` or a baseline (``discrete_mask_``,
+        ``step_`` and ``levels_``) with this model's columns, None for another kind of model;
+        ``ValueError`` when ``other`` models another table."""
         mine = self._cells()
         if isinstance(other, DensityEstimator):
             other._check_fitted()
@@ -1058,13 +1104,21 @@ class DensityEstimator:
         elif hasattr(other, "discrete_mask_"):
             mask = np.asarray(other.discrete_mask_, dtype=bool)
             step = np.asarray(getattr(other, "step_", np.ones(mask.shape)), dtype=np.float64)
+            levels = getattr(other, "levels_", {})
             if mask.shape == (len(self.columns_),) == (len(mine),):
-                return {c: float(w) if m else 0.0 for c, m, w in zip(mine, mask, step)}
+                return {
+                    c: ("levels", tuple(levels[j].tolist()))
+                    if j in levels
+                    else float(step[j])
+                    if mask[j]
+                    else 0.0
+                    for j, c in enumerate(self.columns_)
+                }
         else:
             return None
         raise ValueError(
             f"other does not model the same table as this model ({self.target_columns_} given "
-            f"{self.context_columns_}, {list(mine)} numeric): the scores are not comparable"
+            f"{self.context_columns_}): the scores are not comparable"
         )
 
     def _check_same_cells(self, other) -> None:
@@ -1073,22 +1127,24 @@ class DensityEstimator:
         mine = self._cells()
         theirs = self._their_cells(other)
         if theirs is None:
-            lattice = {c: w for c, w in mine.items() if w}
-            if lattice:
+            cells = {c: w for c, w in mine.items() if w}
+            if cells:
+                what = "integer" if all(isinstance(w, float) for w in cells.values()) else "cell"
                 warnings.warn(
-                    f"cannot check how {type(other).__name__} scores the integer columns "
-                    f"{list(lattice)}: the difference is only meaningful if it scores them as "
-                    f"log-probabilities of the same cells (widths {list(lattice.values())})",
+                    f"cannot check how {type(other).__name__} scores the {what} columns "
+                    f"{list(cells)}: "
+                    "the difference is only meaningful if it scores them as log-probabilities "
+                    f"of the same cells ({', '.join(map(_cell_kind, cells.values()))})",
                     stacklevel=3,
                 )
             return
-        for column, width in mine.items():
-            if theirs[column] != width:
+        for column, cell in mine.items():
+            if theirs[column] != cell:
                 raise ValueError(
-                    f"column {column!r} is scored as {_cell_kind(width)} by this model but as "
+                    f"column {column!r} is scored as {_cell_kind(cell)} by this model but as "
                     f"{_cell_kind(theirs[column])} by other: a density and a probability, or "
-                    "probabilities of cells of different widths, differ by the log of the cell "
-                    "width, so the difference would be meaningless"
+                    "probabilities of different cells, differ by the log of the cell widths, so "
+                    "the difference would be meaningless"
                 )
 
     def _onto_support(self, samples: np.ndarray) -> np.ndarray:
@@ -1238,6 +1294,8 @@ class DensityEstimator:
         }
         if self._categories is not None:
             config["categorical"] = self._categories.to_dict()
+        if getattr(self, "atoms_", None):
+            config["atoms"] = {c: list(pair) for c, pair in self.atoms_.items()}
         if getattr(self, "selection_", None) is not None:
             config["selection"] = self.selection_
         return save_model(path, config, self.flow_.state_dict())
@@ -1263,6 +1321,7 @@ class DensityEstimator:
         )
         check_sizes(spec, tensors, path)
         categories = check_categorical(config, path, spec)
+        atoms = check_atoms(config, path, spec)
         spec = TableSpec.from_dict(spec)
         try:
             estimator = cls(**params, verbose=False)
@@ -1270,6 +1329,7 @@ class DensityEstimator:
             raise ValueError(f"{path}: config field params is invalid: {error}") from error
         estimator.spec_ = spec
         estimator.categories_ = categories
+        estimator.atoms_ = atoms
         estimator.selection_ = _stored_selection(config, path, spec)  # before the base is built
         estimator.flow_ = build_with_weights(estimator._build, spec, tensors, path)
         estimator.history_ = history
@@ -1278,7 +1338,9 @@ class DensityEstimator:
 
     def info(self) -> dict:
         """A JSON-serialisable summary of the fitted model (``categorical_columns``: the number
-        of levels of each categorical column)."""
+        of levels of each categorical column; ``level_columns``: the levels of the numeric
+        ones; ``atoms``: ``{column: {"value", "share"}}`` of the continuous columns with a point
+        mass)."""
         self._check_fitted()
         spec = self.spec_
         targets = spec.target_columns
@@ -1296,6 +1358,11 @@ class DensityEstimator:
             "target_columns": self.target_columns_,
             "context_columns": self.context_columns_,
             "categorical_columns": {} if categories is None else categories.info(),
+            "level_columns": {} if categories is None else categories.numeric_levels(),
+            "atoms": {
+                c: {"value": value, "share": share}
+                for c, (value, share) in (getattr(self, "atoms_", None) or {}).items()
+            },
             "discrete_columns": [c for c, d in zip(targets, spec.discrete) if d],
             "bounds": {
                 c: [lo, hi]

@@ -298,3 +298,59 @@ def test_cells_of_width_step_are_normalised_and_samples_stay_on_the_lattice(mode
     assert np.all((draws - 10.0) % 5.0 == 0.0)
     with pytest.raises(ValueError, match=r"step must be a positive number or one per discrete"):
         GaussianBaseline(discrete=[0], step=[5.0, 1.0]).fit(winds)
+
+
+# ------------------------------------------------------------------------------ level columns
+
+
+def test_level_columns_are_scored_as_probabilities_of_their_midpoint_cells():
+    """A column of levels 0, 1, 4 is scored as the Gaussian's probability of the cells
+    [-0.5, 0.5), [0.5, 2.5), [2.5, 5.5) (split at midpoints, end levels centred), fitted to
+    the rows spread uniformly over those cells. The old baselines had no such cells: a level
+    scored as a density, unbounded as the fit narrows onto it."""
+    from scipy.stats import norm
+
+    from normflows_sci.baselines import level_edges
+
+    rng = np.random.default_rng(0)
+    levels = [0.0, 1.0, 4.0]
+    X = rng.choice(levels, size=(3000, 1), p=[0.5, 0.3, 0.2])
+    gauss = GaussianBaseline(levels={0: levels}).fit(X)
+    edges = level_edges(levels)
+    np.testing.assert_array_equal(edges, [-0.5, 0.5, 2.5, 5.5])
+    # Moments of the rows spread uniformly over their cells.
+    centres = np.array([0.0, 1.5, 4.0])[np.searchsorted(levels, X[:, 0])]
+    widths = np.diff(edges)[np.searchsorted(levels, X[:, 0])]
+    assert gauss.mean_[0] == pytest.approx(centres.mean(), rel=1e-12)
+    variance = centres.var() + (widths**2).mean() / 12.0
+    assert gauss.covariance_[0, 0] == pytest.approx(variance, rel=1e-5)
+    cdf = norm(gauss.mean_[0], np.sqrt(gauss.covariance_[0, 0])).cdf(edges)
+    scores = gauss.score_samples(np.array(levels)[:, None])
+    np.testing.assert_allclose(np.exp(scores), np.diff(cdf), rtol=1e-6)
+    draws = gauss.sample(2000, random_state=0)
+    assert set(np.unique(draws)) == set(levels)
+    with pytest.raises(ValueError, match=r"column 0 holds 2.0 \(row 0\), not one of its levels"):
+        gauss.score_samples(np.array([[2.0]]))
+
+
+def test_mixture_with_a_level_column_cannot_collapse_onto_the_levels():
+    """An atom at 0 (half the rows) next to a continuous column: fitted on the raw values a
+    mixture puts a near-singular component on the atom and its score there grows without
+    bound; scored per level cell it is a probability (at most 1)."""
+    rng = np.random.default_rng(1)
+    rate = rng.choice([0.0, 2.5, 3.1], size=1500, p=[0.5, 0.3, 0.2])
+    X = np.column_stack([rate, rate + rng.normal(size=1500)])
+    levels = {0: [0.0, 2.5, 3.1]}
+    gmm = GaussianMixtureBaseline(levels=levels, random_state=0).fit(X[:1000])
+    raw = GaussianMixtureBaseline(random_state=0).fit(X[:1000])
+    assert raw.score(X[1000:]) > gmm.score(X[1000:]) + 3.0  # the spike's "win"
+    # Per cell: the level column's probability times a density of the other column, which
+    # integrates to at most 1 over the other column.
+    grid = np.linspace(-8.0, 12.0, 2001)
+    rows = np.array([[r, y] for r in levels[0] for y in grid])
+    mass = np.exp(gmm.score_samples(rows)).sum() * (grid[1] - grid[0])
+    assert 0.95 < mass <= 1.0 + 1e-6
+    with pytest.raises(ValueError, match="both discrete and a level column"):
+        GaussianBaseline(discrete=[0], levels={0: [0.0, 1.0]}).fit(np.zeros((3, 1)))
+    with pytest.raises(ValueError, match="distinct finite numbers"):
+        GaussianBaseline(levels={0: [0.0, 0.0]}).fit(np.zeros((3, 1)))

@@ -443,3 +443,55 @@ def test_autoregressive_factor_is_conditional_on_categorical_context():
         assert logsumexp(categories.log_prob(rows)) == pytest.approx(0.0, abs=1e-9)
     given = pd.DataFrame({"a": ["a03"] * 500})
     assert (est.sample(context=given, random_state=0)["b"] == "b03").mean() > 0.5
+
+
+# ----------------------------------------------------------------------------- numeric levels
+
+
+def _levels_table(rows: int, seed: int = 11) -> np.ndarray:
+    """``rate`` (three non-integer levels, taken as levels by ``categorical="auto"``) and
+    ``y`` (continuous, its mean depending on the rate)."""
+    rng = np.random.default_rng(seed)
+    rate = rng.choice([0.5, 1.7, 2.9], size=rows, p=[0.6, 0.3, 0.1])
+    return np.column_stack([rate, 2.0 * rate + rng.normal(0.0, 0.6, rows)])
+
+
+def test_levels_column_density_sums_and_integrates_to_one():
+    from normflows_sci import DensityEstimator
+
+    X = _levels_table(1200)
+    est = DensityEstimator(**QUICK).fit(X, columns=["rate", "y"])
+    assert est.info()["level_columns"] == {"rate": [0.5, 1.7, 2.9]}
+    low, high, points = -10.0, 16.0, 1000
+    step = (high - low) / points
+    y_grid = low + step * (np.arange(points) + 0.5)
+    rows = np.array([[r, y] for r in (0.5, 1.7, 2.9) for y in y_grid])
+    mass = np.exp(est.score_samples(rows)).reshape(3, -1).sum(axis=1) * step
+    assert abs(mass.sum() - 1.0) < 1e-2
+    # P(rate) is the smoothed share of each level in the training rows.
+    shares = [np.mean(X[:, 0] == r) for r in (0.5, 1.7, 2.9)]
+    np.testing.assert_allclose(mass, shares, atol=0.01)
+
+
+def test_compare_with_a_baseline_needs_the_same_level_cells():
+    """The old comparison could only score the level column as a density (or refused the
+    table): a probability against a density is off by the log of the cell width."""
+    from normflows_sci import DensityEstimator
+    from normflows_sci.baselines import GaussianBaseline, describe_cells, level_cells
+
+    X = _levels_table(900, seed=12)
+    train, test = X[:700], X[700:]
+    est = DensityEstimator(**QUICK).fit(train, columns=["rate", "y"])
+    levels = level_cells(est, ["rate", "y"])
+    assert levels == {0: [0.5, 1.7, 2.9]}
+    assert describe_cells(["rate", "y"], [], [], levels) == (
+        "level columns as log-probabilities of their level cells rate (3)"
+    )
+    same = GaussianBaseline(levels=levels).fit(train)
+    paired = est.compare(same, test)
+    difference = est.score_samples(test) - same.score_samples(test)
+    assert paired.mean == pytest.approx(difference.mean(), rel=1e-12)
+    with pytest.raises(ValueError, match=r"'rate' is scored as the log-probability of its 3 "):
+        est.compare(GaussianBaseline().fit(train), test)
+    with pytest.raises(ValueError, match=r"'rate' .* 3 levels .* 2 levels"):
+        est.compare(GaussianBaseline(levels={0: [0.5, 1.7]}).fit(train[train[:, 0] < 2]), test)

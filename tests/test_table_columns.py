@@ -115,3 +115,83 @@ def test_heavy_tails_are_flagged_for_t_and_cauchy_columns_only(seed):
 def test_unbounded_log_normal_column_is_not_flagged_either():
     X = np.random.default_rng(3).lognormal(0.0, 1.0, size=(5000, 1))
     assert _spec(X).tail_df == (None,)
+
+
+# ---------------------------------------------------------------------------- levels and atoms
+
+
+def _rates_table(rows: int, seed: int = 0) -> np.ndarray:
+    """``rate`` (four non-integer levels, like a log co-insurance rate) and ``y`` (continuous,
+    shifted by the rate)."""
+    rng = np.random.default_rng(seed)
+    rate = rng.choice([0.0, 3.258, 3.932, 4.564], size=rows, p=[0.5, 0.2, 0.2, 0.1])
+    return np.column_stack([rate, rate + rng.normal(0.0, 0.5, rows)])
+
+
+def test_auto_levels_rule_takes_few_valued_non_integer_columns_only():
+    """The old "auto" took labels of DataFrames only: a five-valued rate in an array was a
+    continuous column, whose density is unbounded on its values."""
+    from normflows_sci._categorical import declared_categorical
+
+    rng = np.random.default_rng(0)
+    rows = 160
+    rate = rng.choice([0.1 * k + 0.05 for k in range(16)], size=rows)  # 16 values, 10 per value
+    many = rng.choice([0.1 * k + 0.05 for k in range(17)], size=rows)  # 17 values
+    counts = rng.integers(0, 4, size=rows).astype(float)  # integers keep their lattice
+    sparse = rng.choice([0.5, 1.5], size=rows)
+    sparse[:40] = np.arange(40) + 0.25  # 42 values: under 5 rows per value
+    y = rng.normal(size=rows)
+    table = np.column_stack([rate, many, counts, sparse, y])
+    names = ["rate", "many", "counts", "sparse", "y"]
+    assert declared_categorical(table, names, "auto") == ["rate"]
+    assert declared_categorical(table, names, "auto", context=["rate"]) == []
+    # Modelled levels cannot depend on a numeric context column: none are taken then.
+    assert declared_categorical(table, names, "auto", context=["y"]) == []
+    # Every numeric column a level column would leave nothing for the flow: none taken.
+    assert declared_categorical(table[:, :1], ["rate"], "auto") == []
+    assert declared_categorical(table, names, None) == []
+
+
+def test_auto_level_column_is_modelled_exactly_and_sampled_on_its_levels(tmp_path):
+    X = _rates_table(800)
+    est = DensityEstimator(**QUICK).fit(X, columns=["rate", "y"])
+    levels = [0.0, 3.258, 3.932, 4.564]
+    info = est.info()
+    assert info["categorical_columns"] == {"rate": 4}
+    assert info["level_columns"] == {"rate": levels}
+    draws = est.sample(3000, random_state=0)
+    assert set(np.unique(draws[:, 0])) <= set(levels) and len(np.unique(draws[:, 0])) == 4
+    # A value between levels is no level: probability zero, with the usual warning.
+    with pytest.warns(UserWarning, match="not seen in training"):
+        assert np.isneginf(est.score_samples(np.array([[3.0, 3.0]])))[0]
+    loaded = DensityEstimator.load(est.save(tmp_path / "levels.nfs"))
+    assert loaded.info()["level_columns"] == {"rate": levels}
+    np.testing.assert_array_equal(loaded.score_samples(X[:50]), est.score_samples(X[:50]))
+
+
+def test_continuous_column_with_an_atom_warns_once_and_records_it(tmp_path):
+    """10 % exact zeros in an amount: the old fit said nothing while its likelihood there
+    grew without bound."""
+    import warnings
+
+    rng = np.random.default_rng(4)
+    amount = rng.lognormal(0.0, 1.0, 500)
+    amount[:50] = 0.0
+    X = np.column_stack([amount, rng.normal(size=500)])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        est = DensityEstimator(**QUICK).fit(X, columns=["amount", "x"])
+    atoms = [w for w in caught if "point mass" in str(w.message)]
+    assert len(atoms) == 1 and atoms[0].filename == __file__  # points at the caller of fit
+    message = str(atoms[0].message)
+    assert message.startswith("column 'amount' has a point mass: 10.0% of the training rows")
+    assert "exactly 0" in message and "categorical" in message
+    assert est.info()["atoms"] == {"amount": {"value": 0.0, "share": 0.1}}
+    loaded = DensityEstimator.load(est.save(tmp_path / "atoms.nfs"))
+    assert loaded.info()["atoms"] == est.info()["atoms"]
+    # Declared as an integer lattice, a repeated value is a probability: no warning.
+    counts = np.column_stack([rng.poisson(0.3, 500).astype(float), rng.normal(size=500)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        clean = DensityEstimator(discrete=[0], **QUICK).fit(counts)
+    assert clean.info()["atoms"] == {}
