@@ -7,8 +7,9 @@ import math
 import pytest
 import torch
 
-from normflows_sci.energies import Energy
-from normflows_sci.flows import NSF, RealNVP
+from normflows_sci.energies import DW4, Energy
+from normflows_sci.flows import NSF, RealNVP, particle_flow
+from normflows_sci.flows.cnf import divergence_estimator
 from normflows_sci.samplers import importance_sample
 from normflows_sci.training import fit_boltzmann, regularize_energy, reverse_kl_loss
 
@@ -153,3 +154,108 @@ def test_bad_arguments():
         fit_boltzmann(flow, target, steps=0, progress=False)
     with pytest.raises(ValueError, match="schedule"):
         fit_boltzmann(flow, target, schedule="plateau", progress=False)
+
+
+# ---------------------------------------------------------------- Hutchinson training of CNFs
+
+
+def _small_particle_flow():
+    return particle_flow(4, 2, hidden_features=8, layers=1, solver="rk4", steps=3, seed=0)
+
+
+class _Recording:
+    """DW4's log-density that records the flow's divergence setting at every call (the trainer
+    calls it inside the loss) and can fail on a given call."""
+
+    def __init__(self, flow, fail_at: int | None = None):
+        self.flow, self.fail_at, self.seen, self.target = flow, fail_at, [], DW4()
+
+    def __call__(self, x):
+        transform = self.flow.transform
+        self.seen.append((transform.divergence, transform.probe_generator is not None))
+        if self.fail_at is not None and len(self.seen) >= self.fail_at:
+            raise RuntimeError("energy evaluation failed")
+        return self.target.log_prob(x)
+
+
+def test_fit_boltzmann_hutchinson_switches_for_the_loss_and_restores_also_on_error():
+    flow = _small_particle_flow()
+    target = _Recording(flow)
+    options = dict(steps=3, batch_size=8, seed=0, progress=False, log_every=1)
+    history = fit_boltzmann(flow, target, divergence="hutchinson", **options)
+    # Every loss evaluation ran with seeded Hutchinson probes; the flow is exact again after.
+    assert target.seen == [("hutchinson", True)] * 3
+    assert flow.transform.divergence == "exact" and flow.transform.probe_generator is None
+    # Same seed, exact divergence: the first batch draws the same samples (the latent comes
+    # before the probes), so the reverse KL differs by the probes' noise alone.
+    exact = fit_boltzmann(_small_particle_flow(), DW4(), **options)
+    assert history["reverse_kl"][0] != exact["reverse_kl"][0]
+    assert abs(history["reverse_kl"][0] - exact["reverse_kl"][0]) < 0.1 * abs(
+        exact["reverse_kl"][0]
+    )
+    failing = _Recording(flow, fail_at=2)
+    with pytest.raises(RuntimeError, match="energy evaluation failed"):
+        fit_boltzmann(flow, failing, divergence="hutchinson", **options)
+    assert failing.seen == [("hutchinson", True)] * 2
+    assert flow.transform.divergence == "exact" and flow.transform.probe_generator is None
+
+
+def test_hutchinson_reverse_kl_loss_averages_to_the_exact_loss():
+    """The same samples (one sampling seed), fresh probes per call: the losses differ, and their
+    mean over the probes is the exact loss within its standard error."""
+    flow = particle_flow(3, 2, hidden_features=8, layers=1, solver="rk4", steps=2, seed=0)
+    flow = flow.double()
+    with torch.no_grad():
+        for parameter in flow.parameters():  # a field with a real divergence
+            parameter.add_(
+                0.3
+                * torch.randn(
+                    parameter.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64
+                )
+            )
+    target = lambda x: -0.5 * x.square().sum(-1)  # noqa: E731
+    with torch.no_grad():
+        exact, _ = reverse_kl_loss(flow, target, 32, generator=torch.Generator().manual_seed(0))
+        draws = []
+        for seed in range(100):
+            probes = torch.Generator().manual_seed(100 + seed)
+            with divergence_estimator(flow, "hutchinson", generator=probes):
+                loss, _ = reverse_kl_loss(
+                    flow, target, 32, generator=torch.Generator().manual_seed(0)
+                )
+            draws.append(float(loss))
+    draws = torch.tensor(draws, dtype=torch.float64)
+    stderr = float(draws.std()) / math.sqrt(len(draws))
+    assert float(draws.std()) > 1e-4  # the probes matter
+    assert abs(float(draws.mean()) - float(exact)) < 4 * stderr
+
+
+def test_hutchinson_reverse_kl_fine_tune_lowers_the_exact_reverse_kl_on_dw4():
+    """An untrained particle flow (its near-zero field: q is the base) fine-tuned on DW4's
+    energy with the Hutchinson divergence; scored with the exact one."""
+    flow, target = _small_particle_flow(), DW4()
+
+    def exact_reverse_kl():
+        with torch.no_grad():
+            x, log_q = flow.sample_and_log_prob(512, generator=torch.Generator().manual_seed(7))
+            terms = target.energy(x) + log_q
+        return float(terms.mean()), float(terms.std()) / math.sqrt(len(terms))
+
+    before, before_se = exact_reverse_kl()
+    fit_boltzmann(
+        flow, target, steps=12, batch_size=32, learning_rate=5e-2, seed=0,
+        divergence="hutchinson", progress=False,
+    )  # fmt: skip
+    after, after_se = exact_reverse_kl()
+    assert flow.transform.divergence == "exact"
+    assert before - after > 10 * math.hypot(before_se, after_se), (before, after)
+
+
+def test_divergence_is_checked_where_it_is_owned():
+    flow = _small_particle_flow()
+    with pytest.raises(ValueError, match="divergence must be one of"):
+        fit_boltzmann(flow, DW4(), divergence="skilling", progress=False)
+    with pytest.raises(TypeError, match="contains no ODETransform"):
+        fit_boltzmann(
+            small_flow(), CorrelatedGaussian(), divergence="hutchinson", steps=1, progress=False
+        )

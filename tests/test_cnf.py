@@ -11,7 +11,13 @@ from scipy.linalg import expm
 from tests_helpers import grid_integral
 from torch import nn
 
-from normflows_sci.flows.cnf import CNF, ContinuousFlow, ODETransform, VelocityMLP
+from normflows_sci.flows.cnf import (
+    CNF,
+    ContinuousFlow,
+    ODETransform,
+    VelocityMLP,
+    divergence_estimator,
+)
 from normflows_sci.samplers import IndependentMH, importance_sample
 from normflows_sci.training.flow_matching import (
     fit_flow_matching,
@@ -161,6 +167,53 @@ def test_hutchinson_estimator_is_unbiased():
             mean, se = draws.mean(0), draws.std(0) / math.sqrt(4000)
             assert bool((draws.std(0) > 1e-4).all())  # it really is random
             assert bool(((mean - exact).abs() < 4 * se + 1e-9).all()), (mean, exact, se)
+
+
+def test_divergence_estimator_switches_every_ode_transform_and_restores_them_on_error():
+    first, second = CNF(2, hidden_features=(8,)), CNF(2, hidden_features=(8,))
+    own = torch.Generator().manual_seed(0)
+    second.transform.divergence, second.transform.probe_generator = "hutchinson", own
+    both, probes = nn.ModuleList([first, second]), torch.Generator().manual_seed(1)
+    with divergence_estimator(both, "hutchinson", generator=probes) as switched:
+        assert switched == [first.transform, second.transform]
+        assert all(t.divergence == "hutchinson" and t.probe_generator is probes for t in switched)
+    with pytest.raises(KeyError), divergence_estimator(both, "exact"):
+        assert first.transform.divergence == second.transform.divergence == "exact"
+        raise KeyError("inside the block")
+    for transform, kind, generator in ((first, "exact", None), (second, "hutchinson", own)):
+        assert transform.transform.divergence == kind
+        assert transform.transform.probe_generator is generator
+    # Checked before anything is switched; one validation path, also for direct assignment.
+    with (
+        pytest.raises(ValueError, match="divergence must be one of"),
+        divergence_estimator(both, "skilling"),
+    ):
+        pass
+    with pytest.raises(ValueError, match=r"divergence must be one of .* got 'Exact'"):
+        first.transform.divergence = "Exact"
+    assert first.transform.divergence == "exact"
+    with (
+        pytest.raises(TypeError, match="contains no ODETransform"),
+        divergence_estimator(nn.Linear(2, 2), "exact"),
+    ):
+        pass
+
+
+def test_hutchinson_probes_are_drawn_from_the_probe_generator():
+    """Seeded probes: the same estimate whatever the global generator did in between."""
+    flow = CNF(2, hidden_features=(16,), solver="rk4", steps=4, seed=1).double()
+    x = _points(5, seed=3)
+    flow.transform.divergence = "hutchinson"
+    estimates = []
+    with torch.no_grad():
+        for global_seed in (0, 1):
+            torch.manual_seed(global_seed)
+            flow.transform.probe_generator = torch.Generator().manual_seed(4)
+            estimates.append(flow.log_prob(x))
+        flow.transform.probe_generator = torch.Generator().manual_seed(5)
+        other = flow.log_prob(x)
+    torch.testing.assert_close(estimates[0], estimates[1], atol=0, rtol=0)
+    assert (other - estimates[0]).abs().max() > 1e-6
 
 
 def test_trained_cnf_density_integrates_to_one_in_2d():
