@@ -219,6 +219,76 @@ def test_particle_flow_log_prob_and_its_gradients_equal_the_autograd_divergence(
         torch.testing.assert_close(mine, theirs, atol=1e-9, rtol=1e-9)
 
 
+@pytest.mark.parametrize(
+    "n, d, layers, context",
+    [(4, 2, 2, 0), (13, 3, 3, 0), (3, 2, 1, 2)],
+    ids=["dw4", "lj13", "one_layer_context"],
+)
+def test_egnn_probed_divergence_is_the_quadratic_form_of_the_autograd_jacobian(
+    n, d, layers, context
+):
+    """One forward-mode tangent per row gives ``e^T J e`` of the centred field's Jacobian: for
+    probes in the subspace (MeanFree) and off it (R^(n d)), where ``J e`` alone would differ."""
+    field = EGNNVelocity(n, d, hidden_features=12, layers=layers, context_features=context)
+    field = field.double()
+    _perturb(field)
+    space = MeanFree(n, d)
+    x = space.proj(2.0 * torch.randn(5, n * d, generator=_generator(1), dtype=F64))
+    t = torch.rand(5, 1, generator=_generator(2), dtype=F64)
+    c = torch.randn(5, context, generator=_generator(3), dtype=F64) if context else None
+    jacobian = torch.autograd.functional.jacobian(lambda y: field(y, t, c).sum(0), x)
+    jacobian = jacobian.permute(1, 0, 2)  # (batch, out, in) of the centred field
+    signs = torch.randint(0, 2, (5, n * d), generator=_generator(4)).to(F64) * 2 - 1
+    for manifold, probe in ((space, signs[:, : (n - 1) * d] @ space.basis(x).T), (None, signs)):
+        with torch.no_grad():
+            v, estimate = field.value_and_probed_divergence(x, t, c, manifold, probe)
+        torch.testing.assert_close(v, field(x, t, c), atol=1e-12, rtol=0)
+        expected = torch.einsum("bd,bde,be->b", probe, jacobian, probe)
+        assert expected.abs().max() > 1e-2
+        torch.testing.assert_close(estimate, expected, atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="probe must have the shape of x"):
+        field.value_and_probed_divergence(x, t, c, space, signs[:, :2])
+
+
+def test_particle_flow_hutchinson_uses_the_field_and_equals_the_autograd_estimate():
+    """Same probes (seeded), the field's one-tangent estimate against the autograd
+    vector-Jacobian product: the same log-density and the same gradients (training)."""
+    flow = _flow(4, 2, steps=3, divergence="hutchinson")
+    _perturb(flow)
+    plain = _flow(4, 2, steps=3, divergence="hutchinson")
+    plain.load_state_dict(flow.state_dict())
+    plain.transform.velocity = _Plain(plain.transform.velocity)
+    calls = []
+    flow.transform.velocity.register_forward_hook(lambda *args: calls.append(1))
+    x = _dw4_like(5, seed=4).requires_grad_(True)
+    results = []
+    for model in (flow, plain):
+        model.transform.probe_generator = _generator(11)
+        log_prob = model.log_prob(x)
+        grads = torch.autograd.grad(log_prob.sum(), [x, *model.parameters()])
+        results.append((log_prob.detach(), grads))
+    assert not calls  # the field's hook, never its plain forward (autograd)
+    torch.testing.assert_close(results[0][0], results[1][0], atol=1e-10, rtol=0)
+    for mine, theirs in zip(results[0][1], results[1][1]):
+        torch.testing.assert_close(mine, theirs, atol=1e-9, rtol=1e-9)
+
+
+def test_hutchinson_gradient_in_the_point_is_unbiased_for_path_gradients():
+    """``E[grad_x log q_hat(x)] = grad_x log q(x)`` (the probe does not depend on x): what keeps
+    the path-gradient estimator unbiased with the Hutchinson divergence."""
+    flow = _flow(3, 2, steps=3)
+    _perturb(flow)
+    x = MeanFree(3, 2).proj(torch.randn(1, 6, generator=_generator(1), dtype=F64))
+    point = x.clone().requires_grad_(True)
+    (exact,) = torch.autograd.grad(flow.log_prob(point).sum(), point)
+    rows = x.expand(2000, 6).clone().requires_grad_(True)
+    flow.transform.divergence, flow.transform.probe_generator = "hutchinson", _generator(0)
+    (draws,) = torch.autograd.grad(flow.log_prob(rows).sum(), rows)  # rows are independent
+    assert bool((draws.std(0) > 1e-3).all())  # the probes matter
+    stderr = draws.std(0) / math.sqrt(len(draws))
+    assert bool(((draws.mean(0) - exact[0]).abs() < 4 * stderr).all()), (draws.mean(0), exact)
+
+
 def test_egnn_divergence_declines_what_it_cannot_do_exactly():
     """Another manifold, a non-elementwise activation or a clamped coordinate (where the field
     is no longer translation invariant): ``None``, so the solver uses autograd."""
