@@ -6,19 +6,21 @@ Run from the repository root::
     python benchmarks/bench_tabular.py --quick         # smoke run (~1.5 min; 3 s cap per fit)
     python benchmarks/bench_tabular.py --datasets penguins iris --time 20 --threads 2
     python benchmarks/bench_tabular.py --methods normflows_sci zuko GMM --time 20
+    python benchmarks/bench_tabular.py --given-split    # normflows_sci gets the split's X_val
 
 Everything runs in one process, on CPU. Methods, per dataset:
 
 * ``normflows_sci``: ``DensityEstimator()`` at its defaults (NSF, 8 bins, its own
-  preprocessing: standardisation, bounds, Student-t base marginals for heavy-tailed columns, and
-  its model selection: three network sizes around its row-count rule plus, under 5000 training
-  rows, the smallest flow on a Gaussian-mixture base fitted by EM, ranked on the validation
-  rows) with ``max_time`` = the budget below for the WHOLE selection; the note lists the sizes
-  tried with their validation NLLs (``*``: chosen). With ``--pooled`` it gets the training and
-  validation rows as one table, as ``fit(X)`` would, and chooses on its own: a validation split
-  of the same share or, under its ``CV_MAX_ROWS`` rows, K-fold cross-validation then a refit on
-  all rows (the note's NLLs are then means over the folds). Its ``val NLL`` is then its own,
-  not the shared split's, and the time-to-score ratios are ``n/a``.
+  preprocessing: standardisation, bounds, Student-t base marginals for heavy-tailed columns,
+  level columns, and its model selection: three network sizes around its row-count rule plus,
+  under 5000 training rows, the smallest flow on a Gaussian-mixture base fitted by EM) with
+  ``max_time`` = the budget below for the WHOLE fit; the note lists the sizes tried with their
+  validation NLLs (``*``: chosen). By default it is called as a user calls it, ``fit(X)`` on
+  the training and validation rows as one table, and chooses on its own: a validation split
+  of the same share or, under its ``CV_MAX_ROWS`` rows, K-fold cross-validation then a refit
+  on all rows (the note's NLLs are then means over the folds). Its ``val NLL`` is then its
+  own, not the shared split's, and the time-to-score ratios are ``n/a``. ``--given-split``
+  gives it the split's validation rows as ``X_val`` instead (the others' protocol).
 * ``zuko``: ``zuko.flows.NSF`` with the same architecture (5 transforms, hidden (128, 128),
   8 bins, orders alternating between layers).
 * ``nflows``: 5 ``MaskedPiecewiseRationalQuadraticAutoregressiveTransform`` layers (non-residual
@@ -52,6 +54,18 @@ Protocol (the same for every method):
   log-density. (Left as they are, tied lattice values reward spiky densities; normflows_sci
   would instead score declared integer columns as log-probabilities, which are not comparable
   with the peers' log-densities.) Columns with more than 6 decimals are left untouched.
+* Levels: a column recorded as a few non-integer levels (normflows_sci's own
+  ``categorical="auto"`` rule: at most 16 distinct values, at least 5 rows per value, e.g.
+  randhie's log co-insurance rate, five values) is not dequantised. normflows_sci models it as
+  levels (the probability of the level times the density of the rest given it); every other
+  method trains on the rows with each level spread uniformly over its cell (cells split at the
+  midpoints between consecutive levels, the end levels at the centres of theirs:
+  ``normflows_sci.baselines.level_edges``) and its test rows are scored as the probability of
+  the level's cell (quadrature of its density over the cell), so all score the same measure.
+  A density scored on the raw levels would be unbounded there (a spike on each level).
+* Atoms: a continuous column with at least 5 % of the rows on one value (exact zeros of an
+  amount) is printed in the table's header; there a density is (nearly) unbounded, and the
+  verdict names such columns when a mixture's collapsed components win a table.
 * Bounds: normflows_sci gets the physical bounds of its bundled datasets' metadata (e.g.
   ``wind > 0``, ``-90 < lat < 90``) after checking that the dequantised values lie strictly
   inside them (a bound that fails the check is dropped and reported); the scikit-learn tables get
@@ -126,6 +140,8 @@ from torch import Tensor, nn
 # Benchmark the checkout this script lives in, even when normflows_sci is not installed.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from normflows_sci._tabular import ATOM_SHARE  # after the path above
+
 OURS = "normflows_sci"
 PEERS = ("zuko", "nflows")  # flows trained with the same budget; the speed target applies
 METHODS = (OURS, *PEERS, "GMM", "KDE")
@@ -176,10 +192,31 @@ class Table:
     spacing: list[float | None]  # dequantisation spacing per column (None: left continuous)
     bounds: dict[str, tuple[float | None, float | None]]  # for normflows_sci only
     notes: list[str] = field(default_factory=list)
+    # Columns of a few non-integer levels (index -> levels), left as they are: normflows_sci
+    # models them as levels; the other methods train on ``spread_train``/``spread_val`` (the
+    # level spread uniformly over its cell) and are scored on the cells' probabilities.
+    levels: dict[int, np.ndarray] = field(default_factory=dict)
+    spread_train: np.ndarray | None = None
+    spread_val: np.ndarray | None = None
 
     @property
     def rows(self) -> int:
         return len(self.train) + len(self.val) + len(self.test)
+
+    def peer_rows(self) -> tuple[np.ndarray, np.ndarray]:
+        """The training and validation rows of every method but normflows_sci."""
+        if not self.levels:
+            return self.train, self.val
+        return self.spread_train, self.spread_val
+
+    def peer_test_ll(self, log_density: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        """Per-row test scores of a peer's ``log_density`` (original units): log-densities,
+        and for the level columns the log-probability of the level's cell."""
+        from normflows_sci.baselines import level_cell_log_prob
+
+        if not self.levels:
+            return log_density(self.test)
+        return level_cell_log_prob(log_density, self.test, self.levels)[0]
 
 
 def lattice_spacing(column: np.ndarray) -> float | None:
@@ -231,9 +268,16 @@ def load_raw(name: str):
 
 
 def make_table(name: str, seed: int, use_bounds: bool, row_split: bool = False) -> Table:
+    from normflows_sci._categorical import level_columns
+
     values, columns, bounds, notes = load_raw(name)
     rng = np.random.default_rng(seed)
-    spacing = [lattice_spacing(col) for col in values.T]
+    # normflows_sci's own rule for columns recorded as a few levels (categorical="auto").
+    levels = {
+        columns.index(c): np.unique(values[:, columns.index(c)])
+        for c in level_columns(values, columns, columns)
+    }
+    spacing = [None if j in levels else lattice_spacing(col) for j, col in enumerate(values.T)]
     step = np.array([s or 0.0 for s in spacing])
     values = values + rng.uniform(0.0, 1.0, size=values.shape) * step
     kept: dict[str, tuple[float | None, float | None]] = {}
@@ -251,7 +295,27 @@ def make_table(name: str, seed: int, use_bounds: bool, row_split: bool = False) 
     test, val, train = np.split(values[order], [n_test, n_test + n_val])
     if block > 1:
         notes.append(f"split in seeded random blocks of {block} consecutive rows")
-    return Table(name, columns, train, val, test, spacing, kept, notes)
+    table = Table(name, columns, train, val, test, spacing, kept, notes, levels)
+    if levels:
+        spread = np.random.default_rng([seed, 1])
+        table.spread_train, table.spread_val = (
+            spread_levels(rows, levels, spread) for rows in (train, val)
+        )
+    return table
+
+
+def spread_levels(rows: np.ndarray, levels: dict, rng: np.random.Generator) -> np.ndarray:
+    """``rows`` with each level column's value drawn uniformly over its level's cell
+    (``normflows_sci.baselines.level_edges``: split at midpoints), the rows the peers train
+    on; their test rows are scored on the same cells' probabilities."""
+    from normflows_sci.baselines import level_edges
+
+    out = rows.copy()
+    for j, values in levels.items():
+        edges = level_edges(values)
+        code = np.searchsorted(values, rows[:, j])
+        out[:, j] = edges[code] + rng.uniform(size=len(rows)) * np.diff(edges)[code]
+    return out
 
 
 def describe_table(table: Table) -> str:
@@ -267,7 +331,15 @@ def describe_table(table: Table) -> str:
     if fine:
         deq += f" (+{fine} columns at spacing < 0.001)"
     # Every method sees these same dequantised rows, so all score the same cells [v, v+spacing).
-    parts.append(f"all methods score log-densities of the same rows, dequantised on cells: {deq}")
+    parts.append(f"lattices (all methods: log-densities of rows dequantised on cells): {deq}")
+    if table.levels:
+        named = ", ".join(f"{table.columns[j]} ({len(v)})" for j, v in table.levels.items())
+        parts.append(
+            f"levels (ours: probabilities of the levels; others: trained on each level spread "
+            f"over its cell, split at midpoints, scored on the cell's probability): {named}"
+        )
+    atoms = point_masses(table)
+    parts.append(f"atoms (>= {ATOM_SHARE:.0%} of the rows on one value): {atoms or 'none'}")
     if table.bounds:
         parts.append(
             "bounds (ours): " + ", ".join(f"{c} {lo, hi}" for c, (lo, hi) in table.bounds.items())
@@ -298,7 +370,7 @@ class Result:
     epochs: int | None = None
     note: str = ""
     error: str | None = None
-    own_validation: bool = False  # scored on rows of its own choosing (``--pooled``)
+    own_validation: bool = False  # validation NLL not on the shared rows (pooled, levels)
 
     @property
     def score(self) -> float | None:
@@ -330,19 +402,22 @@ def run_ours(table: Table, args: argparse.Namespace) -> Result:
 
     start = time.perf_counter()
     # The defaults, but for the budget, the data's physical bounds and no integer columns (every
-    # method scores the same dequantised, continuous rows).
+    # method scores the same dequantised rows; level columns are its own "auto" rule's).
     rows, X_val, share = table.train, table.val, {}
     if args.pooled:  # the same rows, its own choice of validation (cross-validation if small)
         rows, X_val = np.vstack([table.train, table.val]), None
         share = dict(validation_fraction=len(table.val) / (len(table.train) + len(table.val)))
-    est = DensityEstimator(
-        bounds=dict(table.bounds) or None,
-        discrete=None,
-        max_time=args.time,
-        random_state=args.seed,
-        verbose=False,
-        **share,
-    ).fit(rows, X_val, columns=table.columns)
+    with warnings.catch_warnings():
+        # Its warnings about point masses: the table's header lists the atoms.
+        warnings.filterwarnings("ignore", message="column .* has a point mass")
+        est = DensityEstimator(
+            bounds=dict(table.bounds) or None,
+            discrete=None,
+            max_time=args.time,
+            random_state=args.seed,
+            verbose=False,
+            **share,
+        ).fit(rows, X_val, columns=table.columns)
     fit_time = time.perf_counter() - start
     info = est.info()
     # The selection trains several sizes one after the other: ours reaches its validation score
@@ -350,12 +425,17 @@ def run_ours(table: Table, args: argparse.Namespace) -> Result:
     result = Result(
         fit_time=fit_time,
         curve=[(fit_time, info["best_validation_nll"])],
-        own_validation=args.pooled,
+        # Pooled: scored on rows of its own choosing; level columns: as probabilities, the
+        # others' validation NLLs as densities of the spread levels. Either way not comparable.
+        own_validation=args.pooled or bool(table.levels),
     )
     result.epochs = sum(r["epochs"] for r in info["selection"])
     curve_summary(result)
     result.test_ll = est.score_samples(table.test)
     result.note = "; ".join([selection_note(info["selection"]), *heavy_note(info)])
+    expected = {table.columns[j]: v.tolist() for j, v in table.levels.items()}
+    if info["level_columns"] != expected:
+        result.note += f"; levels {info['level_columns']} differ from the table's {expected}"
     return result
 
 
@@ -430,13 +510,14 @@ def mean_nll(log_prob: Callable[[Tensor], Tensor], data: Tensor, chunk: int) -> 
 
 def run_peer(name: str, table: Table, args: argparse.Namespace) -> Result:
     start = time.perf_counter()
-    mean, std = table.train.mean(0), table.train.std(0, ddof=1)
+    rows, val_rows = table.peer_rows()
+    mean, std = rows.mean(0), rows.std(0, ddof=1)
     log_jac = -float(np.log(std).sum())  # log |d standardised / d original|
 
     def standardise(values: np.ndarray) -> Tensor:
         return torch.as_tensor((values - mean) / std, dtype=torch.float32)
 
-    train, val, test = (standardise(v) for v in (table.train, table.val, table.test))
+    train, val = (standardise(v) for v in (rows, val_rows))
     torch.manual_seed(args.seed)
     module, log_prob = BUILDERS[name](train.shape[1])
     params = [p for p in module.parameters() if p.requires_grad]
@@ -480,8 +561,16 @@ def run_peer(name: str, table: Table, args: argparse.Namespace) -> Result:
     fit_time = time.perf_counter() - start
     result = Result(fit_time=fit_time, curve=curve, epochs=len(curve))
     curve_summary(result)
-    with torch.no_grad():
-        result.test_ll = log_prob(test).double().numpy() + log_jac
+    chunk = 16 * batch_size
+
+    def log_density(values: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            parts = [
+                log_prob(standardise(values[i : i + chunk])) for i in range(0, len(values), chunk)
+            ]
+        return torch.cat(parts).double().numpy() + log_jac
+
+    result.test_ll = table.peer_test_ll(log_density)
     result.note = stop_reason(train_seconds, args.time)
     return result
 
@@ -498,9 +587,10 @@ def select_on_validation(
 ) -> Result:
     """Fit every candidate on standardised training rows, keep the best on validation."""
     start = time.perf_counter()
-    mean, std = table.train.mean(0), table.train.std(0, ddof=1)
+    rows, val_rows = table.peer_rows()
+    mean, std = rows.mean(0), rows.std(0, ddof=1)
     log_jac = -float(np.log(std).sum())
-    train, val, test = ((v - mean) / std for v in (table.train, table.val, table.test))
+    train, val = ((v - mean) / std for v in (rows, val_rows))
     best, best_model, best_candidate, failures = -math.inf, None, None, 0
     for candidate in candidates:
         try:
@@ -518,7 +608,9 @@ def select_on_validation(
     fit_time = time.perf_counter() - start
     result = Result(fit_time=fit_time, curve=[(fit_time, -best - log_jac)])
     curve_summary(result)
-    result.test_ll = best_model.score_samples(test) + log_jac
+    result.test_ll = table.peer_test_ll(
+        lambda v: best_model.score_samples((v - mean) / std) + log_jac
+    )
     edges = (candidates[-1],) if upper_edge_only else (candidates[0], candidates[-1])
     edge = " (edge of grid)" if len(candidates) > 1 and best_candidate in edges else ""
     result.note = label(best_candidate) + edge + (f"; {failures} failed" if failures else "")
@@ -528,7 +620,7 @@ def select_on_validation(
 def run_gmm(table: Table, args: argparse.Namespace) -> Result:
     from sklearn.mixture import GaussianMixture
 
-    cap = len(table.train) // GMM_ROWS_PER_COMPONENT
+    cap = len(table.peer_rows()[0]) // GMM_ROWS_PER_COMPONENT
     candidates = [k for k in GMM_COMPONENTS if k <= cap] or [1]
 
     def fit(k, train):
@@ -683,19 +775,25 @@ def verdict(tables: list[Table], all_results: list[dict[str, Result]]) -> None:
     print(f"  {passed}/{total} targets met")
 
 
-def point_masses(table: Table, share: float = 0.1) -> str:
-    """Columns of the training rows whose most frequent value holds at least ``share`` of them
-    (after dequantisation: values no lattice explained, e.g. log-transformed counts or a
-    continuous column with many exact zeros), as ``"column (percent)"``."""
+def point_masses(table: Table, share: float | None = None) -> str:
+    """Columns of the training rows whose most frequent value holds at least ``share`` (default
+    normflows_sci's ``ATOM_SHARE``) of them, level columns aside (after dequantisation: values
+    no lattice explained, e.g. a continuous column with many exact zeros, or a lattice far finer
+    than the column's spread), as ``"column value (percent)"``."""
+    share = ATOM_SHARE if share is None else share
     found = []
-    for column, values, spacing in zip(table.columns, table.train.T, table.spacing):
+    for j, (column, values, spacing) in enumerate(zip(table.columns, table.train.T, table.spacing)):
+        if j in table.levels:
+            continue
         # A lattice far finer than the column's spread leaves near-atoms: cells of that width.
         narrow = spacing is not None and spacing < 1e-3 * values.std()
-        levels = np.floor(values / spacing) if narrow else values
-        counts = np.unique(levels, return_counts=True)[1]
-        if counts.max() >= share * len(values):
-            cells = f", cells {spacing:g} wide" if narrow else ""
-            found.append(f"{column} ({100.0 * counts.max() / len(values):.0f}%{cells})")
+        cells = np.floor(values / spacing) if narrow else values
+        unique, counts = np.unique(cells, return_counts=True)
+        top = int(np.argmax(counts))
+        if counts[top] >= share * len(values):
+            value = unique[top] * spacing if narrow else unique[top]
+            width = f", cells {spacing:g} wide" if narrow else ""
+            found.append(f"{column} {value:g} ({100.0 * counts[top] / len(values):.0f}%{width})")
     return ", ".join(found)
 
 
@@ -750,10 +848,10 @@ def parse_args() -> argparse.Namespace:
         "--row-split", action="store_true", help="split the storms table by rows, not blocks"
     )
     parser.add_argument(
-        "--pooled",
+        "--given-split",
         action="store_true",
-        help="give normflows_sci training+validation rows as one table (its own selection: "
-        "cross-validation on small tables)",
+        help="give normflows_sci the split's validation rows as X_val (the default pools "
+        "training and validation rows, as fit(X) is called)",
     )
     parser.add_argument("--verbose", action="store_true", help="print tracebacks of failures")
     args = parser.parse_args()
@@ -761,6 +859,7 @@ def parse_args() -> argparse.Namespace:
         args.time = 3.0 if args.quick else 60.0
     if args.time <= 0:
         parser.error("--time must be positive")
+    args.pooled = not args.given_split
     if OURS not in args.methods:
         parser.error(f"--methods must include {OURS} (every comparison is against it)")
     if any(name in STATSMODELS_TABLES for name in args.datasets):
@@ -781,7 +880,11 @@ def main() -> None:
     print(
         f"normflows_sci tabular benchmark | {args.time:g} s per flow and dataset, "
         f"patience {PATIENCE} epochs, seed {args.seed}, threads {torch.get_num_threads()}"
-        + (" | normflows_sci gets train+validation rows pooled" if args.pooled else "")
+        + (
+            " | normflows_sci: fit(train + validation rows), its own selection"
+            if args.pooled
+            else " | normflows_sci: fit(train, X_val=validation rows) (--given-split)"
+        )
     )
     print(
         f"flows: {TRANSFORMS} autoregressive RQ-spline layers, hidden {HIDDEN}, {BINS} bins, "

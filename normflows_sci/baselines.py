@@ -35,6 +35,7 @@ __all__ = [
     "baseline_scores",
     "lattice_cells",
     "level_cells",
+    "level_cell_log_prob",
     "level_edges",
     "describe_cells",
 ]
@@ -167,6 +168,50 @@ def level_edges(levels) -> np.ndarray:
     return np.concatenate([[first], middle, [last]])
 
 
+def _place_levels(name: str, X: np.ndarray, levels: dict, left: np.ndarray, width: np.ndarray):
+    """Write the cells of :func:`level_edges` of the level columns ``{index: sorted levels}``
+    of ``X`` into ``left`` and ``width`` (``ValueError`` for a value that is not a level)."""
+    for j, values in levels.items():
+        values = np.asarray(values, dtype=np.float64)
+        edges = level_edges(values)
+        code = np.clip(np.searchsorted(values, X[:, j]), 0, len(values) - 1)
+        bad = np.flatnonzero(values[code] != X[:, j])
+        if bad.size:
+            raise ValueError(
+                f"{name} column {j} holds {float(X[bad[0], j])!r} (row {bad[0]}), not one "
+                f"of its levels {values.tolist()}"
+            )
+        left[:, j], width[:, j] = edges[code], np.diff(edges)[code]
+
+
+def level_cell_log_prob(log_density, X, levels: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Score the rows of ``X`` under any model's continuous ``log_density`` as the baselines
+    score them: each level column as the probability of its level's cell
+    (:func:`level_edges`), by the quadrature shared with the estimator; the other columns as
+    densities. For models fitted outside this module (a flow of another package) compared
+    with a :class:`~normflows_sci.DensityEstimator` that models those columns as levels.
+
+    Args:
+        log_density: maps ``(rows, features)`` float64 to ``(rows,)`` log-densities.
+        X: ``(rows, features)`` rows, the level columns holding levels.
+        levels: ``{column index: levels}`` (see :func:`level_cells`).
+
+    Returns:
+        ``(log_p, stderr)``, both ``(rows,)`` (the standard error is 0 for up to three cell
+        columns: exact rules).
+
+    Raises:
+        ValueError: a value of a level column that is not one of its levels.
+    """
+    X = _check_data("X", X, min_rows=0)
+    left, width = X.copy(), np.zeros_like(X)
+    ordered = {int(j): np.unique(np.asarray(v, dtype=np.float64)) for j, v in levels.items()}
+    _place_levels("X", X, ordered, left, width)
+    mask = np.zeros(X.shape[1], dtype=bool)
+    mask[list(ordered)] = True
+    return _cell_log_prob(log_density, left, width, mask)
+
+
 class _Baseline(abc.ABC):
     """Cell columns (integer lattices, numeric levels), ``score``/``score_samples``/``sample``
     and the fitted check.
@@ -205,16 +250,7 @@ class _Baseline(abc.ABC):
         left, width = X.copy(), np.zeros_like(X)
         mask = self.discrete_mask_
         width[:, mask] = self.step_[mask]
-        for j, levels in getattr(self, "levels_", {}).items():
-            edges = level_edges(levels)
-            code = np.clip(np.searchsorted(levels, X[:, j]), 0, len(levels) - 1)
-            bad = np.flatnonzero(levels[code] != X[:, j])
-            if bad.size:
-                raise ValueError(
-                    f"{name} column {j} holds {float(X[bad[0], j])!r} (row {bad[0]}), not one "
-                    f"of its levels {levels.tolist()}"
-                )
-            left[:, j], width[:, j] = edges[code], np.diff(edges)[code]
+        _place_levels(name, X, getattr(self, "levels_", {}), left, width)
         return left, width
 
     def _set_cells(self, X: np.ndarray, mask: np.ndarray, step: np.ndarray) -> None:

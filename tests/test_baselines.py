@@ -310,7 +310,7 @@ def test_level_columns_are_scored_as_probabilities_of_their_midpoint_cells():
     scored as a density, unbounded as the fit narrows onto it."""
     from scipy.stats import norm
 
-    from normflows_sci.baselines import level_edges
+    from normflows_sci.baselines import level_cell_log_prob, level_edges
 
     rng = np.random.default_rng(0)
     levels = [0.0, 1.0, 4.0]
@@ -327,6 +327,9 @@ def test_level_columns_are_scored_as_probabilities_of_their_midpoint_cells():
     cdf = norm(gauss.mean_[0], np.sqrt(gauss.covariance_[0, 0])).cdf(edges)
     scores = gauss.score_samples(np.array(levels)[:, None])
     np.testing.assert_allclose(np.exp(scores), np.diff(cdf), rtol=1e-6)
+    # The same cells for a model of another package, given only its log-density.
+    other, _ = level_cell_log_prob(gauss._log_density, np.array(levels)[:, None], {0: levels})
+    np.testing.assert_array_equal(other, scores)
     draws = gauss.sample(2000, random_state=0)
     assert set(np.unique(draws)) == set(levels)
     with pytest.raises(ValueError, match=r"column 0 holds 2.0 \(row 0\), not one of its levels"):
