@@ -17,8 +17,7 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import Tensor, nn
-from torch.func import functional_call
+from torch import Tensor
 
 from normflows_sci.checks import check_int
 from normflows_sci.flows.cnf import check_divergence, divergence_estimator
@@ -53,22 +52,21 @@ def regularize_energy(energy: Tensor, cap: float | None = 1e4) -> Tensor:
     return torch.where(energy > cap, cap + torch.log1p(excess), energy)
 
 
-class _LogProb(nn.Module):
-    """``flow.log_prob`` as a module forward, so ``functional_call`` can swap in detached params."""
-
-    def __init__(self, flow):
-        super().__init__()
-        self.flow = flow
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.flow.log_prob(x)
-
-
 def _path_log_prob(flow, x: Tensor) -> Tensor:
-    """``log q(x)`` with gradients through ``x`` only (parameters held fixed)."""
-    wrapper = _LogProb(flow)
-    frozen = {name: p.detach() for name, p in wrapper.named_parameters()}
-    return functional_call(wrapper, frozen, (x,))
+    """``log q(x)`` whose gradient reaches the parameters only through ``x``: its value, plus
+    ``g . x - (g . x).detach()`` with ``g = grad_x log q(x)`` held fixed.
+
+    ``g`` comes from a first-order pass at a detached copy of ``x`` with the parameters in
+    place (not swapped for detached copies), so flows whose field recomputes activations in
+    the backward pass (checkpointing, e.g. :class:`~normflows_sci.nn.EGNNVelocity`) see the same
+    parameters then as in the forward pass.
+    """
+    point = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        log_q = flow.log_prob(point)
+        (score,) = torch.autograd.grad(log_q.sum(), point)
+    along = (score * x).flatten(1).sum(1)
+    return log_q.detach() + along - along.detach()
 
 
 def reverse_kl_loss(
