@@ -187,11 +187,33 @@ def test_continuous_column_with_an_atom_warns_once_and_records_it(tmp_path):
     assert message.startswith("column 'amount' has a point mass: 10.0% of the training rows")
     assert "exactly 0" in message and "categorical" in message
     assert est.info()["atoms"] == {"amount": {"value": 0.0, "share": 0.1}}
-    loaded = DensityEstimator.load(est.save(tmp_path / "atoms.nfs"))
+    path = est.save(tmp_path / "atoms.nfs")
+    loaded = DensityEstimator.load(path)
     assert loaded.info()["atoms"] == est.info()["atoms"]
+    _refused_with_atoms(path, tmp_path, {"amount": [0.0, 1.5]}, r"atoms\['amount'\] must be")
+    _refused_with_atoms(path, tmp_path, {"nope": [0.0, 0.1]}, "names 'nope', not a target")
     # Declared as an integer lattice, a repeated value is a probability: no warning.
     counts = np.column_stack([rng.poisson(0.3, 500).astype(float), rng.normal(size=500)])
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         clean = DensityEstimator(discrete=[0], **QUICK).fit(counts)
     assert clean.info()["atoms"] == {}
+
+
+def _refused_with_atoms(path, tmp_path, atoms, message: str) -> None:
+    """A copy of the model file at ``path`` with the config field ``atoms`` replaced is refused
+    on loading, naming the file and the field."""
+    import json
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        config = json.loads(archive.read("config.json"))
+        weights = archive.read("weights.pt")
+    config["atoms"] = atoms
+    bad = tmp_path / "bad.nfs"
+    with zipfile.ZipFile(bad, "w") as archive:
+        archive.writestr("config.json", json.dumps(config))
+        archive.writestr("weights.pt", weights)
+    with pytest.raises(ValueError, match=message) as error:
+        DensityEstimator.load(bad)
+    assert "config field atoms" in str(error.value)
