@@ -82,6 +82,7 @@ __all__ = [
     "KernelFactory",
     "kernel_factory",
     "CompiledStep",
+    "StepBlock",
 ]
 
 
@@ -121,11 +122,16 @@ class Kernel(abc.ABC):
         checks_start: whether ``init`` refuses a start where every chain has zero density; off
             for a kernel run inside another one (tempering, NeuTra) that checks its user-facing
             target itself.
+        shape_only_draws: whether :meth:`draw` reads only the state's shapes, dtypes and devices
+            (never its values), so that the draws of several steps can be made from the state
+            before the first of them (:class:`StepBlock`) in the generator order of single
+            steps. A kernel whose draws depend on the chains' values sets it False.
     """
 
     target_accept: float = 0.5
     uses_gradient: bool = False
     checks_start: bool = True
+    shape_only_draws: bool = True
 
     def __init__(self, target, *, step_size: float = 0.1, target_accept: float | None = None):
         self.target = target
@@ -150,7 +156,8 @@ class Kernel(abc.ABC):
     def draw(self, state, generator: torch.Generator | None = None) -> tuple:
         """Every random draw of one :meth:`step` from the chains at ``state``: a tuple of tensors
         (nested tuples for a kernel made of others), from ``generator`` (torch's global
-        generator when None)."""
+        generator when None). Unless :attr:`shape_only_draws` is False, the draws depend on the
+        state's shapes, dtypes and devices only."""
 
     @abc.abstractmethod
     def transition(self, state, noise: tuple):
@@ -514,11 +521,19 @@ def _no_target(x: Tensor) -> Tensor:
 _INDUCTOR_OPTIONS = {"size_asserts": False, "alignment_asserts": False}
 
 
+def _own_function(function):
+    """``function`` with a copy of its code object: dynamo keeps compiled code and counts
+    recompilations (at most ``torch._dynamo.config.recompile_limit``) per code object."""
+    code = function.__code__.replace()  # a copy: its own cache
+    return types.FunctionType(
+        code, function.__globals__, function.__name__, None, function.__closure__
+    )
+
+
 def _own_code(kernel):
     """``kernel.transition`` through a function with a code object of its own, kept on the kernel
-    (later runs of the same kernel reuse its compiled code). Dynamo keeps compiled code and counts
-    recompilations (at most ``torch._dynamo.config.recompile_limit``) per code object, and every
-    kernel of a class shares its ``transition``'s: past the limit further kernels or chain counts
+    (later runs of the same kernel reuse its compiled code). Every kernel of a class shares its
+    ``transition``'s code object: past dynamo's recompile limit further kernels or chain counts
     would silently run eager."""
     cached = getattr(kernel, "_own_transition", None)
     if cached is not None:
@@ -528,11 +543,21 @@ def _own_code(kernel):
     def call(state, noise):
         return method(state, noise)
 
-    code = call.__code__.replace()  # a copy: its own cache
-    own = types.FunctionType(code, call.__globals__, call.__name__, None, call.__closure__)
+    own = _own_function(call)
     if hasattr(kernel, "__dict__"):
         kernel._own_transition = own
     return own
+
+
+def _compile_options(options: dict) -> dict:
+    """:func:`torch.compile` options of a compiled step or block: specialised to the chains'
+    shapes unless told otherwise; with inductor and neither ``mode`` nor ``options`` given, no
+    per-call checks of inductor's own buffers."""
+    options = dict(options)
+    options.setdefault("dynamic", False)  # a run keeps its shapes: specialised code
+    if options.get("backend", "inductor") == "inductor" and "mode" not in options:
+        options.setdefault("options", dict(_INDUCTOR_OPTIONS))
+    return options
 
 
 class CompiledStep:
@@ -569,11 +594,11 @@ class CompiledStep:
     def __init__(self, kernel: Kernel, **options):
         self.kernel = kernel
         self.separable = self.separates(kernel)
-        options.setdefault("dynamic", False)  # a run keeps its shapes: specialised code
-        if options.get("backend", "inductor") == "inductor" and "mode" not in options:
-            options.setdefault("options", dict(_INDUCTOR_OPTIONS))
+        self.options = _compile_options(options)
         self.transition = (
-            torch.compile(_own_code(kernel), fullgraph=True, **options) if self.separable else None
+            torch.compile(_own_code(kernel), fullgraph=True, **self.options)
+            if self.separable
+            else None
         )
         self.fallback: Exception | None = None
 
@@ -593,3 +618,111 @@ class CompiledStep:
             except Exception as error:  # any compiler failure: the eager transition
                 self.fallback = error
         return self.kernel.transition(state, noise)
+
+
+def _block_steps(kernel, length: int, stride: int | None, state, noise: tuple, totals: dict):
+    """The body of a :class:`StepBlock`: ``length`` transitions from the draws ``noise``."""
+    kept = []
+    for i in range(length):
+        state, info = kernel.transition(state, noise[i])
+        totals = dict(totals)
+        for kind, accepted in kernel.acceptance(info).items():
+            totals[kind] = totals[kind] + accepted.to(torch.float64)
+        if stride is not None and (i + 1) % stride == 0:
+            position, log_prob = kernel.position(state), kernel.position_log_prob(state)
+            kept.append((position.detach().clone(), log_prob.detach().clone()))
+    return state, totals, tuple(kept)
+
+
+def _own_block(kernel, length: int, stride: int | None):
+    """:func:`_block_steps` of ``kernel`` with ``length`` and ``stride`` fixed, through a code
+    object of its own per kernel and configuration, kept on the kernel (see :func:`_own_code`)."""
+    blocks = kernel.__dict__.setdefault("_own_blocks", {}) if hasattr(kernel, "__dict__") else {}
+    if (length, stride) not in blocks:
+
+        def call(state, noise, totals):
+            return _block_steps(kernel, length, stride, state, noise, totals)
+
+        blocks[length, stride] = _own_function(call)
+    return blocks[length, stride]
+
+
+class StepBlock:
+    """``length`` consecutive steps of a kernel in one call (the production phase of
+    :func:`~normflows_sci.samplers.run`): the draws of every step first (``length`` calls of
+    :meth:`~Kernel.draw` on the block's first state, in the generator order of single steps,
+    since the draws depend on the state's shapes only), then the transitions one after the other
+    as one function, compiled by :func:`torch.compile` (``fullgraph=True``) or eager, summing
+    each move kind's per-chain acceptance and keeping the position every ``stride`` steps.
+
+    An eager block gives the chains of ``length`` calls of ``kernel.step`` with the same
+    generator bit for bit; a compiled one up to floating-point reassociation. As with
+    :class:`CompiledStep`, a block whose compilation fails runs eagerly from then on (same
+    draws, same chains) and :attr:`fallback` holds the error.
+
+    Args:
+        kernel: a kernel that :meth:`supports` blocks.
+        length: steps per call.
+        stride: keep the position and its log-density after every ``stride``-th step of the
+            block (None: keep nothing).
+        compile: None (eager), or :func:`torch.compile` options (defaults as in
+            :class:`CompiledStep`).
+
+    Calling ``block(state, generator, totals)`` returns ``(state, totals, kept)``: the state
+    after the block; ``totals`` (a dict mapping every move kind of :meth:`~Kernel.acceptance`
+    to per-chain float64 sums ``(chains,)``) with the block's decisions added step by step; and
+    ``kept``, a tuple of ``(position, log_prob)`` pairs (detached copies), one per ``stride``
+    steps.
+
+    Example:
+        >>> from normflows_sci.distributions import StandardNormal
+        >>> kernel = MALA(StandardNormal(2), step_size=0.5)
+        >>> state = kernel.init(torch.zeros(4, 2))
+        >>> block = StepBlock(kernel, 3, stride=1)
+        >>> after, totals, kept = block(state, torch.Generator().manual_seed(0),
+        ...                             {"local": torch.zeros(4, dtype=torch.float64)})
+        >>> generator, single = torch.Generator().manual_seed(0), state
+        >>> for _ in range(3):
+        ...     single, _ = kernel.step(single, generator)
+        >>> torch.equal(after.x, single.x), torch.equal(kept[-1][0], single.x), len(kept)
+        (True, True, 3)
+    """
+
+    def __init__(self, kernel, length: int, stride: int | None = None, compile: dict | None = None):
+        if not self.supports(kernel):
+            raise TypeError(
+                f"kernel {type(kernel).__name__} cannot run in blocks: it must separate its "
+                "draws (draw and transition), keep Kernel.step and have shape_only_draws"
+            )
+        self.kernel = kernel
+        self.length = check_int("length", length)
+        self.stride = None if stride is None else check_int("stride", stride)
+        self.compiled = None
+        if compile is not None:
+            options = _compile_options(compile)
+            self.compiled = torch.compile(
+                _own_block(kernel, self.length, self.stride), fullgraph=True, **options
+            )
+        self.fallback: Exception | None = None
+
+    @staticmethod
+    def supports(kernel) -> bool:
+        """Whether ``kernel`` can run in blocks: it separates its draws
+        (:meth:`CompiledStep.separates`), its step is :meth:`Kernel.step` (a kernel overriding
+        ``step`` runs step by step) and its draws depend on shapes only
+        (:attr:`Kernel.shape_only_draws`)."""
+        return (
+            CompiledStep.separates(kernel)
+            and getattr(type(kernel), "step", None) is Kernel.step
+            and getattr(kernel, "shape_only_draws", False) is True
+        )
+
+    def __call__(self, state, generator: torch.Generator | None, totals: dict):
+        kernel = self.kernel
+        noise = tuple(kernel.draw(state, generator) for _ in range(self.length))
+        if self.compiled is not None and self.fallback is None:
+            try:
+                return self.compiled(state, noise, totals)
+            except Exception as error:  # any compiler failure: the eager block
+                self.fallback = error
+        return _block_steps(kernel, self.length, self.stride, state, noise, totals)

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from normflows_sci.checks import check_int
 from normflows_sci.samplers._checkpoint import load_checkpoint, save_checkpoint
-from normflows_sci.samplers.kernels import CompiledStep
+from normflows_sci.samplers.kernels import CompiledStep, StepBlock
 
 __all__ = ["Trace", "run"]
 
@@ -85,6 +85,9 @@ _STUCK_ADVICE = {
 # step is typically several times faster than the eager one.
 _COMPILE_PAYS_SECONDS = 60.0
 _PACE_STEPS = 5  # eager steps timed (after the first) to project the run's length
+# Production steps per block (StepBlock): a block pays the per-call costs of a step (Python,
+# dynamo's guards, the compiled code's wrapper) once; more steps per block compile for longer.
+_BLOCK_STEPS = 8
 
 
 def _check_compile(compile) -> bool | str | dict:
@@ -103,7 +106,11 @@ class _Stepper:
     (after its first, compiling call) and the eager step comes back if it was faster (e.g. a
     cheap target on many chains, where the eager operations are already large). On an
     accelerator the device is synchronised at the start and end of each timing (four times per
-    run, not per step), so the pace is the device's."""
+    run, not per step), so the pace is the device's.
+
+    Production then runs in blocks of steps (:meth:`block`) in the mode the steps settled on:
+    a compiled block saves the per-call costs of the compiled step, which are larger than the
+    eager step's, so a decision for the compiled step holds for blocks too."""
 
     def __init__(self, kernel, compile, steps: int):
         self.kernel, self.remaining = kernel, steps
@@ -112,6 +119,8 @@ class _Stepper:
             self.step = CompiledStep(kernel, **(compile if isinstance(compile, dict) else {}))
         self.pacing = compile == "auto" and CompiledStep.separates(kernel)
         self.count, self.clock, self.eager_pace = 0, 0.0, None
+        self.blocks: dict[tuple, StepBlock] = {}
+        self.in_blocks = StepBlock.supports(kernel)
 
     def __call__(self, state, generator):
         if not self.pacing:
@@ -135,6 +144,17 @@ class _Stepper:
                 if pace >= self.eager_pace:
                     self.step = self.kernel.step
         return self.step(state, generator)
+
+    def block(self, length: int, stride: int | None) -> StepBlock:
+        """The :class:`StepBlock` of ``length`` steps keeping every ``stride``-th, run like the
+        steps: compiled (with the step's options) once the run compiles its step, unless that
+        step fell back to eager; eager otherwise. Only once pacing is over (``"auto"``)."""
+        compiled = self.step if isinstance(self.step, CompiledStep) else None
+        options = None if compiled is None or compiled.fallback else compiled.options
+        key = (length, stride, options is None)
+        if key not in self.blocks:
+            self.blocks[key] = StepBlock(self.kernel, length, stride, compile=options)
+        return self.blocks[key]
 
 
 def _synchronize(state) -> None:
@@ -383,41 +403,93 @@ def _new_record() -> dict:
 
 
 def _sample(kernel, state, generator, record: dict, plan: _Plan, start_step: int, progress: bool):
-    """Steps ``start_step`` to ``plan.total`` of the run: warm-up (adapting), then production
-    (keeping every ``thin``-th position), with checkpoints. Returns the final state."""
-    memory, sums, seconds = record["memory"], record["sums"], record["seconds"]
-    num_warmup, total = plan.num_warmup, plan.total
+    """Steps ``start_step`` to ``plan.total`` of the run: warm-up (adapting, step by step), then
+    production (keeping every ``thin``-th position; in blocks of steps where :func:`_block`
+    allows), with checkpoints. Returns the final state."""
+    seconds, total = record["seconds"], plan.total
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=total, initial=start_step, desc="sampling", leave=False)
     stepper = _Stepper(kernel, plan.compile, total - start_step)
-    clock = time.perf_counter()
-    for step in range(start_step, total):
-        phase = "warmup" if step < num_warmup else "production"
-        state, info = stepper(state, generator)
-        for kind, accepted in kernel.acceptance(info).items():
-            previous = sums[phase].get(kind, 0.0)
-            sums[phase][kind] = previous + accepted.to(torch.float64)
-        if phase == "warmup":
-            state = kernel.adapt(state, info, step, num_warmup, memory)
-            if step + 1 == num_warmup:
-                _check_adapted(state)
-        elif (step - num_warmup + 1) % plan.thin == 0:
-            _keep(kernel, state, record, plan.trace_device)
+    clock, step = time.perf_counter(), start_step
+    while step < total:
+        phase = "warmup" if step < plan.num_warmup else "production"
+        block = _block(plan, step, record["sums"], stepper)
+        if block is None:
+            state = _single_step(kernel, stepper, state, generator, record, plan, step)
+            length = 1
+        else:
+            state = _block_run(kernel, stepper, state, generator, record, plan, step, *block)
+            length = block[0]
+        step += length
         now = time.perf_counter()
         seconds[phase] += now - clock
         clock = now
         if bar is not None:
-            bar.update(1)
-        if plan.checkpoint is not None and (
-            (step + 1) % plan.checkpoint_every == 0 or step + 1 == total
-        ):
-            _save(plan.checkpoint, kernel, state, step + 1, generator, record, plan.options)
+            bar.update(length)
+        if plan.checkpoint is not None and (step % plan.checkpoint_every == 0 or step == total):
+            _save(plan.checkpoint, kernel, state, step, generator, record, plan.options)
             clock = time.perf_counter()
     if bar is not None:
         bar.close()
+    return state
+
+
+def _single_step(kernel, stepper, state, generator, record: dict, plan: _Plan, step: int):
+    """Step ``step`` of the run on its own: acceptance sums, warm-up adaptation (and the check
+    of the adapted step sizes after the last) or keeping the production sample."""
+    num_warmup, phase = plan.num_warmup, "warmup" if step < plan.num_warmup else "production"
+    sums = record["sums"][phase]
+    state, info = stepper(state, generator)
+    for kind, accepted in kernel.acceptance(info).items():
+        sums[kind] = sums.get(kind, 0.0) + accepted.to(torch.float64)
+    if phase == "warmup":
+        state = kernel.adapt(state, info, step, num_warmup, record["memory"])
+        if step + 1 == num_warmup:
+            _check_adapted(state)
+    elif (step - num_warmup + 1) % plan.thin == 0:
+        _keep(kernel, state, record, plan.trace_device)
+    return state
+
+
+def _block(plan: _Plan, step: int, sums: dict, stepper) -> tuple[int, int | None] | None:
+    """``(length, stride)`` of the :class:`StepBlock` that runs production from ``step``, or
+    None for a single step: during warm-up (adaptation is per step), while ``"auto"`` paces the
+    steps, before the move kinds' acceptance sums exist (the first production step), and where
+    a block of the run's one length would cross a checkpoint or the run's end. One length per
+    run (one compilation): ``thin`` up to ``_BLOCK_STEPS`` gives blocks of whole thinning
+    periods (``stride = thin``), starting on a period; a longer ``thin`` blocks of
+    ``_BLOCK_STEPS`` steps that end at or before its next kept step (``stride`` None)."""
+    production, thin = step - plan.num_warmup, plan.thin
+    if production < 0 or not sums["production"] or stepper.pacing or not stepper.in_blocks:
+        return None
+    if thin <= _BLOCK_STEPS:
+        length, stride = thin * (_BLOCK_STEPS // thin), thin
+        fits = production % thin == 0
+    else:
+        length, stride = _BLOCK_STEPS, None
+        fits = thin - production % thin >= length
+    limit = plan.total - step
+    if plan.checkpoint is not None:
+        limit = min(limit, plan.checkpoint_every - step % plan.checkpoint_every)
+    return (length, stride) if fits and length <= limit and length > 1 else None
+
+
+def _block_run(kernel, stepper, state, generator, record, plan: _Plan, step, length, stride):
+    """Production steps ``step`` to ``step + length`` as one :class:`StepBlock`: the same
+    acceptance sums and kept samples as single steps."""
+    sums = record["sums"]["production"]
+    state, totals, kept = stepper.block(length, stride)(state, generator, sums)
+    sums.update(totals)
+    for position, log_prob in kept:
+        if plan.trace_device is not None:
+            position, log_prob = position.to(plan.trace_device), log_prob.to(plan.trace_device)
+        record["kept"].append(position)
+        record["kept_log_prob"].append(log_prob)
+    if stride is None and (step + length - plan.num_warmup) % plan.thin == 0:
+        _keep(kernel, state, record, plan.trace_device)
     return state
 
 
