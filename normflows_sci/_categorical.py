@@ -108,7 +108,7 @@ def _non_numeric(column) -> bool:
     )
 
 
-def declared_categorical(X, names: list[str], categorical, context=()) -> list[str]:
+def declared_categorical(X, names: list[str], categorical, context=(), numeric=()) -> list[str]:
     """The categorical columns of a training table, in table order.
 
     Args:
@@ -120,6 +120,7 @@ def declared_categorical(X, names: list[str], categorical, context=()) -> list[s
         context: the user's context columns (names). ``"auto"`` takes no context column as
             levels, and none at all when a numeric context column stays (modelled levels cannot
             depend on it) or when no numeric column would be left.
+        numeric: columns the user gave numeric roles (bounds, ``discrete``): never levels.
 
     Raises:
         ValueError: an unknown column or position, or a malformed ``categorical``.
@@ -134,11 +135,12 @@ def declared_categorical(X, names: list[str], categorical, context=()) -> list[s
         labels = []
         if _is_frame(X):
             labels = [name for name, (_, col) in zip(names, X.items()) if _non_numeric(col)]
-        numeric = [c for c in names if c not in labels]
-        if any(c in set(context) for c in numeric):
+        if any(c in set(context) for c in names if c not in labels):
             return labels
-        levels = set(level_columns(X, names, [c for c in numeric if c not in set(context)]))
-        if len(levels) == len(numeric):
+        roles = set(context) | set(numeric)
+        candidates = [c for c in names if c not in labels and c not in roles]
+        levels = set(level_columns(X, names, candidates))
+        if len(levels) == len(names) - len(labels):
             return labels
         return [name for name in names if name in set(labels) | levels]
     chosen = set(column_names(categorical, names, "categorical"))

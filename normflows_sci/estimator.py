@@ -678,7 +678,9 @@ class DensityEstimator:
             raise ValueError("columns is only for numpy input: a DataFrame brings its own names")
         table, names, is_frame = read_columns(X, "X", columns)
         context = column_names(self.context, names, "context")
-        categorical = declared_categorical(table, names, self.categorical, context)
+        categorical = declared_categorical(
+            table, names, self.categorical, context, self._numeric_role_columns(names)
+        )
         roles = dict(context=self.context, discrete=self.discrete, bounds=self.bounds)
         categories = None
         if not categorical:
@@ -694,6 +696,21 @@ class DensityEstimator:
                 f"X has {len(values)} row: fitting a density needs at least {MIN_ROWS} rows"
             )
         return values, names, is_frame, roles, categories
+
+    def _numeric_role_columns(self, names: list[str]) -> list[str]:
+        """The columns named in ``bounds`` (a dict) or ``discrete`` (a list): numeric by the
+        user's word, so ``categorical="auto"`` leaves them numeric (unknown names are left to
+        the layout's own error)."""
+        keys = list(self.bounds) if isinstance(self.bounds, dict) else []
+        if self.discrete not in (None, "auto"):
+            keys += list(self.discrete)
+        found = []
+        for key in keys:
+            if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+                found += [names[int(key)]] if 0 <= key < len(names) else []
+            elif str(key) in names:
+                found.append(str(key))
+        return found
 
     def _numeric_roles(self, names, categorical, context, categories: CategoricalSpec) -> dict:
         """``context``/``discrete``/``bounds`` by name for the flow's table of a mixed table

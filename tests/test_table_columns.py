@@ -150,6 +150,12 @@ def test_auto_levels_rule_takes_few_valued_non_integer_columns_only():
     # Every numeric column a level column would leave nothing for the flow: none taken.
     assert declared_categorical(table[:, :1], ["rate"], "auto") == []
     assert declared_categorical(table, names, None) == []
+    # Bounded or declared discrete by the user: numeric by the user's word.
+    assert declared_categorical(table, names, "auto", numeric=["rate"]) == []
+    est = DensityEstimator(bounds={"rate": (0.0, 2.0)}, **QUICK).fit(
+        table[:, [0, 4]], columns=["rate", "y"]
+    )
+    assert est.info()["level_columns"] == {} and est.spec_.lower == (0.0, None)
 
 
 def test_auto_level_column_is_modelled_exactly_and_sampled_on_its_levels(tmp_path):
