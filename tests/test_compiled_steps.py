@@ -265,3 +265,85 @@ def test_more_compiled_steps_than_dynamos_recompile_limit_all_compile(monkeypatc
         compiled(kernel.init(start(chains)), torch.Generator().manual_seed(0))
         steps.append(compiled)
     assert [step.fallback for step in steps] == [None] * len(steps)
+
+
+def block_matches_steps(kernel, state, length: int = 3, stride: int | None = 1):
+    """A compiled :class:`StepBlock` (one graph: ``fullgraph=True``) gives the chains, summed
+    acceptance and kept positions of ``length`` single eager steps with the same generator."""
+    from normflows_sci.samplers.kernels import StepBlock
+
+    block = StepBlock(kernel, length, stride, compile={"backend": "aot_eager"})
+    generator = torch.Generator().manual_seed(11)
+    single, totals, kept = state, None, []
+    for i in range(length):
+        single, info = kernel.step(single, generator)
+        accepted = {k: v.to(torch.float64) for k, v in kernel.acceptance(info).items()}
+        totals = accepted if totals is None else {k: totals[k] + accepted[k] for k in totals}
+        if stride is not None and (i + 1) % stride == 0:
+            kept.append((kernel.position(single), kernel.position_log_prob(single)))
+    zeros = {k: torch.zeros_like(v) for k, v in totals.items()}
+    after, block_totals, block_kept = block(state, torch.Generator().manual_seed(11), zeros)
+    assert block.fallback is None, f"fell back to eager: {block.fallback!r}"
+    assert close(after, single)
+    assert block_totals.keys() == totals.keys()
+    assert all(torch.equal(block_totals[k], totals[k]) for k in totals)
+    assert len(block_kept) == len(kept) and close(tuple(block_kept), tuple(kept))
+    assert sum(float(v.sum()) for v in totals.values()) > 0  # the chains moved
+    return block
+
+
+def test_mala_block_of_steps_compiles_as_one_graph():
+    kernel = MALA(banana, step_size=0.2)
+    block_matches_steps(kernel, kernel.init(start()), length=4, stride=2)
+
+
+def test_hmc_block_of_steps_compiles_as_one_graph():
+    kernel = HMC(banana, step_size=0.2, num_leapfrog=2)
+    block_matches_steps(kernel, kernel.init(start()), length=3, stride=None)
+
+
+def test_parallel_tempering_block_compiles_with_its_swap_parity_in_the_graph():
+    from normflows_sci.samplers import ParallelTempering
+
+    kernel = ParallelTempering(banana, (1.0, 2.0, 4.0), step_size=0.3)
+    block_matches_steps(kernel, kernel.init(start(16)), length=3, stride=1)
+
+
+def test_a_block_whose_target_dynamo_cannot_compile_falls_back_to_the_same_chains():
+    from normflows_sci.samplers.kernels import StepBlock
+
+    kernel = MALA(branching, step_size=0.2)
+    state = kernel.init(start())
+    block = StepBlock(kernel, 3, 1, compile={"backend": "eager"})
+    totals = {"local": torch.zeros(32, dtype=torch.float64)}
+    after, _, kept = block(state, torch.Generator().manual_seed(0), totals)
+    assert block.fallback is not None
+    eager = StepBlock(kernel, 3, 1)(state, torch.Generator().manual_seed(0), totals)
+    assert close(after, eager[0]) and close(kept, eager[2])
+
+
+def test_run_in_compiled_blocks_gives_the_eager_trace(monkeypatch):
+    # Production runs in compiled blocks of steps once the run compiles its step: the blocks
+    # must compile (no fallback) and keep the eager chains, thinned samples and acceptance.
+    import importlib
+
+    from normflows_sci.samplers.kernels import StepBlock
+
+    run_module = importlib.import_module("normflows_sci.samplers.run")  # not the function
+    made = []
+
+    class Recorded(StepBlock):
+        def __init__(self, *args, **options):
+            super().__init__(*args, **options)
+            made.append(self)
+
+    monkeypatch.setattr(run_module, "StepBlock", Recorded)
+    kernel = MALA(banana, step_size=0.2)
+    options = dict(num_warmup=4, thin=2, seed=0)
+    compiled = run(kernel, start(), 21, compile={"backend": "aot_eager"}, **options)
+    eager = run(kernel, start(), 21, compile=False, **options)
+    assert [b.compiled is not None for b in made] == [True, False]
+    assert made[0].fallback is None and (made[0].length, made[0].stride) == (8, 2)
+    assert torch.allclose(compiled.samples, eager.samples, atol=1e-5)
+    assert torch.allclose(compiled.log_prob, eager.log_prob, atol=1e-5)
+    assert torch.equal(compiled.acceptance["local"], eager.acceptance["local"])

@@ -342,3 +342,122 @@ def test_positive_numbers_are_checked_by_one_function_everywhere():
         for bad in ("0.1", True, float("nan"), -1.0):
             with pytest.raises(ValueError, match=r"must be a positive finite number, got"):
                 build(bad)
+
+
+# ------------------------------------------------------------------ production in blocks of steps
+
+
+def _run_module():
+    import importlib
+
+    return importlib.import_module("normflows_sci.samplers.run")  # the module, not the function
+
+
+def _count_blocks(monkeypatch) -> list:
+    """The lengths of the blocks every later ``run`` executes (the new path is taken)."""
+    from normflows_sci.samplers.kernels import StepBlock
+
+    lengths, call = [], StepBlock.__call__
+
+    def counted(self, state, generator, totals):
+        lengths.append(self.length)
+        return call(self, state, generator, totals)
+
+    monkeypatch.setattr(StepBlock, "__call__", counted)
+    return lengths
+
+
+def _step_by_step(monkeypatch, kernel, x0, steps, **options):
+    """The trace of ``run`` with one step per iteration (no blocks), as before blocks existed."""
+    with monkeypatch.context() as patch:
+        patch.setattr(_run_module(), "_BLOCK_STEPS", 1)
+        return run(kernel, x0, steps, **options)
+
+
+def assert_same_trace(a, b) -> None:
+    assert torch.equal(a.samples, b.samples)
+    assert torch.equal(a.log_prob, b.log_prob)
+    assert a.acceptance.keys() == b.acceptance.keys()
+    assert all(torch.equal(a.acceptance[k], b.acceptance[k]) for k in a.acceptance)
+    assert all(torch.equal(x, y) for x, y in zip(a.state, b.state) if isinstance(x, torch.Tensor))
+
+
+@pytest.mark.parametrize("thin", [1, 3, 11])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: MALA(correlated_gaussian, step_size=0.05),
+        lambda: HMC(correlated_gaussian, step_size=0.05, num_leapfrog=2),
+        lambda: ParallelTempering(correlated_gaussian, (1.0, 3.0), step_size=0.05),
+    ],
+    ids=["mala", "hmc", "tempering"],
+)
+def test_blocks_of_eager_steps_give_the_step_by_step_trace_bit_for_bit(monkeypatch, make, thin):
+    # Every step's draws are made before the block's transitions: the generator must still be
+    # read in the order of single steps, and the acceptance sums added in the same order.
+    x0 = torch.randn(8, 2, generator=torch.Generator().manual_seed(0))
+    options = dict(num_warmup=6, thin=thin, seed=4, compile=False)
+    single = _step_by_step(monkeypatch, make(), x0, 45, **options)
+    lengths = _count_blocks(monkeypatch)
+    blocks = run(make(), x0, 45, **options)
+    assert lengths and set(lengths) == {thin * (8 // thin) if thin <= 8 else 8}
+    assert blocks.samples.shape[0] == 45 // thin
+    assert_same_trace(blocks, single)
+
+
+@pytest.mark.parametrize("thin", [1, 4, 10])
+def test_blocks_keep_every_thin_th_production_step(monkeypatch, thin):
+    kernel = MALA(correlated_gaussian, step_size=0.05)
+    x0 = torch.zeros(4, 2)
+    every = _step_by_step(monkeypatch, kernel, x0, 40, num_warmup=3, seed=2, compile=False)
+    lengths = _count_blocks(monkeypatch)
+    thinned = run(kernel, x0, 40, num_warmup=3, thin=thin, seed=2, compile=False)
+    assert lengths
+    assert torch.equal(thinned.samples, every.samples[thin - 1 :: thin])
+    assert torch.equal(thinned.log_prob, every.log_prob[thin - 1 :: thin])
+
+
+class StopAfter:
+    """A target that interrupts the run (``KeyboardInterrupt``) at evaluation ``calls + 1``:
+    an interrupted job, interrupted inside a block of steps."""
+
+    def __init__(self, calls: int):
+        self.calls = calls
+
+    def __call__(self, x):
+        self.calls -= 1
+        if self.calls < 0:
+            raise KeyboardInterrupt
+        return correlated_gaussian(x)
+
+
+def test_checkpoints_between_blocks_resume_to_the_uninterrupted_trace(tmp_path, monkeypatch):
+    x0, path = torch.zeros(6, 2), tmp_path / "chain.pt"
+    options = dict(num_warmup=4, seed=5, compile=False, checkpoint_every=10)
+    full = _step_by_step(monkeypatch, MALA(correlated_gaussian, step_size=0.05), x0, 50, **options)
+    lengths = _count_blocks(monkeypatch)
+    # 1 evaluation at init, then one per MALA step: interrupted at step 35, inside the block
+    # of steps 30 to 37 (checkpoints every 10 steps: the last one at step 30).
+    with pytest.raises(KeyboardInterrupt):
+        run(MALA(StopAfter(36), step_size=0.05), x0, 50, checkpoint=path, **options)
+    assert lengths
+    saved = torch.load(path, weights_only=True)
+    assert saved["step"] == 30 and saved["kept"].shape[0] == 26
+    resumed = run(
+        MALA(correlated_gaussian, step_size=0.05), x0, 50, checkpoint=path, resume=True, **options
+    )
+    assert_same_trace(resumed, full)
+
+
+def test_a_kernel_overriding_step_or_with_value_dependent_draws_runs_step_by_step():
+    from normflows_sci.samplers.kernels import StepBlock
+
+    class ValueDraws(MALA):
+        shape_only_draws = False
+
+    assert StepBlock.supports(MALA(correlated_gaussian))
+    assert StepBlock.supports(ParallelTempering(correlated_gaussian, (1.0, 2.0)))
+    assert not StepBlock.supports(ValueDraws(correlated_gaussian))
+    assert not StepBlock.supports(Interrupting(MALA(correlated_gaussian), after=3))
+    with pytest.raises(TypeError, match="cannot run in blocks"):
+        StepBlock(ValueDraws(correlated_gaussian), 4)
