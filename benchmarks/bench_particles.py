@@ -5,6 +5,7 @@ Run from the repository root::
     python benchmarks/bench_particles.py --quick           # smoke run (about a minute)
     python benchmarks/bench_particles.py                    # 10-15 CPU-minutes per system
     python benchmarks/bench_particles.py --systems dw4 --steps 3000 --out DIR
+    python benchmarks/bench_particles.py --systems dw4 --steps 1500 --finetune 50
 
 Data: the parallel-tempering reference of ``benchmarks/particle_reference.py`` (loaded from its
 cache, ``--reference-dir``; sampled for ``--reference-minutes`` and cached when missing; the quick
@@ -22,6 +23,14 @@ training and evaluating both models, most of it the equivariant model's):
 * ``CNF``: ``normflows_sci.flows.CNF`` with an MLP velocity of about the same number of
   parameters, on the ``(n - 1) d`` coordinates of an orthonormal basis of the zero-centre-of-mass
   subspace (plain OT pairs): not equivariant, but on the same space and measure.
+
+Energy-based fine-tuning (``--finetune STEPS``, off by default): after flow matching, the
+equivariant flow is trained further by ``STEPS`` reverse-KL steps on the energy
+(``fit_boltzmann`` with ``divergence="hutchinson"``: one probe tangent per field evaluation
+instead of ``(n - 1) d``, the flow keeping its exact divergence for the evaluation;
+``--finetune-path-gradient`` for the path-gradient estimator) and scored again, an extra row
+``equivariant + reverse KL`` whose ``train s`` column is the fine-tune's wall time alone. To
+compare with spending that time on flow matching instead, run again with more ``--steps``.
 
 Both flows integrate with fixed-step RK4 (``--ode-steps``) and the exact divergence, so their
 ``log q`` is deterministic and the importance weights are unbiased up to the integration error,
@@ -66,7 +75,7 @@ import particle_reference as reference_module
 
 from normflows_sci.flows import CNF
 from normflows_sci.samplers import importance_sample
-from normflows_sci.training import fit_flow_matching
+from normflows_sci.training import fit_boltzmann, fit_flow_matching
 
 try:  # built in parallel with this benchmark; absent from older checkouts
     from normflows_sci.flows import particle_flow
@@ -232,7 +241,42 @@ def evaluate(name: str, model: tuple, energy, train: Tensor, held: Tensor, args)
     tenth = max(1, len(losses) // 10)
     result.loss_start = sum(losses[:tenth]) / tenth
     result.loss_end = sum(losses[-tenth:]) / tenth
-    module.eval()
+    return score(result, flow, energy, held, args)
+
+
+def finetune(model: tuple, energy, held: Tensor, args) -> Result:
+    """``args.finetune`` reverse-KL steps on the energy with the Hutchinson divergence (the
+    flow-matched model, trained in place), then the same scores; the row's ``train s`` is the
+    fine-tune's wall time and its loss columns the reverse KL (first and last 10%)."""
+    flow, module, _, _ = model
+    estimator = "path gradient" if args.finetune_path_gradient else "reverse KL"
+    result = Result(f"equivariant + {estimator}", count_params(module), "Hutchinson")
+    module.train()
+    start = time.perf_counter()
+    history = fit_boltzmann(
+        module,
+        energy,
+        steps=args.finetune,
+        batch_size=args.finetune_batch,
+        learning_rate=args.finetune_lr,
+        schedule="constant",
+        divergence="hutchinson",
+        path_gradient=args.finetune_path_gradient,
+        seed=args.seed,
+        progress=False,
+        log_every=1,
+    )
+    result.train_seconds = time.perf_counter() - start
+    losses = history["reverse_kl"]
+    tenth = max(1, len(losses) // 10)
+    result.loss_start = sum(losses[:tenth]) / tenth
+    result.loss_end = sum(losses[-tenth:]) / tenth
+    return score(result, flow, energy, held, args)
+
+
+def score(result: Result, flow, energy, held: Tensor, args) -> Result:
+    """Held-out NLL, ODE error and importance sampling (exact divergence) of a trained flow."""
+    getattr(flow, "flow", flow).eval()
     result.nll, result.nll_stderr = held_out_nll(flow, held, args.eval_batch)
     result.ode_error = ode_error(flow, held[: args.ode_check])
     generator = torch.Generator().manual_seed(args.seed + 1)
@@ -329,15 +373,16 @@ def _fmt(value: float | None, digits: int = 2) -> str:
 
 def print_table(system: str, results: list[Result]) -> None:
     print(
-        f"\n{'model':<12} {'params':>7} {'pairing':<17} {'NLL':>15} {'ESS %':>7} "
+        f"\n{'model':<26} {'params':>7} {'pairing':<17} {'NLL':>15} {'ESS %':>7} "
         f"{'k-hat (thr)':>12} {'train s':>8} {'sample s':>9} {'FM loss':>13} {'ODE err':>8}"
     )
+    # Fine-tune rows ("equivariant + ..."): train s is the fine-tune's time, the loss column the reverse KL.
     for r in results:
         nll = f"{_fmt(r.nll)} +- {_fmt(r.nll_stderr)}"
         khat = f"{_fmt(r.pareto_k)} ({_fmt(r.khat_threshold)})"
         loss = f"{_fmt(r.loss_start)} -> {_fmt(r.loss_end)}"
         print(
-            f"{r.model:<12} {r.params:>7} {r.pairing:<17} {nll:>15} "
+            f"{r.model:<26} {r.params:>7} {r.pairing:<17} {nll:>15} "
             f"{_fmt(100 * r.ess_fraction):>7} {khat:>12} {_fmt(r.train_seconds, 1):>8} "
             f"{_fmt(r.sample_seconds, 1):>9} {loss:>13} {_fmt(r.ode_error, 3):>8}"
         )
@@ -394,10 +439,21 @@ def run_system(system: str, args, out: Path) -> list[Result]:
     )
     if particle_flow is None:
         print("equivariant particle_flow: not in this checkout (normflows_sci.flows); skipped")
+    if args.finetune:
+        print(
+            f"fine-tune: {args.finetune} reverse-KL steps (Hutchinson divergence"
+            f"{', path gradients' if args.finetune_path_gradient else ''}), batch "
+            f"{args.finetune_batch}, constant learning rate {args.finetune_lr:g}"
+        )
     results = []
     for name, model in build_models(energy, args).items():
+        if name not in args.models:
+            continue
         results.append(evaluate(name, model, energy, train, held, args))
         sys.stdout.flush()
+        if args.finetune and name == "equivariant":
+            results.append(finetune(model, energy, held, args))
+            sys.stdout.flush()
     print_table(system, results)
     for result in results:
         for note in dict.fromkeys(result.notes):
@@ -442,6 +498,9 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke-size run (under a minute)")
     parser.add_argument("--systems", nargs="+", choices=SYSTEMS, default=list(SYSTEMS))
+    parser.add_argument(
+        "--models", nargs="+", choices=("equivariant", "CNF"), default=["equivariant", "CNF"]
+    )
     parser.add_argument("--steps", type=int, default=None, help="flow-matching steps (TRAINING)")
     parser.add_argument("--batch-size", type=int, default=None, help="(TRAINING)")
     parser.add_argument("--learning-rate", type=float, default=None, help="peak rate (TRAINING)")
@@ -455,6 +514,15 @@ def parse_args(argv=None):
         "--ode-check", type=int, default=None, help="held-out configurations for the ODE error"
     )
     parser.add_argument("--eval-batch", type=int, default=500)
+    parser.add_argument(
+        "--finetune",
+        type=int,
+        default=0,
+        help="reverse-KL steps (Hutchinson) after flow matching, equivariant model (0: off)",
+    )
+    parser.add_argument("--finetune-batch", type=int, default=64)
+    parser.add_argument("--finetune-lr", type=float, default=1e-4, help="constant rate")
+    parser.add_argument("--finetune-path-gradient", action="store_true")
     parser.add_argument("--held-out", type=float, default=0.25, help="fraction of chains")
     parser.add_argument("--reference-dir", default=None)
     parser.add_argument("--reference-minutes", type=float, default=None, help="(5; 0.05)")
@@ -487,6 +555,8 @@ def parse_args(argv=None):
         parser.error("--held-out must be in (0, 1) and --reference-minutes > 0")
     if args.learning_rate is not None and not args.learning_rate > 0:
         parser.error("--learning-rate must be positive")
+    if args.finetune < 0 or args.finetune_batch < 1 or not args.finetune_lr > 0:
+        parser.error("--finetune must be >= 0, --finetune-batch >= 1, --finetune-lr > 0")
     return args
 
 
