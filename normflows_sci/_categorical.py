@@ -168,6 +168,8 @@ def level_columns(X, names: list[str], candidates: Sequence[str]) -> list[str]:
         values = values.astype(np.float64)
         if not np.isfinite(values).all() or np.all(values == np.round(values)):
             continue
+        if len(np.unique(values[:4096])) > MAX_AUTO_LEVELS:
+            continue  # most columns: decided on a prefix, without sorting the whole column
         distinct = len(np.unique(values))
         if distinct <= MAX_AUTO_LEVELS and len(values) >= MIN_ROWS_PER_LEVEL * distinct:
             found.append(name)
