@@ -11,10 +11,12 @@ integrated by quadrature when scoring), heavy-tailed columns get Student-t base 
 tail indices estimated from the data, and ``context`` columns make the model conditional,
 ``p(targets | context)``.
 
-Categorical columns (text labels, pandas categoricals, or numeric columns declared
-``categorical``) enter the joint density exactly: ``P(categories)`` from a smoothed contingency
-table times the flow of the numeric columns conditioned on the categories' dummy coding
-(``normflows_sci._categorical``). ``score(X, return_stderr=True)`` and ``compare(other, X)``
+Categorical columns (text labels, pandas categoricals, numeric columns recorded as a few
+non-integer levels, or numeric columns declared ``categorical``) enter the joint density exactly:
+``P(categories)`` from a smoothed contingency table times the flow of the numeric columns
+conditioned on the categories' dummy coding (``normflows_sci._categorical``). A continuous column
+with a point mass (at least ``ATOM_SHARE`` of the rows on one value) is fitted with a warning
+naming it: a density has no finite likelihood there. ``score(X, return_stderr=True)`` and ``compare(other, X)``
 give held-out log-likelihoods with their standard errors.
 """
 
