@@ -65,10 +65,11 @@ Kernel throughput (``--throughput``, nothing else runs): chain-steps per second 
 density ``log p = -sum_i [100 (x_{i+1} - x_i^2)^2 + (1 - x_i)^2] / 20``, float32, side by side with
 blackjax on JAX's CPU backend (benchmark-only dependency: ``pip install blackjax``; the columns are
 left empty without it). Ours: ``run`` (production only, one kept sample, acceptance summed per
-step, as ``run`` always does), with the eager step (``compile=False``; ``run``'s default,
-``compile="auto"``, stays eager for runs this short) and with the compiled step (``compile=True``:
-eager draws, inductor-compiled transition; ``compile s`` is its first call, excluded from the
-rates, as blackjax's ``jit s``). blackjax: its kernel ``vmap``-ed over chains, ``lax.fori_loop`` over the steps
+step, as ``run`` always does; after the first production step in blocks of 8 steps: the draws of
+8 steps, then their transitions in one call), eager (``compile=False``; ``run``'s default,
+``compile="auto"``, stays eager for runs this short) and compiled (``compile=True``: eager draws,
+inductor-compiled transitions and blocks; ``compile s`` is its first run of ``--kernel-steps``
+steps, compilations included, excluded from the rates, as blackjax's ``jit s``). blackjax: its kernel ``vmap``-ed over chains, ``lax.fori_loop`` over the steps
 (one jitted call, acceptance summed in the loop). Every configuration is warmed up (compilation
 excluded), then ours and blackjax alternate ``--kernel-repeats`` times over ``--kernel-steps``
 steps and the best time of each is kept; ``/bj`` columns are ours / blackjax (above 1: ours is
@@ -678,7 +679,7 @@ def kernel_row(args, target: str, kind: str, chains: int, with_blackjax: bool) -
     best, acceptance, first = {}, {}, {}
     for name, timed in runners.items():  # warm-up: compilation and first-call costs
         start = time.perf_counter()
-        timed(steps if name == "blackjax" else 2)
+        timed(steps)  # ours: compiles the single step and the block of steps
         first[name] = time.perf_counter() - start
     for repeat in range(args.kernel_repeats):
         for name, timed in runners.items():

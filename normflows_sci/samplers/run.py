@@ -345,7 +345,10 @@ def run(
             (:meth:`~normflows_sci.samplers.Kernel.compiled_step`: same draws, same chains up to
             floating-point reassociation) when the first steps project the run past a minute,
             and back if it is slower; machine-dependent, so pass ``True``/``False`` (or a dict
-            of :func:`torch.compile` options) for runs that must repeat bit for bit.
+            of :func:`torch.compile` options) for runs that must repeat bit for bit. Production
+            runs in blocks of steps (:class:`~normflows_sci.samplers.kernels.StepBlock`, compiled
+            as the step is) where the kernel allows it: the same draws and chains as single
+            steps, with fewer per-step costs.
 
     Returns:
         A :class:`Trace`.
