@@ -775,26 +775,62 @@ def verdict(tables: list[Table], all_results: list[dict[str, Result]]) -> None:
     print(f"  {passed}/{total} targets met")
 
 
-def point_masses(table: Table, share: float | None = None) -> str:
-    """Columns of the training rows whose most frequent value holds at least ``share`` (default
-    normflows_sci's ``ATOM_SHARE``) of them, level columns aside (after dequantisation: values
-    no lattice explained, e.g. a continuous column with many exact zeros, or a lattice far finer
-    than the column's spread), as ``"column value (percent)"``."""
+@dataclass
+class Atom:
+    """A value (or, on a lattice far finer than the column's spread, a cell of the lattice)
+    holding at least ``ATOM_SHARE`` of a column's training rows."""
+
+    column: int
+    value: float
+    share: float
+    width: float | None  # the lattice cell's width when the atom is a cell, else None
+
+    def holds(self, values: np.ndarray) -> np.ndarray:
+        """Which of ``values`` (the column's) lie on the atom."""
+        if self.width is None:
+            return values == self.value
+        return np.floor(values / self.width) * self.width == self.value
+
+
+def atoms_of(table: Table, share: float | None = None) -> list[Atom]:
+    """The atoms of the training rows' columns, level columns aside: after dequantisation,
+    values no lattice explained (a continuous column with many exact zeros) or cells of a
+    lattice far finer than the column's spread (values recorded to six decimals)."""
     share = ATOM_SHARE if share is None else share
     found = []
-    for j, (column, values, spacing) in enumerate(zip(table.columns, table.train.T, table.spacing)):
+    for j, (values, spacing) in enumerate(zip(table.train.T, table.spacing)):
         if j in table.levels:
             continue
-        # A lattice far finer than the column's spread leaves near-atoms: cells of that width.
         narrow = spacing is not None and spacing < 1e-3 * values.std()
         cells = np.floor(values / spacing) if narrow else values
         unique, counts = np.unique(cells, return_counts=True)
         top = int(np.argmax(counts))
         if counts[top] >= share * len(values):
             value = unique[top] * spacing if narrow else unique[top]
-            width = f", cells {spacing:g} wide" if narrow else ""
-            found.append(f"{column} {value:g} ({100.0 * counts[top] / len(values):.0f}%{width})")
-    return ", ".join(found)
+            found.append(Atom(j, value, counts[top] / len(values), spacing if narrow else None))
+    return found
+
+
+def point_masses(table: Table, share: float | None = None) -> str:
+    """:func:`atoms_of` as ``"column value (percent)"``."""
+    return ", ".join(
+        f"{table.columns[a.column]} {a.value:g} ({100.0 * a.share:.0f}%"
+        + (f", cells {a.width:g} wide)" if a.width is not None else ")")
+        for a in atoms_of(table, share)
+    )
+
+
+def split_on_atoms(table: Table, diff: np.ndarray) -> str:
+    """The paired difference on the test rows with a value on an atom and on the others."""
+    on = np.zeros(len(table.test), dtype=bool)
+    for atom in atoms_of(table):
+        on |= atom.holds(table.test[:, atom.column])
+    parts = []
+    for label, rows in (("rows on an atom", diff[on]), ("the other rows", diff[~on])):
+        if len(rows) > 1:
+            se = float(rows.std(ddof=1) / math.sqrt(len(rows)))
+            parts.append(f"{label} ({len(rows)}): {rows.mean():+.3f} ±{se:.3f}")
+    return "; ".join(parts)
 
 
 def loss_reason(table: Table, ours: Result, winner: Result, name: str) -> str:
@@ -808,8 +844,9 @@ def loss_reason(table: Table, ours: Result, winner: Result, name: str) -> str:
     if atoms:
         return (
             f"point masses: {atoms} (that share of the rows on one value, off any lattice or on a "
-            f"lattice far finer than the spread): a density is (nearly) unbounded there, and {name}'s components "
-            f"collapse onto them ({winner.note}); the score measures the atoms, not the fit"
+            f"lattice far finer than the spread): a density is (nearly) unbounded there, and "
+            f"{name}'s components collapse onto them ({winner.note}); ours - {name} on "
+            f"{split_on_atoms(table, diff)}"
         )
     rows = len(table.train)
     if rows < 1000:
