@@ -63,6 +63,7 @@ __all__ = [
     "MIN_ROWS_PER_LEVEL",
     "MAX_SOFTMAX_WEIGHTS",
     "CategoricalSpec",
+    "auto_levels",
     "categorical_from_config",
     "choose_alpha",
     "column_names",
@@ -135,16 +136,23 @@ def declared_categorical(X, names: list[str], categorical, context=(), numeric=(
         labels = []
         if _is_frame(X):
             labels = [name for name, (_, col) in zip(names, X.items()) if _non_numeric(col)]
-        if any(c in set(context) for c in names if c not in labels):
-            return labels
-        roles = set(context) | set(numeric)
-        candidates = [c for c in names if c not in labels and c not in roles]
-        levels = set(level_columns(X, names, candidates))
-        if len(levels) == len(names) - len(labels):
-            return labels
-        return [name for name in names if name in set(labels) | levels]
+        levels = auto_levels(X, names, labels, context, numeric)
+        return [name for name in names if name in set(labels) | set(levels)]
     chosen = set(column_names(categorical, names, "categorical"))
     return [name for name in names if name in chosen]
+
+
+def auto_levels(X, names: list[str], labels=(), context=(), numeric=()) -> list[str]:
+    """The numeric columns ``categorical="auto"`` takes as levels (:func:`level_columns`), given
+    the table's label columns: none when a numeric ``context`` column stays (modelled levels
+    cannot depend on it) or when no numeric column would be left; never a context column or one
+    with a ``numeric`` role (bounds, ``discrete``)."""
+    if any(c in set(context) for c in names if c not in labels):
+        return []
+    roles = set(context) | set(numeric)
+    candidates = [c for c in names if c not in labels and c not in roles]
+    levels = level_columns(X, names, candidates)
+    return [] if len(levels) == len(names) - len(labels) else levels
 
 
 def level_columns(X, names: list[str], candidates: Sequence[str]) -> list[str]:

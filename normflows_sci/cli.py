@@ -39,12 +39,14 @@ from pathlib import Path
 import numpy as np
 
 from normflows_sci import io as files
+from normflows_sci._categorical import auto_levels
 from normflows_sci._version import __version__
 from normflows_sci.baselines import (
     baseline_scores,
     describe_cells,
     gaussian_held_out_score,
     lattice_cells,
+    level_cells,
 )
 from normflows_sci.estimator import FLOWS as FLOW_FAMILIES
 from normflows_sci.estimator import (
@@ -365,6 +367,24 @@ def _parse_categorical(items, values: np.ndarray, names: list[str]) -> list[str]
     return [name for name in names if name in chosen]
 
 
+def _with_auto_levels(
+    values: np.ndarray, names: list[str], labels: list[str], options
+) -> list[str]:
+    """``labels`` plus the numeric columns the estimator's ``categorical="auto"`` takes as
+    levels (few-valued, non-integer: :func:`~normflows_sci._categorical.auto_levels`), in table
+    order; columns given ``--bounds``/``--discrete``/``--context`` roles stay numeric."""
+    numeric = [j for j, name in enumerate(names) if name not in labels]
+    subset = [names[j] for j in numeric]
+    table = values[:, numeric].astype(np.float64)
+    keys = list(options["bounds"]) if isinstance(options["bounds"], dict) else []
+    if options["discrete"] not in (None, "auto"):
+        keys += list(options["discrete"])
+    key_names = {names[k] if isinstance(k, int) else k for k in keys}
+    context = {names[k] if isinstance(k, int) else k for k in options["context"] or ()}
+    levels = auto_levels(table, subset, (), sorted(context & set(subset)), sorted(key_names))
+    return [name for name in names if name in set(labels) | set(levels)]
+
+
 def _warn_identifiers(values: np.ndarray, names: list[str], categorical, path) -> None:
     """A note on stderr for each categorical column whose levels are mostly seen once (an
     identifier, a date, a free-text field): as labels, every new value scores -inf."""
@@ -399,13 +419,15 @@ def _cmd_fit(args) -> int:
     values, file_names = _read(args.data, text="auto")
     names = file_names if file_names is not None else _default_names(values.shape[1])
     categorical = _parse_categorical(args.categorical, values, names)
-    _warn_identifiers(values, names, categorical, args.data)
     options = dict(
         bounds=_parse_bounds(args.bounds, names),
         discrete=_parse_discrete(args.discrete, names),
         context=_column_keys(args.context, names, "--context") if args.context else None,
-        categorical=categorical or None,
     )
+    if not args.categorical:  # the estimator's default, categorical="auto"
+        categorical = _with_auto_levels(values, names, categorical, options)
+    _warn_identifiers(values, names, categorical, args.data)
+    options["categorical"] = categorical or None
     output = Path(args.output) if args.output else _default_model_path(Path(args.data))
     _check_output(output, "-o")
     if _special_file(output):
@@ -436,7 +458,7 @@ def _cmd_fit(args) -> int:
         f"{info.get('parameters', '?')} parameters; training stopped by {_stop_reason(est)}"
     )
     if len(held_out):
-        _held_out_summary(est, train, held_out, held_input, names, categorical)
+        _held_out_summary(est, train, held_out, held_input, names)
     else:
         print(f"  no held-out summary: fewer than {MIN_ROWS_FOR_VALIDATION} rows")
     print(f"model saved to {saved if saved is not None else output}")
@@ -447,26 +469,29 @@ def _cmd_fit(args) -> int:
     return 0
 
 
-def _held_out_summary(est, train, held_out, held_input, names, categorical) -> None:
+def _held_out_summary(est, train, held_out, held_input, names) -> None:
     """``fit``'s held-out lines: the flow's mean log-likelihood with its standard error, and a
-    Gaussian fitted to the same rows (numeric tables; it has no categorical part)."""
+    Gaussian fitted to the same rows and scored on the same cells (tables without text label
+    columns: it has no part for them)."""
     flow = est.score(held_input, return_stderr=True)
     kind = "conditional " if est.context_columns_ else ""
     print(f"  held-out mean {kind}log-likelihood (nats per row, higher is better):")
-    if categorical:
+    if _text_columns(train, names):
         print(f"    flow      {flow.mean:12.4f} +- {flow.stderr:.4f} (standard error)")
-        print("  (no Gaussian comparison: it has no categorical part)")
+        print("  (no Gaussian comparison: it has no part for label columns)")
         return
     discrete, step = lattice_cells(est, names)
+    levels = level_cells(est, names)
     gauss_score = gaussian_held_out_score(
         train,
         held_out,
         discrete=discrete,
         step=step,
         context=[names.index(c) for c in est.context_columns_],
+        levels=levels,
     )
-    if discrete:
-        print(f"  (both score {describe_cells(names, discrete, step)})")
+    if discrete or levels:
+        print(f"  (both score {describe_cells(names, discrete, step, levels)})")
     print(f"    flow      {flow.mean:12.4f} +- {flow.stderr:.4f} (standard error)")
     print(f"    Gaussian  {gauss_score:12.4f}   (flow - Gaussian: {flow.mean - gauss_score:+.4f})")
 
@@ -846,7 +871,8 @@ def _add_fit(commands) -> None:
         metavar="COL",
         help="label columns, modelled exactly by their level frequencies (species,island,sex "
         "or species island sex); columns with text are categorical anyway, and numeric columns "
-        "named here become labels too",
+        "named here become labels too. Without it, numeric columns of a few non-integer values "
+        "are modelled as levels (as DensityEstimator's categorical='auto')",
     )
     fit.set_defaults(handler=_cmd_fit)
 

@@ -750,3 +750,23 @@ def test_categorical_option_splits_on_commas_but_keeps_a_name_with_one(tmp_path,
     assert "categorical columns: a,b (2 levels)" in out
     code, _, err = run(capsys, *argv, "x,nope")
     assert_one_line_error(code, err, "--categorical: no column 'nope'")
+
+
+def test_fit_models_few_valued_columns_as_levels_and_scores_the_gaussian_on_their_cells(
+    tmp_path, capsys
+):
+    """As ``DensityEstimator(categorical="auto")``: a numeric column of four non-integer values
+    is modelled as levels, and the held-out Gaussian is scored on the same level cells (before,
+    the CLI modelled it as a density and compared it with the Gaussian's density there)."""
+    values = make_table(200, seed=4)
+    values[:, 0] = np.array([0.0, 3.26, 3.93, 4.56])[np.arange(200) % 4]
+    data = tmp_path / "t.csv"
+    write_csv(data, values, names=("rate", "mass", "count"))
+    argv = ["fit", data, "-o", tmp_path / "m.nfs", "--max-epochs", 1, "--quiet"]
+    code, out, err = run(capsys, *argv, "--discrete", "count")
+    assert code == 0, err
+    assert "categorical columns: rate (4 levels)" in out
+    assert "level cells rate (4)" in out
+    code, out, err = run(capsys, *argv, "--discrete", "count", "--bounds", "rate:-1:5")
+    assert code == 0, err
+    assert "categorical columns" not in out  # a column given a numeric role stays numeric
