@@ -384,17 +384,26 @@ class HMC(MetropolisKernel):
         return HMCState(x, log_prob, grad, step_size, torch.ones_like(x[0]))
 
     def move(self, state: HMCState, noise: Tensor, *, differentiable: bool = False):
-        x, eps, inv_mass = state.x, expand(state.step_size, state.x), state.inverse_mass
+        x, step_size, inv_mass = state.x, state.step_size, state.inverse_mass
+        eps = expand(step_size, x)
         momentum = noise / inv_mass.sqrt()
         kinetic0 = 0.5 * sum_event(momentum.square() * inv_mass)
         position, grad, log_prob = x, state.grad, state.log_prob
-        drift, half_eps = eps * inv_mass, 0.5 * eps
-        momentum = momentum + half_eps * grad
-        leapfrog = self._leapfrog if differentiable else self._compiled_leapfrog
-        for i in range(self.num_leapfrog):
-            kick = eps if i < self.num_leapfrog - 1 else half_eps
-            position, momentum, log_prob, grad = leapfrog(
-                position, momentum, drift, kick, differentiable=differentiable
+        # The kicks per chain, (chains,): a compiled region takes them without a view of its own
+        # to build at every call.
+        drift, half_step = eps * inv_mass, 0.5 * step_size
+        momentum = momentum + expand(half_step, x) * grad
+        if differentiable:
+            for i in range(self.num_leapfrog):
+                kick = step_size if i < self.num_leapfrog - 1 else half_step
+                position, momentum, log_prob, grad = self._leapfrog(
+                    position, momentum, drift, kick, differentiable=True
+                )
+        else:
+            for _ in range(self.num_leapfrog - 1):
+                position, momentum = self._compiled_drift_kick(position, momentum, drift, step_size)
+            position, momentum, log_prob, grad = self._compiled_leapfrog(
+                position, momentum, drift, half_step
             )
         kinetic1 = 0.5 * sum_event(momentum.square() * inv_mass)
         log_ratio = (log_prob - kinetic1) - (state.log_prob - kinetic0)
@@ -402,17 +411,23 @@ class HMC(MetropolisKernel):
 
     def _leapfrog(self, position, momentum, drift, kick, *, differentiable: bool = False):
         """One leapfrog step after the first half kick: drift the position, evaluate the
-        target there, kick the momentum by ``kick * grad``."""
+        target there, kick the momentum by ``kick * grad`` (``kick`` per chain, ``(chains,)``)."""
         position = position + drift * momentum
         log_prob, grad = log_prob_and_grad(
             self.log_prob_fn, position, differentiable=differentiable
         )
-        return position, momentum + kick * grad, log_prob, grad
+        return position, momentum + expand(kick, grad) * grad, log_prob, grad
 
-    # Compiled once and reused for every leapfrog step of a compiled transition (inductor's
-    # compile time grows faster than linearly with an unrolled trajectory); eager: the same.
+    # Compiled once and reused for every leapfrog step of a compiled transition: inductor's
+    # compile time grows faster than linearly with an unrolled trajectory (and its code for
+    # fused leapfrog steps runs slower). Every output of a region is a buffer allocated per call,
+    # so the steps before the last return only what the next one needs. Eager: the same steps.
     @torch.compiler.nested_compile_region
-    def _compiled_leapfrog(self, position, momentum, drift, kick, *, differentiable=False):
+    def _compiled_drift_kick(self, position, momentum, drift, kick):
+        return self._leapfrog(position, momentum, drift, kick)[:2]
+
+    @torch.compiler.nested_compile_region
+    def _compiled_leapfrog(self, position, momentum, drift, kick):
         return self._leapfrog(position, momentum, drift, kick)
 
     def adapt(self, state, info, iteration, num_warmup, memory):
