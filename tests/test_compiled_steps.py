@@ -338,6 +338,7 @@ def test_run_in_compiled_blocks_gives_the_eager_trace(monkeypatch):
             made.append(self)
 
     monkeypatch.setattr(run_module, "StepBlock", Recorded)
+    monkeypatch.setattr(run_module, "_BLOCK_STEPS", 8)
     kernel = MALA(banana, step_size=0.2)
     options = dict(num_warmup=4, thin=2, seed=0)
     compiled = run(kernel, start(), 21, compile={"backend": "aot_eager"}, **options)

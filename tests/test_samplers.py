@@ -354,9 +354,11 @@ def _run_module():
 
 
 def _count_blocks(monkeypatch) -> list:
-    """The lengths of the blocks every later ``run`` executes (the new path is taken)."""
+    """The lengths of the blocks every later ``run`` executes (the new path is taken), with at
+    most 8 steps per block (whatever the tuned default)."""
     from normflows_sci.samplers.kernels import StepBlock
 
+    monkeypatch.setattr(_run_module(), "_BLOCK_STEPS", 8)
     lengths, call = [], StepBlock.__call__
 
     def counted(self, state, generator, totals):

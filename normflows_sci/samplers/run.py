@@ -87,7 +87,7 @@ _COMPILE_PAYS_SECONDS = 60.0
 _PACE_STEPS = 5  # eager steps timed (after the first) to project the run's length
 # Production steps per block (StepBlock): a block pays the per-call costs of a step (Python,
 # dynamo's guards, the compiled code's wrapper) once; more steps per block compile for longer.
-_BLOCK_STEPS = 8
+_BLOCK_STEPS = 16
 
 
 def _check_compile(compile) -> bool | str | dict:
@@ -108,9 +108,12 @@ class _Stepper:
     accelerator the device is synchronised at the start and end of each timing (four times per
     run, not per step), so the pace is the device's.
 
-    Production then runs in blocks of steps (:meth:`block`) in the mode the steps settled on:
-    a compiled block saves the per-call costs of the compiled step, which are larger than the
-    eager step's, so a decision for the compiled step holds for blocks too."""
+    Production then runs in blocks of steps (:meth:`block`, where the kernel :meth:`supports
+    <StepBlock.supports>` them) in the mode the steps settled on. A compiled block is a second
+    compilation, as long as the step's again or longer: ``compile=True`` (or options) always
+    makes it; ``"auto"`` when the compiled step's pace projects the remaining steps to take over
+    ``_COMPILE_PAYS_SECONDS`` (the rule that compiled the step), and otherwise goes on with the
+    compiled step alone. Eager blocks compile nothing."""
 
     def __init__(self, kernel, compile, steps: int):
         self.kernel, self.remaining = kernel, steps
@@ -120,7 +123,8 @@ class _Stepper:
         self.pacing = compile == "auto" and CompiledStep.separates(kernel)
         self.count, self.clock, self.eager_pace = 0, 0.0, None
         self.blocks: dict[tuple, StepBlock] = {}
-        self.in_blocks = StepBlock.supports(kernel)
+        self.supports_blocks = StepBlock.supports(kernel)
+        self.compiles_blocks = compile is True or isinstance(compile, dict)
 
     def __call__(self, state, generator):
         if not self.pacing:
@@ -143,12 +147,24 @@ class _Stepper:
                 self.pacing = False
                 if pace >= self.eager_pace:
                     self.step = self.kernel.step
+                else:
+                    remaining = self.remaining - self.count
+                    self.compiles_blocks = pace * remaining > _COMPILE_PAYS_SECONDS
         return self.step(state, generator)
+
+    @property
+    def in_blocks(self) -> bool:
+        """Whether production runs in blocks from now on (never while pacing)."""
+        if self.pacing or not self.supports_blocks:
+            return False
+        step = self.step
+        compiled = isinstance(step, CompiledStep) and step.separable and step.fallback is None
+        return self.compiles_blocks or not compiled
 
     def block(self, length: int, stride: int | None) -> StepBlock:
         """The :class:`StepBlock` of ``length`` steps keeping every ``stride``-th, run like the
-        steps: compiled (with the step's options) once the run compiles its step, unless that
-        step fell back to eager; eager otherwise. Only once pacing is over (``"auto"``)."""
+        steps (only when :attr:`in_blocks`): compiled with the step's options when the run
+        compiles its step (unless that step fell back to eager), eager otherwise."""
         compiled = self.step if isinstance(self.step, CompiledStep) else None
         options = None if compiled is None or compiled.fallback else compiled.options
         key = (length, stride, options is None)
@@ -466,7 +482,7 @@ def _block(plan: _Plan, step: int, sums: dict, stepper) -> tuple[int, int | None
     periods (``stride = thin``), starting on a period; a longer ``thin`` blocks of
     ``_BLOCK_STEPS`` steps that end at or before its next kept step (``stride`` None)."""
     production, thin = step - plan.num_warmup, plan.thin
-    if production < 0 or not sums["production"] or stepper.pacing or not stepper.in_blocks:
+    if production < 0 or not sums["production"] or not stepper.in_blocks:
         return None
     if thin <= _BLOCK_STEPS:
         length, stride = thin * (_BLOCK_STEPS // thin), thin
