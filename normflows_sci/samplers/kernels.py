@@ -159,6 +159,12 @@ class Kernel(abc.ABC):
         generator when None). Unless :attr:`shape_only_draws` is False, the draws depend on the
         state's shapes, dtypes and devices only."""
 
+    def draw_steps(self, state, generator: torch.Generator | None, steps: int) -> tuple:
+        """The draws of ``steps`` consecutive steps from the chains at ``state`` (see
+        :attr:`shape_only_draws`), stacked: :meth:`draw`'s structure with a leading dimension of
+        ``steps`` on every tensor, the generator read as by ``steps`` calls of :meth:`draw`."""
+        return _stack_draws([self.draw(state, generator) for _ in range(steps)])
+
     @abc.abstractmethod
     def transition(self, state, noise: tuple):
         """One step given the draws of :meth:`draw`: ``(state, info)``. No random draws and no
@@ -261,6 +267,21 @@ class MetropolisKernel(Kernel):
         """``(noise, uniform)``: the proposal's normal draws, then the Metropolis test's."""
         noise = self.proposal_noise(state, generator)
         return noise, uniforms(state.x, generator)
+
+    def draw_steps(self, state, generator, steps: int) -> tuple[Tensor, Tensor]:
+        """:meth:`Kernel.draw_steps`, filling the stacked draws in place (one allocation per
+        block, not per step) unless a subclass changes the draws."""
+        cls = type(self)
+        if cls.draw is not MetropolisKernel.draw or (
+            cls.proposal_noise is not MetropolisKernel.proposal_noise
+        ):
+            return super().draw_steps(state, generator, steps)
+        x = state.x
+        noise, uniform = x.new_empty((steps, *x.shape)), x.new_empty((steps, x.shape[0]))
+        for normal, unit in zip(noise, uniform):  # torch.randn and torch.rand, in draw's order
+            normal.normal_(generator=generator)
+            unit.uniform_(generator=generator)
+        return noise, uniform
 
     def transition(self, state, noise: tuple[Tensor, Tensor]):
         proposal, log_ratio = self.move(state, noise[0])
@@ -635,11 +656,34 @@ class CompiledStep:
         return self.kernel.transition(state, noise)
 
 
+def _stack_draws(draws: list):
+    """Draws of several steps (:meth:`Kernel.draw` structures) as one structure of stacked
+    tensors (steps first); ``None`` entries stay ``None``."""
+    first = draws[0]
+    if isinstance(first, Tensor):
+        return torch.stack(draws)
+    if first is None:
+        return None
+    parts = [_stack_draws(list(items)) for items in zip(*draws)]
+    return type(first)(*parts) if hasattr(type(first), "_fields") else type(first)(parts)
+
+
+def _step_draws(noise, i: int):
+    """Step ``i``'s draws from stacked draws (:func:`_stack_draws`)."""
+    if isinstance(noise, Tensor):
+        return noise[i]
+    if noise is None:
+        return None
+    parts = [_step_draws(part, i) for part in noise]
+    return type(noise)(*parts) if hasattr(type(noise), "_fields") else type(noise)(parts)
+
+
 def _block_steps(kernel, length: int, stride: int | None, state, noise: tuple, totals: dict):
-    """The body of a :class:`StepBlock`: ``length`` transitions from the draws ``noise``."""
+    """The body of a :class:`StepBlock`: ``length`` transitions from the stacked draws
+    ``noise`` (:meth:`Kernel.draw_steps`)."""
     kept = []
     for i in range(length):
-        state, info = kernel.transition(state, noise[i])
+        state, info = kernel.transition(state, _step_draws(noise, i))
         totals = dict(totals)
         for kind, accepted in kernel.acceptance(info).items():
             totals[kind] = totals[kind] + accepted.to(torch.float64)
@@ -664,11 +708,12 @@ def _own_block(kernel, length: int, stride: int | None):
 
 class StepBlock:
     """``length`` consecutive steps of a kernel in one call (the production phase of
-    :func:`~normflows_sci.samplers.run`): the draws of every step first (``length`` calls of
-    :meth:`~Kernel.draw` on the block's first state, in the generator order of single steps,
-    since the draws depend on the state's shapes only), then the transitions one after the other
-    as one function, compiled by :func:`torch.compile` (``fullgraph=True``) or eager, summing
-    each move kind's per-chain acceptance and keeping the position every ``stride`` steps.
+    :func:`~normflows_sci.samplers.run`): the draws of every step first
+    (:meth:`~Kernel.draw_steps` on the block's first state, in the generator order of single
+    steps, since the draws depend on the state's shapes only), then the transitions one after
+    the other as one function, compiled by :func:`torch.compile` (``fullgraph=True``) or eager,
+    summing each move kind's per-chain acceptance and keeping the position every ``stride``
+    steps.
 
     An eager block gives the chains of ``length`` calls of ``kernel.step`` with the same
     generator bit for bit; a compiled one up to floating-point reassociation. As with
@@ -734,7 +779,7 @@ class StepBlock:
 
     def __call__(self, state, generator: torch.Generator | None, totals: dict):
         kernel = self.kernel
-        noise = tuple(kernel.draw(state, generator) for _ in range(self.length))
+        noise = kernel.draw_steps(state, generator, self.length)
         if self.compiled is not None and self.fallback is None:
             try:
                 return self.compiled(state, noise, totals)
