@@ -185,11 +185,13 @@ def test_fit_boltzmann_hutchinson_switches_for_the_loss_and_restores_also_on_err
     history = fit_boltzmann(flow, target, divergence="hutchinson", **options)
     # Every loss evaluation ran with seeded Hutchinson probes; the flow is exact again after.
     assert target.seen == [("hutchinson", True)] * 3
+    assert all(math.isnan(v) for v in history["ess_fraction"])  # biased with a noisy log q
     assert flow.transform.divergence == "exact" and flow.transform.probe_generator is None
     # Same seed, exact divergence: the first batch draws the same samples (the latent comes
     # before the probes), so the reverse KL differs by the probes' noise alone.
     exact = fit_boltzmann(_small_particle_flow(), DW4(), **options)
     assert history["reverse_kl"][0] != exact["reverse_kl"][0]
+    assert all(0 < v <= 1 for v in exact["ess_fraction"])
     assert abs(history["reverse_kl"][0] - exact["reverse_kl"][0]) < 0.1 * abs(
         exact["reverse_kl"][0]
     )

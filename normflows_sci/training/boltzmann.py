@@ -265,7 +265,9 @@ class BoltzmannLoss(TrainingLoss):
                 generator=self.generator,
             )
             loss = loss + self.reverse_weight * rkl
-            self.last.update(reverse_kl=float(rkl.detach()), ess_fraction=info["ess_fraction"])
+            # A Hutchinson log q makes the batch's ESS biased (nonlinear in the noise): not recorded.
+            ess = math.nan if self.divergence == "hutchinson" else info["ess_fraction"]
+            self.last.update(reverse_kl=float(rkl.detach()), ess_fraction=ess)
             self.last["nonfinite"] = info["nonfinite"]
         return loss
 
@@ -327,13 +329,14 @@ def fit_boltzmann(
             the flow's settings. Every ODE transform of the flow is switched inside each loss
             evaluation and restored afterwards (also on an error), so the trained flow keeps
             its own, e.g. exact, divergence for evaluation. ``"hutchinson"`` carries one probe
-            per sample and solve (one tangent or vector-Jacobian product per field
-            evaluation instead of ``D``; the gradient pass dominates the saving). Bias: none in
-            the loss or its gradient, which are linear in ``log q`` (probes independent of the
-            parameters), also with ``path_gradient``; the extra variance is the probes'. The
-            recorded ``ess_fraction`` of the batch is then biased (a nonlinear function of the
-            noisy ``log q``): measure the ESS with the exact divergence afterwards. A flow
-            without an ODE transform is a ``TypeError``.
+            per sample and solve, drawn from the seeded generator: one tangent (a field that
+            supplies it, e.g. :class:`~normflows_sci.nn.EGNNVelocity`) or one vector-Jacobian
+            product per field evaluation instead of ``D``. Bias: none in the loss or its
+            gradient, which are linear in ``log q`` (probes independent of the parameters),
+            also with ``path_gradient``; the extra variance is the probes'. The batch's ESS
+            would be biased (a nonlinear function of the noisy ``log q``), so the history
+            records ``ess_fraction`` as NaN: measure the ESS with the exact divergence
+            afterwards. A flow without an ODE transform is a ``TypeError``.
         **training: the :class:`TrainingOptions` fields ``learning_rate`` (1e-3),
             ``weight_decay`` (0), ``schedule`` (``"cosine"`` over ``steps``, or
             ``"constant"``), ``clip_grad`` (10), ``max_time``, ``seed`` (seeds minibatches and
@@ -341,9 +344,10 @@ def fit_boltzmann(
             many steps).
 
     Returns:
-        :class:`~normflows_sci.training.TrainingHistory` of equal-length lists: ``step``, ``loss``, ``forward_kl`` (NLL, NaN if unused),
-        ``reverse_kl`` (NaN if unused), ``ess_fraction`` (of the reverse-KL batch, NaN if unused),
-        ``nonfinite``, ``learning_rate``, ``time``.
+        :class:`~normflows_sci.training.TrainingHistory` of equal-length lists: ``step``,
+        ``loss``, ``forward_kl`` (NLL, NaN if unused), ``reverse_kl`` (NaN if unused),
+        ``ess_fraction`` (of the reverse-KL batch; NaN if unused or with
+        ``divergence="hutchinson"``), ``nonfinite``, ``learning_rate``, ``time``.
 
     Example:
         >>> from normflows_sci.flows import RealNVP
