@@ -39,12 +39,15 @@ table's header prints its source and licence. ``--methods`` runs a subset (normf
 
 Protocol (the same for every method):
 
-* Split: seeded random 70/10/20 train/validation/test split of the rows, except for the storms
-  table: its rows are six-hourly fixes in storm order, so a row split puts near-duplicates of
-  every test fix (the same storm six hours earlier and later) in the training rows, which
-  rewards memorising (a small-bandwidth KDE) rather than modelling. As its documentation asks,
-  it is split in contiguous blocks of 100 rows (a few storms each), the blocks assigned at
-  random with the same seed and proportions. ``--row-split`` splits it by rows instead.
+* Split: seeded random 70/10/20 train/validation/test split of the rows, except for serial
+  tables, whose rows are near-copies of their neighbours (the storms' six-hourly fixes in storm
+  order, randhie's person-years, grunfeld's firm-years): a row split puts near-duplicates of
+  every test row (the same storm six hours earlier and later) in the training rows, which
+  rewards memorising (a small-bandwidth KDE) rather than modelling. They are split in
+  contiguous blocks of consecutive rows (100 for storms and randhie: a few storms or persons
+  each), the blocks assigned at random with the same seed and proportions, by the rule the
+  estimator applies to its own validation split (``normflows_sci._selection.serial_block``).
+  ``--row-split`` splits them by rows instead.
 * Dequantisation: every column recorded on a lattice (integers, e.g. storm wind in 5-knot
   steps, or a fixed number of decimals, e.g. iris in 0.1 cm) gets uniform noise on
   ``[0, spacing)`` of its detected spacing (the gcd of the gaps between its values), once,
@@ -140,7 +143,8 @@ from torch import Tensor, nn
 # Benchmark the checkout this script lives in, even when normflows_sci is not installed.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from normflows_sci._tabular import ATOM_SHARE  # after the path above
+from normflows_sci._selection import serial_block  # after the path above
+from normflows_sci._tabular import ATOM_SHARE
 
 OURS = "normflows_sci"
 PEERS = ("zuko", "nflows")  # flows trained with the same budget; the speed target applies
@@ -173,8 +177,6 @@ LICENCES = {
     "fair": "Fair (1978) affairs survey, statsmodels: 'Included with permission of the author.'",
     "randhie": "RAND Health Insurance Experiment, statsmodels: 'in the public domain'",
 }
-# Time-ordered tables whose neighbouring rows are near-duplicates are split in blocks of rows.
-BLOCK_ROWS = {"atlantic_storms": 100}
 
 
 # ---------------------------------------------------------------------------- data
@@ -272,6 +274,10 @@ def make_table(name: str, seed: int, use_bounds: bool, row_split: bool = False) 
 
     values, columns, bounds, notes = load_raw(name)
     rng = np.random.default_rng(seed)
+    # Serial tables (rows near-copies of their neighbours: storm fixes, panels sorted by unit)
+    # are split in blocks of rows, by the estimator's own rule (on the recorded values); others
+    # row by row.
+    block = 1 if row_split else serial_block(values, round(SPLIT[2] * len(values)))
     # normflows_sci's own rule for columns recorded as a few levels (categorical="auto").
     levels = {
         columns.index(c): np.unique(values[:, columns.index(c)])
@@ -287,7 +293,6 @@ def make_table(name: str, seed: int, use_bounds: bool, row_split: bool = False) 
             kept[column] = (low, high)
         else:
             notes.append(f"bound {column} {(low, high)} dropped: violated after dequantisation")
-    block = 1 if row_split else BLOCK_ROWS.get(name, 1)
     blocks = np.arange(len(values)) // block
     position = np.argsort(rng.permutation(blocks[-1] + 1))  # place of each block in the shuffle
     order = np.argsort(position[blocks], kind="stable")
@@ -882,7 +887,7 @@ def parse_args() -> argparse.Namespace:
         "--no-bounds", action="store_true", help="give normflows_sci no physical bounds"
     )
     parser.add_argument(
-        "--row-split", action="store_true", help="split the storms table by rows, not blocks"
+        "--row-split", action="store_true", help="split serial tables by rows, not blocks"
     )
     parser.add_argument(
         "--given-split",

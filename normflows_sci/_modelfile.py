@@ -36,6 +36,7 @@ __all__ = [
     "check_sizes",
     "check_categorical",
     "check_atoms",
+    "check_split_block",
     "parameter_floor",
     "build_with_weights",
     "fit_fingerprint",
@@ -320,6 +321,19 @@ def check_atoms(config: dict, path, spec: dict) -> dict[str, tuple[float, float]
             raise _fail(f"{where}[{column!r}]", "[finite value, share in (0, 1]]", pair)
         out[column] = (float(pair[0]), float(pair[1]))
     return out
+
+
+def check_split_block(config: dict, path) -> int:
+    """Rows per block of the fit's split, the optional field ``split_block`` (1 when absent, as in
+    earlier files).
+
+    Raises:
+        ValueError: not a positive integer, naming the file and the field.
+    """
+    block = config.get("split_block", 1)
+    if isinstance(block, bool) or not isinstance(block, int) or block < 1:
+        raise _fail(f"{path}: config field split_block", "a positive integer", block)
+    return block
 
 
 # ------------------------------------------------------------------------------------ sizes

@@ -48,10 +48,12 @@ from normflows_sci._modelfile import (
     check_categorical,
     check_config,
     check_sizes,
+    check_split_block,
     fit_fingerprint,
     stored_params,
 )
 from normflows_sci._selection import (
+    CV_FOLDS,
     CV_MAX_ROWS,
     EXTEND_MIN_ROWS,
     Budget,
@@ -59,6 +61,7 @@ from normflows_sci._selection import (
     Candidate,
     FoldsTooSlow,
     GaussianMixtureBase,
+    block_permutation,
     candidates_for,
     check_selection,
     cv_folds,
@@ -67,6 +70,7 @@ from normflows_sci._selection import (
     fit_mixture_base,
     fold_score,
     select,
+    serial_block,
     used_up,
 )
 from normflows_sci._tabular import FLOWS as TABLE_FLOWS
@@ -119,10 +123,14 @@ DEFAULT_MAX_TIME = 100.0
 _SPENT = 1e-9
 
 
-def validation_split(rows: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def validation_split(
+    rows: int, fraction: float, seed: int, block: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
     """Row indices ``(train, validation)`` of the seeded split :meth:`DensityEstimator.fit` makes.
 
-    The rows are permuted by ``numpy.random.default_rng(seed)``; the first
+    The rows are permuted by ``numpy.random.default_rng(seed)`` in blocks of ``block``
+    consecutive rows (:func:`~normflows_sci._selection.block_permutation`; ``fit`` takes blocks
+    when the rows are serial, see :func:`~normflows_sci._selection.serial_block`); the first
     ``max(1, round(fraction * rows))`` of the permutation are held out, unless ``fraction`` is 0
     or there are fewer than ``MIN_ROWS_FOR_VALIDATION`` (20) rows: then none are, and ``train``
     is the whole permutation.
@@ -132,7 +140,7 @@ def validation_split(rows: int, fraction: float, seed: int) -> tuple[np.ndarray,
         >>> len(train), len(held_out), sorted([*train, *held_out]) == list(range(50))
         (45, 5, True)
     """
-    order = np.random.default_rng(seed).permutation(rows)
+    order = block_permutation(rows, seed, block)
     if fraction <= 0 or rows < MIN_ROWS_FOR_VALIDATION:
         return order, order[:0]
     cut = max(1, round(fraction * rows))
@@ -489,10 +497,11 @@ class DensityEstimator:
         values, names, is_frame, roles, categories = self._training_table(X, columns)
         layout = column_layout(values, names, **roles)
         atoms = point_masses(layout, values)
-        _warn_atoms(atoms, stacklevel=2)
         seed = self._seed()
         budget = Budget(self._total_time())
-        train, val = self._validation_rows(values, names, X_val, seed, categories)
+        held_out = round(self.validation_fraction * len(values))
+        block = 1 if X_val is not None else serial_block(values, held_out)
+        train, val = self._validation_rows(values, names, X_val, seed, categories, block)
         candidates = self._candidates(
             len(train),
             # Under torch.distributed the ranks' clocks could pick different candidates.
@@ -502,7 +511,7 @@ class DensityEstimator:
         # A few dozen validation rows rank the candidates by noise: cross-validate on all rows
         # (a validation table of the user's is theirs to choose: it is kept).
         cross = X_val is None and len(candidates) > 1 and len(train) + len(val) < CV_MAX_ROWS
-        rows = np.vstack([train, val]) if cross else train
+        rows = values if cross else train  # all rows in table order: folds keep serial blocks
         if categories is not None:  # the categories' factor is fitted to the training rows only
             dummies = rows[:, len(categories.numeric_columns) :]
             categories = categories.fitted(categories.codes_from_dummies(dummies))
@@ -511,13 +520,17 @@ class DensityEstimator:
         spec, statistics = plan_table(
             layout, rows, held_out, network=network, heavy_tails=self.heavy_tails, frame=is_frame
         )
+        _warn_atoms(atoms, stacklevel=2)  # after plan_table's checks: a refused table only errs
         fingerprint = fit_fingerprint(self.get_params(), values, names, val)
         run = dict(checkpoint=checkpoint, resume=resume, fingerprint=fingerprint)
         fitted = None
         if cross:
-            folds, problem = cv_folds(len(rows), seed), (spec, statistics, rows, None, seed, run)
+            fold_block = serial_block(rows, len(rows) // CV_FOLDS)
+            folds = cv_folds(len(rows), seed, block=fold_block)
+            problem = (spec, statistics, rows, None, seed, run)
             try:
                 fitted = self._select_by_folds(candidates, problem, folds, budget)
+                block = fold_block
             except FoldsTooSlow:
                 pass  # the budget cannot train every fold: one split (same preprocessing)
         if fitted is None:
@@ -528,6 +541,7 @@ class DensityEstimator:
         self.flow_, self.spec_, self.history_ = model, spec, history
         self.categories_ = categories
         self.atoms_ = atoms
+        self.split_block_ = block
         self.selection_ = records
         self.fit_time_ = budget.clock() - budget.start
         self._report()
@@ -731,7 +745,7 @@ class DensityEstimator:
                 )
         return dict(context=categories.inner_context(context), discrete=discrete, bounds=bounds)
 
-    def _validation_rows(self, values, names, X_val, seed: int, categories=None):
+    def _validation_rows(self, values, names, X_val, seed: int, categories=None, block=1):
         """``(training rows, validation rows or None)``: ``X_val`` when given, else the held-out
         share of :func:`validation_split` (None when it holds out nothing)."""
         if X_val is not None:
@@ -747,7 +761,7 @@ class DensityEstimator:
                     "must use the levels of the training table"
                 )
             return values, np.hstack([numeric, categories.dummies(codes)])
-        train, held_out = validation_split(len(values), self.validation_fraction, seed)
+        train, held_out = validation_split(len(values), self.validation_fraction, seed, block)
         if not len(held_out):
             return values, None
         return values[train], values[held_out]
@@ -1315,6 +1329,8 @@ class DensityEstimator:
             config["categorical"] = self._categories.to_dict()
         if getattr(self, "atoms_", None):
             config["atoms"] = {c: list(pair) for c, pair in self.atoms_.items()}
+        if getattr(self, "split_block_", 1) > 1:
+            config["split_block"] = self.split_block_
         if getattr(self, "selection_", None) is not None:
             config["selection"] = self.selection_
         return save_model(path, config, self.flow_.state_dict())
@@ -1341,6 +1357,7 @@ class DensityEstimator:
         check_sizes(spec, tensors, path)
         categories = check_categorical(config, path, spec)
         atoms = check_atoms(config, path, spec)
+        block = check_split_block(config, path)
         spec = TableSpec.from_dict(spec)
         try:
             estimator = cls(**params, verbose=False)
@@ -1349,6 +1366,7 @@ class DensityEstimator:
         estimator.spec_ = spec
         estimator.categories_ = categories
         estimator.atoms_ = atoms
+        estimator.split_block_ = block
         estimator.selection_ = _stored_selection(config, path, spec)  # before the base is built
         estimator.flow_ = build_with_weights(estimator._build, spec, tensors, path)
         estimator.history_ = history
@@ -1359,7 +1377,9 @@ class DensityEstimator:
         """A JSON-serialisable summary of the fitted model (``categorical_columns``: the number
         of levels of each categorical column; ``level_columns``: the levels of the numeric
         ones; ``atoms``: ``{column: {"value", "share"}}`` of the continuous columns with a point
-        mass)."""
+        mass; ``split_block_rows``: rows per block of the validation split or cross-validation
+        folds, above 1 when the rows were found serial, see
+        :func:`~normflows_sci._selection.serial_block`)."""
         self._check_fitted()
         spec = self.spec_
         targets = spec.target_columns
@@ -1382,6 +1402,7 @@ class DensityEstimator:
                 c: {"value": value, "share": share}
                 for c, (value, share) in (getattr(self, "atoms_", None) or {}).items()
             },
+            "split_block_rows": getattr(self, "split_block_", 1),
             "discrete_columns": [c for c, d in zip(targets, spec.discrete) if d],
             "bounds": {
                 c: [lo, hi]
