@@ -199,6 +199,20 @@ def test_divergence_estimator_switches_every_ode_transform_and_restores_them_on_
         pass
 
 
+def test_transforms_pickled_with_a_plain_divergence_attribute_still_load():
+    import pickle
+
+    flow = CNF(2, hidden_features=(8,), solver="rk4", steps=2)
+    state = dict(flow.transform.__dict__)
+    del state["_divergence_kind"], state["probe_generator"]
+    state["divergence"] = "hutchinson"  # as earlier versions stored it
+    old = ODETransform.__new__(ODETransform)
+    old.__setstate__(state)
+    assert old.divergence == "hutchinson" and old.probe_generator is None
+    loaded = pickle.loads(pickle.dumps(old))
+    assert loaded.divergence == "hutchinson" and "divergence" not in loaded.__dict__
+
+
 def test_hutchinson_probes_are_drawn_from_the_probe_generator():
     """Seeded probes: the same estimate whatever the global generator did in between."""
     flow = CNF(2, hidden_features=(16,), solver="rk4", steps=4, seed=1).double()

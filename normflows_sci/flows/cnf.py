@@ -339,6 +339,14 @@ class ODETransform(Transform):
     def divergence(self, value: str) -> None:
         self._divergence_kind = check_divergence(value)
 
+    def __setstate__(self, state: dict) -> None:
+        # Transforms pickled before ``divergence`` became a checked property (e.g. inside saved
+        # estimators) carry it as a plain attribute and have no probe generator.
+        if "divergence" in state:
+            state["_divergence_kind"] = check_divergence(state.pop("divergence"))
+        state.setdefault("probe_generator", None)
+        super().__setstate__(state)
+
     def _basis(self, x: Tensor) -> Tensor:
         return self.geometry.tangent_basis(self.geometry.proj(x))
 
