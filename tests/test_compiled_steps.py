@@ -348,3 +348,48 @@ def test_run_in_compiled_blocks_gives_the_eager_trace(monkeypatch):
     assert torch.allclose(compiled.samples, eager.samples, atol=1e-5)
     assert torch.allclose(compiled.log_prob, eager.log_prob, atol=1e-5)
     assert torch.equal(compiled.acceptance["local"], eager.acceptance["local"])
+
+
+@pytest.mark.parametrize("threshold", [-1.0, 10.0], ids=["blocks-pay", "blocks-do-not-pay"])
+def test_auto_compiles_the_blocks_when_they_pay_and_keeps_the_trace(monkeypatch, threshold):
+    # "auto" compiles the step and finds it faster; production then runs in blocks compiled
+    # with the step's options if the compiled pace projects the rest of the run past the
+    # threshold, else with the compiled step alone. The run's clock is a fake one that only the
+    # eager target advances: the paces are fixed, not measured.
+    import importlib
+    import types
+
+    from normflows_sci.samplers.kernels import StepBlock
+
+    run_module = importlib.import_module("normflows_sci.samplers.run")  # not the function
+    clock = types.SimpleNamespace(now=0.0)
+    monkeypatch.setattr(run_module, "time", types.SimpleNamespace(perf_counter=lambda: clock.now))
+    monkeypatch.setattr(run_module, "_COMPILE_PAYS_SECONDS", threshold)
+    monkeypatch.setattr(run_module, "_BLOCK_STEPS", 8)
+    made = []
+
+    class TracedOnly(run_module.CompiledStep):  # no code generation: fast
+        def __init__(self, kernel):
+            super().__init__(kernel, backend="aot_eager")
+
+    class Recorded(StepBlock):
+        def __init__(self, *args, **options):
+            super().__init__(*args, **options)
+            made.append(self)
+
+    def slow_when_eager(x):
+        if not torch.compiler.is_compiling():
+            clock.now += 1.0  # one "second" per eager evaluation; compiled code: none
+        return banana(x)
+
+    monkeypatch.setattr(run_module, "CompiledStep", TracedOnly)
+    monkeypatch.setattr(run_module, "StepBlock", Recorded)
+    kernel = MALA(slow_when_eager, step_size=0.2)
+    auto = run(kernel, start(), 30, num_warmup=4, seed=0)
+    if threshold < 0:  # compiled blocks (the compiled step's projection passes any threshold)
+        assert len(made) == 1 and made[0].compiled is not None and made[0].fallback is None
+    else:  # 27 eager "seconds" pay for compiling the step; the compiled pace, 0, not for blocks
+        assert made == []
+    eager = run(kernel, start(), 30, num_warmup=4, seed=0, compile=False)
+    assert torch.allclose(auto.samples, eager.samples, atol=1e-5)
+    assert torch.equal(auto.acceptance["local"], eager.acceptance["local"])
