@@ -30,7 +30,10 @@ inductor's random numbers differ from eager ones unless
 ``torch._inductor.config.fallback_random`` is set). :meth:`Kernel.compiled_step` is the way to
 compile with a generator: it draws eagerly from the generator and runs the compiled transition,
 so its chains are those of ``step`` up to floating-point reassociation, and it falls back to the
-eager transition for a target dynamo cannot compile.
+eager transition for a target dynamo cannot compile. Since the draws depend on the chains' shapes
+only (:attr:`Kernel.shape_only_draws`), the draws of several steps can be made at once
+(:meth:`Kernel.draw_steps`, in the generator order of single steps) and their transitions run as
+one function: :class:`StepBlock`, which :func:`~normflows_sci.samplers.run` uses in production.
 
 ``init`` validates once what the sampling relies on (then steps do no checking): the chains
 (a floating tensor ``(chains, *event)`` with at least one chain, all finite), the step size (finite
