@@ -52,6 +52,7 @@ from normflows_sci.samplers.kernels import (
     MetropolisKernel,
     RandomWalkMH,
     RWState,
+    StepBlock,
     StepInfo,
 )
 from normflows_sci.samplers.psis import function_khat, khat_threshold, pareto_khat, psis_smooth
@@ -80,6 +81,7 @@ __all__ = [
     "Kernel",
     "MetropolisKernel",
     "CompiledStep",
+    "StepBlock",
     "StepInfo",
     "RandomWalkMH",
     "RWState",
