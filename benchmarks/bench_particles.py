@@ -33,7 +33,8 @@ instead of ``(n - 1) d``, the flow keeping its exact divergence for the evaluati
 compare with spending that time on flow matching instead, run again with more ``--steps``. Off
 by default because it did not pay on DW4: after 1500 flow-matching steps (ESS 31%), 40-100
 fine-tune steps left the ESS at 25-29% and raised the ODE error, while the same time spent on
-flow matching (5800 steps) reached 65% (numbers in the Boltzmann guide).
+flow matching (5800 steps) reached 65%; on LJ13 (600 flow-matching steps, ESS 28%) 20 steps
+took it to 16% (numbers in the Boltzmann guide).
 
 Both flows integrate with fixed-step RK4 (``--ode-steps``) and the exact divergence, so their
 ``log q`` is deterministic and the importance weights are unbiased up to the integration error,
