@@ -1,7 +1,14 @@
 """Flows: :class:`Flow` and the ready-made factories (Euclidean and manifold)."""
 
 from normflows_sci.flows.base import Flow
-from normflows_sci.flows.cnf import CNF, ContinuousFlow, ODETransform, VelocityMLP
+from normflows_sci.flows.cnf import (
+    CNF,
+    ContinuousFlow,
+    ODETransform,
+    VelocityMLP,
+    check_divergence,
+    divergence_estimator,
+)
 from normflows_sci.flows.factories import MAF, NSF, RealNVP
 from normflows_sci.flows.manifold import ManifoldFlow, ProductFlow, SO3Flow, SphereFlow, TorusFlow
 from normflows_sci.flows.molecular import internal_coordinate_flow
@@ -27,5 +34,7 @@ __all__ = [
     "ContinuousFlow",
     "ODETransform",
     "VelocityMLP",
+    "check_divergence",
+    "divergence_estimator",
     "particle_flow",
 ]

@@ -59,7 +59,7 @@ def particle_flow(
     noisy ``log q``); use the exact divergence for those. To train with Hutchinson and evaluate
     exactly, keep the flow exact and pass ``divergence="hutchinson"`` to
     :func:`~normflows_sci.training.fit_boltzmann` (or use
-    :func:`~normflows_sci.flows.cnf.divergence_estimator`).
+    :func:`~normflows_sci.flows.divergence_estimator`).
 
     Cost: evaluate densities under ``torch.no_grad()`` (as
     :func:`~normflows_sci.samplers.importance_sample` does) unless gradients are needed. With

@@ -169,7 +169,7 @@ class BoltzmannLoss(TrainingLoss):
         energy_cap: see :func:`regularize_energy`.
         path_gradient: path-gradient estimator for the reverse-KL term.
         divergence: ``None`` (the flow's own settings) or a divergence of
-            :func:`~normflows_sci.flows.cnf.divergence_estimator` that every ODE transform of the
+            :func:`~normflows_sci.flows.divergence_estimator` that every ODE transform of the
             flow uses inside each loss evaluation (Hutchinson probes from the loss's seeded
             generator), restored afterwards.
 
