@@ -40,6 +40,7 @@ import numpy as np
 
 from normflows_sci import io as files
 from normflows_sci._categorical import auto_levels
+from normflows_sci._selection import serial_block
 from normflows_sci._version import __version__
 from normflows_sci.baselines import (
     baseline_scores,
@@ -402,17 +403,28 @@ def _warn_identifiers(values: np.ndarray, names: list[str], categorical, path) -
             )
 
 
+def _held_out_split(values: np.ndarray, fraction: float, seed) -> tuple:
+    """``(training rows, held-out rows, block)``: the estimator's seeded split, in blocks of
+    consecutive rows when the rows are serial (near-copies of their neighbours, like a storm's
+    six-hourly fixes: single held-out rows would have their copies in training, and held-out
+    scores would reward memorising); the numeric columns decide."""
+    numeric = [j for j in range(values.shape[1]) if not isinstance(values[0, j], str)]
+    block = serial_block(values[:, numeric].astype(np.float64), round(fraction * len(values)))
+    return (*validation_split(len(values), fraction, seed, block), block)
+
+
 def _split_rows(values: np.ndarray, names: list[str], categorical: list[str], seed):
-    """``(training rows, held-out rows, moved)`` of ``fit``'s validation split; held-out rows with
-    a level of a categorical column absent from the training rows move to training (``moved``
-    of them): the model has no probability for a level it never saw."""
-    train_rows, held_rows = validation_split(len(values), VALIDATION_FRACTION, seed)
+    """``(training rows, held-out rows, moved, block)`` of ``fit``'s validation split
+    (:func:`_held_out_split`); held-out rows with a level of a categorical column absent from
+    the training rows move to training (``moved`` of them): the model has no probability for a
+    level it never saw."""
+    train_rows, held_rows, block = _held_out_split(values, VALIDATION_FRACTION, seed)
     seen = np.ones(len(held_rows), dtype=bool)
     for column in categorical:
         j = names.index(column)
         seen &= np.isin(values[held_rows, j], values[train_rows, j])
     train_rows = np.concatenate([train_rows, held_rows[~seen]])
-    return train_rows, held_rows[seen], int((~seen).sum())
+    return train_rows, held_rows[seen], int((~seen).sum()), block
 
 
 def _cmd_fit(args) -> int:
@@ -432,7 +444,7 @@ def _cmd_fit(args) -> int:
     _check_output(output, "-o")
     if _special_file(output):
         raise CLIError(f"-o {output} is not a regular file: give a path for the model file")
-    train_rows, held_rows, moved = _split_rows(values, names, categorical, args.seed)
+    train_rows, held_rows, moved, block = _split_rows(values, names, categorical, args.seed)
     held_out, train = values[held_rows], values[train_rows]
     est = _new_estimator(args, **options)
     held_input = _estimator_input(held_out, names) if len(held_rows) else None
@@ -442,7 +454,12 @@ def _cmd_fit(args) -> int:
     info = est.info()
     print(
         f"fitted {args.flow} to {args.data}: {len(values)} rows x {len(names)} columns "
-        f"({len(train)} for training, {len(held_out)} held out for validation and early stopping)"
+        f"({len(train)} for training, {len(held_out)} held out for validation and early stopping"
+        + (
+            f", in blocks of {block} consecutive rows: neighbouring rows are near-copies)"
+            if block > 1
+            else ")"
+        )
     )
     if categorical:
         levels = ", ".join(f"{c} ({n} levels)" for c, n in info["categorical_columns"].items())
@@ -712,9 +729,11 @@ def _run_demo(args) -> int:
     values, names = np.asarray(dataset.data, dtype=np.float64), list(dataset.columns)
     rows = len(values)
     if args.split == "random":  # the seeded split DensityEstimator.fit makes (datasets: >= 20 rows)
-        train_rows, test_rows = validation_split(rows, TEST_FRACTION, args.seed)
+        train_rows, test_rows, block = _held_out_split(values, TEST_FRACTION, args.seed)
         test, train = values[test_rows], values[train_rows]
         how = f"random split, seed {args.seed}"
+        if block > 1:
+            how += f", in blocks of {block} consecutive rows: neighbouring rows are near-copies"
     else:
         held = max(1, round(TEST_FRACTION * rows))
         test, train = values[rows - held :], values[: rows - held]

@@ -770,3 +770,25 @@ def test_fit_models_few_valued_columns_as_levels_and_scores_the_gaussian_on_thei
     code, out, err = run(capsys, *argv, "--discrete", "count", "--bounds", "rate:-1:5")
     assert code == 0, err
     assert "categorical columns" not in out  # a column given a numeric role stays numeric
+
+
+def test_fit_and_demo_hold_out_blocks_of_serial_rows(tmp_path, capsys):
+    """Rows that are near-copies of their neighbours (a storm's six-hourly fixes) are held out in
+    blocks: single held-out rows would have their copies in training, and the held-out score
+    and early stopping would reward memorising."""
+    rng = np.random.default_rng(0)
+    tracks = np.cumsum(rng.normal(scale=0.05, size=(20, 30, 2)), axis=1)
+    tracks += rng.normal(scale=3.0, size=(20, 1, 2))
+    data = tmp_path / "tracks.csv"
+    write_csv(data, tracks.reshape(-1, 2), names=("lat", "long"))
+    code, out, err = run(
+        capsys, "fit", data, "-o", tmp_path / "m.nfs", "--max-epochs", 1, "--quiet"
+    )
+    assert code == 0, err
+    assert "60 held out for validation and early stopping, in blocks of 3 consecutive rows" in out
+    write_csv(data, make_table(600, seed=5))
+    code, out, err = run(
+        capsys, "fit", data, "-o", tmp_path / "m.nfs", "--max-epochs", 1, "--quiet"
+    )
+    assert code == 0, err
+    assert "60 held out for validation and early stopping)" in out
