@@ -40,7 +40,6 @@ import numpy as np
 
 from normflows_sci import io as files
 from normflows_sci._categorical import auto_levels
-from normflows_sci._selection import serial_block
 from normflows_sci._version import __version__
 from normflows_sci.baselines import (
     baseline_scores,
@@ -54,7 +53,7 @@ from normflows_sci.estimator import (
     MIN_ROWS_FOR_VALIDATION,
     DensityEstimator,
     ScoreEstimate,
-    validation_split,
+    held_out_split,
 )
 from normflows_sci.io import table_format
 
@@ -403,22 +402,12 @@ def _warn_identifiers(values: np.ndarray, names: list[str], categorical, path) -
             )
 
 
-def _held_out_split(values: np.ndarray, fraction: float, seed) -> tuple:
-    """``(training rows, held-out rows, block)``: the estimator's seeded split, in blocks of
-    consecutive rows when the rows are serial (near-copies of their neighbours, like a storm's
-    six-hourly fixes: single held-out rows would have their copies in training, and held-out
-    scores would reward memorising); the numeric columns decide."""
-    numeric = [j for j in range(values.shape[1]) if not isinstance(values[0, j], str)]
-    block = serial_block(values[:, numeric].astype(np.float64), round(fraction * len(values)))
-    return (*validation_split(len(values), fraction, seed, block), block)
-
-
 def _split_rows(values: np.ndarray, names: list[str], categorical: list[str], seed):
     """``(training rows, held-out rows, moved, block)`` of ``fit``'s validation split
-    (:func:`_held_out_split`); held-out rows with a level of a categorical column absent from
-    the training rows move to training (``moved`` of them): the model has no probability for a
-    level it never saw."""
-    train_rows, held_rows, block = _held_out_split(values, VALIDATION_FRACTION, seed)
+    (:func:`~normflows_sci.estimator.held_out_split`); held-out rows with a level of a
+    categorical column absent from the training rows move to training (``moved`` of them): the
+    model has no probability for a level it never saw."""
+    train_rows, held_rows, block = held_out_split(values, VALIDATION_FRACTION, seed)
     seen = np.ones(len(held_rows), dtype=bool)
     for column in categorical:
         j = names.index(column)
@@ -729,7 +718,7 @@ def _run_demo(args) -> int:
     values, names = np.asarray(dataset.data, dtype=np.float64), list(dataset.columns)
     rows = len(values)
     if args.split == "random":  # the seeded split DensityEstimator.fit makes (datasets: >= 20 rows)
-        train_rows, test_rows, block = _held_out_split(values, TEST_FRACTION, args.seed)
+        train_rows, test_rows, block = held_out_split(values, TEST_FRACTION, args.seed)
         test, train = values[test_rows], values[train_rows]
         how = f"random split, seed {args.seed}"
         if block > 1:

@@ -102,6 +102,7 @@ __all__ = [
     "FLOWS",
     "ScoreEstimate",
     "TableSpec",
+    "held_out_split",
     "hill_tail_index",
     "validation_split",
 ]
@@ -145,6 +146,31 @@ def validation_split(
         return order, order[:0]
     cut = max(1, round(fraction * rows))
     return order[cut:], order[:cut]
+
+
+def held_out_split(X, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Row indices ``(train, held_out, block)`` of a seeded split of the table ``X`` (array or
+    DataFrame) for scoring a model on rows it did not see: :func:`validation_split` in blocks of
+    ``block`` consecutive rows when the rows are serial (near-copies of their neighbours, such as
+    a storm's six-hourly fixes or a panel's years: a held-out row's copies in training would
+    reward memorising), else row by row (``block`` 1). The numeric columns decide
+    (:func:`~normflows_sci._selection.serial_block`); ``fit`` splits its validation rows the
+    same way.
+
+    Example:
+        >>> t = np.linspace(0.0, 20.0, 2000)
+        >>> train, test, block = held_out_split(np.stack([np.sin(t), t], axis=1), 0.2, seed=0)
+        >>> len(train), len(test), block
+        (1600, 400, 20)
+    """
+    if hasattr(X, "select_dtypes"):
+        numeric = X.select_dtypes("number").to_numpy(dtype=np.float64)
+    else:
+        values = np.asarray(X)
+        keep = [j for j in range(values.shape[1]) if not isinstance(values[0, j], str)]
+        numeric = values[:, keep].astype(np.float64)
+    block = serial_block(numeric, round(fraction * len(numeric)))
+    return (*validation_split(len(numeric), fraction, seed, block), block)
 
 
 class ScoreEstimate(NamedTuple):
