@@ -241,11 +241,14 @@ def evaluate(name: str, model: tuple, energy, train: Tensor, held: Tensor, args)
         progress=False,
     )
     result.train_seconds = time.perf_counter() - start
-    losses = history["loss"]
-    tenth = max(1, len(losses) // 10)
-    result.loss_start = sum(losses[:tenth]) / tenth
-    result.loss_end = sum(losses[-tenth:]) / tenth
+    result.loss_start, result.loss_end = first_and_last_tenth(history["loss"])
     return score(result, flow, energy, held, args)
+
+
+def first_and_last_tenth(losses: list[float]) -> tuple[float, float]:
+    """Mean loss over the first and over the last tenth of the steps (at least one step each)."""
+    tenth = max(1, len(losses) // 10)
+    return sum(losses[:tenth]) / tenth, sum(losses[-tenth:]) / tenth
 
 
 def finetune(model: tuple, energy, held: Tensor, args) -> Result:
@@ -271,10 +274,7 @@ def finetune(model: tuple, energy, held: Tensor, args) -> Result:
         log_every=1,
     )
     result.train_seconds = time.perf_counter() - start
-    losses = history["reverse_kl"]
-    tenth = max(1, len(losses) // 10)
-    result.loss_start = sum(losses[:tenth]) / tenth
-    result.loss_end = sum(losses[-tenth:]) / tenth
+    result.loss_start, result.loss_end = first_and_last_tenth(history["reverse_kl"])
     return score(result, flow, energy, held, args)
 
 

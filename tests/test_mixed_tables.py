@@ -9,6 +9,7 @@ from importlib import resources
 
 import numpy as np
 import pytest
+from tests_helpers import damaged_copy
 
 pd = pytest.importorskip("pandas")
 
@@ -219,20 +220,12 @@ def test_save_load_round_trip_stores_levels_as_data(mixed, tmp_path):
 def test_damaged_categorical_part_of_a_model_file_is_refused_before_building(
     mixed, tmp_path, damage, message
 ):
-    import json
-    import zipfile
 
     from normflows_sci import DensityEstimator
 
     path = mixed[0].save(tmp_path / "mixed.nfs")
-    with zipfile.ZipFile(path) as archive:
-        config = json.loads(archive.read("config.json"))
-        weights = archive.read("weights.pt")
-    damage(config)
     bad = tmp_path / "bad.nfs"
-    with zipfile.ZipFile(bad, "w") as archive:
-        archive.writestr("config.json", json.dumps(config))
-        archive.writestr("weights.pt", weights)
+    damaged_copy(path, bad, damage)
     with pytest.raises(ValueError, match=message) as error:
         DensityEstimator.load(bad)
     assert "config field categorical" in str(error.value)

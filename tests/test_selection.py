@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import math
-import zipfile
 
 import numpy as np
 import pytest
+from tests_helpers import damaged_copy
 
 from normflows_sci import DensityEstimator, estimator
 from normflows_sci._selection import (
@@ -152,17 +151,6 @@ def test_a_failing_candidate_is_reported_and_the_others_still_compete():
         select(sizes[:1], train, Budget(None))
 
 
-def _rewrite(path, change):
-    with zipfile.ZipFile(path) as archive:
-        members = {name: archive.read(name) for name in archive.namelist()}
-    config = json.loads(members["config.json"])
-    change(config)
-    members["config.json"] = json.dumps(config).encode()
-    with zipfile.ZipFile(path, "w") as archive:
-        for name, data in members.items():
-            archive.writestr(name, data)
-
-
 @pytest.mark.parametrize(
     "change, message",
     [
@@ -176,7 +164,7 @@ def _rewrite(path, change):
 def test_a_tampered_selection_record_is_refused_on_load(tmp_path, change, message):
     est = DensityEstimator(transforms=3, **{**FAST, "max_epochs": 1}).fit(_table(rows=60))
     path = est.save(tmp_path / "model.nfs")
-    _rewrite(path, change)
+    damaged_copy(path, path, change)
     with pytest.raises(ValueError, match=f"config field selection.*{message}|{message}"):
         DensityEstimator.load(path)
 
@@ -203,7 +191,8 @@ def test_small_table_gets_a_mixture_base_candidate_that_files_rebuild(tmp_path):
     draws = loaded.sample(400, random_state=0)
     assert abs(np.mean(draws[:, 0] > 0) - np.mean(X[:, 0] > 0)) < 0.1  # both clusters drawn
     # A file whose record claims another component count does not match its weights.
-    _rewrite(
+    damaged_copy(
+        path,
         path,
         lambda c: next(r for r in c["selection"] if r["status"] == "chosen").update(
             components=chosen["components"] + 1
@@ -535,6 +524,6 @@ def test_fit_records_the_block_split_of_serial_rows_and_the_model_file_keeps_it(
     )
     path = est.save(tmp_path / "serial.nfs")
     assert DensityEstimator.load(path).info()["split_block_rows"] == 10
-    _rewrite(path, lambda c: c.update(split_block=0))
+    damaged_copy(path, path, lambda c: c.update(split_block=0))
     with pytest.raises(ValueError, match="split_block"):
         DensityEstimator.load(path)

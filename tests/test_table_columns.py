@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from tests_helpers import damaged_copy
 
 from normflows_sci import DensityEstimator
 from normflows_sci._tabular import (
@@ -209,17 +210,8 @@ def test_continuous_column_with_an_atom_warns_once_and_records_it(tmp_path):
 def _refused_with_atoms(path, tmp_path, atoms, message: str) -> None:
     """A copy of the model file at ``path`` with the config field ``atoms`` replaced is refused
     on loading, naming the file and the field."""
-    import json
-    import zipfile
-
-    with zipfile.ZipFile(path) as archive:
-        config = json.loads(archive.read("config.json"))
-        weights = archive.read("weights.pt")
-    config["atoms"] = atoms
     bad = tmp_path / "bad.nfs"
-    with zipfile.ZipFile(bad, "w") as archive:
-        archive.writestr("config.json", json.dumps(config))
-        archive.writestr("weights.pt", weights)
+    damaged_copy(path, bad, lambda config: config.update(atoms=atoms))
     with pytest.raises(ValueError, match=message) as error:
         DensityEstimator.load(bad)
     assert "config field atoms" in str(error.value)

@@ -34,3 +34,19 @@ class Interrupting:
         if self.count > self.after:
             raise KeyboardInterrupt
         return self.kernel.step(state, generator)
+
+
+def damaged_copy(path, out, change) -> None:
+    """Write to ``out`` the model file ``path`` with ``change(config)`` applied to its JSON config
+    (the tensors copied unchanged): a file damaged the way a test needs."""
+    import json
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    config = json.loads(members["config.json"])
+    change(config)
+    members["config.json"] = json.dumps(config).encode()
+    with zipfile.ZipFile(out, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
