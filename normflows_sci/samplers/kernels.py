@@ -47,6 +47,7 @@ from __future__ import annotations
 import abc
 import functools
 import inspect
+import operator
 import types
 import warnings
 from typing import NamedTuple
@@ -166,7 +167,8 @@ class Kernel(abc.ABC):
         """The draws of ``steps`` consecutive steps from the chains at ``state`` (see
         :attr:`shape_only_draws`), stacked: :meth:`draw`'s structure with a leading dimension of
         ``steps`` on every tensor, the generator read as by ``steps`` calls of :meth:`draw`."""
-        return _stack_draws([self.draw(state, generator) for _ in range(steps)])
+        draws = [self.draw(state, generator) for _ in range(steps)]
+        return _map_draws(lambda *step: torch.stack(step), *draws)
 
     @abc.abstractmethod
     def transition(self, state, noise: tuple):
@@ -659,26 +661,16 @@ class CompiledStep:
         return self.kernel.transition(state, noise)
 
 
-def _stack_draws(draws: list):
-    """Draws of several steps (:meth:`Kernel.draw` structures) as one structure of stacked
-    tensors (steps first); ``None`` entries stay ``None``."""
+def _map_draws(function, *draws):
+    """``function`` applied leafwise to one or more draws of the same :meth:`Kernel.draw`
+    structure (tensors inside tuples and named tuples; ``None`` stays ``None``)."""
     first = draws[0]
-    if isinstance(first, Tensor):
-        return torch.stack(draws)
     if first is None:
         return None
-    parts = [_stack_draws(list(items)) for items in zip(*draws)]
+    if isinstance(first, Tensor):
+        return function(*draws)
+    parts = [_map_draws(function, *items) for items in zip(*draws)]
     return type(first)(*parts) if hasattr(type(first), "_fields") else type(first)(parts)
-
-
-def _step_draws(noise, i: int):
-    """Step ``i``'s draws from stacked draws (:func:`_stack_draws`)."""
-    if isinstance(noise, Tensor):
-        return noise[i]
-    if noise is None:
-        return None
-    parts = [_step_draws(part, i) for part in noise]
-    return type(noise)(*parts) if hasattr(type(noise), "_fields") else type(noise)(parts)
 
 
 def _block_steps(kernel, length: int, stride: int | None, state, noise: tuple, totals: dict):
@@ -686,7 +678,7 @@ def _block_steps(kernel, length: int, stride: int | None, state, noise: tuple, t
     ``noise`` (:meth:`Kernel.draw_steps`)."""
     kept = []
     for i in range(length):
-        state, info = kernel.transition(state, _step_draws(noise, i))
+        state, info = kernel.transition(state, _map_draws(operator.itemgetter(i), noise))
         totals = dict(totals)
         for kind, accepted in kernel.acceptance(info).items():
             totals[kind] = totals[kind] + accepted.to(torch.float64)
