@@ -83,6 +83,8 @@ __all__ = [
     "MIN_HELD_OUT_BLOCKS",
     "SERIAL_RATIO",
     "block_permutation",
+    "block_rows",
+    "is_serial",
     "cv_folds",
     "neighbour_ratio",
     "serial_block",
@@ -492,8 +494,18 @@ def serial_block(values: np.ndarray, held_out: int) -> int:
         >>> serial_block(np.random.default_rng(0).normal(size=(2000, 2)), held_out=200)
         1
     """
-    if not neighbour_ratio(values) < SERIAL_RATIO:
-        return 1
+    return block_rows(held_out) if is_serial(values) else 1
+
+
+def is_serial(values: np.ndarray) -> bool:
+    """Whether the rows of ``values`` are serial: :func:`neighbour_ratio` below
+    ``SERIAL_RATIO``."""
+    return neighbour_ratio(values) < SERIAL_RATIO
+
+
+def block_rows(held_out: int) -> int:
+    """Rows per block of a split of serial rows holding out ``held_out`` rows:
+    ``held_out // MIN_HELD_OUT_BLOCKS``, between 1 and ``MAX_BLOCK_ROWS``."""
     return max(1, min(MAX_BLOCK_ROWS, held_out // MIN_HELD_OUT_BLOCKS))
 
 

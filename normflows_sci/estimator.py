@@ -62,6 +62,7 @@ from normflows_sci._selection import (
     FoldsTooSlow,
     GaussianMixtureBase,
     block_permutation,
+    block_rows,
     candidates_for,
     check_selection,
     cv_folds,
@@ -69,6 +70,7 @@ from normflows_sci._selection import (
     cv_record,
     fit_mixture_base,
     fold_score,
+    is_serial,
     select,
     serial_block,
     used_up,
@@ -525,8 +527,8 @@ class DensityEstimator:
         atoms = point_masses(layout, values)
         seed = self._seed()
         budget = Budget(self._total_time())
-        held_out = round(self.validation_fraction * len(values))
-        block = 1 if X_val is not None else serial_block(values, held_out)
+        serial = X_val is None and is_serial(values)  # once: for the split and the folds
+        block = block_rows(round(self.validation_fraction * len(values))) if serial else 1
         train, val = self._validation_rows(values, names, X_val, seed, categories, block)
         candidates = self._candidates(
             len(train),
@@ -551,11 +553,12 @@ class DensityEstimator:
         run = dict(checkpoint=checkpoint, resume=resume, fingerprint=fingerprint)
         fitted = None
         if cross:
-            fold_block = serial_block(rows, len(rows) // CV_FOLDS)
+            fold_block = block_rows(len(rows) // CV_FOLDS) if serial else 1
             folds = cv_folds(len(rows), seed, block=fold_block)
-            problem = (spec, statistics, rows, None, seed, run)
             try:
-                fitted = self._select_by_folds(candidates, problem, folds, budget)
+                fitted = self._select_by_folds(
+                    candidates, (spec, statistics, rows, None, seed, run), folds, budget
+                )
                 block = fold_block
             except FoldsTooSlow:
                 pass  # the budget cannot train every fold: one split (same preprocessing)
