@@ -50,24 +50,15 @@ def particle_flow(
     :class:`~normflows_sci.manifolds.MeanFree`.
 
     The divergence is exact by default: the Riemannian divergence on the subspace, ``(n - 1) d``
-    forward-mode tangents per field evaluation through the EGNN
+    forward-mode tangents per field evaluation
     (:meth:`~normflows_sci.nn.EGNNVelocity.value_and_divergence`). ``divergence="hutchinson"``
-    carries one probe tangent instead
-    (:meth:`~normflows_sci.nn.EGNNVelocity.value_and_probed_divergence`): ``log_prob`` is then
-    unbiased (its expectation over the probe is exact), but importance weights ``exp(log p -
-    log q)``, the ESS and ``log Z`` computed from them are biased (a nonlinear function of a
-    noisy ``log q``); use the exact divergence for those. To train with Hutchinson and evaluate
-    exactly, keep the flow exact and pass ``divergence="hutchinson"`` to
-    :func:`~normflows_sci.training.fit_boltzmann` (or use
-    :func:`~normflows_sci.flows.divergence_estimator`).
+    carries one probe tangent instead: ``log_prob`` stays unbiased, importance weights, the ESS
+    and ``log Z`` do not; to train with it and evaluate exactly, pass it to
+    :func:`~normflows_sci.training.fit_boltzmann` instead.
 
-    Cost: evaluate densities under ``torch.no_grad()`` (as
-    :func:`~normflows_sci.samplers.importance_sample` does) unless gradients are needed. With
-    gradients (maximum likelihood, reverse KL) every field evaluation is checkpointed (its
-    tangents are recomputed in the backward pass), so memory grows with batch x field
-    evaluations, not with the tangents; the time grows with the tangents carried, which is
-    where the Hutchinson divergence saves most for larger systems (LJ13: 1 tangent instead of
-    36). Flow matching (simulation-free) remains the cheap route when samples exist.
+    Cost: evaluate densities under ``torch.no_grad()`` unless gradients are needed. With
+    gradients every field evaluation is checkpointed (tangents recomputed in the backward pass):
+    memory grows with batch x field evaluations, time with the tangents carried.
 
     Args:
         n_particles: number of identical particles (>= 2).

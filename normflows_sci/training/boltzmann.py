@@ -324,19 +324,12 @@ def fit_boltzmann(
         energy_cap: energies above it enter the loss logarithmically (:func:`regularize_energy`).
         path_gradient: path-gradient estimator for the reverse-KL term (valid with either
             divergence; see :func:`reverse_kl_loss`).
-        divergence: for continuous flows (:class:`~normflows_sci.flows.ODETransform`),
-            ``"hutchinson"`` or ``"exact"`` for the training loss only; ``None`` (default) keeps
-            the flow's settings. Every ODE transform of the flow is switched inside each loss
-            evaluation and restored afterwards (also on an error), so the trained flow keeps
-            its own, e.g. exact, divergence for evaluation. ``"hutchinson"`` carries one probe
-            per sample and solve, drawn from the seeded generator: one tangent (a field that
-            supplies it, e.g. :class:`~normflows_sci.nn.EGNNVelocity`) or one vector-Jacobian
-            product per field evaluation instead of ``D``. Bias: none in the loss or its
-            gradient, which are linear in ``log q`` (probes independent of the parameters),
-            also with ``path_gradient``; the extra variance is the probes'. The batch's ESS
-            would be biased (a nonlinear function of the noisy ``log q``), so the history
-            records ``ess_fraction`` as NaN: measure the ESS with the exact divergence
-            afterwards. A flow without an ODE transform is a ``TypeError``.
+        divergence: for continuous flows, ``"hutchinson"`` or ``"exact"`` inside each loss
+            evaluation only (:func:`~normflows_sci.flows.divergence_estimator`: restored after,
+            also on an error); ``None`` (default) keeps the flow's settings. Hutchinson probes
+            come from the seeded generator; the loss and its gradient stay unbiased (linear in
+            ``log q``, also with ``path_gradient``), the batch ESS would not, so the history
+            records it as NaN. A flow without an ODE transform is a ``TypeError``.
         **training: the :class:`TrainingOptions` fields ``learning_rate`` (1e-3),
             ``weight_decay`` (0), ``schedule`` (``"cosine"`` over ``steps``, or
             ``"constant"``), ``clip_grad`` (10), ``max_time``, ``seed`` (seeds minibatches and
