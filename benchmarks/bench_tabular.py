@@ -437,7 +437,9 @@ def run_ours(table: Table, args: argparse.Namespace) -> Result:
     result.epochs = sum(r["epochs"] for r in info["selection"])
     curve_summary(result)
     result.test_ll = est.score_samples(table.test)
-    result.note = "; ".join([selection_note(info["selection"]), *heavy_note(info)])
+    members = info["ensemble_members"]
+    ensemble = [f"ensemble of {members} seeds"] if members > 1 else []
+    result.note = "; ".join([selection_note(info["selection"]), *ensemble, *heavy_note(info)])
     expected = {table.columns[j]: v.tolist() for j, v in table.levels.items()}
     if info["level_columns"] != expected:
         result.note += f"; levels {info['level_columns']} differ from the table's {expected}"

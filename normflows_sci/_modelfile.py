@@ -37,6 +37,7 @@ __all__ = [
     "check_categorical",
     "check_atoms",
     "check_split_block",
+    "member_tensors",
     "parameter_floor",
     "build_with_weights",
     "fit_fingerprint",
@@ -51,7 +52,7 @@ _BUDGET_PARAMS = ("max_epochs", "max_time", "patience")
 # Constructor arguments added after format version 1, with their defaults: left out of files and
 # checkpoint fingerprints at their default, so files and checkpoints of earlier versions (and
 # earlier versions reading new files of numeric tables) still match.
-_LATER_PARAMS = {"categorical": "auto"}
+_LATER_PARAMS = {"categorical": "auto", "ensemble": "auto"}
 
 
 def _show(value) -> str:
@@ -206,6 +207,7 @@ _PARAM_TYPES: dict[str, tuple[str, Callable]] = {
     "patience": ("an integer or null", lambda v: v is None or _is_int(v)),
     "validation_fraction": ("a number", _is_number),
     "random_state": ("an integer or null", lambda v: v is None or _is_int(v)),
+    "ensemble": ('"auto" or a positive integer', lambda v: v == "auto" or (_is_int(v) and v > 0)),
 }
 
 
@@ -334,6 +336,57 @@ def check_split_block(config: dict, path) -> int:
     if isinstance(block, bool) or not isinstance(block, int) or block < 1:
         raise _fail(f"{path}: config field split_block", "a positive integer", block)
     return block
+
+
+def member_tensors(
+    config: dict, tensors: dict[str, torch.Tensor], path, *, limit: int
+) -> tuple[list[dict[str, torch.Tensor]], torch.Tensor | None]:
+    """The stored tensors of each flow of the model, and an ensemble's log-weights.
+
+    The optional config field ``members`` (1 when absent, as in earlier files) counts the flows
+    of an ensemble (a ``FlowMixture``), whose tensors are ``members.<k>.<name>`` for ``k`` below
+    it, plus ``log_weights`` ``(members,)``: finite log-weights whose weights sum to 1.
+
+    Returns:
+        ``(parts, log_weights)``: one ``{name: tensor}`` per flow (names without the prefix),
+        and the log-weights (None for one flow).
+
+    Raises:
+        ValueError: ``members`` not an integer from 1 to ``limit``, bad log-weights, or a tensor
+            that belongs to no flow (naming the file and the field or tensor).
+    """
+    members = config.get("members", 1)
+    if isinstance(members, bool) or not isinstance(members, int) or not 1 <= members <= limit:
+        raise _fail(f"{path}: config field members", f"an integer from 1 to {limit}", members)
+    if members == 1:
+        if "log_weights" in tensors:
+            raise ValueError(
+                f"{path}: member weights.pt holds an ensemble's tensors (log_weights), but "
+                f"config field members is {members}"
+            )
+        return [tensors], None
+    log_weights = tensors.get("log_weights")
+    if (
+        log_weights is None
+        or tuple(log_weights.shape) != (members,)
+        or not bool(torch.isfinite(log_weights).all())
+        or abs(float(torch.logsumexp(log_weights.double(), 0))) > 1e-6
+    ):
+        raise ValueError(
+            f"{path}: member weights.pt must hold a tensor 'log_weights' of {members} finite "
+            f"log-weights whose weights sum to 1 (config field members is {members})"
+        )
+    parts: list[dict[str, torch.Tensor]] = [{} for _ in range(members)]
+    for name, tensor in tensors.items():
+        match = re.fullmatch(r"members\.(\d+)\.(.+)", name)
+        if name != "log_weights" and (match is None or int(match[1]) >= members):
+            raise ValueError(
+                f"{path}: member weights.pt holds the tensor {name!r}, which belongs to no flow "
+                f"of a {members}-member ensemble (config field members)"
+            )
+        if match is not None:
+            parts[int(match[1])][match[2]] = tensor
+    return parts, log_weights
 
 
 # ------------------------------------------------------------------------------------ sizes

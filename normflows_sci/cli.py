@@ -40,6 +40,7 @@ import numpy as np
 
 from normflows_sci import io as files
 from normflows_sci._categorical import auto_levels
+from normflows_sci._selection import ENSEMBLE_MAX_ROWS, ENSEMBLE_MEMBERS
 from normflows_sci._version import __version__
 from normflows_sci.baselines import (
     baseline_scores,
@@ -424,6 +425,7 @@ def _cmd_fit(args) -> int:
         bounds=_parse_bounds(args.bounds, names),
         discrete=_parse_discrete(args.discrete, names),
         context=_column_keys(args.context, names, "--context") if args.context else None,
+        ensemble=args.ensemble or "auto",
     )
     if not args.categorical:  # the estimator's default, categorical="auto"
         categorical = _with_auto_levels(values, names, categorical, options)
@@ -462,6 +464,12 @@ def _cmd_fit(args) -> int:
         f"  {info.get('epochs', len(est.history_['epoch']))} epochs in "
         f"{float(info.get('fit_time_seconds', math.nan)):.1f} s, "
         f"{info.get('parameters', '?')} parameters; training stopped by {_stop_reason(est)}"
+        + (
+            f"; the model is an equal-weight ensemble of {info['ensemble_members']} such flows "
+            f"(seeds {args.seed}..{args.seed + info['ensemble_members'] - 1})"
+            if info["ensemble_members"] > 1
+            else ""
+        )
     )
     if len(held_out):
         _held_out_summary(est, train, held_out, held_input, names)
@@ -881,6 +889,14 @@ def _add_fit(commands) -> None:
         "or species island sex); columns with text are categorical anyway, and numeric columns "
         "named here become labels too. Without it, numeric columns of a few non-integer values "
         "are modelled as levels (as DensityEstimator's categorical='auto')",
+    )
+    fit.add_argument(
+        "--ensemble",
+        type=_positive_int,
+        metavar="N",
+        help="fit N flows from seeds SEED..SEED+N-1 and save their equal-weight mixture "
+        f"(default: {ENSEMBLE_MEMBERS} for tables under {ENSEMBLE_MAX_ROWS} rows, where "
+        "averaging pays, else 1)",
     )
     fit.set_defaults(handler=_cmd_fit)
 

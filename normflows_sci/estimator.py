@@ -50,12 +50,16 @@ from normflows_sci._modelfile import (
     check_sizes,
     check_split_block,
     fit_fingerprint,
+    member_tensors,
     stored_params,
 )
 from normflows_sci._selection import (
     CV_FOLDS,
     CV_MAX_ROWS,
+    ENSEMBLE_MAX_ROWS,
+    ENSEMBLE_MEMBERS,
     EXTEND_MIN_ROWS,
+    MAX_ENSEMBLE,
     Budget,
     BudgetSpent,
     Candidate,
@@ -94,7 +98,7 @@ from normflows_sci._tabular import (
 )
 from normflows_sci._version import __version__
 from normflows_sci.checks import check_int
-from normflows_sci.flows import Flow
+from normflows_sci.flows import Flow, FlowMixture
 from normflows_sci.io import load_model, save_model
 from normflows_sci.quadrature import combine_cell_estimates, unit_cell_rule, warn_imprecise_cells
 from normflows_sci.training import fit_flow
@@ -371,6 +375,13 @@ class DensityEstimator:
         patience: epochs without validation improvement before stopping.
         validation_fraction: share of rows held out for early stopping when ``X_val`` is not given.
         random_state: seed for the split, the initialisation, training and sampling.
+        ensemble: members of an equal-weight mixture of flows (an exact density) trained from
+            different seeds: ``"auto"`` (default): ``ENSEMBLE_MEMBERS`` (3) for a table under
+            ``ENSEMBLE_MAX_ROWS`` (500) rows whose network size is selected, else 1; or a
+            number from 1 to ``MAX_ENSEMBLE`` (32). Members after the first repeat the chosen
+            candidate's training with seeds ``random_state + k`` within the same ``max_time``
+            (``info()["ensemble_members"]`` counts those trained). Not with ``checkpoint`` nor
+            under torch.distributed.
         verbose: progress bar and a summary line.
         device: torch device to train on (default CPU).
 
@@ -431,6 +442,7 @@ class DensityEstimator:
         patience: int = 20,
         validation_fraction: float = 0.1,
         random_state: int | None = None,
+        ensemble: int | str = "auto",
         verbose: bool = True,
         device: str | torch.device | None = None,
     ):
@@ -444,6 +456,13 @@ class DensityEstimator:
             raise ValueError(f"heavy_tails must be 'auto', True or False, got {heavy_tails!r}")
         if not 0.0 <= validation_fraction < 1.0:
             raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
+        if not (isinstance(ensemble, str) and ensemble == "auto") and not (
+            isinstance(ensemble, int) and not isinstance(ensemble, bool)
+            and 1 <= ensemble <= MAX_ENSEMBLE
+        ):  # fmt: skip
+            raise ValueError(
+                f"ensemble must be 'auto' or an integer from 1 to {MAX_ENSEMBLE}, got {ensemble!r}"
+            )
         self.flow = flow
         self.transforms = transforms
         self.hidden_features = hidden_features
@@ -463,6 +482,7 @@ class DensityEstimator:
         self.patience = patience
         self.validation_fraction = validation_fraction
         self.random_state = random_state
+        self.ensemble = ensemble
         self.verbose = verbose
         self.device = device
 
@@ -536,6 +556,9 @@ class DensityEstimator:
             select=val is not None and checkpoint is None and not _distributed(),
             mixture=not layout.context_columns and not any(layout.discrete),
         )
+        members = self._members(
+            len(candidates), len(train) + (0 if val is None else len(val)), checkpoint
+        )
         # A few dozen validation rows rank the candidates by noise: cross-validate on all rows
         # (a validation table of the user's is theirs to choose: it is kept).
         cross = X_val is None and len(candidates) > 1 and len(train) + len(val) < CV_MAX_ROWS
@@ -551,22 +574,22 @@ class DensityEstimator:
         _warn_atoms(atoms, stacklevel=2)  # after plan_table's checks: a refused table only errs
         fingerprint = fit_fingerprint(self.get_params(), values, names, val)
         run = dict(checkpoint=checkpoint, resume=resume, fingerprint=fingerprint)
-        fitted = None
+        problem, fitted = (spec, statistics, train, val, seed, run), None
         if cross:
             fold_block = block_rows(len(rows) // CV_FOLDS) if serial else 1
             folds = cv_folds(len(rows), seed, block=fold_block)
+            pooled = (spec, statistics, rows, None, seed, run)
             try:
-                fitted = self._select_by_folds(
-                    candidates, (spec, statistics, rows, None, seed, run), folds, budget
-                )
-                block = fold_block
+                fitted = self._select_by_folds(candidates, pooled, folds, budget, members)
+                block, problem = fold_block, pooled
             except FoldsTooSlow:
                 pass  # the budget cannot train every fold: one split (same preprocessing)
         if fitted is None:
-            fitted = self._select_on_split(
-                candidates, (spec, statistics, train, val, seed, run), budget
-            )
+            fitted = self._select_on_split(candidates, problem, budget, members - 1)
         (model, spec), history, records = fitted
+        if members > 1:  # refitted on all rows: the members repeat the refit's epochs
+            epochs = len(history["epoch"]) if problem[3] is None else None
+            model = self._train_members(model, records, problem, budget, (members, epochs))
         self.flow_, self.spec_, self.history_ = model, spec, history
         self.categories_ = categories
         self.atoms_ = atoms
@@ -576,9 +599,12 @@ class DensityEstimator:
         self._report()
         return self
 
-    def _select_on_split(self, candidates, problem: tuple, budget: Budget) -> tuple:
+    def _select_on_split(
+        self, candidates, problem: tuple, budget: Budget, reserve: int = 0
+    ) -> tuple:
         """``select`` ranking the candidates on the validation rows of ``problem``; a size that
-        needs the whole budget gets it from ``EXTEND_MIN_ROWS`` training rows."""
+        needs the whole budget gets it from ``EXTEND_MIN_ROWS`` training rows; ``reserve`` runs
+        (ensemble members) follow within the same budget."""
         return select(
             candidates,
             lambda size, share: self._fit_candidate(size, share, problem),
@@ -586,13 +612,16 @@ class DensityEstimator:
             extend=None
             if len(problem[2]) < EXTEND_MIN_ROWS
             else partial(self._train_more, problem=problem),
+            reserve=reserve,
         )
 
-    def _select_by_folds(self, candidates, problem: tuple, folds: list, budget: Budget) -> tuple:
+    def _select_by_folds(
+        self, candidates, problem: tuple, folds: list, budget: Budget, members: int = 1
+    ) -> tuple:
         """``select`` ranking the candidates by K-fold cross-validation over all the rows of
         ``problem`` (its validation rows None), then the chosen one refitted on all rows for the
-        median of its folds' best epochs. Every fold and the refit take an equal share of what is
-        left of ``budget``; a later candidate that runs out of time is skipped, the first trains
+        median of its folds' best epochs. Every fold, the refit and the ``members - 1`` ensemble
+        members trained after it take an equal share of what is left of ``budget``; a later candidate that runs out of time is skipped, the first trains
         every fold (one step each when nothing is left). The mixture candidate's component count
         is chosen on the same folds.
 
@@ -607,7 +636,8 @@ class DensityEstimator:
             model = build_table_flow(spec, statistics)
         # The held-out rows are rows of X: range errors must name X, not a validation table.
         check_flow_range(model, spec, rows, "X")
-        runs = len(candidates) * len(folds) + 1  # every fold of every candidate, then the refit
+        # every fold of every candidate, then the refit and the other ensemble members
+        runs = len(candidates) * len(folds) + members
 
         def cross_validate(candidate: Candidate, _share):
             index = candidates.index(candidate)
@@ -631,7 +661,7 @@ class DensityEstimator:
             candidates, cross_validate, budget, folds=len(folds)
         )
         result, refit = self._fit_candidate(
-            candidate, budget.share(1), problem, components, epochs=len(history["epoch"])
+            candidate, budget.share(members), problem, components, epochs=len(history["epoch"])
         )
         refit.pop("components", None)
         return result, refit, records
@@ -669,6 +699,58 @@ class DensityEstimator:
         if candidate.name == "mixture":
             history["components"] = len(model.base.log_weights)
         return (model, sized), history
+
+    def _members(self, candidates: int, rows: int, checkpoint) -> int:
+        """The ensemble's size for a fit of ``rows`` rows (training plus validation) choosing
+        among ``candidates`` sizes (see ``ensemble``)."""
+        if self.ensemble == "auto":
+            return ENSEMBLE_MEMBERS if candidates > 1 and rows < ENSEMBLE_MAX_ROWS else 1
+        if self.ensemble > 1 and (checkpoint is not None or _distributed()):
+            raise ValueError(
+                f"ensemble={self.ensemble} cannot be combined with checkpoint or "
+                f"torch.distributed (a resumable or distributed run trains one model): "
+                f"use ensemble=1"
+            )
+        return self.ensemble
+
+    def _train_members(
+        self, first: TableFlow, records: list, problem: tuple, budget: Budget, plan: tuple
+    ) -> TableFlow | FlowMixture:
+        """The equal-weight :class:`FlowMixture` of ``first`` and up to ``members - 1`` more
+        runs of the chosen candidate (``plan = (members, epochs)``; ``problem`` as in
+        :meth:`_fit_candidate`, seeds ``seed + k``), each with an equal share of what is left
+        of ``budget``. A member the budget has no time left for is not trained (warned when the
+        user asked for that many), a member whose training fails is left out (warned)."""
+        members, epochs = plan
+        record = next(r for r in records if r["status"] == "chosen")
+        candidate = Candidate(
+            record["name"], record["transforms"], tuple(record["hidden_features"])
+        )
+        spec, statistics, train, val, seed, run = problem
+        flows = [first]
+        for k in range(1, members):
+            share = budget.share(members - k)
+            if share is not None and share <= 0:
+                break
+            try:
+                member = self._fit_candidate(
+                    candidate,
+                    share,
+                    (spec, statistics, train, val, seed + k, run),
+                    record["components"],
+                    epochs,
+                )
+            except ValueError as error:
+                warnings.warn(f"ensemble member {k} left out: {error}", stacklevel=4)
+                continue
+            flows.append(member[0][0])
+        if len(flows) < members and self.ensemble != "auto":
+            warnings.warn(
+                f"ensemble={members}: {len(flows)} member(s) trained within max_time="
+                f"{self.max_time} s; the model is their mixture (raise max_time for more)",
+                stacklevel=4,
+            )
+        return flows[0] if len(flows) == 1 else FlowMixture(flows)
 
     def _train_more(self, result: tuple, history: dict, max_time: float, problem: tuple) -> dict:
         """Train the chosen candidate ``result = (model, spec)`` for up to ``max_time`` more
@@ -906,6 +988,13 @@ class DensityEstimator:
             return list(self.spec_.context_columns)
         return categories.context_columns(self.spec_.context_columns)
 
+    @property
+    def _members_(self) -> list[TableFlow]:
+        """The flows of the model: one, or the members of an ensemble (all with the same
+        preprocessing)."""
+        model = self.flow_
+        return list(model.members) if isinstance(model, FlowMixture) else [model]
+
     def _device(self) -> torch.device:
         return next(iter(self.flow_.buffers())).device
 
@@ -1033,7 +1122,7 @@ class DensityEstimator:
             # numbers in its message stay those of X.
             checked = values.copy()
             checked[outside] = values[inside[0]]
-            check_flow_range(self.flow_, spec, checked, "X")
+            check_flow_range(self._members_[0], spec, checked, "X")
         nodes, log_w = self._cell_rule()
         rows_per_pass = max(1, batch_size // log_w.size)
         out, error = np.full(len(values), -np.inf), np.zeros(len(values))
@@ -1327,7 +1416,7 @@ class DensityEstimator:
         "flow", "transforms", "hidden_features", "bins", "bounds", "discrete", "categorical",
         "heavy_tails",
         "context", "batch_size", "learning_rate", "weight_decay", "clip_grad", "schedule",
-        "max_epochs", "max_time", "patience", "validation_fraction", "random_state",
+        "max_epochs", "max_time", "patience", "validation_fraction", "random_state", "ensemble",
     )  # fmt: skip
 
     def get_params(self) -> dict:
@@ -1362,6 +1451,8 @@ class DensityEstimator:
             config["split_block"] = self.split_block_
         if getattr(self, "selection_", None) is not None:
             config["selection"] = self.selection_
+        if len(self._members_) > 1:
+            config["members"] = len(self._members_)
         return save_model(path, config, self.flow_.state_dict())
 
     @classmethod
@@ -1383,7 +1474,9 @@ class DensityEstimator:
         params, spec, history, fit_time = check_config(
             config, path, flows=FLOWS, params=cls._PARAMS
         )
-        check_sizes(spec, tensors, path)
+        parts, log_weights = member_tensors(config, tensors, path, limit=MAX_ENSEMBLE)
+        for part in parts:
+            check_sizes(spec, part, path)
         categories = check_categorical(config, path, spec)
         atoms = check_atoms(config, path, spec)
         block = check_split_block(config, path)
@@ -1397,7 +1490,10 @@ class DensityEstimator:
         estimator.atoms_ = atoms
         estimator.split_block_ = block
         estimator.selection_ = _stored_selection(config, path, spec)  # before the base is built
-        estimator.flow_ = build_with_weights(estimator._build, spec, tensors, path)
+        flows = [build_with_weights(estimator._build, spec, part, path) for part in parts]
+        estimator.flow_ = (
+            flows[0] if len(flows) == 1 else FlowMixture(flows, log_weights.exp()).eval()
+        )
         estimator.history_ = history
         estimator.fit_time_ = fit_time
         return estimator
@@ -1406,7 +1502,8 @@ class DensityEstimator:
         """A JSON-serialisable summary of the fitted model (``categorical_columns``: the number
         of levels of each categorical column; ``level_columns``: the levels of the numeric
         ones; ``atoms``: ``{column: {"value", "share"}}`` of the continuous columns with a point
-        mass; ``split_block_rows``: rows per block of the validation split or cross-validation
+        mass; ``ensemble_members``: flows in the model's equal-weight mixture, 1 without an
+        ensemble; ``split_block_rows``: rows per block of the validation split or cross-validation
         folds, above 1 when the rows were found serial, see
         :func:`~normflows_sci._selection.serial_block`)."""
         self._check_fitted()
@@ -1442,6 +1539,7 @@ class DensityEstimator:
                 c: df for c, df in zip(targets, spec.tail_df) if df is not None
             },
             "parameters": int(sum(p.numel() for p in self.flow_.parameters())),
+            "ensemble_members": len(self._members_),
             "epochs": int(history["epoch"][-1]) if history["epoch"] else 0,
             "best_validation_nll": float(min(val)) if val else None,
             "fit_time_seconds": float(self.fit_time_),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -22,7 +23,7 @@ from normflows_sci._selection import (
     serial_block,
 )
 
-FAST = dict(max_epochs=3, verbose=False, random_state=0)
+FAST = dict(max_epochs=3, verbose=False, random_state=0, ensemble=1)  # ensembles: test_ensemble.py
 
 
 class FakeClock:
@@ -527,3 +528,47 @@ def test_fit_records_the_block_split_of_serial_rows_and_the_model_file_keeps_it(
     damaged_copy(path, path, lambda c: c.update(split_block=0))
     with pytest.raises(ValueError, match="split_block"):
         DensityEstimator.load(path)
+
+
+# ----------------------------------------------------------------------------- ensembles
+
+
+def test_ensemble_members_take_the_last_equal_shares_of_the_one_budget(monkeypatch):
+    # Cross-validated: every fold of the four candidates, the refit, then two more members, each
+    # with an equal share; the members repeat the refit (all rows, its epochs) from other seeds.
+    clock, calls, seeds = FakeClock(), [], []
+    monkeypatch.setattr(estimator, "Budget", lambda t: Budget(t, clock))
+    train = _fake_train(calls)
+
+    def timed(self, model, spec, rows, seed, run):
+        clock.now += run["max_time"]
+        seeds.append(seed)
+        return train(self, model, spec, rows, seed, run)
+
+    monkeypatch.setattr(DensityEstimator, "_train", timed)
+    runs = 4 * CV_FOLDS + 3
+    est = DensityEstimator(max_time=10.0 * runs, **{**FAST, "ensemble": 3}).fit(_table())
+    assert [c["max_time"] for c in calls] == [10.0] * runs and clock.now == 10.0 * runs
+    refit = calls[-3]
+    assert refit["val"] is None and calls[-2:] == [refit, refit]
+    assert seeds[-3:] == [0, 1, 2] and est.info()["ensemble_members"] == 3
+    # One validation split (given by the user): the members stop early on it too, and the
+    # candidates leave them their shares.
+    clock.now, calls[:], seeds[:] = 0.0, [], []
+    X, X_val = _table(), _table(rows=60, seed=1)
+    est = DensityEstimator(max_time=60.0, **{**FAST, "ensemble": 2}).fit(X, X_val)
+    assert [c["max_time"] for c in calls] == [12.0] * 5 and calls[-1]["val"] == 60
+    assert seeds == [0] * 4 + [1] and est.info()["ensemble_members"] == 2
+
+
+def test_an_ensemble_the_budget_cannot_train_says_so(monkeypatch):
+    # Spent before the members: the first candidate's folds and refit take one step each, no
+    # member is trained; asked for by number, that is a warning, by default ("auto") it is not.
+    for ensemble, warned in ((3, True), ("auto", False)):
+        shares = _late_clock_and_training_spy(monkeypatch)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            est = DensityEstimator(max_time=4000.0, **{**FAST, "ensemble": ensemble}).fit(_table())
+        said = [str(w.message) for w in caught if "member(s) trained within" in str(w.message)]
+        assert shares == [0.0] * (CV_FOLDS + 1) and est.info()["ensemble_members"] == 1
+        assert len(said) == warned and all(s.startswith("ensemble=3: 1 member(s)") for s in said)

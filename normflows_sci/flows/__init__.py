@@ -11,12 +11,14 @@ from normflows_sci.flows.cnf import (
 )
 from normflows_sci.flows.factories import MAF, NSF, RealNVP
 from normflows_sci.flows.manifold import ManifoldFlow, ProductFlow, SO3Flow, SphereFlow, TorusFlow
+from normflows_sci.flows.mixture import FlowMixture
 from normflows_sci.flows.molecular import internal_coordinate_flow
 from normflows_sci.flows.particles import particle_flow
 from normflows_sci.flows.tarflow import TarFlow, gaussian_noise, sample_tarflow, score_denoise
 
 __all__ = [
     "Flow",
+    "FlowMixture",
     "internal_coordinate_flow",
     "NSF",
     "MAF",
