@@ -385,9 +385,11 @@ class DensityEstimator:
         verbose: progress bar and a summary line.
         device: torch device to train on (default CPU).
 
-    After fitting, ``flow_`` is the model (float64 preprocessing, float32 flow network),
+    After fitting, ``flow_`` is the model (float64 preprocessing, float32 flow network; for an
+    ensemble a :class:`~normflows_sci.flows.FlowMixture` of such flows, all of the same spec),
     ``spec_`` its frozen :class:`TableSpec` (columns, bounds, lattices, tails, network size: what
-    a model file stores), ``history_`` and ``fit_time_`` the training record, and
+    a model file stores), ``history_`` (of the first member) and ``fit_time_`` the training
+    record, and
     ``selection_`` the candidates ``fit`` tried (name, size, best validation NLL, epochs,
     status: ``"chosen"``, ``"trained"``, ``"failed"`` or skipped when the budget was spent), and
     ``last_score_error_`` the ``(n,)`` standard errors (nats) of the last :meth:`score_samples`
@@ -523,7 +525,8 @@ class DensityEstimator:
         ``torch.distributed``, trains one size. Without ``X_val``, tables under ``CV_MAX_ROWS``
         rows rank the sizes by K-fold cross-validation over all rows and refit the chosen one on
         all of them (one split instead when the budget cuts the first fold short; see
-        ``normflows_sci._selection``).
+        ``normflows_sci._selection``). Under ``ENSEMBLE_MAX_ROWS`` rows the model is then an
+        ensemble of the chosen size trained from ``ENSEMBLE_MEMBERS`` seeds (see ``ensemble``).
 
         Args:
             X: ``(n, d)`` training table (numbers, and labels in categorical columns).
@@ -556,7 +559,7 @@ class DensityEstimator:
             select=val is not None and checkpoint is None and not _distributed(),
             mixture=not layout.context_columns and not any(layout.discrete),
         )
-        members = self._members(
+        members = self._ensemble_size(
             len(candidates), len(train) + (0 if val is None else len(val)), checkpoint
         )
         # A few dozen validation rows rank the candidates by noise: cross-validate on all rows
@@ -621,8 +624,9 @@ class DensityEstimator:
         """``select`` ranking the candidates by K-fold cross-validation over all the rows of
         ``problem`` (its validation rows None), then the chosen one refitted on all rows for the
         median of its folds' best epochs. Every fold, the refit and the ``members - 1`` ensemble
-        members trained after it take an equal share of what is left of ``budget``; a later candidate that runs out of time is skipped, the first trains
-        every fold (one step each when nothing is left). The mixture candidate's component count
+        members trained after it take an equal share of what is left of ``budget``; a later
+        candidate that runs out of time is skipped, the first trains every fold (one step each
+        when nothing is left). The mixture candidate's component count
         is chosen on the same folds.
 
         Returns:
@@ -700,7 +704,7 @@ class DensityEstimator:
             history["components"] = len(model.base.log_weights)
         return (model, sized), history
 
-    def _members(self, candidates: int, rows: int, checkpoint) -> int:
+    def _ensemble_size(self, candidates: int, rows: int, checkpoint) -> int:
         """The ensemble's size for a fit of ``rows`` rows (training plus validation) choosing
         among ``candidates`` sizes (see ``ensemble``)."""
         if self.ensemble == "auto":
@@ -937,9 +941,11 @@ class DensityEstimator:
             return
         best = self.info()["best_validation_nll"]  # cross-validated: the chosen record's
         best = math.nan if best is None else best
+        members = len(self._members_)
         print(
             f"fitted {self.spec_.flow} in {self.fit_time_:.1f} s, {history['epoch'][-1]} epochs; "
             f"validation NLL {best:.4f} nats/row"
+            + (f" (first of an ensemble of {members} seeds)" if members > 1 else "")
         )
 
     def _seed(self) -> int:
