@@ -421,6 +421,7 @@ def run_ours(table: Table, args: argparse.Namespace) -> Result:
             max_time=args.time,
             random_state=args.seed,
             verbose=False,
+            ensemble=args.ensemble or "auto",
             **share,
         ).fit(rows, X_val, columns=table.columns)
     fit_time = time.perf_counter() - start
@@ -896,6 +897,13 @@ def parse_args() -> argparse.Namespace:
         action="store_true",
         help="give normflows_sci the split's validation rows as X_val (the default pools "
         "training and validation rows, as fit(X) is called)",
+    )
+    parser.add_argument(
+        "--ensemble",
+        type=int,
+        default=None,
+        metavar="N",
+        help="normflows_sci's ensemble size (default: its own 'auto': 3 seeds under 500 rows)",
     )
     parser.add_argument("--verbose", action="store_true", help="print tracebacks of failures")
     args = parser.parse_args()
