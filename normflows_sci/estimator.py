@@ -577,22 +577,13 @@ class DensityEstimator:
         _warn_atoms(atoms, stacklevel=2)  # after plan_table's checks: a refused table only errs
         fingerprint = fit_fingerprint(self.get_params(), values, names, val)
         run = dict(checkpoint=checkpoint, resume=resume, fingerprint=fingerprint)
-        problem, fitted = (spec, statistics, train, val, seed, run), None
-        if cross:
-            fold_block = block_rows(len(rows) // CV_FOLDS) if serial else 1
-            folds = cv_folds(len(rows), seed, block=fold_block)
-            pooled = (spec, statistics, rows, None, seed, run)
-            try:
-                fitted = self._select_by_folds(candidates, pooled, folds, budget, members)
-                block, problem = fold_block, pooled
-            except FoldsTooSlow:
-                pass  # the budget cannot train every fold: one split (same preprocessing)
-        if fitted is None:
-            fitted = self._select_on_split(candidates, problem, budget, members - 1)
-        (model, spec), history, records = fitted
-        if members > 1:  # refitted on all rows: the members repeat the refit's epochs
-            epochs = len(history["epoch"]) if problem[3] is None else None
-            model = self._train_members(model, records, problem, budget, (members, epochs))
+        fold_block = block_rows(len(rows) // CV_FOLDS) if serial else 1
+        folds = cv_folds(len(rows), seed, block=fold_block) if cross else None
+        problem = (spec, statistics, train, val, seed, run)
+        model, spec, history, records, crossed = self._select_and_train(
+            candidates, problem, budget, members, (rows, folds)
+        )
+        block = fold_block if crossed else block
         self.flow_, self.spec_, self.history_ = model, spec, history
         self.categories_ = categories
         self.atoms_ = atoms
@@ -601,6 +592,34 @@ class DensityEstimator:
         self.fit_time_ = budget.clock() - budget.start
         self._report()
         return self
+
+    def _select_and_train(
+        self, candidates, problem: tuple, budget: Budget, members: int, folds: tuple
+    ) -> tuple:
+        """The selection (by cross-validation over ``folds = (rows, folds)`` unless its folds
+        are None or too slow, else on the validation split of ``problem``), then the other
+        ``members - 1`` members of the ensemble.
+
+        Returns:
+            ``(model, spec, history, records, cross_validated)``.
+        """
+        rows, splits = folds
+        fitted = None
+        if splits is not None:
+            pooled = (*problem[:2], rows, None, *problem[4:])
+            try:
+                fitted = self._select_by_folds(candidates, pooled, splits, budget, members)
+                problem = pooled
+            except FoldsTooSlow:
+                pass  # the budget cannot train every fold: one split (same preprocessing)
+        if fitted is None:
+            fitted = self._select_on_split(candidates, problem, budget, members - 1)
+        (model, spec), history, records = fitted
+        crossed = problem[3] is None and splits is not None
+        if members > 1:  # refitted on all rows: the members repeat the refit's epochs
+            epochs = len(history["epoch"]) if crossed else None
+            model = self._train_members(model, records, problem, budget, (members, epochs))
+        return model, spec, history, records, crossed
 
     def _select_on_split(
         self, candidates, problem: tuple, budget: Budget, reserve: int = 0
