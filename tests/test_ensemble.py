@@ -12,7 +12,10 @@ from scipy.special import logsumexp
 from tests_helpers import damaged_copy
 
 from normflows_sci import DensityEstimator
-from normflows_sci.flows import NSF, FlowMixture
+from normflows_sci.distributions import StandardNormal
+from normflows_sci.flows import NSF, Flow, FlowMixture
+from normflows_sci.samplers import IndependentMH, run
+from normflows_sci.transforms import ElementwiseAffine
 
 QUICK = dict(max_epochs=3, verbose=False, random_state=0)
 
@@ -91,6 +94,23 @@ def test_flow_mixture_with_context_shapes_seeds_and_log_prob():
     assert draws.shape == (4, 3, 2) and log_p.shape == (4, 3)
     torch.testing.assert_close(log_p, again)
     assert mixture.sample(0, context).shape == (0, 3, 2)
+
+
+def test_flow_mixture_is_an_independence_proposal_that_recovers_mode_weights():
+    # Two fixed flows, N(4, 1) and N(-4, 1), mixed 50/50, propose for a target with weights
+    # 0.7 and 0.3 on the same modes; every chain starts in the left mode.
+    flows = [
+        Flow(ElementwiseAffine(1, shift=s, learnable=False), StandardNormal(1)) for s in (-4, 4)
+    ]
+
+    def target(x):
+        modes = torch.stack([-0.5 * (x[:, 0] - 4) ** 2, -0.5 * (x[:, 0] + 4) ** 2])
+        return torch.logsumexp(modes + torch.tensor([[0.7], [0.3]]).log(), 0)
+
+    kernel = IndependentMH(target, FlowMixture(flows))
+    trace = run(kernel, torch.full((512, 1), -4.0), 200, num_warmup=20, seed=0)
+    right = float((trace.samples[..., 0] > 0).float().mean())
+    assert abs(right - 0.7) < 0.03
 
 
 @pytest.mark.parametrize(
