@@ -49,9 +49,9 @@ stopping rule: early stopping on the validation rows, or the refit's epoch count
 cross-validation) and the model is their equal-weight mixture (:class:`~normflows_sci.flows.
 FlowMixture`), an exact density. Averaging the densities removes part of each member's
 overfitting, which dominates on small tables (the benchmark guide has the measurements; on
-large tables the members' share of the budget costs more than the averaging gains). Members take the last runs of
-the same ``max_time`` (:func:`select`'s ``reserve``); a member the budget has no time left for
-is not trained.
+large tables the members' share of the budget costs more than the averaging gains). Members
+take the last runs of the same ``max_time`` (:func:`select`'s ``reserve``); a member the budget
+has no time left for is not trained.
 
 Selection is skipped (one candidate, the rule's size) when the user fixed the size
 (``transforms`` or ``hidden_features``), for the slow families (``tarflow``, ``cnf``), when there

@@ -83,10 +83,28 @@ def test_fit_prints_a_held_out_summary(tmp_path, capsys):
     assert code == 0, err
     assert "200 rows x 3 columns (180 for training, 20 held out" in out
     assert "parameters; training stopped by the epoch budget (1 epoch)" in out
+    # Under 500 rows the default is an ensemble of three seeds; --ensemble sets the count.
+    assert "; the model is an equal-weight ensemble of 3 such flows (seeds 0..2)" in out
     flow, gauss = (float(line.split()[1]) for line in out.splitlines() if line.startswith("    "))
     assert np.isfinite(flow) and np.isfinite(gauss)
     assert "model saved to" in out
     assert (tmp_path / "m.nfs").is_file()
+
+
+def test_fit_ensemble_option_sets_the_number_of_flows(tmp_path, capsys):
+    data = tmp_path / "t.csv"
+    write_csv(data, make_table(200, seed=3))
+    for count in (1, 2):
+        model = tmp_path / f"m{count}.nfs"
+        argv = ["fit", data, "-o", model, "--max-epochs", 1, "--quiet", "--ensemble", count]
+        code, out, err = run(capsys, *argv, "--seed", 5)
+        assert code == 0, err
+        assert ("equal-weight ensemble of 2 such flows (seeds 5..6)" in out) == (count == 2)
+        assert ("equal-weight ensemble" in out) == (count == 2)
+        code, out, _ = run(capsys, "info", model)
+        assert json.loads(out)["ensemble_members"] == count
+    code, _, err = run(capsys, "fit", data, "--ensemble", 0)
+    assert code == 2 and "--ensemble" in err
 
 
 def test_info_prints_the_model_summary_as_json(fitted, capsys):
