@@ -750,10 +750,11 @@ class DensityEstimator:
             record["name"], record["transforms"], tuple(record["hidden_features"])
         )
         spec, statistics, train, val, seed, run = problem
-        flows = [first]
+        flows, spent = [first], False
         for k in range(1, members):
             share = budget.share(members - k)
-            if share is not None and share <= 0:
+            spent = share is not None and share <= 0
+            if spent:
                 break
             try:
                 member = self._fit_candidate(
@@ -767,7 +768,7 @@ class DensityEstimator:
                 warnings.warn(f"ensemble member {k} left out: {error}", stacklevel=4)
                 continue
             flows.append(member[0][0])
-        if len(flows) < members and self.ensemble != "auto":
+        if spent and self.ensemble != "auto":
             warnings.warn(
                 f"ensemble={members}: {len(flows)} member(s) trained within max_time="
                 f"{self.max_time} s; the model is their mixture (raise max_time for more)",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -235,3 +236,22 @@ def test_an_ensemble_cannot_be_checkpointed(tmp_path):
     with pytest.raises(ValueError, match="ensemble=2 cannot be combined with checkpoint"):
         est.fit(_table(100), checkpoint=tmp_path / "run.ckpt")
     assert not (tmp_path / "run.ckpt").exists()
+
+
+def test_a_member_whose_training_fails_is_left_out_with_a_warning(monkeypatch):
+    fit_candidate = DensityEstimator._fit_candidate
+
+    def failing(self, candidate, max_time, problem, *args):
+        if problem[4] == 1:  # the second member's seed
+            raise ValueError("the training loss is not finite")
+        return fit_candidate(self, candidate, max_time, problem, *args)
+
+    monkeypatch.setattr(DensityEstimator, "_fit_candidate", failing)
+    est = DensityEstimator(**{**QUICK, "transforms": 2, "ensemble": 3})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        est.fit(_table(120))
+    said = [str(w.message) for w in caught]
+    assert said == ["ensemble member 1 left out: the training loss is not finite"]
+    assert est.info()["ensemble_members"] == 2  # seeds 0 and 2
+    assert np.isfinite(est.score_samples(_table(10, seed=1))).all()
