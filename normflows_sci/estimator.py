@@ -1529,7 +1529,8 @@ class DensityEstimator:
         of levels of each categorical column; ``level_columns``: the levels of the numeric
         ones; ``atoms``: ``{column: {"value", "share"}}`` of the continuous columns with a point
         mass; ``ensemble_members``: flows in the model's equal-weight mixture, 1 without an
-        ensemble; ``split_block_rows``: rows per block of the validation split or cross-validation
+        ensemble (``parameters`` counts all of them, ``epochs`` and ``best_validation_nll`` are
+        the first's); ``split_block_rows``: rows per block of the validation split or cross-validation
         folds, above 1 when the rows were found serial, see
         :func:`~normflows_sci._selection.serial_block`)."""
         self._check_fitted()
