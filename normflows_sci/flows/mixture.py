@@ -77,20 +77,19 @@ class FlowMixture(nn.Module):
         batch: each draw picks a member by weight, then is that member's draw (under its
         context row). ``generator`` drives both choices, so a seeded generator repeats them."""
         num_samples = check_num_samples(num_samples)
+        repeated = None if context is None else _repeated(context, num_samples)
+        picks = self._picks(num_samples if repeated is None else len(repeated), generator)
+        parts = []
+        for k, flow in enumerate(self.members):
+            mine, options = picks == k, dict(generator=generator, chunk_size=chunk_size)
+            if repeated is None:
+                parts.append(flow.sample(int(mine.sum()), **options))
+            else:  # one draw under each of its context rows
+                parts.append(flow.sample(1, repeated[mine], **options)[0])
+        # The draws member by member, put back in the order of the picks.
+        draws = torch.cat(parts)[torch.argsort(torch.argsort(picks, stable=True))]
         if context is None:
-            picks = self._picks(num_samples, generator)
-            parts = [
-                f.sample(int((picks == k).sum()), generator=generator, chunk_size=chunk_size)
-                for k, f in enumerate(self.members)
-            ]
-            return self._in_pick_order(parts, picks)
-        repeated = context.repeat(num_samples, *([1] * (context.ndim - 1)))  # draw i: row i % B
-        picks = self._picks(len(repeated), generator)
-        parts = [
-            f.sample(1, repeated[picks == k], generator=generator, chunk_size=chunk_size)[0]
-            for k, f in enumerate(self.members)
-        ]
-        draws = self._in_pick_order(parts, picks)
+            return draws
         return draws.reshape(num_samples, context.shape[0], *draws.shape[1:])
 
     def sample_and_log_prob(
@@ -106,24 +105,16 @@ class FlowMixture(nn.Module):
         if context is None:
             return draws, self.log_prob(draws, chunk_size=chunk_size)
         flat = draws.reshape(-1, *draws.shape[2:])
-        repeated = context.repeat(num_samples, *([1] * (context.ndim - 1)))
-        log_p = self.log_prob(flat, repeated, chunk_size=chunk_size)
+        log_p = self.log_prob(flat, _repeated(context, num_samples), chunk_size=chunk_size)
         return draws, log_p.reshape(num_samples, context.shape[0])
 
     def _picks(self, draws: int, generator: torch.Generator | None) -> Tensor:
-        """``(draws,)`` member indices drawn by weight."""
-        if len(self.members) == 1:
+        """``(draws,)`` member indices drawn by weight (no random numbers used for one member)."""
+        if draws == 0 or len(self.members) == 1:
             return torch.zeros(draws, dtype=torch.long, device=self.log_weights.device)
-        probs = self.log_weights.exp()
-        if draws == 0:
-            return torch.zeros(0, dtype=torch.long, device=probs.device)
-        return torch.multinomial(probs, draws, replacement=True, generator=generator)
-
-    @staticmethod
-    def _in_pick_order(parts: list[Tensor], picks: Tensor) -> Tensor:
-        """The members' draws (member by member) put back in the order of ``picks``."""
-        order = torch.argsort(picks, stable=True)  # positions of member 0's draws, then 1's, ...
-        return torch.cat(parts)[torch.argsort(order)]
+        return torch.multinomial(
+            self.log_weights.exp(), draws, replacement=True, generator=generator
+        )
 
     @property
     def event_shape(self) -> torch.Size:
@@ -133,3 +124,8 @@ class FlowMixture(nn.Module):
     def extra_repr(self) -> str:
         weights = ", ".join(f"{math.exp(w):.3g}" for w in self.log_weights.tolist())
         return f"weights=({weights})"
+
+
+def _repeated(context: Tensor, num_samples: int) -> Tensor:
+    """``(num_samples * batch, ...)`` context rows: draw ``i`` is under row ``i % batch``."""
+    return context.repeat(num_samples, *([1] * (context.ndim - 1)))
