@@ -559,12 +559,11 @@ class DensityEstimator:
             select=val is not None and checkpoint is None and not _distributed(),
             mixture=not layout.context_columns and not any(layout.discrete),
         )
-        members = self._ensemble_size(
-            len(candidates), len(train) + (0 if val is None else len(val)), checkpoint
-        )
+        given = len(train) + (0 if val is None else len(val))  # rows: training plus validation
+        members = self._ensemble_size(len(candidates), given, checkpoint)
         # A few dozen validation rows rank the candidates by noise: cross-validate on all rows
         # (a validation table of the user's is theirs to choose: it is kept).
-        cross = X_val is None and len(candidates) > 1 and len(train) + len(val) < CV_MAX_ROWS
+        cross = X_val is None and len(candidates) > 1 and given < CV_MAX_ROWS
         rows = values if cross else train  # all rows in table order: folds keep serial blocks
         if categories is not None:  # the categories' factor is fitted to the training rows only
             dummies = rows[:, len(categories.numeric_columns) :]
@@ -604,18 +603,17 @@ class DensityEstimator:
             ``(model, spec, history, records, cross_validated)``.
         """
         rows, splits = folds
-        fitted = None
+        fitted, crossed = None, False
         if splits is not None:
             pooled = (*problem[:2], rows, None, *problem[4:])
             try:
                 fitted = self._select_by_folds(candidates, pooled, splits, budget, members)
-                problem = pooled
+                problem, crossed = pooled, True
             except FoldsTooSlow:
                 pass  # the budget cannot train every fold: one split (same preprocessing)
         if fitted is None:
             fitted = self._select_on_split(candidates, problem, budget, members - 1)
         (model, spec), history, records = fitted
-        crossed = problem[3] is None and splits is not None
         if members > 1:  # refitted on all rows: the members repeat the refit's epochs
             epochs = len(history["epoch"]) if crossed else None
             model = self._train_members(model, records, problem, budget, (members, epochs))
