@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from tests_helpers import WithoutDivergenceHook
 
 from normflows_sci.energies import DW4, Energy
 from normflows_sci.flows import NSF, RealNVP, particle_flow
@@ -264,17 +265,6 @@ class _LogProbOf(torch.nn.Module):
         return self.flow.log_prob(x)
 
 
-class _NoHook(torch.nn.Module):
-    """A velocity without its divergence hooks (autograd divergence, no checkpointing)."""
-
-    def __init__(self, field):
-        super().__init__()
-        self.field = field
-
-    def forward(self, x, t, context=None):
-        return self.field(x, t, context)
-
-
 @pytest.mark.parametrize("divergence", ["exact", "hutchinson"])
 def test_path_gradient_of_a_checkpointed_particle_flow_is_the_frozen_parameter_gradient(
     divergence,
@@ -291,7 +281,7 @@ def test_path_gradient_of_a_checkpointed_particle_flow_is_the_frozen_parameter_g
             parameter.add_(0.3 * torch.randn(parameter.shape, generator=noise, dtype=torch.float64))
     plain = particle_flow(4, 2, hidden_features=8, layers=1, solver="rk4", steps=2).double()
     plain.load_state_dict(flow.state_dict())
-    plain.transform.velocity = _NoHook(plain.transform.velocity)
+    plain.transform.velocity = WithoutDivergenceHook(plain.transform.velocity)
     seeded = dict(generator=torch.Generator().manual_seed(2))
     with divergence_estimator(flow, divergence, **seeded):
         loss, _ = reverse_kl_loss(

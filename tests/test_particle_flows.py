@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from tests_helpers import grid_integral
+from tests_helpers import WithoutDivergenceHook, grid_integral
 
 from normflows_sci.energies import DW4
 from normflows_sci.flows import CNF, particle_flow
@@ -190,17 +190,6 @@ def test_egnn_exact_divergence_matches_the_autograd_jacobian(n, d, layers, conte
     torch.testing.assert_close(ambient, reference, atol=1e-6, rtol=0)
 
 
-class _Plain(torch.nn.Module):
-    """The same field without its divergence hook (the autograd path)."""
-
-    def __init__(self, field):
-        super().__init__()
-        self.field = field
-
-    def forward(self, x, t, context=None):
-        return self.field(x, t, context)
-
-
 def test_particle_flow_log_prob_and_its_gradients_equal_the_autograd_divergence():
     """log_prob through the field's divergence, its gradient in the parameters (training) and in
     the points, against the same flow with the autograd divergence through the basis."""
@@ -208,7 +197,7 @@ def test_particle_flow_log_prob_and_its_gradients_equal_the_autograd_divergence(
     _perturb(flow)
     plain = _flow(4, 2, steps=3)
     plain.load_state_dict(flow.state_dict())
-    plain.transform.velocity = _Plain(plain.transform.velocity)
+    plain.transform.velocity = WithoutDivergenceHook(plain.transform.velocity)
     x = _dw4_like(5, seed=4).requires_grad_(True)
     results = []
     for model in (flow, plain):
@@ -258,7 +247,7 @@ def test_particle_flow_hutchinson_uses_the_field_and_equals_the_autograd_estimat
     _perturb(flow)
     plain = _flow(4, 2, steps=3, divergence="hutchinson")
     plain.load_state_dict(flow.state_dict())
-    plain.transform.velocity = _Plain(plain.transform.velocity)
+    plain.transform.velocity = WithoutDivergenceHook(plain.transform.velocity)
     calls = []
     flow.transform.velocity.register_forward_hook(lambda *args: calls.append(1))
     x = _dw4_like(5, seed=4).requires_grad_(True)

@@ -6,7 +6,7 @@ import torch
 
 from conftest import perturb
 
-__all__ = ["Interrupting", "grid_integral", "perturb"]
+__all__ = ["Interrupting", "WithoutDivergenceHook", "damaged_copy", "grid_integral", "perturb"]
 
 
 def grid_integral(density, *, bound: float, points: int, dtype=torch.float64) -> float:
@@ -17,6 +17,18 @@ def grid_integral(density, *, bound: float, points: int, dtype=torch.float64) ->
     with torch.no_grad():
         values = torch.cat([density(chunk) for chunk in grid.split(65536)])
     return float(values.sum() * step * step)
+
+
+class WithoutDivergenceHook(torch.nn.Module):
+    """A velocity field without its divergence hook: a flow using it takes the autograd
+    divergence (no checkpointing), the reference for the hooked one."""
+
+    def __init__(self, field):
+        super().__init__()
+        self.field = field
+
+    def forward(self, x, t, context=None):
+        return self.field(x, t, context)
 
 
 class Interrupting:
